@@ -1,1 +1,25 @@
-//! placeholder
+//! `shardmq-codec`: the MQTT 3.1, 3.1.1 and 5.0 wire format.
+//!
+//! What it does: decodes and encodes every control packet of the three protocol versions into
+//! one v5-shaped packet model ([`Packet`]), validating every normative statement about the
+//! wire format and naming it in the error ([`DecodeError`]), with each error mapped to the
+//! reason code a server must answer with.
+//!
+//! What it deliberately does not do: IO, clocks, async, session state, or anything that
+//! depends on what came before (topic aliases, packet-id reuse, the order of packets on a
+//! connection): those are the engine's job.
+//!
+//! Decoding is incremental: [`decode`] returns `Ok(None)` when the buffer does not yet hold a
+//! whole packet, and rejects a declared size above [`Limits::packet_size_max_bytes`] from the
+//! fixed header, before the body is buffered. PUBLISH payloads and strings are zero-copy
+//! [`bytes::Bytes`] slices of the input buffer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod properties;
+pub mod reason;
+pub mod types;
+
+pub use properties::Properties;
+pub use reason::ReasonCode;
+pub use types::*;

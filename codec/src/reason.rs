@@ -1,0 +1,101 @@
+//! MQTT 5.0 reason codes (§2.4) and their 3.1/3.1.1 projections.
+
+use std::fmt;
+
+/// An MQTT 5.0 reason code. A newtype over the wire byte: the same byte means different
+/// things in different packets (0x00 is "Success", "Normal disconnection" and "Granted QoS 0").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReasonCode(pub u8);
+
+#[allow(missing_docs)]
+impl ReasonCode {
+    pub const SUCCESS: ReasonCode = ReasonCode(0x00);
+    pub const NORMAL_DISCONNECTION: ReasonCode = ReasonCode(0x00);
+    pub const GRANTED_QOS_0: ReasonCode = ReasonCode(0x00);
+    pub const GRANTED_QOS_1: ReasonCode = ReasonCode(0x01);
+    pub const GRANTED_QOS_2: ReasonCode = ReasonCode(0x02);
+    pub const DISCONNECT_WITH_WILL_MESSAGE: ReasonCode = ReasonCode(0x04);
+    pub const NO_MATCHING_SUBSCRIBERS: ReasonCode = ReasonCode(0x10);
+    pub const NO_SUBSCRIPTION_EXISTED: ReasonCode = ReasonCode(0x11);
+    pub const CONTINUE_AUTHENTICATION: ReasonCode = ReasonCode(0x18);
+    pub const RE_AUTHENTICATE: ReasonCode = ReasonCode(0x19);
+    pub const UNSPECIFIED_ERROR: ReasonCode = ReasonCode(0x80);
+    pub const MALFORMED_PACKET: ReasonCode = ReasonCode(0x81);
+    pub const PROTOCOL_ERROR: ReasonCode = ReasonCode(0x82);
+    pub const IMPLEMENTATION_SPECIFIC_ERROR: ReasonCode = ReasonCode(0x83);
+    pub const UNSUPPORTED_PROTOCOL_VERSION: ReasonCode = ReasonCode(0x84);
+    pub const CLIENT_IDENTIFIER_NOT_VALID: ReasonCode = ReasonCode(0x85);
+    pub const BAD_USER_NAME_OR_PASSWORD: ReasonCode = ReasonCode(0x86);
+    pub const NOT_AUTHORIZED: ReasonCode = ReasonCode(0x87);
+    pub const SERVER_UNAVAILABLE: ReasonCode = ReasonCode(0x88);
+    pub const SERVER_BUSY: ReasonCode = ReasonCode(0x89);
+    pub const BANNED: ReasonCode = ReasonCode(0x8A);
+    pub const SERVER_SHUTTING_DOWN: ReasonCode = ReasonCode(0x8B);
+    pub const BAD_AUTHENTICATION_METHOD: ReasonCode = ReasonCode(0x8C);
+    pub const KEEP_ALIVE_TIMEOUT: ReasonCode = ReasonCode(0x8D);
+    pub const SESSION_TAKEN_OVER: ReasonCode = ReasonCode(0x8E);
+    pub const TOPIC_FILTER_INVALID: ReasonCode = ReasonCode(0x8F);
+    pub const TOPIC_NAME_INVALID: ReasonCode = ReasonCode(0x90);
+    pub const PACKET_IDENTIFIER_IN_USE: ReasonCode = ReasonCode(0x91);
+    pub const PACKET_IDENTIFIER_NOT_FOUND: ReasonCode = ReasonCode(0x92);
+    pub const RECEIVE_MAXIMUM_EXCEEDED: ReasonCode = ReasonCode(0x93);
+    pub const TOPIC_ALIAS_INVALID: ReasonCode = ReasonCode(0x94);
+    pub const PACKET_TOO_LARGE: ReasonCode = ReasonCode(0x95);
+    pub const MESSAGE_RATE_TOO_HIGH: ReasonCode = ReasonCode(0x96);
+    pub const QUOTA_EXCEEDED: ReasonCode = ReasonCode(0x97);
+    pub const ADMINISTRATIVE_ACTION: ReasonCode = ReasonCode(0x98);
+    pub const PAYLOAD_FORMAT_INVALID: ReasonCode = ReasonCode(0x99);
+    pub const RETAIN_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9A);
+    pub const QOS_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9B);
+    pub const USE_ANOTHER_SERVER: ReasonCode = ReasonCode(0x9C);
+    pub const SERVER_MOVED: ReasonCode = ReasonCode(0x9D);
+    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9E);
+    pub const CONNECTION_RATE_EXCEEDED: ReasonCode = ReasonCode(0x9F);
+    pub const MAXIMUM_CONNECT_TIME: ReasonCode = ReasonCode(0xA0);
+    pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA1);
+    pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA2);
+
+    /// True for codes >= 0x80 (failures).
+    pub fn is_error(self) -> bool {
+        self.0 >= 0x80
+    }
+
+    /// Projects a CONNACK reason code onto the 3.1/3.1.1 return codes (§3.2.2.3 of 3.1.1):
+    /// 0 accepted, 1 unacceptable protocol version, 2 identifier rejected, 3 server
+    /// unavailable, 4 bad user name or password, 5 not authorized.
+    pub fn to_v3_connack(self) -> u8 {
+        match self {
+            ReasonCode::SUCCESS => 0,
+            ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => 1,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => 2,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::BAD_AUTHENTICATION_METHOD => 4,
+            ReasonCode::NOT_AUTHORIZED | ReasonCode::BANNED => 5,
+            _ => 3,
+        }
+    }
+
+    /// The inverse of [`ReasonCode::to_v3_connack`] for decoding 3.1/3.1.1 CONNACK.
+    pub fn from_v3_connack(code: u8) -> Option<ReasonCode> {
+        Some(match code {
+            0 => ReasonCode::SUCCESS,
+            1 => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            2 => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            3 => ReasonCode::SERVER_UNAVAILABLE,
+            4 => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            5 => ReasonCode::NOT_AUTHORIZED,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReasonCode(0x{:02X})", self.0)
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{:02X}", self.0)
+    }
+}
