@@ -23,3 +23,8 @@ pub mod types;
 pub use properties::Properties;
 pub use reason::ReasonCode;
 pub use types::*;
+pub mod codec;
+pub mod error;
+
+pub use codec::{decode, encode, encode_publish_header};
+pub use error::{DecodeError, EncodeError};
