@@ -1,1 +1,19 @@
-//! placeholder
+//! `shardmq-engine`: a thread-per-core MQTT broker.
+//!
+//! What it does: serves MQTT 3.1, 3.1.1 and 5.0 clients with one shard per core. Each shard
+//! is a glommio executor pinned to a core that owns a disjoint set of connections and sessions
+//! and its own partition of the subscription table; shards talk only through typed messages
+//! over bounded single-producer/single-consumer rings.
+//!
+//! Layers:
+//! - [`core`]: sans-IO state machines (sessions, routing, retained store, limits). They take
+//!   `now` as a parameter and return what to send; they never touch glommio, sockets or clocks.
+//! - [`io`]: the only code that imports glommio: listeners, connection drivers, the
+//!   cross-shard mesh, timers. Thin: read → decode → core → encode → write.
+//! - [`config`]: command line and TOML configuration.
+//!
+//! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.
+
+pub mod config;
+pub mod core;
+pub mod io;

@@ -1,0 +1,141 @@
+//! Every limit of the broker in one struct, with the relations between limits checked at
+//! start-up ([`Limits::validate`]). No "0 means unlimited".
+
+/// The broker's limits. Shared read-only by every shard (cloned into each at start-up).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted from a client (and advertised as Maximum Packet Size in 5.0).
+    pub packet_size_max_bytes: u32,
+    /// Connections per shard; further connections are refused (CONNACK 0x89 server busy / 3).
+    pub connections_per_shard_max: u32,
+    /// Topic levels in a topic name or filter.
+    pub topic_levels_max: u16,
+    /// Topic name / filter length.
+    pub topic_length_max_bytes: u16,
+    /// Subscriptions per session.
+    pub subscriptions_per_session_max: u32,
+    /// Unacknowledged outgoing QoS 1/2 messages per session (the broker's send window; also
+    /// capped by the client's Receive Maximum in 5.0).
+    pub inflight_out_max: u16,
+    /// Unacknowledged incoming QoS 2 messages per session (advertised as Receive Maximum in 5.0).
+    pub inflight_in_max: u16,
+    /// Messages queued per session (online backlog or offline queue).
+    pub session_queue_messages_max: u32,
+    /// Bytes queued per session.
+    pub session_queue_bytes_max: u64,
+    /// Bytes of encoded frames waiting to be written on one connection before QoS 0 messages
+    /// to it are dropped (counted).
+    pub connection_tx_bytes_max: u64,
+    /// Retained messages in the whole broker (each shard holds a replica).
+    pub retained_messages_max: u32,
+    /// Largest keep alive a client may ask for; larger values are answered with Server Keep
+    /// Alive (5.0) or capped (3.1.1).
+    pub keep_alive_max_secs: u16,
+    /// Seconds a new connection may take to send CONNECT before it is closed.
+    pub connect_timeout_secs: u16,
+    /// Largest session expiry interval granted (seconds).
+    pub session_expiry_max_secs: u32,
+    /// Persistent sessions per shard (online or offline).
+    pub sessions_per_shard_max: u32,
+    /// Cross-shard ring capacity (messages per ordered pair of shards).
+    pub mesh_ring_capacity: u32,
+    /// Messages held locally when a cross-shard ring is full; past this, the shard stops
+    /// reading from publishing sockets until the rings drain.
+    pub mesh_outbox_messages_max: u32,
+    /// Client identifier length.
+    pub client_id_length_max_bytes: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            packet_size_max_bytes: 1024 * 1024,
+            connections_per_shard_max: 100_000,
+            topic_levels_max: 32,
+            topic_length_max_bytes: 1024,
+            subscriptions_per_session_max: 1024,
+            inflight_out_max: 64,
+            inflight_in_max: 64,
+            session_queue_messages_max: 10_000,
+            session_queue_bytes_max: 16 * 1024 * 1024,
+            connection_tx_bytes_max: 4 * 1024 * 1024,
+            retained_messages_max: 1_000_000,
+            keep_alive_max_secs: 3600,
+            connect_timeout_secs: 10,
+            session_expiry_max_secs: 7 * 24 * 3600,
+            sessions_per_shard_max: 1_000_000,
+            mesh_ring_capacity: 4096,
+            mesh_outbox_messages_max: 65_536,
+            client_id_length_max_bytes: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every limit is non-zero and that related limits agree. Returns a message
+    /// naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let nonzero: [(&str, u64); 18] = [
+            ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
+            ("connections_per_shard_max", self.connections_per_shard_max.into()),
+            ("topic_levels_max", self.topic_levels_max.into()),
+            ("topic_length_max_bytes", self.topic_length_max_bytes.into()),
+            ("subscriptions_per_session_max", self.subscriptions_per_session_max.into()),
+            ("inflight_out_max", self.inflight_out_max.into()),
+            ("inflight_in_max", self.inflight_in_max.into()),
+            ("session_queue_messages_max", self.session_queue_messages_max.into()),
+            ("session_queue_bytes_max", self.session_queue_bytes_max),
+            ("connection_tx_bytes_max", self.connection_tx_bytes_max),
+            ("retained_messages_max", self.retained_messages_max.into()),
+            ("keep_alive_max_secs", self.keep_alive_max_secs.into()),
+            ("connect_timeout_secs", self.connect_timeout_secs.into()),
+            ("session_expiry_max_secs", self.session_expiry_max_secs.into()),
+            ("sessions_per_shard_max", self.sessions_per_shard_max.into()),
+            ("mesh_ring_capacity", self.mesh_ring_capacity.into()),
+            ("mesh_outbox_messages_max", self.mesh_outbox_messages_max.into()),
+            ("client_id_length_max_bytes", self.client_id_length_max_bytes.into()),
+        ];
+        for (name, v) in nonzero {
+            if v == 0 {
+                return Err(format!("limit {name} must be greater than 0"));
+            }
+        }
+        // The MQTT maximum packet size is 268,435,455 remaining bytes plus a 5-byte header.
+        if self.packet_size_max_bytes > 268_435_460 {
+            return Err("limit packet_size_max_bytes exceeds the MQTT maximum (268435460)".into());
+        }
+        if u64::from(self.packet_size_max_bytes) > self.session_queue_bytes_max {
+            return Err("limit session_queue_bytes_max must be >= packet_size_max_bytes".into());
+        }
+        if u64::from(self.packet_size_max_bytes) > self.connection_tx_bytes_max {
+            return Err("limit connection_tx_bytes_max must be >= packet_size_max_bytes".into());
+        }
+        if u32::from(self.topic_length_max_bytes) >= self.packet_size_max_bytes {
+            return Err("limit topic_length_max_bytes must be < packet_size_max_bytes".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_is_rejected_with_the_key_name() {
+        let l = Limits { inflight_out_max: 0, ..Limits::default() };
+        assert_eq!(l.validate().unwrap_err(), "limit inflight_out_max must be greater than 0");
+    }
+
+    #[test]
+    fn queue_smaller_than_a_packet_is_rejected() {
+        let l = Limits { session_queue_bytes_max: 10, ..Limits::default() };
+        assert!(l.validate().unwrap_err().contains("session_queue_bytes_max"));
+    }
+}

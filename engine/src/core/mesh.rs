@@ -1,0 +1,98 @@
+//! The typed messages shards send each other over the cross-shard rings.
+//!
+//! One ring per ordered pair of shards (glommio `channel_mesh`), so messages from one shard
+//! to another arrive in the order they were sent: that is what keeps per-publisher ordering
+//! when a publisher and a subscriber live on different shards.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shardmq_codec::{ByteStr, Properties, QoS};
+
+use crate::core::ids::ShardId;
+
+/// An application message as routed between shards: built once on the publisher's shard,
+/// shared by reference count with every destination shard (payload never copied).
+///
+/// Immutable once built; lives as long as any shard or queue holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (never empty: a topic alias is resolved before routing).
+    pub topic: ByteStr,
+    /// Payload, a slice of the publisher's read buffer.
+    pub payload: Bytes,
+    /// QoS the message was published with (downgraded per subscription on delivery).
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// 5.0 properties forwarded to subscribers (user properties, content type, response
+    /// topic, correlation data, payload format, message expiry); `None` when there are none.
+    pub properties: Option<Box<Properties>>,
+    /// Where it came from, for No Local [MQTT-3.8.3-3] and diagnostics.
+    pub origin: Origin,
+    /// Broker-wide receive time in milliseconds since the broker started (for message expiry).
+    pub received_at_ms: u64,
+}
+
+/// The publishing session, identified globally by its home shard and a shard-local slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Home shard of the publishing session.
+    pub shard: ShardId,
+    /// Shard-local session number on that shard (`u32::MAX` for broker-generated messages).
+    pub session: u32,
+}
+
+/// One message between shards.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// A PUBLISH for the destination shard's local subscribers: one per destination shard,
+    /// not one per subscriber.
+    Publish(Arc<Message>),
+    /// The sender's set of local filters changed: `filter` gained (`added`) or lost its last
+    /// local subscriber on the sender's shard. Receivers update their routing index replica
+    /// and answer with [`MeshMsg::SubDeltaAck`] carrying the same `seq`.
+    SubDelta {
+        /// The topic filter (shared-subscription prefix stripped; see the shared-subscription
+        /// design in ARCHITECTURE.md).
+        filter: ByteStr,
+        /// Added or removed.
+        added: bool,
+        /// Sender-local sequence number, echoed in the ack.
+        seq: u64,
+    },
+    /// Acknowledges a [`MeshMsg::SubDelta`]: after every peer has acked, the sender knows
+    /// every shard routes matching messages to it, and only then sends SUBACK (so a publish
+    /// made after SUBACK, from any shard, reaches the new subscription).
+    SubDeltaAck {
+        /// The acknowledged delta's sequence number.
+        seq: u64,
+    },
+    /// Set (`Some`) or clear (`None`) the retained message of `topic`. Sent by a publisher's
+    /// shard to the topic's owner shard, which applies it and replicates it to every other
+    /// shard with [`MeshMsg::RetainReplica`] (the owner orders concurrent updates).
+    RetainSet {
+        /// Topic name.
+        topic: ByteStr,
+        /// The new retained message, or `None` to clear.
+        msg: Option<Arc<Message>>,
+    },
+    /// The owner shard's decision for `topic`, applied to the receiver's replica.
+    RetainReplica {
+        /// Topic name.
+        topic: ByteStr,
+        /// The retained message, or `None` if cleared.
+        msg: Option<Arc<Message>>,
+    },
+    /// An accepted connection whose CONNECT names a client id homed on the receiving shard.
+    /// The receiver adopts the socket (`fd`, an owned duplicate) and decodes `read_buf`,
+    /// which starts with the CONNECT packet. Only the io layer creates and consumes this.
+    Adopt {
+        /// Owned file descriptor of the TCP socket.
+        fd: i32,
+        /// Bytes already read from the socket, starting with CONNECT.
+        read_buf: Bytes,
+    },
+    /// Ask the receiver to stop (graceful shutdown).
+    Shutdown,
+}

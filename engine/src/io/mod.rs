@@ -1,0 +1,1 @@
+//! The io layer: the only code that imports glommio.
