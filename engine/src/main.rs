@@ -1,9 +1,46 @@
+//! The `shardmq` binary: parse the configuration, start the broker, print one
+//! `listening on ADDR` line per listener, and shut down gracefully on SIGINT/SIGTERM.
+
+use std::io::Write;
+
+use anyhow::Context;
+use shardmq_engine::config::Config;
+use shardmq_engine::io::Broker;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
-    let h = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(|| async move {
-            let l = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            println!("bound {:?}", l.local_addr());
-        })
-        .unwrap();
-    h.join().unwrap();
+    let config = Config::from_env().unwrap_or_else(|e| e.exit());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(&config) {
+        eprintln!("shardmq: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Register the handlers before starting, so an early signal is not lost.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let broker = Broker::start(config)?;
+    {
+        let mut out = std::io::stdout().lock();
+        for addr in broker.local_addrs() {
+            writeln!(out, "listening on {addr}")?;
+        }
+        out.flush()?;
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: shutting down");
+    }
+    broker.shutdown();
+    Ok(())
 }

@@ -1,1 +1,303 @@
-fn main() {}
+//! Codec micro-benchmarks: decode and encode of PUBLISH (16 B, 64 B, 1 KiB, 64 KiB payloads),
+//! CONNECT and SUBSCRIBE, for MQTT 3.1.1 and 5.0, side by side with the peer codec
+//! `mqttbytes` 0.6 (its `v4` and `v5` modules) on the same input bytes, in the same
+//! criterion group.
+//!
+//! Both codecs see exactly the same wire bytes (built once with our encoder and checked to
+//! decode to the same content in mqttbytes), and encode the same packet content into a
+//! reused buffer. Our extra `shardmq_header` function is the engine's fan-out path
+//! (`encode_publish_header`: everything but the payload, which is shared, not copied).
+//!
+//! Smoke mode (each benchmark once, as a test; CI runs it):
+//! `cargo bench -p shardmq-perf --bench codec -- --test`.
+//! Full run, as in `perf/notes/2026-11-23-codec.md`:
+//! `cargo bench -p shardmq-perf --bench codec -- --warm-up-time 1 --measurement-time 3`.
+
+use bytes::{Bytes, BytesMut};
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
+use criterion::measurement::WallTime;
+use mqttbytes::{v4, v5};
+use shardmq_codec as sq;
+use sq::{ByteStr, Packet, PacketId, ProtocolVersion, QoS};
+
+const PAYLOAD_SIZES_BYTES: [usize; 4] = [16, 64, 1024, 64 * 1024];
+const PACKET_SIZE_MAX_BYTES: usize = 1024 * 1024;
+const TOPIC: &str = "sensors/building-1/floor-2/temperature";
+
+/// The peer's decoded form of the same bytes.
+enum Peer {
+    V4(v4::Packet),
+    V5(v5::Packet),
+}
+
+impl Peer {
+    fn read(wire: &[u8], version: ProtocolVersion) -> Peer {
+        let mut buf = BytesMut::from(wire);
+        let p = if version.is_v5() {
+            Peer::V5(v5::read(&mut buf, PACKET_SIZE_MAX_BYTES).expect("mqttbytes v5 decodes it"))
+        } else {
+            Peer::V4(v4::read(&mut buf, PACKET_SIZE_MAX_BYTES).expect("mqttbytes v4 decodes it"))
+        };
+        assert!(buf.is_empty(), "mqttbytes left bytes over");
+        p
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        let r = match self {
+            Peer::V4(v4::Packet::Publish(p)) => p.write(out),
+            Peer::V4(v4::Packet::Connect(p)) => p.write(out),
+            Peer::V4(v4::Packet::Subscribe(p)) => p.write(out),
+            Peer::V5(v5::Packet::Publish(p)) => p.write(out),
+            Peer::V5(v5::Packet::Connect(p)) => p.write(out),
+            Peer::V5(v5::Packet::Subscribe(p)) => p.write(out),
+            _ => unreachable!("not benchmarked"),
+        };
+        r.expect("mqttbytes encodes it");
+    }
+
+    /// Topic and payload of a PUBLISH, to check both codecs read the same content.
+    fn publish_content(&self) -> Option<(&str, &Bytes)> {
+        match self {
+            Peer::V4(v4::Packet::Publish(p)) => Some((&p.topic, &p.payload)),
+            Peer::V5(v5::Packet::Publish(p)) => Some((&p.topic, &p.payload)),
+            _ => None,
+        }
+    }
+}
+
+struct Case {
+    /// Criterion's parameter label, e.g. "64B".
+    label: String,
+    version: ProtocolVersion,
+    packet: Packet,
+    wire: Vec<u8>,
+    peer: Peer,
+}
+
+impl Case {
+    fn new(label: impl Into<String>, version: ProtocolVersion, packet: Packet) -> Case {
+        let mut out = BytesMut::new();
+        sq::encode(&packet, version, &mut out).expect("we encode it");
+        let wire = out.to_vec();
+        // Both codecs must read the same content from the same bytes.
+        let mut buf = BytesMut::from(&wire[..]);
+        let ours = sq::decode(&mut buf, &limits(), version)
+            .expect("we decode it")
+            .expect("a whole packet");
+        assert_eq!(ours, packet, "decode(encode(p)) == p");
+        let peer = Peer::read(&wire, version);
+        if let (Packet::Publish(p), Some((topic, payload))) = (&packet, peer.publish_content()) {
+            assert_eq!((&*p.topic, &p.payload), (topic, payload));
+        }
+        // And encode the same bytes (so the encode comparison is like for like).
+        let mut theirs = BytesMut::new();
+        peer.write(&mut theirs);
+        assert_eq!(theirs.len(), wire.len(), "both encodings have the same size");
+        Case {
+            label: label.into(),
+            version,
+            packet,
+            wire,
+            peer,
+        }
+    }
+
+    fn throughput(&self) -> Throughput {
+        Throughput::Bytes(self.wire.len() as u64)
+    }
+}
+
+fn limits() -> sq::Limits {
+    sq::Limits {
+        packet_size_max_bytes: PACKET_SIZE_MAX_BYTES as u32,
+    }
+}
+
+fn publish(payload_bytes: usize) -> Packet {
+    Packet::Publish(sq::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: ByteStr::from(TOPIC),
+        packet_id: PacketId::new(42),
+        payload: Bytes::from(vec![0xAB; payload_bytes]),
+        properties: None,
+    })
+}
+
+fn connect(version: ProtocolVersion) -> Packet {
+    let mut properties = sq::Properties::default();
+    if version.is_v5() {
+        properties.session_expiry_interval_secs = Some(3600);
+        properties.receive_maximum = Some(100);
+        properties.topic_alias_maximum = Some(16);
+    }
+    Packet::Connect(Box::new(sq::Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive_secs: 60,
+        client_id: ByteStr::from("bench-client-000001"),
+        will: Some(sq::Will {
+            topic: ByteStr::from("clients/bench-client-000001/status"),
+            payload: Bytes::from_static(b"offline"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: sq::Properties::default(),
+        }),
+        username: Some(ByteStr::from("bench-user")),
+        password: Some(Bytes::from_static(b"bench-password")),
+        properties,
+    }))
+}
+
+fn subscribe(version: ProtocolVersion) -> Packet {
+    let opts = |qos| sq::SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
+    let properties = version.is_v5().then(|| {
+        Box::new(sq::Properties {
+            subscription_identifiers: vec![5],
+            ..Default::default()
+        })
+    });
+    Packet::Subscribe(sq::Subscribe {
+        packet_id: PacketId::new(7).unwrap(),
+        filters: vec![
+            (ByteStr::from("sensors/+/temperature"), opts(QoS::AtLeastOnce)),
+            (ByteStr::from("alerts/#"), opts(QoS::ExactlyOnce)),
+            (ByteStr::from("devices/+/status/+"), opts(QoS::AtMostOnce)),
+        ],
+        properties,
+    })
+}
+
+fn decode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
+    g.throughput(c.throughput());
+    let limits = limits();
+    g.bench_with_input(
+        criterion::BenchmarkId::new("shardmq", &c.label),
+        c,
+        |b, c| {
+            b.iter_batched_ref(
+                || BytesMut::from(&c.wire[..]),
+                |buf| sq::decode(buf, &limits, c.version).unwrap().unwrap(),
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.bench_with_input(
+        criterion::BenchmarkId::new("mqttbytes", &c.label),
+        c,
+        |b, c| {
+            let v5 = c.version.is_v5();
+            b.iter_batched_ref(
+                || BytesMut::from(&c.wire[..]),
+                |buf| {
+                    if v5 {
+                        Peer::V5(v5::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
+                    } else {
+                        Peer::V4(v4::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
+fn encode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
+    g.throughput(c.throughput());
+    g.bench_with_input(
+        criterion::BenchmarkId::new("shardmq", &c.label),
+        c,
+        |b, c| {
+            let mut out = BytesMut::with_capacity(c.wire.len());
+            b.iter(|| {
+                out.clear();
+                sq::encode(black_box(&c.packet), c.version, &mut out).unwrap();
+            })
+        },
+    );
+    if let Packet::Publish(p) = &c.packet {
+        // The engine's fan-out path: the header once per layout, the payload `Bytes` shared.
+        g.bench_with_input(
+            criterion::BenchmarkId::new("shardmq_header", &c.label),
+            c,
+            |b, c| {
+                let mut out = BytesMut::with_capacity(c.wire.len());
+                b.iter(|| {
+                    out.clear();
+                    let at = sq::encode_publish_header(black_box(p), c.version, &mut out);
+                    (at.unwrap(), p.payload.clone())
+                })
+            },
+        );
+    }
+    g.bench_with_input(
+        criterion::BenchmarkId::new("mqttbytes", &c.label),
+        c,
+        |b, c| {
+            let mut out = BytesMut::with_capacity(c.wire.len());
+            b.iter(|| {
+                out.clear();
+                black_box(&c.peer).write(&mut out);
+            })
+        },
+    );
+}
+
+fn version_tag(v: ProtocolVersion) -> &'static str {
+    if v.is_v5() {
+        "v5"
+    } else {
+        "v311"
+    }
+}
+
+fn benches(cr: &mut Criterion) {
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let tag = version_tag(version);
+        let publishes: Vec<Case> = PAYLOAD_SIZES_BYTES
+            .iter()
+            .map(|&n| {
+                let label = if n >= 1024 {
+                    format!("{}KiB", n / 1024)
+                } else {
+                    format!("{n}B")
+                };
+                Case::new(label, version, publish(n))
+            })
+            .collect();
+        let others = [
+            Case::new("connect", version, connect(version)),
+            Case::new("subscribe", version, subscribe(version)),
+        ];
+
+        let mut g = cr.benchmark_group(format!("decode_publish_{tag}"));
+        for c in &publishes {
+            decode_pair(&mut g, c);
+        }
+        g.finish();
+        let mut g = cr.benchmark_group(format!("encode_publish_{tag}"));
+        for c in &publishes {
+            encode_pair(&mut g, c);
+        }
+        g.finish();
+        let mut g = cr.benchmark_group(format!("decode_control_{tag}"));
+        for c in &others {
+            decode_pair(&mut g, c);
+        }
+        g.finish();
+        let mut g = cr.benchmark_group(format!("encode_control_{tag}"));
+        for c in &others {
+            encode_pair(&mut g, c);
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(codec, benches);
+criterion_main!(codec);

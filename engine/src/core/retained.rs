@@ -1,1 +1,339 @@
-//! (being written)
+//! `RetainedStore`: topic name → retained value, looked up by topic filter.
+//!
+//! A trie over topic levels, so a wildcard SUBSCRIBE visits only the branches its filter can
+//! match instead of scanning every retained topic. The number of topics is limited; the
+//! bytes they hold are the caller's to account for (it knows what `V` weighs).
+//!
+//! Topic names are assumed valid (no wildcards; the codec checks them). Every operation
+//! recurses once per topic level, so the stack depth is bounded by `Limits::topic_levels_max`,
+//! which the caller enforces.
+
+use std::collections::HashMap;
+
+use crate::core::topic::{
+    has_wildcard, split_first_level, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD,
+};
+use crate::core::trie::shrink_map;
+
+/// Retained values by topic name, with a limit on the number of topics.
+///
+/// Shard-local: one replica per shard, kept in step by the topic owner's replication
+/// messages.
+#[derive(Debug)]
+pub struct RetainedStore<V> {
+    root: Node<V>,
+    len: usize,
+    count_max: usize,
+}
+
+/// One topic level. Owned by its parent node.
+#[derive(Debug)]
+struct Node<V> {
+    children: HashMap<Box<str>, Node<V>>,
+    /// The value retained on the topic that ends at this node, with that topic's name.
+    value: Option<(Box<str>, V)>,
+}
+
+/// [`RetainedStore::set`] refused a new topic: the store already holds `count_max` topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("retained store full: {count_max} topics")]
+pub struct RetainedFull {
+    /// The limit that was reached.
+    pub count_max: usize,
+}
+
+impl<V> RetainedStore<V> {
+    /// An empty store that holds at most `count_max` topics (at least one).
+    pub fn new(count_max: usize) -> RetainedStore<V> {
+        assert!(count_max > 0, "a retained store holds at least one topic");
+        RetainedStore { root: Node::new(), len: 0, count_max }
+    }
+
+    /// Number of topics with a retained value.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no topic has a retained value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most topics the store holds.
+    pub fn count_max(&self) -> usize {
+        self.count_max
+    }
+
+    /// Retains `value` on `topic`, returning the value it replaces. Replacing is always
+    /// allowed; a new topic is refused once the store holds `count_max` topics.
+    pub fn set(&mut self, topic: &str, value: V) -> Result<Option<V>, RetainedFull> {
+        debug_assert!(!has_wildcard(topic), "[MQTT-3.3.2-2] topic name {topic:?} has a wildcard");
+        if let Some(slot) = self.root.find_mut(topic) {
+            if let Some((_, old)) = slot.value.as_mut() {
+                return Ok(Some(std::mem::replace(old, value)));
+            }
+        }
+        if self.len >= self.count_max {
+            return Err(RetainedFull { count_max: self.count_max });
+        }
+        let node = self.root.find_or_insert(topic);
+        debug_assert!(node.value.is_none());
+        node.value = Some((topic.into(), value));
+        self.len += 1;
+        Ok(None)
+    }
+
+    /// Removes the value retained on `topic`, if any. Nodes left empty are freed.
+    pub fn clear(&mut self, topic: &str) -> Option<V> {
+        let removed = self.root.clear(topic);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// The value retained on exactly `topic`.
+    pub fn get(&self, topic: &str) -> Option<&V> {
+        let mut node = &self.root;
+        let mut rest = topic;
+        loop {
+            let (level, next) = split_first_level(rest);
+            node = node.children.get(level)?;
+            match next {
+                None => return node.value.as_ref().map(|(_, v)| v),
+                Some(next) => rest = next,
+            }
+        }
+    }
+
+    /// Calls `f(topic, value)` for every retained topic that `filter` matches, in
+    /// unspecified order: the retained messages a new subscription receives [MQTT-3.3.1-9].
+    /// A filter whose first level is a wildcard skips topics beginning with `$`
+    /// [MQTT-4.7.2-1]; `#` matches its parent level too (§4.7.1.2, [MQTT-4.7.1-1]).
+    pub fn for_each_matching(&self, filter: &str, mut f: impl FnMut(&str, &V)) {
+        self.root.matching(filter, true, &mut f);
+    }
+
+    /// Calls `f(topic, value)` for every retained topic, in unspecified order.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &V)) {
+        self.root.for_each(&mut f);
+    }
+}
+
+impl<V> Node<V> {
+    fn new() -> Node<V> {
+        Node { children: HashMap::new(), value: None }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.value.is_none() && self.children.is_empty()
+    }
+
+    fn find_mut(&mut self, topic: &str) -> Option<&mut Node<V>> {
+        let mut node = self;
+        let mut rest = topic;
+        loop {
+            let (level, next) = split_first_level(rest);
+            node = node.children.get_mut(level)?;
+            match next {
+                None => return Some(node),
+                Some(next) => rest = next,
+            }
+        }
+    }
+
+    fn find_or_insert(&mut self, topic: &str) -> &mut Node<V> {
+        let mut node = self;
+        let mut rest = topic;
+        loop {
+            let (level, next) = split_first_level(rest);
+            node = node.children.entry(level.into()).or_insert_with(Node::new);
+            match next {
+                None => return node,
+                Some(next) => rest = next,
+            }
+        }
+    }
+
+    /// Clears the topic `rest` below this node, pruning children left empty.
+    fn clear(&mut self, rest: &str) -> Option<V> {
+        let (level, next) = split_first_level(rest);
+        let child = self.children.get_mut(level)?;
+        let removed = match next {
+            None => child.value.take().map(|(_, v)| v),
+            Some(next) => child.clear(next),
+        };
+        if child.is_empty() {
+            self.children.remove(level);
+            shrink_map(&mut self.children);
+        }
+        removed
+    }
+
+    /// Matches the filter levels `rest` against this node's children. At the root, the
+    /// wildcards skip `$` topics [MQTT-4.7.2-1].
+    fn matching(&self, rest: &str, at_root: bool, f: &mut impl FnMut(&str, &V)) {
+        let (level, next) = split_first_level(rest);
+        if level == MULTI_LEVEL_WILDCARD {
+            // This node is the parent level `#` also matches (the root holds no value).
+            self.visit(f);
+            for (name, child) in &self.children {
+                if !(at_root && name.starts_with('$')) {
+                    child.for_each(f);
+                }
+            }
+        } else if level == SINGLE_LEVEL_WILDCARD {
+            for (name, child) in &self.children {
+                if !(at_root && name.starts_with('$')) {
+                    child.matching_below(next, f);
+                }
+            }
+        } else if let Some(child) = self.children.get(level) {
+            child.matching_below(next, f);
+        }
+    }
+
+    /// This node matched a filter level; `next` is the rest of the filter, if any.
+    fn matching_below(&self, next: Option<&str>, f: &mut impl FnMut(&str, &V)) {
+        match next {
+            None => self.visit(f),
+            Some(next) => self.matching(next, false, f),
+        }
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&str, &V)) {
+        if let Some((topic, value)) = &self.value {
+            f(topic, value);
+        }
+    }
+
+    fn for_each(&self, f: &mut impl FnMut(&str, &V)) {
+        self.visit(f);
+        for child in self.children.values() {
+            child.for_each(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::topic::filter_matches;
+    use crate::core::topic::strategies::{filter_strategy, topic_strategy};
+
+    fn matching(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        store.for_each_matching(filter, |topic, _| {
+            assert!(out.insert(topic.to_owned()), "visited twice: {topic}");
+        });
+        out.into_iter().collect()
+    }
+
+    fn store_of(topics: &[&str]) -> RetainedStore<u32> {
+        let mut store = RetainedStore::new(100);
+        for (i, t) in topics.iter().enumerate() {
+            assert_eq!(store.set(t, i as u32), Ok(None));
+        }
+        store
+    }
+
+    // The examples of MQTT 5.0 §4.7, seen from the retained side.
+    #[test]
+    fn spec_examples() {
+        let store = store_of(&[
+            "sport",
+            "sport/",
+            "sport/tennis/player1",
+            "sport/tennis/player1/ranking",
+            "sport/tennis/player1/score/wimbledon",
+            "sport/tennis/player2",
+            "/finance",
+            "finance",
+            "$SYS/monitor/Clients",
+            "$SYS",
+        ]);
+        assert_eq!(
+            matching(&store, "sport/tennis/player1/#"),
+            [
+                "sport/tennis/player1",
+                "sport/tennis/player1/ranking",
+                "sport/tennis/player1/score/wimbledon"
+            ]
+        );
+        assert_eq!(
+            matching(&store, "sport/tennis/+"),
+            ["sport/tennis/player1", "sport/tennis/player2"]
+        );
+        assert_eq!(matching(&store, "sport/+"), ["sport/"]);
+        assert_eq!(matching(&store, "+/+"), ["/finance", "sport/"]);
+        assert_eq!(matching(&store, "/+"), ["/finance"]);
+        assert_eq!(matching(&store, "+"), ["finance", "sport"]);
+        assert_eq!(matching(&store, "#").len(), 8);
+        assert!(!matching(&store, "#").iter().any(|t| t.starts_with('$')));
+        assert!(matching(&store, "+/monitor/Clients").is_empty());
+        assert_eq!(matching(&store, "$SYS/#"), ["$SYS", "$SYS/monitor/Clients"]);
+        assert_eq!(matching(&store, "$SYS/monitor/+"), ["$SYS/monitor/Clients"]);
+    }
+
+    #[test]
+    fn limit_applies_to_new_topics_only() {
+        let mut store = RetainedStore::new(2);
+        assert_eq!(store.set("a", 1), Ok(None));
+        assert_eq!(store.set("a/b", 2), Ok(None));
+        assert_eq!(store.set("c", 3), Err(RetainedFull { count_max: 2 }));
+        // Replacing an existing topic is always allowed.
+        assert_eq!(store.set("a", 4), Ok(Some(1)));
+        assert_eq!(store.get("a"), Some(&4));
+        assert_eq!(store.get("a/"), None);
+        assert_eq!(store.clear("a"), Some(4));
+        assert_eq!(store.clear("a"), None);
+        assert_eq!(store.get("a/b"), Some(&2));
+        assert_eq!(store.set("c", 3), Ok(None));
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.clear("a/b"), Some(2));
+        assert_eq!(store.clear("c"), Some(3));
+        assert!(store.is_empty());
+        assert!(store.root.is_empty(), "empty nodes are pruned: {:?}", store.root);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_like_the_reference(
+            ops in prop::collection::vec((topic_strategy(), prop::option::of(any::<u32>())), 0..60),
+            filters in prop::collection::vec(filter_strategy(), 1..20),
+        ) {
+            let mut store = RetainedStore::new(1000);
+            let mut model: HashMap<String, u32> = HashMap::new();
+            for (topic, value) in ops {
+                match value {
+                    Some(v) => prop_assert_eq!(store.set(&topic, v), Ok(model.insert(topic, v))),
+                    None => prop_assert_eq!(store.clear(&topic), model.remove(&topic)),
+                }
+                prop_assert_eq!(store.len(), model.len());
+            }
+            for (topic, v) in &model {
+                prop_assert_eq!(store.get(topic), Some(v));
+            }
+            for filter in &filters {
+                let mut got = HashMap::new();
+                store.for_each_matching(filter, |t, v| {
+                    got.insert(t.to_owned(), *v);
+                });
+                let expected: HashMap<String, u32> = model
+                    .iter()
+                    .filter(|(t, _)| filter_matches(filter, t))
+                    .map(|(t, v)| (t.clone(), *v))
+                    .collect();
+                prop_assert_eq!(got, expected, "filter {:?}", filter);
+            }
+            for topic in model.keys() {
+                prop_assert!(store.clear(topic).is_some());
+            }
+            prop_assert!(store.root.is_empty());
+        }
+    }
+}

@@ -1,1 +1,236 @@
 //! The io layer: the only code that imports glommio.
+//!
+//! - [`Broker::start`] checks the machine ([`checks`]), reserves the listening ports, and
+//!   starts one thread per shard, each running a glommio executor (`runtime`).
+//! - Each shard listens on every address (SO_REUSEPORT), drives its connections (`conn`),
+//!   talks to the other shards over the mesh (`mesh`), and turns its core's outputs into io
+//!   (`shard::ShardIo::drain`).
+//! - A connection is accepted on any shard and handed to its session's home shard once its
+//!   CONNECT has been read: the socket is `dup`ed and sent with the bytes read so far
+//!   ([`crate::core::mesh::MeshMsg::Adopt`]).
+
+pub mod checks;
+mod conn;
+mod mesh;
+mod runtime;
+mod shard;
+mod signal;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+
+use crate::config::Config;
+use crate::core::mesh::MeshMsg;
+use crate::core::shard::{CoreConfig, GlobalStats, ShardCounters};
+
+/// Why the broker could not start: one line naming the cause and, when known, the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The broker: start it with [`Broker::start`].
+#[derive(Debug)]
+pub struct Broker;
+
+impl Broker {
+    /// Checks the machine, starts every shard and returns once each of them accepts
+    /// connections on every listener.
+    pub fn start(config: &Config) -> Result<BrokerHandle, StartError> {
+        config.limits.validate().map_err(StartError)?;
+        checks::preflight(config).map_err(StartError)?;
+        let (listen, reservations) = reserve_ports(&config.listen).map_err(StartError)?;
+
+        let n = config.shards;
+        let stats = Arc::new(GlobalStats { shards: (0..n).map(|_| ShardCounters::default()).collect() });
+        let core_config = CoreConfig {
+            limits: config.limits.clone(),
+            shard_count: n,
+            sys_interval_secs: config.sys_interval_secs,
+            stats,
+            started_at: Instant::now(),
+        };
+        let mesh = (n > 1).then(|| {
+            MeshBuilder::<MeshMsg, Full>::full(usize::from(n), config.limits.mesh_ring_capacity as usize)
+        });
+        // Every clone is made here, before any shard thread exists: glommio's builder keeps
+        // an `Rc` inside, so it must never be cloned while another thread drops one.
+        let mut mesh_clones: Vec<_> =
+            (0..n).map(|_| mesh.clone()).collect::<Vec<Option<MeshBuilder<MeshMsg, Full>>>>();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut handle = BrokerHandle { addrs: listen.clone(), stop: stop.clone(), threads: Vec::new(), mesh };
+
+        for index in 0..n {
+            let (made_tx, made_rx) = mpsc::channel();
+            let start = runtime::ShardStart {
+                index,
+                placement_cpu: config.cpus.as_ref().map(|c| c[usize::from(index)]),
+                io_memory_bytes: config.io_memory_bytes,
+                ring_depth: config.ring_depth,
+                listen: listen.clone(),
+                core_config: core_config.clone(),
+                mesh: mesh_clones[usize::from(index)].take(),
+                stop: stop.clone(),
+                made: made_tx,
+                ready: ready_tx.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("shardmq-shard-{index}"))
+                .spawn(move || runtime::shard_thread(start));
+            let thread = match spawned {
+                Ok(t) => t,
+                Err(e) => {
+                    let errors = handle.stop_and_join();
+                    return Err(first_error(format!("cannot start shard {index}: {e}"), errors));
+                }
+            };
+            handle.threads.push(thread);
+            // Executors must be created in shard order: the mesh orders its peers by
+            // executor id, and shard i must be peer i.
+            match made_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => {
+                    let errors = handle.stop_and_join();
+                    return Err(first_error(msg, errors));
+                }
+                Err(_) => {
+                    let errors = handle.stop_and_join();
+                    let msg = format!("shard {index} failed while creating its executor");
+                    return Err(first_error(msg, errors));
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(msg)) => {
+                    let errors = handle.stop_and_join();
+                    return Err(first_error(msg, errors));
+                }
+                Err(_) => {
+                    let errors = handle.stop_and_join();
+                    return Err(first_error("a shard stopped during start-up".into(), errors));
+                }
+            }
+        }
+        // Every shard listens now: the reservations can go.
+        drop(reservations);
+        Ok(handle)
+    }
+}
+
+/// Prefers the error a shard thread returned (or panicked with) over a generic one.
+fn first_error(fallback: String, thread_errors: Vec<String>) -> StartError {
+    let specific = thread_errors.into_iter().find(|e| !e.contains("stopped during start-up"));
+    StartError(specific.unwrap_or(fallback))
+}
+
+/// Resolves port 0 to a concrete free port shared by every shard, and checks fixed ports
+/// are not already served (SO_REUSEPORT would otherwise silently share them with another
+/// process of the same user). Returns the addresses and the sockets holding the free
+/// ports until the shards have bound them.
+fn reserve_ports(addrs: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Vec<socket2::Socket>), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(addrs.len());
+    let mut reservations = Vec::new();
+    for &addr in addrs {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        if addr.port() == 0 {
+            // Bound but not listening: it holds the port yet never receives connections.
+            sock.set_reuse_port(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            sock.bind(&addr.into()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let bound = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| format!("cannot listen on {addr}: no local address"))?;
+            out.push(bound);
+            reservations.push(sock);
+        } else {
+            // Without SO_REUSEPORT this bind fails if anyone listens there already.
+            let _ = sock.set_reuse_address(true);
+            sock.bind(&addr.into()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    format!("cannot listen on {addr}: address already in use")
+                } else {
+                    format!("cannot listen on {addr}: {e}")
+                }
+            })?;
+            out.push(addr);
+        }
+    }
+    Ok((out, reservations))
+}
+
+/// A running broker. Dropping it shuts the broker down (like [`BrokerHandle::shutdown`]).
+#[derive(Debug)]
+pub struct BrokerHandle {
+    addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
+    /// Kept until every shard thread has exited (see the note in [`Broker::start`]).
+    mesh: Option<MeshBuilder<MeshMsg, Full>>,
+}
+
+impl BrokerHandle {
+    /// The addresses the broker listens on (port 0 resolved), in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Graceful shutdown: stop accepting, send 5.0 clients DISCONNECT 0x8B, flush and close
+    /// every connection, and join every shard.
+    pub fn shutdown(mut self) {
+        for e in self.stop_and_join() {
+            tracing::error!("{e}");
+        }
+    }
+
+    fn stop_and_join(&mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Release);
+        let mut errors = Vec::new();
+        for t in self.threads.drain(..) {
+            let name = t.thread().name().unwrap_or("shard").to_owned();
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    errors.push(format!("{name} panicked: {msg}"));
+                }
+            }
+        }
+        self.mesh = None;
+        errors
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            for e in self.stop_and_join() {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}

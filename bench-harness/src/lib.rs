@@ -1,0 +1,24 @@
+//! `shardmq-bench`: a load generator for MQTT brokers and a side-by-side comparison of shardmq
+//! with its peers (Mosquitto, rumqttd), talking to every broker only over TCP on loopback.
+//!
+//! What it does: opens thousands of MQTT connections per thread on non-blocking sockets
+//! ([`load`]), publishes payloads that carry a sequence number, a publisher id and a send
+//! timestamp ([`payload`]), and checks on the receiving side every (publisher, subscriber)
+//! stream for loss, duplicates and order violations while recording end-to-end latency
+//! ([`track`]). It starts, pins, measures and stops the brokers itself ([`broker`]), runs the
+//! scenarios ([`scenario`]) and reports tables, JSON and an SVG plot ([`report`]). It measures
+//! its own CPU use so that a run shows whether the harness was the bottleneck.
+//!
+//! What it deliberately does not do: reconnect, persistent sessions, TLS, WebSocket, or any
+//! timing assertion in tests (the smoke tests check correctness only).
+
+pub mod broker;
+pub mod cli;
+pub mod load;
+pub mod payload;
+pub mod report;
+pub mod scenario;
+pub mod sys;
+pub mod track;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,125 @@
+//! The clock and resource usage: `CLOCK_MONOTONIC`, `getrusage`, `/proc/PID/{stat,status}`.
+//!
+//! Timestamps are nanoseconds of `CLOCK_MONOTONIC`, which is system-wide, so a timestamp taken
+//! in one process (a publisher) can be compared with one taken in another (a worker).
+
+use std::fs;
+use std::io;
+
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::time::{clock_gettime, ClockId};
+
+/// Nanoseconds of `CLOCK_MONOTONIC`.
+pub fn monotonic_ns() -> u64 {
+    // `clock_gettime(CLOCK_MONOTONIC)` cannot fail on Linux with a valid clock id.
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// User + system CPU time of this whole process (every thread), in microseconds.
+pub fn self_cpu_us() -> u64 {
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as u64 * 1_000_000 + tv.tv_usec() as u64;
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Clock ticks per second, the unit of `utime`/`stime` in `/proc/PID/stat`.
+pub fn clock_ticks_per_sec() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(v)) if v > 0 => v as u64,
+        _ => 100,
+    }
+}
+
+/// User + system CPU time of process `pid` (all its threads, including exited ones), in
+/// microseconds, from fields 14 and 15 of `/proc/PID/stat`. The resolution is one clock tick
+/// (usually 10 ms), so measured windows should be seconds long.
+pub fn proc_cpu_us(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_cpu_ticks(&stat)
+        .map(|ticks| ticks * 1_000_000 / clock_ticks_per_sec())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+/// `utime + stime` in clock ticks from the text of `/proc/PID/stat`.
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces: split after the
+    // last ')'. What follows starts at field 3 (state), so utime (14) is index 11.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_rss_kib(&status)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
+}
+
+fn parse_status_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Number of CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Parses a CPU list such as `0`, `0,2` or `0-3,6`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: usize = a.parse().map_err(|_| format!("bad CPU range {part:?}"))?;
+            let b: usize = b.parse().map_err(|_| format!("bad CPU range {part:?}"))?;
+            if a > b {
+                return Err(format!("bad CPU range {part:?}"));
+            }
+            out.extend(a..=b);
+        } else {
+            out.push(part.parse().map_err(|_| format!("bad CPU {part:?}"))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_in_comm() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn status_rss() {
+        let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
+        assert_eq!(parse_status_rss_kib(status), Some(5120));
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let pid = std::process::id();
+        assert!(proc_rss_kib(pid).unwrap() > 0);
+        proc_cpu_us(pid).unwrap();
+        assert!(monotonic_ns() > 0);
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
+        assert_eq!(parse_cpu_list("0,2-4").unwrap(), vec![0, 2, 3, 4]);
+        assert!(parse_cpu_list("3-1").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Connections: the per-socket protocol state the core keeps (phase, negotiated version,
+//! keep alive, the client's own limits) and the transmit queue, in a generation-checked slab.
+//!
+//! Shard-local: one [`ConnTable`] per shard; a [`ConnId`] means nothing on another shard.
+
+use std::time::Instant;
+
+use shardmq_codec::ProtocolVersion;
+
+use crate::core::ids::SessionSlot;
+use crate::core::shard::ConnId;
+use crate::core::tx::TxQueue;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Opened; the first packet must be CONNECT [MQTT-3.1.0-1].
+    AwaitingConnect,
+    /// CONNECT accepted; attached to a session homed on this shard.
+    Connected(SessionSlot),
+    /// [`crate::core::shard::IoAction::Close`] was issued: the io layer writes what is queued
+    /// and closes. Packets from it are ignored; the entry is freed by a later tick (or by
+    /// `handle_closed`).
+    Closing,
+}
+
+/// One connection's state. Shard-local.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) phase: Phase,
+    /// The version of the accepted CONNECT (`None` before).
+    pub(crate) version: Option<ProtocolVersion>,
+    /// Encoded frames waiting for the writer.
+    pub(crate) tx: TxQueue,
+    /// When the last packet arrived (keep alive), or when the connection opened.
+    pub(crate) last_rx: Instant,
+    /// When `Closing` started.
+    pub(crate) closed_at: Option<Instant>,
+    /// Keep alive in force (after capping); 0 disables the check.
+    pub(crate) keep_alive_secs: u16,
+    /// The client's Receive Maximum (5.0), else `u16::MAX`.
+    pub(crate) client_receive_max: u16,
+    /// The client's Maximum Packet Size (5.0), else `u32::MAX`.
+    pub(crate) client_packet_size_max_bytes: u32,
+}
+
+impl Conn {
+    /// True for a 5.0 connection.
+    pub(crate) fn is_v5(&self) -> bool {
+        self.version.is_some_and(ProtocolVersion::is_v5)
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// The connections of one shard. A [`ConnId`] is `generation << 32 | index`: indexing is a
+/// bounds-checked array access, and an id is never reused (the slot's generation moves on).
+///
+/// Shard-local: one per shard.
+#[derive(Debug, Default)]
+pub(crate) struct ConnTable {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl ConnTable {
+    fn split(id: ConnId) -> (usize, u32) {
+        ((id.0 & 0xFFFF_FFFF) as usize, (id.0 >> 32) as u32)
+    }
+
+    /// Connections held (any phase).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a connection and returns its id.
+    pub(crate) fn insert(&mut self, conn: Conn) -> ConnId {
+        self.len += 1;
+        if let Some(index) = self.free.pop() {
+            let e = &mut self.entries[index as usize];
+            debug_assert!(e.conn.is_none());
+            e.conn = Some(conn);
+            ConnId(u64::from(e.generation) << 32 | u64::from(index))
+        } else {
+            let index = u32::try_from(self.entries.len()).expect("connection slab overflow");
+            self.entries.push(Entry { generation: 0, conn: Some(conn) });
+            ConnId(u64::from(index))
+        }
+    }
+
+    /// The connection `id`, if it is still held.
+    pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
+        let (index, generation) = Self::split(id);
+        let e = self.entries.get(index)?;
+        if e.generation != generation {
+            return None;
+        }
+        e.conn.as_ref()
+    }
+
+    /// The connection `id`, if it is still held.
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let (index, generation) = Self::split(id);
+        let e = self.entries.get_mut(index)?;
+        if e.generation != generation {
+            return None;
+        }
+        e.conn.as_mut()
+    }
+
+    /// Frees `id`'s slot (no-op if already gone).
+    pub(crate) fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let (index, generation) = Self::split(id);
+        let e = self.entries.get_mut(index)?;
+        if e.generation != generation {
+            return None;
+        }
+        let conn = e.conn.take()?;
+        e.generation = e.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    /// Ids of every connection held, into `out` (for the periodic scan).
+    pub(crate) fn ids(&self, out: &mut Vec<ConnId>) {
+        for (index, e) in self.entries.iter().enumerate() {
+            if e.conn.is_some() {
+                out.push(ConnId(u64::from(e.generation) << 32 | index as u64));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(now: Instant) -> Conn {
+        Conn {
+            phase: Phase::AwaitingConnect,
+            version: None,
+            tx: TxQueue::default(),
+            last_rx: now,
+            closed_at: None,
+            keep_alive_secs: 0,
+            client_receive_max: u16::MAX,
+            client_packet_size_max_bytes: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn ids_are_never_reused() {
+        let now = Instant::now();
+        let mut t = ConnTable::default();
+        let a = t.insert(conn(now));
+        assert!(t.remove(a).is_some());
+        let b = t.insert(conn(now));
+        assert_ne!(a, b);
+        assert!(t.get(a).is_none(), "a stale id finds nothing");
+        assert!(t.get(b).is_some());
+        assert!(t.remove(a).is_none());
+        assert_eq!(t.len(), 1);
+        let mut ids = Vec::new();
+        t.ids(&mut ids);
+        assert_eq!(ids, [b]);
+    }
+}

@@ -1,0 +1,277 @@
+//! CONNECT and DISCONNECT: client identifiers, takeover, sessions starting, resuming and
+//! ending, wills.
+//!
+//! Shard-local: runs on the home shard of the client id (the io layer moved the connection
+//! here), or, for an empty client id, on the shard that accepted it (the assigned id is then
+//! chosen so that its home is this shard).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardmq_codec::{
+    ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
+};
+
+use crate::core::conn::Phase;
+use crate::core::ids::SessionSlot;
+use crate::core::mesh::{Message, Origin};
+use crate::core::session::{PendingWill, Session};
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
+
+impl ShardCore {
+    /// CONNECT on a connection awaiting it.
+    pub(crate) fn handle_connect(&mut self, conn: ConnId, connect: Connect, now: Instant) {
+        let version = connect.protocol;
+        let limits = self.config.limits.clone();
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.version = Some(version);
+        }
+
+        // Client identifier [MQTT-3.1.3-5..9].
+        let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
+        if client_id.len() > usize::from(limits.client_id_length_max_bytes) {
+            return self.refuse_connect(conn, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, now);
+        }
+        if client_id.is_empty() {
+            // 3.1 requires 1 to 23 characters; 3.1.1 allows an empty id only with Clean
+            // Session = 1 [MQTT-3.1.3-8]; 5.0 always assigns one [MQTT-3.1.3-6].
+            let allowed = match version {
+                ProtocolVersion::V3_1 => false,
+                ProtocolVersion::V3_1_1 => connect.clean_start,
+                ProtocolVersion::V5 => true,
+            };
+            if !allowed {
+                return self.refuse_connect(
+                    conn,
+                    version,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    now,
+                );
+            }
+            client_id = self.assign_client_id();
+            assigned = Some(client_id.clone());
+        } else if Self::home_shard(client_id.as_bytes(), self.config.shard_count) != self.shard {
+            // The io layer routes connections to their client id's home shard; a session on
+            // the wrong shard would break takeover. Serve it anyway rather than fail.
+            tracing::error!(shard = %self.shard, %client_id, "CONNECT on a shard that is not the client id's home");
+        }
+
+        // Enhanced authentication is not supported: refuse a method we do not know.
+        if connect.properties.authentication_method.is_some() {
+            return self.refuse_connect(conn, version, ReasonCode::BAD_AUTHENTICATION_METHOD, now);
+        }
+        if let Some(will) = &connect.will {
+            if self.topic_limits.check(&will.topic).is_err() {
+                return self.refuse_connect(conn, version, ReasonCode::TOPIC_NAME_INVALID, now);
+            }
+        }
+
+        // Session Expiry Interval: 5.0 from the property (absent = 0); 3.1.1 Clean Session = 0
+        // means "never", capped like everything else.
+        let requested_expiry_secs = if version.is_v5() {
+            connect.properties.session_expiry_interval_secs.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry_secs = requested_expiry_secs.min(limits.session_expiry_max_secs);
+
+        // Keep alive: capped. 5.0 tells the client (Server Keep Alive); 3.1.1 has no way to,
+        // so the capped value is used silently (a client pinging less often than it asked is
+        // closed after 1.5 × the cap).
+        let keep_alive_secs = connect.keep_alive_secs.min(limits.keep_alive_max_secs);
+
+        let existing = self.sessions.find(&client_id);
+        if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
+            return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
+        }
+
+        // Takeover [MQTT-3.1.4-3]: the existing connection is closed (5.0: DISCONNECT 0x8E),
+        // as an abnormal close: its will is published, or delayed if the session continues.
+        if let Some(slot) = existing {
+            if let Some(old) = self.sessions.get(slot).conn {
+                self.close_conn(old, CloseKind::Abnormal(Some(ReasonCode::SESSION_TAKEN_OVER)), now);
+            }
+        }
+        // The old connection's close may have ended the session (expiry 0).
+        let existing = self.sessions.find(&client_id);
+        let (slot, session_present) = match existing {
+            Some(slot) if !connect.clean_start => (slot, true),
+            other => {
+                if let Some(slot) = other {
+                    self.end_session(slot, now);
+                }
+                (self.sessions.insert(Session::new(client_id.clone())), false)
+            }
+        };
+
+        let session = self.sessions.get_mut(slot);
+        session.conn = Some(conn);
+        session.expiry_secs = expiry_secs;
+        session.expires_at = None;
+        // A reconnection within the Will Delay Interval cancels the delayed will
+        // [MQTT-3.1.3-9] (5.0 §3.1.3.2.2).
+        session.pending_will = None;
+        session.will = connect.will.map(Box::new);
+
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let client_packet_size_max_bytes =
+            connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        let c = self.conns.get_mut(conn).expect("connection being connected");
+        c.phase = Phase::Connected(slot);
+        c.keep_alive_secs = keep_alive_secs;
+        c.client_receive_max = client_receive_max.max(1);
+        c.client_packet_size_max_bytes = client_packet_size_max_bytes;
+        self.stats.clients_connected += 1;
+
+        let properties = version.is_v5().then(|| {
+            Box::new(Properties {
+                assigned_client_identifier: assigned,
+                server_keep_alive_secs: (connect.keep_alive_secs != keep_alive_secs)
+                    .then_some(keep_alive_secs),
+                session_expiry_interval_secs: (requested_expiry_secs != expiry_secs)
+                    .then_some(expiry_secs),
+                receive_maximum: Some(limits.inflight_in_max),
+                maximum_packet_size: Some(limits.packet_size_max_bytes),
+                // Not supported yet (later issue): advertised so clients do not use them.
+                shared_subscription_available: Some(0),
+                subscription_identifier_available: Some(0),
+                ..Properties::default()
+            })
+        });
+        let connack = ConnAck { session_present, reason: ReasonCode::SUCCESS, properties };
+        self.send_packet(conn, &Packet::ConnAck(connack));
+        if session_present {
+            self.resume_session(conn, slot);
+        }
+    }
+
+    /// A client id no session uses whose home shard is this shard, so that a later CONNECT
+    /// with it (5.0, after a Session Expiry Interval > 0) is routed back here.
+    fn assign_client_id(&mut self) -> ByteStr {
+        loop {
+            self.assigned_ids += 1;
+            let candidate = format!("shardmq-{}-{:x}", self.shard.0, self.assigned_ids);
+            if Self::home_shard(candidate.as_bytes(), self.config.shard_count) == self.shard {
+                let id = ByteStr::from(candidate);
+                if self.sessions.find(&id).is_none() {
+                    return id;
+                }
+            }
+        }
+    }
+
+    /// Answers CONNECT with a failure CONNACK (projected to 3.1.1 return codes by the codec)
+    /// and closes.
+    fn refuse_connect(
+        &mut self,
+        conn: ConnId,
+        version: ProtocolVersion,
+        reason: ReasonCode,
+        now: Instant,
+    ) {
+        self.send_connack_refusal(conn, version, reason);
+        self.close_conn(conn, CloseKind::Abnormal(None), now);
+    }
+
+    /// Queues a failure CONNACK in `version`'s encoding (Session Present 0 [MQTT-3.2.2-6]).
+    pub(crate) fn send_connack_refusal(
+        &mut self,
+        conn: ConnId,
+        version: ProtocolVersion,
+        reason: ReasonCode,
+    ) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.version = Some(version);
+        }
+        let connack = ConnAck { session_present: false, reason, properties: None };
+        self.send_packet(conn, &Packet::ConnAck(connack));
+    }
+
+    /// DISCONNECT from a connected client.
+    pub(crate) fn handle_disconnect(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        d: Disconnect,
+        now: Instant,
+    ) {
+        if let Some(p) = &d.properties {
+            if let Some(secs) = p.session_expiry_interval_secs {
+                let session = self.sessions.get_mut(slot);
+                if session.expiry_secs == 0 && secs != 0 {
+                    // 5.0 §3.14.2.2.2: a protocol error.
+                    let kind = CloseKind::Abnormal(Some(ReasonCode::PROTOCOL_ERROR));
+                    return self.close_conn(conn, kind, now);
+                }
+                session.expiry_secs = secs.min(self.config.limits.session_expiry_max_secs);
+            }
+        }
+        if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            // 5.0: the client asks for its will to be published.
+            self.close_conn(conn, CloseKind::Abnormal(None), now);
+        } else {
+            // [MQTT-3.1.2-10]: the will is discarded on a normal DISCONNECT.
+            self.close_conn(conn, CloseKind::Normal, now);
+        }
+    }
+
+    /// The session's connection ended. Publishes the will now, or after its delay if the
+    /// session outlives the connection; ends the session if its expiry is 0.
+    pub(crate) fn detach_session(&mut self, slot: SessionSlot, publish_will: bool, now: Instant) {
+        let session = self.sessions.get_mut(slot);
+        session.conn = None;
+        let will = session.will.take().filter(|_| publish_will);
+        if session.expiry_secs == 0 {
+            if let Some(will) = will {
+                self.publish_will(slot, *will, now);
+            }
+            self.end_session(slot, now);
+            return;
+        }
+        session.expires_at = Some(now + Duration::from_secs(session.expiry_secs.into()));
+        if let Some(will) = will {
+            let delay_secs = will.properties.will_delay_interval_secs.unwrap_or(0);
+            if delay_secs == 0 {
+                self.publish_will(slot, *will, now);
+            } else {
+                // 5.0 §3.1.3.2.2: published when the delay or the session ends, whichever
+                // comes first; cancelled by a reconnection before that.
+                let publish_at = now + Duration::from_secs(delay_secs.into());
+                self.sessions.get_mut(slot).pending_will = Some(PendingWill { will, publish_at });
+            }
+        }
+    }
+
+    /// Removes a session: its subscriptions (broadcasting routing deltas), its queues; a
+    /// delayed will is published now (the session ended first).
+    pub(crate) fn end_session(&mut self, slot: SessionSlot, now: Instant) {
+        let session = self.sessions.remove(slot);
+        debug_assert!(session.conn.is_none(), "ending a session with a connection");
+        for (filter, _) in &session.subs {
+            self.remove_subscription_entry(slot, filter);
+        }
+        if let Some(pw) = session.pending_will {
+            self.publish_will(slot, *pw.will, now);
+        }
+    }
+
+    /// Publishes a will as an ordinary message from the session.
+    pub(crate) fn publish_will(&mut self, slot: SessionSlot, will: Will, now: Instant) {
+        let mut properties = will.properties;
+        properties.will_delay_interval_secs = None;
+        let properties = (!properties.is_empty()).then(|| Box::new(properties));
+        let msg = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin: Origin { shard: self.shard, session: slot.0 },
+            received_at_ms: self.uptime_ms(now),
+        };
+        self.publish_from_client(Arc::new(msg), now);
+    }
+}

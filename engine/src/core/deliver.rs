@@ -1,0 +1,413 @@
+//! Outbound messages: fan-out of one message to this shard's matching sessions, encode-once
+//! per layout, the per-session inflight window and queue, and the client's PUBACK / PUBREC /
+//! PUBCOMP for them.
+//!
+//! Ordering: a session sends messages in the order they were queued on it. A QoS 1/2 message
+//! that does not fit the window waits in the session queue, and while the queue is not empty
+//! every later message (QoS 0 too) waits behind it, so nothing is reordered.
+//!
+//! Shard-local: everything here works on this shard's sessions and connections.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use shardmq_codec::{
+    encode_publish_header, PacketId, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
+};
+
+use crate::core::conn::{Conn, Phase};
+use crate::core::ids::SessionSlot;
+use crate::core::limits::Limits;
+use crate::core::mesh::Message;
+use crate::core::session::{Inflight, OutState, Queued, Session};
+use crate::core::shard::{
+    encode_onto, push_publish_frame, ConnId, IoAction, LocalStats, ShardCore,
+};
+
+/// PUBLISH layouts: protocol class (3.x / 5.0) × QoS × RETAIN.
+const LAYOUTS: usize = 12;
+
+fn layout_index(v5: bool, qos: QoS, retain: bool) -> usize {
+    usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum LayoutState {
+    #[default]
+    Empty,
+    /// Encoded; the packet id's offset in the header (QoS > 0).
+    Ready(Option<usize>),
+    /// The message cannot be encoded in this layout (too large).
+    Failed,
+}
+
+/// PUBLISH headers of the message being fanned out, encoded once per layout and reused for
+/// every subscriber with that layout; only the packet id is patched.
+///
+/// Shard-local scratch, reset for every message.
+#[derive(Debug, Default)]
+pub(crate) struct LayoutCache {
+    headers: [BytesMut; LAYOUTS],
+    states: [LayoutState; LAYOUTS],
+}
+
+impl LayoutCache {
+    pub(crate) fn reset(&mut self) {
+        self.states = [LayoutState::Empty; LAYOUTS];
+    }
+
+    /// The header of `msg` in a layout, encoding it on first use.
+    fn header(
+        &mut self,
+        msg: &Message,
+        v5: bool,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<(&[u8], Option<usize>)> {
+        let i = layout_index(v5, qos, retain);
+        if self.states[i] == LayoutState::Empty {
+            let buf = &mut self.headers[i];
+            buf.clear();
+            // The placeholder id is patched per subscriber.
+            let pid = (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero"));
+            self.states[i] = match encode_publish_header(
+                &publish_for(msg, qos, retain, pid, false),
+                if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 },
+                buf,
+            ) {
+                Ok(offset) => LayoutState::Ready(offset),
+                Err(_) => LayoutState::Failed,
+            };
+        }
+        match self.states[i] {
+            LayoutState::Ready(offset) => Some((&self.headers[i][..], offset)),
+            _ => None,
+        }
+    }
+}
+
+/// One session matched by the message being fanned out (overlapping subscriptions
+/// collapsed: the highest QoS [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1]).
+#[derive(Debug, Clone, Copy)]
+struct Match {
+    slot: SessionSlot,
+    qos: QoS,
+    retain_as_published: bool,
+}
+
+/// Fan-out scratch space, reused for every message. Shard-local.
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    epoch: u64,
+    matches: Vec<Match>,
+    pub(crate) layouts: LayoutCache,
+}
+
+/// The PUBLISH for `msg` as sent to a subscriber.
+fn publish_for(
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<PacketId>,
+    dup: bool,
+) -> Publish {
+    Publish {
+        dup,
+        qos,
+        retain,
+        topic: msg.topic.clone(),
+        packet_id,
+        payload: msg.payload.clone(),
+        properties: msg.properties.clone(),
+    }
+}
+
+/// The send window of a session on `c`: ours, capped by the client's Receive Maximum.
+fn window(limits: &Limits, c: &Conn) -> usize {
+    usize::from(limits.inflight_out_max.min(c.client_receive_max))
+}
+
+/// Encodes one PUBLISH without the layout cache (queue drain, resend, retained on
+/// subscribe). Returns false if it was dropped (too large for the client).
+fn send_single(
+    c: &mut Conn,
+    conn: ConnId,
+    publish: &Publish,
+    actions: &mut VecDeque<IoAction>,
+) -> bool {
+    let mut header = BytesMut::new();
+    let version = c.version.unwrap_or(ProtocolVersion::V3_1_1);
+    if encode_publish_header(publish, version, &mut header).is_err()
+        || header.len() + publish.payload.len() > c.client_packet_size_max_bytes as usize
+    {
+        return false;
+    }
+    push_publish_frame(&mut c.tx, &header, None, &publish.payload, conn, actions);
+    true
+}
+
+impl ShardCore {
+    /// Delivers `msg` to every local session with a matching subscription.
+    pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>) {
+        let ShardCore { trie, sessions, fanout, shard, .. } = self;
+        fanout.epoch += 1;
+        let epoch = fanout.epoch;
+        let matches = &mut fanout.matches;
+        matches.clear();
+        let origin = msg.origin;
+        let local_origin = origin.shard == *shard;
+        trie.for_each_match(&msg.topic, |slot, opts, _filter| {
+            // No Local (5.0) [MQTT-3.8.3-3].
+            if opts.no_local && local_origin && origin.session == slot.0 {
+                return;
+            }
+            let qos = opts.qos.min(msg.qos);
+            let s = sessions.get_mut(slot);
+            if s.fanout_epoch == epoch {
+                let m = &mut matches[s.fanout_index as usize];
+                m.qos = m.qos.max(qos);
+                m.retain_as_published |= opts.retain_as_published;
+            } else {
+                s.fanout_epoch = epoch;
+                s.fanout_index = matches.len() as u32;
+                matches.push(Match { slot, qos, retain_as_published: opts.retain_as_published });
+            }
+        });
+        fanout.layouts.reset();
+        let matches = std::mem::take(&mut self.fanout.matches);
+        for m in &matches {
+            // [MQTT-3.3.1-9]: RETAIN is 0 towards established subscriptions (5.0: unless
+            // Retain As Published).
+            let retain = m.retain_as_published && msg.retain;
+            self.deliver_to_session(m.slot, msg, m.qos, retain);
+        }
+        self.fanout.matches = matches;
+    }
+
+    /// Sends `msg` to one session at `qos`, or queues it. Uses the layout cache, which the
+    /// caller resets for each new message.
+    pub(crate) fn deliver_to_session(
+        &mut self,
+        slot: SessionSlot,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    ) {
+        let ShardCore { sessions, conns, fanout, stats, actions, config, .. } = self;
+        let limits = &config.limits;
+        let s = sessions.get_mut(slot);
+        let queued = || Queued { msg: msg.clone(), qos, retain };
+        let Some(conn) = s.conn else {
+            // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
+            // (like Mosquitto's default), and not counted as dropped.
+            if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits) {
+                stats.messages_dropped += 1;
+            }
+            return;
+        };
+        let c = conns.get_mut(conn).expect("online session without its connection");
+        if !s.queue.is_empty() || (qos != QoS::AtMostOnce && s.inflight.len() >= window(limits, c))
+        {
+            if !enqueue(s, queued(), limits) {
+                stats.messages_dropped += 1;
+            }
+            return;
+        }
+        if qos == QoS::AtMostOnce && c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max {
+            stats.messages_dropped += 1;
+            return;
+        }
+        let Some((header, pid_offset)) = fanout.layouts.header(msg, c.is_v5(), qos, retain) else {
+            stats.messages_dropped += 1;
+            return;
+        };
+        // [MQTT-3.1.2-25]: never send a packet larger than the client's maximum.
+        if header.len() + msg.payload.len() > c.client_packet_size_max_bytes as usize {
+            stats.messages_dropped += 1;
+            return;
+        }
+        let pid = match pid_offset {
+            None => None,
+            Some(offset) => {
+                let packet_id = s.next_packet_id();
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                    state: if qos == QoS::AtLeastOnce {
+                        OutState::AwaitingPubAck
+                    } else {
+                        OutState::AwaitingPubRec
+                    },
+                });
+                Some((offset, packet_id.get()))
+            }
+        };
+        push_publish_frame(&mut c.tx, header, pid, &msg.payload, conn, actions);
+        stats.messages_sent += 1;
+    }
+
+    /// Sends queued messages while the window allows (after an acknowledgement, or when a
+    /// session resumes).
+    pub(crate) fn pump_session(&mut self, slot: SessionSlot) {
+        let ShardCore { sessions, conns, stats, actions, config, .. } = self;
+        let limits = &config.limits;
+        let s = sessions.get_mut(slot);
+        let Some(conn) = s.conn else { return };
+        let c = conns.get_mut(conn).expect("online session without its connection");
+        let window = window(limits, c);
+        while let Some(front) = s.queue.front() {
+            if front.qos != QoS::AtMostOnce && s.inflight.len() >= window {
+                return;
+            }
+            let q = s.dequeue().expect("front exists");
+            send_queued(s, c, conn, q, limits, stats, actions);
+        }
+    }
+
+    /// A session resumed on `conn`: resend unacknowledged messages in their original order
+    /// (PUBLISH with DUP = 1, or PUBREL once PUBREC was received) [MQTT-4.4.0-1], then the
+    /// queue.
+    pub(crate) fn resume_session(&mut self, conn: ConnId, slot: SessionSlot) {
+        let ShardCore { sessions, conns, stats, actions, .. } = self;
+        let s = sessions.get_mut(slot);
+        let c = conns.get_mut(conn).expect("resuming on a live connection");
+        let version = c.version.unwrap_or(ProtocolVersion::V3_1_1);
+        for i in &s.inflight {
+            match i.state {
+                OutState::AwaitingPubAck | OutState::AwaitingPubRec => {
+                    let p = publish_for(&i.msg, i.qos, i.retain, Some(i.packet_id), true);
+                    // A message now too large for the client stays inflight; the client
+                    // never acknowledges it, which only costs a window slot.
+                    if send_single(c, conn, &p, actions) {
+                        stats.messages_sent += 1;
+                    }
+                }
+                OutState::AwaitingPubComp => {
+                    let r = pub_resp(i.packet_id, ReasonCode::SUCCESS);
+                    encode_onto(&mut c.tx, &shardmq_codec::Packet::PubRel(r), version, conn, actions);
+                }
+            }
+        }
+        self.pump_session(slot);
+    }
+
+    /// PUBACK for an outgoing QoS 1 message.
+    pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId) {
+        let s = self.sessions.get_mut(slot);
+        if let Some(i) = s.inflight_position(id) {
+            if s.inflight[i].state == OutState::AwaitingPubAck {
+                s.inflight.remove(i);
+                self.pump_session(slot);
+            }
+        }
+    }
+
+    /// PUBREC for an outgoing QoS 2 message: answer PUBREL (5.0: a failure reason ends the
+    /// flow instead).
+    pub(crate) fn handle_pubrec(&mut self, conn: ConnId, slot: SessionSlot, r: PubResp) {
+        let s = self.sessions.get_mut(slot);
+        let reason = match s.inflight_position(r.packet_id) {
+            Some(i) if r.reason.is_error() && s.inflight[i].state == OutState::AwaitingPubRec => {
+                s.inflight.remove(i);
+                self.pump_session(slot);
+                return;
+            }
+            Some(i) => {
+                s.inflight[i].state = OutState::AwaitingPubComp;
+                ReasonCode::SUCCESS
+            }
+            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        let rel = pub_resp(r.packet_id, reason);
+        self.send_packet(conn, &shardmq_codec::Packet::PubRel(rel));
+    }
+
+    /// PUBCOMP for an outgoing QoS 2 message.
+    pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId) {
+        let s = self.sessions.get_mut(slot);
+        if let Some(i) = s.inflight_position(id) {
+            if s.inflight[i].state == OutState::AwaitingPubComp {
+                s.inflight.remove(i);
+                self.pump_session(slot);
+            }
+        }
+    }
+
+    /// Sends `msg` as a retained message (RETAIN = 1 [MQTT-3.3.1-8]) to a session that just
+    /// subscribed with maximum QoS `qos`.
+    pub(crate) fn deliver_retained(&mut self, slot: SessionSlot, msg: &Arc<Message>, qos: QoS) {
+        self.fanout.layouts.reset();
+        self.deliver_to_session(slot, msg, qos.min(msg.qos), true);
+    }
+
+    /// True if `conn` is connected to `slot` (a deferred reply still has its addressee).
+    pub(crate) fn conn_serves(&self, conn: ConnId, slot: SessionSlot) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.phase == Phase::Connected(slot))
+    }
+}
+
+fn enqueue(s: &mut Session, q: Queued, limits: &Limits) -> bool {
+    s.enqueue(q, limits.session_queue_messages_max, limits.session_queue_bytes_max)
+}
+
+fn send_queued(
+    s: &mut Session,
+    c: &mut Conn,
+    conn: ConnId,
+    q: Queued,
+    limits: &Limits,
+    stats: &mut LocalStats,
+    actions: &mut VecDeque<IoAction>,
+) {
+    if q.qos == QoS::AtMostOnce {
+        if c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max
+            || !send_single(c, conn, &publish_for(&q.msg, q.qos, q.retain, None, false), actions)
+        {
+            stats.messages_dropped += 1;
+        } else {
+            stats.messages_sent += 1;
+        }
+        return;
+    }
+    let packet_id = s.next_packet_id();
+    let p = publish_for(&q.msg, q.qos, q.retain, Some(packet_id), false);
+    if !send_single(c, conn, &p, actions) {
+        stats.messages_dropped += 1;
+        return;
+    }
+    stats.messages_sent += 1;
+    let state = if q.qos == QoS::AtLeastOnce {
+        OutState::AwaitingPubAck
+    } else {
+        OutState::AwaitingPubRec
+    };
+    s.inflight.push_back(Inflight { packet_id, msg: q.msg, qos: q.qos, retain: q.retain, state });
+}
+
+/// A PUBACK/PUBREC/PUBREL/PUBCOMP body.
+pub(crate) fn pub_resp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
+    PubResp { packet_id, reason, properties: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_indices_are_distinct_and_in_range() {
+        let mut seen = [false; LAYOUTS];
+        for v5 in [false, true] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                for retain in [false, true] {
+                    let i = layout_index(v5, qos, retain);
+                    assert!(!seen[i]);
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

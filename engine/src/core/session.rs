@@ -1,0 +1,286 @@
+//! Sessions: what the broker remembers about a client id across connections — its
+//! subscriptions, its outgoing inflight window and queue, its incoming QoS 2 packet ids, its
+//! will — and the table that holds them.
+//!
+//! Shard-local: a session lives on the home shard of its client id
+//! ([`crate::core::shard::ShardCore::home_shard`]), and only there.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmq_codec::{ByteStr, PacketId, QoS, SubscriptionOptions, Will};
+
+use crate::core::ids::SessionSlot;
+use crate::core::mesh::Message;
+use crate::core::shard::ConnId;
+
+/// Where an outgoing QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+/// An outgoing QoS 1/2 message that was sent and is not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub(crate) packet_id: PacketId,
+    pub(crate) msg: Arc<Message>,
+    /// QoS after downgrading to the subscription's maximum.
+    pub(crate) qos: QoS,
+    /// RETAIN flag as sent.
+    pub(crate) retain: bool,
+    pub(crate) state: OutState,
+}
+
+/// A message waiting in the session for the inflight window (or for the client to come
+/// back), in delivery order.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub(crate) msg: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+}
+
+impl Queued {
+    /// What the entry counts against `session_queue_bytes_max`.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        (self.msg.payload.len() + self.msg.topic.len()) as u64
+    }
+}
+
+/// A will waiting for its Will Delay Interval (5.0) after the connection ended.
+#[derive(Debug)]
+pub(crate) struct PendingWill {
+    pub(crate) will: Box<Will>,
+    pub(crate) publish_at: Instant,
+}
+
+/// One session. Shard-local: lives on its client id's home shard.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: ByteStr,
+    /// The connection attached to it, if online.
+    pub(crate) conn: Option<ConnId>,
+    /// Session Expiry Interval in force (capped); 0 ends the session with its connection.
+    pub(crate) expiry_secs: u32,
+    /// When an offline session expires.
+    pub(crate) expires_at: Option<Instant>,
+    /// The session's subscriptions (filter as sent, options). Mirrors the shard's trie.
+    pub(crate) subs: Vec<(ByteStr, SubscriptionOptions)>,
+    /// Sent, unacknowledged QoS 1/2 messages in send order (resent in this order).
+    pub(crate) inflight: VecDeque<Inflight>,
+    /// Messages waiting for window space or for the client to reconnect, in order.
+    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) queue_bytes: u64,
+    /// The last packet id handed out.
+    pub(crate) last_packet_id: u16,
+    /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
+    pub(crate) qos2_in: Vec<PacketId>,
+    /// The will of the current connection.
+    pub(crate) will: Option<Box<Will>>,
+    /// A will waiting for its delay after the connection ended.
+    pub(crate) pending_will: Option<PendingWill>,
+    /// Fan-out deduplication: the epoch of the message last matched to this session, and
+    /// its index in the fan-out's match list.
+    pub(crate) fanout_epoch: u64,
+    pub(crate) fanout_index: u32,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: ByteStr) -> Session {
+        Session {
+            client_id,
+            conn: None,
+            expiry_secs: 0,
+            expires_at: None,
+            subs: Vec::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            last_packet_id: 0,
+            qos2_in: Vec::new(),
+            will: None,
+            pending_will: None,
+            fanout_epoch: 0,
+            fanout_index: 0,
+        }
+    }
+
+    /// A packet id not used by any inflight message. The caller guarantees the window is
+    /// smaller than the id space (`inflight_out_max` is a `u16` and the window is checked
+    /// before calling).
+    pub(crate) fn next_packet_id(&mut self) -> PacketId {
+        assert!(self.inflight.len() < usize::from(u16::MAX), "inflight window exceeds id space");
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            let Some(id) = PacketId::new(self.last_packet_id) else { continue };
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Index of the inflight entry with `id` (acks mostly arrive in order: the front).
+    pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == id)
+    }
+
+    /// Appends to the queue unless a limit is hit; `false` means dropped.
+    pub(crate) fn enqueue(&mut self, q: Queued, messages_max: u32, bytes_max: u64) -> bool {
+        let size = q.size_bytes();
+        if self.queue.len() >= messages_max as usize || self.queue_bytes + size > bytes_max {
+            return false;
+        }
+        self.queue_bytes += size;
+        self.queue.push_back(q);
+        true
+    }
+
+    /// Removes the queue's first entry.
+    pub(crate) fn dequeue(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.queue_bytes -= q.size_bytes();
+        Some(q)
+    }
+
+    /// Index of the subscription to `filter`.
+    pub(crate) fn sub_position(&self, filter: &str) -> Option<usize> {
+        self.subs.iter().position(|(f, _)| &**f == filter)
+    }
+}
+
+/// The sessions homed on one shard, by slot and by client id.
+///
+/// Shard-local: one per shard.
+#[derive(Debug, Default)]
+pub(crate) struct SessionTable {
+    slots: Vec<Option<Session>>,
+    free: Vec<u32>,
+    by_client_id: HashMap<ByteStr, SessionSlot>,
+}
+
+impl SessionTable {
+    /// Sessions held (online or offline).
+    pub(crate) fn len(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// The session of `client_id`.
+    pub(crate) fn find(&self, client_id: &ByteStr) -> Option<SessionSlot> {
+        self.by_client_id.get(client_id).copied()
+    }
+
+    /// Adds a session; its client id must not be taken.
+    pub(crate) fn insert(&mut self, session: Session) -> SessionSlot {
+        let slot = if let Some(i) = self.free.pop() {
+            debug_assert!(self.slots[i as usize].is_none());
+            self.slots[i as usize] = Some(session);
+            SessionSlot(i)
+        } else {
+            let i = u32::try_from(self.slots.len()).expect("session slab overflow");
+            assert!(i != u32::MAX, "u32::MAX is the broker's own origin");
+            self.slots.push(Some(session));
+            SessionSlot(i)
+        };
+        let id = self.slots[slot.0 as usize].as_ref().map(|s| s.client_id.clone());
+        let previous = self.by_client_id.insert(id.unwrap_or_default(), slot);
+        assert!(previous.is_none(), "two sessions for one client id");
+        slot
+    }
+
+    /// Removes the session in `slot`.
+    pub(crate) fn remove(&mut self, slot: SessionSlot) -> Session {
+        let s = self.slots[slot.0 as usize].take().expect("removing a free session slot");
+        self.by_client_id.remove(&s.client_id);
+        self.free.push(slot.0);
+        s
+    }
+
+    /// The session in `slot`, which must be live (the slot came from the trie or a
+    /// connection, which never outlive their session).
+    pub(crate) fn get(&self, slot: SessionSlot) -> &Session {
+        self.slots[slot.0 as usize].as_ref().expect("stale session slot")
+    }
+
+    /// The session in `slot`, which must be live.
+    pub(crate) fn get_mut(&mut self, slot: SessionSlot) -> &mut Session {
+        self.slots[slot.0 as usize].as_mut().expect("stale session slot")
+    }
+
+    /// Slots of every session, into `out` (for the periodic scan).
+    pub(crate) fn slots(&self, out: &mut Vec<SessionSlot>) {
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.is_some() {
+                out.push(SessionSlot(i as u32));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    use crate::core::ids::ShardId;
+    use crate::core::mesh::Origin;
+
+    fn msg() -> Arc<Message> {
+        Arc::new(Message {
+            topic: ByteStr::from("t"),
+            payload: Bytes::from_static(b"abc"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            origin: Origin { shard: ShardId(0), session: 0 },
+            received_at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut s = Session::new(ByteStr::from("c"));
+        s.last_packet_id = u16::MAX - 1;
+        let a = s.next_packet_id();
+        assert_eq!(a.get(), u16::MAX);
+        s.inflight.push_back(Inflight {
+            packet_id: PacketId::new(1).unwrap(),
+            msg: msg(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            state: OutState::AwaitingPubAck,
+        });
+        assert_eq!(s.next_packet_id().get(), 2, "0 and the inflight id 1 are skipped");
+    }
+
+    #[test]
+    fn queue_is_bounded_by_count_and_bytes() {
+        let mut s = Session::new(ByteStr::from("c"));
+        let q = Queued { msg: msg(), qos: QoS::AtLeastOnce, retain: false };
+        assert!(s.enqueue(q.clone(), 2, 100));
+        assert!(s.enqueue(q.clone(), 2, 100));
+        assert!(!s.enqueue(q.clone(), 2, 100));
+        assert_eq!(s.queue_bytes, 8);
+        assert!(s.dequeue().is_some());
+        assert!(!s.enqueue(q.clone(), 10, 5), "4 + 4 > 5 bytes");
+        assert_eq!(s.queue_bytes, 4);
+    }
+
+    #[test]
+    fn table_finds_by_client_id_and_reuses_slots() {
+        let mut t = SessionTable::default();
+        let a = t.insert(Session::new(ByteStr::from("a")));
+        assert_eq!(t.find(&ByteStr::from("a")), Some(a));
+        t.remove(a);
+        assert_eq!(t.find(&ByteStr::from("a")), None);
+        let b = t.insert(Session::new(ByteStr::from("b")));
+        assert_eq!(a, b);
+        assert_eq!(t.len(), 1);
+    }
+}

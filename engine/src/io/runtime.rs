@@ -1,0 +1,220 @@
+//! One shard's life: create its executor, join the mesh, bind its listeners, run the accept,
+//! timer and mesh tasks, and shut down gracefully when the broker-wide stop flag is raised.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::core::ids::ShardId;
+use crate::core::mesh::MeshMsg;
+use crate::core::shard::{CoreConfig, ShardCore};
+
+use super::mesh::{receive_task, retry_task, MeshIo};
+use super::shard::ShardIo;
+
+/// The longest the timer task sleeps without asking the core for its next deadline.
+const TICK_MAX: Duration = Duration::from_millis(250);
+/// How often a shard looks at the broker-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a shard waits for its connections to flush and close on shutdown.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(3);
+
+/// Everything a shard thread needs to start.
+#[derive(Debug)]
+pub(crate) struct ShardStart {
+    pub(crate) index: u16,
+    pub(crate) placement_cpu: Option<usize>,
+    pub(crate) io_memory_bytes: usize,
+    pub(crate) ring_depth: usize,
+    pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) core_config: CoreConfig,
+    pub(crate) mesh: Option<MeshBuilder<MeshMsg, Full>>,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Told once the executor exists (or could not be made).
+    pub(crate) made: mpsc::Sender<Result<(), String>>,
+    /// Told once the shard accepts on every listener (or failed to start).
+    pub(crate) ready: mpsc::Sender<Result<u16, String>>,
+}
+
+/// The body of shard thread `start.index`.
+pub(crate) fn shard_thread(start: ShardStart) -> Result<(), String> {
+    let placement = match start.placement_cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    let made = LocalExecutorBuilder::new(placement)
+        .io_memory(start.io_memory_bytes)
+        .ring_depth(start.ring_depth)
+        .make();
+    let ex = match made {
+        Ok(ex) => {
+            let _ = start.made.send(Ok(()));
+            ex
+        }
+        Err(e) => {
+            let msg = format!("shard {}: cannot create its executor: {e}", start.index);
+            let _ = start.made.send(Err(msg.clone()));
+            return Err(msg);
+        }
+    };
+    ex.run(shard_main(start))
+}
+
+/// Reports a start-up failure if the shard stops before it is ready.
+struct ReadyGuard {
+    index: u16,
+    tx: Option<mpsc::Sender<Result<u16, String>>>,
+}
+
+impl ReadyGuard {
+    fn done(&mut self, r: Result<u16, String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl Drop for ReadyGuard {
+    fn drop(&mut self) {
+        let index = self.index;
+        self.done(Err(format!("shard {index} stopped during start-up")));
+    }
+}
+
+async fn stop_requested(stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        Timer::new(STOP_POLL).await;
+    }
+}
+
+async fn shard_main(start: ShardStart) -> Result<(), String> {
+    let index = start.index;
+    let mut guard = ReadyGuard { index, tx: Some(start.ready.clone()) };
+    let fail = |guard: &mut ReadyGuard, msg: String| {
+        guard.done(Err(msg.clone()));
+        Err(msg)
+    };
+
+    let mut mesh_halves = None;
+    if let Some(builder) = start.mesh {
+        let joined = future::or(async { Some(builder.join().await) }, async {
+            stop_requested(&start.stop).await;
+            None
+        })
+        .await;
+        match joined {
+            None => return Ok(()),
+            Some(Err(e)) => return fail(&mut guard, format!("shard {index}: cannot join the mesh: {e}")),
+            Some(Ok((senders, receivers))) => {
+                if senders.peer_id() != usize::from(index) {
+                    return fail(
+                        &mut guard,
+                        format!(
+                            "shard {index}: mesh position {} differs from the shard index \
+                             (executors were not created in order)",
+                            senders.peer_id()
+                        ),
+                    );
+                }
+                mesh_halves = Some((senders, receivers));
+            }
+        }
+    }
+
+    let shard = Rc::new(ShardIo::new(ShardCore::new(ShardId(index), start.core_config)));
+
+    let mut listeners = Vec::with_capacity(start.listen.len());
+    for addr in &start.listen {
+        match TcpListener::bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => return fail(&mut guard, format!("cannot listen on {addr}: {e}")),
+        }
+    }
+
+    if let Some((senders, receivers)) = mesh_halves {
+        let n = senders.nr_consumers();
+        let mesh = Rc::new(MeshIo::new(senders));
+        shard.mesh.set(mesh.clone()).expect("mesh set once");
+        let receivers = Rc::new(receivers);
+        for peer in (0..n).filter(|&p| p != usize::from(index)) {
+            glommio::spawn_local(receive_task(shard.clone(), receivers.clone(), peer)).detach();
+            glommio::spawn_local(retry_task(shard.clone(), mesh.clone(), peer)).detach();
+        }
+    }
+    glommio::spawn_local(timer_task(shard.clone())).detach();
+    for l in listeners {
+        glommio::spawn_local(accept_task(shard.clone(), l)).detach();
+    }
+    guard.done(Ok(index));
+
+    stop_requested(&start.stop).await;
+
+    shard.begin_shutdown();
+    let deadline = Instant::now() + SHUTDOWN_DRAIN_MAX;
+    while shard.conn_count() > 0 && Instant::now() < deadline {
+        Timer::new(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Accepts connections on one listener until shutdown.
+async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener) {
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            shard.stop.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => super::conn::spawn_accepted(&shard, stream),
+            Some(Err(e)) => {
+                // Typically EMFILE/ENFILE: back off briefly rather than spin.
+                if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!("{}: accept failed: {e}", shard.id);
+                    last_error_log = Some(Instant::now());
+                }
+                Timer::new(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Calls the core's `handle_tick` whenever its next deadline passes.
+async fn timer_task(shard: Rc<ShardIo>) {
+    loop {
+        let now = Instant::now();
+        let next = shard.core.borrow().next_deadline();
+        if next.is_some_and(|d| d <= now) {
+            shard.with_core(|core, now| core.handle_tick(now));
+        }
+        let now = Instant::now();
+        let wait = match shard.core.borrow().next_deadline() {
+            Some(d) => d.saturating_duration_since(now).clamp(Duration::from_millis(1), TICK_MAX),
+            None => TICK_MAX,
+        };
+        let stopped = future::or(
+            async {
+                Timer::new(wait).await;
+                false
+            },
+            async {
+                shard.stop.wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+    }
+}

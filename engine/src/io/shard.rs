@@ -1,0 +1,233 @@
+//! One shard's io state: its core, the io side of its connections, its end of the mesh, and
+//! the function that turns the core's outputs into io ([`ShardIo::drain`]).
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::core::ids::ShardId;
+use crate::core::mesh::MeshMsg;
+use crate::core::shard::{ConnId, IoAction, ShardCore};
+
+use super::mesh::MeshIo;
+use super::signal::Signal;
+
+/// Bytes of the shard-wide read buffer every connection reads into before copying what it
+/// got into its own (initially empty) buffer: idle connections hold no read buffer.
+pub(crate) const READ_SCRATCH_BYTES: usize = 64 * 1024;
+
+/// A v5 DISCONNECT with reason 0x8B Server shutting down and no properties.
+pub(crate) const DISCONNECT_SHUTTING_DOWN_V5: &[u8] = &[0xE0, 0x01, 0x8B];
+
+/// The io side of one open connection, shared between the connection's task and
+/// [`ShardIo::drain`]. Shard-local.
+#[derive(Debug, Default)]
+pub(crate) struct ConnSlot {
+    /// The core queued bytes on the connection: its writer takes them when it runs.
+    pub(crate) flush: Cell<bool>,
+    /// Write what is pending, then close; stop reading and ignore further packets.
+    pub(crate) close: Cell<bool>,
+    /// Frames to write before anything else the core queues later (taken from the core when
+    /// it asked to close the connection, and the shutdown DISCONNECT).
+    pub(crate) pending: RefCell<Vec<Bytes>>,
+    /// The connection task is parked because reading is paused.
+    pub(crate) parked: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ConnSlot {
+    /// Registers the connection task's waker.
+    pub(crate) fn set_waker(&self, w: &Waker) {
+        match self.waker.take() {
+            Some(old) if old.will_wake(w) => self.waker.set(Some(old)),
+            _ => self.waker.set(Some(w.clone())),
+        }
+    }
+
+    /// Wakes the connection task.
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Everything one shard runs: the sans-IO core and the io around it.
+///
+/// Shard-local: one per shard, shared by `Rc` between that shard's tasks. The core is only
+/// borrowed between awaits, never across one.
+#[derive(Debug)]
+pub(crate) struct ShardIo {
+    /// This shard.
+    pub(crate) id: ShardId,
+    /// The core.
+    pub(crate) core: RefCell<ShardCore>,
+    /// Decoder limits (from the core's limits).
+    pub(crate) codec_limits: shardmq_codec::Limits,
+    /// How long a new connection may take to send its first packet.
+    pub(crate) connect_timeout: Duration,
+    /// Open connections (those the core knows).
+    conns: RefCell<HashMap<ConnId, Rc<ConnSlot>>>,
+    /// Connections waiting for reading to resume.
+    parked: RefCell<Vec<Rc<ConnSlot>>>,
+    /// The read buffer every connection of this shard reads into.
+    pub(crate) scratch: RefCell<Box<[u8]>>,
+    /// This shard's end of the mesh (absent with one shard).
+    pub(crate) mesh: OnceCell<Rc<MeshIo>>,
+    mesh_out: RefCell<Vec<(ShardId, MeshMsg)>>,
+    /// Graceful shutdown has begun.
+    pub(crate) stop: Signal,
+    /// Connection tasks alive (including those still waiting for CONNECT).
+    pub(crate) live_conns: Cell<usize>,
+}
+
+impl ShardIo {
+    pub(crate) fn new(core: ShardCore) -> ShardIo {
+        let limits = &core.config().limits;
+        let codec_limits =
+            shardmq_codec::Limits { packet_size_max_bytes: limits.packet_size_max_bytes };
+        let connect_timeout = Duration::from_secs(limits.connect_timeout_secs.into());
+        ShardIo {
+            id: core.shard_id(),
+            core: RefCell::new(core),
+            codec_limits,
+            connect_timeout,
+            conns: RefCell::new(HashMap::new()),
+            parked: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
+            mesh: OnceCell::new(),
+            mesh_out: RefCell::new(Vec::new()),
+            stop: Signal::default(),
+            live_conns: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> u16 {
+        self.core.borrow().config().shard_count
+    }
+
+    /// Registers the io side of a connection the core just opened.
+    pub(crate) fn register(&self, conn: ConnId) -> Rc<ConnSlot> {
+        let slot = Rc::new(ConnSlot::default());
+        self.conns.borrow_mut().insert(conn, slot.clone());
+        slot
+    }
+
+    /// Forgets a connection whose task ended.
+    pub(crate) fn unregister(&self, conn: ConnId) {
+        self.conns.borrow_mut().remove(&conn);
+    }
+
+    /// Open connections.
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Parks a connection until reading resumes.
+    pub(crate) fn park(&self, slot: &Rc<ConnSlot>) {
+        if !slot.parked.replace(true) {
+            self.parked.borrow_mut().push(slot.clone());
+        }
+    }
+
+    /// Sends a message to another shard (through the outbox when its ring is full).
+    pub(crate) fn send_mesh(&self, to: ShardId, msg: MeshMsg) {
+        match self.mesh.get() {
+            Some(mesh) => {
+                mesh.send(to, msg);
+                let backlog = mesh.backlog();
+                if backlog > 0 || mesh.backlog_reported() != 0 {
+                    mesh.set_backlog_reported(backlog);
+                    self.core.borrow_mut().set_mesh_backlog(backlog);
+                }
+            }
+            None => super::mesh::discard(msg),
+        }
+    }
+
+    /// Carries out everything the core asked for: wakes writers, closes connections, pushes
+    /// messages to other shards, and resumes parked readers when reading is allowed again.
+    /// Called after every call into the core.
+    pub(crate) fn drain(&self) {
+        let mut core = self.core.borrow_mut();
+        {
+            let conns = self.conns.borrow();
+            while let Some(action) = core.poll_action() {
+                match action {
+                    IoAction::Flush(c) => {
+                        if let Some(slot) = conns.get(&c) {
+                            slot.flush.set(true);
+                            slot.wake();
+                        }
+                    }
+                    IoAction::Close(c) => {
+                        if let Some(slot) = conns.get(&c) {
+                            // The core may forget the connection's queue with its state: take
+                            // the bytes now so they are still written before the close.
+                            if let Some(tx) = core.tx(c) {
+                                tx.take_all(&mut slot.pending.borrow_mut());
+                            }
+                            slot.close.set(true);
+                            slot.wake();
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = self.mesh_out.borrow_mut();
+        core.drain_mesh_out(&mut out);
+        if !out.is_empty() {
+            match self.mesh.get() {
+                Some(mesh) => {
+                    for (to, msg) in out.drain(..) {
+                        mesh.send(to, msg);
+                    }
+                    let backlog = mesh.backlog();
+                    if backlog != mesh.backlog_reported() {
+                        mesh.set_backlog_reported(backlog);
+                        core.set_mesh_backlog(backlog);
+                    }
+                }
+                None => out.clear(),
+            }
+        }
+        if !core.reading_paused() && !self.parked.borrow().is_empty() {
+            for slot in self.parked.borrow_mut().drain(..) {
+                slot.parked.set(false);
+                slot.wake();
+            }
+        }
+    }
+
+    /// Calls `f` with the core and `now`, then drains the core's outputs.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut ShardCore, Instant) -> R) -> R {
+        let r = f(&mut self.core.borrow_mut(), Instant::now());
+        self.drain();
+        r
+    }
+
+    /// Starts a graceful shutdown: stop accepting, and have every connection write what is
+    /// queued (plus DISCONNECT 0x8B for 5.0 clients) and close.
+    pub(crate) fn begin_shutdown(&self) {
+        self.stop.fire();
+        let mut core = self.core.borrow_mut();
+        for (&c, slot) in self.conns.borrow().iter() {
+            if slot.close.get() {
+                continue;
+            }
+            let mut pending = slot.pending.borrow_mut();
+            if let Some(tx) = core.tx(c) {
+                tx.take_all(&mut pending);
+            }
+            if core.protocol_version(c).is_some_and(|v| v.is_v5()) {
+                pending.push(Bytes::from_static(DISCONNECT_SHUTTING_DOWN_V5));
+            }
+            slot.close.set(true);
+            slot.wake();
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! A one-shot, shard-local signal ("stop now") that any number of tasks can await.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::task::{Poll, Waker};
+
+/// Fired once; every waiter wakes. Shard-local: lives in one shard's [`super::shard::ShardIo`].
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    fired: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    /// Fires the signal and wakes every waiter.
+    pub(crate) fn fire(&self) {
+        self.fired.set(true);
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether it fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Completes once the signal has fired. A task that polls it repeatedly registers its
+    /// waker once (so a loop that re-creates this future does not grow the waiter list).
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
