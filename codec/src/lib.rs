@@ -16,15 +16,28 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod properties;
-pub mod reason;
-pub mod types;
-
-pub use properties::Properties;
-pub use reason::ReasonCode;
-pub use types::*;
 pub mod codec;
 pub mod error;
+pub mod properties;
+pub mod reason;
+pub mod topic;
+pub mod types;
 
-pub use codec::{decode, encode, encode_publish_header};
+mod auth;
+mod connack;
+mod connect;
+mod disconnect;
+mod primitives;
+mod publish;
+mod pubresp;
+mod suback;
+mod subscribe;
+mod unsuback;
+mod unsubscribe;
+
+pub use codec::{decode, encode, encode_publish_header, encoded_len};
 pub use error::{DecodeError, EncodeError};
+pub use primitives::VARINT_MAX;
+pub use properties::{Properties, PropertyContext, PropertyId, PropertyType};
+pub use reason::ReasonCode;
+pub use types::*;

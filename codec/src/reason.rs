@@ -2,6 +2,34 @@
 
 use std::fmt;
 
+use crate::types::{PacketType, ProtocolVersion};
+
+/// CONNACK reason codes (5.0 §3.2.2.2).
+const CONNACK: &[u8] = &[
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95,
+    0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+];
+/// PUBACK and PUBREC reason codes (5.0 §3.4.2.1, §3.5.2.1).
+const PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+/// PUBREL and PUBCOMP reason codes (5.0 §3.6.2.1, §3.7.2.1).
+const PUBREL: &[u8] = &[0x00, 0x92];
+/// SUBACK reason codes (5.0 §3.9.3).
+const SUBACK: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
+/// UNSUBACK reason codes (5.0 §3.11.3).
+const UNSUBACK: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+/// DISCONNECT reason codes (5.0 §3.14.2.1).
+const DISCONNECT: &[u8] = &[
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
+    0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+];
+/// AUTH reason codes (5.0 §3.15.2.1).
+const AUTH: &[u8] = &[0x00, 0x18, 0x19];
+/// SUBACK return codes of 3.1.1 (§3.9.3); 3.1 has no failure code, but brokers send 0x80
+/// to 3.1 clients too, so it is accepted there as well.
+const SUBACK_V3: &[u8] = &[0x00, 0x01, 0x02, 0x80];
+
 /// An MQTT 5.0 reason code. A newtype over the wire byte: the same byte means different
 /// things in different packets (0x00 is "Success", "Normal disconnection" and "Granted QoS 0").
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +82,33 @@ impl ReasonCode {
     pub const MAXIMUM_CONNECT_TIME: ReasonCode = ReasonCode(0xA0);
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA1);
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: ReasonCode = ReasonCode(0xA2);
+
+    /// The reason codes a packet of type `packet` may carry in MQTT 5.0 (§2.4), in
+    /// ascending order; empty for packets without a reason code.
+    pub fn valid_codes(packet: PacketType) -> &'static [u8] {
+        match packet {
+            PacketType::ConnAck => CONNACK,
+            PacketType::PubAck | PacketType::PubRec => PUBACK,
+            PacketType::PubRel | PacketType::PubComp => PUBREL,
+            PacketType::SubAck => SUBACK,
+            PacketType::UnsubAck => UNSUBACK,
+            PacketType::Disconnect => DISCONNECT,
+            PacketType::Auth => AUTH,
+            _ => &[],
+        }
+    }
+
+    /// Whether this code is valid in a packet of type `packet` for `version`. Before 5.0
+    /// only SUBACK carries codes here (0x00, 0x01, 0x02, 0x80); CONNACK return codes go
+    /// through [`ReasonCode::from_v3_connack`].
+    pub fn is_valid_for(self, packet: PacketType, version: ProtocolVersion) -> bool {
+        let list = match (version.is_v5(), packet) {
+            (true, _) => ReasonCode::valid_codes(packet),
+            (false, PacketType::SubAck) => SUBACK_V3,
+            (false, _) => &[0x00],
+        };
+        list.contains(&self.0)
+    }
 
     /// True for codes >= 0x80 (failures).
     pub fn is_error(self) -> bool {

@@ -104,6 +104,11 @@ impl ByteStr {
         Some(ByteStr(b))
     }
 
+    /// Wraps bytes the decoder has already validated (UTF-8, no U+0000).
+    pub(crate) fn from_validated(b: Bytes) -> ByteStr {
+        ByteStr(b)
+    }
+
     /// A static string (for tests and constants). Panics on U+0000: a programmer error.
     pub fn from_static(s: &'static str) -> ByteStr {
         assert!(!s.contains('\0'), "MQTT strings must not contain U+0000");
@@ -360,6 +365,40 @@ pub enum PacketType {
     Disconnect = 14,
     /// 15 (5.0 only)
     Auth = 15,
+}
+
+impl PacketType {
+    /// The packet type of the high nibble `v` of a fixed header; `None` for 0 (reserved).
+    pub fn from_u8(v: u8) -> Option<PacketType> {
+        Some(match v {
+            1 => PacketType::Connect,
+            2 => PacketType::ConnAck,
+            3 => PacketType::Publish,
+            4 => PacketType::PubAck,
+            5 => PacketType::PubRec,
+            6 => PacketType::PubRel,
+            7 => PacketType::PubComp,
+            8 => PacketType::Subscribe,
+            9 => PacketType::SubAck,
+            10 => PacketType::Unsubscribe,
+            11 => PacketType::UnsubAck,
+            12 => PacketType::PingReq,
+            13 => PacketType::PingResp,
+            14 => PacketType::Disconnect,
+            15 => PacketType::Auth,
+            _ => return None,
+        })
+    }
+
+    /// The fixed-header flags this packet type requires [MQTT-2.1.3-1]; PUBLISH's flags
+    /// carry DUP, QoS and RETAIN instead (`None`).
+    pub fn required_flags(self) -> Option<u8> {
+        match self {
+            PacketType::Publish => None,
+            PacketType::PubRel | PacketType::Subscribe | PacketType::Unsubscribe => Some(0b0010),
+            _ => Some(0),
+        }
+    }
 }
 
 /// One MQTT control packet.

@@ -58,11 +58,9 @@ fn decode_file(name: &str) -> (ProtocolVersion, Vec<(Packet, Vec<u8>)>) {
         let before = buf.len();
         let p = match decode(&mut buf, &big_limits(), version) {
             Ok(Some(p)) => p,
-            other => panic!(
-                "{name}: packet {} at byte {}: {other:?}",
-                out.len(),
-                bytes.len() - before
-            ),
+            other => {
+                panic!("{name}: packet {} at byte {}: {other:?}", out.len(), bytes.len() - before)
+            }
         };
         let start = bytes.len() - before;
         let end = bytes.len() - buf.len();
@@ -92,9 +90,7 @@ fn every_fixture_reencodes_byte_exactly() {
         let (version, packets) = decode_file(&name);
         for (i, (p, wire)) in packets.iter().enumerate() {
             let ours = encode_to_vec(p, version);
-            let exception = NON_CANONICAL
-                .iter()
-                .find(|(n, idx, _)| *n == name && *idx == i);
+            let exception = NON_CANONICAL.iter().find(|(n, idx, _)| *n == name && *idx == i);
             match (ours == *wire, exception) {
                 (true, None) => {}
                 (true, Some(_)) => failures.push(format!(
@@ -117,7 +113,11 @@ fn every_fixture_reencodes_byte_exactly() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert_eq!(used_exceptions.len(), NON_CANONICAL.len(), "NON_CANONICAL names a packet that does not exist");
+    assert_eq!(
+        used_exceptions.len(),
+        NON_CANONICAL.len(),
+        "NON_CANONICAL names a packet that does not exist"
+    );
 }
 
 /// Each file fed one byte at a time decodes to the same packets as in one go.
@@ -179,12 +179,7 @@ fn mosquitto_pub_v311_qos2_will_login() {
     assert_eq!(v, ProtocolVersion::V3_1_1);
     assert_eq!(
         types(&ps),
-        [
-            PacketType::Connect,
-            PacketType::Publish,
-            PacketType::PubRel,
-            PacketType::Disconnect
-        ]
+        [PacketType::Connect, PacketType::Publish, PacketType::PubRel, PacketType::Disconnect]
     );
     let Packet::Connect(c) = &ps[0] else { panic!() };
     assert!(c.clean_start);
@@ -235,10 +230,7 @@ fn mosquitto_pub_v5_user_properties_in_order() {
 
     let (_, ps) = packets("mosquitto_pub-v5-qos0-userprop");
     let Packet::Publish(p) = &ps[1] else { panic!() };
-    assert_eq!(
-        p.properties.as_deref().map(|p| p.user_properties.clone()),
-        Some(up(&[("k", "v")]))
-    );
+    assert_eq!(p.properties.as_deref().map(|p| p.user_properties.clone()), Some(up(&[("k", "v")])));
 }
 
 #[test]
@@ -266,9 +258,7 @@ fn mosquitto_pub_v5_will_and_publish_properties() {
 #[test]
 fn mosquitto_pub_v5_disconnect_properties() {
     let (_, ps) = packets("mosquitto_pub-v5-disconnect-props");
-    let Packet::Disconnect(d) = ps.last().unwrap() else {
-        panic!()
-    };
+    let Packet::Disconnect(d) = ps.last().unwrap() else { panic!() };
     assert_eq!(d.reason, ReasonCode::NORMAL_DISCONNECTION);
     let props = d.properties.as_deref().expect("DISCONNECT properties");
     assert_eq!(props.session_expiry_interval_secs, Some(0));
@@ -278,9 +268,7 @@ fn mosquitto_pub_v5_disconnect_properties() {
 #[test]
 fn mosquitto_sub_v311_wildcards() {
     let (_, ps) = packets("mosquitto_sub-v311-wildcards");
-    let Packet::Subscribe(sub) = &ps[1] else {
-        panic!()
-    };
+    let Packet::Subscribe(sub) = &ps[1] else { panic!() };
     let filters: Vec<_> = sub.filters.iter().map(|(f, o)| (f.as_str(), o.qos)).collect();
     assert_eq!(
         filters,
@@ -309,9 +297,7 @@ fn mosquitto_sub_v5_shared_and_properties() {
     let Packet::Connect(c) = &ps[0] else { panic!() };
     assert!(!c.clean_start);
     assert_eq!(c.properties.session_expiry_interval_secs, Some(300));
-    let Packet::Subscribe(sub) = &ps[1] else {
-        panic!()
-    };
+    let Packet::Subscribe(sub) = &ps[1] else { panic!() };
     let filters: Vec<_> = sub.filters.iter().map(|(f, o)| (f.as_str(), o.qos)).collect();
     assert_eq!(
         filters,
@@ -326,9 +312,7 @@ fn mosquitto_sub_v5_shared_and_properties() {
     assert_eq!(props.user_properties, up(&[("sk", "sv")]));
 
     let (_, ps) = packets("mosquitto_sub-v5-unsubscribe");
-    let Packet::Unsubscribe(u) = &ps[2] else {
-        panic!()
-    };
+    let Packet::Unsubscribe(u) = &ps[2] else { panic!() };
     assert_eq!(u.filters, [s("fixture/old/+")]);
     assert_eq!(
         u.properties.as_deref().map(|p| p.user_properties.clone()),
@@ -336,9 +320,7 @@ fn mosquitto_sub_v5_shared_and_properties() {
     );
     // mosquitto_sub ends a -W timeout with "Disconnect with Will Message", in the 1-byte
     // form (reason code, no property length).
-    let Packet::Disconnect(d) = &ps[3] else {
-        panic!()
-    };
+    let Packet::Disconnect(d) = &ps[3] else { panic!() };
     assert_eq!(d.reason, ReasonCode::DISCONNECT_WITH_WILL_MESSAGE);
     assert_eq!(d.properties, None);
 }
@@ -372,13 +354,10 @@ fn paho_all_versions() {
         assert_eq!(c.password, Some(Bytes::from_static(b"fixture-pass")));
         let w = c.will.as_ref().expect("will");
         assert_eq!((w.topic.as_str(), w.qos, w.retain), ("fixture/will", QoS::AtLeastOnce, true));
-        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
-            .into_iter()
-            .enumerate()
+        for (i, qos) in
+            [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate()
         {
-            let Packet::Publish(p) = &ps[2 + i] else {
-                panic!()
-            };
+            let Packet::Publish(p) = &ps[2 + i] else { panic!() };
             assert_eq!(p.qos, qos, "{name}");
             assert_eq!(p.retain, qos == QoS::AtLeastOnce, "{name}");
             assert_eq!(p.topic, s(&format!("fixture/qos{}", qos as u8)), "{name}");
@@ -402,9 +381,7 @@ fn paho_v5_properties_and_subscription_options() {
     assert_eq!(wp.will_delay_interval_secs, Some(5));
     assert_eq!(wp.content_type, Some(s("text/plain")));
 
-    let Packet::Subscribe(sub) = &ps[1] else {
-        panic!()
-    };
+    let Packet::Subscribe(sub) = &ps[1] else { panic!() };
     assert_eq!(
         sub.filters,
         [
@@ -426,16 +403,10 @@ fn paho_v5_properties_and_subscription_options() {
                     retain_handling: RetainHandling::SendIfNew,
                 }
             ),
-            (
-                s("$share/group/fixture/shared"),
-                SubscriptionOptions::default()
-            ),
+            (s("$share/group/fixture/shared"), SubscriptionOptions::default()),
         ]
     );
-    assert_eq!(
-        sub.properties.as_deref().unwrap().subscription_identifiers,
-        [42]
-    );
+    assert_eq!(sub.properties.as_deref().unwrap().subscription_identifiers, [42]);
 
     let Packet::Publish(p) = &ps[3] else { panic!() };
     let pp = p.properties.as_deref().expect("PUBLISH properties");

@@ -32,7 +32,10 @@ fn read_dir_bins(dir: &Path) -> Vec<(String, Vec<u8>)> {
     };
     let mut out: Vec<(String, Vec<u8>)> = entries
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md" && e != "py" && e != "sh"))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str());
+            p.is_file() && !matches!(ext, Some("md" | "py" | "sh"))
+        })
         .map(|p| (p.display().to_string(), fs::read(&p).unwrap()))
         .collect();
     out.sort();
@@ -133,7 +136,7 @@ fn deterministic_mutations() {
         pool.push(bytes.clone());
         pool.extend(split_packets(&bytes));
     }
-    let mut rng = Rng(0x5EED_0F_5AA7_D00D);
+    let mut rng = Rng(0x005E_ED0F_5AA7_D00D);
     let mut total = Stats::default();
     let iterations = 6000;
     for i in 0..iterations {

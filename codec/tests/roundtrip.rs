@@ -38,10 +38,7 @@ fn assert_roundtrip(p: &Packet, v: ProtocolVersion) -> Result<(), TestCaseError>
 }
 
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
 proptest! {
@@ -211,17 +208,12 @@ fn remaining_length_boundaries() {
 /// body is buffered [design §2].
 #[test]
 fn declared_size_over_limit_is_rejected_before_buffering() {
-    let limits = Limits {
-        packet_size_max_bytes: 1024,
-    };
+    let limits = Limits { packet_size_max_bytes: 1024 };
     for v in [V31, V311, V5] {
         // PUBLISH QoS 0 declaring 1,000,000 remaining bytes; only the fixed header is here.
         let mut buf = BytesMut::from(&[0x30, 0xC0, 0x84, 0x3D][..]);
         let r = decode(&mut buf, &limits, v);
-        assert!(
-            matches!(r, Err(DecodeError::PacketTooLarge { .. })),
-            "{v:?}: {r:?}"
-        );
+        assert!(matches!(r, Err(DecodeError::PacketTooLarge { .. })), "{v:?}: {r:?}");
         // Exactly at the limit: 1 + 2 + 1021 = 1024 bytes is accepted.
         let p = Packet::Publish(Publish {
             dup: false,

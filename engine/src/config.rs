@@ -328,20 +328,13 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
 
     let mut limits = file.limits.unwrap_or_default();
     // Top-level shorthands in the file, then flags, override the [limits] table.
-    for (v, slot) in [
-        (file.connect_timeout_secs, &mut limits.connect_timeout_secs),
-        (file.keepalive_max_secs, &mut limits.keep_alive_max_secs),
-        (cli.connect_timeout_secs, &mut limits.connect_timeout_secs),
-        (cli.keepalive_max_secs, &mut limits.keep_alive_max_secs),
-    ] {
-        if let Some(v) = v {
-            *slot = v;
-        }
+    if let Some(v) = cli.connect_timeout_secs.or(file.connect_timeout_secs) {
+        limits.connect_timeout_secs = v;
     }
-    if let Some(v) = file.max_packet_size {
-        limits.packet_size_max_bytes = v;
+    if let Some(v) = cli.keepalive_max_secs.or(file.keepalive_max_secs) {
+        limits.keep_alive_max_secs = v;
     }
-    if let Some(v) = cli.max_packet_size {
+    if let Some(v) = cli.max_packet_size.or(file.max_packet_size) {
         limits.packet_size_max_bytes = v;
     }
     limits.validate().map_err(ConfigError::Invalid)?;

@@ -17,3 +17,4 @@
 pub mod config;
 pub mod core;
 pub mod io;
+pub mod log;

@@ -14,10 +14,10 @@
 //! `cargo bench -p shardmq-perf --bench codec -- --warm-up-time 1 --measurement-time 3`.
 
 use bytes::{Bytes, BytesMut};
+use criterion::measurement::WallTime;
 use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
-use criterion::measurement::WallTime;
 use mqttbytes::{v4, v5};
 use shardmq_codec as sq;
 use sq::{ByteStr, Packet, PacketId, ProtocolVersion, QoS};
@@ -95,13 +95,7 @@ impl Case {
         let mut theirs = BytesMut::new();
         peer.write(&mut theirs);
         assert_eq!(theirs.len(), wire.len(), "both encodings have the same size");
-        Case {
-            label: label.into(),
-            version,
-            packet,
-            wire,
-            peer,
-        }
+        Case { label: label.into(), version, packet, wire, peer }
     }
 
     fn throughput(&self) -> Throughput {
@@ -110,9 +104,7 @@ impl Case {
 }
 
 fn limits() -> sq::Limits {
-    sq::Limits {
-        packet_size_max_bytes: PACKET_SIZE_MAX_BYTES as u32,
-    }
+    sq::Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES as u32 }
 }
 
 fn publish(payload_bytes: usize) -> Packet {
@@ -153,15 +145,9 @@ fn connect(version: ProtocolVersion) -> Packet {
 }
 
 fn subscribe(version: ProtocolVersion) -> Packet {
-    let opts = |qos| sq::SubscriptionOptions {
-        qos,
-        ..Default::default()
-    };
+    let opts = |qos| sq::SubscriptionOptions { qos, ..Default::default() };
     let properties = version.is_v5().then(|| {
-        Box::new(sq::Properties {
-            subscription_identifiers: vec![5],
-            ..Default::default()
-        })
+        Box::new(sq::Properties { subscription_identifiers: vec![5], ..Default::default() })
     });
     Packet::Subscribe(sq::Subscribe {
         packet_id: PacketId::new(7).unwrap(),
@@ -177,76 +163,56 @@ fn subscribe(version: ProtocolVersion) -> Packet {
 fn decode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
     g.throughput(c.throughput());
     let limits = limits();
-    g.bench_with_input(
-        criterion::BenchmarkId::new("shardmq", &c.label),
-        c,
-        |b, c| {
-            b.iter_batched_ref(
-                || BytesMut::from(&c.wire[..]),
-                |buf| sq::decode(buf, &limits, c.version).unwrap().unwrap(),
-                BatchSize::SmallInput,
-            )
-        },
-    );
-    g.bench_with_input(
-        criterion::BenchmarkId::new("mqttbytes", &c.label),
-        c,
-        |b, c| {
-            let v5 = c.version.is_v5();
-            b.iter_batched_ref(
-                || BytesMut::from(&c.wire[..]),
-                |buf| {
-                    if v5 {
-                        Peer::V5(v5::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
-                    } else {
-                        Peer::V4(v4::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        },
-    );
+    g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
+        b.iter_batched_ref(
+            || BytesMut::from(&c.wire[..]),
+            |buf| sq::decode(buf, &limits, c.version).unwrap().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_with_input(criterion::BenchmarkId::new("mqttbytes", &c.label), c, |b, c| {
+        let v5 = c.version.is_v5();
+        b.iter_batched_ref(
+            || BytesMut::from(&c.wire[..]),
+            |buf| {
+                if v5 {
+                    Peer::V5(v5::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
+                } else {
+                    Peer::V4(v4::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 fn encode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
     g.throughput(c.throughput());
-    g.bench_with_input(
-        criterion::BenchmarkId::new("shardmq", &c.label),
-        c,
-        |b, c| {
-            let mut out = BytesMut::with_capacity(c.wire.len());
-            b.iter(|| {
-                out.clear();
-                sq::encode(black_box(&c.packet), c.version, &mut out).unwrap();
-            })
-        },
-    );
+    g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
+        let mut out = BytesMut::with_capacity(c.wire.len());
+        b.iter(|| {
+            out.clear();
+            sq::encode(black_box(&c.packet), c.version, &mut out).unwrap();
+        })
+    });
     if let Packet::Publish(p) = &c.packet {
         // The engine's fan-out path: the header once per layout, the payload `Bytes` shared.
-        g.bench_with_input(
-            criterion::BenchmarkId::new("shardmq_header", &c.label),
-            c,
-            |b, c| {
-                let mut out = BytesMut::with_capacity(c.wire.len());
-                b.iter(|| {
-                    out.clear();
-                    let at = sq::encode_publish_header(black_box(p), c.version, &mut out);
-                    (at.unwrap(), p.payload.clone())
-                })
-            },
-        );
-    }
-    g.bench_with_input(
-        criterion::BenchmarkId::new("mqttbytes", &c.label),
-        c,
-        |b, c| {
+        g.bench_with_input(criterion::BenchmarkId::new("shardmq_header", &c.label), c, |b, c| {
             let mut out = BytesMut::with_capacity(c.wire.len());
             b.iter(|| {
                 out.clear();
-                black_box(&c.peer).write(&mut out);
+                let at = sq::encode_publish_header(black_box(p), c.version, &mut out);
+                (at.unwrap(), p.payload.clone())
             })
-        },
-    );
+        });
+    }
+    g.bench_with_input(criterion::BenchmarkId::new("mqttbytes", &c.label), c, |b, c| {
+        let mut out = BytesMut::with_capacity(c.wire.len());
+        b.iter(|| {
+            out.clear();
+            black_box(&c.peer).write(&mut out);
+        })
+    });
 }
 
 fn version_tag(v: ProtocolVersion) -> &'static str {
@@ -263,11 +229,7 @@ fn benches(cr: &mut Criterion) {
         let publishes: Vec<Case> = PAYLOAD_SIZES_BYTES
             .iter()
             .map(|&n| {
-                let label = if n >= 1024 {
-                    format!("{}KiB", n / 1024)
-                } else {
-                    format!("{n}B")
-                };
+                let label = if n >= 1024 { format!("{}KiB", n / 1024) } else { format!("{n}B") };
                 Case::new(label, version, publish(n))
             })
             .collect();

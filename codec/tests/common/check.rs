@@ -7,18 +7,13 @@ use bytes::BytesMut;
 use shardmq_codec::{decode, encode, Limits, Packet, ProtocolVersion};
 
 /// Every protocol version, in the order the check tries them.
-pub const VERSIONS: [ProtocolVersion; 3] = [
-    ProtocolVersion::V3_1,
-    ProtocolVersion::V3_1_1,
-    ProtocolVersion::V5,
-];
+pub const VERSIONS: [ProtocolVersion; 3] =
+    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5];
 
 /// The limits the check decodes with: small enough that a fuzzer's length prefixes hit the
 /// limit, large enough for every recorded fixture.
 pub fn limits() -> Limits {
-    Limits {
-        packet_size_max_bytes: 64 * 1024,
-    }
+    Limits { packet_size_max_bytes: 64 * 1024 }
 }
 
 /// What the check saw, for reports (nothing here is a failure: failures panic).
@@ -162,20 +157,15 @@ pub fn check_version(data: &[u8], version: ProtocolVersion) -> Stats {
 
 /// Limits large enough for a packet we encoded ourselves.
 fn limits_for(out: &[u8]) -> Limits {
-    Limits {
-        packet_size_max_bytes: (out.len() as u32).max(limits().packet_size_max_bytes),
-    }
+    Limits { packet_size_max_bytes: (out.len() as u32).max(limits().packet_size_max_bytes) }
 }
 
 /// Every strict prefix of a whole packet is "need more bytes" and consumes nothing. Long
 /// packets are checked at a few cut points only, to keep the fuzzer fast.
 fn check_prefixes(wire: &[u8], version: ProtocolVersion, limits: &Limits) {
     let n = wire.len();
-    let cuts: Vec<usize> = if n <= 64 {
-        (0..n).collect()
-    } else {
-        vec![0, 1, 2, 3, 4, 5, n / 2, n - 2, n - 1]
-    };
+    let cuts: Vec<usize> =
+        if n <= 64 { (0..n).collect() } else { vec![0, 1, 2, 3, 4, 5, n / 2, n - 2, n - 1] };
     for cut in cuts {
         let mut b = BytesMut::from(&wire[..cut]);
         let r = decode(&mut b, limits, version);

@@ -9,9 +9,7 @@ use shardmq_codec::{decode, encode, Limits, Packet, ProtocolVersion};
 
 /// Limits large enough for anything the tests generate.
 pub fn big_limits() -> Limits {
-    Limits {
-        packet_size_max_bytes: 268_435_460,
-    }
+    Limits { packet_size_max_bytes: 268_435_460 }
 }
 
 /// Encodes `p` for `version` into a fresh buffer, panicking on error.

@@ -64,13 +64,7 @@ pub fn topic_name() -> BoxedStrategy<ByteStr> {
 /// A valid topic filter: `+` occupies a whole level, `#` only as the whole last level
 /// [MQTT-4.7.1-2], [MQTT-4.7.1-3]. Not shared.
 pub fn plain_topic_filter() -> BoxedStrategy<ByteStr> {
-    (
-        vec(
-            prop_oneof![3 => topic_level(), 1 => Just("+".to_string())],
-            1..5,
-        ),
-        any::<bool>(),
-    )
+    (vec(prop_oneof![3 => topic_level(), 1 => Just("+".to_string())], 1..5), any::<bool>())
         .prop_map(|(mut levels, multi)| {
             if multi {
                 levels.push("#".to_string());
@@ -101,19 +95,12 @@ pub fn topic_filter() -> BoxedStrategy<ByteStr> {
 
 /// A non-zero packet identifier.
 pub fn packet_id() -> BoxedStrategy<PacketId> {
-    (1u16..=u16::MAX)
-        .prop_map(|v| PacketId(NonZeroU16::new(v).unwrap()))
-        .boxed()
+    (1u16..=u16::MAX).prop_map(|v| PacketId(NonZeroU16::new(v).unwrap())).boxed()
 }
 
 /// Any QoS.
 pub fn qos() -> BoxedStrategy<QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
-    .boxed()
+    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)].boxed()
 }
 
 fn rare<S: Strategy>(s: S) -> option::OptionStrategy<S> {
@@ -298,23 +285,22 @@ fn codes(list: &'static [u8]) -> BoxedStrategy<ReasonCode> {
 
 /// CONNACK reason codes (§3.2.2.2).
 pub const CONNACK_V5: &[u8] = &[
-    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95,
-    0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
 ];
 /// PUBACK / PUBREC reason codes (§3.4.2.1, §3.5.2.1).
 pub const PUBACK_V5: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 /// PUBREL / PUBCOMP reason codes (§3.6.2.1, §3.7.2.1).
 pub const PUBREL_V5: &[u8] = &[0x00, 0x92];
 /// SUBACK reason codes (§3.9.3).
-pub const SUBACK_V5: &[u8] = &[
-    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
-];
+pub const SUBACK_V5: &[u8] =
+    &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
 /// UNSUBACK reason codes (§3.11.3).
 pub const UNSUBACK_V5: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 /// DISCONNECT reason codes (§3.14.2.1).
 pub const DISCONNECT_V5: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
-    0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 /// AUTH reason codes (§3.15.2.1).
 pub const AUTH_V5: &[u8] = &[0x00, 0x18, 0x19];
@@ -336,11 +322,7 @@ fn connect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         binary(16),
         qos(),
         any::<bool>(),
-        if v5 {
-            will_properties()
-        } else {
-            Just(Properties::default()).boxed()
-        },
+        if v5 { will_properties() } else { Just(Properties::default()).boxed() },
         "[a-z ]{0,16}",
     )
         .prop_map(|(topic, payload, qos, retain, properties, text)| {
@@ -350,13 +332,7 @@ fn connect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             } else {
                 payload
             };
-            Will {
-                topic,
-                payload,
-                qos,
-                retain,
-                properties,
-            }
+            Will { topic, payload, qos, retain, properties }
         });
     (
         any::<bool>(),
@@ -365,20 +341,12 @@ fn connect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         option::of(will),
         option::of(mqtt_string(8)),
         option::of(binary(8)),
-        if v5 {
-            connect_properties()
-        } else {
-            Just(Properties::default()).boxed()
-        },
+        if v5 { connect_properties() } else { Just(Properties::default()).boxed() },
     )
         .prop_map(
             move |(clean_start, keep_alive_secs, client_id, will, username, password, props)| {
                 // 3.1/3.1.1: no password without a user name [MQTT-3.1.2-22].
-                let password = if v5 || username.is_some() {
-                    password
-                } else {
-                    None
-                };
+                let password = if v5 || username.is_some() { password } else { None };
                 Packet::Connect(Box::new(Connect {
                     protocol: version,
                     clean_start,
@@ -401,15 +369,9 @@ fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         if v5 {
             codes(CONNACK_V5)
         } else {
-            (0u8..=5)
-                .prop_map(|c| ReasonCode::from_v3_connack(c).unwrap())
-                .boxed()
+            (0u8..=5).prop_map(|c| ReasonCode::from_v3_connack(c).unwrap()).boxed()
         },
-        if v5 {
-            connack_properties()
-        } else {
-            Just(Properties::default()).boxed()
-        },
+        if v5 { connack_properties() } else { Just(Properties::default()).boxed() },
     )
         .prop_map(|(sp, reason, props)| {
             Packet::ConnAck(ConnAck {
@@ -440,33 +402,31 @@ pub fn publish_with(version: ProtocolVersion, payload_max_bytes: usize) -> Boxed
         "\\PC{0,16}",
         any::<bool>(),
     )
-        .prop_flat_map(
-            move |(qos, dup, retain, pid, topic, payload, text, want_props)| {
-                let need_alias = v5 && topic.is_empty();
-                let props = if v5 && (want_props || need_alias) {
-                    publish_properties(need_alias)
+        .prop_flat_map(move |(qos, dup, retain, pid, topic, payload, text, want_props)| {
+            let need_alias = v5 && topic.is_empty();
+            let props = if v5 && (want_props || need_alias) {
+                publish_properties(need_alias)
+            } else {
+                Just(Properties::default()).boxed()
+            };
+            props.prop_map(move |properties| {
+                let payload = if properties.payload_format_indicator == Some(1) {
+                    Bytes::from(text.clone())
                 } else {
-                    Just(Properties::default()).boxed()
+                    payload.clone()
                 };
-                props.prop_map(move |properties| {
-                    let payload = if properties.payload_format_indicator == Some(1) {
-                        Bytes::from(text.clone())
-                    } else {
-                        payload.clone()
-                    };
-                    let qos0 = qos == QoS::AtMostOnce;
-                    Publish {
-                        dup: dup && !qos0,
-                        qos,
-                        retain,
-                        topic: topic.clone(),
-                        packet_id: if qos0 { None } else { Some(pid) },
-                        payload,
-                        properties: boxed_or_none(properties),
-                    }
-                })
-            },
-        )
+                let qos0 = qos == QoS::AtMostOnce;
+                Publish {
+                    dup: dup && !qos0,
+                    qos,
+                    retain,
+                    topic: topic.clone(),
+                    packet_id: if qos0 { None } else { Some(pid) },
+                    payload,
+                    properties: boxed_or_none(properties),
+                }
+            })
+        })
         .boxed()
 }
 
@@ -474,16 +434,8 @@ fn pub_resp(version: ProtocolVersion, reasons: &'static [u8]) -> BoxedStrategy<P
     let v5 = version.is_v5();
     (
         packet_id(),
-        if v5 {
-            codes(reasons)
-        } else {
-            Just(ReasonCode::SUCCESS).boxed()
-        },
-        if v5 {
-            reason_string_user_properties()
-        } else {
-            Just(Properties::default()).boxed()
-        },
+        if v5 { codes(reasons) } else { Just(ReasonCode::SUCCESS).boxed() },
+        if v5 { reason_string_user_properties() } else { Just(Properties::default()).boxed() },
     )
         .prop_map(|(packet_id, reason, props)| PubResp {
             packet_id,
@@ -516,10 +468,7 @@ fn subscribe(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                     retain_handling: rh,
                 }
             } else {
-                SubscriptionOptions {
-                    qos,
-                    ..SubscriptionOptions::default()
-                }
+                SubscriptionOptions { qos, ..SubscriptionOptions::default() }
             };
             (f, opts)
         });
@@ -536,11 +485,7 @@ fn subscribe(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     };
     (packet_id(), vec(filter, 1..4), props)
         .prop_map(|(packet_id, filters, props)| {
-            Packet::Subscribe(Subscribe {
-                packet_id,
-                filters,
-                properties: boxed_or_none(props),
-            })
+            Packet::Subscribe(Subscribe { packet_id, filters, properties: boxed_or_none(props) })
         })
         .boxed()
 }
@@ -558,11 +503,7 @@ fn suback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     };
     (packet_id(), vec(codes(list), 1..5), props)
         .prop_map(|(packet_id, reasons, props)| {
-            Packet::SubAck(SubAck {
-                packet_id,
-                reasons,
-                properties: boxed_or_none(props),
-            })
+            Packet::SubAck(SubAck { packet_id, reasons, properties: boxed_or_none(props) })
         })
         .boxed()
 }
@@ -570,10 +511,7 @@ fn suback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
 fn unsubscribe(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     let props = if version.is_v5() {
         user_properties()
-            .prop_map(|up| Properties {
-                user_properties: up,
-                ..Properties::default()
-            })
+            .prop_map(|up| Properties { user_properties: up, ..Properties::default() })
             .boxed()
     } else {
         Just(Properties::default()).boxed()
@@ -591,27 +529,15 @@ fn unsubscribe(version: ProtocolVersion) -> BoxedStrategy<Packet> {
 
 fn unsuback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     if version.is_v5() {
-        (
-            packet_id(),
-            vec(codes(UNSUBACK_V5), 1..5),
-            reason_string_user_properties(),
-        )
+        (packet_id(), vec(codes(UNSUBACK_V5), 1..5), reason_string_user_properties())
             .prop_map(|(packet_id, reasons, props)| {
-                Packet::UnsubAck(UnsubAck {
-                    packet_id,
-                    reasons,
-                    properties: boxed_or_none(props),
-                })
+                Packet::UnsubAck(UnsubAck { packet_id, reasons, properties: boxed_or_none(props) })
             })
             .boxed()
     } else {
         packet_id()
             .prop_map(|packet_id| {
-                Packet::UnsubAck(UnsubAck {
-                    packet_id,
-                    reasons: Vec::new(),
-                    properties: None,
-                })
+                Packet::UnsubAck(UnsubAck { packet_id, reasons: Vec::new(), properties: None })
             })
             .boxed()
     }
@@ -640,11 +566,8 @@ fn disconnect(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
             .boxed()
     } else {
-        Just(Packet::Disconnect(Disconnect {
-            reason: ReasonCode::SUCCESS,
-            properties: None,
-        }))
-        .boxed()
+        Just(Packet::Disconnect(Disconnect { reason: ReasonCode::SUCCESS, properties: None }))
+            .boxed()
     }
 }
 
@@ -674,11 +597,7 @@ fn auth() -> BoxedStrategy<Packet> {
 /// Every valid packet of `version`. `Packet::Connect` carries `version` as its protocol.
 pub fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     let v5 = version.is_v5();
-    let (ack, rel) = if v5 {
-        (PUBACK_V5, PUBREL_V5)
-    } else {
-        (&[0u8][..], &[0u8][..])
-    };
+    let (ack, rel) = if v5 { (PUBACK_V5, PUBREL_V5) } else { (&[0u8][..], &[0u8][..]) };
     let mut options: Vec<(u32, BoxedStrategy<Packet>)> = vec![
         (1, connect(version)),
         (1, connack(version)),
@@ -698,8 +617,7 @@ pub fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     if v5 {
         options.push((1, auth()));
     }
-    proptest::strategy::Union::new_weighted(options)
-    .boxed()
+    proptest::strategy::Union::new_weighted(options).boxed()
 }
 
 /// Any protocol version.

@@ -1,8 +1,8 @@
-//! Identifier newtypes.
+//! Identifier newtypes: ids are types, not bare integers.
 
 use std::fmt;
 
-/// A shard's index, `0..shard_count`.
+/// A shard's index, `0..shard_count`. Plain `Copy` data, meaningful on every shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 

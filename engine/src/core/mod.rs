@@ -2,12 +2,21 @@
 //! send. Nothing in this module imports glommio, touches a socket or reads a clock (enforced
 //! by the tidy test in `engine/tests/tidy.rs`).
 
+mod connect;
+pub(crate) mod conn;
+pub(crate) mod deliver;
 pub mod ids;
 pub mod limits;
 pub mod mesh;
+mod publish;
 pub mod retained;
 pub mod route_index;
+pub(crate) mod session;
 pub mod shard;
+#[cfg(test)]
+mod sim;
+pub(crate) mod subscribe;
+mod timers;
 pub mod topic;
 pub mod trie;
 pub mod tx;

@@ -208,6 +208,11 @@ impl SessionTable {
         self.slots[slot.0 as usize].as_ref().expect("stale session slot")
     }
 
+    /// The session in `slot`, if live.
+    pub(crate) fn try_get_mut(&mut self, slot: SessionSlot) -> Option<&mut Session> {
+        self.slots.get_mut(slot.0 as usize)?.as_mut()
+    }
+
     /// The session in `slot`, which must be live.
     pub(crate) fn get_mut(&mut self, slot: SessionSlot) -> &mut Session {
         self.slots[slot.0 as usize].as_mut().expect("stale session slot")

@@ -307,7 +307,7 @@ impl ShardCore {
     /// A message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Publish(m) => self.deliver_local(&m, now),
+            MeshMsg::Publish(m) => self.deliver_local(&m),
             MeshMsg::SubDelta { filter, added, seq } => {
                 if added {
                     self.routes.add(&filter, from);
@@ -321,7 +321,9 @@ impl ShardCore {
                 debug_assert_eq!(self.retain_owner(&topic), self.shard, "RetainSet to non-owner");
                 self.apply_retained_as_owner(topic, msg);
             }
-            MeshMsg::RetainReplica { topic, msg } => self.apply_retained(topic, msg),
+            MeshMsg::RetainReplica { topic, msg } => {
+                self.apply_retained(topic, msg);
+            }
             MeshMsg::Adopt { .. } | MeshMsg::Shutdown => {
                 debug_assert!(false, "io-layer message handed to the core");
             }

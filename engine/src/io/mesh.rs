@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
@@ -15,6 +15,7 @@ use crate::core::ids::ShardId;
 use crate::core::mesh::MeshMsg;
 
 use super::shard::ShardIo;
+use super::signal::WakerSlot;
 
 /// Messages a retry task pushes before it reports the backlog to the core.
 const RETRY_REPORT_EVERY: usize = 64;
@@ -33,7 +34,7 @@ struct Peer {
     outbox: RefCell<VecDeque<MeshMsg>>,
     /// The retry task holds a message it is waiting to push.
     busy: Cell<bool>,
-    retry_waker: Cell<Option<Waker>>,
+    retry_waker: WakerSlot,
 }
 
 impl MeshIo {
@@ -78,9 +79,7 @@ impl MeshIo {
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
                 peer.outbox.borrow_mut().push_back(msg);
                 self.backlog.set(self.backlog.get() + 1);
-                if let Some(w) = peer.retry_waker.take() {
-                    w.wake();
-                }
+                peer.retry_waker.wake();
             }
             Err(GlommioError::Closed(ResourceType::Channel(msg))) => discard(msg),
             Err(e) => {
@@ -113,7 +112,7 @@ pub(crate) async fn retry_task(shard: Rc<ShardIo>, mesh: Rc<MeshIo>, peer_idx: u
             if shard.stop.is_fired() {
                 return Poll::Ready(true);
             }
-            peer.retry_waker.set(Some(cx.waker().clone()));
+            peer.retry_waker.set(cx.waker());
             Poll::Pending
         })
         .await;

@@ -14,7 +14,7 @@ use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, IoAction, ShardCore};
 
 use super::mesh::MeshIo;
-use super::signal::Signal;
+use super::signal::{Signal, WakerSlot};
 
 /// Bytes of the shard-wide read buffer every connection reads into before copying what it
 /// got into its own (initially empty) buffer: idle connections hold no read buffer.
@@ -36,23 +36,18 @@ pub(crate) struct ConnSlot {
     pub(crate) pending: RefCell<Vec<Bytes>>,
     /// The connection task is parked because reading is paused.
     pub(crate) parked: Cell<bool>,
-    waker: Cell<Option<Waker>>,
+    waker: WakerSlot,
 }
 
 impl ConnSlot {
     /// Registers the connection task's waker.
     pub(crate) fn set_waker(&self, w: &Waker) {
-        match self.waker.take() {
-            Some(old) if old.will_wake(w) => self.waker.set(Some(old)),
-            _ => self.waker.set(Some(w.clone())),
-        }
+        self.waker.set(w);
     }
 
     /// Wakes the connection task.
     pub(crate) fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.waker.wake();
     }
 }
 

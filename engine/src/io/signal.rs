@@ -41,3 +41,30 @@ impl Signal {
         })
     }
 }
+
+/// A slot for one task's waker. Shard-local.
+#[derive(Default)]
+pub(crate) struct WakerSlot(Cell<Option<Waker>>);
+
+impl WakerSlot {
+    /// Registers `w` (cloning only when it changed).
+    pub(crate) fn set(&self, w: &Waker) {
+        match self.0.take() {
+            Some(old) if old.will_wake(w) => self.0.set(Some(old)),
+            _ => self.0.set(Some(w.clone())),
+        }
+    }
+
+    /// Wakes the registered task, if any.
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.0.take() {
+            w.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for WakerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WakerSlot")
+    }
+}

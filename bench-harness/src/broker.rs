@@ -1,0 +1,462 @@
+//! Starting, pinning, measuring and stopping the brokers under test.
+//!
+//! Every broker is started on a free loopback port with the same CPU set (`taskset -c`), and
+//! measured from outside: CPU time from `/proc/PID/stat` (utime + stime), memory from
+//! `/proc/PID/status` (VmRSS). A broker that is already running (`--broker-addr`) is measured
+//! only if its pid is given.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::sys;
+
+/// The brokers the harness knows how to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerKind {
+    /// `target/{release,debug}/shardmq`.
+    Shardmq,
+    /// Mosquitto from Debian's packages.
+    Mosquitto,
+    /// rumqttd from crates.io (see `scripts/install-peers.sh`).
+    Rumqttd,
+}
+
+impl BrokerKind {
+    /// Parses a broker name.
+    pub fn parse(s: &str) -> Result<BrokerKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "shardmq" => Ok(BrokerKind::Shardmq),
+            "mosquitto" => Ok(BrokerKind::Mosquitto),
+            "rumqttd" => Ok(BrokerKind::Rumqttd),
+            other => bail!("unknown broker {other:?} (shardmq, mosquitto, rumqttd)"),
+        }
+    }
+
+    /// The broker's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Shardmq => "shardmq",
+            BrokerKind::Mosquitto => "mosquitto",
+            BrokerKind::Rumqttd => "rumqttd",
+        }
+    }
+}
+
+/// Where the binaries are and how to run them.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// CPU list for every broker (`taskset -c`); empty: not pinned.
+    pub cpus: String,
+    /// Explicit shardmq binary.
+    pub shardmq_bin: Option<PathBuf>,
+    /// Explicit mosquitto binary.
+    pub mosquitto_bin: Option<PathBuf>,
+    /// Explicit rumqttd binary.
+    pub rumqttd_bin: Option<PathBuf>,
+    /// shardmq's durability flag value, passed as `--durability VALUE` when set.
+    pub shardmq_durability: Option<String>,
+    /// Extra arguments for shardmq.
+    pub shardmq_args: Vec<String>,
+    /// MQTT protocol level the run uses (rumqttd has one listener per version).
+    pub mqtt_version: u8,
+    /// Messages a subscriber may have queued in the broker (Mosquitto's max_queued_messages).
+    pub queued_messages_max: u64,
+    /// Connections the broker must accept.
+    pub connections_max: u64,
+}
+
+/// A broker under test: started by the harness, or already running.
+#[derive(Debug)]
+pub struct Broker {
+    /// Name in reports.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its pid when known (CPU and RSS are measured only then).
+    pub pid: Option<u32>,
+    /// Durability mode as reported.
+    pub durability: String,
+    /// The command line that started it.
+    pub command: String,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+/// The workspace's `target/` directory, from this crate's location at build time.
+fn workspace_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+}
+
+/// Finds the shardmq binary: next to this executable, then `target/release`, `target/debug`.
+pub fn find_shardmq(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("shardmq"));
+            // Integration tests run from target/<profile>/deps.
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join("shardmq"));
+            }
+        }
+    }
+    candidates.push(workspace_target().join("release").join("shardmq"));
+    candidates.push(workspace_target().join("debug").join("shardmq"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Finds Mosquitto: explicit, `/usr/sbin/mosquitto`, then `PATH`.
+pub fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let sbin = PathBuf::from("/usr/sbin/mosquitto");
+    if sbin.is_file() {
+        return Some(sbin);
+    }
+    find_in_path("mosquitto")
+}
+
+/// Finds rumqttd: explicit, `bench-harness/.peers/bin/rumqttd`, then `PATH`.
+pub fn find_rumqttd(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers").join("bin").join("rumqttd");
+    if local.is_file() {
+        return Some(local);
+    }
+    find_in_path("rumqttd")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the broker binds it right after).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shardmq-bench-{}-{}-{}",
+        std::process::id(),
+        name,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn pinned(cpus: &str, program: &Path) -> Command {
+    if !cpus.is_empty() && find_in_path("taskset").is_some() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(cpus).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn command_line(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().into_owned();
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+impl Broker {
+    /// A broker that is already running at `addr` (its pid, if given, for CPU and RSS).
+    pub fn external(addr: SocketAddr, pid: Option<u32>) -> Broker {
+        Broker {
+            name: "external".into(),
+            addr,
+            pid,
+            durability: "unknown".into(),
+            command: String::new(),
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// Starts `kind` pinned to `opts.cpus` and waits until it accepts connections.
+    pub fn start(kind: BrokerKind, opts: &BrokerOptions) -> Result<Broker> {
+        match kind {
+            BrokerKind::Shardmq => Broker::start_shardmq(opts),
+            BrokerKind::Mosquitto => Broker::start_mosquitto(opts),
+            BrokerKind::Rumqttd => Broker::start_rumqttd(opts),
+        }
+    }
+
+    fn start_shardmq(opts: &BrokerOptions) -> Result<Broker> {
+        let bin = find_shardmq(opts.shardmq_bin.as_deref()).ok_or_else(|| {
+            anyhow!("no shardmq binary (build it: cargo build --release -p shardmq-engine)")
+        })?;
+        let dir = temp_dir("shardmq")?;
+        let port = free_port()?;
+        let cpus = sys::parse_cpu_list(&opts.cpus).map_err(|e| anyhow!(e))?;
+        let mut cmd = pinned(&opts.cpus, &bin);
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        if cpus.is_empty() {
+            cmd.arg("--no-pin");
+        } else {
+            cmd.arg("--shards").arg(cpus.len().to_string()).arg("--cpus").arg(&opts.cpus);
+        }
+        let durability = match &opts.shardmq_durability {
+            Some(d) => {
+                cmd.arg("--durability").arg(d);
+                d.clone()
+            }
+            None => "n/a".into(),
+        };
+        cmd.args(&opts.shardmq_args);
+        cmd.current_dir(&dir);
+        let command = command_line(&cmd);
+        let log = fs::File::create(dir.join("stderr.log"))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        let mut child = cmd.spawn().with_context(|| format!("starting {command}"))?;
+        // Read stdout for the "listening on ADDR" line; keep draining it afterwards so the
+        // broker never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        let log_path = dir.join("stdout.log");
+        std::thread::spawn(move || {
+            let mut out = fs::File::create(log_path).ok();
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(out) = out.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(out, "{line}");
+                }
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    if let (Ok(a), Some(tx)) = (addr.parse::<SocketAddr>(), tx.take()) {
+                        let _ = tx.send(a);
+                    }
+                }
+            }
+        });
+        let mut b = Broker {
+            name: "shardmq".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid: Some(child.id()),
+            durability,
+            command,
+            child: Some(child),
+            dir: Some(dir),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => {
+                    b.addr = addr;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without the line: still fine if the port answers.
+                    if b.wait_port(Duration::from_millis(200)).is_ok() {
+                        break;
+                    }
+                }
+            }
+            b.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("shardmq did not print 'listening on ADDR' within 15 s{}", b.log_tail());
+            }
+        }
+        b.wait_port(Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    fn start_mosquitto(opts: &BrokerOptions) -> Result<Broker> {
+        let bin = find_mosquitto(opts.mosquitto_bin.as_deref())
+            .ok_or_else(|| anyhow!("no mosquitto binary (run scripts/install-peers.sh)"))?;
+        let dir = temp_dir("mosquitto")?;
+        let port = free_port()?;
+        let conf = dir.join("mosquitto.conf");
+        // A benchmark configuration: in-memory, anonymous, queues deep enough that a fast
+        // burst is not dropped, Nagle off like the other brokers.
+        let text = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             max_queued_messages {queued}\n\
+             max_queued_bytes 0\n\
+             max_inflight_messages 1000\n\
+             max_connections -1\n\
+             set_tcp_nodelay true\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n",
+            queued = opts.queued_messages_max.max(1000),
+        );
+        fs::write(&conf, text)?;
+        let mut cmd = pinned(&opts.cpus, &bin);
+        cmd.arg("-c").arg(&conf);
+        let mut b = Broker::spawn("mosquitto", cmd, dir, "none (persistence false)", port)?;
+        b.wait_port(Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    fn start_rumqttd(opts: &BrokerOptions) -> Result<Broker> {
+        let bin = find_rumqttd(opts.rumqttd_bin.as_deref())
+            .ok_or_else(|| anyhow!("no rumqttd binary (run scripts/install-peers.sh)"))?;
+        let dir = temp_dir("rumqttd")?;
+        let (p4, p5) = (free_port()?, free_port()?);
+        let conf = dir.join("rumqttd.toml");
+        let conns = opts.connections_max.max(1000) + 100;
+        // Generous limits so that the broker, not its configuration, is measured:
+        // no accept delay, large segments, wide inflight windows, 1 MiB payloads.
+        let listener = |section: &str, name: &str, port: u16| {
+            format!(
+                "[{section}.1]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 next_connection_delay_ms = 0\n\
+                 [{section}.1.connections]\nconnection_timeout_ms = 60000\n\
+                 max_payload_size = 1048576\nmax_inflight_count = 1000\ndynamic_filters = true\n\n"
+            )
+        };
+        let text = format!(
+            "id = 0\n\n[router]\nid = 0\nmax_connections = {conns}\n\
+             max_outgoing_packet_count = 1000\nmax_segment_size = 104857600\n\
+             max_segment_count = 10\n\n{}{}",
+            listener("v4", "v4-1", p4),
+            listener("v5", "v5-1", p5),
+        );
+        fs::write(&conf, text)?;
+        let mut cmd = pinned(&opts.cpus, &bin);
+        cmd.arg("-c").arg(&conf);
+        cmd.env("RUST_LOG", "error");
+        let port = if opts.mqtt_version == 5 { p5 } else { p4 };
+        let mut b = Broker::spawn("rumqttd", cmd, dir, "none (in memory)", port)?;
+        b.wait_port(Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    fn spawn(name: &str, mut cmd: Command, dir: PathBuf, durability: &str, port: u16) -> Result<Broker> {
+        let command = command_line(&cmd);
+        cmd.current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("stdout.log"))?)
+            .stderr(fs::File::create(dir.join("stderr.log"))?);
+        let child = cmd.spawn().with_context(|| format!("starting {command}"))?;
+        Ok(Broker {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid: Some(child.id()),
+            durability: durability.into(),
+            command,
+            child: Some(child),
+            dir: Some(dir),
+        })
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!("{} exited during start-up ({status}){}", self.name, self.log_tail());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker accepts a TCP connection.
+    fn wait_port(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("{} does not accept connections on {}{}", self.name, self.addr, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of the broker's logs, for error messages.
+    pub fn log_tail(&self) -> String {
+        let Some(dir) = &self.dir else { return String::new() };
+        let mut out = String::new();
+        for f in ["stdout.log", "stderr.log"] {
+            let mut text = String::new();
+            if let Ok(mut file) = fs::File::open(dir.join(f)) {
+                let _ = file.read_to_string(&mut text);
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(10)..] {
+                out.push_str("\n  ");
+                out.push_str(f);
+                out.push_str(": ");
+                out.push_str(l);
+            }
+        }
+        out
+    }
+
+    /// CPU time so far, µs (None when the pid is unknown or gone).
+    pub fn cpu_us(&self) -> Option<u64> {
+        self.pid.and_then(|p| sys::proc_cpu_us(p).ok())
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid.and_then(|p| sys::proc_rss_kib(p).ok())
+    }
+
+    /// Whether a started broker is still running (an external one is assumed to be).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Stops a started broker: SIGTERM, then SIGKILL after 3 s. Removes its temp dir.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            if std::env::var_os("SHARDMQ_BENCH_KEEP_LOGS").is_none() {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

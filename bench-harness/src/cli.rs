@@ -1,0 +1,424 @@
+//! Command line: one subcommand per scenario, `compare` for a matrix, hidden `worker`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::broker::{Broker, BrokerKind, BrokerOptions};
+use crate::report::{self, Report, RunResult, ScenarioReport};
+use crate::scenario::{self, Kind, Params, Settings};
+use crate::sys;
+
+/// Load generator and side-by-side MQTT broker comparison for shardmq.
+#[derive(Debug, Parser)]
+#[command(name = "shardmq-bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// 1 publisher → N subscribers of one topic.
+    Fanout {
+        /// Subscribers.
+        #[arg(long, default_value_t = 100)]
+        subscribers: u32,
+        #[command(flatten)]
+        load: LoadOpts,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N publishers (a topic each) → 1 subscriber on a `+` wildcard.
+    Fanin {
+        /// Publishers.
+        #[arg(long, default_value_t = 100)]
+        publishers: u32,
+        #[command(flatten)]
+        load: LoadOpts,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N publisher → subscriber pairs, one topic per pair.
+    P2p {
+        /// Pairs.
+        #[arg(long, default_value_t = 10)]
+        pairs: u32,
+        #[command(flatten)]
+        load: LoadOpts,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// 1 publisher → a `$share/g/...` group: each message to exactly one member.
+    Shared {
+        /// Group members.
+        #[arg(long, alias = "members", default_value_t = 10)]
+        subscribers: u32,
+        #[command(flatten)]
+        load: LoadOpts,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Connection storm: connect rate, success count, broker memory per connection.
+    Conn {
+        /// Connections.
+        #[arg(long, default_value_t = 15_000)]
+        connections: u32,
+        /// Worker processes (0: one per 7,500 connections).
+        #[arg(long, default_value_t = 0)]
+        workers: u32,
+        /// Source addresses 127.0.0.2, 127.0.0.3, ... (0: the kernel's choice).
+        #[arg(long, default_value_t = 4)]
+        source_ips: u32,
+        /// Connections per thread in the handshake at once.
+        #[arg(long, default_value_t = 256)]
+        connect_concurrency: usize,
+        /// How long to hold the connections open (seconds).
+        #[arg(long, default_value_t = 2.0)]
+        duration_secs: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N retained topics, then one subscriber on `#`: time until all are received.
+    Retained {
+        /// Retained topics.
+        #[arg(long, default_value_t = 10_000)]
+        topics: u32,
+        /// QoS of the retained PUBLISHes and the SUBSCRIBE.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Payload size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        /// QoS 1/2: unacknowledged PUBLISHes.
+        #[arg(long, default_value_t = 100)]
+        inflight: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A matrix of scenarios over several brokers (`standard`: what scripts/bench.sh runs).
+    Compare {
+        /// `standard` (fan-out 1→100/1000/5000, fan-in 100→1, p2p QoS 1 and 2, shared 10,
+        /// 15,000 connections, 10,000 retained) or `smoke` (the same, tiny).
+        #[arg(long, default_value = "standard")]
+        matrix: String,
+        /// Only these scenario kinds (comma separated, e.g. `fanout,conn`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Warm-up before each measured window (seconds).
+        #[arg(long)]
+        warmup_secs: Option<f64>,
+        /// Each measured window (seconds).
+        #[arg(long)]
+        duration_secs: Option<f64>,
+        /// Messages per second per publisher; 0 means max rate.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Internal: a load part in a child process (JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Options of every scenario that sends messages.
+#[derive(Debug, Clone, Args)]
+struct LoadOpts {
+    /// QoS of PUBLISH and SUBSCRIBE.
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Payload size in bytes (at least 20: sequence, publisher id, timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Messages per second per publisher (open loop); 0 means max rate (closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// At most this many messages per publisher.
+    #[arg(long, default_value_t = 10_000_000)]
+    messages: u64,
+    /// Warm-up before the measured window (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// The measured window (seconds); publishing stops at its end.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Longest wait for late messages after the window (seconds).
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Max rate: messages per publisher in flight end to end (0: about 20,000 deliveries
+    /// over all publishers).
+    #[arg(long, default_value_t = 0)]
+    window: u64,
+    /// QoS 1/2: unacknowledged PUBLISHes per publisher.
+    #[arg(long, default_value_t = 100)]
+    inflight: u32,
+}
+
+impl LoadOpts {
+    fn apply(&self, p: &mut Params) {
+        p.qos = self.qos;
+        p.payload_bytes = self.payload_bytes;
+        p.rate = self.rate;
+        p.messages = self.messages;
+        p.warmup_secs = self.warmup_secs;
+        p.duration_secs = self.duration_secs;
+        p.drain_secs = self.drain_secs;
+        p.window = self.window;
+        p.inflight = self.inflight;
+    }
+}
+
+/// Broker selection, pinning and output.
+#[derive(Debug, Clone, Args)]
+struct Common {
+    /// Brokers to start and compare, comma separated: shardmq, mosquitto, rumqttd.
+    #[arg(long, default_value = "shardmq")]
+    brokers: String,
+    /// Use an already-running broker instead of starting any.
+    #[arg(long)]
+    broker_addr: Option<SocketAddr>,
+    /// Pid of the --broker-addr broker, to measure its CPU and memory.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// CPUs every started broker is pinned to (taskset; shardmq gets one shard per CPU).
+    #[arg(long, default_value = "1")]
+    broker_cpus: String,
+    /// CPUs the harness threads are pinned to.
+    #[arg(long, default_value = "0")]
+    harness_cpus: String,
+    /// Pin nothing.
+    #[arg(long)]
+    no_pin: bool,
+    /// Harness reactor threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4)]
+    mqtt_version: u8,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG plot of the fan-out runs (throughput and CPU per message).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// shardmq binary (default: target/release/shardmq, then target/debug/shardmq).
+    #[arg(long)]
+    shardmq_bin: Option<PathBuf>,
+    /// mosquitto binary (default: /usr/sbin/mosquitto).
+    #[arg(long)]
+    mosquitto_bin: Option<PathBuf>,
+    /// rumqttd binary (default: bench-harness/.peers/bin/rumqttd).
+    #[arg(long)]
+    rumqttd_bin: Option<PathBuf>,
+    /// shardmq durability mode, passed as `--durability MODE` and recorded in the results.
+    #[arg(long)]
+    shardmq_durability: Option<String>,
+    /// Extra argument for shardmq (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    shardmq_arg: Vec<String>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (params, common) = match cli.cmd {
+        Cmd::Worker => return crate::worker::run_worker(),
+        Cmd::Fanout { subscribers, load, common } => (one(Kind::Fanout, subscribers, &load), common),
+        Cmd::Fanin { publishers, load, common } => (one(Kind::Fanin, publishers, &load), common),
+        Cmd::P2p { pairs, load, common } => (one(Kind::P2p, pairs, &load), common),
+        Cmd::Shared { subscribers, load, common } => (one(Kind::Shared, subscribers, &load), common),
+        Cmd::Conn { connections, workers, source_ips, connect_concurrency, duration_secs, common } => {
+            let mut p = Params::new(Kind::Conn, connections);
+            p.workers = workers;
+            p.source_ips = source_ips;
+            p.connect_concurrency = connect_concurrency;
+            p.duration_secs = duration_secs;
+            (vec![p], common)
+        }
+        Cmd::Retained { topics, qos, payload_bytes, inflight, common } => {
+            let mut p = Params::new(Kind::Retained, topics);
+            p.qos = qos;
+            p.payload_bytes = payload_bytes;
+            p.inflight = inflight;
+            (vec![p], common)
+        }
+        Cmd::Compare { matrix, only, warmup_secs, duration_secs, rate, common } => {
+            let mut ps = named_matrix(&matrix)?;
+            if let Some(only) = only {
+                let kinds: Vec<&str> = only.split(',').map(str::trim).collect();
+                ps.retain(|p| kinds.contains(&p.kind.name()));
+            }
+            for p in &mut ps {
+                if let Some(w) = warmup_secs {
+                    p.warmup_secs = w;
+                }
+                if let (Some(d), false) = (duration_secs, p.kind == Kind::Conn) {
+                    p.duration_secs = d;
+                }
+                if let Some(r) = rate {
+                    p.rate = r;
+                }
+            }
+            (ps, common)
+        }
+    };
+    let report = run_matrix(&params, &common)?;
+    let failed = report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} run(s) failed (see above)");
+    }
+    Ok(())
+}
+
+fn one(kind: Kind, count: u32, load: &LoadOpts) -> Vec<Params> {
+    let mut p = Params::new(kind, count);
+    load.apply(&mut p);
+    vec![p]
+}
+
+/// The named scenario matrices.
+pub fn named_matrix(name: &str) -> Result<Vec<Params>> {
+    let with = |kind: Kind, count: u32, qos: u8| {
+        let mut p = Params::new(kind, count);
+        p.qos = qos;
+        p
+    };
+    match name {
+        "standard" => Ok(vec![
+            with(Kind::Fanout, 100, 0),
+            with(Kind::Fanout, 1000, 0),
+            with(Kind::Fanout, 5000, 0),
+            with(Kind::Fanin, 100, 0),
+            with(Kind::P2p, 10, 1),
+            with(Kind::P2p, 10, 2),
+            with(Kind::Shared, 10, 0),
+            with(Kind::Conn, 15_000, 0),
+            with(Kind::Retained, 10_000, 1),
+        ]),
+        "smoke" => {
+            let mut ps = vec![
+                with(Kind::Fanout, 5, 0),
+                with(Kind::Fanin, 5, 0),
+                with(Kind::P2p, 3, 1),
+                with(Kind::P2p, 3, 2),
+                with(Kind::Shared, 3, 0),
+                with(Kind::Conn, 200, 0),
+                with(Kind::Retained, 100, 1),
+            ];
+            for p in &mut ps {
+                p.warmup_secs = 0.2;
+                p.duration_secs = 1.0;
+                p.rate = if p.kind == Kind::Retained { 0.0 } else { 200.0 };
+                if p.kind == Kind::Conn {
+                    p.workers = 2;
+                    p.source_ips = 2;
+                }
+            }
+            Ok(ps)
+        }
+        other => Err(anyhow!("unknown matrix {other:?} (standard, smoke)")),
+    }
+}
+
+/// Checks a CPU list against the CPUs this process may use; empty when pinning is off or
+/// impossible.
+fn usable_cpus(list: &str, no_pin: bool, what: &str) -> Result<String> {
+    if no_pin {
+        return Ok(String::new());
+    }
+    let cpus = sys::parse_cpu_list(list).map_err(|e| anyhow!("--{what}-cpus: {e}"))?;
+    let ids: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    if let Some(bad) = cpus.iter().find(|c| !ids.contains(c)) {
+        eprintln!("note: CPU {bad} is not available to this process ({ids:?}); {what} not pinned");
+        return Ok(String::new());
+    }
+    Ok(list.to_string())
+}
+
+fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
+    if params.is_empty() {
+        bail!("no scenario selected");
+    }
+    let broker_cpus = usable_cpus(&c.broker_cpus, c.no_pin, "broker")?;
+    let harness_cpus = usable_cpus(&c.harness_cpus, c.no_pin, "harness")?;
+    let settings = Settings {
+        mqtt_version: c.mqtt_version,
+        threads: c.threads.max(1),
+        harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
+        quiet: c.quiet,
+    };
+    crate::wire::protocol_version(c.mqtt_version)?;
+    let kinds: Vec<Option<BrokerKind>> = if c.broker_addr.is_some() {
+        vec![None]
+    } else {
+        c.brokers.split(',').filter(|s| !s.trim().is_empty()).map(|s| BrokerKind::parse(s).map(Some)).collect::<Result<_>>()?
+    };
+    if kinds.is_empty() {
+        bail!("--brokers is empty");
+    }
+    let mut report = Report::new(&broker_cpus, &harness_cpus, c.mqtt_version);
+    for p in params {
+        let mut sr = ScenarioReport {
+            scenario: p.kind.name().into(),
+            label: p.label(),
+            params: p.clone(),
+            results: Vec::new(),
+        };
+        for kind in &kinds {
+            let opts = BrokerOptions {
+                cpus: broker_cpus.clone(),
+                shardmq_bin: c.shardmq_bin.clone(),
+                mosquitto_bin: c.mosquitto_bin.clone(),
+                rumqttd_bin: c.rumqttd_bin.clone(),
+                shardmq_durability: c.shardmq_durability.clone(),
+                shardmq_args: c.shardmq_arg.clone(),
+                mqtt_version: c.mqtt_version,
+                queued_messages_max: 1_000_000,
+                connections_max: u64::from(p.count) + 100,
+            };
+            let name = kind.map(BrokerKind::name).unwrap_or("external");
+            let started = match (kind, c.broker_addr) {
+                (Some(k), _) => Broker::start(*k, &opts),
+                (None, Some(addr)) => Ok(Broker::external(addr, c.broker_pid)),
+                (None, None) => unreachable!("no broker and no address"),
+            };
+            let result = match started {
+                Err(e) => RunResult::failed(name, format!("{e:#}")),
+                Ok(mut b) => {
+                    let r = scenario::run(p, &mut b, &settings)
+                        .unwrap_or_else(|e| RunResult::failed(name, format!("{e:#}")));
+                    b.stop();
+                    r
+                }
+            };
+            if let Some(e) = &result.error {
+                eprintln!("{name}: {}: {e}", p.label());
+            }
+            sr.results.push(result);
+        }
+        print!("{}", report::table(&sr));
+        report.scenarios.push(sr);
+        // Written after every scenario so that partial results survive an interruption.
+        if let Some(path) = &c.json {
+            report.write_json(path)?;
+        }
+    }
+    if let Some(path) = &c.svg {
+        if report::fanout_svg(&report, path)? {
+            eprintln!("wrote {}", path.display());
+        } else {
+            eprintln!("no fan-out results: {} not written", path.display());
+        }
+    }
+    if let Some(path) = &c.json {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(report)
+}

@@ -1,0 +1,213 @@
+//! Inbound PUBLISH and PUBREL, their acknowledgements, routing to shards, and the retained
+//! store's replication.
+//!
+//! Routing (design.md §4): the routing index replica names the shards with a matching
+//! subscription; each remote one gets one `MeshMsg::Publish` (not one per subscriber), this
+//! shard delivers directly.
+//!
+//! Retained messages: every shard keeps a full replica. The owner of a topic
+//! (`home_shard(topic)`) sequences its updates: the publishing shard sends `RetainSet` to the
+//! owner (or applies directly if it is the owner), and the owner replicates its decision to
+//! every other shard with `RetainReplica`. So all replicas apply one topic's updates in the
+//! same order.
+//!
+//! Shard-local: runs on the publisher's home shard (and, for mesh messages, the receiver).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use shardmq_codec::{ByteStr, Packet, PacketId, Publish, QoS, ReasonCode};
+
+use crate::core::deliver::pub_resp;
+use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::mesh::{MeshMsg, Message, Origin};
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
+
+/// True for `$SYS` and `$SYS/...`: the broker's own topics. PUBLISH from clients to them is
+/// acknowledged but not routed (clients must not forge broker statistics). Other `$` topics
+/// are ordinary topics (apart from the wildcard rule).
+pub(crate) fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+impl ShardCore {
+    /// PUBLISH from a connected client.
+    pub(crate) fn handle_publish(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        p: Publish,
+        now: Instant,
+    ) {
+        let mut properties = p.properties;
+        if let Some(props) = properties.as_deref_mut() {
+            // We advertise no Topic Alias Maximum (0), so any alias is invalid
+            // [MQTT-3.3.2-9].
+            if props.topic_alias.is_some() {
+                let kind = CloseKind::Abnormal(Some(ReasonCode::TOPIC_ALIAS_INVALID));
+                return self.close_conn(conn, kind, now);
+            }
+            // A client must not send Subscription Identifiers [MQTT-3.3.4-6]: drop them.
+            props.subscription_identifiers.clear();
+        }
+        let properties = properties.filter(|p| !p.is_empty());
+        if p.topic.is_empty() {
+            let kind = CloseKind::Abnormal(Some(ReasonCode::PROTOCOL_ERROR));
+            return self.close_conn(conn, kind, now);
+        }
+        if self.topic_limits.check(&p.topic).is_err() {
+            let kind = CloseKind::Abnormal(Some(ReasonCode::TOPIC_NAME_INVALID));
+            return self.close_conn(conn, kind, now);
+        }
+        let packet_id = match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(id)) => Some(id),
+            (_, None) => {
+                // The codec guarantees an id for QoS > 0; be safe with the outside world.
+                let kind = CloseKind::Abnormal(Some(ReasonCode::PROTOCOL_ERROR));
+                return self.close_conn(conn, kind, now);
+            }
+        };
+        self.stats.messages_received += 1;
+
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
+            let inflight_in_max = usize::from(self.config.limits.inflight_in_max);
+            let s = self.sessions.get_mut(slot);
+            if s.qos2_in.contains(&id) {
+                // A retransmission of a message we already routed and PUBREC'd: it must
+                // not be delivered twice (method B, §4.3.3). Acknowledge again.
+                return self.ack_publish(conn, QoS::ExactlyOnce, id);
+            }
+            if s.qos2_in.len() >= inflight_in_max {
+                // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
+                let kind = CloseKind::Abnormal(Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+                return self.close_conn(conn, kind, now);
+            }
+            s.qos2_in.push(id);
+        }
+
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            origin: Origin { shard: self.shard, session: slot.0 },
+            received_at_ms: self.uptime_ms(now),
+        };
+        self.publish_from_client(Arc::new(msg), now);
+        if let Some(id) = packet_id {
+            self.ack_publish(conn, p.qos, id);
+        }
+    }
+
+    /// The one place inbound PUBLISH acknowledgements (PUBACK, PUBREC) are emitted. The
+    /// persistence issue will defer this until the message's log record is durable, in
+    /// packet-id order.
+    fn ack_publish(&mut self, conn: ConnId, qos: QoS, id: PacketId) {
+        let resp = pub_resp(id, ReasonCode::SUCCESS);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send_packet(conn, &Packet::PubAck(resp)),
+            QoS::ExactlyOnce => self.send_packet(conn, &Packet::PubRec(resp)),
+        }
+    }
+
+    /// PUBREL for an incoming QoS 2 message: forget the id, answer PUBCOMP (5.0: 0x92 if the
+    /// id was unknown).
+    pub(crate) fn handle_pubrel(&mut self, conn: ConnId, slot: SessionSlot, id: PacketId) {
+        let s = self.sessions.get_mut(slot);
+        let reason = match s.qos2_in.iter().position(|x| *x == id) {
+            Some(i) => {
+                s.qos2_in.swap_remove(i);
+                ReasonCode::SUCCESS
+            }
+            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        self.send_packet(conn, &Packet::PubComp(pub_resp(id, reason)));
+    }
+
+    /// A message published by a client (or its will): routed unless it targets `$SYS`.
+    pub(crate) fn publish_from_client(&mut self, msg: Arc<Message>, now: Instant) {
+        if is_sys_topic(&msg.topic) {
+            tracing::debug!(shard = %self.shard, topic = %msg.topic, "client PUBLISH to $SYS ignored");
+            return;
+        }
+        self.route_message(msg, now);
+    }
+
+    /// Routes a message to every shard with a matching subscription (one mesh message per
+    /// remote shard, direct delivery here) and updates the retained store if RETAIN is set.
+    pub(crate) fn route_message(&mut self, msg: Arc<Message>, now: Instant) {
+        let _ = now;
+        if msg.retain {
+            self.update_retained(&msg);
+        }
+        let shards = self.routes.shards_for(&msg.topic);
+        for shard in shards.iter() {
+            if shard != self.shard {
+                self.mesh_out.push((shard, MeshMsg::Publish(msg.clone())));
+            }
+        }
+        if shards.contains(self.shard) {
+            self.deliver_local(&msg);
+        }
+    }
+
+    /// The shard that sequences updates of `topic`'s retained message.
+    pub(crate) fn retain_owner(&self, topic: &str) -> ShardId {
+        Self::home_shard(topic.as_bytes(), self.config.shard_count)
+    }
+
+    /// A PUBLISH with RETAIN = 1: store it (or clear on an empty payload
+    /// [MQTT-3.3.1-10]/[MQTT-3.3.1-11]) through the topic's owner.
+    fn update_retained(&mut self, msg: &Arc<Message>) {
+        // The stored copy owns its bytes: the routed message's topic and payload are slices
+        // of a read buffer, which a long-lived retained message must not pin.
+        let stored = (!msg.payload.is_empty()).then(|| {
+            Arc::new(Message {
+                topic: ByteStr::from(msg.topic.as_str()),
+                payload: Bytes::copy_from_slice(&msg.payload),
+                ..(**msg).clone()
+            })
+        });
+        let topic = stored.as_ref().map_or_else(|| msg.topic.clone(), |m| m.topic.clone());
+        let owner = self.retain_owner(&topic);
+        if owner == self.shard {
+            self.apply_retained_as_owner(topic, stored);
+        } else {
+            self.mesh_out.push((owner, MeshMsg::RetainSet { topic, msg: stored }));
+        }
+    }
+
+    /// The owner applies an update and replicates it to every other shard.
+    pub(crate) fn apply_retained_as_owner(&mut self, topic: ByteStr, msg: Option<Arc<Message>>) {
+        if !self.apply_retained(topic.clone(), msg.clone()) {
+            return;
+        }
+        for i in 0..self.config.shard_count {
+            let shard = ShardId(i);
+            if shard != self.shard {
+                let replica = MeshMsg::RetainReplica { topic: topic.clone(), msg: msg.clone() };
+                self.mesh_out.push((shard, replica));
+            }
+        }
+    }
+
+    /// Applies an update to this shard's replica. False if refused (the store is full).
+    pub(crate) fn apply_retained(&mut self, topic: ByteStr, msg: Option<Arc<Message>>) -> bool {
+        match msg {
+            Some(m) => {
+                if self.retained.set(&topic, m).is_err() {
+                    self.stats.messages_dropped += 1;
+                    return false;
+                }
+            }
+            None => {
+                self.retained.clear(&topic);
+            }
+        }
+        true
+    }
+}

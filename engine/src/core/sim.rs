@@ -1,0 +1,1 @@
+//! Deterministic multi-shard simulator (being written).

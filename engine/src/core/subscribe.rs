@@ -1,0 +1,215 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the shard's trie, routing deltas
+//! to the other shards, and the SUBACK gate.
+//!
+//! When a filter gains its first (or loses its last) subscriber on this shard, every other
+//! shard is told with `MeshMsg::SubDelta` and answers `SubDeltaAck`. A SUBACK waits until
+//! every peer has acknowledged every delta this shard sent up to the SUBSCRIBE (not only the
+//! SUBSCRIBE's own: a filter another session added a moment ago may still be in flight).
+//! Rings are FIFO and peers ack in order, so "peer p acked seq s" means it applied every
+//! delta up to s, and the gate is one number per peer. After SUBACK, a PUBLISH on any shard
+//! is routed to the new subscription.
+//!
+//! Shard-local: one gate per shard.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmq_codec::{
+    ByteStr, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe,
+};
+
+use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::mesh::{MeshMsg, Message};
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::topic::SHARED_PREFIX;
+
+/// A SUBACK waiting for routing-delta acknowledgements, with the retained messages to send
+/// after it.
+#[derive(Debug)]
+struct PendingSubAck {
+    conn: ConnId,
+    slot: SessionSlot,
+    /// Every peer must have acked this sequence number.
+    wait_seq: u64,
+    suback: SubAck,
+    /// Filters whose retained messages follow the SUBACK.
+    retained: Vec<(ByteStr, SubscriptionOptions)>,
+}
+
+/// Sequence numbers of this shard's routing deltas and what each peer acknowledged.
+///
+/// Shard-local: one per shard.
+#[derive(Debug)]
+pub(crate) struct SubAckGate {
+    last_seq: u64,
+    /// Per shard (indexed by id): the highest delta sequence it acknowledged.
+    acked: Vec<u64>,
+    /// SUBACKs in SUBSCRIBE order (so `wait_seq` is non-decreasing).
+    pending: VecDeque<PendingSubAck>,
+}
+
+impl SubAckGate {
+    pub(crate) fn new(shard_count: u16) -> SubAckGate {
+        SubAckGate {
+            last_seq: 0,
+            acked: vec![0; usize::from(shard_count)],
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn all_acked(&self, seq: u64, me: ShardId) -> bool {
+        self.acked.iter().enumerate().all(|(i, a)| i == usize::from(me.0) || *a >= seq)
+    }
+}
+
+impl ShardCore {
+    /// SUBSCRIBE from a connected client.
+    pub(crate) fn handle_subscribe(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        sub: Subscribe,
+        now: Instant,
+    ) {
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        if sub.properties.as_ref().is_some_and(|p| !p.subscription_identifiers.is_empty()) {
+            // Advertised as unavailable in CONNACK (later issue).
+            let kind =
+                CloseKind::Abnormal(Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
+            return self.close_conn(conn, kind, now);
+        }
+        let subs_max = self.config.limits.subscriptions_per_session_max as usize;
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut retained = Vec::new();
+        for (filter, opts) in sub.filters {
+            let reason = if filter.starts_with(SHARED_PREFIX) {
+                // Shared subscriptions are a later issue (advertised as unavailable).
+                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            } else if self.topic_limits.check(&filter).is_err() {
+                ReasonCode::TOPIC_FILTER_INVALID
+            } else {
+                let session = self.sessions.get_mut(slot);
+                match session.sub_position(&filter) {
+                    Some(i) => {
+                        // [MQTT-3.8.4-3]: a repeated filter replaces the subscription.
+                        session.subs[i].1 = opts;
+                        self.trie.insert(&filter, slot, opts);
+                        if opts.retain_handling == RetainHandling::SendAtSubscribe {
+                            retained.push((session.subs[i].0.clone(), opts));
+                        }
+                        ReasonCode(opts.qos as u8)
+                    }
+                    None if session.subs.len() >= subs_max => ReasonCode::QUOTA_EXCEEDED,
+                    None => {
+                        // Own the bytes: the packet's are a slice of a read buffer.
+                        let filter = ByteStr::from(filter.as_str());
+                        session.subs.push((filter.clone(), opts));
+                        self.trie.insert(&filter, slot, opts);
+                        if opts.retain_handling != RetainHandling::DoNotSend {
+                            retained.push((filter.clone(), opts));
+                        }
+                        if self.routes.add(&filter, self.shard) {
+                            self.broadcast_delta(&filter, true);
+                        }
+                        ReasonCode(opts.qos as u8)
+                    }
+                }
+            };
+            // 3.1.1 knows only 0x80 for failure.
+            reasons.push(if !v5 && reason.is_error() { ReasonCode(0x80) } else { reason });
+        }
+        let pending = PendingSubAck {
+            conn,
+            slot,
+            wait_seq: self.gate.last_seq,
+            suback: SubAck { packet_id: sub.packet_id, reasons, properties: None },
+            retained,
+        };
+        if self.gate.pending.is_empty() && self.gate.all_acked(pending.wait_seq, self.shard) {
+            self.send_suback(pending);
+        } else {
+            self.gate.pending.push_back(pending);
+        }
+    }
+
+    /// UNSUBSCRIBE from a connected client. UNSUBACK goes immediately: a message still
+    /// routed here for a moment finds no subscription and is dropped.
+    pub(crate) fn handle_unsubscribe(&mut self, conn: ConnId, slot: SessionSlot, u: Unsubscribe) {
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        let mut reasons = Vec::with_capacity(if v5 { u.filters.len() } else { 0 });
+        for filter in &u.filters {
+            let session = self.sessions.get_mut(slot);
+            let reason = match session.sub_position(filter) {
+                Some(i) => {
+                    let (owned, _) = session.subs.swap_remove(i);
+                    self.remove_subscription_entry(slot, &owned);
+                    ReasonCode::SUCCESS
+                }
+                None => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            };
+            if v5 {
+                reasons.push(reason);
+            }
+        }
+        let unsuback = UnsubAck { packet_id: u.packet_id, reasons, properties: None };
+        self.send_packet(conn, &Packet::UnsubAck(unsuback));
+    }
+
+    /// Removes `slot`'s subscription to `filter` from the trie and the routing index (the
+    /// caller removes it from the session), broadcasting a delta if it was this shard's last.
+    pub(crate) fn remove_subscription_entry(&mut self, slot: SessionSlot, filter: &ByteStr) {
+        if self.trie.remove(filter, slot).is_some() && self.routes.remove(filter, self.shard) {
+            self.broadcast_delta(filter, false);
+        }
+    }
+
+    /// Tells every other shard that `filter` entered or left this shard's set.
+    fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
+        if self.config.shard_count == 1 {
+            return;
+        }
+        self.gate.last_seq += 1;
+        let seq = self.gate.last_seq;
+        for i in 0..self.config.shard_count {
+            let shard = ShardId(i);
+            if shard != self.shard {
+                let delta = MeshMsg::SubDelta { filter: filter.clone(), added, seq };
+                self.mesh_out.push((shard, delta));
+            }
+        }
+    }
+
+    /// A peer acknowledged our deltas up to `seq`: release the SUBACKs that waited for it.
+    pub(crate) fn handle_sub_delta_ack(&mut self, from: ShardId, seq: u64, now: Instant) {
+        let _ = now;
+        let acked = &mut self.gate.acked[usize::from(from.0)];
+        debug_assert!(seq >= *acked, "delta acks out of order from {from}");
+        *acked = (*acked).max(seq);
+        while let Some(front) = self.gate.pending.front() {
+            if !self.gate.all_acked(front.wait_seq, self.shard) {
+                break;
+            }
+            let pending = self.gate.pending.pop_front().expect("front exists");
+            self.send_suback(pending);
+        }
+    }
+
+    /// Sends a SUBACK, then the retained messages matching its filters (RETAIN = 1
+    /// [MQTT-3.3.1-8], `$` rule applied by the store). Dropped if the connection is gone.
+    fn send_suback(&mut self, pending: PendingSubAck) {
+        let PendingSubAck { conn, slot, suback, retained, .. } = pending;
+        if !self.conn_serves(conn, slot) {
+            return;
+        }
+        self.send_packet(conn, &Packet::SubAck(suback));
+        let mut found: Vec<(Arc<Message>, SubscriptionOptions)> = Vec::new();
+        for (filter, opts) in &retained {
+            self.retained.for_each_matching(filter, |_topic, msg| found.push((msg.clone(), *opts)));
+        }
+        for (msg, opts) in found {
+            self.deliver_retained(slot, &msg, opts.qos);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Time-driven work: keep alive, the CONNECT timeout, freeing closed connections, session
+//! expiry, will delay, and the `$SYS` publication (shard 0).
+//!
+//! A scan every [`SCAN_INTERVAL`] visits every connection and session: O(n) per scan, so a
+//! deadline may be acted on up to one interval late. Simple and cheap at our scale (15,000
+//! connections ≈ tens of µs per scan); a timer wheel would make it O(expiring).
+//!
+//! Shard-local.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardmq_codec::{ByteStr, QoS, ReasonCode};
+
+use crate::core::conn::Phase;
+use crate::core::mesh::{Message, Origin};
+use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
+
+impl ShardCore {
+    /// When the next timer work is due.
+    pub(crate) fn timers_deadline(&self) -> Option<Instant> {
+        let busy = self.conns.len() > 0 || self.sessions.len() > 0;
+        let scan = self.next_scan_at.filter(|_| busy);
+        match (scan, self.next_sys_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs whatever is due at `now`, and exports the counters.
+    pub(crate) fn run_timers(&mut self, now: Instant) {
+        if self.next_scan_at.is_some_and(|at| now >= at) {
+            self.scan(now);
+            self.next_scan_at = Some(now + SCAN_INTERVAL);
+        }
+        if let Some(at) = self.next_sys_at {
+            if now >= at {
+                self.export_stats();
+                self.publish_sys(now);
+                let interval = Duration::from_secs(self.config.sys_interval_secs.into());
+                self.next_sys_at = Some(now + interval);
+            }
+        }
+        self.export_stats();
+    }
+
+    fn scan(&mut self, now: Instant) {
+        let connect_timeout = Duration::from_secs(self.config.limits.connect_timeout_secs.into());
+        let mut ids = Vec::new();
+        self.conns.ids(&mut ids);
+        for id in ids {
+            let Some(c) = self.conns.get(id) else { continue };
+            match c.phase {
+                Phase::Closing => {
+                    if c.closed_at.is_some_and(|t| now >= t + CLOSING_LINGER) {
+                        self.conns.remove(id);
+                    }
+                }
+                Phase::AwaitingConnect => {
+                    if now >= c.last_rx + connect_timeout {
+                        self.close_conn(id, CloseKind::Abnormal(None), now);
+                    }
+                }
+                Phase::Connected(_) => {
+                    // [MQTT-3.1.2-24]: nothing received for 1.5 × keep alive.
+                    let ka_ms = u64::from(c.keep_alive_secs) * 1500;
+                    if ka_ms > 0 && now >= c.last_rx + Duration::from_millis(ka_ms) {
+                        let kind = CloseKind::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+                        self.close_conn(id, kind, now);
+                    }
+                }
+            }
+        }
+        let mut slots = Vec::new();
+        self.sessions.slots(&mut slots);
+        for slot in slots {
+            let Some(s) = self.sessions.try_get_mut(slot) else { continue };
+            if s.conn.is_some() {
+                continue;
+            }
+            if s.pending_will.as_ref().is_some_and(|w| now >= w.publish_at) {
+                let will = s.pending_will.take().expect("checked").will;
+                self.publish_will(slot, *will, now);
+            }
+            let s = self.sessions.get(slot);
+            if s.expires_at.is_some_and(|t| now >= t) {
+                self.end_session(slot, now);
+            }
+        }
+    }
+
+    /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
+    fn publish_sys(&mut self, now: Instant) {
+        let mut totals = [0u64; 6];
+        for s in &self.config.stats.shards {
+            let values = [
+                &s.clients_connected,
+                &s.messages_received,
+                &s.messages_sent,
+                &s.messages_dropped,
+                &s.bytes_received,
+                &s.bytes_sent,
+            ];
+            for (t, v) in totals.iter_mut().zip(values) {
+                *t += v.load(Ordering::Relaxed);
+            }
+        }
+        let uptime_secs = now.saturating_duration_since(self.config.started_at).as_secs();
+        let entries: [(&'static str, String); 8] = [
+            ("$SYS/broker/version", format!("shardmq {}", env!("CARGO_PKG_VERSION"))),
+            ("$SYS/broker/uptime", format!("{uptime_secs} seconds")),
+            ("$SYS/broker/clients/connected", totals[0].to_string()),
+            ("$SYS/broker/messages/received", totals[1].to_string()),
+            ("$SYS/broker/messages/sent", totals[2].to_string()),
+            ("$SYS/broker/messages/dropped", totals[3].to_string()),
+            ("$SYS/broker/load/bytes/received", totals[4].to_string()),
+            ("$SYS/broker/load/bytes/sent", totals[5].to_string()),
+        ];
+        let received_at_ms = self.uptime_ms(now);
+        for (topic, value) in entries {
+            let msg = Message {
+                topic: ByteStr::from_static(topic),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                origin: Origin { shard: self.shard, session: u32::MAX },
+                received_at_ms,
+            };
+            self.route_message(Arc::new(msg), now);
+        }
+    }
+}
