@@ -342,7 +342,8 @@ pub fn table(s: &ScenarioReport) -> String {
 
 /// Ratio tables: each row's metric divided by each column's.
 fn ratios(kind: Kind, ok: &[&RunResult]) -> String {
-    let metrics: Vec<(&str, fn(&RunResult) -> Option<f64>)> = match kind {
+    type Metric = fn(&RunResult) -> Option<f64>;
+    let metrics: Vec<(&str, Metric)> = match kind {
         Kind::Conn => vec![
             ("bytes/conn", |r| r.broker_rss_bytes_per_conn),
             ("conn/s", |r| Some(r.connect_rate_per_sec)),
@@ -413,7 +414,8 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
     let root = SVGBackend::new(path, (1200, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
-    let panels: [(&DrawingArea<SVGBackend<'_>, _>, &str, &str, f64, fn(&(f64, f64, f64)) -> f64); 2] = [
+    type Pick = fn(&(f64, f64, f64)) -> f64;
+    let panels: [(&DrawingArea<SVGBackend<'_>, _>, &str, &str, f64, Pick); 2] = [
         (&left, "fan-out: delivered messages per second", "msg/s", y1_max, |p| p.1),
         (&right, "fan-out: broker CPU per delivered message", "µs", y2_max, |p| p.2),
     ];

@@ -15,18 +15,12 @@ use crate::types::{Auth, PacketType, ProtocolVersion};
 
 /// Decodes the body of an AUTH (5.0 only; the caller rejects it before).
 pub(crate) fn decode(mut r: Reader) -> Result<Auth, DecodeError> {
-    let mut a = Auth {
-        reason: ReasonCode::SUCCESS,
-        properties: None,
-    };
+    let mut a = Auth { reason: ReasonCode::SUCCESS, properties: None };
     if !r.is_empty() {
         let code = r.u8()?;
         a.reason = ReasonCode(code);
         if !a.reason.is_valid_for(PacketType::Auth, ProtocolVersion::V5) {
-            return Err(DecodeError::InvalidReasonCode {
-                packet: PacketType::Auth,
-                code,
-            });
+            return Err(DecodeError::InvalidReasonCode { packet: PacketType::Auth, code });
         }
         a.properties = Properties::decode_boxed(&mut r, PacketType::Auth.into())?;
     }
@@ -62,10 +56,7 @@ mod tests {
 
     #[test]
     fn v5() {
-        let ok = Packet::Auth(Auth {
-            reason: ReasonCode::SUCCESS,
-            properties: None,
-        });
+        let ok = Packet::Auth(Auth { reason: ReasonCode::SUCCESS, properties: None });
         assert_roundtrip(V5, &[0xF0, 0x00], ok.clone());
         assert_decodes(V5, &[0xF0, 0x02, 0x00, 0x00], ok);
         let props = Properties {
@@ -90,10 +81,7 @@ mod tests {
         let mut out = BytesMut::new();
         assert_eq!(
             crate::encode(
-                &Packet::Auth(Auth {
-                    reason: ReasonCode::RE_AUTHENTICATE,
-                    properties: None
-                }),
+                &Packet::Auth(Auth { reason: ReasonCode::RE_AUTHENTICATE, properties: None }),
                 V5,
                 &mut out
             ),
@@ -104,16 +92,17 @@ mod tests {
 
     #[test]
     fn invalid() {
-        assert_decode_err(V3_1_1, &[0xF0, 0x00], DecodeError::ReservedPacketType { packet_type: 15 });
+        assert_decode_err(
+            V3_1_1,
+            &[0xF0, 0x00],
+            DecodeError::ReservedPacketType { packet_type: 15 },
+        );
         // Reason code without the property length.
         assert_decode_err(V5, &[0xF0, 0x01, 0x18], DecodeError::Truncated);
         assert_decode_err(
             V5,
             &[0xF0, 0x02, 0x04, 0x00],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::Auth,
-                code: 0x04,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::Auth, code: 0x04 },
         );
         // Authentication Data without an Authentication Method.
         assert_decode_err(
@@ -122,15 +111,10 @@ mod tests {
             DecodeError::AuthDataWithoutMethod,
         );
         let mut out = BytesMut::new();
-        let p = Packet::Auth(Auth {
-            reason: ReasonCode::SUCCESS,
-            properties: None,
-        });
+        let p = Packet::Auth(Auth { reason: ReasonCode::SUCCESS, properties: None });
         assert_eq!(
             crate::encode(&p, V3_1_1, &mut out),
-            Err(EncodeError::NotInVersion {
-                packet: PacketType::Auth
-            })
+            Err(EncodeError::NotInVersion { packet: PacketType::Auth })
         );
         assert!(out.is_empty());
     }

@@ -29,10 +29,9 @@ fn packet_type(first: u8, version: ProtocolVersion) -> Result<PacketType, Decode
     }
     .ok_or(DecodeError::ReservedPacketType { packet_type: raw })?;
     match t.required_flags() {
-        Some(f) if f != flags => Err(DecodeError::InvalidFixedHeaderFlags {
-            packet_type: raw,
-            flags,
-        }),
+        Some(f) if f != flags => {
+            Err(DecodeError::InvalidFixedHeaderFlags { packet_type: raw, flags })
+        }
         _ => Ok(t),
     }
 }
@@ -56,11 +55,7 @@ fn fixed_header(
         let Some(&b) = buf.get(1 + i) else {
             // Not all length bytes are here. A minimally encoded continuation adds at least
             // `multiplier`, so the packet is at least this big: reject it early.
-            let lower_bound = if i == 0 {
-                0
-            } else {
-                (2 + i as u64) + value + multiplier
-            };
+            let lower_bound = if i == 0 { 0 } else { (2 + i as u64) + value + multiplier };
             if lower_bound > limit {
                 return Err(DecodeError::PacketTooLarge {
                     size_bytes: u32::try_from(lower_bound).unwrap_or(u32::MAX),
@@ -111,8 +106,9 @@ pub fn decode(
     };
     let total = h.header_len + h.remaining_len;
     if buf.len() < total {
-        // Make room for the rest of this packet (bounded by the limit checked above).
-        buf.reserve(total - buf.len());
+        // Nothing is reserved here: a peer declaring a large packet and sending it slowly
+        // must not make every connection hold a buffer of the maximum size. Growing the
+        // read buffer is the IO layer's decision.
         return Ok(None);
     }
     let mut bytes = buf.split_to(total).freeze();
@@ -143,6 +139,28 @@ pub fn decode(
     }))
 }
 
+/// The protocol version a CONNECT at the front of `buf` asks for, once its protocol name and
+/// level are buffered and match (`MQIsdp`/3, `MQTT`/4, `MQTT`/5); `None` otherwise. Reads
+/// nothing else and consumes nothing: it lets the engine answer a CONNECT that fails to
+/// decode with a CONNACK of the client's version (5.0 reason codes only to 5.0 clients).
+pub fn peek_connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if *buf.first()? != (PacketType::Connect as u8) << 4 {
+        return None;
+    }
+    // Skip the remaining length (at most four bytes).
+    let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = buf.get(1 + len_bytes..)?;
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    let level = *rest.get(2 + name_len)?;
+    match (name, level) {
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V3_1),
+        (b"MQTT", 4) => Some(ProtocolVersion::V3_1_1),
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
+        _ => None,
+    }
+}
+
 /// The remaining length of `packet` encoded for `version`.
 fn remaining_len(packet: &Packet, version: ProtocolVersion) -> usize {
     match packet {
@@ -170,10 +188,8 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
 
 /// Appends the fixed header for a packet of `remaining` bytes.
 fn put_fixed_header(out: &mut BytesMut, first: u8, remaining: usize) -> Result<(), EncodeError> {
-    let remaining = u32::try_from(remaining)
-        .ok()
-        .filter(|n| *n <= VARINT_MAX)
-        .ok_or(EncodeError::TooLarge)?;
+    let remaining =
+        u32::try_from(remaining).ok().filter(|n| *n <= VARINT_MAX).ok_or(EncodeError::TooLarge)?;
     out.put_u8(first);
     put_varint(out, remaining)
 }
@@ -208,29 +224,23 @@ pub fn encode(
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    if let Packet::Publish(p) = packet {
-        if p.qos != QoS::AtMostOnce && p.packet_id.is_none() {
-            return Err(EncodeError::MissingPacketId);
-        }
-        return atomically(out, |out| {
-            encode_publish_header(p, version, out)?;
-            out.put_slice(&p.payload);
-            Ok(())
-        });
-    }
-    if let Packet::Auth(_) = packet {
-        if !version.is_v5() {
-            return Err(EncodeError::NotInVersion {
-                packet: PacketType::Auth,
-            });
-        }
-    }
     let version = match packet {
         Packet::Connect(c) => c.protocol,
         _ => version,
     };
     let t = packet.packet_type();
-    let first = (t as u8) << 4 | t.required_flags().unwrap_or(0);
+    let first = match packet {
+        Packet::Publish(p) => {
+            if p.qos != QoS::AtMostOnce && p.packet_id.is_none() {
+                return Err(EncodeError::MissingPacketId);
+            }
+            (t as u8) << 4 | publish::flags(p)
+        }
+        Packet::Auth(_) if !version.is_v5() => {
+            return Err(EncodeError::NotInVersion { packet: t });
+        }
+        _ => (t as u8) << 4 | t.required_flags().unwrap_or(0),
+    };
     let remaining = remaining_len(packet, version);
     atomically(out, |out| {
         out.reserve(5 + remaining);
@@ -239,7 +249,10 @@ pub fn encode(
         match packet {
             Packet::Connect(c) => connect::encode_body(c, out)?,
             Packet::ConnAck(c) => connack::encode_body(c, version, out)?,
-            Packet::Publish(_) => unreachable!("encoded above"),
+            Packet::Publish(p) => {
+                publish::encode_variable_header(p, version, out)?;
+                out.put_slice(&p.payload);
+            }
             Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
                 pubresp::encode_body(p, t, version, out)?
             }

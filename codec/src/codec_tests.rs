@@ -76,10 +76,7 @@ fn pings() {
         assert_decode_err(
             v,
             &[0xD2, 0x00],
-            DecodeError::InvalidFixedHeaderFlags {
-                packet_type: 13,
-                flags: 2,
-            },
+            DecodeError::InvalidFixedHeaderFlags { packet_type: 13, flags: 2 },
         );
     }
 }
@@ -99,18 +96,13 @@ fn reserved_flags_are_checked_from_the_first_byte() {
     let mut b = BytesMut::from(&[0x80][..]);
     assert_eq!(
         decode(&mut b, &limits(), ProtocolVersion::V3_1_1),
-        Err(DecodeError::InvalidFixedHeaderFlags {
-            packet_type: 8,
-            flags: 0
-        })
+        Err(DecodeError::InvalidFixedHeaderFlags { packet_type: 8, flags: 0 })
     );
 }
 
 #[test]
 fn huge_declared_length_is_rejected_from_two_bytes() {
-    let small = Limits {
-        packet_size_max_bytes: 100,
-    };
+    let small = Limits { packet_size_max_bytes: 100 };
     // A one-byte remaining length of 127: 129 bytes > 100.
     let mut b = BytesMut::from(&[0x30, 0x7F][..]);
     assert_eq!(
@@ -127,16 +119,12 @@ fn huge_declared_length_is_rejected_from_two_bytes() {
     let mut b = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]);
     assert_eq!(
         decode(&mut b, &limits(), ProtocolVersion::V3_1_1),
-        Err(DecodeError::PacketTooLarge {
-            size_bytes: 268_435_460
-        })
+        Err(DecodeError::PacketTooLarge { size_bytes: 268_435_460 })
     );
     let mut b = BytesMut::from(&[0x30, 0xFF, 0xFF][..]);
     assert_eq!(
         decode(&mut b, &Limits { packet_size_max_bytes: 20_000 }, ProtocolVersion::V3_1_1),
-        Err(DecodeError::PacketTooLarge {
-            size_bytes: 4 + 16_383 + 16_384
-        })
+        Err(DecodeError::PacketTooLarge { size_bytes: 4 + 16_383 + 16_384 })
     );
     // Under the limit, an incomplete packet is Ok(None).
     let mut b = BytesMut::from(&[0x30, 0x0A, 0x00][..]);
@@ -147,9 +135,7 @@ fn huge_declared_length_is_rejected_from_two_bytes() {
 #[test]
 fn remaining_length_encoding() {
     let v = ProtocolVersion::V3_1_1;
-    let big = Limits {
-        packet_size_max_bytes: 268_435_460,
-    };
+    let big = Limits { packet_size_max_bytes: 268_435_460 };
     let err = |wire: &[u8]| decode(&mut BytesMut::from(wire), &big, v);
     // Over four bytes.
     assert_eq!(err(&[0xE0, 0x80, 0x80, 0x80, 0x80]), Err(DecodeError::VarIntTooLong));
@@ -231,18 +217,92 @@ fn encode_errors_leave_out_unchanged() {
         filters: vec![ByteStr::from("a"), ByteStr::from("b".repeat(70_000))],
         properties: None,
     });
-    assert_eq!(
-        encode(&long, ProtocolVersion::V5, &mut out),
-        Err(EncodeError::FieldTooLong)
-    );
-    let empty = Publish {
-        topic: ByteStr::default(),
-        packet_id: Some(pid(1)),
-        ..p
-    };
+    assert_eq!(encode(&long, ProtocolVersion::V5, &mut out), Err(EncodeError::FieldTooLong));
+    let empty = Publish { topic: ByteStr::default(), packet_id: Some(pid(1)), ..p };
     assert_eq!(
         encode(&Packet::Publish(empty), ProtocolVersion::V3_1_1, &mut out),
         Err(EncodeError::EmptyTopic)
     );
     assert_eq!(&out[..], b"keep");
+}
+
+/// A packet with first byte `first` and `body`, with the remaining length computed (for
+/// negative tests where the body is the point).
+pub(crate) fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[first]);
+    crate::primitives::put_varint(&mut out, u32::try_from(body.len()).unwrap()).unwrap();
+    out.extend_from_slice(body);
+    out.to_vec()
+}
+
+#[test]
+fn errors_are_small_and_name_the_spec() {
+    assert!(std::mem::size_of::<DecodeError>() <= 8);
+    let samples = [
+        DecodeError::PacketTooLarge { size_bytes: 1 },
+        DecodeError::InvalidFixedHeaderFlags { packet_type: 8, flags: 0 },
+        DecodeError::VarIntNotMinimal,
+        DecodeError::Truncated,
+        DecodeError::TopicNameWildcard,
+        DecodeError::InvalidReasonCode { packet: PacketType::PubAck, code: 0x92 },
+        DecodeError::UnsupportedProtocolLevel { level: 9 },
+    ];
+    for e in samples {
+        let msg = e.to_string();
+        assert!(msg.starts_with("[MQTT-") || msg.starts_with("[§"), "{msg}");
+    }
+    assert_eq!(DecodeError::Truncated.reason_code(), crate::ReasonCode::MALFORMED_PACKET);
+    assert_eq!(DecodeError::DupWithQoS0.reason_code(), crate::ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        DecodeError::PacketTooLarge { size_bytes: 1 }.reason_code(),
+        crate::ReasonCode::PACKET_TOO_LARGE
+    );
+    assert_eq!(DecodeError::TopicAliasZero.reason_code(), crate::ReasonCode::TOPIC_ALIAS_INVALID);
+}
+
+#[test]
+fn size_limit_boundary() {
+    // PINGREQ is 2 bytes: a limit of 2 accepts it, 1 rejects it.
+    let two = Limits { packet_size_max_bytes: 2 };
+    let mut b = BytesMut::from(&[0xC0, 0x00][..]);
+    assert_eq!(decode(&mut b, &two, ProtocolVersion::V5), Ok(Some(Packet::PingReq)));
+    let one = Limits { packet_size_max_bytes: 1 };
+    let mut b = BytesMut::from(&[0xC0, 0x00][..]);
+    assert_eq!(
+        decode(&mut b, &one, ProtocolVersion::V5),
+        Err(DecodeError::PacketTooLarge { size_bytes: 2 })
+    );
+}
+
+#[test]
+fn several_packets_in_one_buffer() {
+    let mut b = BytesMut::from(&[0xC0, 0x00, 0xD0, 0x00, 0xE0][..]);
+    let v = ProtocolVersion::V3_1_1;
+    assert_eq!(decode(&mut b, &limits(), v), Ok(Some(Packet::PingReq)));
+    assert_eq!(decode(&mut b, &limits(), v), Ok(Some(Packet::PingResp)));
+    assert_eq!(decode(&mut b, &limits(), v), Ok(None));
+    assert_eq!(&b[..], &[0xE0]);
+    b.extend_from_slice(&[0x00]);
+    assert!(matches!(decode(&mut b, &limits(), v), Ok(Some(Packet::Disconnect(_)))));
+    assert!(b.is_empty());
+    assert_eq!(decode(&mut b, &limits(), v), Ok(None));
+}
+
+#[test]
+fn peek_connect_version_of_a_partial_connect() {
+    let v5 = [0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02];
+    for cut in 0..9 {
+        assert_eq!(peek_connect_version(&v5[..cut]), None, "{cut}");
+    }
+    assert_eq!(peek_connect_version(&v5[..9]), Some(ProtocolVersion::V5));
+    let v31 = [0x10, 0x80, 0x01, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03];
+    assert_eq!(peek_connect_version(&v31), Some(ProtocolVersion::V3_1));
+    assert_eq!(
+        peek_connect_version(&[0x10, 0x0A, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04]),
+        Some(ProtocolVersion::V3_1_1)
+    );
+    assert_eq!(peek_connect_version(&[0x10, 0x0A, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03]), None);
+    assert_eq!(peek_connect_version(&[0x30, 0x0A, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04]), None);
+    assert_eq!(peek_connect_version(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), None);
 }

@@ -21,10 +21,7 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck,
     }
     let session_present = flags & 0x01 != 0;
     let code = r.u8()?;
-    let invalid = DecodeError::InvalidReasonCode {
-        packet: PacketType::ConnAck,
-        code,
-    };
+    let invalid = DecodeError::InvalidReasonCode { packet: PacketType::ConnAck, code };
     let (reason, properties) = if version.is_v5() {
         let reason = ReasonCode(code);
         if !reason.is_valid_for(PacketType::ConnAck, version) {
@@ -40,20 +37,12 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck,
     if session_present && reason != ReasonCode::SUCCESS {
         return Err(DecodeError::SessionPresentWithError);
     }
-    Ok(ConnAck {
-        session_present,
-        reason,
-        properties,
-    })
+    Ok(ConnAck { session_present, reason, properties })
 }
 
 /// The remaining length of `c`.
 pub(crate) fn body_len(c: &ConnAck, version: ProtocolVersion) -> usize {
-    2 + if version.is_v5() {
-        opt_block_len(&c.properties)
-    } else {
-        0
-    }
+    2 + if version.is_v5() { opt_block_len(&c.properties) } else { 0 }
 }
 
 /// Appends the body of `c`.
@@ -80,11 +69,7 @@ mod tests {
     use crate::ProtocolVersion::{V3_1, V3_1_1, V5};
 
     fn connack(session_present: bool, reason: ReasonCode) -> Packet {
-        Packet::ConnAck(ConnAck {
-            session_present,
-            reason,
-            properties: None,
-        })
+        Packet::ConnAck(ConnAck { session_present, reason, properties: None })
     }
 
     #[test]
@@ -102,10 +87,7 @@ mod tests {
         assert_decode_err(
             V3_1_1,
             &[0x20, 0x02, 0x00, 0x06],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::ConnAck,
-                code: 6,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::ConnAck, code: 6 },
         );
     }
 
@@ -145,15 +127,16 @@ mod tests {
     #[test]
     fn invalid() {
         assert_decode_err(V3_1_1, &[0x20, 0x02, 0x02, 0x00], DecodeError::ConnAckReservedFlags);
-        assert_decode_err(V5, &[0x20, 0x03, 0x01, 0x80, 0x00], DecodeError::SessionPresentWithError);
+        assert_decode_err(
+            V5,
+            &[0x20, 0x03, 0x01, 0x80, 0x00],
+            DecodeError::SessionPresentWithError,
+        );
         assert_decode_err(V3_1_1, &[0x20, 0x02, 0x01, 0x05], DecodeError::SessionPresentWithError);
         assert_decode_err(
             V5,
             &[0x20, 0x03, 0x00, 0x04, 0x00],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::ConnAck,
-                code: 0x04,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::ConnAck, code: 0x04 },
         );
         // 5.0 CONNACK requires the property length.
         assert_decode_err(V5, &[0x20, 0x02, 0x00, 0x00], DecodeError::Truncated);

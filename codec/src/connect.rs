@@ -91,13 +91,7 @@ pub(crate) fn decode(mut r: Reader) -> Result<Connect, DecodeError> {
         {
             return Err(DecodeError::PayloadFormatInvalid);
         }
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };

@@ -14,18 +14,12 @@ use crate::types::{Disconnect, PacketType, ProtocolVersion};
 
 /// Decodes the body of a DISCONNECT.
 pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Disconnect, DecodeError> {
-    let mut d = Disconnect {
-        reason: ReasonCode::NORMAL_DISCONNECTION,
-        properties: None,
-    };
+    let mut d = Disconnect { reason: ReasonCode::NORMAL_DISCONNECTION, properties: None };
     if version.is_v5() && !r.is_empty() {
         let code = r.u8()?;
         d.reason = ReasonCode(code);
         if !d.reason.is_valid_for(PacketType::Disconnect, version) {
-            return Err(DecodeError::InvalidReasonCode {
-                packet: PacketType::Disconnect,
-                code,
-            });
+            return Err(DecodeError::InvalidReasonCode { packet: PacketType::Disconnect, code });
         }
         if !r.is_empty() {
             d.properties = Properties::decode_boxed(&mut r, PacketType::Disconnect.into())?;
@@ -86,10 +80,7 @@ mod tests {
         assert_decode_err(
             V3_1_1,
             &[0xE1, 0x00],
-            DecodeError::InvalidFixedHeaderFlags {
-                packet_type: 14,
-                flags: 1,
-            },
+            DecodeError::InvalidFixedHeaderFlags { packet_type: 14, flags: 1 },
         );
     }
 
@@ -127,10 +118,7 @@ mod tests {
         assert_decode_err(
             V5,
             &[0xE0, 0x01, 0x05],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::Disconnect,
-                code: 0x05,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::Disconnect, code: 0x05 },
         );
         // Session Expiry Interval twice.
         #[rustfmt::skip]

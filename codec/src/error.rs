@@ -28,7 +28,7 @@ pub enum DecodeError {
         packet_type: u8,
     },
     /// The low nibble of the first byte is not the value the packet type requires.
-    #[error("[MQTT-2.1.3-1] invalid fixed header flags {flags:#06b} for packet type {packet_type}")]
+    #[error("[MQTT-2.1.3-1] (3.1.1: [MQTT-2.2.2-2]) flags {flags:#06b} invalid for packet type {packet_type}")]
     InvalidFixedHeaderFlags {
         /// The high nibble of the first byte.
         packet_type: u8,
@@ -53,15 +53,15 @@ pub enum DecodeError {
 
     // ----- Strings. -----
     /// A UTF-8 string is ill-formed (including encoded surrogates U+D800..U+DFFF).
-    #[error("[MQTT-1.5.4-1] ill-formed UTF-8 string")]
+    #[error("[MQTT-1.5.4-1] (3.1.1: [MQTT-1.5.3-1]) ill-formed UTF-8 string")]
     InvalidUtf8,
     /// A UTF-8 string contains U+0000.
-    #[error("[MQTT-1.5.4-2] UTF-8 string contains U+0000")]
+    #[error("[MQTT-1.5.4-2] (3.1.1: [MQTT-1.5.3-2]) UTF-8 string contains U+0000")]
     Utf8Null,
 
     // ----- Topic names and filters. -----
     /// A topic name contains `+` or `#`.
-    #[error("[MQTT-3.3.2-2] topic name contains a wildcard character")]
+    #[error("[MQTT-3.3.2-2] [MQTT-4.7.1-1] (5.0: [MQTT-4.7.0-1]) topic name contains a wildcard")]
     TopicNameWildcard,
     /// A topic name is empty (in 5.0 PUBLISH: empty without a Topic Alias, [§3.3.2.3.4]).
     #[error("[MQTT-4.7.3-1] topic name is empty (and no Topic Alias is present)")]
@@ -70,10 +70,12 @@ pub enum DecodeError {
     #[error("[MQTT-4.7.3-1] topic filter is empty")]
     TopicFilterEmpty,
     /// `#` is not alone in the last level of a topic filter.
-    #[error("[MQTT-4.7.1-2] multi-level wildcard '#' must be the whole last level of a filter")]
+    #[error("[MQTT-4.7.1-2] (5.0: [MQTT-4.7.1-1]) '#' is not the whole last level of the filter")]
     TopicFilterMultiLevelWildcard,
     /// `+` does not occupy a whole level of a topic filter.
-    #[error("[MQTT-4.7.1-3] single-level wildcard '+' must occupy a whole level of a filter")]
+    #[error(
+        "[MQTT-4.7.1-3] (5.0: [MQTT-4.7.1-2]) '+' does not occupy a whole level of the filter"
+    )]
     TopicFilterSingleLevelWildcard,
     /// `$share/` is followed by an empty share name.
     #[error("[MQTT-4.8.2-1] shared subscription has an empty share name")]
@@ -87,7 +89,7 @@ pub enum DecodeError {
 
     // ----- Packet identifiers, QoS, PUBLISH flags. -----
     /// A packet identifier is 0.
-    #[error("[MQTT-2.2.1-3] packet identifier is 0")]
+    #[error("[MQTT-2.2.1-3] (3.1.1: [MQTT-2.3.1-1]) packet identifier is 0")]
     PacketIdZero,
     /// PUBLISH has both QoS bits set.
     #[error("[MQTT-3.3.1-4] PUBLISH QoS is 3")]
@@ -188,7 +190,7 @@ pub enum DecodeError {
 
     // ----- SUBSCRIBE / UNSUBSCRIBE. -----
     /// SUBSCRIBE without a topic filter.
-    #[error("[MQTT-3.8.3-3] SUBSCRIBE has no topic filter")]
+    #[error("[MQTT-3.8.3-3] (5.0: [MQTT-3.8.3-2]) SUBSCRIBE has no topic filter")]
     SubscribeNoFilters,
     /// UNSUBSCRIBE without a topic filter.
     #[error("[MQTT-3.10.3-2] UNSUBSCRIBE has no topic filter")]

@@ -223,10 +223,7 @@ mod tests {
     #[test]
     fn varint_overlong_is_malformed() {
         assert_eq!(reader(&[0x80, 0x00]).varint(), Err(DecodeError::VarIntNotMinimal));
-        assert_eq!(
-            reader(&[0xFF, 0x80, 0x00]).varint(),
-            Err(DecodeError::VarIntNotMinimal)
-        );
+        assert_eq!(reader(&[0xFF, 0x80, 0x00]).varint(), Err(DecodeError::VarIntNotMinimal));
         assert_eq!(
             reader(&[0x80, 0x80, 0x80, 0x80, 0x01]).varint(),
             Err(DecodeError::VarIntTooLong)
@@ -265,15 +262,9 @@ mod tests {
     #[test]
     fn string_with_surrogate_is_rejected() {
         // CESU-8 / WTF-8 encoding of U+D800 [MQTT-1.5.4-1].
-        assert_eq!(
-            reader(&[0x00, 0x03, 0xED, 0xA0, 0x80]).string(),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert_eq!(reader(&[0x00, 0x03, 0xED, 0xA0, 0x80]).string(), Err(DecodeError::InvalidUtf8));
         // Overlong encoding of '/' and a lone continuation byte.
-        assert_eq!(
-            reader(&[0x00, 0x02, 0xC0, 0xAF]).string(),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert_eq!(reader(&[0x00, 0x02, 0xC0, 0xAF]).string(), Err(DecodeError::InvalidUtf8));
         assert_eq!(reader(&[0x00, 0x01, 0x80]).string(), Err(DecodeError::InvalidUtf8));
     }
 
@@ -290,10 +281,7 @@ mod tests {
     #[test]
     fn put_field_too_long() {
         let long = vec![b'a'; 65_536];
-        assert_eq!(
-            put_binary(&mut BytesMut::new(), &long),
-            Err(EncodeError::FieldTooLong)
-        );
+        assert_eq!(put_binary(&mut BytesMut::new(), &long), Err(EncodeError::FieldTooLong));
         let mut out = BytesMut::new();
         put_binary(&mut out, &long[..65_535]).unwrap();
         assert_eq!(out.len(), field_len(&long[..65_535]));

@@ -42,22 +42,12 @@ pub(crate) fn decode(
         return Err(DecodeError::TopicNameEmpty);
     }
     let payload = r.rest();
-    if properties
-        .as_ref()
-        .is_some_and(|p| p.payload_format_indicator == Some(1))
+    if properties.as_ref().is_some_and(|p| p.payload_format_indicator == Some(1))
         && std::str::from_utf8(&payload).is_err()
     {
         return Err(DecodeError::PayloadFormatInvalid);
     }
-    Ok(Publish {
-        dup,
-        qos,
-        retain: flags & RETAIN != 0,
-        topic,
-        packet_id,
-        payload,
-        properties,
-    })
+    Ok(Publish { dup, qos, retain: flags & RETAIN != 0, topic, packet_id, payload, properties })
 }
 
 /// The fixed-header flags of `p`.

@@ -21,11 +21,7 @@ pub(crate) fn decode(
     version: ProtocolVersion,
 ) -> Result<PubResp, DecodeError> {
     let packet_id = PacketId::new(r.u16()?).ok_or(DecodeError::PacketIdZero)?;
-    let mut resp = PubResp {
-        packet_id,
-        reason: ReasonCode::SUCCESS,
-        properties: None,
-    };
+    let mut resp = PubResp { packet_id, reason: ReasonCode::SUCCESS, properties: None };
     if version.is_v5() && !r.is_empty() {
         let code = r.u8()?;
         resp.reason = ReasonCode(code);
@@ -81,11 +77,7 @@ mod tests {
     use crate::ProtocolVersion::{V3_1, V3_1_1, V5};
 
     fn resp(id: u16, reason: ReasonCode, properties: Option<Box<Properties>>) -> PubResp {
-        PubResp {
-            packet_id: pid(id),
-            reason,
-            properties,
-        }
+        PubResp { packet_id: pid(id), reason, properties }
     }
 
     #[test]
@@ -95,7 +87,11 @@ mod tests {
         assert_roundtrip(V3_1_1, &[0x50, 0x02, 0x12, 0x34], Packet::PubRec(r()));
         assert_roundtrip(V3_1_1, &[0x62, 0x02, 0x12, 0x34], Packet::PubRel(r()));
         assert_roundtrip(V3_1_1, &[0x70, 0x02, 0x12, 0x34], Packet::PubComp(r()));
-        assert_roundtrip(V3_1, &[0x62, 0x02, 0x00, 0x01], Packet::PubRel(resp(1, ReasonCode::SUCCESS, None)));
+        assert_roundtrip(
+            V3_1,
+            &[0x62, 0x02, 0x00, 0x01],
+            Packet::PubRel(resp(1, ReasonCode::SUCCESS, None)),
+        );
     }
 
     #[test]
@@ -119,10 +115,8 @@ mod tests {
 
     #[test]
     fn v5_with_properties() {
-        let props = Properties {
-            reason_string: Some(ByteStr::from("no")),
-            ..Properties::default()
-        };
+        let props =
+            Properties { reason_string: Some(ByteStr::from("no")), ..Properties::default() };
         #[rustfmt::skip]
         let wire = [0x62, 0x09, 0x00, 0x02, 0x00, 0x05, 0x1F, 0x00, 0x02, b'n', b'o'];
         assert_roundtrip(
@@ -148,26 +142,17 @@ mod tests {
         assert_decode_err(
             V3_1_1,
             &[0x60, 0x02, 0x00, 0x01],
-            DecodeError::InvalidFixedHeaderFlags {
-                packet_type: 6,
-                flags: 0,
-            },
+            DecodeError::InvalidFixedHeaderFlags { packet_type: 6, flags: 0 },
         );
         assert_decode_err(
             V5,
             &[0x40, 0x03, 0x00, 0x01, 0x92],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::PubAck,
-                code: 0x92,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::PubAck, code: 0x92 },
         );
         assert_decode_err(
             V5,
             &[0x62, 0x03, 0x00, 0x01, 0x10],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::PubRel,
-                code: 0x10,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::PubRel, code: 0x10 },
         );
         // Property length 2 but only one byte follows.
         assert_decode_err(V5, &[0x40, 0x05, 0x00, 0x01, 0x00, 0x02, 0x1F], DecodeError::Truncated);

@@ -6,23 +6,21 @@ use crate::types::{PacketType, ProtocolVersion};
 
 /// CONNACK reason codes (5.0 §3.2.2.2).
 const CONNACK: &[u8] = &[
-    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95,
-    0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
 ];
 /// PUBACK and PUBREC reason codes (5.0 §3.4.2.1, §3.5.2.1).
 const PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 /// PUBREL and PUBCOMP reason codes (5.0 §3.6.2.1, §3.7.2.1).
 const PUBREL: &[u8] = &[0x00, 0x92];
 /// SUBACK reason codes (5.0 §3.9.3).
-const SUBACK: &[u8] = &[
-    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
-];
+const SUBACK: &[u8] = &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
 /// UNSUBACK reason codes (5.0 §3.11.3).
 const UNSUBACK: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 /// DISCONNECT reason codes (5.0 §3.14.2.1).
 const DISCONNECT: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
-    0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 /// AUTH reason codes (5.0 §3.15.2.1).
 const AUTH: &[u8] = &[0x00, 0x18, 0x19];
@@ -152,5 +150,61 @@ impl fmt::Debug for ReasonCode {
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "0x{:02X}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_connack_projection_roundtrips() {
+        for code in 0..=5u8 {
+            let r = ReasonCode::from_v3_connack(code).unwrap();
+            assert_eq!(r.to_v3_connack(), code);
+        }
+        assert_eq!(ReasonCode::from_v3_connack(6), None);
+        // Every 5.0 CONNACK code projects onto a 3.1.1 return code.
+        for &c in ReasonCode::valid_codes(PacketType::ConnAck) {
+            assert!(ReasonCode(c).to_v3_connack() <= 5);
+        }
+        assert_eq!(ReasonCode::BANNED.to_v3_connack(), 5);
+        assert_eq!(ReasonCode::SERVER_BUSY.to_v3_connack(), 3);
+    }
+
+    #[test]
+    fn valid_codes_per_packet() {
+        let v5 = ProtocolVersion::V5;
+        assert!(ReasonCode::PAYLOAD_FORMAT_INVALID.is_valid_for(PacketType::PubAck, v5));
+        assert!(!ReasonCode::PACKET_IDENTIFIER_NOT_FOUND.is_valid_for(PacketType::PubAck, v5));
+        assert!(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND.is_valid_for(PacketType::PubComp, v5));
+        assert!(ReasonCode::RE_AUTHENTICATE.is_valid_for(PacketType::Auth, v5));
+        assert!(!ReasonCode::RE_AUTHENTICATE.is_valid_for(PacketType::Disconnect, v5));
+        assert!(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE.is_valid_for(PacketType::Disconnect, v5));
+        assert!(!ReasonCode::SUCCESS.is_valid_for(PacketType::PingReq, v5));
+        let v311 = ProtocolVersion::V3_1_1;
+        assert!(ReasonCode::UNSPECIFIED_ERROR.is_valid_for(PacketType::SubAck, v311));
+        assert!(!ReasonCode::NOT_AUTHORIZED.is_valid_for(PacketType::SubAck, v311));
+        // Lists are sorted and every code in them is a defined constant's value.
+        for t in [
+            PacketType::ConnAck,
+            PacketType::PubAck,
+            PacketType::PubRel,
+            PacketType::SubAck,
+            PacketType::UnsubAck,
+            PacketType::Disconnect,
+            PacketType::Auth,
+        ] {
+            let list = ReasonCode::valid_codes(t);
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "{t:?}");
+            assert_eq!(list[0], 0x00, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn display() {
+        assert_eq!(ReasonCode::PACKET_TOO_LARGE.to_string(), "0x95");
+        assert_eq!(format!("{:?}", ReasonCode(1)), "ReasonCode(0x01)");
+        assert!(ReasonCode(0x80).is_error() && !ReasonCode(0x19).is_error());
     }
 }

@@ -43,20 +43,12 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<SubAck, 
         None
     };
     let reasons = decode_codes(&mut r, PacketType::SubAck, version)?;
-    Ok(SubAck {
-        packet_id,
-        reasons,
-        properties,
-    })
+    Ok(SubAck { packet_id, reasons, properties })
 }
 
 /// The remaining length of `s`.
 pub(crate) fn body_len(s: &SubAck, version: ProtocolVersion) -> usize {
-    let props = if version.is_v5() {
-        opt_block_len(&s.properties)
-    } else {
-        0
-    };
+    let props = if version.is_v5() { opt_block_len(&s.properties) } else { 0 };
     2 + props + s.reasons.len()
 }
 
@@ -107,10 +99,7 @@ mod tests {
 
     #[test]
     fn v5() {
-        let props = Properties {
-            reason_string: Some(ByteStr::from("x")),
-            ..Properties::default()
-        };
+        let props = Properties { reason_string: Some(ByteStr::from("x")), ..Properties::default() };
         #[rustfmt::skip]
         let wire = [0x90, 0x09, 0x00, 0x0A, 0x04, 0x1F, 0x00, 0x01, b'x', 0x01, 0xA2];
         assert_roundtrip(V5, &wire, suback(&[0x01, 0xA2], Some(Box::new(props))));
@@ -125,19 +114,14 @@ mod tests {
 
     #[test]
     fn invalid() {
-        let bad = |code| DecodeError::InvalidReasonCode {
-            packet: PacketType::SubAck,
-            code,
-        };
+        let bad = |code| DecodeError::InvalidReasonCode { packet: PacketType::SubAck, code };
         assert_decode_err(V3_1_1, &[0x90, 0x03, 0x00, 0x0A, 0x03], bad(0x03));
         assert_decode_err(V3_1_1, &[0x90, 0x03, 0x00, 0x0A, 0x87], bad(0x87));
         assert_decode_err(V5, &[0x90, 0x04, 0x00, 0x0A, 0x00, 0x11], bad(0x11));
         assert_decode_err(
             V3_1_1,
             &[0x90, 0x02, 0x00, 0x0A],
-            DecodeError::NoReasonCodes {
-                packet: PacketType::SubAck,
-            },
+            DecodeError::NoReasonCodes { packet: PacketType::SubAck },
         );
         assert_decode_err(V5, &[0x90, 0x03, 0x00, 0x00, 0x00], DecodeError::PacketIdZero);
     }

@@ -60,11 +60,8 @@ pub(crate) fn encode_options(o: &SubscriptionOptions, version: ProtocolVersion) 
 pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
     let v5 = version.is_v5();
     let packet_id = PacketId::new(r.u16()?).ok_or(DecodeError::PacketIdZero)?;
-    let properties = if v5 {
-        Properties::decode_boxed(&mut r, PacketType::Subscribe.into())?
-    } else {
-        None
-    };
+    let properties =
+        if v5 { Properties::decode_boxed(&mut r, PacketType::Subscribe.into())? } else { None };
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string()?;
@@ -79,11 +76,7 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Subscrib
     if filters.is_empty() {
         return Err(DecodeError::SubscribeNoFilters);
     }
-    Ok(Subscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Subscribe { packet_id, filters, properties })
 }
 
 /// The remaining length of `s`.

@@ -98,8 +98,21 @@ mod tests {
     #[test]
     fn filters_valid() {
         for ok in [
-            "#", "+", "/", "a", "a/b", "+/+", "a/+/b", "a/#", "+/#", "/#", "//", "a//+", "$share",
-            "$sharex/+", "€/+/#",
+            "#",
+            "+",
+            "/",
+            "a",
+            "a/b",
+            "+/+",
+            "a/+/b",
+            "a/#",
+            "+/#",
+            "/#",
+            "//",
+            "a//+",
+            "$share",
+            "$sharex/+",
+            "€/+/#",
         ] {
             assert_eq!(validate_topic_filter(ok, true), Ok(()), "{ok:?}");
             assert_eq!(validate_topic_filter(ok, false), Ok(()), "{ok:?}");
@@ -136,10 +149,7 @@ mod tests {
         assert_eq!(validate_topic_filter("$share/#", true), Err(SharedNameInvalid));
         assert_eq!(validate_topic_filter("$share/g", true), Err(SharedFilterMissing));
         assert_eq!(validate_topic_filter("$share/g/", true), Err(SharedFilterMissing));
-        assert_eq!(
-            validate_topic_filter("$share/g/a#", true),
-            Err(TopicFilterMultiLevelWildcard)
-        );
+        assert_eq!(validate_topic_filter("$share/g/a#", true), Err(TopicFilterMultiLevelWildcard));
         // Before 5.0 these are ordinary filters.
         assert_eq!(validate_topic_filter("$share//a", false), Ok(()));
         assert_eq!(validate_topic_filter("$share/g", false), Ok(()));

@@ -14,19 +14,11 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<UnsubAck
     let packet_id = PacketId::new(r.u16()?).ok_or(DecodeError::PacketIdZero)?;
     if !version.is_v5() {
         r.finish()?;
-        return Ok(UnsubAck {
-            packet_id,
-            reasons: Vec::new(),
-            properties: None,
-        });
+        return Ok(UnsubAck { packet_id, reasons: Vec::new(), properties: None });
     }
     let properties = Properties::decode_boxed(&mut r, PacketType::UnsubAck.into())?;
     let reasons = decode_codes(&mut r, PacketType::UnsubAck, version)?;
-    Ok(UnsubAck {
-        packet_id,
-        reasons,
-        properties,
-    })
+    Ok(UnsubAck { packet_id, reasons, properties })
 }
 
 /// The remaining length of `u`.
@@ -80,11 +72,7 @@ mod tests {
 
     #[test]
     fn v5() {
-        assert_roundtrip(
-            V5,
-            &[0xB0, 0x05, 0x01, 0x02, 0x00, 0x00, 0x11],
-            unsuback(&[0x00, 0x11]),
-        );
+        assert_roundtrip(V5, &[0xB0, 0x05, 0x01, 0x02, 0x00, 0x00, 0x11], unsuback(&[0x00, 0x11]));
     }
 
     #[test]
@@ -93,17 +81,12 @@ mod tests {
         assert_decode_err(
             V5,
             &[0xB0, 0x03, 0x01, 0x02, 0x00],
-            DecodeError::NoReasonCodes {
-                packet: PacketType::UnsubAck,
-            },
+            DecodeError::NoReasonCodes { packet: PacketType::UnsubAck },
         );
         assert_decode_err(
             V5,
             &[0xB0, 0x04, 0x01, 0x02, 0x00, 0x02],
-            DecodeError::InvalidReasonCode {
-                packet: PacketType::UnsubAck,
-                code: 0x02,
-            },
+            DecodeError::InvalidReasonCode { packet: PacketType::UnsubAck, code: 0x02 },
         );
     }
 }

@@ -12,11 +12,8 @@ use crate::types::{PacketId, PacketType, ProtocolVersion, Unsubscribe};
 pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
     let v5 = version.is_v5();
     let packet_id = PacketId::new(r.u16()?).ok_or(DecodeError::PacketIdZero)?;
-    let properties = if v5 {
-        Properties::decode_boxed(&mut r, PacketType::Unsubscribe.into())?
-    } else {
-        None
-    };
+    let properties =
+        if v5 { Properties::decode_boxed(&mut r, PacketType::Unsubscribe.into())? } else { None };
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string()?;
@@ -26,11 +23,7 @@ pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Unsubscr
     if filters.is_empty() {
         return Err(DecodeError::UnsubscribeNoFilters);
     }
-    Ok(Unsubscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Unsubscribe { packet_id, filters, properties })
 }
 
 /// The remaining length of `u`.
@@ -124,10 +117,7 @@ mod tests {
         assert_decode_err(
             V3_1_1,
             &[0xA0, 0x05, 0x00, 0x03, 0x00, 0x01, b'a'],
-            DecodeError::InvalidFixedHeaderFlags {
-                packet_type: 10,
-                flags: 0,
-            },
+            DecodeError::InvalidFixedHeaderFlags { packet_type: 10, flags: 0 },
         );
     }
 }

@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().unwrap()]);
+        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.shards, 4);
         assert_eq!(c.cpus, Some(vec![0, 1, 2, 3]));
         assert_eq!(c.sys_interval_secs, 10);

@@ -105,6 +105,7 @@ pub mod recover;
 pub mod replay;
 pub mod segment;
 pub mod state;
+pub mod workload;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -63,15 +63,22 @@ pub enum RecordError {
 
 macro_rules! records {
     ($($(#[$doc:meta])* $kind:literal => $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? })*) => {
-        $(
-            $(#[$doc])*
-            #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-            pub struct $name { $($(#[$fdoc])* pub $field: $ty),* }
+        /// The record bodies. rkyv's derives add resolver types without `Debug`.
+        #[allow(missing_debug_implementations)]
+        mod bodies {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+                #[rkyv(derive(Debug))]
+                pub struct $name { $($(#[$fdoc])* pub $field: $ty),* }
 
-            impl From<$name> for Record {
-                fn from(r: $name) -> Record { Record::$name(r) }
-            }
-        )*
+                impl From<$name> for Record {
+                    fn from(r: $name) -> Record { Record::$name(r) }
+                }
+            )*
+        }
+        pub use bodies::*;
 
         /// One log record. Plain owned data, so the engine can build and consume them directly.
         #[derive(Debug, Clone, PartialEq, Eq)]
