@@ -351,7 +351,13 @@ impl Broker {
         Ok(b)
     }
 
-    fn spawn(name: &str, mut cmd: Command, dir: PathBuf, durability: &str, port: u16) -> Result<Broker> {
+    fn spawn(
+        name: &str,
+        mut cmd: Command,
+        dir: PathBuf,
+        durability: &str,
+        port: u16,
+    ) -> Result<Broker> {
         let command = command_line(&cmd);
         cmd.current_dir(&dir)
             .stdin(Stdio::null())
@@ -387,7 +393,12 @@ impl Broker {
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                bail!("{} does not accept connections on {}{}", self.name, self.addr, self.log_tail());
+                bail!(
+                    "{} does not accept connections on {}{}",
+                    self.name,
+                    self.addr,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

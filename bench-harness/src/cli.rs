@@ -229,11 +229,22 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let (params, common) = match cli.cmd {
         Cmd::Worker => return crate::worker::run_worker(),
-        Cmd::Fanout { subscribers, load, common } => (one(Kind::Fanout, subscribers, &load), common),
+        Cmd::Fanout { subscribers, load, common } => {
+            (one(Kind::Fanout, subscribers, &load), common)
+        }
         Cmd::Fanin { publishers, load, common } => (one(Kind::Fanin, publishers, &load), common),
         Cmd::P2p { pairs, load, common } => (one(Kind::P2p, pairs, &load), common),
-        Cmd::Shared { subscribers, load, common } => (one(Kind::Shared, subscribers, &load), common),
-        Cmd::Conn { connections, workers, source_ips, connect_concurrency, duration_secs, common } => {
+        Cmd::Shared { subscribers, load, common } => {
+            (one(Kind::Shared, subscribers, &load), common)
+        }
+        Cmd::Conn {
+            connections,
+            workers,
+            source_ips,
+            connect_concurrency,
+            duration_secs,
+            common,
+        } => {
             let mut p = Params::new(Kind::Conn, connections);
             p.workers = workers;
             p.source_ips = source_ips;
@@ -269,7 +280,8 @@ pub fn main() -> Result<()> {
         }
     };
     let report = run_matrix(&params, &common)?;
-    let failed = report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
+    let failed =
+        report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
     if failed > 0 {
         bail!("{failed} run(s) failed (see above)");
     }
@@ -358,7 +370,11 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
     let kinds: Vec<Option<BrokerKind>> = if c.broker_addr.is_some() {
         vec![None]
     } else {
-        c.brokers.split(',').filter(|s| !s.trim().is_empty()).map(|s| BrokerKind::parse(s).map(Some)).collect::<Result<_>>()?
+        c.brokers
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| BrokerKind::parse(s).map(Some))
+            .collect::<Result<_>>()?
     };
     if kinds.is_empty() {
         bail!("--brokers is empty");

@@ -255,7 +255,8 @@ impl Part {
         for t in 0..threads {
             let mine: Vec<usize> = (t..spec.conns.len()).step_by(threads).collect();
             let (spec, ctl) = (Arc::clone(&spec), Arc::clone(&ctl));
-            let cpu = (!spec.harness_cpus.is_empty()).then(|| spec.harness_cpus[t % spec.harness_cpus.len()]);
+            let cpu = (!spec.harness_cpus.is_empty())
+                .then(|| spec.harness_cpus[t % spec.harness_cpus.len()]);
             let h = std::thread::Builder::new()
                 .name(format!("load-{t}"))
                 .spawn(move || {
@@ -624,7 +625,8 @@ impl<'a> Reactor<'a> {
             match self.open(i) {
                 Ok(()) => self.handshaking += 1,
                 Err(e) => {
-                    let msg = format!("connect {}: {e:#}", self.spec.conns[self.conns[i].spec].client_id);
+                    let msg =
+                        format!("connect {}: {e:#}", self.spec.conns[self.conns[i].spec].client_id);
                     self.fail(i, msg);
                 }
             }
@@ -647,7 +649,11 @@ impl<'a> Reactor<'a> {
             Err(e) => return Err(e.into()),
         }
         let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
-        self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         let c = &mut self.conns[i];
         c.stream = Some(stream);
         c.state = State::Connecting;
@@ -734,7 +740,8 @@ impl<'a> Reactor<'a> {
             };
             self.ctx.now_ns = monotonic_ns();
             let result = if c.rx.is_empty() {
-                self.process(i, &rbuf[..n]).map(|used| self.conns[i].rx.extend_from_slice(&rbuf[used..n]))
+                self.process(i, &rbuf[..n])
+                    .map(|used| self.conns[i].rx.extend_from_slice(&rbuf[used..n]))
             } else {
                 let mut rx = std::mem::take(&mut self.conns[i].rx);
                 rx.extend_from_slice(&rbuf[..n]);
@@ -770,7 +777,8 @@ impl<'a> Reactor<'a> {
         let state = self.conns[i].state;
         match (state, ptype) {
             (State::AwaitConnAck, _) => {
-                let p = wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
+                let p =
+                    wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
                 wire::check_connack(&p).map_err(|e| format!("{e:#}"))?;
                 let sub = match &self.conns[i].role {
                     RoleState::Sub(s) if !s.deferred => Some(s.filter.clone()),
@@ -785,7 +793,8 @@ impl<'a> Reactor<'a> {
                 }
             }
             (_, kind::SUBACK) => {
-                let p = wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
+                let p =
+                    wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
                 wire::check_suback(&p).map_err(|e| format!("{e:#}"))?;
                 if state == State::AwaitSubAck {
                     self.became_ready(i);
@@ -878,7 +887,8 @@ impl<'a> Reactor<'a> {
     }
 
     fn send_subscribe(&mut self, i: usize, filter: &str) -> Result<(), String> {
-        let bytes = wire::subscribe(1, filter, self.ctx.qos, self.ctx.version).map_err(|e| format!("{e:#}"))?;
+        let bytes = wire::subscribe(1, filter, self.ctx.qos, self.ctx.version)
+            .map_err(|e| format!("{e:#}"))?;
         self.queue(i, &bytes);
         if let RoleState::Sub(s) = &mut self.conns[i].role {
             s.subscribed = true;
@@ -896,7 +906,9 @@ impl<'a> Reactor<'a> {
         let now = self.ctx.now_ns;
         for i in std::mem::take(&mut self.deferred) {
             let filter = match &self.conns[i].role {
-                RoleState::Sub(s) if !s.subscribed && self.conns[i].state == State::Ready => s.filter.clone(),
+                RoleState::Sub(s) if !s.subscribed && self.conns[i].state == State::Ready => {
+                    s.filter.clone()
+                }
                 _ => continue,
             };
             self.send_subscribe(i, &filter).map_err(|e| anyhow!(e))?;
@@ -988,14 +1000,21 @@ impl<'a> Reactor<'a> {
                 if rate > 0.0 && now >= s.measure_start_ns {
                     let scheduled = s.start_ns + (seq as f64 * 1e9 / rate) as u64;
                     if scheduled >= s.measure_start_ns {
-                        self.st.publish_lag_ns_max = self.st.publish_lag_ns_max.max(now.saturating_sub(scheduled));
+                        self.st.publish_lag_ns_max =
+                            self.st.publish_lag_ns_max.max(now.saturating_sub(scheduled));
                     }
                 }
                 let packet_id = (self.ctx.qos != QoS::AtMostOnce).then(|| p.take_packet_id());
                 let header = Header { seq, publisher: p.id, sent_ns: now };
                 if p.topic_per_message {
                     let topic = format!("{}/{seq}", p.topic);
-                    match PublishTemplate::new(&topic, self.ctx.qos, p.retain, self.spec.payload_bytes, self.ctx.version) {
+                    match PublishTemplate::new(
+                        &topic,
+                        self.ctx.qos,
+                        p.retain,
+                        self.spec.payload_bytes,
+                        self.ctx.version,
+                    ) {
                         Ok(t) => t.append(&mut c.tx, packet_id, &header),
                         Err(e) => {
                             self.st.error(format!("{e:#}"));

@@ -1,5 +1,8 @@
 //! The `shardmq-bench` binary: see the crate docs and README.md.
 
-fn main() -> anyhow::Result<()> {
-    shardmq_bench::cli::main()
+fn main() {
+    if let Err(e) = shardmq_bench::cli::main() {
+        eprintln!("shardmq-bench: error: {e:#}");
+        std::process::exit(1);
+    }
 }

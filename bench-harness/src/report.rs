@@ -53,6 +53,9 @@ pub struct RunResult {
     pub harness_threads: usize,
     /// The harness's threads were ≥ 90 % busy: the numbers may be the harness's limit.
     pub harness_bound: bool,
+    /// CPU used in the window by processes other than the broker and the harness, % of one
+    /// core: other load on the machine that makes the numbers noisy.
+    pub other_cpu_percent: Option<f64>,
     /// End-to-end latency of messages sent in the window.
     pub latency: Latency,
     /// Broker RSS before the run's connections, KiB.
@@ -174,7 +177,8 @@ fn git_state() -> (String, bool) {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = run(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     (commit, dirty)
 }
 
@@ -239,7 +243,15 @@ fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    out.push_str(&line(width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect()));
+    out.push_str(&line(
+        width
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+    ));
     for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
@@ -252,7 +264,16 @@ pub fn table(s: &ScenarioReport) -> String {
     let ok: Vec<&RunResult> = s.results.iter().filter(|r| r.error.is_none()).collect();
     let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = match s.params.kind {
         Kind::Conn => (
-            vec!["broker", "connected", "failed", "conn/s", "brk µs/conn", "RSS idle MiB", "RSS loaded MiB", "bytes/conn"],
+            vec![
+                "broker",
+                "connected",
+                "failed",
+                "conn/s",
+                "brk µs/conn",
+                "RSS idle MiB",
+                "RSS loaded MiB",
+                "bytes/conn",
+            ],
             ok.iter()
                 .map(|r| {
                     vec![
@@ -269,7 +290,18 @@ pub fn table(s: &ScenarioReport) -> String {
                 .collect(),
         ),
         Kind::Retained => (
-            vec!["broker", "stored", "received", "replay ms", "msg/s", "brk µs/msg", "hns µs/msg", "lost", "dup", "RSS MiB"],
+            vec![
+                "broker",
+                "stored",
+                "received",
+                "replay ms",
+                "msg/s",
+                "brk µs/msg",
+                "hns µs/msg",
+                "lost",
+                "dup",
+                "RSS MiB",
+            ],
             ok.iter()
                 .map(|r| {
                     vec![
@@ -289,8 +321,20 @@ pub fn table(s: &ScenarioReport) -> String {
         ),
         _ => (
             vec![
-                "broker", "deliv msg/s", "brk µs/msg", "brk cpu%", "hns µs/msg", "hns cpu%", "p50 µs",
-                "p99 µs", "p99.9 µs", "max µs", "lost", "dup", "reord", "RSS MiB",
+                "broker",
+                "deliv msg/s",
+                "brk µs/msg",
+                "brk cpu%",
+                "hns µs/msg",
+                "hns cpu%",
+                "p50 µs",
+                "p99 µs",
+                "p99.9 µs",
+                "max µs",
+                "lost",
+                "dup",
+                "reord",
+                "RSS MiB",
             ],
             ok.iter()
                 .map(|r| {
@@ -326,13 +370,28 @@ pub fn table(s: &ScenarioReport) -> String {
     if ok.iter().any(|r| r.harness_bound) {
         out.push_str("* harness ≥ 90% busy: the harness may have been the bottleneck\n");
     }
-    if let Some(first) = ok.first() {
+    let noisy: Vec<String> = ok
+        .iter()
+        .filter_map(|r| {
+            r.other_cpu_percent.filter(|o| *o >= 10.0).map(|o| format!("{} {o:.0}%", r.broker))
+        })
+        .collect();
+    if !noisy.is_empty() {
+        let _ = writeln!(
+            out,
+            "warning: other processes used CPU during the window (% of one core): {}",
+            noisy.join(", ")
+        );
+    }
+    if !ok.is_empty() {
         let _ = writeln!(
             out,
             "durability: {}",
-            ok.iter().map(|r| format!("{}={}", r.broker, r.durability)).collect::<Vec<_>>().join(", ")
+            ok.iter()
+                .map(|r| format!("{}={}", r.broker, r.durability))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        let _ = first;
     }
     if ok.len() >= 2 {
         out.push_str(&ratios(s.params.kind, &ok));
@@ -442,7 +501,9 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
                 .map_err(|e| err(&e))?
                 .label(broker.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart
                 .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(|e| err(&e))?;

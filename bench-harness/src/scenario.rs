@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::Broker;
 use crate::load::{ConnSpec, Control, LoadSpec, Part, PartResult, Role, Schedule};
 use crate::report::RunResult;
-use crate::sys::{monotonic_ns, self_cpu_us};
+use crate::sys::{monotonic_ns, self_cpu_us, system_busy_us};
 use crate::track::{histogram_add_pairs, integrity, new_histogram, Latency};
 use crate::worker::RemotePart;
 
@@ -123,7 +123,11 @@ impl Params {
             Kind::Conn => return format!("conn {n} connections"),
             Kind::Retained => format!("retained {n} topics then #"),
         };
-        let rate = if self.rate > 0.0 { format!("{}/s per publisher", self.rate) } else { "max-rate".into() };
+        let rate = if self.rate > 0.0 {
+            format!("{}/s per publisher", self.rate)
+        } else {
+            "max-rate".into()
+        };
         if self.kind == Kind::Retained {
             return format!("{shape} qos{} {}B", self.qos, self.payload_bytes);
         }
@@ -161,8 +165,14 @@ pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Res
     let run = nonce();
     let prefix = format!("shardmq-bench/{run}");
     let cid = |role: &str, i: u32| format!("bench-{run}-{role}{i}");
-    let sub = |group: u32, filter: String, deferred: bool| Role::Subscriber { group, filter, deferred };
-    let publisher = |id: u32, topic: String| Role::Publisher { id, topic, retain: false, topic_per_message: false };
+    let sub =
+        |group: u32, filter: String, deferred: bool| Role::Subscriber { group, filter, deferred };
+    let publisher = |id: u32, topic: String| Role::Publisher {
+        id,
+        topic,
+        retain: false,
+        topic_per_message: false,
+    };
     let mut conns = Vec::new();
     let (publishers, groups): (u32, u64) = match p.kind {
         Kind::Fanout => {
@@ -218,7 +228,8 @@ pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Res
         .enumerate()
         .map(|(i, (client_id, role))| ConnSpec {
             client_id,
-            source_ip: (p.source_ips > 0).then(|| Ipv4Addr::new(127, 0, 0, 2 + (i as u32 % p.source_ips.min(250)) as u8)),
+            source_ip: (p.source_ips > 0)
+                .then(|| Ipv4Addr::new(127, 0, 0, 2 + (i as u32 % p.source_ips.min(250)) as u8)),
             role,
         })
         .collect();
@@ -308,7 +319,14 @@ struct Progress {
 impl Progress {
     fn new(label: String, quiet: bool) -> Progress {
         let now = monotonic_ns();
-        Progress { quiet, label, last_print_ns: 0, last_received: 0, last_ns: now, last_cpu_us: self_cpu_us() }
+        Progress {
+            quiet,
+            label,
+            last_print_ns: 0,
+            last_received: 0,
+            last_ns: now,
+            last_cpu_us: self_cpu_us(),
+        }
     }
 
     fn tick(&mut self, phase: &str, handles: &[Handle], total_conns: usize) {
@@ -441,26 +459,30 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             std::thread::sleep(Duration::from_millis(2));
         }
     };
-    let (mut cpu0, mut hcpu0, mut t0) = (None, 0, 0);
-    let (mut cpu1, mut hcpu1, mut t1) = (None, 0, 0);
+    let (mut cpu0, mut hcpu0, mut t0, mut sys0) = (None, 0, 0, None);
+    let (mut cpu1, mut hcpu1, mut t1, mut sys1) = (None, 0, 0, None);
     if p.kind == Kind::Retained {
         // The window is the replay: from when every retained message is stored (the
         // subscriber subscribes right then) to the last one received.
         while !all_finished(&handles) && monotonic_ns() < schedule.drain_end_ns {
             let ctl = handles[0].ctl();
             if cpu0.is_none() && ctl.publishers_done.load(SeqCst) >= spec.publishers_total as u64 {
-                (cpu0, hcpu0, t0) = (broker.cpu_us(), self_cpu_us(), monotonic_ns());
+                (cpu0, hcpu0, t0, sys0) =
+                    (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
             }
             progress.tick(if cpu0.is_some() { "replay" } else { "store" }, &handles, total_conns);
             std::thread::sleep(Duration::from_millis(1));
         }
-        (cpu1, hcpu1, t1) = (broker.cpu_us(), self_cpu_us(), monotonic_ns());
+        (cpu1, hcpu1, t1, sys1) =
+            (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     } else {
         wait_until(measure_start_ns, "warm-up", &handles, &mut progress);
-        (cpu0, hcpu0, t0) = (broker.cpu_us(), self_cpu_us(), monotonic_ns());
+        (cpu0, hcpu0, t0, sys0) =
+            (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
         wait_until(measure_end_ns, "measure", &handles, &mut progress);
         if !all_finished(&handles) {
-            (cpu1, hcpu1, t1) = (broker.cpu_us(), self_cpu_us(), monotonic_ns());
+            (cpu1, hcpu1, t1, sys1) =
+                (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
         }
     }
     while !all_finished(&handles) {
@@ -470,7 +492,8 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     progress.done();
     if t1 == 0 {
         // Everything ended before the window did (a --messages cap): measure to here.
-        (cpu1, hcpu1, t1) = (broker.cpu_us(), self_cpu_us(), monotonic_ns());
+        (cpu1, hcpu1, t1, sys1) =
+            (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     }
     let deferred_subscribe_ns = handles[0].ctl().deferred_subscribe_ns.load(Relaxed);
 
@@ -522,7 +545,12 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         errors: part.errors.clone(),
         ..RunResult::default()
     };
-    r.connect_rate_per_sec = if r.setup_secs > 0.0 { part.connected as f64 / r.setup_secs } else { 0.0 };
+    if let (Some(a), Some(b), Some(bc)) = (sys0, sys1, broker_cpu_us) {
+        let other = b.saturating_sub(a).saturating_sub(bc + harness_cpu_us);
+        r.other_cpu_percent = Some(other as f64 * 100.0 / window_us as f64);
+    }
+    r.connect_rate_per_sec =
+        if r.setup_secs > 0.0 { part.connected as f64 / r.setup_secs } else { 0.0 };
     // The harness is the bottleneck when its threads were nearly always busy.
     r.harness_bound = r.harness_cpu_percent >= 90.0 * threads as f64;
     match p.kind {
@@ -536,13 +564,15 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             }
             if let (Some(a), Some(b)) = (cpu_setup0, cpu_setup1) {
                 if part.connected > 0 {
-                    r.broker_cpu_us_per_conn = Some(b.saturating_sub(a) as f64 / part.connected as f64);
+                    r.broker_cpu_us_per_conn =
+                        Some(b.saturating_sub(a) as f64 / part.connected as f64);
                 }
             }
         }
         Kind::Retained => {
             let replay_ns = part.last_receipt_ns.saturating_sub(deferred_subscribe_ns);
-            r.retained_secs = (deferred_subscribe_ns > 0 && part.last_receipt_ns > 0).then(|| replay_ns as f64 / 1e9);
+            r.retained_secs = (deferred_subscribe_ns > 0 && part.last_receipt_ns > 0)
+                .then(|| replay_ns as f64 / 1e9);
             ig.window_receipts = ig.receipts;
             let secs = r.retained_secs.unwrap_or(0.0);
             r.delivered_per_sec = if secs > 0.0 { ig.distinct as f64 / secs } else { 0.0 };

@@ -20,7 +20,8 @@ pub fn monotonic_ns() -> u64 {
 pub fn self_cpu_us() -> u64 {
     match getrusage(UsageWho::RUSAGE_SELF) {
         Ok(u) => {
-            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as u64 * 1_000_000 + tv.tv_usec() as u64;
+            let t =
+                |tv: nix::sys::time::TimeVal| tv.tv_sec() as u64 * 1_000_000 + tv.tv_usec() as u64;
             t(u.user_time()) + t(u.system_time())
         }
         Err(_) => 0,
@@ -69,6 +70,21 @@ fn parse_status_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time used by everything on the machine so far (every CPU; busy = all but idle and
+/// iowait), µs, from the first line of `/proc/stat`.
+pub fn system_busy_us() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat_busy_ticks(&stat).map(|t| t * 1_000_000 / clock_ticks_per_sec())
+}
+
+fn parse_proc_stat_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    let busy = v.iter().take(8).sum::<u64>().checked_sub(*v.get(3)? + *v.get(4)?)?;
+    Some(busy)
+}
+
 /// Number of CPUs this process may run on.
 pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -106,6 +122,12 @@ mod tests {
     fn status_rss() {
         let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
         assert_eq!(parse_status_rss_kib(status), Some(5120));
+    }
+
+    #[test]
+    fn proc_stat_busy() {
+        let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_proc_stat_busy_ticks(stat), Some(161));
     }
 
     #[test]

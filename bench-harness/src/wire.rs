@@ -11,8 +11,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use shardmq_codec::{
-    decode, encode, encode_publish_header, ByteStr, Connect, Limits, Packet, PacketId,
-    Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+    decode, encode, encode_publish_header, ByteStr, Connect, Limits, Packet, PacketId, Properties,
+    ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
 };
 
 use crate::payload::{Header, HEADER_BYTES};
@@ -78,12 +78,20 @@ pub fn connect(client_id: &str, version: ProtocolVersion, keep_alive_secs: u16) 
 }
 
 /// A SUBSCRIBE of one filter.
-pub fn subscribe(packet_id: u16, filter: &str, qos: QoS, version: ProtocolVersion) -> Result<Vec<u8>> {
+pub fn subscribe(
+    packet_id: u16,
+    filter: &str,
+    qos: QoS,
+    version: ProtocolVersion,
+) -> Result<Vec<u8>> {
     let packet_id = PacketId::new(packet_id).context("packet id 0")?;
     encode_packet(
         &Packet::Subscribe(Subscribe {
             packet_id,
-            filters: vec![(ByteStr::from(filter), SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                ByteStr::from(filter),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
             properties: None,
         }),
         version,
@@ -124,7 +132,9 @@ impl PublishTemplate {
         version: ProtocolVersion,
     ) -> Result<PublishTemplate> {
         if payload_bytes < HEADER_BYTES {
-            bail!("--payload-bytes must be at least {HEADER_BYTES} (the sequence/timestamp header)");
+            bail!(
+                "--payload-bytes must be at least {HEADER_BYTES} (the sequence/timestamp header)"
+            );
         }
         let publish = Publish {
             dup: false,
@@ -316,6 +326,78 @@ mod tests {
         assert_eq!((p.qos, p.packet_id, p.payload), (0, None, &b"z"[..]));
         assert!(parse_publish(0x36, &body, false).is_err());
         assert!(parse_publish(0x30, &[0, 9, b't'], false).is_err());
+    }
+
+    fn decode_all(bytes: &[u8], version: ProtocolVersion) -> Packet {
+        let (len, _) = split_frame(bytes).unwrap().unwrap();
+        assert_eq!(len, bytes.len());
+        decode_frame(bytes, version).unwrap()
+    }
+
+    #[test]
+    fn template_frames_decode_to_what_was_patched() {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let t = PublishTemplate::new("bench/x/1", q, false, 64, version).unwrap();
+                let mut out = Vec::new();
+                let h = Header { seq: 41, publisher: 3, sent_ns: 99 };
+                t.append(&mut out, (q != QoS::AtMostOnce).then_some(513), &h);
+                assert_eq!(out.len(), t.frame_bytes());
+                let Packet::Publish(p) = decode_all(&out, version) else { panic!("not a PUBLISH") };
+                assert_eq!((p.qos, p.topic.as_str(), p.payload.len()), (q, "bench/x/1", 64));
+                assert_eq!(p.packet_id.map(|id| id.get()), (q != QoS::AtMostOnce).then_some(513));
+                assert_eq!(Header::read(&p.payload), Some(h));
+                // The hot-path parser agrees with the codec.
+                let (_, body) = split_frame(&out).unwrap().unwrap();
+                let v = parse_publish(out[0], &out[body..], version.is_v5()).unwrap();
+                assert_eq!(
+                    (v.qos, v.packet_id, v.topic),
+                    (q as u8, p.packet_id.map(|i| i.get()), &b"bench/x/1"[..])
+                );
+                assert_eq!(v.payload, &p.payload[..]);
+            }
+        }
+        assert!(
+            PublishTemplate::new("t", QoS::AtMostOnce, false, 19, ProtocolVersion::V3_1_1).is_err()
+        );
+    }
+
+    #[test]
+    fn literal_acks_decode_with_the_codec() {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            for (k, name) in [
+                (kind::PUBACK, "PubAck"),
+                (kind::PUBREC, "PubRec"),
+                (kind::PUBREL, "PubRel"),
+                (kind::PUBCOMP, "PubComp"),
+            ] {
+                let p = decode_all(&ack(k, 7), version);
+                assert!(format!("{p:?}").starts_with(name), "{p:?}");
+            }
+            assert_eq!(decode_all(&PINGREQ, version), Packet::PingReq);
+            assert!(matches!(decode_all(&DISCONNECT, version), Packet::Disconnect(_)));
+        }
+    }
+
+    #[test]
+    fn connect_and_subscribe_round_trip() {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let Packet::Connect(c) = decode_all(&connect("bench-1", version, 60).unwrap(), version)
+            else {
+                panic!("not a CONNECT")
+            };
+            assert_eq!(
+                (c.client_id.as_str(), c.keep_alive_secs, c.clean_start),
+                ("bench-1", 60, true)
+            );
+            let Packet::Subscribe(s) =
+                decode_all(&subscribe(1, "a/+", QoS::AtLeastOnce, version).unwrap(), version)
+            else {
+                panic!("not a SUBSCRIBE")
+            };
+            assert_eq!(s.filters[0].0.as_str(), "a/+");
+            assert_eq!(s.filters[0].1.qos, QoS::AtLeastOnce);
+        }
     }
 
     #[test]

@@ -150,7 +150,13 @@ impl RemotePart {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 match serde_json::from_str::<WorkerMsg>(&line) {
-                    Ok(WorkerMsg::Progress { connected, failed, setup_threads_done, sent, received }) => {
+                    Ok(WorkerMsg::Progress {
+                        connected,
+                        failed,
+                        setup_threads_done,
+                        sent,
+                        received,
+                    }) => {
                         mirror.connected.store(connected, Relaxed);
                         mirror.failed.store(failed, Relaxed);
                         mirror.setup_threads_done.store(setup_threads_done, Relaxed);
@@ -190,7 +196,8 @@ impl RemotePart {
 
     /// Waits for the result (at most `timeout`).
     pub fn join(mut self, timeout: Duration) -> Result<PartResult> {
-        let r = self.result.recv_timeout(timeout).unwrap_or_else(|_| Err(anyhow!("worker timed out")));
+        let r =
+            self.result.recv_timeout(timeout).unwrap_or_else(|_| Err(anyhow!("worker timed out")));
         self.stdin.take();
         if r.is_err() {
             let _ = self.child.kill();

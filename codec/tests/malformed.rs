@@ -2,6 +2,8 @@
 //! a decode error (never `Ok(None)`, never a packet). Every builder's valid form is checked
 //! to decode first (`controls_decode`), so each error below is caused by the one change.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::BytesMut;
 use shardmq_codec::{decode, Limits, ProtocolVersion};
 
@@ -78,7 +80,10 @@ fn limits() -> Limits {
     Limits::default()
 }
 
+static CASES: AtomicUsize = AtomicUsize::new(0);
+
 fn expect_err(name: &str, v: ProtocolVersion, bytes: &[u8], failures: &mut Vec<String>) {
+    CASES.fetch_add(1, Ordering::Relaxed);
     let mut buf = BytesMut::from(bytes);
     let r = decode(&mut buf, &limits(), v);
     if r.is_err() {
@@ -478,5 +483,12 @@ fn malformed_packets_are_errors() {
     );
     expect_err("AUTH reason 0x01", V5, &[0xF0, 0x02, 0x01, 0x00], &mut f);
 
-    assert!(f.is_empty(), "{} of the malformed packets were accepted:\n{}", f.len(), f.join("\n"));
+    let cases = CASES.load(Ordering::Relaxed);
+    assert!(
+        f.is_empty(),
+        "{} of {cases} malformed packets were accepted:\n{}",
+        f.len(),
+        f.join("\n")
+    );
+    eprintln!("{cases} malformed packets rejected");
 }

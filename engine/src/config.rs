@@ -311,7 +311,11 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
 
     let sys_interval_secs = cli.sys_interval_secs.or(file.sys_interval_secs).unwrap_or(10);
     if sys_interval_secs == 0 {
-        let key = if cli.sys_interval_secs.is_some() { "--sys-interval-secs" } else { "sys_interval_secs" };
+        let key = if cli.sys_interval_secs.is_some() {
+            "--sys-interval-secs"
+        } else {
+            "sys_interval_secs"
+        };
         return Err(invalid(format!("{key}: must be greater than 0")));
     }
 

@@ -28,8 +28,8 @@ fn main() {
 fn run(config: &Config) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Register the handlers before starting, so an early signal is not lost.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
     let broker = Broker::start(config)?;
     {
         let mut out = std::io::stdout().lock();

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use rumqttc::QoS;
-use shardmq_codec::{ByteStr, Packet, PacketId, ProtocolVersion, Publish, Subscribe, SubscriptionOptions};
+use shardmq_codec::{
+    ByteStr, Packet, PacketId, ProtocolVersion, Publish, Subscribe, SubscriptionOptions,
+};
 
 fn subscribe_packet(filter: &str, qos: shardmq_codec::QoS) -> Packet {
     Packet::Subscribe(Subscribe {
@@ -55,11 +57,13 @@ async fn malformed_bytes_close_only_that_connection() {
     }
     // Malformed after a good CONNECT, on both shards.
     for shard in [0u16, 1] {
-        let mut raw = Raw::connect(a, &id_on_shard("mal-conn", shard, 2), ProtocolVersion::V3_1_1).await;
+        let mut raw =
+            Raw::connect(a, &id_on_shard("mal-conn", shard, 2), ProtocolVersion::V3_1_1).await;
         raw.send_bytes(&[0xF0, 0x00]).await; // AUTH is not a 3.1.1 packet.
         raw.until_closed().await;
-        let mut raw = Raw::connect(a, &id_on_shard("mal-conn5", shard, 2), ProtocolVersion::V5).await;
-        raw.send_bytes(&[0x62, 0x02, 0x00, 0x01]).await; // PUBREL with bad flags.
+        let mut raw =
+            Raw::connect(a, &id_on_shard("mal-conn5", shard, 2), ProtocolVersion::V5).await;
+        raw.send_bytes(&[0x60, 0x02, 0x00, 0x01]).await; // PUBREL with bad flags (must be 0x62).
         raw.until_closed().await;
     }
 
@@ -103,7 +107,9 @@ async fn pipelined_packets_survive_the_handoff() {
             let mut raw = Raw::open(a).await;
             raw.version = version;
             let mut bytes = raw.encode(&Raw::connect_packet(&id, version, true)).to_vec();
-            bytes.extend_from_slice(&raw.encode(&subscribe_packet(&topic, shardmq_codec::QoS::AtMostOnce)));
+            bytes.extend_from_slice(
+                &raw.encode(&subscribe_packet(&topic, shardmq_codec::QoS::AtMostOnce)),
+            );
             raw.send_bytes(&bytes).await;
             // The publish goes in a separate write after SUBACK (a publish pipelined before
             // SUBACK may legitimately race the subscription's propagation).
@@ -185,9 +191,12 @@ async fn a_thousand_subscribers_each_get_every_message_once_in_order() {
         let ready_tx = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut raw = Raw::open(a).await;
-            let mut bytes =
-                raw.encode(&Raw::connect_packet(&format!("fan-{i}"), ProtocolVersion::V3_1_1, true)).to_vec();
-            bytes.extend_from_slice(&raw.encode(&subscribe_packet("fan/t", shardmq_codec::QoS::AtMostOnce)));
+            let mut bytes = raw
+                .encode(&Raw::connect_packet(&format!("fan-{i}"), ProtocolVersion::V3_1_1, true))
+                .to_vec();
+            bytes.extend_from_slice(
+                &raw.encode(&subscribe_packet("fan/t", shardmq_codec::QoS::AtMostOnce)),
+            );
             raw.send_bytes(&bytes).await;
             assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))), "fan-{i}: CONNACK");
             assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))), "fan-{i}: SUBACK");
@@ -200,7 +209,11 @@ async fn a_thousand_subscribers_each_get_every_message_once_in_order() {
                     None => panic!("fan-{i}: closed after {} messages", got.len()),
                 }
             }
-            assert_eq!(got, (0..MESSAGES).collect::<Vec<u8>>(), "fan-{i}: every message once, in order");
+            assert_eq!(
+                got,
+                (0..MESSAGES).collect::<Vec<u8>>(),
+                "fan-{i}: every message once, in order"
+            );
             raw
         }));
     }

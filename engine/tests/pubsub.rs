@@ -133,7 +133,8 @@ async fn wildcards_match_per_spec() {
     };
     let mut subs = Vec::new();
     for (i, f) in filters.iter().enumerate() {
-        let mut c = V4::connect(a, &id_on_shard(&format!("wc{i}"), (i % 2) as u16, 2), |_| {}).await;
+        let mut c =
+            V4::connect(a, &id_on_shard(&format!("wc{i}"), (i % 2) as u16, 2), |_| {}).await;
         c.subscribe(f, QoS::AtLeastOnce).await;
         subs.push(c);
     }
@@ -154,7 +155,12 @@ async fn wildcards_match_per_spec() {
 /// Subscribes a fresh client homed on `shard` to `filter` and returns the retained
 /// messages it gets as (topic, payload), sorted by topic (collecting until 300 ms pass
 /// without one).
-async fn retained_seen(a: std::net::SocketAddr, name: &str, shard: u16, filter: &str) -> Vec<(String, String)> {
+async fn retained_seen(
+    a: std::net::SocketAddr,
+    name: &str,
+    shard: u16,
+    filter: &str,
+) -> Vec<(String, String)> {
     let mut c = V4::connect(a, &id_on_shard(name, shard, 2), |_| {}).await;
     c.subscribe(filter, QoS::AtLeastOnce).await;
     let mut got = Vec::new();
@@ -169,13 +175,19 @@ async fn retained_seen(a: std::net::SocketAddr, name: &str, shard: u16, filter: 
 
 /// Subscribes fresh clients homed on every shard until each sees exactly `expected`:
 /// retained updates reach other shards asynchronously.
-async fn retained_eventually(a: std::net::SocketAddr, tag: &str, filter: &str, expected: &[(&str, &str)]) {
+async fn retained_eventually(
+    a: std::net::SocketAddr,
+    tag: &str,
+    filter: &str,
+    expected: &[(&str, &str)],
+) {
     let expected: Vec<(String, String)> =
         expected.iter().map(|(t, p)| (t.to_string(), p.to_string())).collect();
     for shard in [0u16, 1] {
         within(&format!("{tag}: retained {expected:?} on shard {shard}"), async {
             for attempt in 0.. {
-                let got = retained_seen(a, &format!("{tag}-{shard}-{attempt}"), shard, filter).await;
+                let got =
+                    retained_seen(a, &format!("{tag}-{shard}-{attempt}"), shard, filter).await;
                 if got == expected {
                     return;
                 }
@@ -195,14 +207,20 @@ async fn retained_set_replace_clear_and_wildcard_subscribe() {
     publisher.client.publish("ret/1", QoS::AtLeastOnce, true, "a").await.unwrap();
     publisher.client.publish("ret/2", QoS::AtLeastOnce, true, "b").await.unwrap();
     publisher.client.publish("ret/2/deep", QoS::AtLeastOnce, true, "c").await.unwrap();
-    retained_eventually(a, "set", "ret/#", &[("ret/1", "a"), ("ret/2", "b"), ("ret/2/deep", "c")]).await;
+    retained_eventually(a, "set", "ret/#", &[("ret/1", "a"), ("ret/2", "b"), ("ret/2/deep", "c")])
+        .await;
     // A single-level wildcard sees only its level.
     retained_eventually(a, "plus", "ret/+", &[("ret/1", "a"), ("ret/2", "b")]).await;
 
     // Replace.
     publisher.client.publish("ret/1", QoS::AtLeastOnce, true, "a2").await.unwrap();
-    retained_eventually(a, "replace", "ret/#", &[("ret/1", "a2"), ("ret/2", "b"), ("ret/2/deep", "c")])
-        .await;
+    retained_eventually(
+        a,
+        "replace",
+        "ret/#",
+        &[("ret/1", "a2"), ("ret/2", "b"), ("ret/2/deep", "c")],
+    )
+    .await;
 
     // Clear with an empty retained payload [MQTT-3.3.1-10].
     publisher.client.publish("ret/2", QoS::AtLeastOnce, true, "").await.unwrap();

@@ -578,7 +578,7 @@ class AsyncSubscriber:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.decoder = Decoder(V311)
-        self.changed = asyncio.Event()
+        self.pending: list[Packet] = []
 
     async def _next(self) -> Packet:
         while True:
@@ -590,7 +590,6 @@ class AsyncSubscriber:
             self.pending.extend(self.decoder.feed(data))
 
     async def start(self, host: str, port: int, topic: str, qos: int) -> None:
-        self.pending: list[Packet] = []
         self.reader, self.writer = await asyncio.open_connection(host, port)
         self.writer.write(connect(self.client_id, keepalive=300) + subscribe(1, [(topic, qos)]))
         await self.writer.drain()
@@ -618,7 +617,6 @@ class AsyncSubscriber:
                         acks += puback(p.pid)
             if acks:
                 self.writer.write(bytes(acks))
-            self.changed.set()
 
     def close(self) -> None:
         if self.writer:

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use shardmq_codec::{
     ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
@@ -28,10 +29,16 @@ impl ShardCore {
         }
 
         // Client identifier [MQTT-3.1.3-5..9].
-        let mut client_id = connect.client_id.clone();
+        // Sessions outlive the packet: own the bytes instead of pinning the read buffer.
+        let mut client_id = ByteStr::from(connect.client_id.as_str());
         let mut assigned = None;
         if client_id.len() > usize::from(limits.client_id_length_max_bytes) {
-            return self.refuse_connect(conn, version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, now);
+            return self.refuse_connect(
+                conn,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                now,
+            );
         }
         if client_id.is_empty() {
             // 3.1 requires 1 to 23 characters; 3.1.1 allows an empty id only with Clean
@@ -92,7 +99,11 @@ impl ShardCore {
         // as an abnormal close: its will is published, or delayed if the session continues.
         if let Some(slot) = existing {
             if let Some(old) = self.sessions.get(slot).conn {
-                self.close_conn(old, CloseKind::Abnormal(Some(ReasonCode::SESSION_TAKEN_OVER)), now);
+                self.close_conn(
+                    old,
+                    CloseKind::Abnormal(Some(ReasonCode::SESSION_TAKEN_OVER)),
+                    now,
+                );
             }
         }
         // The old connection's close may have ended the session (expiry 0).
@@ -114,7 +125,13 @@ impl ShardCore {
         // A reconnection within the Will Delay Interval cancels the delayed will
         // [MQTT-3.1.3-9] (5.0 §3.1.3.2.2).
         session.pending_will = None;
-        session.will = connect.will.map(Box::new);
+        session.will = connect.will.map(|w| {
+            Box::new(Will {
+                topic: ByteStr::from(w.topic.as_str()),
+                payload: Bytes::copy_from_slice(&w.payload),
+                ..w
+            })
+        });
 
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         let client_packet_size_max_bytes =

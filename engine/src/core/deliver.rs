@@ -20,7 +20,7 @@ use crate::core::conn::{Conn, Phase};
 use crate::core::ids::SessionSlot;
 use crate::core::limits::Limits;
 use crate::core::mesh::Message;
-use crate::core::session::{Inflight, OutState, Queued, Session};
+use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::{
     encode_onto, push_publish_frame, ConnId, IoAction, LocalStats, ShardCore,
 };
@@ -237,9 +237,9 @@ impl ShardCore {
                     qos,
                     retain,
                     state: if qos == QoS::AtLeastOnce {
-                        OutState::AwaitingPubAck
+                        Awaiting::PubAck
                     } else {
-                        OutState::AwaitingPubRec
+                        Awaiting::PubRec
                     },
                 });
                 Some((offset, packet_id.get()))
@@ -277,7 +277,7 @@ impl ShardCore {
         let version = c.version.unwrap_or(ProtocolVersion::V3_1_1);
         for i in &s.inflight {
             match i.state {
-                OutState::AwaitingPubAck | OutState::AwaitingPubRec => {
+                Awaiting::PubAck | Awaiting::PubRec => {
                     let p = publish_for(&i.msg, i.qos, i.retain, Some(i.packet_id), true);
                     // A message now too large for the client stays inflight; the client
                     // never acknowledges it, which only costs a window slot.
@@ -285,9 +285,15 @@ impl ShardCore {
                         stats.messages_sent += 1;
                     }
                 }
-                OutState::AwaitingPubComp => {
+                Awaiting::PubComp => {
                     let r = pub_resp(i.packet_id, ReasonCode::SUCCESS);
-                    encode_onto(&mut c.tx, &shardmq_codec::Packet::PubRel(r), version, conn, actions);
+                    encode_onto(
+                        &mut c.tx,
+                        &shardmq_codec::Packet::PubRel(r),
+                        version,
+                        conn,
+                        actions,
+                    );
                 }
             }
         }
@@ -298,7 +304,7 @@ impl ShardCore {
     pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
-            if s.inflight[i].state == OutState::AwaitingPubAck {
+            if s.inflight[i].state == Awaiting::PubAck {
                 s.inflight.remove(i);
                 self.pump_session(slot);
             }
@@ -310,16 +316,17 @@ impl ShardCore {
     pub(crate) fn handle_pubrec(&mut self, conn: ConnId, slot: SessionSlot, r: PubResp) {
         let s = self.sessions.get_mut(slot);
         let reason = match s.inflight_position(r.packet_id) {
-            Some(i) if r.reason.is_error() && s.inflight[i].state == OutState::AwaitingPubRec => {
+            Some(i) if r.reason.is_error() && s.inflight[i].state == Awaiting::PubRec => {
                 s.inflight.remove(i);
                 self.pump_session(slot);
                 return;
             }
-            Some(i) => {
-                s.inflight[i].state = OutState::AwaitingPubComp;
+            Some(i) if s.inflight[i].state != Awaiting::PubAck => {
+                s.inflight[i].state = Awaiting::PubComp;
                 ReasonCode::SUCCESS
             }
-            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            // Unknown, or a QoS 1 message's id: no QoS 2 flow to continue.
+            _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
         };
         let rel = pub_resp(r.packet_id, reason);
         self.send_packet(conn, &shardmq_codec::Packet::PubRel(rel));
@@ -329,7 +336,7 @@ impl ShardCore {
     pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
-            if s.inflight[i].state == OutState::AwaitingPubComp {
+            if s.inflight[i].state == Awaiting::PubComp {
                 s.inflight.remove(i);
                 self.pump_session(slot);
             }
@@ -379,11 +386,7 @@ fn send_queued(
         return;
     }
     stats.messages_sent += 1;
-    let state = if q.qos == QoS::AtLeastOnce {
-        OutState::AwaitingPubAck
-    } else {
-        OutState::AwaitingPubRec
-    };
+    let state = if q.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
     s.inflight.push_back(Inflight { packet_id, msg: q.msg, qos: q.qos, retain: q.retain, state });
 }
 

@@ -2,8 +2,8 @@
 //! send. Nothing in this module imports glommio, touches a socket or reads a clock (enforced
 //! by the tidy test in `engine/tests/tidy.rs`).
 
-mod connect;
 pub(crate) mod conn;
+mod connect;
 pub(crate) mod deliver;
 pub mod ids;
 pub mod limits;
@@ -15,6 +15,8 @@ pub(crate) mod session;
 pub mod shard;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_tests;
 pub(crate) mod subscribe;
 mod timers;
 pub mod topic;

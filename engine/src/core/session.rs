@@ -15,15 +15,16 @@ use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::shard::ConnId;
 
-/// Where an outgoing QoS 1/2 message is in its acknowledgement flow.
+/// Where an outgoing QoS 1/2 message is in its acknowledgement flow: the packet it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutState {
+#[allow(clippy::enum_variant_names)] // The variants are the packets' names.
+pub(crate) enum Awaiting {
     /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitingPubAck,
+    PubAck,
     /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitingPubRec,
+    PubRec,
     /// PUBREL sent, waiting for PUBCOMP.
-    AwaitingPubComp,
+    PubComp,
 }
 
 /// An outgoing QoS 1/2 message that was sent and is not yet fully acknowledged.
@@ -35,7 +36,7 @@ pub(crate) struct Inflight {
     pub(crate) qos: QoS,
     /// RETAIN flag as sent.
     pub(crate) retain: bool,
-    pub(crate) state: OutState,
+    pub(crate) state: Awaiting,
 }
 
 /// A message waiting in the session for the inflight window (or for the client to come
@@ -259,7 +260,7 @@ mod tests {
             msg: msg(),
             qos: QoS::AtLeastOnce,
             retain: false,
-            state: OutState::AwaitingPubAck,
+            state: Awaiting::PubAck,
         });
         assert_eq!(s.next_packet_id().get(), 2, "0 and the inflight id 1 are skipped");
     }

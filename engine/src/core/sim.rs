@@ -127,6 +127,8 @@ pub(crate) struct Sim {
     pub(crate) clients: Vec<Client>,
     owners: HashMap<(usize, ConnId), usize>,
     pub(crate) stats: Arc<GlobalStats>,
+    /// `MeshMsg::Publish` messages sent between shards so far.
+    pub(crate) mesh_publishes: usize,
     codec_limits: shardmq_codec::Limits,
 }
 
@@ -157,6 +159,7 @@ impl Sim {
             clients: Vec::new(),
             owners: HashMap::new(),
             stats,
+            mesh_publishes: 0,
             codec_limits: shardmq_codec::Limits {
                 packet_size_max_bytes: limits.packet_size_max_bytes,
             },
@@ -303,7 +306,9 @@ impl Sim {
     pub(crate) fn subscribe(&mut self, c: usize, filters: &[(&str, QoS)]) -> Vec<ReasonCode> {
         let filters = filters
             .iter()
-            .map(|(f, q)| (ByteStr::from(*f), SubscriptionOptions { qos: *q, ..Default::default() }))
+            .map(|(f, q)| {
+                (ByteStr::from(*f), SubscriptionOptions { qos: *q, ..Default::default() })
+            })
             .collect();
         let packet_id = self.clients[c].next_packet_id();
         self.send(c, &Packet::Subscribe(Subscribe { packet_id, filters, properties: None }));
@@ -379,6 +384,9 @@ impl Sim {
         for (to, msg) in out {
             assert_ne!(usize::from(to.0), s, "a shard sends itself a mesh message");
             progress = true;
+            if matches!(msg, MeshMsg::Publish(_)) {
+                self.mesh_publishes += 1;
+            }
             let n = self.n();
             self.rings[s * n + usize::from(to.0)].push_back(msg);
         }
@@ -391,7 +399,11 @@ impl Sim {
         let cl = &mut self.clients[c];
         let mut progress = false;
         loop {
-            match decode(&mut cl.rx, &shardmq_codec::Limits { packet_size_max_bytes: u32::MAX }, cl.version) {
+            match decode(
+                &mut cl.rx,
+                &shardmq_codec::Limits { packet_size_max_bytes: u32::MAX },
+                cl.version,
+            ) {
                 Ok(Some(p)) => {
                     progress = true;
                     match p {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shardmq_codec::{
-    ByteStr, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
-    UnsubAck, Unsubscribe,
+    ByteStr, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 
 use crate::core::ids::{SessionSlot, ShardId};

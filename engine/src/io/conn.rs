@@ -81,7 +81,10 @@ async fn drive(shard: &Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopte
                     shard.send_mesh(home, MeshMsg::Adopt { fd, read_buf: first.read.freeze() });
                     return;
                 }
-                tracing::warn!("dup failed ({}); serving the connection here", io::Error::last_os_error());
+                tracing::warn!(
+                    "dup failed ({}); serving the connection here",
+                    io::Error::last_os_error()
+                );
             }
         }
     }
@@ -133,7 +136,11 @@ async fn first_packet(shard: &ShardIo, stream: &mut TcpStream, mut buf: BytesMut
 }
 
 /// Reads once into the shard's scratch buffer and appends what arrived to `buf`.
-async fn read_into(shard: &ShardIo, stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_into(
+    shard: &ShardIo,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
     std::future::poll_fn(|cx| poll_read_into(cx, shard, stream, buf)).await
 }
 
@@ -204,10 +211,16 @@ impl Driver<'_> {
     /// Decodes and handles every whole packet in the buffer.
     fn decode_all(&mut self) {
         while !self.slot.close.get() && !self.buf.is_empty() {
-            let version =
-                self.shard.core.borrow().protocol_version(self.conn).unwrap_or(VERSION_BEFORE_CONNECT);
+            let version = self
+                .shard
+                .core
+                .borrow()
+                .protocol_version(self.conn)
+                .unwrap_or(VERSION_BEFORE_CONNECT);
             match decode(&mut self.buf, &self.shard.codec_limits, version) {
-                Ok(Some(p)) => self.shard.with_core(|core, now| core.handle_packet(self.conn, p, now)),
+                Ok(Some(p)) => {
+                    self.shard.with_core(|core, now| core.handle_packet(self.conn, p, now))
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.buf = BytesMut::new();
@@ -249,7 +262,11 @@ impl Driver<'_> {
                     }
                 }
                 Poll::Ready(_) => {
-                    return Poll::Ready(if self.slot.close.get() { Event::Closed } else { Event::Gone })
+                    return Poll::Ready(if self.slot.close.get() {
+                        Event::Closed
+                    } else {
+                        Event::Gone
+                    })
                 }
                 Poll::Pending => break,
             }

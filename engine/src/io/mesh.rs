@@ -148,7 +148,11 @@ fn report_backlog(shard: &ShardIo, mesh: &MeshIo) {
 
 /// Receives from `peer` until it goes away: adopts handed-off sockets and passes every
 /// other message to the core. One task per peer.
-pub(crate) async fn receive_task(shard: Rc<ShardIo>, receivers: Rc<Receivers<MeshMsg>>, peer: usize) {
+pub(crate) async fn receive_task(
+    shard: Rc<ShardIo>,
+    receivers: Rc<Receivers<MeshMsg>>,
+    peer: usize,
+) {
     let from = ShardId(peer as u16);
     loop {
         let msg = match receivers.recv_from(peer).await {

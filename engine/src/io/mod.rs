@@ -54,7 +54,8 @@ impl Broker {
         let (listen, reservations) = reserve_ports(&config.listen).map_err(StartError)?;
 
         let n = config.shards;
-        let stats = Arc::new(GlobalStats { shards: (0..n).map(|_| ShardCounters::default()).collect() });
+        let stats =
+            Arc::new(GlobalStats { shards: (0..n).map(|_| ShardCounters::default()).collect() });
         let core_config = CoreConfig {
             limits: config.limits.clone(),
             shard_count: n,
@@ -63,7 +64,10 @@ impl Broker {
             started_at: Instant::now(),
         };
         let mesh = (n > 1).then(|| {
-            MeshBuilder::<MeshMsg, Full>::full(usize::from(n), config.limits.mesh_ring_capacity as usize)
+            MeshBuilder::<MeshMsg, Full>::full(
+                usize::from(n),
+                config.limits.mesh_ring_capacity as usize,
+            )
         });
         // Every clone is made here, before any shard thread exists: glommio's builder keeps
         // an `Rc` inside, so it must never be cloned while another thread drops one.
@@ -72,7 +76,8 @@ impl Broker {
 
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut handle = BrokerHandle { addrs: listen.clone(), stop: stop.clone(), threads: Vec::new(), mesh };
+        let mut handle =
+            BrokerHandle { addrs: listen.clone(), stop: stop.clone(), threads: Vec::new(), mesh };
 
         for index in 0..n {
             let (made_tx, made_rx) = mpsc::channel();
@@ -148,7 +153,12 @@ fn reserve_ports(addrs: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Vec<socket2::
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::with_capacity(addrs.len());
     let mut reservations = Vec::new();
+    let mut seen = Vec::with_capacity(addrs.len());
     for &addr in addrs {
+        if seen.contains(&addr) {
+            continue;
+        }
+        seen.push(addr);
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         if addr.port() == 0 {

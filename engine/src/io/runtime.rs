@@ -112,7 +112,9 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         .await;
         match joined {
             None => return Ok(()),
-            Some(Err(e)) => return fail(&mut guard, format!("shard {index}: cannot join the mesh: {e}")),
+            Some(Err(e)) => {
+                return fail(&mut guard, format!("shard {index}: cannot join the mesh: {e}"))
+            }
             Some(Ok((senders, receivers))) => {
                 if senders.peer_id() != usize::from(index) {
                     return fail(

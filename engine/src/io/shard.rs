@@ -20,8 +20,10 @@ use super::signal::{Signal, WakerSlot};
 /// got into its own (initially empty) buffer: idle connections hold no read buffer.
 pub(crate) const READ_SCRATCH_BYTES: usize = 64 * 1024;
 
-/// A v5 DISCONNECT with reason 0x8B Server shutting down and no properties.
-pub(crate) const DISCONNECT_SHUTTING_DOWN_V5: &[u8] = &[0xE0, 0x01, 0x8B];
+/// A v5 DISCONNECT with reason 0x8B Server shutting down and an empty property list. The
+/// explicit property length (allowed to be omitted by §3.14.2.2.1) is there because some
+/// clients (rumqttc 0.25) cannot parse the 1-byte form.
+pub(crate) const DISCONNECT_SHUTTING_DOWN_V5: &[u8] = &[0xE0, 0x02, 0x8B, 0x00];
 
 /// The io side of one open connection, shared between the connection's task and
 /// [`ShardIo::drain`]. Shard-local.

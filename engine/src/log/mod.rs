@@ -99,6 +99,7 @@
 //! retained topic refers to at the end of the sealed segments is dropped by compaction.
 
 pub mod ack;
+pub mod compact;
 pub mod file;
 pub mod record;
 pub mod recover;
@@ -218,7 +219,8 @@ impl LogConfig {
 
     /// Checks the relations between the limits.
     pub fn validate(&self) -> Result<(), String> {
-        let frame_max = record::align_frame(record::HEADER_BYTES + self.record_size_max_bytes as usize);
+        let frame_max =
+            record::align_frame(record::HEADER_BYTES + self.record_size_max_bytes as usize);
         if self.segment_size_bytes < frame_max as u64 {
             return Err(format!(
                 "log: segment_size_bytes ({}) must hold the largest record ({frame_max} bytes)",
@@ -255,6 +257,9 @@ pub enum LogError {
     /// Any other IO failure. The writer stops accepting appends after one.
     #[error("log io error on {}: {message}", path.display())]
     Io { path: PathBuf, kind: std::io::ErrorKind, message: String },
+    /// The configuration breaks a rule of [`LogConfig::validate`].
+    #[error("{0}")]
+    Config(String),
     /// The writer was closed.
     #[error("log is closed")]
     Closed,

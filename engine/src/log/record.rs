@@ -15,6 +15,8 @@ pub const FRAME_MAGIC: u8 = 0xB5;
 pub const FORMAT_VERSION: u8 = 1;
 /// Size of a frame header.
 pub const HEADER_BYTES: usize = 24;
+/// Flag bit: more frames of the same batch follow this one.
+pub const FLAG_BATCH_CONTINUES: u8 = 0x01;
 /// Frames start at multiples of this within a segment, so every rkyv body is aligned.
 pub const FRAME_ALIGN_BYTES: usize = 8;
 
@@ -41,7 +43,7 @@ pub enum RecordError {
     /// A kind byte that names no record kind.
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
-    /// Reserved flag bits are set.
+    /// Unknown flag bits are set.
     #[error("reserved flags {0:#04x} set")]
     Flags(u8),
     /// The body is larger than `record_size_max_bytes`.
@@ -244,6 +246,8 @@ pub struct Frame<'a> {
     pub kind: u8,
     /// The rkyv body.
     pub body: &'a [u8],
+    /// More frames of the same batch follow.
+    pub continues: bool,
     /// Header + body + padding: where the next frame starts.
     pub frame_bytes: usize,
 }
@@ -287,7 +291,7 @@ pub fn check_header(
     if !Record::kind_is_known(kind) {
         return Err(RecordError::UnknownKind(kind));
     }
-    if bytes[3] != 0 {
+    if bytes[3] & !FLAG_BATCH_CONTINUES != 0 {
         return Err(RecordError::Flags(bytes[3]));
     }
     let body_len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
@@ -314,7 +318,8 @@ pub fn split_frame(bytes: &[u8], body_max_bytes: usize) -> Result<Frame<'_>, Rec
     if bytes[HEADER_BYTES + body_len..frame_bytes].iter().any(|&b| b != 0) {
         return Err(RecordError::Padding);
     }
-    Ok(Frame { seq, kind, body, frame_bytes })
+    let continues = bytes[3] & FLAG_BATCH_CONTINUES != 0;
+    Ok(Frame { seq, kind, body, frame_bytes, continues })
 }
 
 /// Splits, checks and decodes one frame: `(frame, record)`.
@@ -326,7 +331,8 @@ pub fn decode(bytes: &[u8], body_max_bytes: usize) -> Result<(Frame<'_>, Record)
 
 /// Appends the frame of `record` with sequence number `seq` to `out`, whose length must be a
 /// multiple of [`FRAME_ALIGN_BYTES`] (so the body is aligned where the frame is written).
-/// Returns the frame's size. On `TooLarge`, `out` is left as it was.
+/// `continues` marks every frame of a batch but the last. Returns the frame's size. On
+/// `TooLarge`, `out` is left as it was.
 ///
 /// # Panics
 /// If `record` breaks a field rule ([`Record::validate`]): writing one is an engine bug.
@@ -334,6 +340,7 @@ pub fn encode_into(
     out: &mut Vec<u8>,
     seq: LogSeq,
     record: &Record,
+    continues: bool,
     body_max_bytes: usize,
 ) -> Result<usize, RecordError> {
     if let Err(e) = record.validate() {
@@ -354,7 +361,7 @@ pub fn encode_into(
     header[0] = FRAME_MAGIC;
     header[1] = FORMAT_VERSION;
     header[2] = record.kind();
-    header[3] = 0;
+    header[3] = if continues { FLAG_BATCH_CONTINUES } else { 0 };
     header[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
     header[8..16].copy_from_slice(&seq.0.to_le_bytes());
     header[16..20].copy_from_slice(&body_crc.to_le_bytes());
@@ -366,7 +373,7 @@ pub fn encode_into(
         let mut aligned = AlignedVec::<16>::with_capacity(frame_bytes);
         aligned.extend_from_slice(&out[start..]);
         let (frame, back) = decode(&aligned, body_max_bytes).expect("fresh frame decodes");
-        assert_eq!((frame.seq, &back), (seq, record), "record does not round-trip");
+        assert_eq!((frame.seq, frame.continues, &back), (seq, continues, record), "no round trip");
     }
     Ok(frame_bytes)
 }

@@ -109,8 +109,9 @@ impl Appender {
         let start = chunk.bytes.len();
         let mut seq = self.next_seq;
         let mut result = Ok(());
-        for r in records {
-            if let Err(e) = record::encode_into(&mut chunk.bytes, seq, r, body_max_bytes) {
+        for (i, r) in records.iter().enumerate() {
+            let continues = i + 1 < records.len();
+            if let Err(e) = record::encode_into(&mut chunk.bytes, seq, r, continues, body_max_bytes) {
                 let RecordError::TooLarge { len_bytes, max_bytes } = e else {
                     unreachable!("encode_into fails only with TooLarge")
                 };
@@ -293,7 +294,7 @@ mod tests {
 
     fn frame_len() -> u64 {
         let mut v = Vec::new();
-        record::encode_into(&mut v, LogSeq(1), &rec(0), 200).unwrap() as u64
+        record::encode_into(&mut v, LogSeq(1), &rec(0), false, 200).unwrap() as u64
     }
 
     #[test]
@@ -336,9 +337,15 @@ mod tests {
         a.append(&[rec(5)]).unwrap();
         let c1 = a.take_chunk().unwrap();
         let c2 = a.take_chunk().unwrap();
-        assert_eq!((c1.segment, c1.bytes.len() as u64, c1.last_seq), (LogSeq(10), 2 * f, LogSeq(11)));
+        assert_eq!(
+            (c1.segment, c1.bytes.len() as u64, c1.last_seq),
+            (LogSeq(10), 2 * f, LogSeq(11))
+        );
         assert_eq!((c2.segment, c2.offset_bytes, c2.last_seq), (LogSeq(12), 0, LogSeq(14)));
-        assert_eq!(a.sealed().copied().collect::<Vec<_>>(), [SegmentMeta { base: LogSeq(10), len_bytes: 2 * f }]);
+        assert_eq!(
+            a.sealed().copied().collect::<Vec<_>>(),
+            [SegmentMeta { base: LogSeq(10), len_bytes: 2 * f }]
+        );
         assert_eq!(a.active(), SegmentMeta { base: LogSeq(12), len_bytes: 3 * f });
         // A batch larger than a segment still goes whole into a fresh segment.
         a.append(&[rec(6), rec(7), rec(8), rec(9)]).unwrap();
@@ -352,7 +359,8 @@ mod tests {
         a.append(&[rec(1)]).unwrap();
         let err = a.append(&[rec(2), rec(3)]).unwrap_err();
         assert!(err.is_disk_full(), "{err}");
-        let big: Record = SessionCreated { client_id: "x".repeat(300), expiry_secs: 0, clean: true }.into();
+        let big: Record =
+            SessionCreated { client_id: "x".repeat(300), expiry_secs: 0, clean: true }.into();
         assert!(matches!(a.append(&[rec(2), big]), Err(LogError::RecordTooLarge { .. })));
         assert_eq!(a.appended(), LogSeq(1));
         a.append(&[rec(2)]).unwrap();

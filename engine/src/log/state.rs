@@ -169,7 +169,10 @@ impl LogState {
                     return Err(fail(kind, format!("unknown session {client_id:?}")));
                 };
                 if s.queue_index.contains_key(msg_id) {
-                    return Err(fail(kind, format!("msg id {msg_id} queued twice for {client_id:?}")));
+                    return Err(fail(
+                        kind,
+                        format!("msg id {msg_id} queued twice for {client_id:?}"),
+                    ));
                 }
                 msg.refs += 1;
                 let pos = s.next_position;
@@ -180,14 +183,20 @@ impl LogState {
             Record::Delivered(Delivered { client_id, msg_id, packet_id }) => {
                 let s = self.session(kind, client_id)?;
                 let Some(pos) = s.queue_index.get(msg_id) else {
-                    return Err(fail(kind, format!("msg id {msg_id} not queued for {client_id:?}")));
+                    return Err(fail(
+                        kind,
+                        format!("msg id {msg_id} not queued for {client_id:?}"),
+                    ));
                 };
                 s.queue.get_mut(pos).expect("index and queue agree").packet_id = Some(*packet_id);
             }
             Record::Acknowledged(Acknowledged { client_id, msg_id }) => {
                 let s = self.session(kind, client_id)?;
                 let Some(pos) = s.queue_index.remove(msg_id) else {
-                    return Err(fail(kind, format!("msg id {msg_id} not queued for {client_id:?}")));
+                    return Err(fail(
+                        kind,
+                        format!("msg id {msg_id} not queued for {client_id:?}"),
+                    ));
                 };
                 s.queue.remove(&pos).expect("index and queue agree");
                 self.release(*msg_id);
@@ -232,8 +241,14 @@ impl LogState {
         Ok(())
     }
 
-    fn session(&mut self, kind: &'static str, client_id: &str) -> Result<&mut SessionState, ApplyError> {
-        self.sessions.get_mut(client_id).ok_or_else(|| fail(kind, format!("unknown session {client_id:?}")))
+    fn session(
+        &mut self,
+        kind: &'static str,
+        client_id: &str,
+    ) -> Result<&mut SessionState, ApplyError> {
+        self.sessions
+            .get_mut(client_id)
+            .ok_or_else(|| fail(kind, format!("unknown session {client_id:?}")))
     }
 
     fn end_session(&mut self, client_id: &str) {
@@ -276,11 +291,11 @@ impl LogState {
             .values()
             .filter(|m| m.is_live())
             .map(|m| Record::MessageStored(m.message.clone()));
-        let sessions = self.sessions.iter().flat_map(|(client_id, s)| session_records(client_id, s));
-        let retained = self
-            .retained
-            .iter()
-            .map(|(topic, msg_id)| Record::RetainedSet(RetainedSet { topic: topic.clone(), msg_id: *msg_id }));
+        let sessions =
+            self.sessions.iter().flat_map(|(client_id, s)| session_records(client_id, s));
+        let retained = self.retained.iter().map(|(topic, msg_id)| {
+            Record::RetainedSet(RetainedSet { topic: topic.clone(), msg_id: *msg_id })
+        });
         messages.chain(sessions).chain(retained)
     }
 
@@ -322,11 +337,18 @@ impl LogState {
     }
 }
 
-fn session_records<'a>(client_id: &'a str, s: &'a SessionState) -> impl Iterator<Item = Record> + 'a {
+fn session_records<'a>(
+    client_id: &'a str,
+    s: &'a SessionState,
+) -> impl Iterator<Item = Record> + 'a {
     let c = move || client_id.to_string();
     let created = SessionCreated { client_id: c(), expiry_secs: s.expiry_secs, clean: s.clean };
     let subs = s.subscriptions.iter().map(move |(filter, options)| {
-        Record::SubscriptionAdded(SubscriptionAdded { client_id: c(), filter: filter.clone(), options: *options })
+        Record::SubscriptionAdded(SubscriptionAdded {
+            client_id: c(),
+            filter: filter.clone(),
+            options: *options,
+        })
     });
     let queue = s.queue.values().flat_map(move |e| {
         let queued = Record::MessageQueued(MessageQueued { client_id: c(), msg_id: e.msg_id });
@@ -343,7 +365,11 @@ fn session_records<'a>(client_id: &'a str, s: &'a SessionState) -> impl Iterator
         .pubrel_pending
         .iter()
         .map(move |&packet_id| Record::PubrelPending(PubrelPending { client_id: c(), packet_id }));
-    std::iter::once(Record::SessionCreated(created)).chain(subs).chain(queue).chain(qos2).chain(pubrel)
+    std::iter::once(Record::SessionCreated(created))
+        .chain(subs)
+        .chain(queue)
+        .chain(qos2)
+        .chain(pubrel)
 }
 
 #[cfg(test)]

@@ -90,7 +90,10 @@ fn retained_replacement_releases_the_old_message() {
 #[test]
 fn records_that_do_not_fit_are_refused_and_change_nothing() {
     let mut s = LogState::default();
-    apply_all(&mut s, &[SessionCreated { client_id: c(), expiry_secs: 1, clean: true }.into(), stored(1, "t")]);
+    apply_all(
+        &mut s,
+        &[SessionCreated { client_id: c(), expiry_secs: 1, clean: true }.into(), stored(1, "t")],
+    );
     let before = s.clone();
     let bad: Vec<Record> = vec![
         MessageQueued { client_id: c(), msg_id: 9 }.into(),
@@ -116,7 +119,10 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
 #[test]
 fn prune_drops_unreferenced_messages() {
     let mut s = LogState::default();
-    apply_all(&mut s, &[stored(1, "t"), stored(2, "t"), RetainedSet { topic: "t".into(), msg_id: 2 }.into()]);
+    apply_all(
+        &mut s,
+        &[stored(1, "t"), stored(2, "t"), RetainedSet { topic: "t".into(), msg_id: 2 }.into()],
+    );
     s.prune();
     assert_eq!(s.messages().keys().copied().collect::<Vec<_>>(), [2]);
 }

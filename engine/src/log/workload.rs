@@ -54,7 +54,24 @@ pub struct Workload {
 impl Workload {
     /// A workload over `clients` client ids with payloads of up to `payload_bytes_max` bytes.
     pub fn new(seed: u64, clients: u64, payload_bytes_max: u64) -> Workload {
-        Workload { rng: Rng::new(seed), state: LogState::default(), next_msg_id: 1, clients, payload_bytes_max }
+        Workload {
+            rng: Rng::new(seed),
+            state: LogState::default(),
+            next_msg_id: 1,
+            clients,
+            payload_bytes_max,
+        }
+    }
+
+    /// A workload continuing from `state` (say, after recovery), numbering messages from
+    /// `next_msg_id`.
+    pub fn resume(seed: u64, clients: u64, payload_bytes_max: u64, state: LogState, next_msg_id: u64) -> Workload {
+        Workload { rng: Rng::new(seed), state, next_msg_id, clients, payload_bytes_max }
+    }
+
+    /// The msg id the next stored message gets.
+    pub fn next_msg_id(&self) -> u64 {
+        self.next_msg_id
     }
 
     /// The state of every batch generated so far.
@@ -99,62 +116,65 @@ impl Workload {
 
     fn try_batch(&mut self) -> Option<Vec<Record>> {
         let roll = self.rng.below(100);
-        let r: Vec<Record> = match roll {
-            0..=7 => {
-                let clean = self.rng.chance(30);
-                let expiry_secs = self.rng.below(7200) as u32;
-                vec![SessionCreated { client_id: self.client(), expiry_secs, clean }.into()]
-            }
-            8..=9 => vec![SessionEnded { client_id: self.existing_client()? }.into()],
-            10..=19 => {
-                let client_id = self.existing_client()?;
-                let filter = format!("t/{}/+", self.rng.below(8));
-                if self.rng.chance(75) {
-                    let options = self.rng.below(64) as u8;
-                    vec![SubscriptionAdded { client_id, filter, options }.into()]
-                } else {
-                    vec![SubscriptionRemoved { client_id, filter }.into()]
+        let r: Vec<Record> =
+            match roll {
+                0..=7 => {
+                    let clean = self.rng.chance(30);
+                    let expiry_secs = self.rng.below(7200) as u32;
+                    vec![SessionCreated { client_id: self.client(), expiry_secs, clean }.into()]
                 }
-            }
-            20..=49 => self.store_batch(),
-            50..=64 => {
-                let client_id = self.existing_client()?;
-                let s = &self.state.sessions()[&client_id];
-                let entry = *Self::pick(&mut self.rng, s.queue())?;
-                let packet_id = 1 + self.rng.below(u16::MAX as u64) as u16;
-                vec![Delivered { client_id, msg_id: entry.msg_id, packet_id }.into()]
-            }
-            65..=84 => {
-                let client_id = self.existing_client()?;
-                let s = &self.state.sessions()[&client_id];
-                let entry = *Self::pick(&mut self.rng, s.queue())?;
-                let mut batch = vec![Acknowledged { client_id: client_id.clone(), msg_id: entry.msg_id }.into()];
-                if let (Some(packet_id), true) = (entry.packet_id, self.rng.chance(50)) {
-                    batch.push(PubrelPending { client_id, packet_id }.into());
-                }
-                batch
-            }
-            85..=94 => {
-                let client_id = self.existing_client()?;
-                let packet_id = 1 + self.rng.below(40) as u16;
-                let s = &self.state.sessions()[&client_id];
-                match self.rng.below(3) {
-                    0 => vec![Qos2Received { client_id, packet_id }.into()],
-                    1 => {
-                        let packet_id = *Self::pick(&mut self.rng, s.qos2_inbound.iter())?;
-                        vec![Qos2Released { client_id, packet_id }.into()]
-                    }
-                    _ => {
-                        let packet_id = *Self::pick(&mut self.rng, s.pubrel_pending.iter())?;
-                        vec![PubrelCompleted { client_id, packet_id }.into()]
+                8..=9 => vec![SessionEnded { client_id: self.existing_client()? }.into()],
+                10..=19 => {
+                    let client_id = self.existing_client()?;
+                    let filter = format!("t/{}/+", self.rng.below(8));
+                    if self.rng.chance(75) {
+                        let options = self.rng.below(64) as u8;
+                        vec![SubscriptionAdded { client_id, filter, options }.into()]
+                    } else {
+                        vec![SubscriptionRemoved { client_id, filter }.into()]
                     }
                 }
-            }
-            _ => {
-                let topic = Self::pick(&mut self.rng, self.state.retained().keys())?.clone();
-                vec![RetainedCleared { topic }.into()]
-            }
-        };
+                20..=49 => self.store_batch(),
+                50..=64 => {
+                    let client_id = self.existing_client()?;
+                    let s = &self.state.sessions()[&client_id];
+                    let entry = *Self::pick(&mut self.rng, s.queue())?;
+                    let packet_id = 1 + self.rng.below(u16::MAX as u64) as u16;
+                    vec![Delivered { client_id, msg_id: entry.msg_id, packet_id }.into()]
+                }
+                65..=84 => {
+                    let client_id = self.existing_client()?;
+                    let s = &self.state.sessions()[&client_id];
+                    let entry = *Self::pick(&mut self.rng, s.queue())?;
+                    let mut batch =
+                        vec![Acknowledged { client_id: client_id.clone(), msg_id: entry.msg_id }
+                            .into()];
+                    if let (Some(packet_id), true) = (entry.packet_id, self.rng.chance(50)) {
+                        batch.push(PubrelPending { client_id, packet_id }.into());
+                    }
+                    batch
+                }
+                85..=94 => {
+                    let client_id = self.existing_client()?;
+                    let packet_id = 1 + self.rng.below(40) as u16;
+                    let s = &self.state.sessions()[&client_id];
+                    match self.rng.below(3) {
+                        0 => vec![Qos2Received { client_id, packet_id }.into()],
+                        1 => {
+                            let packet_id = *Self::pick(&mut self.rng, s.qos2_inbound.iter())?;
+                            vec![Qos2Released { client_id, packet_id }.into()]
+                        }
+                        _ => {
+                            let packet_id = *Self::pick(&mut self.rng, s.pubrel_pending.iter())?;
+                            vec![PubrelCompleted { client_id, packet_id }.into()]
+                        }
+                    }
+                }
+                _ => {
+                    let topic = Self::pick(&mut self.rng, self.state.retained().keys())?.clone();
+                    vec![RetainedCleared { topic }.into()]
+                }
+            };
         Some(r)
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shardmq_codec::{decode, encode, ByteStr, Connect, Packet, ProtocolVersion, Properties};
+use shardmq_codec::{decode, encode, ByteStr, Connect, Packet, Properties, ProtocolVersion};
 use shardmq_engine::config::Config;
 use shardmq_engine::core::shard::ShardCore;
 use shardmq_engine::io::{Broker, BrokerHandle};
@@ -80,7 +80,11 @@ pub struct V4 {
 
 impl V4 {
     /// Connects and waits for CONNACK; `f` adjusts the options.
-    pub async fn connect(addr: SocketAddr, id: &str, f: impl FnOnce(&mut rumqttc::MqttOptions)) -> V4 {
+    pub async fn connect(
+        addr: SocketAddr,
+        id: &str,
+        f: impl FnOnce(&mut rumqttc::MqttOptions),
+    ) -> V4 {
         let mut o = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
         o.set_keep_alive(Duration::from_secs(60));
         o.set_inflight(100);
@@ -135,7 +139,9 @@ impl V4 {
             match self.next_incoming(&format!("SUBACK for {filter}")).await {
                 rumqttc::Packet::SubAck(a) => {
                     assert!(
-                        a.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+                        a.return_codes
+                            .iter()
+                            .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
                         "subscription to {filter} refused: {a:?}"
                     );
                     return;
@@ -170,7 +176,9 @@ impl V4 {
         loop {
             match tokio::time::timeout(quiet, self.events.recv()).await {
                 Err(_) => return None,
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => return Some(p),
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => {
+                    return Some(p)
+                }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => panic!("connection failed: {e}"),
                 Ok(None) => return None,

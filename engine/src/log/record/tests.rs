@@ -38,7 +38,7 @@ pub(crate) fn samples() -> Vec<Record> {
 
 fn encode_one(seq: u64, r: &Record) -> AlignedVec<16> {
     let mut v = Vec::new();
-    let n = encode_into(&mut v, LogSeq(seq), r, MAX).unwrap();
+    let n = encode_into(&mut v, LogSeq(seq), r, false, MAX).unwrap();
     assert_eq!(n, v.len());
     let mut a = AlignedVec::<16>::new();
     a.extend_from_slice(&v);
@@ -137,7 +137,7 @@ fn specific_checks_name_their_cause() {
     for (at, value, want) in [
         (1, 9, RecordError::Version(9)),
         (2, 99, RecordError::UnknownKind(99)),
-        (3, 1, RecordError::Flags(1)),
+        (3, 2, RecordError::Flags(2)),
     ] {
         let mut c = AlignedVec::<16>::new();
         c.extend_from_slice(&good);
@@ -165,7 +165,7 @@ fn a_valid_archive_of_the_wrong_kind_is_refused() {
 fn too_large_leaves_the_buffer_untouched() {
     let mut v = vec![0u8; 8];
     let r = samples()[4].clone();
-    assert!(matches!(encode_into(&mut v, LogSeq(1), &r, 8), Err(RecordError::TooLarge { .. })));
+    assert!(matches!(encode_into(&mut v, LogSeq(1), &r, false, 8), Err(RecordError::TooLarge { .. })));
     assert_eq!(v, vec![0u8; 8]);
 }
 
@@ -173,7 +173,7 @@ fn too_large_leaves_the_buffer_untouched() {
 #[should_panic(expected = "refusing to write an invalid")]
 fn writing_an_invalid_record_is_a_bug() {
     let r: Record = Delivered { client_id: "c".into(), msg_id: 1, packet_id: 0 }.into();
-    let _ = encode_into(&mut Vec::new(), LogSeq(1), &r, MAX);
+    let _ = encode_into(&mut Vec::new(), LogSeq(1), &r, false, MAX);
 }
 
 #[test]
@@ -202,8 +202,12 @@ fn field_rules() {
 fn arb_record() -> impl Strategy<Value = Record> {
     let id = "[a-z0-9]{1,12}";
     prop_oneof![
-        (id, any::<u32>(), any::<bool>())
-            .prop_map(|(c, e, k)| SessionCreated { client_id: c, expiry_secs: e, clean: k }.into()),
+        (id, any::<u32>(), any::<bool>()).prop_map(|(c, e, k)| SessionCreated {
+            client_id: c,
+            expiry_secs: e,
+            clean: k
+        }
+        .into()),
         (id, "[a-z/+#]{1,20}", any::<u8>()).prop_map(|(c, f, o)| SubscriptionAdded {
             client_id: c,
             filter: f,
@@ -243,7 +247,7 @@ proptest! {
     fn prop_round_trip_in_a_stream(records in proptest::collection::vec(arb_record(), 1..20)) {
         let mut v = Vec::new();
         for (i, r) in records.iter().enumerate() {
-            encode_into(&mut v, LogSeq(i as u64 + 1), r, MAX).unwrap();
+            encode_into(&mut v, LogSeq(i as u64 + 1), r, i % 3 == 0, MAX).unwrap();
         }
         let mut a = AlignedVec::<16>::new();
         a.extend_from_slice(&v);
@@ -251,6 +255,7 @@ proptest! {
         for (i, r) in records.iter().enumerate() {
             let (f, back) = decode(&a[pos..], MAX).unwrap();
             prop_assert_eq!(f.seq, LogSeq(i as u64 + 1));
+            prop_assert_eq!(f.continues, i % 3 == 0);
             prop_assert_eq!(&back, r);
             pos += f.frame_bytes;
         }
