@@ -7,8 +7,9 @@ use anyhow::Context;
 use shardmq_engine::config::Config;
 use shardmq_engine::io::Broker;
 
+/// mimalloc, with glommio's io_memory kept out of huge pages (see `io::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: shardmq_engine::io::alloc::BrokerAlloc = shardmq_engine::io::alloc::BrokerAlloc;
 
 fn main() {
     let config = Config::from_env().unwrap_or_else(|e| e.exit());

@@ -65,10 +65,18 @@ pub fn memlock_limit_bytes() -> u64 {
     lim.rlim_cur
 }
 
-/// Locked memory the broker needs: glommio registers each shard's `io_memory` with io_uring
-/// (pinned pages count against RLIMIT_MEMLOCK), and refuses to start below 512 KiB.
+/// Rings per shard that register `io_memory` (glommio's main, latency and poll rings).
+const RINGS_PER_SHARD: u64 = 3;
+/// Allowance per shard for the rings themselves (small at the default ring depth).
+const RING_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// Locked memory the broker needs: glommio registers each shard's `io_memory` with each of
+/// its three io_uring rings, and the kernel charges RLIMIT_MEMLOCK (per user) for the pinned
+/// pages of every registration (the binary keeps `io_memory` out of huge pages, see
+/// [`super::alloc`]); glommio refuses to start below 512 KiB.
 pub fn memlock_needed_bytes(config: &Config) -> u64 {
-    let per_shard = (config.io_memory_bytes.max(64 * 1024) as u64 + 4095) & !4095;
+    let io_memory = (config.io_memory_bytes.max(64 * 1024) as u64 + 4095) & !4095;
+    let per_shard = RINGS_PER_SHARD * io_memory + RING_OVERHEAD_BYTES;
     (u64::from(config.shards) * per_shard).max(GLOMMIO_MEMLOCK_MIN_BYTES)
 }
 
@@ -103,7 +111,9 @@ mod tests {
         assert!(check_memlock(&c, u64::MAX).is_ok());
         let e = check_memlock(&c, 64 * 1024).unwrap_err();
         assert!(e.contains("ulimit -l") && e.contains("--shards"), "{e}");
-        c.shards = 64;
+        c.shards = 8;
+        assert!(check_memlock(&c, 8 * 1024 * 1024).is_ok(), "8 shards fit a normal user's 8 MiB");
+        c.shards = 16;
         assert!(check_memlock(&c, 8 * 1024 * 1024).is_err());
     }
 

@@ -9,6 +9,7 @@
 //!   CONNECT has been read: the socket is `dup`ed and sent with the bytes read so far
 //!   ([`crate::core::mesh::MeshMsg::Adopt`]).
 
+pub mod alloc;
 pub mod checks;
 mod conn;
 mod mesh;
