@@ -119,6 +119,14 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Prints the tables of a saved `--json` file (and optionally plots it).
+    Show {
+        /// The JSON file.
+        json: PathBuf,
+        /// Write the fan-out SVG plot.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Internal: a load part in a child process (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -229,6 +237,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let (params, common) = match cli.cmd {
         Cmd::Worker => return crate::worker::run_worker(),
+        Cmd::Show { json, svg } => return show(&json, svg.as_deref()),
         Cmd::Fanout { subscribers, load, common } => {
             (one(Kind::Fanout, subscribers, &load), common)
         }
@@ -284,6 +293,33 @@ pub fn main() -> Result<()> {
         report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
     if failed > 0 {
         bail!("{failed} run(s) failed (see above)");
+    }
+    Ok(())
+}
+
+/// Writes to stdout, ignoring a closed pipe (`| head`).
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
+}
+
+fn show(json: &std::path::Path, svg: Option<&std::path::Path>) -> Result<()> {
+    let text = std::fs::read_to_string(json).map_err(|e| anyhow!("{}: {e}", json.display()))?;
+    let report: Report = serde_json::from_str(&text)?;
+    out(&format!(
+        "{} (commit {}{}, {})\n",
+        report.command,
+        report.git_commit,
+        if report.git_dirty { ", dirty" } else { "" },
+        report.host.kernel
+    ));
+    for s in &report.scenarios {
+        out(&report::table(s));
+    }
+    if let Some(path) = svg {
+        report::fanout_svg(&report, path)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -419,7 +455,7 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
             }
             sr.results.push(result);
         }
-        print!("{}", report::table(&sr));
+        out(&report::table(&sr));
         report.scenarios.push(sr);
         // Written after every scenario so that partial results survive an interruption.
         if let Some(path) = &c.json {

@@ -463,6 +463,9 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
     for pts in series.values_mut() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
+    let mut xs: Vec<f64> = series.values().flatten().map(|p| p.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
     let all = series.values().flatten();
     let x_min = all.clone().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0);
     let x_max = all.clone().map(|p| p.0).fold(0.0, f64::max).max(x_min * 10.0);
@@ -473,21 +476,48 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
     let root = SVGBackend::new(path, (1200, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
-    type Pick = fn(&(f64, f64, f64)) -> f64;
-    let panels: [(&DrawingArea<SVGBackend<'_>, _>, &str, &str, f64, Pick); 2] = [
-        (&left, "fan-out: delivered messages per second", "msg/s", y1_max, |p| p.1),
-        (&right, "fan-out: broker CPU per delivered message", "µs", y2_max, |p| p.2),
+    struct Panel<'a, 'b> {
+        area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+        title: &'static str,
+        y_desc: &'static str,
+        y_max: f64,
+        pick: fn(&(f64, f64, f64)) -> f64,
+        legend_at: SeriesLabelPosition,
+    }
+    // Throughput tends to fall and CPU per message to rise with subscribers: legends go
+    // where the lines are not.
+    let panels = [
+        Panel {
+            area: &left,
+            title: "fan-out: delivered messages per second",
+            y_desc: "msg/s",
+            y_max: y1_max,
+            pick: |p| p.1,
+            legend_at: SeriesLabelPosition::UpperRight,
+        },
+        Panel {
+            area: &right,
+            title: "fan-out: broker CPU per delivered message",
+            y_desc: "µs",
+            y_max: y2_max,
+            pick: |p| p.2,
+            legend_at: SeriesLabelPosition::UpperLeft,
+        },
     ];
-    for (area, title, y_desc, y_max, pick) in panels {
+    for Panel { area, title, y_desc, y_max, pick, legend_at } in panels {
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 18))
             .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((x_min * 0.8..x_max * 1.25).log_scale(), 0.0..y_max)
+            .build_cartesian_2d(
+                (x_min * 0.8..x_max * 1.25).log_scale().with_key_points(xs.clone()),
+                0.0..y_max,
+            )
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_desc("subscribers")
             .y_desc(y_desc)
             .x_label_formatter(&|v| format!("{v:.0}"))
@@ -495,7 +525,12 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
             .draw()
             .map_err(|e| err(&e))?;
         for (i, (broker, pts)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = match broker.as_str() {
+                "shardmq" => RGBColor(0x1F, 0x4E, 0xB4).to_rgba(),
+                "mosquitto" => RGBColor(0xC0, 0x39, 0x2B).to_rgba(),
+                "rumqttd" => RGBColor(0x27, 0x8E, 0x3C).to_rgba(),
+                _ => Palette99::pick(i).to_rgba(),
+            };
             let line: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, pick(p))).collect();
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
@@ -512,7 +547,7 @@ pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
             .configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.9))
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(legend_at)
             .draw()
             .map_err(|e| err(&e))?;
     }

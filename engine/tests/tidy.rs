@@ -78,7 +78,9 @@ fn test_only_modules(files: &[PathBuf]) -> Vec<PathBuf> {
             }
             let mut path_attr = None;
             for next in lines.iter().skip(i + 1).take(2) {
-                if let Some(p) = next.strip_prefix("#[path = \"").and_then(|r| r.strip_suffix("\"]")) {
+                if let Some(p) =
+                    next.strip_prefix("#[path = \"").and_then(|r| r.strip_suffix("\"]"))
+                {
                     path_attr = Some(p.to_owned());
                     continue;
                 }

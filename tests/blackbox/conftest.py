@@ -47,6 +47,16 @@ if _soft != resource.RLIM_INFINITY and (_hard == resource.RLIM_INFINITY or _soft
         resource.setrlimit(resource.RLIMIT_NOFILE, (_want, _hard))
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL the broker if pytest itself dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        pass
+
+
 class BrokerAddr(NamedTuple):
     host: str
     port: int
@@ -115,7 +125,7 @@ def _start_shardmq(extra: list[str], workdir: Path) -> _Running:
     stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                                cwd=workdir)
+                                cwd=workdir, preexec_fn=_die_with_parent)
     found: list = []
     ready = threading.Event()
 
@@ -167,7 +177,8 @@ def _start_mosquitto(extra: list[str], workdir: Path) -> _Running:
         stderr_path = workdir / "stderr.log"
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen([_mosquitto_bin(), "-c", str(conf)], stdout=err, stderr=err,
-                                    stdin=subprocess.DEVNULL, cwd=workdir)
+                                    stdin=subprocess.DEVNULL, cwd=workdir,
+                                    preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT_SECS
         while time.monotonic() < deadline and proc.poll() is None:
             if _accepts(port):

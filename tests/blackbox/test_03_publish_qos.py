@@ -156,8 +156,10 @@ def test_payload_sizes(raw, topic, version, size):
 
 
 def test_long_topic(raw, topic):
-    """A 600-byte, 60-level topic name works both ways."""
-    long_topic = topic + "/" + "/".join("level%03d" % i for i in range(60))
+    """A ~640-byte, 28-level topic name works both ways (within shardmq's default limits of
+    32 levels and 1024 bytes)."""
+    long_topic = topic + "/" + "/".join("segment-%02d-abcdefghijklmn" % i for i in range(25))
+    assert len(long_topic.split("/")) <= 32 and 600 < len(long_topic) < 1024
     sub = raw(4)
     sub.connect_ok(uid("sub-"))
     sub.subscribe([(long_topic, 1), (topic + "/#", 0)])

@@ -201,7 +201,7 @@ def test_v5_session_expires(raw, topic):
 
 
 @V311_V5
-def test_qos0_not_queued_for_offline_session_or_allowed(raw, topic, version):
+def test_offline_queue_keeps_qos1_in_order(raw, topic, version):
     """QoS 1 messages are queued for an offline session; QoS 0 ones MAY be (3.1.2.4), so only
     the QoS 1 message is required, and it comes out in publish order relative to QoS 0 ones."""
     cid = uid("mixed-")

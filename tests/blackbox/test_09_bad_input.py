@@ -155,14 +155,14 @@ def test_oversized_remaining_length_declared(raw, bystander):
     bystander.check()
 
 
-@pytest.mark.broker_args("--max-packet-size", "1024")
+@pytest.mark.broker_args("--max-packet-size", "2048")
 @V311_V5
 def test_packet_over_max_packet_size(raw, bystander, version):
     """A packet larger than the broker's maximum is refused: 3.1.1 close; 5.0 DISCONNECT 0x95
     Packet too large (5.0 section 3.1.2.11.4). Smaller packets keep working."""
     c = connected(raw, version)
-    c.publish("ok/size", b"x" * 500, qos=1)
-    c.send(m.publish("too/big", b"x" * 2000, qos=1, pid=3, version=version))
+    c.publish("ok/size", b"x" * 1500, qos=1)
+    c.send(m.publish("too/big", b"x" * 4000, qos=1, pid=3, version=version))
     assert_closed_with(c, version, (0x95,))
     bystander.check()
 

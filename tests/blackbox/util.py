@@ -20,7 +20,7 @@ BROKER = os.environ.get("BROKER", "shardmq").strip().lower()
 # Generous upper bound for anything that should happen "promptly" on a loaded 2-core machine.
 WAIT = 10.0
 # How long to watch for something that must NOT happen (a message that should not be delivered).
-QUIET = 1.0
+QUIET = 0.7
 
 PAHO_VERSIONS = {3: mqtt.MQTTv31, 4: mqtt.MQTTv311, 5: mqtt.MQTTv5}
 VERSION_IDS = {3: "v31", 4: "v311", 5: "v5"}

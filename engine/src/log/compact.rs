@@ -60,7 +60,7 @@ async fn fold(dir: &std::path::Path, segments: &[SegmentMeta], body_max_bytes: u
                 Damage::Frame(reason) => LogError::Corrupt { path: path.clone(), offset: e.offset, reason },
                 d => LogError::Inconsistent { path: path.clone(), offset: e.offset, reason: d.to_string() },
             })?;
-            state.apply(&s.record).map_err(|e| LogError::Inconsistent {
+            state.apply_owned(s.record).map_err(|e| LogError::Inconsistent {
                 path: path.clone(),
                 offset: s.offset,
                 reason: e.to_string(),

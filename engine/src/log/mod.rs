@@ -12,9 +12,17 @@
 //!   records, torn tail vs corruption), [`state`] (records folded into live state, and the
 //!   snapshot that compaction writes), [`ack`] (acknowledgements released in append order).
 //! - Thin io: [`file`] (the [`file::LogWriter`]: glommio direct-IO writes, group commit,
-//!   compaction files) and [`recover`] (start-up: read every segment with buffered std reads,
-//!   truncate a torn tail, rebuild the [`state::LogState`]). These are the only files of this
-//!   module that touch the file system; only `file` imports glommio.
+//!   durability waits), [`compact`] (compaction on the shard's executor) and [`recover`]
+//!   (start-up: read every segment with buffered std reads, truncate a torn tail, rebuild the
+//!   [`state::LogState`]). Only `file` and `compact` import glommio: they are this module's
+//!   part of the io layer (a tidy rule should allow glommio in exactly those two files).
+//! - [`workload`]: seeded generators of consistent record batches for tests and benchmarks.
+//!
+//! What the engine calls: [`file::open_recovered`] at shard start (→ writer + recovered
+//! state), [`file::LogWriter::append_batch`] (→ seq), [`file::LogWriter::durable_seq`] /
+//! [`file::LogWriter::wait_durable`] with an [`ack::AckQueue`] to release PUBACK/PUBREC in
+//! order, [`file::LogWriter::compaction_due`] / [`file::LogWriter::compact`] from a timer, and
+//! [`file::LogWriter::close`] at shutdown. [`LogError::is_disk_full`] maps to reason 0x97.
 //!
 //! # Segments
 //!
@@ -39,7 +47,8 @@
 //!  0     1     magic 0xB5 (never 0: zero bytes are padding, never a record)
 //!  1     1     format version (1)
 //!  2     1     record kind (1..=15, see record::Record)
-//!  3     1     flags, reserved: 0
+//!  3     1     flags: bit 0 = "batch continues" (set on every frame of a batch but the
+//!                last); other bits 0
 //!  4     4     body_len: bytes of rkyv body (≤ record_size_max_bytes)
 //!  8     8     seq: the record's LogSeq
 //! 16     4     crc32c(body)
@@ -47,6 +56,10 @@
 //! 24     n     body: the rkyv archive of the kind's struct (rkyv 0.8, little-endian, aligned)
 //! 24+n   0..7  zero padding to a multiple of 8
 //! ```
+//!
+//! A batch is atomic on recovery: replay yields a batch's records only once its last frame
+//! (flag bit 0 clear) has been read, so a crash never leaves half a batch (say an
+//! `Acknowledged` without its `PubrelPending`).
 //!
 //! The body is validated with rkyv's `bytecheck` before use, and every record is checked
 //! against [`record::Record::validate`] both before it is written (a failure is an engine bug
@@ -60,6 +73,14 @@
 //! the log is closed. Group commit: one fsync covers every record appended before it started.
 //! Durability is a prefix: "durable up to seq N" ([`file::LogWriter::durable_seq`]), so
 //! releasing acknowledgements in seq order ([`ack::AckQueue`]) releases them in append order.
+//! A batch always goes whole into one write, so durability always ends at a batch boundary.
+//!
+//! The writer syncs after every write of at most [`FLUSH_BYTES_MAX`] bytes, so after a power
+//! loss only the last write can be half on disk: that bounds the torn window. In `none` mode
+//! several unsynced writes can be lost at once, and a power loss may leave damage before the
+//! window, which recovery reports as corruption (`skip_damaged` gets past it). A process
+//! crash (`kill -9`) loses nothing that was written: completed direct-IO writes are on the
+//! device.
 //!
 //! # Recovery rules
 //!
@@ -70,13 +91,15 @@
 //!    seqs must be contiguous, else start-up stops naming the file.
 //! 3. Zero bytes after the last record of a segment are padding (direct IO writes whole
 //!    4 KiB blocks) and are truncated.
-//! 4. A damaged frame (short, bad checksum, bad body) in the *last* segment that lies within
-//!    the last `torn_window_bytes` of the file is a **torn tail**: the segment is truncated at
-//!    that frame, with a warning (it held records that were never acknowledged: the writer
+//! 4. A damaged frame (short, bad checksum, bad body, wrong seq, or the data ending inside a
+//!    batch) in the *last* segment that lies within the last `torn_window_bytes` of the file
+//!    is a **torn tail**: the segment is truncated at that frame (at the start of its batch),
+//!    with a warning (it held records that were never acknowledged: the writer
 //!    syncs after every flush of at most that many bytes). Anywhere else it is
 //!    **corruption**: start-up stops with an error naming the file and the byte offset, unless
 //!    `skip_damaged` is set, in which case the damaged bytes up to the next valid frame are
 //!    skipped with a warning.
+//!    A segment left without any complete batch is removed.
 //! 5. The records are folded into a [`state::LogState`]; a record that does not fit the state
 //!    (e.g. a message queued for an unknown session) stops start-up like corruption.
 //!

@@ -160,7 +160,7 @@ pub fn recover(config: &LogConfig) -> Result<Recovery, LogError> {
             if let (Record::Checkpoint(cp), 0) = (&s.record, s.offset) {
                 checkpoint_of_segment = Some(cp.clone());
             }
-            out.state.apply(&s.record).map_err(|e| LogError::Inconsistent {
+            out.state.apply_owned(s.record).map_err(|e| LogError::Inconsistent {
                 path: path.clone(),
                 offset: s.offset,
                 reason: format!("{} does not fit the state: {e}", s.seq),

@@ -132,6 +132,21 @@ impl LogState {
         self.messages.keys().next_back().copied()
     }
 
+    /// Like [`LogState::apply`], but takes the record, so a stored message is moved in rather
+    /// than copied (recovery's path).
+    pub fn apply_owned(&mut self, record: Record) -> Result<(), ApplyError> {
+        match record {
+            Record::MessageStored(m) => {
+                if self.messages.contains_key(&m.msg_id) {
+                    return Err(fail("MessageStored", format!("msg id {} stored twice", m.msg_id)));
+                }
+                self.messages.insert(m.msg_id, StoredMessage { message: m, refs: 0, retained: false });
+                Ok(())
+            }
+            other => self.apply(&other),
+        }
+    }
+
     /// Folds one record into the state. On error the state is unchanged.
     pub fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
         let kind = record.kind_name();
