@@ -306,7 +306,7 @@ const TX_BACKLOG_MAX_BYTES: usize = 256 * 1024;
 /// PUBLISHes generated per publisher per reactor turn.
 const BURST_MAX: u64 = 512;
 /// A max-rate window that has not moved for this long is written off.
-const WINDOW_STALL_NS: u64 = 200_000_000;
+const WINDOW_STALL_NS: u64 = 1_000_000_000;
 /// Errors kept per thread.
 const ERRORS_KEPT: usize = 8;
 
@@ -330,6 +330,8 @@ struct PubState {
     next_seq: u64,
     next_packet_id: u16,
     inflight: u32,
+    /// `--inflight`, lowered to the broker's Receive Maximum (5.0 CONNACK).
+    inflight_max: u32,
     stopped: bool,
     ping_outstanding: bool,
     done: bool,
@@ -457,6 +459,7 @@ impl<'a> Reactor<'a> {
                         next_seq: 0,
                         next_packet_id: 1,
                         inflight: 0,
+                        inflight_max: spec.inflight_max.max(1),
                         stopped: false,
                         ping_outstanding: false,
                         done: false,
@@ -694,6 +697,12 @@ impl<'a> Reactor<'a> {
             return;
         }
         c.state = State::Closed;
+        let role = match &c.role {
+            RoleState::Pub(_) => "publisher",
+            RoleState::Sub(_) => "subscriber",
+            RoleState::Idle => "idle connection",
+        };
+        let msg = format!("{role} {}: {msg}", self.spec.conns[c.spec].client_id);
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
@@ -780,6 +789,9 @@ impl<'a> Reactor<'a> {
                 let p =
                     wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
                 wire::check_connack(&p).map_err(|e| format!("{e:#}"))?;
+                if let (RoleState::Pub(pb), Some(rm)) = (&mut self.conns[i].role, wire::receive_maximum(&p)) {
+                    pb.inflight_max = pb.inflight_max.min(u32::from(rm)).max(1);
+                }
                 let sub = match &self.conns[i].role {
                     RoleState::Sub(s) if !s.deferred => Some(s.filter.clone()),
                     _ => None,
@@ -969,7 +981,7 @@ impl<'a> Reactor<'a> {
                 n = 0;
             }
             if self.ctx.qos != QoS::AtMostOnce {
-                n = n.min(u64::from(self.spec.inflight_max.saturating_sub(p.inflight)));
+                n = n.min(u64::from(p.inflight_max.saturating_sub(p.inflight)));
             }
             if rate <= 0.0 && n > 0 {
                 let delivered = self.ctl.delivered_by_publisher[p.id as usize].load(Relaxed);

@@ -102,10 +102,11 @@ impl Params {
             rate: 0.0,
             messages: 10_000_000,
             warmup_secs: 1.0,
-            duration_secs: 5.0,
+            // conn: how long every connection is held open.
+            duration_secs: if kind == Kind::Conn { 2.0 } else { 5.0 },
             drain_secs: 5.0,
             window: 0,
-            inflight: 100,
+            inflight: 64,
             workers: 0,
             source_ips: if kind == Kind::Conn { 4 } else { 0 },
             connect_concurrency: 256,
@@ -375,6 +376,14 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         Kind::Conn => p.count.div_ceil(CONNS_PER_WORKER_MAX),
         _ => 1,
     };
+    let per_process = total_conns.div_ceil(workers as usize) as u64;
+    let limit = crate::sys::open_files_limit();
+    if per_process + 64 > limit {
+        bail!(
+            "{per_process} connections in one process exceed its open-file limit ({limit}): \
+             use more --workers (conn) or raise `ulimit -n`"
+        );
+    }
     let mut handles = Vec::new();
     if workers > 1 {
         let per = total_conns.div_ceil(workers as usize);
@@ -433,7 +442,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
 
     // Schedule: warm-up, measured window, drain.
     let (warmup, duration) = match p.kind {
-        Kind::Conn => (0.0, p.duration_secs.min(2.0)),
+        Kind::Conn => (0.0, p.duration_secs),
         // For retained the window only bounds the publishing phase (it ends at --count).
         Kind::Retained => (0.0, p.duration_secs.max(10.0)),
         _ => (p.warmup_secs, p.duration_secs),
@@ -459,6 +468,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             std::thread::sleep(Duration::from_millis(2));
         }
     };
+    let mut ended_early = false;
     let (mut cpu0, mut hcpu0, mut t0, mut sys0) = (None, 0, 0, None);
     let (mut cpu1, mut hcpu1, mut t1, mut sys1) = (None, 0, 0, None);
     if p.kind == Kind::Retained {
@@ -477,6 +487,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     } else {
         wait_until(measure_start_ns, "warm-up", &handles, &mut progress);
+        ended_early = all_finished(&handles);
         (cpu0, hcpu0, t0, sys0) =
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
         wait_until(measure_end_ns, "measure", &handles, &mut progress);
@@ -591,6 +602,18 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         r.harness_cpu_us_per_msg = Some(harness_cpu_us as f64 / delivered as f64);
     }
     r.integrity = ig;
+    if r.closed_by_broker > 0 {
+        r.error = Some(format!(
+            "{} connection(s) closed by the broker during the run ({})",
+            r.closed_by_broker,
+            r.errors.first().map(String::as_str).unwrap_or("no detail")
+        ));
+    } else if ended_early {
+        r.error = Some(format!(
+            "the load ended before the measured window began ({})",
+            r.errors.first().map(String::as_str).unwrap_or("no detail")
+        ));
+    }
     if !broker_alive {
         r.error = Some(format!("{} exited during the run{}", broker.name, broker.log_tail()));
     }

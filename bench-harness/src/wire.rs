@@ -284,6 +284,15 @@ pub fn check_connack(packet: &Packet) -> Result<()> {
     }
 }
 
+/// The Receive Maximum a 5.0 CONNACK announces (§3.2.2.3.3): how many QoS 1/2 PUBLISHes
+/// the broker accepts unacknowledged from this client.
+pub fn receive_maximum(packet: &Packet) -> Option<u16> {
+    match packet {
+        Packet::ConnAck(c) => c.properties.as_ref().and_then(|p| p.receive_maximum),
+        _ => None,
+    }
+}
+
 /// Checks a SUBACK: every filter granted (reason < 0x80).
 pub fn check_suback(packet: &Packet) -> Result<()> {
     match packet {

@@ -17,7 +17,6 @@ import resource
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path

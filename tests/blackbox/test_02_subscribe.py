@@ -90,14 +90,11 @@ def test_hash_alone_matches_everything_but_dollar(raw, topic):
     # The $-subscriber gets its message; the wildcard subscriber gets only the plain one
     # (it may also see its own unrelated traffic, never a $ topic).
     assert dsub.recv_publish().payload == b"dollar"
-    seen = []
     while True:
         p = sub.recv_publish()
-        seen.append(p.topic)
         assert not p.topic.startswith("$"), p
         if p.payload == b"plain":
             break
-    assert all(not t.startswith("$") for t in seen), seen
 
 
 def test_sys_topics_not_matched_by_leading_wildcards(raw):

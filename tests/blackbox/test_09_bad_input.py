@@ -94,7 +94,8 @@ AFTER_CONNECT = [
                                                + m.utf8("a") + b"\x00"), (0x81,)),
     ("subscribe_no_filters", lambda v: m.packet(m.SUBSCRIBE, 0x02, b"\x00\x01"
                                                 + (b"\x00" if v == 5 else b"")), (0x81, 0x82)),
-    ("subscribe_qos3", lambda v: m.subscribe(1, [("a/b", 3)], v), (0x81,)),
+    # 3.1.1: malformed [MQTT-3.8.3-4]; 5.0: "a Protocol Error" [MQTT-3.8.3-4] (Mosquitto: 0x81).
+    ("subscribe_qos3", lambda v: m.subscribe(1, [("a/b", 3)], v), (0x81, 0x82)),
     ("unsubscribe_no_filters", lambda v: m.packet(m.UNSUBSCRIBE, 0x02, b"\x00\x01"
                                                   + (b"\x00" if v == 5 else b"")),
      (0x81, 0x82)),

@@ -3,9 +3,10 @@
 //!
 //! Shard-local: one [`ConnTable`] per shard; a [`ConnId`] means nothing on another shard.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use shardmq_codec::ProtocolVersion;
+use shardmq_codec::{ByteStr, ProtocolVersion};
 
 use crate::core::ids::SessionSlot;
 use crate::core::shard::ConnId;
@@ -42,6 +43,25 @@ pub(crate) struct Conn {
     pub(crate) client_receive_max: u16,
     /// The client's Maximum Packet Size (5.0), else `u32::MAX`.
     pub(crate) client_packet_size_max_bytes: u32,
+    /// The client's Topic Alias Maximum (5.0): how many aliases we may define towards it.
+    /// 0 (the default, and always for 3.1.1) keeps the encode-once fast path.
+    pub(crate) client_topic_alias_max: u16,
+    /// Topic alias tables, allocated on first use (most connections never use aliases, and
+    /// an idle connection must stay small).
+    pub(crate) aliases: Option<Box<Aliases>>,
+}
+
+/// The topic alias mappings of one 5.0 connection, both directions. Aliases live and die
+/// with the network connection [MQTT-3.3.2-7].
+///
+/// Shard-local: owned by its connection.
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    /// Client to broker: alias → topic (owned bytes, not a slice of the read buffer).
+    pub(crate) inbound: HashMap<u16, ByteStr>,
+    /// Broker to client: topic → alias, assigned 1, 2, … up to the client's maximum; a
+    /// topic seen after the table is full is sent in full, without an alias.
+    pub(crate) outbound: HashMap<ByteStr, u16>,
 }
 
 impl Conn {
@@ -151,6 +171,8 @@ mod tests {
             keep_alive_secs: 0,
             client_receive_max: u16::MAX,
             client_packet_size_max_bytes: u32::MAX,
+            client_topic_alias_max: 0,
+            aliases: None,
         }
     }
 

@@ -141,8 +141,15 @@ impl ShardCore {
         c.keep_alive_secs = keep_alive_secs;
         c.client_receive_max = client_receive_max.max(1);
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
+        c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
 
+        // Response Information (5.0 §3.2.2.3.15): only when asked for; a topic prefix the
+        // client may use for response topics. The broker attaches no meaning to it.
+        let response_information = (connect.properties.request_response_information == Some(1))
+            .then(|| ByteStr::from(format!("response/{client_id}")));
+        // Request Problem Information (5.0 §3.1.2.11.7) needs no handling: the broker never
+        // sends a Reason String or User Properties on any packet [MQTT-3.1.2-29].
         let properties = version.is_v5().then(|| {
             Box::new(Properties {
                 assigned_client_identifier: assigned,
@@ -152,16 +159,19 @@ impl ShardCore {
                     .then_some(expiry_secs),
                 receive_maximum: Some(limits.inflight_in_max),
                 maximum_packet_size: Some(limits.packet_size_max_bytes),
-                // Not supported yet (later issue): advertised so clients do not use them.
+                topic_alias_maximum: Some(limits.topic_alias_max),
+                response_information,
+                // Maximum QoS (2), Retain Available and Wildcard Subscription Available
+                // (both 1) are the defaults when absent: every one is supported.
                 shared_subscription_available: Some(0),
-                subscription_identifier_available: Some(0),
+                subscription_identifier_available: Some(1),
                 ..Properties::default()
             })
         });
         let connack = ConnAck { session_present, reason: ReasonCode::SUCCESS, properties };
         self.send_packet(conn, &Packet::ConnAck(connack));
         if session_present {
-            self.resume_session(conn, slot);
+            self.resume_session(conn, slot, self.uptime_ms(now));
         }
     }
 

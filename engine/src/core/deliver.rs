@@ -20,6 +20,7 @@ use crate::core::conn::{Conn, Phase};
 use crate::core::ids::SessionSlot;
 use crate::core::limits::Limits;
 use crate::core::mesh::Message;
+use crate::core::outgoing::{is_expired, outgoing_properties, send_custom, OutPublish};
 use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::{
     encode_onto, push_publish_frame, ConnId, IoAction, LocalStats, ShardCore,
@@ -57,13 +58,15 @@ impl LayoutCache {
         self.states = [LayoutState::Empty; LAYOUTS];
     }
 
-    /// The header of `msg` in a layout, encoding it on first use.
+    /// The header of `msg` in a layout, encoding it on first use. The cache is valid for
+    /// one fan-out at one `now_ms` (the remaining expiry interval is part of the header).
     fn header(
         &mut self,
         msg: &Message,
         v5: bool,
         qos: QoS,
         retain: bool,
+        now_ms: u64,
     ) -> Option<(&[u8], Option<usize>)> {
         let i = layout_index(v5, qos, retain);
         if self.states[i] == LayoutState::Empty {
@@ -72,7 +75,7 @@ impl LayoutCache {
             // The placeholder id is patched per subscriber.
             let pid = (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero"));
             self.states[i] = match encode_publish_header(
-                &publish_for(msg, qos, retain, pid, false),
+                &publish_for(msg, qos, retain, pid, now_ms),
                 if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 },
                 buf,
             ) {
@@ -88,12 +91,15 @@ impl LayoutCache {
 }
 
 /// One session matched by the message being fanned out (overlapping subscriptions
-/// collapsed: the highest QoS [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1]).
-#[derive(Debug, Clone, Copy)]
+/// collapsed: the highest QoS [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1], every matching
+/// subscription's identifier [MQTT-3.3.4-3]).
+#[derive(Debug, Clone)]
 struct Match {
     slot: SessionSlot,
     qos: QoS,
     retain_as_published: bool,
+    /// Empty (no allocation) unless the session uses Subscription Identifiers.
+    sub_ids: Vec<u32>,
 }
 
 /// Fan-out scratch space, reused for every message. Shard-local.
@@ -104,22 +110,22 @@ pub(crate) struct Fanout {
     pub(crate) layouts: LayoutCache,
 }
 
-/// The PUBLISH for `msg` as sent to a subscriber.
+/// The PUBLISH for `msg` as the layout cache encodes it (no per-session properties).
 fn publish_for(
     msg: &Message,
     qos: QoS,
     retain: bool,
     packet_id: Option<PacketId>,
-    dup: bool,
+    now_ms: u64,
 ) -> Publish {
     Publish {
-        dup,
+        dup: false,
         qos,
         retain,
         topic: msg.topic.clone(),
         packet_id,
         payload: msg.payload.clone(),
-        properties: msg.properties.clone(),
+        properties: outgoing_properties(msg, &[], now_ms),
     }
 }
 
@@ -128,28 +134,9 @@ fn window(limits: &Limits, c: &Conn) -> usize {
     usize::from(limits.inflight_out_max.min(c.client_receive_max))
 }
 
-/// Encodes one PUBLISH without the layout cache (queue drain, resend, retained on
-/// subscribe). Returns false if it was dropped (too large for the client).
-fn send_single(
-    c: &mut Conn,
-    conn: ConnId,
-    publish: &Publish,
-    actions: &mut VecDeque<IoAction>,
-) -> bool {
-    let mut header = BytesMut::new();
-    let version = c.version.unwrap_or(ProtocolVersion::V3_1_1);
-    if encode_publish_header(publish, version, &mut header).is_err()
-        || header.len() + publish.payload.len() > c.client_packet_size_max_bytes as usize
-    {
-        return false;
-    }
-    push_publish_frame(&mut c.tx, &header, None, &publish.payload, conn, actions);
-    true
-}
-
 impl ShardCore {
     /// Delivers `msg` to every local session with a matching subscription.
-    pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>) {
+    pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now_ms: u64) {
         let ShardCore { trie, sessions, fanout, shard, .. } = self;
         fanout.epoch += 1;
         let epoch = fanout.epoch;
@@ -157,7 +144,8 @@ impl ShardCore {
         matches.clear();
         let origin = msg.origin;
         let local_origin = origin.shard == *shard;
-        trie.for_each_match(&msg.topic, |slot, opts, _filter| {
+        trie.for_each_match(&msg.topic, |slot, sub, _filter| {
+            let opts = &sub.opts;
             // No Local (5.0) [MQTT-3.8.3-3].
             if opts.no_local && local_origin && origin.session == slot.0 {
                 return;
@@ -168,10 +156,16 @@ impl ShardCore {
                 let m = &mut matches[s.fanout_index as usize];
                 m.qos = m.qos.max(qos);
                 m.retain_as_published |= opts.retain_as_published;
+                m.sub_ids.extend(sub.id);
             } else {
                 s.fanout_epoch = epoch;
                 s.fanout_index = matches.len() as u32;
-                matches.push(Match { slot, qos, retain_as_published: opts.retain_as_published });
+                matches.push(Match {
+                    slot,
+                    qos,
+                    retain_as_published: opts.retain_as_published,
+                    sub_ids: sub.id.into_iter().collect(),
+                });
             }
         });
         fanout.layouts.reset();
@@ -180,7 +174,7 @@ impl ShardCore {
             // [MQTT-3.3.1-9]: RETAIN is 0 towards established subscriptions (5.0: unless
             // Retain As Published).
             let retain = m.retain_as_published && msg.retain;
-            self.deliver_to_session(m.slot, msg, m.qos, retain);
+            self.deliver_to_session(m.slot, msg, m.qos, retain, &m.sub_ids, now_ms);
         }
         self.fanout.matches = matches;
     }
@@ -193,11 +187,18 @@ impl ShardCore {
         msg: &Arc<Message>,
         qos: QoS,
         retain: bool,
+        sub_ids: &[u32],
+        now_ms: u64,
     ) {
         let ShardCore { sessions, conns, fanout, stats, actions, config, .. } = self;
         let limits = &config.limits;
+        if is_expired(msg, now_ms) {
+            // [MQTT-3.3.2-5]: expired before onward delivery started (e.g. late off a ring).
+            stats.messages_dropped += 1;
+            return;
+        }
         let s = sessions.get_mut(slot);
-        let queued = || Queued { msg: msg.clone(), qos, retain };
+        let queued = || Queued { msg: msg.clone(), qos, retain, sub_ids: sub_ids.into() };
         let Some(conn) = s.conn else {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
@@ -218,7 +219,29 @@ impl ShardCore {
             stats.messages_dropped += 1;
             return;
         }
-        let Some((header, pid_offset)) = fanout.layouts.header(msg, c.is_v5(), qos, retain) else {
+        if c.is_v5() && (c.client_topic_alias_max > 0 || !sub_ids.is_empty()) {
+            // This frame differs per connection: encoded on its own.
+            let packet_id = (qos != QoS::AtMostOnce).then(|| s.next_packet_id());
+            let out = OutPublish { msg, qos, retain, packet_id, dup: false, sub_ids, now_ms };
+            if !send_custom(c, conn, out, actions) {
+                stats.messages_dropped += 1;
+                return;
+            }
+            if let Some(packet_id) = packet_id {
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                    sub_ids: sub_ids.into(),
+                    state: awaiting_first(qos),
+                });
+            }
+            stats.messages_sent += 1;
+            return;
+        }
+        let Some((header, pid_offset)) = fanout.layouts.header(msg, c.is_v5(), qos, retain, now_ms)
+        else {
             stats.messages_dropped += 1;
             return;
         };
@@ -236,11 +259,8 @@ impl ShardCore {
                     msg: msg.clone(),
                     qos,
                     retain,
-                    state: if qos == QoS::AtLeastOnce {
-                        Awaiting::PubAck
-                    } else {
-                        Awaiting::PubRec
-                    },
+                    sub_ids: Box::default(),
+                    state: awaiting_first(qos),
                 });
                 Some((offset, packet_id.get()))
             }
@@ -250,8 +270,8 @@ impl ShardCore {
     }
 
     /// Sends queued messages while the window allows (after an acknowledgement, or when a
-    /// session resumes).
-    pub(crate) fn pump_session(&mut self, slot: SessionSlot) {
+    /// session resumes). Messages that expired while queued are dropped [MQTT-3.3.2-5].
+    pub(crate) fn pump_session(&mut self, slot: SessionSlot, now_ms: u64) {
         let ShardCore { sessions, conns, stats, actions, config, .. } = self;
         let limits = &config.limits;
         let s = sessions.get_mut(slot);
@@ -259,18 +279,23 @@ impl ShardCore {
         let c = conns.get_mut(conn).expect("online session without its connection");
         let window = window(limits, c);
         while let Some(front) = s.queue.front() {
+            if is_expired(&front.msg, now_ms) {
+                s.dequeue();
+                stats.messages_dropped += 1;
+                continue;
+            }
             if front.qos != QoS::AtMostOnce && s.inflight.len() >= window {
                 return;
             }
             let q = s.dequeue().expect("front exists");
-            send_queued(s, c, conn, q, limits, stats, actions);
+            send_queued(s, c, conn, q, limits, stats, actions, now_ms);
         }
     }
 
     /// A session resumed on `conn`: resend unacknowledged messages in their original order
     /// (PUBLISH with DUP = 1, or PUBREL once PUBREC was received) [MQTT-4.4.0-1], then the
     /// queue.
-    pub(crate) fn resume_session(&mut self, conn: ConnId, slot: SessionSlot) {
+    pub(crate) fn resume_session(&mut self, conn: ConnId, slot: SessionSlot, now_ms: u64) {
         let ShardCore { sessions, conns, stats, actions, .. } = self;
         let s = sessions.get_mut(slot);
         let c = conns.get_mut(conn).expect("resuming on a live connection");
@@ -278,10 +303,20 @@ impl ShardCore {
         for i in &s.inflight {
             match i.state {
                 Awaiting::PubAck | Awaiting::PubRec => {
-                    let p = publish_for(&i.msg, i.qos, i.retain, Some(i.packet_id), true);
+                    // Onward delivery has started: resent even if expired since, with the
+                    // remaining interval floored at 1 second.
+                    let p = OutPublish {
+                        msg: &i.msg,
+                        qos: i.qos,
+                        retain: i.retain,
+                        packet_id: Some(i.packet_id),
+                        dup: true,
+                        sub_ids: &i.sub_ids,
+                        now_ms,
+                    };
                     // A message now too large for the client stays inflight; the client
                     // never acknowledges it, which only costs a window slot.
-                    if send_single(c, conn, &p, actions) {
+                    if send_custom(c, conn, p, actions) {
                         stats.messages_sent += 1;
                     }
                 }
@@ -297,28 +332,34 @@ impl ShardCore {
                 }
             }
         }
-        self.pump_session(slot);
+        self.pump_session(slot, now_ms);
     }
 
     /// PUBACK for an outgoing QoS 1 message.
-    pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId) {
+    pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
             if s.inflight[i].state == Awaiting::PubAck {
                 s.inflight.remove(i);
-                self.pump_session(slot);
+                self.pump_session(slot, now_ms);
             }
         }
     }
 
     /// PUBREC for an outgoing QoS 2 message: answer PUBREL (5.0: a failure reason ends the
     /// flow instead).
-    pub(crate) fn handle_pubrec(&mut self, conn: ConnId, slot: SessionSlot, r: PubResp) {
+    pub(crate) fn handle_pubrec(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        r: PubResp,
+        now_ms: u64,
+    ) {
         let s = self.sessions.get_mut(slot);
         let reason = match s.inflight_position(r.packet_id) {
             Some(i) if r.reason.is_error() && s.inflight[i].state == Awaiting::PubRec => {
                 s.inflight.remove(i);
-                self.pump_session(slot);
+                self.pump_session(slot, now_ms);
                 return;
             }
             Some(i) if s.inflight[i].state != Awaiting::PubAck => {
@@ -333,21 +374,29 @@ impl ShardCore {
     }
 
     /// PUBCOMP for an outgoing QoS 2 message.
-    pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId) {
+    pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
             if s.inflight[i].state == Awaiting::PubComp {
                 s.inflight.remove(i);
-                self.pump_session(slot);
+                self.pump_session(slot, now_ms);
             }
         }
     }
 
     /// Sends `msg` as a retained message (RETAIN = 1 [MQTT-3.3.1-8]) to a session that just
-    /// subscribed with maximum QoS `qos`.
-    pub(crate) fn deliver_retained(&mut self, slot: SessionSlot, msg: &Arc<Message>, qos: QoS) {
+    /// subscribed with maximum QoS `qos` (and Subscription Identifier `sub_id`).
+    pub(crate) fn deliver_retained(
+        &mut self,
+        slot: SessionSlot,
+        msg: &Arc<Message>,
+        qos: QoS,
+        sub_id: Option<u32>,
+        now_ms: u64,
+    ) {
         self.fanout.layouts.reset();
-        self.deliver_to_session(slot, msg, qos.min(msg.qos), true);
+        let sub_ids: &[u32] = sub_id.as_slice();
+        self.deliver_to_session(slot, msg, qos.min(msg.qos), true, sub_ids, now_ms);
     }
 
     /// True if `conn` is connected to `slot` (a deferred reply still has its addressee).
@@ -360,6 +409,16 @@ fn enqueue(s: &mut Session, q: Queued, limits: &Limits) -> bool {
     s.enqueue(q, limits.session_queue_messages_max, limits.session_queue_bytes_max)
 }
 
+/// The acknowledgement a freshly sent QoS 1/2 message waits for.
+fn awaiting_first(qos: QoS) -> Awaiting {
+    if qos == QoS::AtLeastOnce {
+        Awaiting::PubAck
+    } else {
+        Awaiting::PubRec
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // Disjoint borrows of the core's fields.
 fn send_queued(
     s: &mut Session,
     c: &mut Conn,
@@ -368,26 +427,25 @@ fn send_queued(
     limits: &Limits,
     stats: &mut LocalStats,
     actions: &mut VecDeque<IoAction>,
+    now_ms: u64,
 ) {
-    if q.qos == QoS::AtMostOnce {
-        if c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max
-            || !send_single(c, conn, &publish_for(&q.msg, q.qos, q.retain, None, false), actions)
-        {
-            stats.messages_dropped += 1;
-        } else {
-            stats.messages_sent += 1;
-        }
+    let Queued { msg, qos, retain, sub_ids } = q;
+    if qos == QoS::AtMostOnce && c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max {
+        stats.messages_dropped += 1;
         return;
     }
-    let packet_id = s.next_packet_id();
-    let p = publish_for(&q.msg, q.qos, q.retain, Some(packet_id), false);
-    if !send_single(c, conn, &p, actions) {
+    let packet_id = (qos != QoS::AtMostOnce).then(|| s.next_packet_id());
+    let out =
+        OutPublish { msg: &msg, qos, retain, packet_id, dup: false, sub_ids: &sub_ids, now_ms };
+    if !send_custom(c, conn, out, actions) {
         stats.messages_dropped += 1;
         return;
     }
     stats.messages_sent += 1;
-    let state = if q.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
-    s.inflight.push_back(Inflight { packet_id, msg: q.msg, qos: q.qos, retain: q.retain, state });
+    if let Some(packet_id) = packet_id {
+        let state = awaiting_first(qos);
+        s.inflight.push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state });
+    }
 }
 
 /// A PUBACK/PUBREC/PUBREL/PUBCOMP body.

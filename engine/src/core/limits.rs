@@ -45,6 +45,9 @@ pub struct Limits {
     pub mesh_outbox_messages_max: u32,
     /// Client identifier length.
     pub client_id_length_max_bytes: u16,
+    /// Topic aliases a 5.0 client may define on one connection (advertised as Topic Alias
+    /// Maximum in CONNACK).
+    pub topic_alias_max: u16,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             mesh_ring_capacity: 4096,
             mesh_outbox_messages_max: 65_536,
             client_id_length_max_bytes: 256,
+            topic_alias_max: 64,
         }
     }
 }
@@ -76,7 +80,7 @@ impl Limits {
     /// Checks every limit is non-zero and that related limits agree. Returns a message
     /// naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        let nonzero: [(&str, u64); 18] = [
+        let nonzero: [(&str, u64); 19] = [
             ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
             ("connections_per_shard_max", self.connections_per_shard_max.into()),
             ("topic_levels_max", self.topic_levels_max.into()),
@@ -95,6 +99,7 @@ impl Limits {
             ("mesh_ring_capacity", self.mesh_ring_capacity.into()),
             ("mesh_outbox_messages_max", self.mesh_outbox_messages_max.into()),
             ("client_id_length_max_bytes", self.client_id_length_max_bytes.into()),
+            ("topic_alias_max", self.topic_alias_max.into()),
         ];
         for (name, v) in nonzero {
             if v == 0 {

@@ -8,6 +8,7 @@ pub(crate) mod deliver;
 pub mod ids;
 pub mod limits;
 pub mod mesh;
+pub(crate) mod outgoing;
 mod publish;
 pub mod retained;
 pub mod route_index;

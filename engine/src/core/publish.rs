@@ -41,23 +41,29 @@ impl ShardCore {
         now: Instant,
     ) {
         let mut properties = p.properties;
+        let mut topic = p.topic;
+        if !topic.is_empty() && self.topic_limits.check(&topic).is_err() {
+            let kind = CloseKind::Abnormal(Some(ReasonCode::TOPIC_NAME_INVALID));
+            return self.close_conn(conn, kind, now);
+        }
         if let Some(props) = properties.as_deref_mut() {
-            // We advertise no Topic Alias Maximum (0), so any alias is invalid
-            // [MQTT-3.3.2-9].
-            if props.topic_alias.is_some() {
-                let kind = CloseKind::Abnormal(Some(ReasonCode::TOPIC_ALIAS_INVALID));
-                return self.close_conn(conn, kind, now);
+            // The alias is resolved here and never forwarded: aliases belong to one
+            // network connection [MQTT-3.3.2-7].
+            if let Some(alias) = props.topic_alias.take() {
+                match self.resolve_topic_alias(conn, alias, topic) {
+                    Ok(t) => topic = t,
+                    Err(reason) => {
+                        return self.close_conn(conn, CloseKind::Abnormal(Some(reason)), now)
+                    }
+                }
             }
             // A client must not send Subscription Identifiers [MQTT-3.3.4-6]: drop them.
             props.subscription_identifiers.clear();
         }
         let properties = properties.filter(|p| !p.is_empty());
-        if p.topic.is_empty() {
+        if topic.is_empty() {
+            // An empty topic without a Topic Alias (5.0 §3.3.2.1).
             let kind = CloseKind::Abnormal(Some(ReasonCode::PROTOCOL_ERROR));
-            return self.close_conn(conn, kind, now);
-        }
-        if self.topic_limits.check(&p.topic).is_err() {
-            let kind = CloseKind::Abnormal(Some(ReasonCode::TOPIC_NAME_INVALID));
             return self.close_conn(conn, kind, now);
         }
         let packet_id = match (p.qos, p.packet_id) {
@@ -88,7 +94,7 @@ impl ShardCore {
         }
 
         let msg = Message {
-            topic: p.topic,
+            topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
@@ -100,6 +106,30 @@ impl ShardCore {
         if let Some(id) = packet_id {
             self.ack_publish(conn, p.qos, id);
         }
+    }
+
+    /// Applies an inbound Topic Alias: an empty `topic` is looked up, a non-empty one
+    /// (already validated) becomes the alias's mapping. Errors are the DISCONNECT reason.
+    fn resolve_topic_alias(
+        &mut self,
+        conn: ConnId,
+        alias: u16,
+        topic: ByteStr,
+    ) -> Result<ByteStr, ReasonCode> {
+        // Alias 0 is refused by the decoder [MQTT-3.3.2-8]; above the maximum we advertised
+        // [MQTT-3.3.2-9]/[MQTT-3.3.2-10].
+        if alias == 0 || alias > self.config.limits.topic_alias_max {
+            return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+        }
+        let c = self.conns.get_mut(conn).ok_or(ReasonCode::PROTOCOL_ERROR)?;
+        let aliases = c.aliases.get_or_insert_with(Default::default);
+        if topic.is_empty() {
+            // An alias with no mapping yet is a Protocol Error (5.0 §3.3.2.3.4).
+            return aliases.inbound.get(&alias).cloned().ok_or(ReasonCode::PROTOCOL_ERROR);
+        }
+        // The table outlives the packet: own the bytes rather than pin the read buffer.
+        aliases.inbound.insert(alias, ByteStr::from(topic.as_str()));
+        Ok(topic)
     }
 
     /// The one place inbound PUBLISH acknowledgements (PUBACK, PUBREC) are emitted. The
@@ -140,7 +170,6 @@ impl ShardCore {
     /// Routes a message to every shard with a matching subscription (one mesh message per
     /// remote shard, direct delivery here) and updates the retained store if RETAIN is set.
     pub(crate) fn route_message(&mut self, msg: Arc<Message>, now: Instant) {
-        let _ = now;
         if msg.retain {
             self.update_retained(&msg);
         }
@@ -151,7 +180,7 @@ impl ShardCore {
             }
         }
         if shards.contains(self.shard) {
-            self.deliver_local(&msg);
+            self.deliver_local(&msg, self.uptime_ms(now));
         }
     }
 

@@ -13,6 +13,7 @@ use shardmq_codec::{ByteStr, PacketId, QoS, SubscriptionOptions, Will};
 
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
+use crate::core::outgoing::is_expired;
 use crate::core::shard::ConnId;
 
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow: the packet it waits for.
@@ -36,6 +37,8 @@ pub(crate) struct Inflight {
     pub(crate) qos: QoS,
     /// RETAIN flag as sent.
     pub(crate) retain: bool,
+    /// Subscription identifiers it was sent with (resent with them).
+    pub(crate) sub_ids: Box<[u32]>,
     pub(crate) state: Awaiting,
 }
 
@@ -46,6 +49,9 @@ pub(crate) struct Queued {
     pub(crate) msg: Arc<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
+    /// Subscription identifiers of the matching subscriptions (5.0; usually empty, which
+    /// does not allocate).
+    pub(crate) sub_ids: Box<[u32]>,
 }
 
 impl Queued {
@@ -148,6 +154,22 @@ impl Session {
         let q = self.queue.pop_front()?;
         self.queue_bytes -= q.size_bytes();
         Some(q)
+    }
+
+    /// Drops queued messages whose expiry interval has passed [MQTT-3.3.2-5]; returns how
+    /// many (counted as dropped by the caller).
+    pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
+        let before = self.queue.len();
+        let mut freed_bytes = 0;
+        self.queue.retain(|q| {
+            let expired = is_expired(&q.msg, now_ms);
+            if expired {
+                freed_bytes += q.size_bytes();
+            }
+            !expired
+        });
+        self.queue_bytes -= freed_bytes;
+        (before - self.queue.len()) as u64
     }
 
     /// Index of the subscription to `filter`.
@@ -260,6 +282,7 @@ mod tests {
             msg: msg(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            sub_ids: Box::default(),
             state: Awaiting::PubAck,
         });
         assert_eq!(s.next_packet_id().get(), 2, "0 and the inflight id 1 are skipped");
@@ -268,7 +291,8 @@ mod tests {
     #[test]
     fn queue_is_bounded_by_count_and_bytes() {
         let mut s = Session::new(ByteStr::from("c"));
-        let q = Queued { msg: msg(), qos: QoS::AtLeastOnce, retain: false };
+        let q =
+            Queued { msg: msg(), qos: QoS::AtLeastOnce, retain: false, sub_ids: Box::default() };
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(!s.enqueue(q.clone(), 2, 100));

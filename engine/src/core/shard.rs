@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shardmq_codec::{
-    encode, DecodeError, Disconnect, Packet, ProtocolVersion, ReasonCode, SubscriptionOptions,
-};
+use shardmq_codec::{encode, DecodeError, Disconnect, Packet, ProtocolVersion, ReasonCode};
 
 use crate::core::conn::{Conn, ConnTable, Phase};
 use crate::core::deliver::Fanout;
@@ -30,7 +28,7 @@ use crate::core::mesh::{MeshMsg, Message};
 use crate::core::retained::RetainedStore;
 use crate::core::route_index::RouteIndex;
 use crate::core::session::SessionTable;
-use crate::core::subscribe::SubAckGate;
+use crate::core::subscribe::{SubAckGate, SubOptions};
 use crate::core::topic::TopicLimits;
 use crate::core::trie::SubscriptionTrie;
 use crate::core::tx::TxQueue;
@@ -145,7 +143,7 @@ pub struct ShardCore {
     pub(crate) conns: ConnTable,
     pub(crate) sessions: SessionTable,
     /// This shard's sessions' subscriptions.
-    pub(crate) trie: SubscriptionTrie<SessionSlot, SubscriptionOptions>,
+    pub(crate) trie: SubscriptionTrie<SessionSlot, SubOptions>,
     /// Replica of the filter → shards index (including this shard's own entries).
     pub(crate) routes: RouteIndex,
     /// Replica of the broker's retained messages.
@@ -221,6 +219,8 @@ impl ShardCore {
             keep_alive_secs: 0,
             client_receive_max: u16::MAX,
             client_packet_size_max_bytes: u32::MAX,
+            client_topic_alias_max: 0,
+            aliases: None,
         }))
     }
 
@@ -254,10 +254,10 @@ impl ShardCore {
     ) {
         match packet {
             Packet::Publish(p) => self.handle_publish(conn, slot, p, now),
-            Packet::PubAck(r) => self.handle_puback(slot, r.packet_id),
-            Packet::PubRec(r) => self.handle_pubrec(conn, slot, r),
+            Packet::PubAck(r) => self.handle_puback(slot, r.packet_id, self.uptime_ms(now)),
+            Packet::PubRec(r) => self.handle_pubrec(conn, slot, r, self.uptime_ms(now)),
             Packet::PubRel(r) => self.handle_pubrel(conn, slot, r.packet_id),
-            Packet::PubComp(r) => self.handle_pubcomp(slot, r.packet_id),
+            Packet::PubComp(r) => self.handle_pubcomp(slot, r.packet_id, self.uptime_ms(now)),
             Packet::Subscribe(s) => self.handle_subscribe(conn, slot, s, now),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, slot, u),
             Packet::PingReq => self.send_packet(conn, &Packet::PingResp),
@@ -311,7 +311,7 @@ impl ShardCore {
     /// A message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Publish(m) => self.deliver_local(&m),
+            MeshMsg::Publish(m) => self.deliver_local(&m, self.uptime_ms(now)),
             MeshMsg::SubDelta { filter, added, seq } => {
                 if added {
                     self.routes.add(&filter, from);

@@ -22,8 +22,19 @@ use shardmq_codec::{
 
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message};
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::outgoing::is_expired;
+use crate::core::shard::{ConnId, ShardCore};
 use crate::core::topic::SHARED_PREFIX;
+
+/// A subscription as the shard's trie holds it: the SUBSCRIBE options and the 5.0
+/// Subscription Identifier, carried on every message the subscription matches
+/// [MQTT-3.3.4-3].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub(crate) opts: SubscriptionOptions,
+    /// 1..=268,435,455 when the SUBSCRIBE carried one.
+    pub(crate) id: Option<u32>,
+}
 
 /// A SUBACK waiting for routing-delta acknowledgements, with the retained messages to send
 /// after it.
@@ -35,7 +46,7 @@ struct PendingSubAck {
     wait_seq: u64,
     suback: SubAck,
     /// Filters whose retained messages follow the SUBACK.
-    retained: Vec<(ByteStr, SubscriptionOptions)>,
+    retained: Vec<(ByteStr, SubOptions)>,
 }
 
 /// Sequence numbers of this shard's routing deltas and what each peer acknowledged.
@@ -74,16 +85,15 @@ impl ShardCore {
         now: Instant,
     ) {
         let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
-        if sub.properties.as_ref().is_some_and(|p| !p.subscription_identifiers.is_empty()) {
-            // Advertised as unavailable in CONNACK (later issue).
-            let kind =
-                CloseKind::Abnormal(Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
-            return self.close_conn(conn, kind, now);
-        }
+        // At most one Subscription Identifier per SUBSCRIBE (the decoder enforces it); it
+        // applies to every filter of the packet (5.0 §3.8.2.1.2).
+        let sub_id = sub.properties.as_ref().and_then(|p| p.subscription_identifiers.first());
+        let sub_id = sub_id.copied().filter(|_| v5);
         let subs_max = self.config.limits.subscriptions_per_session_max as usize;
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
         for (filter, opts) in sub.filters {
+            let entry = SubOptions { opts, id: sub_id };
             let reason = if filter.starts_with(SHARED_PREFIX) {
                 // Shared subscriptions are a later issue (advertised as unavailable).
                 ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
@@ -95,9 +105,9 @@ impl ShardCore {
                     Some(i) => {
                         // [MQTT-3.8.4-3]: a repeated filter replaces the subscription.
                         session.subs[i].1 = opts;
-                        self.trie.insert(&filter, slot, opts);
+                        self.trie.insert(&filter, slot, entry);
                         if opts.retain_handling == RetainHandling::SendAtSubscribe {
-                            retained.push((session.subs[i].0.clone(), opts));
+                            retained.push((session.subs[i].0.clone(), entry));
                         }
                         ReasonCode(opts.qos as u8)
                     }
@@ -106,9 +116,9 @@ impl ShardCore {
                         // Own the bytes: the packet's are a slice of a read buffer.
                         let filter = ByteStr::from(filter.as_str());
                         session.subs.push((filter.clone(), opts));
-                        self.trie.insert(&filter, slot, opts);
+                        self.trie.insert(&filter, slot, entry);
                         if opts.retain_handling != RetainHandling::DoNotSend {
-                            retained.push((filter.clone(), opts));
+                            retained.push((filter.clone(), entry));
                         }
                         if self.routes.add(&filter, self.shard) {
                             self.broadcast_delta(&filter, true);
@@ -128,7 +138,7 @@ impl ShardCore {
             retained,
         };
         if self.gate.pending.is_empty() && self.gate.all_acked(pending.wait_seq, self.shard) {
-            self.send_suback(pending);
+            self.send_suback(pending, now);
         } else {
             self.gate.pending.push_back(pending);
         }
@@ -183,7 +193,6 @@ impl ShardCore {
 
     /// A peer acknowledged our deltas up to `seq`: release the SUBACKs that waited for it.
     pub(crate) fn handle_sub_delta_ack(&mut self, from: ShardId, seq: u64, now: Instant) {
-        let _ = now;
         let acked = &mut self.gate.acked[usize::from(from.0)];
         debug_assert!(seq >= *acked, "delta acks out of order from {from}");
         *acked = (*acked).max(seq);
@@ -192,24 +201,39 @@ impl ShardCore {
                 break;
             }
             let pending = self.gate.pending.pop_front().expect("front exists");
-            self.send_suback(pending);
+            self.send_suback(pending, now);
         }
     }
 
     /// Sends a SUBACK, then the retained messages matching its filters (RETAIN = 1
     /// [MQTT-3.3.1-8], `$` rule applied by the store). Dropped if the connection is gone.
-    fn send_suback(&mut self, pending: PendingSubAck) {
+    /// Expired retained messages are not sent and are removed from this shard's replica
+    /// (every replica does the same when it next meets them).
+    fn send_suback(&mut self, pending: PendingSubAck, now: Instant) {
         let PendingSubAck { conn, slot, suback, retained, .. } = pending;
         if !self.conn_serves(conn, slot) {
             return;
         }
         self.send_packet(conn, &Packet::SubAck(suback));
-        let mut found: Vec<(Arc<Message>, SubscriptionOptions)> = Vec::new();
-        for (filter, opts) in &retained {
-            self.retained.for_each_matching(filter, |_topic, msg| found.push((msg.clone(), *opts)));
+        let now_ms = self.uptime_ms(now);
+        let mut found: Vec<(Arc<Message>, SubOptions)> = Vec::new();
+        let mut expired: Vec<Arc<Message>> = Vec::new();
+        for (filter, entry) in &retained {
+            self.retained.for_each_matching(filter, |_topic, msg| {
+                if is_expired(msg, now_ms) {
+                    expired.push(msg.clone());
+                } else {
+                    found.push((msg.clone(), *entry));
+                }
+            });
         }
-        for (msg, opts) in found {
-            self.deliver_retained(slot, &msg, opts.qos);
+        for msg in expired {
+            if self.retained.get(&msg.topic).is_some_and(|m| Arc::ptr_eq(m, &msg)) {
+                self.retained.clear(&msg.topic);
+            }
+        }
+        for (msg, entry) in found {
+            self.deliver_retained(slot, &msg, entry.opts.qos, entry.id, now_ms);
         }
     }
 }

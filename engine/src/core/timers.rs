@@ -73,6 +73,7 @@ impl ShardCore {
                 }
             }
         }
+        let now_ms = self.uptime_ms(now);
         let mut slots = Vec::new();
         self.sessions.slots(&mut slots);
         for slot in slots {
@@ -80,6 +81,9 @@ impl ShardCore {
             if s.conn.is_some() {
                 continue;
             }
+            // Offline queues shed expired messages here, so they do not hold queue space
+            // until the client returns [MQTT-3.3.2-5].
+            self.stats.messages_dropped += s.drop_expired(now_ms);
             if s.pending_will.as_ref().is_some_and(|w| now >= w.publish_at) {
                 let will = s.pending_will.take().expect("checked").will;
                 self.publish_will(slot, *will, now);

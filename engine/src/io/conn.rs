@@ -67,7 +67,9 @@ struct First {
 }
 
 async fn drive(shard: &Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted: bool) {
-    let Some(first) = first_packet(shard, &mut stream, buf).await else { return };
+    // Boxed so that its state (the connect timer, the read) is freed once CONNECT is in,
+    // rather than sized into the future every idle connection keeps.
+    let Some(first) = Box::pin(first_packet(shard, &mut stream, buf)).await else { return };
 
     // A CONNECT for a session homed on another shard: move the socket there.
     if !adopted && shard.shard_count() > 1 {

@@ -36,6 +36,8 @@ pub(super) fn will(topic: &str, payload: &str, retain: bool, delay_secs: Option<
     }
 }
 
+mod mqtt5;
+mod mqtt5_flow;
 mod protocol;
 mod pubsub;
 mod sessions;
