@@ -789,7 +789,9 @@ impl<'a> Reactor<'a> {
                 let p =
                     wire::decode_frame(frame, self.ctx.version).map_err(|e| format!("{e:#}"))?;
                 wire::check_connack(&p).map_err(|e| format!("{e:#}"))?;
-                if let (RoleState::Pub(pb), Some(rm)) = (&mut self.conns[i].role, wire::receive_maximum(&p)) {
+                if let (RoleState::Pub(pb), Some(rm)) =
+                    (&mut self.conns[i].role, wire::receive_maximum(&p))
+                {
                     pb.inflight_max = pb.inflight_max.min(u32::from(rm)).max(1);
                 }
                 let sub = match &self.conns[i].role {

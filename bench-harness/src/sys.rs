@@ -104,7 +104,9 @@ pub fn raise_open_files_limit() -> u64 {
 
 /// This process's open-file soft limit.
 pub fn open_files_limit() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|l| l.0).unwrap_or(1024)
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|l| l.0)
+        .unwrap_or(1024)
 }
 
 /// Number of CPUs this process may run on.

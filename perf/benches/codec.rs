@@ -8,16 +8,19 @@
 //! reused buffer. Our extra `shardmq_header` function is the engine's fan-out path
 //! (`encode_publish_header`: everything but the payload, which is shared, not copied).
 //!
+//! Clock: the calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) by default, so that
+//! other processes on this 2-core machine (builds, other benches) do not inflate the result:
+//! the code under test is single-threaded and does no IO, so on an idle machine CPU time and
+//! wall time agree. `SHARDMQ_BENCH_CLOCK=wall` switches to criterion's wall clock.
+//!
 //! Smoke mode (each benchmark once, as a test; CI runs it):
 //! `cargo bench -p shardmq-perf --bench codec -- --test`.
 //! Full run, as in `perf/notes/2026-11-23-codec.md`:
 //! `cargo bench -p shardmq-perf --bench codec -- --warm-up-time 1 --measurement-time 3`.
 
 use bytes::{Bytes, BytesMut};
-use criterion::measurement::WallTime;
-use criterion::{
-    black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
-};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{black_box, BatchSize, BenchmarkGroup, Criterion, Throughput};
 use mqttbytes::{v4, v5};
 use shardmq_codec as sq;
 use sq::{ByteStr, Packet, PacketId, ProtocolVersion, QoS};
@@ -160,7 +163,7 @@ fn subscribe(version: ProtocolVersion) -> Packet {
     })
 }
 
-fn decode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
+fn decode_pair<M: Measurement>(g: &mut BenchmarkGroup<'_, M>, c: &Case) {
     g.throughput(c.throughput());
     let limits = limits();
     g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
@@ -186,7 +189,7 @@ fn decode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
     });
 }
 
-fn encode_pair(g: &mut BenchmarkGroup<'_, WallTime>, c: &Case) {
+fn encode_pair<M: Measurement>(g: &mut BenchmarkGroup<'_, M>, c: &Case) {
     g.throughput(c.throughput());
     g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
         let mut out = BytesMut::with_capacity(c.wire.len());
@@ -223,7 +226,7 @@ fn version_tag(v: ProtocolVersion) -> &'static str {
     }
 }
 
-fn benches(cr: &mut Criterion) {
+fn benches<M: Measurement>(cr: &mut Criterion<M>) {
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let tag = version_tag(version);
         let publishes: Vec<Case> = PAYLOAD_SIZES_BYTES
@@ -261,5 +264,124 @@ fn benches(cr: &mut Criterion) {
     }
 }
 
-criterion_group!(codec, benches);
-criterion_main!(codec);
+/// The calling thread's CPU time, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct ThreadCpuTime;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID is supported by
+    // every Linux this runs on; clock_gettime writes only into `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns() - start
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &NanosFormatter
+    }
+}
+
+/// Formats nanoseconds like criterion's wall-clock formatter does.
+struct NanosFormatter;
+
+impl ValueFormatter for NanosFormatter {
+    fn scale_values(&self, typical_ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = match typical_ns {
+            t if t < 1e3 => (1.0, "ns"),
+            t if t < 1e6 => (1e-3, "µs"),
+            t if t < 1e9 => (1e-6, "ms"),
+            _ => (1e-9, "s"),
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        typical_ns: f64,
+        t: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let (per_iter, binary) = match *t {
+            Throughput::Bytes(n) => (n as f64, true),
+            Throughput::BytesDecimal(n) => (n as f64, false),
+            Throughput::Elements(n) => (n as f64, false),
+        };
+        // Per-second rate, then a unit for the typical value.
+        values.iter_mut().for_each(|v| *v = per_iter * 1e9 / *v);
+        let typical = per_iter * 1e9 / typical_ns;
+        let is_elems = matches!(t, Throughput::Elements(_));
+        let base = if binary { 1024.0 } else { 1000.0 };
+        let (div, unit) = match typical {
+            x if x < base => (1.0, if is_elems { "elem/s" } else { "B/s" }),
+            x if x < base * base => (
+                base,
+                if is_elems {
+                    "Kelem/s"
+                } else if binary {
+                    "KiB/s"
+                } else {
+                    "KB/s"
+                },
+            ),
+            x if x < base * base * base => (
+                base * base,
+                if is_elems {
+                    "Melem/s"
+                } else if binary {
+                    "MiB/s"
+                } else {
+                    "MB/s"
+                },
+            ),
+            _ => (
+                base * base * base,
+                if is_elems {
+                    "Gelem/s"
+                } else if binary {
+                    "GiB/s"
+                } else {
+                    "GB/s"
+                },
+            ),
+        };
+        values.iter_mut().for_each(|v| *v /= div);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn main() {
+    if std::env::var("SHARDMQ_BENCH_CLOCK").as_deref() == Ok("wall") {
+        let mut c = Criterion::default().configure_from_args();
+        benches(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().with_measurement(ThreadCpuTime).configure_from_args();
+        benches(&mut c);
+        c.final_summary();
+    }
+}
