@@ -627,11 +627,7 @@ impl<'a> Reactor<'a> {
             }
             match self.open(i) {
                 Ok(()) => self.handshaking += 1,
-                Err(e) => {
-                    let msg =
-                        format!("connect {}: {e:#}", self.spec.conns[self.conns[i].spec].client_id);
-                    self.fail(i, msg);
-                }
+                Err(e) => self.fail(i, format!("connect: {e:#}")),
             }
         }
     }

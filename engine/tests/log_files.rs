@@ -31,7 +31,8 @@ fn config(name: &str) -> LogConfig {
 }
 
 fn segment_files(c: &LogConfig) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(c.shard_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> =
+        fs::read_dir(c.shard_dir()).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
     v
 }
@@ -153,9 +154,16 @@ fn corruption_before_the_tail_stops_recovery_or_is_skipped() {
         Err(LogError::Corrupt { path, offset, .. }) => {
             assert_eq!(path, first);
             assert!(offset <= 5000 && offset + 2048 > 5000, "offset {offset}");
-            let msg = LogError::Corrupt { path, offset, reason: shardmq_engine::log::record::RecordError::BodyCrc }
-                .to_string();
-            assert!(msg.contains("00000000000000000001.log") && msg.contains("byte offset"), "{msg}");
+            let msg = LogError::Corrupt {
+                path,
+                offset,
+                reason: shardmq_engine::log::record::RecordError::BodyCrc,
+            }
+            .to_string();
+            assert!(
+                msg.contains("00000000000000000001.log") && msg.contains("byte offset"),
+                "{msg}"
+            );
         }
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -163,7 +171,9 @@ fn corruption_before_the_tail_stops_recovery_or_is_skipped() {
     // this log's workload only damages a record the state tolerates or reports it).
     c.skip_damaged = true;
     match recover(&c) {
-        Ok(rec) => assert!(rec.warnings.iter().any(|w| w.contains("skipped")), "{:?}", rec.warnings),
+        Ok(rec) => {
+            assert!(rec.warnings.iter().any(|w| w.contains("skipped")), "{:?}", rec.warnings)
+        }
         Err(LogError::Inconsistent { .. }) => {}
         Err(e) => panic!("{e}"),
     }

@@ -57,7 +57,8 @@ fn offset_after(path: &std::path::Path, base: LogSeq, seq: LogSeq, c: &LogConfig
     for item in Scanner::new(&aligned, base, options) {
         let s = item.unwrap();
         if s.seq <= seq {
-            let (f, _) = record::decode(&aligned[s.offset as usize..], options.body_max_bytes).unwrap();
+            let (f, _) =
+                record::decode(&aligned[s.offset as usize..], options.body_max_bytes).unwrap();
             end = s.offset + f.frame_bytes as u64;
         }
     }
@@ -117,7 +118,11 @@ async fn fuzz(seed: u64, ops: usize, c: LogConfig, flip_bytes: bool) -> (u64, u6
                 let appended = log.appended_seq();
                 log.close().await.unwrap();
                 let (l, rec) = open_recovered(&c).unwrap();
-                assert_eq!(rec.next_seq, appended.next(), "seed {seed}: clean restart lost records");
+                assert_eq!(
+                    rec.next_seq,
+                    appended.next(),
+                    "seed {seed}: clean restart lost records"
+                );
                 assert_eq!(rec.state, model.state_upto(appended.0), "seed {seed}");
                 log = l;
             }
@@ -161,7 +166,13 @@ async fn fuzz(seed: u64, ops: usize, c: LogConfig, flip_bytes: bool) -> (u64, u6
                 }
                 last_released = last_released.min(last);
                 acks = AckQueue::default();
-                w = Workload::resume(rng.next_u64(), CLIENTS, PAYLOAD_MAX, rec.state, model.next_msg_id);
+                w = Workload::resume(
+                    rng.next_u64(),
+                    CLIENTS,
+                    PAYLOAD_MAX,
+                    rec.state,
+                    model.next_msg_id,
+                );
                 log = l;
             }
         }
@@ -186,8 +197,13 @@ fn run_seed(seed: u64, ops: usize, durability: Durability, flip_bytes: bool) {
     c.durability = durability;
     let ex = LocalExecutorBuilder::new(Placement::Unbound).io_memory(512 << 10).make().unwrap();
     let (records, crashes, compactions) = ex.run(fuzz(seed, ops, c, flip_bytes));
-    eprintln!("seed {seed} {durability}: {records} records, {crashes} crashes, {compactions} compactions");
-    assert!(crashes > 0 && compactions > 0, "seed {seed}: the fuzzer must exercise crashes and compactions");
+    eprintln!(
+        "seed {seed} {durability}: {records} records, {crashes} crashes, {compactions} compactions"
+    );
+    assert!(
+        crashes > 0 && compactions > 0,
+        "seed {seed}: the fuzzer must exercise crashes and compactions"
+    );
     fs::remove_dir_all(&dir).unwrap();
 }
 

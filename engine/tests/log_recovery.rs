@@ -28,7 +28,12 @@ fn recover_one_million_stored_messages() {
     let records = ex.run(async move {
         let (log, _) = open_recovered(&c2).unwrap();
         for s in 0..SESSIONS {
-            let r: Record = SessionCreated { client_id: format!("client-{s}"), expiry_secs: 3600, clean: false }.into();
+            let r: Record = SessionCreated {
+                client_id: format!("client-{s}"),
+                expiry_secs: 3600,
+                clean: false,
+            }
+            .into();
             log.append(&r).unwrap();
         }
         let mut last = LogSeq(0);
@@ -57,7 +62,8 @@ fn recover_one_million_stored_messages() {
         last.0
     });
     let write_secs = started.elapsed().as_secs_f64();
-    let bytes: u64 = fs::read_dir(c.shard_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let bytes: u64 =
+        fs::read_dir(c.shard_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
 
     let started = Instant::now();
     let rec = recover(&c).unwrap();

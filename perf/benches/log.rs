@@ -51,7 +51,10 @@ fn append(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let cfg = config(&format!("append-{group}"));
                 let dir = cfg.data_dir.clone();
-                let ex = LocalExecutorBuilder::new(Placement::Unbound).io_memory(512 << 10).make().unwrap();
+                let ex = LocalExecutorBuilder::new(Placement::Unbound)
+                    .io_memory(512 << 10)
+                    .make()
+                    .unwrap();
                 let elapsed = ex.run(async move {
                     let (log, _) = open_recovered(&cfg).unwrap();
                     let batch: Vec<Record> = (0..group).map(message).collect();
@@ -113,15 +116,20 @@ fn replay(c: &mut Criterion) {
     // From files: the writer's real segments, read back by `recover`.
     let cfg = config("replay");
     let cfg2 = cfg.clone();
-    LocalExecutorBuilder::new(Placement::Unbound).io_memory(512 << 10).make().unwrap().run(async move {
-        let (log, _) = open_recovered(&cfg2).unwrap();
-        log.append(&SessionCreated { client_id: "c".into(), expiry_secs: 60, clean: false }.into()).unwrap();
-        for m in 1..=REPLAY_MESSAGES {
-            let q: Record = MessageQueued { client_id: "c".into(), msg_id: m }.into();
-            log.append_batch(&[message(m), q]).unwrap();
-        }
-        log.close().await.unwrap();
-    });
+    LocalExecutorBuilder::new(Placement::Unbound).io_memory(512 << 10).make().unwrap().run(
+        async move {
+            let (log, _) = open_recovered(&cfg2).unwrap();
+            log.append(
+                &SessionCreated { client_id: "c".into(), expiry_secs: 60, clean: false }.into(),
+            )
+            .unwrap();
+            for m in 1..=REPLAY_MESSAGES {
+                let q: Record = MessageQueued { client_id: "c".into(), msg_id: m }.into();
+                log.append_batch(&[message(m), q]).unwrap();
+            }
+            log.close().await.unwrap();
+        },
+    );
     g.bench_function("recover_files", |b| {
         b.iter(|| {
             let rec = recover(&cfg).unwrap();

@@ -1,13 +1,21 @@
-//! The connection driver: one task per socket that reads, decodes, calls the core, and writes
-//! what the core queued. Reading and writing happen in the same task (one future polls both),
-//! so a client that is slow to read never stops us from reading its acknowledgements.
+//! The connection driver: reads, decodes, calls the core, and writes what the core queued.
 //!
-//! Memory per idle connection: the task (this future), a [`ConnSlot`], a map entry, glommio's
-//! socket state and the kernel's socket buffers. There is no read buffer while idle: every
-//! connection of a shard reads into the shard's scratch buffer and copies what arrived into
-//! its own `BytesMut`, which is released whenever it has been fully decoded.
+//! A connection lives in two tasks, one after the other:
+//! 1. the *greeting* task reads until the first packet decodes (or the connect timeout
+//!    passes), then either hands the socket to the session's home shard or opens the
+//!    connection in the core here and spawns
+//! 2. the [`Driver`], a hand-written future that reads and writes in the same task (so a
+//!    client slow to read never stops us from reading its acknowledgements) until the
+//!    socket closes.
+//!
+//! Memory per idle connection is the point of this shape: the long-lived task is just the
+//! `Driver` struct (no async state machine around it), there is no read buffer while idle
+//! (every connection of a shard reads into the shard's scratch buffer and copies what
+//! arrived into its own `BytesMut`, released once decoded), and the connect timeout is a
+//! shard-wide FIFO swept by the timer task rather than one timer per connection. The rest is
+//! glommio's per-socket state, a [`ConnSlot`], a map entry, and the core's state.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
@@ -24,7 +32,7 @@ use shardmq_codec::{decode, DecodeError, Packet, ProtocolVersion};
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, ShardCore};
 
-use super::shard::{ConnSlot, ShardIo};
+use super::shard::{ConnSlot, PendingConn, ShardIo};
 
 /// How long a closing connection may take to write what is queued before it is dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,28 +40,20 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The version passed to the decoder before CONNECT (CONNECT decodes by its own level).
 const VERSION_BEFORE_CONNECT: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-/// Starts the driver for a socket accepted by this shard.
+/// Starts serving a socket accepted by this shard.
 pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    spawn(shard, stream, BytesMut::new(), false);
+    let shard = shard.clone();
+    glommio::spawn_local(greet(shard, stream, BytesMut::new(), false)).detach();
 }
 
-/// Starts the driver for a socket another shard handed over with the bytes it read.
+/// Starts serving a socket another shard handed over with the bytes it read.
 pub(crate) fn spawn_adopted(shard: &Rc<ShardIo>, fd: i32, read_buf: Bytes) {
     // SAFETY: `fd` is an open socket descriptor owned by the Adopt message (a dup made by
     // the sending shard, which closed its own copy); ownership moves to the stream here.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    spawn(shard, stream, BytesMut::from(&read_buf[..]), true);
-}
-
-fn spawn(shard: &Rc<ShardIo>, stream: TcpStream, buf: BytesMut, adopted: bool) {
-    shard.live_conns.set(shard.live_conns.get() + 1);
     let shard = shard.clone();
-    glommio::spawn_local(async move {
-        drive(&shard, stream, buf, adopted).await;
-        shard.live_conns.set(shard.live_conns.get() - 1);
-    })
-    .detach();
+    glommio::spawn_local(greet(shard, stream, BytesMut::from(&read_buf[..]), true)).detach();
 }
 
 /// The first packet of a connection, and the bytes to hand over with it.
@@ -66,10 +66,9 @@ struct First {
     rest: BytesMut,
 }
 
-async fn drive(shard: &Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted: bool) {
-    // Boxed so that its state (the connect timer, the read) is freed once CONNECT is in,
-    // rather than sized into the future every idle connection keeps.
-    let Some(first) = Box::pin(first_packet(shard, &mut stream, buf)).await else { return };
+/// The greeting task: waits for the first packet, then hands off or starts the [`Driver`].
+async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted: bool) {
+    let Some(first) = first_packet(&shard, &mut stream, buf).await else { return };
 
     // A CONNECT for a session homed on another shard: move the socket there.
     if !adopted && shard.shard_count() > 1 {
@@ -83,69 +82,68 @@ async fn drive(shard: &Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopte
                     shard.send_mesh(home, MeshMsg::Adopt { fd, read_buf: first.read.freeze() });
                     return;
                 }
-                tracing::warn!(
-                    "dup failed ({}); serving the connection here",
-                    io::Error::last_os_error()
-                );
+                let err = io::Error::last_os_error();
+                tracing::warn!("dup failed ({err}); serving the connection on {}", shard.id);
             }
         }
     }
 
-    let opened = shard.with_core(|core, now| {
-        let conn = core.open_connection(now)?;
-        Some(conn)
-    });
-    let Some(conn) = opened else { return };
+    let Some(conn) = shard.with_core(|core, now| core.open_connection(now)) else { return };
     let slot = shard.register(conn);
     shard.with_core(|core, now| match first.packet {
         Ok(p) => core.handle_packet(conn, p, now),
         Err(e) => core.handle_decode_error(conn, e, now),
     });
-    Driver { shard, conn, slot: &slot, stream, buf: first.rest, out: Vec::new(), out_pos: 0 }
-        .run()
-        .await;
-    shard.unregister(conn);
+    let driver = Driver {
+        shard,
+        conn,
+        slot,
+        stream,
+        buf: first.rest,
+        out: Vec::new(),
+        out_pos: 0,
+        close_timer: None,
+    };
+    glommio::spawn_local(driver).detach();
 }
 
-/// Reads until the first packet decodes, the socket closes, or the connect timeout passes.
-async fn first_packet(shard: &ShardIo, stream: &mut TcpStream, mut buf: BytesMut) -> Option<First> {
-    let deadline = Instant::now() + shard.connect_timeout;
+/// Reads until the first packet decodes, the socket closes, or the connect timeout passes
+/// (then the connection is closed silently).
+async fn first_packet(
+    shard: &ShardIo,
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+) -> Option<First> {
+    let pending = Rc::new(PendingConn::default());
+    shard.watch_connect_deadline(Instant::now() + shard.connect_timeout, &pending);
     loop {
         if !buf.is_empty() {
             let mut rest = buf.clone();
             match decode(&mut rest, &shard.codec_limits, VERSION_BEFORE_CONNECT) {
                 Ok(Some(p)) => return Some(First { packet: Ok(p), read: buf, rest }),
                 Ok(None) => {}
-                Err(e) => return Some(First { packet: Err(e), read: buf, rest: BytesMut::new() }),
+                Err(e) => {
+                    return Some(First { packet: Err(e), read: buf, rest: BytesMut::new() })
+                }
             }
         }
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let read = futures_lite::future::or(
-            async { Some(read_into(shard, stream, &mut buf).await) },
-            async {
-                Timer::new(left).await;
-                None
-            },
-        )
+        let read = std::future::poll_fn(|cx| {
+            if pending.expired.get() || shard.stop.is_fired() {
+                return Poll::Ready(None);
+            }
+            pending.waker.set(cx.waker());
+            poll_read_into(cx, shard, stream, &mut buf).map(Some)
+        })
         .await;
         match read {
             Some(Ok(n)) if n > 0 => {}
-            // EOF, error, or no CONNECT in time [MQTT-3.1.4-1 is the server's right to close]:
-            // close silently.
+            // EOF, error, shutdown, or no first packet in time.
             _ => return None,
         }
     }
 }
 
 /// Reads once into the shard's scratch buffer and appends what arrived to `buf`.
-async fn read_into(
-    shard: &ShardIo,
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_into(cx, shard, stream, buf)).await
-}
-
 fn poll_read_into(
     cx: &mut Context<'_>,
     shard: &ShardIo,
@@ -162,7 +160,7 @@ fn poll_read_into(
     }
 }
 
-/// What woke the connection task.
+/// What woke the driver.
 enum Event {
     /// Bytes arrived.
     Read,
@@ -173,43 +171,61 @@ enum Event {
     Closed,
 }
 
-struct Driver<'a> {
-    shard: &'a Rc<ShardIo>,
+/// One open connection: a future that runs until the socket closes. Shard-local.
+struct Driver {
+    shard: Rc<ShardIo>,
     conn: ConnId,
-    slot: &'a Rc<ConnSlot>,
+    slot: Rc<ConnSlot>,
     stream: TcpStream,
     /// Bytes read and not yet decoded.
     buf: BytesMut,
     /// Chunks being written, and how far.
     out: Vec<Bytes>,
     out_pos: usize,
+    /// Bounds how long a closing connection may take to flush.
+    close_timer: Option<Timer>,
 }
 
-impl Driver<'_> {
-    async fn run(mut self) {
-        let mut close_timer: Option<Timer> = None;
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
         loop {
-            self.decode_all();
-            let ev = std::future::poll_fn(|cx| self.poll_event(cx, &mut close_timer)).await;
-            match ev {
-                Event::Read => {
-                    // Let other connections run if this one keeps the shard busy.
-                    glommio::yield_if_needed().await;
-                }
-                Event::Gone => {
-                    if !self.slot.close.get() {
-                        self.shard.with_core(|core, now| core.handle_closed(self.conn, now));
+            this.decode_all();
+            match this.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Event::Read) => {
+                    if glommio::executor().need_preempt() {
+                        // Let other tasks run; what was read is decoded when polled again.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
-                    return;
                 }
-                Event::Closed => {
-                    let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-                    return;
+                Poll::Ready(Event::Gone) => {
+                    if !this.slot.close.get() {
+                        this.shard.with_core(|core, now| core.handle_closed(this.conn, now));
+                    }
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Event::Closed) => {
+                    // SAFETY: shutdown(2) on the socket this driver owns; a FIN after what
+                    // was written (the descriptor is closed when the stream drops).
+                    unsafe { libc::shutdown(this.stream.as_raw_fd(), libc::SHUT_WR) };
+                    return Poll::Ready(());
                 }
             }
         }
     }
+}
 
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.shard.unregister(self.conn);
+    }
+}
+
+impl Driver {
     /// Decodes and handles every whole packet in the buffer.
     fn decode_all(&mut self) {
         while !self.slot.close.get() && !self.buf.is_empty() {
@@ -237,7 +253,7 @@ impl Driver<'_> {
     }
 
     /// Writes what is queued, then reads; `Pending` when neither can make progress.
-    fn poll_event(&mut self, cx: &mut Context<'_>, close_timer: &mut Option<Timer>) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         // Writer.
         loop {
             if self.out_pos == self.out.len() {
@@ -264,34 +280,34 @@ impl Driver<'_> {
                     }
                 }
                 Poll::Ready(_) => {
-                    return Poll::Ready(if self.slot.close.get() {
-                        Event::Closed
-                    } else {
-                        Event::Gone
-                    })
+                    let closing = self.slot.close.get();
+                    return Poll::Ready(if closing { Event::Closed } else { Event::Gone });
                 }
                 Poll::Pending => break,
             }
         }
-        let idle_out = self.out_pos == self.out.len();
+        let written = self.out_pos == self.out.len();
         if self.slot.close.get() {
-            if idle_out && !self.slot.flush.get() && self.slot.pending.borrow().is_empty() {
+            if written && !self.slot.flush.get() && self.slot.pending.borrow().is_empty() {
                 return Poll::Ready(Event::Closed);
             }
-            let timer = close_timer.get_or_insert_with(|| Timer::new(CLOSE_WRITE_TIMEOUT));
+            let timer = self.close_timer.get_or_insert_with(|| Timer::new(CLOSE_WRITE_TIMEOUT));
             if Pin::new(timer).poll(cx).is_ready() {
                 return Poll::Ready(Event::Closed);
             }
             self.slot.set_waker(cx.waker());
             return Poll::Pending;
         }
+        if written && self.out.capacity() > 8 {
+            self.out = Vec::new();
+        }
         // Reader (also while the socket is too full to take more: keep reading meanwhile).
         self.slot.set_waker(cx.waker());
         if self.shard.core.borrow().reading_paused() {
-            self.shard.park(self.slot);
+            self.shard.park(&self.slot);
             return Poll::Pending;
         }
-        match poll_read_into(cx, self.shard, &mut self.stream, &mut self.buf) {
+        match poll_read_into(cx, &self.shard, &mut self.stream, &mut self.buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Gone),
             Poll::Ready(Ok(_)) => Poll::Ready(Event::Read),
             Poll::Pending => Poll::Pending,

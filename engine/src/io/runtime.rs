@@ -191,7 +191,8 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener) {
     }
 }
 
-/// Calls the core's `handle_tick` whenever its next deadline passes.
+/// Calls the core's `handle_tick` whenever its next deadline passes, and expires
+/// connections that did not send their first packet in time.
 async fn timer_task(shard: Rc<ShardIo>) {
     loop {
         let now = Instant::now();
@@ -199,8 +200,10 @@ async fn timer_task(shard: Rc<ShardIo>) {
         if next.is_some_and(|d| d <= now) {
             shard.with_core(|core, now| core.handle_tick(now));
         }
+        let next_connect = shard.sweep_connect_deadlines(now);
         let now = Instant::now();
-        let wait = match shard.core.borrow().next_deadline() {
+        let next = [shard.core.borrow().next_deadline(), next_connect].into_iter().flatten().min();
+        let wait = match next {
             Some(d) => d.saturating_duration_since(now).clamp(Duration::from_millis(1), TICK_MAX),
             None => TICK_MAX,
         };

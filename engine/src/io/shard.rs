@@ -2,8 +2,8 @@
 //! the function that turns the core's outputs into io ([`ShardIo::drain`]).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,16 @@ impl ConnSlot {
     }
 }
 
+/// A connection waiting for its first packet; the timer task marks it expired at its
+/// connect deadline. Shard-local.
+#[derive(Debug, Default)]
+pub(crate) struct PendingConn {
+    /// The connect deadline passed: the greeting task closes the socket.
+    pub(crate) expired: Cell<bool>,
+    /// The greeting task.
+    pub(crate) waker: WakerSlot,
+}
+
 /// Everything one shard runs: the sans-IO core and the io around it.
 ///
 /// Shard-local: one per shard, shared by `Rc` between that shard's tasks. The core is only
@@ -78,8 +88,9 @@ pub(crate) struct ShardIo {
     mesh_out: RefCell<Vec<(ShardId, MeshMsg)>>,
     /// Graceful shutdown has begun.
     pub(crate) stop: Signal,
-    /// Connection tasks alive (including those still waiting for CONNECT).
-    pub(crate) live_conns: Cell<usize>,
+    /// Connections waiting for their first packet, by deadline. Deadlines are pushed in
+    /// increasing order (one timeout for all), so this is a FIFO.
+    connect_deadlines: RefCell<VecDeque<(Instant, Weak<PendingConn>)>>,
 }
 
 impl ShardIo {
@@ -99,7 +110,7 @@ impl ShardIo {
             mesh: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),
             stop: Signal::default(),
-            live_conns: Cell::new(0),
+            connect_deadlines: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -122,6 +133,30 @@ impl ShardIo {
     /// Open connections.
     pub(crate) fn conn_count(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Has the timer task expire `pending` at `deadline`.
+    pub(crate) fn watch_connect_deadline(&self, deadline: Instant, pending: &Rc<PendingConn>) {
+        self.connect_deadlines.borrow_mut().push_back((deadline, Rc::downgrade(pending)));
+    }
+
+    /// Expires the connections whose connect deadline passed; returns the next deadline.
+    pub(crate) fn sweep_connect_deadlines(&self, now: Instant) -> Option<Instant> {
+        let mut q = self.connect_deadlines.borrow_mut();
+        while let Some((deadline, pending)) = q.front() {
+            if *deadline > now {
+                return Some(*deadline);
+            }
+            if let Some(p) = pending.upgrade() {
+                p.expired.set(true);
+                p.waker.wake();
+            }
+            q.pop_front();
+        }
+        if q.capacity() > 64 {
+            q.shrink_to_fit();
+        }
+        None
     }
 
     /// Parks a connection until reading resumes.

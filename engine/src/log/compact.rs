@@ -39,7 +39,11 @@ pub struct CompactionReport {
 }
 
 /// Reads the sealed segments `segments` (in order) and folds them into a state.
-async fn fold(dir: &std::path::Path, segments: &[SegmentMeta], body_max_bytes: usize) -> Result<LogState, LogError> {
+async fn fold(
+    dir: &std::path::Path,
+    segments: &[SegmentMeta],
+    body_max_bytes: usize,
+) -> Result<LogState, LogError> {
     let mut state = LogState::default();
     for seg in segments {
         let path = dir.join(segment_file_name(seg.base));
@@ -54,11 +58,22 @@ async fn fold(dir: &std::path::Path, segments: &[SegmentMeta], body_max_bytes: u
                 reason: format!("sealed segment shorter than its {} bytes", seg.len_bytes),
             });
         }
-        let options = ScanOptions { body_max_bytes, last_segment: false, torn_window_bytes: 0, skip_damaged: false };
+        let options = ScanOptions {
+            body_max_bytes,
+            last_segment: false,
+            torn_window_bytes: 0,
+            skip_damaged: false,
+        };
         for item in Scanner::new(&bytes, seg.base, options) {
             let s = item.map_err(|e| match e.damage {
-                Damage::Frame(reason) => LogError::Corrupt { path: path.clone(), offset: e.offset, reason },
-                d => LogError::Inconsistent { path: path.clone(), offset: e.offset, reason: d.to_string() },
+                Damage::Frame(reason) => {
+                    LogError::Corrupt { path: path.clone(), offset: e.offset, reason }
+                }
+                d => LogError::Inconsistent {
+                    path: path.clone(),
+                    offset: e.offset,
+                    reason: d.to_string(),
+                },
             })?;
             state.apply_owned(s.record).map_err(|e| LogError::Inconsistent {
                 path: path.clone(),
@@ -124,7 +139,9 @@ impl LogWriter {
             // Only segments the committer has sealed on disk.
             let mut bases: Vec<LogSeq> = i.appender.sealed().map(|s| s.base).collect();
             bases.push(i.appender.active().base);
-            let n = (0..bases.len() - 1).take_while(|&k| bases[k + 1].0 - 1 <= i.sealed_through.0).count();
+            let n = (0..bases.len() - 1)
+                .take_while(|&k| bases[k + 1].0 - 1 <= i.sealed_through.0)
+                .count();
             if n == 0 {
                 return Ok(Compaction::Skipped("no sealed segment"));
             }
@@ -168,7 +185,8 @@ impl LogWriter {
         let tmp = dir.join(format!("{}{COMPACT_SUFFIX}", name.trim_end_matches(".log")));
         let checkpoint = Record::Checkpoint(Checkpoint { end_seq: end_seq.0, live_records });
         let records = std::iter::once(checkpoint).chain(state.snapshot());
-        let (records_after, bytes_after) = write_segment(tmp.clone(), base, records, body_max_bytes).await?;
+        let (records_after, bytes_after) =
+            write_segment(tmp.clone(), base, records, body_max_bytes).await?;
         debug_assert_eq!(records_after, live_records + 1);
         let io = |p: &std::path::Path, e: std::io::Error| LogError::io(p, &e);
         std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io(&tmp, e))?;

@@ -242,7 +242,10 @@ impl LogWriter {
 
     /// Resolves once `seq` is durable (see [`LogWriter::durable_seq`]), or with the writer's
     /// error.
-    pub fn wait_durable(&self, seq: LogSeq) -> impl Future<Output = Result<(), LogError>> + 'static {
+    pub fn wait_durable(
+        &self,
+        seq: LogSeq,
+    ) -> impl Future<Output = Result<(), LogError>> + 'static {
         let inner = self.inner.clone();
         poll_fn(move |cx| {
             let mut i = inner.borrow_mut();
@@ -376,9 +379,9 @@ async fn next_step(inner: &Rc<RefCell<Inner>>) -> Step {
     let wait = {
         let i = inner.borrow();
         match (i.config.durability, i.first_pending_at) {
-            (Durability::Batch { interval_ms }, Some(at)) if !i.closing && !i.sync_requested => {
-                (at + Duration::from_millis(interval_ms.into())).checked_duration_since(Instant::now())
-            }
+            (Durability::Batch { interval_ms }, Some(at)) if !i.closing && !i.sync_requested => (at
+                + Duration::from_millis(interval_ms.into()))
+            .checked_duration_since(Instant::now()),
             _ => None,
         }
     };
@@ -411,7 +414,10 @@ async fn committer(inner: Rc<RefCell<Inner>>) {
     // On abort (a simulated crash) the file is dropped as it is: padded, maybe unsynced.
 }
 
-async fn commit_loop(inner: &Rc<RefCell<Inner>>, current: &mut Option<SegmentFile>) -> Result<(), LogError> {
+async fn commit_loop(
+    inner: &Rc<RefCell<Inner>>,
+    current: &mut Option<SegmentFile>,
+) -> Result<(), LogError> {
     loop {
         let step = next_step(inner).await;
         let mode = inner.borrow().config.durability;
@@ -464,7 +470,11 @@ async fn commit_loop(inner: &Rc<RefCell<Inner>>, current: &mut Option<SegmentFil
 }
 
 /// Seals the current segment and creates the one based at `base`.
-async fn roll(inner: &Rc<RefCell<Inner>>, current: &mut Option<SegmentFile>, base: LogSeq) -> Result<(), LogError> {
+async fn roll(
+    inner: &Rc<RefCell<Inner>>,
+    current: &mut Option<SegmentFile>,
+    base: LogSeq,
+) -> Result<(), LogError> {
     if let Some(old) = current.take() {
         old.seal().await?;
         let mut i = inner.borrow_mut();
@@ -503,4 +513,3 @@ pub fn open_recovered(config: &LogConfig) -> Result<(LogWriter, Recovery), LogEr
 pub fn segment_path(config: &LogConfig, base: LogSeq) -> PathBuf {
     config.shard_dir().join(segment_file_name(base))
 }
-

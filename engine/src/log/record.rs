@@ -116,7 +116,7 @@ macro_rules! records {
             }
 
             fn kind_is_known(kind: u8) -> bool {
-                matches!(kind, $($kind)|*)
+                [$($kind),*].contains(&kind)
             }
         }
     };

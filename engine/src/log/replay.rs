@@ -154,9 +154,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn frame_at(&self, pos: usize) -> Result<(Scanned, usize, bool), Damage> {
-        let (frame, record) =
-            record::decode(&self.bytes[pos..], self.options.body_max_bytes).map_err(Damage::Frame)?;
-        Ok((Scanned { offset: pos as u64, seq: frame.seq, record }, frame.frame_bytes, frame.continues))
+        let (frame, record) = record::decode(&self.bytes[pos..], self.options.body_max_bytes)
+            .map_err(Damage::Frame)?;
+        Ok((
+            Scanned { offset: pos as u64, seq: frame.seq, record },
+            frame.frame_bytes,
+            frame.continues,
+        ))
     }
 
     /// The next offset after `pos` where a valid frame starts.
@@ -253,7 +257,9 @@ impl Iterator for Scanner<'_> {
                         self.ready.extend(self.batch.drain(..));
                     }
                 }
-                Ok((s, _, _)) => return self.damaged(Damage::Seq { expected: self.expected, found: s.seq }),
+                Ok((s, _, _)) => {
+                    return self.damaged(Damage::Seq { expected: self.expected, found: s.seq })
+                }
                 Err(damage) => return self.damaged(damage),
             }
         }

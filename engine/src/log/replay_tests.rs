@@ -17,7 +17,8 @@ fn segment(seed: u64, base: u64, n: usize) -> (AlignedVec<16>, Vec<usize>, Vec<R
                 break;
             }
             offsets.push(v.len());
-            record::encode_into(&mut v, LogSeq(base + records.len() as u64), &r, false, MAX).unwrap();
+            record::encode_into(&mut v, LogSeq(base + records.len() as u64), &r, false, MAX)
+                .unwrap();
             records.push(r);
         }
     }

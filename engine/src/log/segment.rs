@@ -111,7 +111,8 @@ impl Appender {
         let mut result = Ok(());
         for (i, r) in records.iter().enumerate() {
             let continues = i + 1 < records.len();
-            if let Err(e) = record::encode_into(&mut chunk.bytes, seq, r, continues, body_max_bytes) {
+            if let Err(e) = record::encode_into(&mut chunk.bytes, seq, r, continues, body_max_bytes)
+            {
                 let RecordError::TooLarge { len_bytes, max_bytes } = e else {
                     unreachable!("encode_into fails only with TooLarge")
                 };

@@ -140,7 +140,8 @@ impl LogState {
                 if self.messages.contains_key(&m.msg_id) {
                     return Err(fail("MessageStored", format!("msg id {} stored twice", m.msg_id)));
                 }
-                self.messages.insert(m.msg_id, StoredMessage { message: m, refs: 0, retained: false });
+                self.messages
+                    .insert(m.msg_id, StoredMessage { message: m, refs: 0, retained: false });
                 Ok(())
             }
             other => self.apply(&other),

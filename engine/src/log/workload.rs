@@ -65,7 +65,13 @@ impl Workload {
 
     /// A workload continuing from `state` (say, after recovery), numbering messages from
     /// `next_msg_id`.
-    pub fn resume(seed: u64, clients: u64, payload_bytes_max: u64, state: LogState, next_msg_id: u64) -> Workload {
+    pub fn resume(
+        seed: u64,
+        clients: u64,
+        payload_bytes_max: u64,
+        state: LogState,
+        next_msg_id: u64,
+    ) -> Workload {
         Workload { rng: Rng::new(seed), state, next_msg_id, clients, payload_bytes_max }
     }
 

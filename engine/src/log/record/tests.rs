@@ -165,7 +165,10 @@ fn a_valid_archive_of_the_wrong_kind_is_refused() {
 fn too_large_leaves_the_buffer_untouched() {
     let mut v = vec![0u8; 8];
     let r = samples()[4].clone();
-    assert!(matches!(encode_into(&mut v, LogSeq(1), &r, false, 8), Err(RecordError::TooLarge { .. })));
+    assert!(matches!(
+        encode_into(&mut v, LogSeq(1), &r, false, 8),
+        Err(RecordError::TooLarge { .. })
+    ));
     assert_eq!(v, vec![0u8; 8]);
 }
 
