@@ -5,7 +5,9 @@
 //!
 //! Both codecs see exactly the same wire bytes (built once with our encoder and checked to
 //! decode to the same content in mqttbytes), and encode the same packet content into a
-//! reused buffer. Our extra `shardmq_header` function is the engine's fan-out path
+//! reused buffer. One iteration decodes (or encodes) a batch of the same packet back to back,
+//! as the IO layer sees a read buffer (or builds a write batch): up to 256 packets, 256 KiB;
+//! throughput is in packets (`Throughput::Elements`). Our extra `shardmq_header` function is the engine's fan-out path
 //! (`encode_publish_header`: everything but the payload, which is shared, not copied).
 //!
 //! Clock: the calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) by default, so that
@@ -100,10 +102,6 @@ impl Case {
         assert_eq!(theirs.len(), wire.len(), "both encodings have the same size");
         Case { label: label.into(), version, packet, wire, peer }
     }
-
-    fn throughput(&self) -> Throughput {
-        Throughput::Bytes(self.wire.len() as u64)
-    }
 }
 
 fn limits() -> sq::Limits {
@@ -163,25 +161,39 @@ fn subscribe(version: ProtocolVersion) -> Packet {
     })
 }
 
+/// Packets per iteration: a read buffer (or a write batch) of several packets, as the IO
+/// layer sees them, so per-packet costs are not drowned by per-iteration overhead.
+fn batch_len(c: &Case) -> usize {
+    (256 * 1024 / c.wire.len()).clamp(1, 256)
+}
+
 fn decode_pair<M: Measurement>(g: &mut BenchmarkGroup<'_, M>, c: &Case) {
-    g.throughput(c.throughput());
+    let k = batch_len(c);
+    let stream = c.wire.repeat(k);
+    g.throughput(Throughput::Elements(k as u64));
     let limits = limits();
     g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
         b.iter_batched_ref(
-            || BytesMut::from(&c.wire[..]),
-            |buf| sq::decode(buf, &limits, c.version).unwrap().unwrap(),
+            || BytesMut::from(&stream[..]),
+            |buf| {
+                while let Some(p) = sq::decode(buf, &limits, c.version).unwrap() {
+                    black_box(p);
+                }
+            },
             BatchSize::SmallInput,
         )
     });
     g.bench_with_input(criterion::BenchmarkId::new("mqttbytes", &c.label), c, |b, c| {
         let v5 = c.version.is_v5();
         b.iter_batched_ref(
-            || BytesMut::from(&c.wire[..]),
+            || BytesMut::from(&stream[..]),
             |buf| {
-                if v5 {
-                    Peer::V5(v5::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
-                } else {
-                    Peer::V4(v4::read(buf, PACKET_SIZE_MAX_BYTES).unwrap())
+                while !buf.is_empty() {
+                    if v5 {
+                        black_box(v5::read(buf, PACKET_SIZE_MAX_BYTES).unwrap());
+                    } else {
+                        black_box(v4::read(buf, PACKET_SIZE_MAX_BYTES).unwrap());
+                    }
                 }
             },
             BatchSize::SmallInput,
@@ -190,30 +202,37 @@ fn decode_pair<M: Measurement>(g: &mut BenchmarkGroup<'_, M>, c: &Case) {
 }
 
 fn encode_pair<M: Measurement>(g: &mut BenchmarkGroup<'_, M>, c: &Case) {
-    g.throughput(c.throughput());
+    let k = batch_len(c);
+    g.throughput(Throughput::Elements(k as u64));
     g.bench_with_input(criterion::BenchmarkId::new("shardmq", &c.label), c, |b, c| {
-        let mut out = BytesMut::with_capacity(c.wire.len());
+        let mut out = BytesMut::with_capacity(k * c.wire.len());
         b.iter(|| {
             out.clear();
-            sq::encode(black_box(&c.packet), c.version, &mut out).unwrap();
+            for _ in 0..k {
+                sq::encode(black_box(&c.packet), c.version, &mut out).unwrap();
+            }
         })
     });
     if let Packet::Publish(p) = &c.packet {
         // The engine's fan-out path: the header once per layout, the payload `Bytes` shared.
         g.bench_with_input(criterion::BenchmarkId::new("shardmq_header", &c.label), c, |b, c| {
-            let mut out = BytesMut::with_capacity(c.wire.len());
+            let mut out = BytesMut::with_capacity(k * c.wire.len());
             b.iter(|| {
                 out.clear();
-                let at = sq::encode_publish_header(black_box(p), c.version, &mut out);
-                (at.unwrap(), p.payload.clone())
+                for _ in 0..k {
+                    let at = sq::encode_publish_header(black_box(p), c.version, &mut out);
+                    black_box((at.unwrap(), p.payload.clone()));
+                }
             })
         });
     }
     g.bench_with_input(criterion::BenchmarkId::new("mqttbytes", &c.label), c, |b, c| {
-        let mut out = BytesMut::with_capacity(c.wire.len());
+        let mut out = BytesMut::with_capacity(k * c.wire.len());
         b.iter(|| {
             out.clear();
-            black_box(&c.peer).write(&mut out);
+            for _ in 0..k {
+                black_box(&c.peer).write(&mut out);
+            }
         })
     });
 }
@@ -241,6 +260,14 @@ fn benches<M: Measurement>(cr: &mut Criterion<M>) {
             Case::new("subscribe", version, subscribe(version)),
         ];
 
+        for c in publishes.iter().chain(&others) {
+            eprintln!(
+                "codec bench case {tag}/{}: {} wire bytes, {} packets per iteration",
+                c.label,
+                c.wire.len(),
+                batch_len(c)
+            );
+        }
         let mut g = cr.benchmark_group(format!("decode_publish_{tag}"));
         for c in &publishes {
             decode_pair(&mut g, c);

@@ -5,8 +5,9 @@ Usage (after `cargo bench -p shardmq-perf --bench codec -- ...`):
     python3 perf/notes/codec_table.py [target/criterion]
 
 Reads criterion's `<group>/<function>/<case>/new/estimates.json` (mean point estimate)
-and `benchmark.json` (throughput), for the groups `{decode,encode}_{publish,control}_{v311,v5}`.
-Ratio = mqttbytes time / shardmq time (>1: we are faster; throughput ratio is the same number).
+and `benchmark.json` (throughput: packets per iteration), for the groups
+`{decode,encode}_{publish,control}_{v311,v5}`, and prints the time per packet.
+Ratio = mqttbytes time / shardmq time (>1: we are faster; the throughput ratio is the same).
 """
 
 import json
@@ -25,8 +26,8 @@ def load(group, function, case):
         return None
     ns = est["mean"]["point_estimate"]
     tp = bench.get("throughput") or {}
-    nbytes = tp.get("Bytes")
-    return ns, nbytes
+    packets = tp.get("Elements") or 1
+    return ns / packets, packets
 
 
 def fmt_ns(ns):
@@ -37,15 +38,13 @@ def fmt_ns(ns):
     return f"{ns:.1f} ns"
 
 
-def fmt_tp(ns, nbytes):
-    if not nbytes:
-        return ""
-    gib_s = nbytes / ns * 1e9 / 2**30
-    return f"{gib_s:.2f} GiB/s" if gib_s >= 1 else f"{gib_s * 1024:.0f} MiB/s"
+def fmt_tp(ns, _packets):
+    mpps = 1e3 / ns
+    return f"{mpps:.2f} M/s" if mpps >= 0.1 else f"{mpps * 1e3:.1f} k/s"
 
 
-print("| op | version | case | wire bytes | shardmq | mqttbytes | ratio (peer/ours) | shardmq header-only (fan-out path) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| op | version | case | shardmq ns/packet (packets/s) | mqttbytes ns/packet (packets/s) | ratio (peer/ours) | shardmq header-only (fan-out path), ratio |")
+print("|---|---|---|---|---|---|---|")
 for op in ("decode", "encode"):
     for kind in ("publish", "control"):
         for version in ("v311", "v5"):
@@ -69,7 +68,7 @@ for op in ("decode", "encode"):
                 if header:
                     h = f"{fmt_ns(header[0])} ({peer[0] / header[0]:.1f}×)"
                 print(
-                    f"| {op} | {version} | {kind if kind == 'control' else 'publish'} {case} | {ours[1]} "
+                    f"| {op} | {version} | {'' if kind == 'control' else 'publish '}{case} "
                     f"| {fmt_ns(ours[0])} ({fmt_tp(*ours)}) | {fmt_ns(peer[0])} ({fmt_tp(*peer)}) "
                     f"| **{ratio:.2f}×** | {h} |"
                 )
