@@ -282,14 +282,14 @@ impl ShardCore {
         match c.phase {
             Phase::Closing => {}
             Phase::AwaitingConnect => {
-                if let DecodeError::UnsupportedProtocolLevel { level } = err {
-                    // [MQTT-3.1.2-2]: CONNACK 0x01 in 3.1.1 form (the client may not speak
-                    // 5.0); the 5.0 form 0x84 only to clients claiming level 5 or above.
-                    let version =
-                        if level >= 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+                if let DecodeError::UnsupportedProtocolLevel { .. } = err {
+                    // [MQTT-3.1.2-2] (3.1.1): the server MUST answer CONNACK 0x01 and close;
+                    // 5.0 §3.1.2.2 only says it MAY answer 0x84. Level 5 is supported, so an
+                    // unsupported level is never 5.0: the 3.1.1 form is the one answer that
+                    // satisfies both specifications.
                     self.send_connack_refusal(
                         conn,
-                        version,
+                        ProtocolVersion::V3_1_1,
                         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                     );
                 }

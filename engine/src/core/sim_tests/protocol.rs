@@ -97,7 +97,8 @@ fn connect_rules() {
 #[test]
 fn unsupported_protocol_level_is_answered_in_3_1_1_form() {
     let mut sim = Sim::new(2, 0);
-    let c = sim.client("lvl", V5);
+    // The answer is in 3.1.1 form whatever the level, so the client decodes as 3.1.1.
+    let c = sim.client("lvl", V3);
     sim.open(c);
     // CONNECT "MQTT" level 6.
     let bytes =
@@ -106,7 +107,7 @@ fn unsupported_protocol_level_is_answered_in_3_1_1_form() {
     sim.run();
     assert!(sim.clients[c].closed);
     let packets = sim.clients[c].take_packets();
-    // Level 6 ≥ 5: the 5.0 form.
+    // Level 6: `20 02 00 01`, return code 1 (unacceptable protocol version).
     match &packets[..] {
         [Packet::ConnAck(a)] => assert_eq!(a.reason, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION),
         other => panic!("{other:?}"),
