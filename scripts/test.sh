@@ -32,6 +32,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace
 fi
+# Benchmarks cannot rot: every criterion benchmark also runs once as a smoke test.
+cargo test -p shardmq-perf --benches
 
 section "6/6 black-box tests (tests/blackbox, broker: ${BROKER:-shardmq})"
 export SHARDMQ_BIN="${SHARDMQ_BIN:-$ROOT/target/release/shardmq}"
