@@ -163,7 +163,7 @@ impl ShardCore {
                 response_information,
                 // Maximum QoS (2), Retain Available and Wildcard Subscription Available
                 // (both 1) are the defaults when absent: every one is supported.
-                shared_subscription_available: Some(0),
+                shared_subscription_available: Some(1),
                 subscription_identifier_available: Some(1),
                 ..Properties::default()
             })
@@ -278,8 +278,10 @@ impl ShardCore {
         let session = self.sessions.remove(slot);
         debug_assert!(session.conn.is_none(), "ending a session with a connection");
         for (filter, _) in &session.subs {
-            self.remove_subscription_entry(slot, filter);
+            self.remove_subscription_entry(slot, filter, now);
         }
+        // After the leaves: the owner sees them first (FIFO rings) and picks another member.
+        self.shared_requeue_session(&session, self.uptime_ms(now));
         if let Some(pw) = session.pending_will {
             self.publish_will(slot, *pw.will, now);
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use shardmq_codec::{
-    encode_publish_header, PacketId, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
+    encode_publish_header, ByteStr, PacketId, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
 };
 
 use crate::core::conn::{Conn, Phase};
@@ -174,13 +174,15 @@ impl ShardCore {
             // [MQTT-3.3.1-9]: RETAIN is 0 towards established subscriptions (5.0: unless
             // Retain As Published).
             let retain = m.retain_as_published && msg.retain;
-            self.deliver_to_session(m.slot, msg, m.qos, retain, &m.sub_ids, now_ms);
+            self.deliver_to_session(m.slot, msg, m.qos, retain, &m.sub_ids, None, now_ms);
         }
         self.fanout.matches = matches;
     }
 
     /// Sends `msg` to one session at `qos`, or queues it. Uses the layout cache, which the
-    /// caller resets for each new message.
+    /// caller resets for each new message. `group` names the shared subscription it is
+    /// delivered for (`None` for ordinary subscriptions).
+    #[allow(clippy::too_many_arguments)] // Each is one property of this one delivery.
     pub(crate) fn deliver_to_session(
         &mut self,
         slot: SessionSlot,
@@ -188,6 +190,7 @@ impl ShardCore {
         qos: QoS,
         retain: bool,
         sub_ids: &[u32],
+        group: Option<&ByteStr>,
         now_ms: u64,
     ) {
         let ShardCore { sessions, conns, fanout, stats, actions, config, .. } = self;
@@ -198,7 +201,13 @@ impl ShardCore {
             return;
         }
         let s = sessions.get_mut(slot);
-        let queued = || Queued { msg: msg.clone(), qos, retain, sub_ids: sub_ids.into() };
+        let queued = || Queued {
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids: sub_ids.into(),
+            group: group.cloned(),
+        };
         let Some(conn) = s.conn else {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
@@ -235,6 +244,7 @@ impl ShardCore {
                     retain,
                     sub_ids: sub_ids.into(),
                     state: awaiting_first(qos),
+                    group: group.cloned(),
                 });
             }
             stats.messages_sent += 1;
@@ -261,6 +271,7 @@ impl ShardCore {
                     retain,
                     sub_ids: Box::default(),
                     state: awaiting_first(qos),
+                    group: group.cloned(),
                 });
                 Some((offset, packet_id.get()))
             }
@@ -396,7 +407,7 @@ impl ShardCore {
     ) {
         self.fanout.layouts.reset();
         let sub_ids: &[u32] = sub_id.as_slice();
-        self.deliver_to_session(slot, msg, qos.min(msg.qos), true, sub_ids, now_ms);
+        self.deliver_to_session(slot, msg, qos.min(msg.qos), true, sub_ids, None, now_ms);
     }
 
     /// True if `conn` is connected to `slot` (a deferred reply still has its addressee).
@@ -429,7 +440,7 @@ fn send_queued(
     actions: &mut VecDeque<IoAction>,
     now_ms: u64,
 ) {
-    let Queued { msg, qos, retain, sub_ids } = q;
+    let Queued { msg, qos, retain, sub_ids, group } = q;
     if qos == QoS::AtMostOnce && c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max {
         stats.messages_dropped += 1;
         return;
@@ -444,7 +455,7 @@ fn send_queued(
     stats.messages_sent += 1;
     if let Some(packet_id) = packet_id {
         let state = awaiting_first(qos);
-        s.inflight.push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state });
+        s.inflight.push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });
     }
 }
 

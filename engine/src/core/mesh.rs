@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardmq_codec::{ByteStr, Properties, QoS};
+use shardmq_codec::{ByteStr, Properties, QoS, SubscriptionOptions};
 
 use crate::core::ids::ShardId;
 
@@ -83,6 +83,59 @@ pub enum MeshMsg {
         topic: ByteStr,
         /// The retained message, or `None` if cleared.
         msg: Option<Arc<Message>>,
+    },
+    /// A session on the sender's shard joins (or, if already a member, updates its options
+    /// in) the shared subscription `group` (`$share/{name}/{filter}`), whose owner is the
+    /// receiver. The owner answers [`MeshMsg::SharedJoinAck`] with `token` once every shard
+    /// routes the filter to it (see `shared.rs`).
+    SharedJoin {
+        /// The whole `$share/{name}/{filter}` string.
+        group: ByteStr,
+        /// The member's session slot on the sender's shard.
+        session: u32,
+        /// The member's subscription options.
+        opts: SubscriptionOptions,
+        /// The member's Subscription Identifier (5.0), if any.
+        sub_id: Option<u32>,
+        /// Echoed in the ack: names the SUBACK waiting for it on the sender.
+        token: u64,
+    },
+    /// The owner of a shared subscription acknowledges a [`MeshMsg::SharedJoin`]: the SUBACK
+    /// waiting for `token` may go.
+    SharedJoinAck {
+        /// The join's token.
+        token: u64,
+    },
+    /// A session on the sender's shard left the shared subscription `group` (unsubscribed
+    /// or ended). Sent to the group's owner.
+    SharedLeave {
+        /// The whole `$share/{name}/{filter}` string.
+        group: ByteStr,
+        /// The member's session slot on the sender's shard.
+        session: u32,
+    },
+    /// The owner of `group` chose the receiver's session `session` for `msg`.
+    SharedDeliver {
+        /// The whole `$share/{name}/{filter}` string.
+        group: ByteStr,
+        /// The chosen member's session slot on the receiver.
+        session: u32,
+        /// The message.
+        msg: Arc<Message>,
+        /// QoS after downgrading to the member's maximum.
+        qos: QoS,
+        /// RETAIN flag to send (Retain As Published).
+        retain: bool,
+        /// The member's Subscription Identifier (5.0), if any.
+        sub_id: Option<u32>,
+    },
+    /// A message of `group` that its member could not take (the member left before it was
+    /// sent): the owner gives it to another member.
+    SharedRequeue {
+        /// The whole `$share/{name}/{filter}` string.
+        group: ByteStr,
+        /// The message.
+        msg: Arc<Message>,
     },
     /// An accepted connection whose CONNECT names a client id homed on the receiving shard.
     /// The receiver adopts the socket (`fd`, an owned duplicate) and decodes `read_buf`,

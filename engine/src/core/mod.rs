@@ -14,6 +14,7 @@ pub mod retained;
 pub mod route_index;
 pub(crate) mod session;
 pub mod shard;
+pub(crate) mod shared;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -180,7 +180,9 @@ impl ShardCore {
             }
         }
         if shards.contains(self.shard) {
-            self.deliver_local(&msg, self.uptime_ms(now));
+            let now_ms = self.uptime_ms(now);
+            self.deliver_local(&msg, now_ms);
+            self.deliver_shared(&msg, now_ms);
         }
     }
 

@@ -40,6 +40,9 @@ pub(crate) struct Inflight {
     /// Subscription identifiers it was sent with (resent with them).
     pub(crate) sub_ids: Box<[u32]>,
     pub(crate) state: Awaiting,
+    /// The shared subscription (`$share/{group}/{filter}`) it was delivered for, if any: a
+    /// session that ends hands such messages back to the group (`shared.rs`).
+    pub(crate) group: Option<ByteStr>,
 }
 
 /// A message waiting in the session for the inflight window (or for the client to come
@@ -52,6 +55,8 @@ pub(crate) struct Queued {
     /// Subscription identifiers of the matching subscriptions (5.0; usually empty, which
     /// does not allocate).
     pub(crate) sub_ids: Box<[u32]>,
+    /// The shared subscription it was delivered for, if any (see [`Inflight::group`]).
+    pub(crate) group: Option<ByteStr>,
 }
 
 impl Queued {
@@ -172,6 +177,23 @@ impl Session {
         (before - self.queue.len()) as u64
     }
 
+    /// Removes and returns the queued messages delivered for the shared subscription
+    /// `group`, in order (the session left the group: they go to another member).
+    pub(crate) fn take_group_queued(&mut self, group: &str) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for q in self.queue.drain(..) {
+            if q.group.as_deref() == Some(group) {
+                self.queue_bytes -= q.size_bytes();
+                taken.push(q);
+            } else {
+                kept.push_back(q);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
     /// Index of the subscription to `filter`.
     pub(crate) fn sub_position(&self, filter: &str) -> Option<usize> {
         self.subs.iter().position(|(f, _)| &**f == filter)
@@ -284,6 +306,7 @@ mod tests {
             retain: false,
             sub_ids: Box::default(),
             state: Awaiting::PubAck,
+            group: None,
         });
         assert_eq!(s.next_packet_id().get(), 2, "0 and the inflight id 1 are skipped");
     }
@@ -291,8 +314,13 @@ mod tests {
     #[test]
     fn queue_is_bounded_by_count_and_bytes() {
         let mut s = Session::new(ByteStr::from("c"));
-        let q =
-            Queued { msg: msg(), qos: QoS::AtLeastOnce, retain: false, sub_ids: Box::default() };
+        let q = Queued {
+            msg: msg(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Box::default(),
+            group: None,
+        };
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(!s.enqueue(q.clone(), 2, 100));

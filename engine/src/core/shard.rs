@@ -28,6 +28,7 @@ use crate::core::mesh::{MeshMsg, Message};
 use crate::core::retained::RetainedStore;
 use crate::core::route_index::RouteIndex;
 use crate::core::session::SessionTable;
+use crate::core::shared::SharedGroups;
 use crate::core::subscribe::{SubAckGate, SubOptions};
 use crate::core::topic::TopicLimits;
 use crate::core::trie::SubscriptionTrie;
@@ -148,6 +149,8 @@ pub struct ShardCore {
     pub(crate) routes: RouteIndex,
     /// Replica of the broker's retained messages.
     pub(crate) retained: RetainedStore<Arc<Message>>,
+    /// The shared-subscription groups this shard owns (`shared.rs`).
+    pub(crate) shared: SharedGroups,
     pub(crate) actions: VecDeque<IoAction>,
     pub(crate) mesh_out: Vec<(ShardId, MeshMsg)>,
     pub(crate) gate: SubAckGate,
@@ -174,6 +177,7 @@ impl ShardCore {
             trie: SubscriptionTrie::new(),
             routes: RouteIndex::new(config.shard_count),
             retained: RetainedStore::new(config.limits.retained_messages_max as usize),
+            shared: SharedGroups::default(),
             actions: VecDeque::new(),
             mesh_out: Vec::new(),
             gate: SubAckGate::new(config.shard_count),
@@ -259,7 +263,7 @@ impl ShardCore {
             Packet::PubRel(r) => self.handle_pubrel(conn, slot, r.packet_id),
             Packet::PubComp(r) => self.handle_pubcomp(slot, r.packet_id, self.uptime_ms(now)),
             Packet::Subscribe(s) => self.handle_subscribe(conn, slot, s, now),
-            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, slot, u),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, slot, u, now),
             Packet::PingReq => self.send_packet(conn, &Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(conn, slot, d, now),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation. Packets only a
@@ -311,7 +315,11 @@ impl ShardCore {
     /// A message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Publish(m) => self.deliver_local(&m, self.uptime_ms(now)),
+            MeshMsg::Publish(m) => {
+                let now_ms = self.uptime_ms(now);
+                self.deliver_local(&m, now_ms);
+                self.deliver_shared(&m, now_ms);
+            }
             MeshMsg::SubDelta { filter, added, seq } => {
                 if added {
                     self.routes.add(&filter, from);
@@ -327,6 +335,19 @@ impl ShardCore {
             }
             MeshMsg::RetainReplica { topic, msg } => {
                 self.apply_retained(topic, msg);
+            }
+            MeshMsg::SharedJoin { group, session, opts, sub_id, token } => {
+                self.join_group(&group, from, session, SubOptions { opts, id: sub_id });
+                self.ack_shared_join(from, token);
+            }
+            MeshMsg::SharedJoinAck { token } => self.handle_shared_join_ack(token, now),
+            MeshMsg::SharedLeave { group, session } => self.leave_group(&group, from, session),
+            MeshMsg::SharedDeliver { group, session, msg, qos, retain, sub_id } => {
+                let now_ms = self.uptime_ms(now);
+                self.handle_shared_deliver(group, session, msg, qos, retain, sub_id, now_ms);
+            }
+            MeshMsg::SharedRequeue { group, msg } => {
+                self.handle_shared_requeue(&group, &msg, self.uptime_ms(now));
             }
             MeshMsg::Adopt { .. } | MeshMsg::Shutdown => {
                 debug_assert!(false, "io-layer message handed to the core");

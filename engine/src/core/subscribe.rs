@@ -24,7 +24,7 @@ use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message};
 use crate::core::outgoing::is_expired;
 use crate::core::shard::{ConnId, ShardCore};
-use crate::core::topic::SHARED_PREFIX;
+use crate::core::shared::{is_shared, is_valid_shared};
 
 /// A subscription as the shard's trie holds it: the SUBSCRIBE options and the 5.0
 /// Subscription Identifier, carried on every message the subscription matches
@@ -44,6 +44,10 @@ struct PendingSubAck {
     slot: SessionSlot,
     /// Every peer must have acked this sequence number.
     wait_seq: u64,
+    /// `SharedJoinAck`s still awaited from shared groups' owners (`shared.rs`).
+    joins_waiting: u32,
+    /// Names this SUBACK in those acks.
+    token: u64,
     suback: SubAck,
     /// Filters whose retained messages follow the SUBACK.
     retained: Vec<(ByteStr, SubOptions)>,
@@ -59,6 +63,11 @@ pub(crate) struct SubAckGate {
     acked: Vec<u64>,
     /// SUBACKs in SUBSCRIBE order (so `wait_seq` is non-decreasing).
     pending: VecDeque<PendingSubAck>,
+    /// The last SUBSCRIBE token handed out (for `SharedJoinAck`).
+    last_token: u64,
+    /// As a shared group's owner: `SharedJoinAck`s (to shard, token) waiting for every peer
+    /// to ack this shard's deltas up to the sequence number, in join order.
+    join_acks: VecDeque<(u64, ShardId, u64)>,
 }
 
 impl SubAckGate {
@@ -67,6 +76,8 @@ impl SubAckGate {
             last_seq: 0,
             acked: vec![0; usize::from(shard_count)],
             pending: VecDeque::new(),
+            last_token: 0,
+            join_acks: VecDeque::new(),
         }
     }
 
@@ -92,12 +103,17 @@ impl ShardCore {
         let subs_max = self.config.limits.subscriptions_per_session_max as usize;
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
+        self.gate.last_token += 1;
+        let token = self.gate.last_token;
+        let mut joins_waiting = 0u32;
         for (filter, opts) in sub.filters {
             let entry = SubOptions { opts, id: sub_id };
-            let reason = if filter.starts_with(SHARED_PREFIX) {
-                // Shared subscriptions are a later issue (advertised as unavailable).
-                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else if self.topic_limits.check(&filter).is_err() {
+            // Shared subscriptions (`shared.rs`) live with their group's owner, not in this
+            // shard's trie, and get no retained messages (5.0 §4.8.2).
+            let shared = is_shared(&filter);
+            let reason = if (shared && !is_valid_shared(&filter))
+                || self.topic_limits.check(&filter).is_err()
+            {
                 ReasonCode::TOPIC_FILTER_INVALID
             } else {
                 let session = self.sessions.get_mut(slot);
@@ -105,9 +121,15 @@ impl ShardCore {
                     Some(i) => {
                         // [MQTT-3.8.4-3]: a repeated filter replaces the subscription.
                         session.subs[i].1 = opts;
-                        self.trie.insert(&filter, slot, entry);
-                        if opts.retain_handling == RetainHandling::SendAtSubscribe {
-                            retained.push((session.subs[i].0.clone(), entry));
+                        let filter = session.subs[i].0.clone();
+                        if shared {
+                            let waits = self.shared_subscribe(slot, &filter, entry, token);
+                            joins_waiting += u32::from(waits);
+                        } else {
+                            self.trie.insert(&filter, slot, entry);
+                            if opts.retain_handling == RetainHandling::SendAtSubscribe {
+                                retained.push((filter, entry));
+                            }
                         }
                         ReasonCode(opts.qos as u8)
                     }
@@ -116,12 +138,17 @@ impl ShardCore {
                         // Own the bytes: the packet's are a slice of a read buffer.
                         let filter = ByteStr::from(filter.as_str());
                         session.subs.push((filter.clone(), opts));
-                        self.trie.insert(&filter, slot, entry);
-                        if opts.retain_handling != RetainHandling::DoNotSend {
-                            retained.push((filter.clone(), entry));
-                        }
-                        if self.routes.add(&filter, self.shard) {
-                            self.broadcast_delta(&filter, true);
+                        if shared {
+                            let waits = self.shared_subscribe(slot, &filter, entry, token);
+                            joins_waiting += u32::from(waits);
+                        } else {
+                            self.trie.insert(&filter, slot, entry);
+                            if opts.retain_handling != RetainHandling::DoNotSend {
+                                retained.push((filter.clone(), entry));
+                            }
+                            if self.routes.add(&filter, self.shard) {
+                                self.broadcast_delta(&filter, true);
+                            }
                         }
                         ReasonCode(opts.qos as u8)
                     }
@@ -134,10 +161,15 @@ impl ShardCore {
             conn,
             slot,
             wait_seq: self.gate.last_seq,
+            joins_waiting,
+            token,
             suback: SubAck { packet_id: sub.packet_id, reasons, properties: None },
             retained,
         };
-        if self.gate.pending.is_empty() && self.gate.all_acked(pending.wait_seq, self.shard) {
+        if joins_waiting == 0
+            && self.gate.pending.is_empty()
+            && self.gate.all_acked(pending.wait_seq, self.shard)
+        {
             self.send_suback(pending, now);
         } else {
             self.gate.pending.push_back(pending);
@@ -146,7 +178,13 @@ impl ShardCore {
 
     /// UNSUBSCRIBE from a connected client. UNSUBACK goes immediately: a message still
     /// routed here for a moment finds no subscription and is dropped.
-    pub(crate) fn handle_unsubscribe(&mut self, conn: ConnId, slot: SessionSlot, u: Unsubscribe) {
+    pub(crate) fn handle_unsubscribe(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        u: Unsubscribe,
+        now: Instant,
+    ) {
         let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
         let mut reasons = Vec::with_capacity(if v5 { u.filters.len() } else { 0 });
         for filter in &u.filters {
@@ -154,7 +192,7 @@ impl ShardCore {
             let reason = match session.sub_position(filter) {
                 Some(i) => {
                     let (owned, _) = session.subs.swap_remove(i);
-                    self.remove_subscription_entry(slot, &owned);
+                    self.remove_subscription_entry(slot, &owned, now);
                     ReasonCode::SUCCESS
                 }
                 None => ReasonCode::NO_SUBSCRIPTION_EXISTED,
@@ -169,14 +207,23 @@ impl ShardCore {
 
     /// Removes `slot`'s subscription to `filter` from the trie and the routing index (the
     /// caller removes it from the session), broadcasting a delta if it was this shard's last.
-    pub(crate) fn remove_subscription_entry(&mut self, slot: SessionSlot, filter: &ByteStr) {
+    /// A shared subscription leaves its group instead.
+    pub(crate) fn remove_subscription_entry(
+        &mut self,
+        slot: SessionSlot,
+        filter: &ByteStr,
+        now: Instant,
+    ) {
+        if is_shared(filter) {
+            return self.shared_unsubscribe(slot, filter, self.uptime_ms(now));
+        }
         if self.trie.remove(filter, slot).is_some() && self.routes.remove(filter, self.shard) {
             self.broadcast_delta(filter, false);
         }
     }
 
     /// Tells every other shard that `filter` entered or left this shard's set.
-    fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
+    pub(crate) fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
         if self.config.shard_count == 1 {
             return;
         }
@@ -196,13 +243,47 @@ impl ShardCore {
         let acked = &mut self.gate.acked[usize::from(from.0)];
         debug_assert!(seq >= *acked, "delta acks out of order from {from}");
         *acked = (*acked).max(seq);
+        self.release_subacks(now);
+        while let Some(&(wait_seq, to, token)) = self.gate.join_acks.front() {
+            if !self.gate.all_acked(wait_seq, self.shard) {
+                break;
+            }
+            self.gate.join_acks.pop_front();
+            self.mesh_out.push((to, MeshMsg::SharedJoinAck { token }));
+        }
+    }
+
+    /// Sends the SUBACKs at the front of the queue whose deltas and shared joins are acked.
+    fn release_subacks(&mut self, now: Instant) {
         while let Some(front) = self.gate.pending.front() {
-            if !self.gate.all_acked(front.wait_seq, self.shard) {
+            if front.joins_waiting > 0 || !self.gate.all_acked(front.wait_seq, self.shard) {
                 break;
             }
             let pending = self.gate.pending.pop_front().expect("front exists");
             self.send_suback(pending, now);
         }
+    }
+
+    /// As the owner of a shared group, acknowledges `from`'s `SharedJoin` once every peer
+    /// has acked this shard's deltas so far (including one the join may have caused).
+    pub(crate) fn ack_shared_join(&mut self, from: ShardId, token: u64) {
+        let wait_seq = self.gate.last_seq;
+        if self.gate.join_acks.is_empty() && self.gate.all_acked(wait_seq, self.shard) {
+            self.mesh_out.push((from, MeshMsg::SharedJoinAck { token }));
+        } else {
+            self.gate.join_acks.push_back((wait_seq, from, token));
+        }
+    }
+
+    /// A group's owner acknowledged one of the joins of the SUBSCRIBE named `token`.
+    pub(crate) fn handle_shared_join_ack(&mut self, token: u64, now: Instant) {
+        if let Some(p) = self.gate.pending.iter_mut().find(|p| p.token == token) {
+            debug_assert!(p.joins_waiting > 0, "more join acks than joins");
+            p.joins_waiting = p.joins_waiting.saturating_sub(1);
+        } else {
+            debug_assert!(false, "join ack {token} for no pending SUBACK");
+        }
+        self.release_subacks(now);
     }
 
     /// Sends a SUBACK, then the retained messages matching its filters (RETAIN = 1

@@ -109,11 +109,7 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
 
 /// Reads until the first packet decodes, the socket closes, or the connect timeout passes
 /// (then the connection is closed silently).
-async fn first_packet(
-    shard: &ShardIo,
-    stream: &mut TcpStream,
-    mut buf: BytesMut,
-) -> Option<First> {
+async fn first_packet(shard: &ShardIo, stream: &mut TcpStream, mut buf: BytesMut) -> Option<First> {
     let pending = Rc::new(PendingConn::default());
     shard.watch_connect_deadline(Instant::now() + shard.connect_timeout, &pending);
     loop {
@@ -122,9 +118,7 @@ async fn first_packet(
             match decode(&mut rest, &shard.codec_limits, VERSION_BEFORE_CONNECT) {
                 Ok(Some(p)) => return Some(First { packet: Ok(p), read: buf, rest }),
                 Ok(None) => {}
-                Err(e) => {
-                    return Some(First { packet: Err(e), read: buf, rest: BytesMut::new() })
-                }
+                Err(e) => return Some(First { packet: Err(e), read: buf, rest: BytesMut::new() }),
             }
         }
         let read = std::future::poll_fn(|cx| {

@@ -41,3 +41,4 @@ mod mqtt5_flow;
 mod protocol;
 mod pubsub;
 mod sessions;
+mod shared;

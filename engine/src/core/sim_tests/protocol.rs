@@ -61,7 +61,7 @@ fn connect_rules() {
     let assigned = assigned.expect("Assigned Client Identifier");
     assert_eq!(sim.home(&assigned), sim.clients[e5].shard);
     let props = ack.properties.unwrap();
-    assert_eq!(props.shared_subscription_available, Some(0));
+    assert_eq!(props.shared_subscription_available, Some(1));
     assert_eq!(props.receive_maximum, Some(Limits::default().inflight_in_max));
     // Too long a client id: 0x85.
     let long = "l".repeat(300);
@@ -138,12 +138,13 @@ fn limits_answer_with_their_reason_codes() {
     let s3 = sim.client(&sim.id_on("s3", 1), V3);
     sim.connect(s5);
     sim.connect(s3);
-    let f = [("a/b/c/d", Q0), ("$share/g/a", Q1), ("a", Q1), ("b", Q2), ("c", Q0), ("a", Q2)];
+    // A shared filter counts its `$share/{name}/` levels against the limit.
+    let f = [("a/b/c/d", Q0), ("$share/g/a/b", Q1), ("a", Q1), ("b", Q2), ("c", Q0), ("a", Q2)];
     assert_eq!(
         sim.subscribe(s5, &f),
         [
             ReasonCode::TOPIC_FILTER_INVALID,
-            ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+            ReasonCode::TOPIC_FILTER_INVALID,
             ReasonCode::GRANTED_QOS_1,
             ReasonCode::GRANTED_QOS_2,
             ReasonCode::QUOTA_EXCEEDED,

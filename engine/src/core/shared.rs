@@ -1,0 +1,403 @@
+//! Shared subscriptions `$share/{name}/{filter}` (5.0 §4.8.2; also accepted from 3.1.1
+//! clients, where `$share/...` is otherwise an ordinary filter): each message matching
+//! `filter` goes to one member of the group, chosen round-robin, wherever the members live.
+//!
+//! **Owner.** Every group has an owner shard, `home_shard("$share/{name}/{filter}")`. Only
+//! the owner knows the members: a [`SharedGroups`] table of groups, each a list of
+//! `(member shard, session slot, options)` and a round-robin cursor, and a small trie from the
+//! inner `filter` to the groups. While a group has members, the owner counts one subscription
+//! of its own to `filter` in the routing index (broadcast as an ordinary `SubDelta`), so every
+//! shard routes matching messages to the owner — once per message, however many members.
+//!
+//! **Members.** A member's session (on its home shard) keeps the `$share/...` filter in its
+//! `subs` like any subscription, but not in the shard's trie: ordinary fan-out never sees it.
+//! Joining sends `MeshMsg::SharedJoin` to the owner (or joins directly when the owner is the
+//! member's shard); leaving (UNSUBSCRIBE, the session ending: clean start, expiry) sends
+//! `SharedLeave`. Mesh rings are FIFO per pair of shards, so a member's join, leave and
+//! requeues reach the owner in the order they were made.
+//!
+//! **SUBACK.** The owner answers a join with `SharedJoinAck` only after every peer has acked
+//! the owner's routing deltas up to the join (the SUBACK gate of `subscribe.rs`, reused); the
+//! member's SUBACK waits for that ack as well as for its own deltas. So a PUBLISH made after
+//! SUBACK, on any shard, reaches the group.
+//!
+//! **Delivery.** When a message reaches the owner (`route_message` locally, or
+//! `MeshMsg::Publish`), after the ordinary local fan-out the owner matches its group trie and,
+//! per matching group, picks the next member: a local member is delivered directly; a remote
+//! one gets `SharedDeliver` (QoS already downgraded to the member's maximum). Messages queued or
+//! inflight for a group are tagged with it (`Queued::group`, `Inflight::group`).
+//!
+//! **Members going away.** A member's shard that receives `SharedDeliver` for a session that
+//! no longer holds the subscription sends the message back with `SharedRequeue`; the owner
+//! (which has processed the leave first, rings being FIFO) gives it to another member. On
+//! UNSUBSCRIBE the session's queued, not yet sent messages of that group are requeued; when a
+//! session ends, its queued messages and its sent-but-unacknowledged QoS 1 / QoS 2 (before
+//! PUBREC) messages of every group are requeued (5.0 §4.8.2: "SHOULD send the Application
+//! Message to another Client"). A group left with no members drops what it is given.
+//!
+//! **Retained messages** are not sent on a shared subscription (5.0 §4.8.2, §3.8.4). No Local
+//! on a shared subscription is refused by the codec [MQTT-3.8.3-4].
+//!
+//! Shard-local: each shard holds the groups it owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shardmq_codec::{ByteStr, QoS};
+
+use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::mesh::{MeshMsg, Message};
+use crate::core::session::{Awaiting, Session};
+use crate::core::shard::ShardCore;
+use crate::core::subscribe::SubOptions;
+use crate::core::topic::{split_shared, SHARED_PREFIX};
+use crate::core::trie::SubscriptionTrie;
+
+/// True if `filter` is a well-formed shared subscription: `$share/`, a non-empty share name
+/// without `+` or `#` [MQTT-4.8.2-1]/[MQTT-4.8.2-2], `/` and a non-empty filter. The codec
+/// checks this for 5.0; for 3.1.1 `$share/...` decodes as an ordinary filter, so the engine
+/// checks it here.
+pub(crate) fn is_valid_shared(filter: &str) -> bool {
+    match split_shared(filter) {
+        Some((name, inner)) => !name.is_empty() && !name.contains(['+', '#']) && !inner.is_empty(),
+        None => false,
+    }
+}
+
+/// True if `filter` (as held in a session's subscriptions) is a shared subscription.
+pub(crate) fn is_shared(filter: &str) -> bool {
+    filter.starts_with(SHARED_PREFIX)
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    shard: ShardId,
+    /// Session slot on `shard`.
+    session: u32,
+    entry: SubOptions,
+}
+
+/// One shared subscription group, on its owner shard.
+#[derive(Debug)]
+struct Group {
+    /// `$share/{name}/{filter}`.
+    name: ByteStr,
+    /// The inner filter.
+    filter: ByteStr,
+    /// In join order.
+    members: Vec<Member>,
+    /// Index of the member to pick next (modulo the member count).
+    next: usize,
+}
+
+/// The shared-subscription groups this shard owns.
+///
+/// Shard-local: one per shard.
+#[derive(Debug, Default)]
+pub(crate) struct SharedGroups {
+    by_name: HashMap<ByteStr, u32>,
+    groups: Vec<Option<Group>>,
+    free: Vec<u32>,
+    /// Inner filter → groups.
+    trie: SubscriptionTrie<u32, ()>,
+    /// Scratch for the groups matching one message.
+    matched: Vec<u32>,
+}
+
+impl SharedGroups {
+    /// Number of groups with at least one member.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Member count of `name`, 0 if the group does not exist here.
+    #[cfg(test)]
+    pub(crate) fn member_count(&self, name: &str) -> usize {
+        self.by_name.get(&ByteStr::from(name)).map_or(0, |&id| self.group(id).members.len())
+    }
+
+    #[cfg(test)]
+    fn group(&self, id: u32) -> &Group {
+        self.groups[id as usize].as_ref().expect("live group id")
+    }
+
+    fn group_mut(&mut self, id: u32) -> &mut Group {
+        self.groups[id as usize].as_mut().expect("live group id")
+    }
+}
+
+impl ShardCore {
+    /// The owner shard of the group `name` (`$share/{name}/{filter}`).
+    pub(crate) fn shared_owner(&self, name: &str) -> ShardId {
+        Self::home_shard(name.as_bytes(), self.config.shard_count)
+    }
+
+    /// Session `slot` of this shard subscribes to (or updates its options in) the group
+    /// `name`. Returns true if the SUBACK must wait for the owner's `SharedJoinAck` carrying
+    /// `token`; false if the owner is this shard (joined already).
+    pub(crate) fn shared_subscribe(
+        &mut self,
+        slot: SessionSlot,
+        name: &ByteStr,
+        entry: SubOptions,
+        token: u64,
+    ) -> bool {
+        let owner = self.shared_owner(name);
+        if owner == self.shard {
+            self.join_group(name, self.shard, slot.0, entry);
+            return false;
+        }
+        let join = MeshMsg::SharedJoin {
+            group: name.clone(),
+            session: slot.0,
+            opts: entry.opts,
+            sub_id: entry.id,
+            token,
+        };
+        self.mesh_out.push((owner, join));
+        true
+    }
+
+    /// Session `slot` of this shard leaves the group `name`. Its queued messages of the
+    /// group, if the session is still live (UNSUBSCRIBE), go back to the group.
+    pub(crate) fn shared_unsubscribe(&mut self, slot: SessionSlot, name: &ByteStr, now_ms: u64) {
+        let owner = self.shared_owner(name);
+        if owner == self.shard {
+            self.leave_group(name, self.shard, slot.0);
+        } else {
+            let leave = MeshMsg::SharedLeave { group: name.clone(), session: slot.0 };
+            self.mesh_out.push((owner, leave));
+        }
+        let Some(session) = self.sessions.try_get_mut(slot) else { return };
+        for q in session.take_group_queued(name) {
+            self.shared_requeue(name.clone(), q.msg, now_ms);
+        }
+    }
+
+    /// A session ended (and has left its groups): its queued messages and its sent,
+    /// unacknowledged messages not yet PUBREC'd of any group go to other members.
+    pub(crate) fn shared_requeue_session(&mut self, session: &Session, now_ms: u64) {
+        let inflight = session.inflight.iter().filter(|i| i.state != Awaiting::PubComp);
+        let inflight = inflight.filter_map(|i| Some((i.group.clone()?, i.msg.clone())));
+        let queued = session.queue.iter().filter_map(|q| Some((q.group.clone()?, q.msg.clone())));
+        let moved: Vec<_> = inflight.chain(queued).collect();
+        for (name, msg) in moved {
+            self.shared_requeue(name, msg, now_ms);
+        }
+    }
+
+    /// On the owner: adds (or updates) a member, creating the group and routing its filter
+    /// here if it is new.
+    pub(crate) fn join_group(
+        &mut self,
+        name: &ByteStr,
+        shard: ShardId,
+        session: u32,
+        e: SubOptions,
+    ) {
+        debug_assert_eq!(self.shared_owner(name), self.shard, "join on a non-owner");
+        let id = match self.shared.by_name.get(name) {
+            Some(&id) => id,
+            None => {
+                let (_, inner) = split_shared(name).expect("validated shared filter");
+                // Own the bytes: the name may be a slice of a read buffer.
+                let name = ByteStr::from(name.as_str());
+                let filter = ByteStr::from(inner);
+                let group = Group { name: name.clone(), filter, members: Vec::new(), next: 0 };
+                let id = match self.shared.free.pop() {
+                    Some(id) => {
+                        self.shared.groups[id as usize] = Some(group);
+                        id
+                    }
+                    None => {
+                        let id = u32::try_from(self.shared.groups.len()).expect("group count");
+                        self.shared.groups.push(Some(group));
+                        id
+                    }
+                };
+                self.shared.by_name.insert(name, id);
+                self.shared.trie.insert(inner, id, ());
+                if self.routes.add(inner, self.shard) {
+                    self.broadcast_delta(&ByteStr::from(inner), true);
+                }
+                id
+            }
+        };
+        let group = self.shared.group_mut(id);
+        match group.members.iter_mut().find(|m| m.shard == shard && m.session == session) {
+            Some(m) => m.entry = e,
+            None => group.members.push(Member { shard, session, entry: e }),
+        }
+    }
+
+    /// On the owner: removes a member; the last one's leaving removes the group and its route.
+    pub(crate) fn leave_group(&mut self, name: &ByteStr, shard: ShardId, session: u32) {
+        let Some(&id) = self.shared.by_name.get(name) else { return };
+        let group = self.shared.group_mut(id);
+        let Some(i) = group.members.iter().position(|m| m.shard == shard && m.session == session)
+        else {
+            return;
+        };
+        group.members.remove(i);
+        if i < group.next {
+            group.next -= 1;
+        }
+        if !group.members.is_empty() {
+            return;
+        }
+        let group = self.shared.groups[id as usize].take().expect("live group id");
+        self.shared.free.push(id);
+        self.shared.by_name.remove(name);
+        self.shared.trie.remove(&group.filter, id);
+        if self.routes.remove(&group.filter, self.shard) {
+            self.broadcast_delta(&group.filter, false);
+        }
+    }
+
+    /// On the owner: gives `msg` to one member of every group whose filter matches it.
+    pub(crate) fn deliver_shared(&mut self, msg: &Arc<Message>, now_ms: u64) {
+        if self.shared.by_name.is_empty() {
+            return;
+        }
+        let mut matched = std::mem::take(&mut self.shared.matched);
+        matched.clear();
+        self.shared.trie.for_each_match(&msg.topic, |id, (), _| matched.push(id));
+        for &id in &matched {
+            self.dispatch_to_group(id, msg, now_ms);
+        }
+        self.shared.matched = matched;
+    }
+
+    /// On the owner: the next member of group `id` gets `msg`. False if the group has no
+    /// member left.
+    fn dispatch_to_group(&mut self, id: u32, msg: &Arc<Message>, now_ms: u64) -> bool {
+        let group = self.shared.group_mut(id);
+        if group.members.is_empty() {
+            return false;
+        }
+        let i = group.next % group.members.len();
+        group.next = i + 1;
+        let m = group.members[i];
+        let name = group.name.clone();
+        let qos = m.entry.opts.qos.min(msg.qos);
+        // [MQTT-3.3.1-9]: RETAIN is 0 unless Retain As Published.
+        let retain = m.entry.opts.retain_as_published && msg.retain;
+        if m.shard == self.shard {
+            let delivered = self.deliver_to_member(
+                &name,
+                SessionSlot(m.session),
+                msg,
+                qos,
+                retain,
+                m.entry.id,
+                now_ms,
+            );
+            // Local membership changes synchronously with the session's subscriptions.
+            debug_assert!(
+                delivered,
+                "local member {} of {name} without the subscription",
+                m.session
+            );
+        } else {
+            let deliver = MeshMsg::SharedDeliver {
+                group: name,
+                session: m.session,
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_id: m.entry.id,
+            };
+            self.mesh_out.push((m.shard, deliver));
+        }
+        true
+    }
+
+    /// On a member's shard: delivers `msg` to `slot` if it still holds the subscription
+    /// `name`; false (nothing done) otherwise.
+    #[allow(clippy::too_many_arguments)] // One delivery's properties.
+    fn deliver_to_member(
+        &mut self,
+        name: &ByteStr,
+        slot: SessionSlot,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_id: Option<u32>,
+        now_ms: u64,
+    ) -> bool {
+        let member =
+            self.sessions.try_get_mut(slot).is_some_and(|s| s.sub_position(name).is_some());
+        if !member {
+            return false;
+        }
+        self.fanout.layouts.reset();
+        self.deliver_to_session(slot, msg, qos, retain, sub_id.as_slice(), Some(name), now_ms);
+        true
+    }
+
+    /// `MeshMsg::SharedDeliver` on the member's shard: deliver, or hand the message back to
+    /// the owner if the member has left.
+    #[allow(clippy::too_many_arguments)] // The message's fields.
+    pub(crate) fn handle_shared_deliver(
+        &mut self,
+        name: ByteStr,
+        session: u32,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_id: Option<u32>,
+        now_ms: u64,
+    ) {
+        if !self.deliver_to_member(&name, SessionSlot(session), &msg, qos, retain, sub_id, now_ms) {
+            debug_assert_ne!(self.shared_owner(&name), self.shard, "SharedDeliver from self");
+            self.shared_requeue(name, msg, now_ms);
+        }
+    }
+
+    /// Gives `msg` back to group `name` for another member (through its owner).
+    fn shared_requeue(&mut self, name: ByteStr, msg: Arc<Message>, now_ms: u64) {
+        let owner = self.shared_owner(&name);
+        if owner == self.shard {
+            self.handle_shared_requeue(&name, &msg, now_ms);
+        } else {
+            self.mesh_out.push((owner, MeshMsg::SharedRequeue { group: name, msg }));
+        }
+    }
+
+    /// On the owner: a message handed back by a member that left goes to the next member, or
+    /// is dropped if none is left.
+    pub(crate) fn handle_shared_requeue(
+        &mut self,
+        name: &ByteStr,
+        msg: &Arc<Message>,
+        now_ms: u64,
+    ) {
+        let delivered = match self.shared.by_name.get(name) {
+            Some(&id) => self.dispatch_to_group(id, msg, now_ms),
+            None => false,
+        };
+        if !delivered {
+            self.stats.messages_dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_filter_validity() {
+        assert!(is_valid_shared("$share/g/a/#"));
+        assert!(is_valid_shared("$share/g/+"));
+        assert!(!is_valid_shared("$share/g"));
+        assert!(!is_valid_shared("$share/g/"));
+        assert!(!is_valid_shared("$share//a"));
+        assert!(!is_valid_shared("$share/+/a"));
+        assert!(!is_valid_shared("$share/#/a"));
+        assert!(!is_valid_shared("a/b"));
+        assert!(is_shared("$share/g/a") && !is_shared("$sharex/g/a"));
+    }
+}
