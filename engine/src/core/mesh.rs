@@ -53,8 +53,8 @@ pub enum MeshMsg {
     /// local subscriber on the sender's shard. Receivers update their routing index replica
     /// and answer with [`MeshMsg::SubDeltaAck`] carrying the same `seq`.
     SubDelta {
-        /// The topic filter (shared-subscription prefix stripped; see the shared-subscription
-        /// design in ARCHITECTURE.md).
+        /// The topic filter. For a shared subscription it is the inner filter, and the sender
+        /// is the group's owner (see `shared.rs`).
         filter: ByteStr,
         /// Added or removed.
         added: bool,

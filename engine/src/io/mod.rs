@@ -19,7 +19,7 @@ mod signal;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -75,13 +75,21 @@ impl Broker {
         let mut mesh_clones: Vec<_> =
             (0..n).map(|_| mesh.clone()).collect::<Vec<Option<MeshBuilder<MeshMsg, Full>>>>();
 
-        let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut handle =
-            BrokerHandle { addrs: listen.clone(), stop: stop.clone(), threads: Vec::new(), mesh };
+            BrokerHandle { addrs: listen.clone(), stop: Vec::new(), threads: Vec::new(), mesh };
 
         for index in 0..n {
             let (made_tx, made_rx) = mpsc::channel();
+            // Closing our end of this pair tells the shard to stop (no polling, no signals).
+            let (ours, theirs) = match UnixStream::pair() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let errors = handle.stop_and_join();
+                    return Err(first_error(format!("cannot start shard {index}: {e}"), errors));
+                }
+            };
+            handle.stop.push(ours);
             let start = runtime::ShardStart {
                 index,
                 placement_cpu: config.cpus.as_ref().map(|c| c[usize::from(index)]),
@@ -90,7 +98,7 @@ impl Broker {
                 listen: listen.clone(),
                 core_config: core_config.clone(),
                 mesh: mesh_clones[usize::from(index)].take(),
-                stop: stop.clone(),
+                stop: theirs.into(),
                 made: made_tx,
                 ready: ready_tx.clone(),
             };
@@ -193,7 +201,8 @@ fn reserve_ports(addrs: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Vec<socket2::
 #[derive(Debug)]
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
-    stop: Arc<AtomicBool>,
+    /// Our ends of the shards' stop sockets: dropping them stops the shards.
+    stop: Vec<UnixStream>,
     threads: Vec<JoinHandle<Result<(), String>>>,
     /// Kept until every shard thread has exited (see the note in [`Broker::start`]).
     mesh: Option<MeshBuilder<MeshMsg, Full>>,
@@ -214,7 +223,7 @@ impl BrokerHandle {
     }
 
     fn stop_and_join(&mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Release);
+        self.stop.clear();
         let mut errors = Vec::new();
         for t in self.threads.drain(..) {
             let name = t.thread().name().unwrap_or("shard").to_owned();

@@ -2,14 +2,14 @@
 //! timer and mesh tasks, and shut down gracefully when the broker-wide stop flag is raised.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
+use futures_lite::{future, AsyncReadExt};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, UnixStream};
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -20,10 +20,9 @@ use crate::core::shard::{CoreConfig, ShardCore};
 use super::mesh::{receive_task, retry_task, MeshIo};
 use super::shard::ShardIo;
 
-/// The longest the timer task sleeps without asking the core for its next deadline.
-const TICK_MAX: Duration = Duration::from_millis(250);
-/// How often a shard looks at the broker-wide stop flag.
-const STOP_POLL: Duration = Duration::from_millis(50);
+/// The longest the timer task sleeps without asking the core for its next deadline (a
+/// safety net: the timer is woken early whenever the core's next deadline moves closer).
+const TICK_MAX: Duration = Duration::from_secs(5);
 /// How long a shard waits for its connections to flush and close on shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(3);
 
@@ -37,7 +36,8 @@ pub(crate) struct ShardStart {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) core_config: CoreConfig,
     pub(crate) mesh: Option<MeshBuilder<MeshMsg, Full>>,
-    pub(crate) stop: Arc<AtomicBool>,
+    /// This shard's end of a socket pair: EOF on it means "shut down".
+    pub(crate) stop: OwnedFd,
     /// Told once the executor exists (or could not be made).
     pub(crate) made: mpsc::Sender<Result<(), String>>,
     /// Told once the shard accepts on every listener (or failed to start).
@@ -89,14 +89,17 @@ impl Drop for ReadyGuard {
     }
 }
 
-async fn stop_requested(stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        Timer::new(STOP_POLL).await;
-    }
+/// Completes when the broker asks the shards to stop (the other end of `stop` is closed).
+async fn stop_requested(stop: &mut UnixStream) {
+    let mut byte = [0u8; 1];
+    // Any outcome (EOF, a byte, an error) means the broker handle is gone or stopping.
+    let _ = stop.read(&mut byte).await;
 }
 
 async fn shard_main(start: ShardStart) -> Result<(), String> {
     let index = start.index;
+    // SAFETY: `start.stop` is an open socket we own; ownership moves to the stream.
+    let mut stop = unsafe { UnixStream::from_raw_fd(start.stop.into_raw_fd()) };
     let mut guard = ReadyGuard { index, tx: Some(start.ready.clone()) };
     let fail = |guard: &mut ReadyGuard, msg: String| {
         guard.done(Err(msg.clone()));
@@ -106,7 +109,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     let mut mesh_halves = None;
     if let Some(builder) = start.mesh {
         let joined = future::or(async { Some(builder.join().await) }, async {
-            stop_requested(&start.stop).await;
+            stop_requested(&mut stop).await;
             None
         })
         .await;
@@ -157,7 +160,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     }
     guard.done(Ok(index));
 
-    stop_requested(&start.stop).await;
+    stop_requested(&mut stop).await;
 
     shard.begin_shutdown();
     let deadline = Instant::now() + SHUTDOWN_DRAIN_MAX;
@@ -192,7 +195,8 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener) {
 }
 
 /// Calls the core's `handle_tick` whenever its next deadline passes, and expires
-/// connections that did not send their first packet in time.
+/// connections that did not send their first packet in time. Sleeps until the next deadline;
+/// [`ShardIo::drain`] wakes it early when a closer deadline appears.
 async fn timer_task(shard: Rc<ShardIo>) {
     loop {
         let now = Instant::now();
@@ -207,9 +211,14 @@ async fn timer_task(shard: Rc<ShardIo>) {
             Some(d) => d.saturating_duration_since(now).clamp(Duration::from_millis(1), TICK_MAX),
             None => TICK_MAX,
         };
+        shard.timer_planned(now + wait);
         let stopped = future::or(
             async {
-                Timer::new(wait).await;
+                future::or(Timer::new(wait), async {
+                    shard.timer_kicked().await;
+                    now
+                })
+                .await;
                 false
             },
             async {

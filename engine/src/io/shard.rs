@@ -91,6 +91,11 @@ pub(crate) struct ShardIo {
     /// Connections waiting for their first packet, by deadline. Deadlines are pushed in
     /// increasing order (one timeout for all), so this is a FIFO.
     connect_deadlines: RefCell<VecDeque<(Instant, Weak<PendingConn>)>>,
+    /// When the timer task will next wake by itself.
+    timer_at: Cell<Option<Instant>>,
+    /// Set to wake the timer task early.
+    timer_kick: Cell<bool>,
+    timer_waker: WakerSlot,
 }
 
 impl ShardIo {
@@ -111,6 +116,9 @@ impl ShardIo {
             mesh_out: RefCell::new(Vec::new()),
             stop: Signal::default(),
             connect_deadlines: RefCell::new(VecDeque::new()),
+            timer_at: Cell::new(None),
+            timer_kick: Cell::new(false),
+            timer_waker: WakerSlot::default(),
         }
     }
 
@@ -138,6 +146,32 @@ impl ShardIo {
     /// Has the timer task expire `pending` at `deadline`.
     pub(crate) fn watch_connect_deadline(&self, deadline: Instant, pending: &Rc<PendingConn>) {
         self.connect_deadlines.borrow_mut().push_back((deadline, Rc::downgrade(pending)));
+        self.nudge_timer(deadline);
+    }
+
+    /// The timer task records when it will wake by itself.
+    pub(crate) fn timer_planned(&self, at: Instant) {
+        self.timer_at.set(Some(at));
+    }
+
+    /// Completes when [`ShardIo::nudge_timer`] asks the timer task to look again.
+    pub(crate) fn timer_kicked(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.timer_kick.replace(false) {
+                return std::task::Poll::Ready(());
+            }
+            self.timer_waker.set(cx.waker());
+            std::task::Poll::Pending
+        })
+    }
+
+    /// Wakes the timer task if `deadline` comes before its planned wake-up.
+    fn nudge_timer(&self, deadline: Instant) {
+        if self.timer_at.get().is_some_and(|at| deadline < at) {
+            self.timer_at.set(Some(deadline));
+            self.timer_kick.set(true);
+            self.timer_waker.wake();
+        }
     }
 
     /// Expires the connections whose connect deadline passed; returns the next deadline.
@@ -226,6 +260,9 @@ impl ShardIo {
                 }
                 None => out.clear(),
             }
+        }
+        if let Some(deadline) = core.next_deadline() {
+            self.nudge_timer(deadline);
         }
         if !core.reading_paused() && !self.parked.borrow().is_empty() {
             for slot in self.parked.borrow_mut().drain(..) {
