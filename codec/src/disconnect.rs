@@ -2,7 +2,10 @@
 //!
 //! Before 5.0 it has no body (the reason and properties are dropped when encoding). In 5.0 a
 //! remaining length of 0 means Normal disconnection without properties, 1 a reason code
-//! without properties (§3.14.2.2); encoding uses the shortest form.
+//! without properties (§3.14.2.2). Both short forms are accepted when decoding; encoding omits
+//! the body only for Normal disconnection without properties, and otherwise always writes the
+//! property length (even 0): some clients in the field (rumqttc 0.25) cannot parse the
+//! one-byte form and would lose the reason code (e.g. 0x8E session taken over).
 
 use bytes::{BufMut, BytesMut};
 
@@ -36,13 +39,14 @@ pub(crate) fn body_len(d: &Disconnect, version: ProtocolVersion) -> usize {
     } else if !opt_is_empty(&d.properties) {
         1 + opt_block_len(&d.properties)
     } else if d.reason != ReasonCode::NORMAL_DISCONNECTION {
-        1
+        2
     } else {
         0
     }
 }
 
-/// Appends the body of `d` in its shortest form.
+/// Appends the body of `d`: nothing for Normal disconnection without properties, otherwise the
+/// reason code and a property block (possibly empty).
 pub(crate) fn encode_body(
     d: &Disconnect,
     version: ProtocolVersion,
@@ -55,6 +59,8 @@ pub(crate) fn encode_body(
         }
         if props {
             encode_opt(&d.properties, PacketType::Disconnect.into(), out)?;
+        } else if d.reason != ReasonCode::NORMAL_DISCONNECTION {
+            out.put_u8(0);
         }
     }
     Ok(())
@@ -90,11 +96,10 @@ mod tests {
         assert_roundtrip(V5, &[0xE0, 0x00], ok.clone());
         assert_decodes(V5, &[0xE0, 0x01, 0x00], ok.clone());
         assert_decodes(V5, &[0xE0, 0x02, 0x00, 0x00], ok);
-        assert_roundtrip(
-            V5,
-            &[0xE0, 0x01, 0x04],
-            disconnect(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, None),
-        );
+        // The one-byte form decodes; encoding always writes the (empty) property length.
+        let will = disconnect(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, None);
+        assert_decodes(V5, &[0xE0, 0x01, 0x04], will.clone());
+        assert_roundtrip(V5, &[0xE0, 0x02, 0x04, 0x00], will);
         let props = Properties {
             session_expiry_interval_secs: Some(0),
             server_reference: Some(ByteStr::from("s")),

@@ -53,7 +53,9 @@ pub(crate) fn decode(
 /// The fixed-header flags of `p`.
 pub(crate) fn flags(p: &Publish) -> u8 {
     let mut f = (p.qos as u8) << 1;
-    if p.dup {
+    // [MQTT-3.3.1-2]: DUP is never set on QoS 0, even when a retransmitted QoS 1/2 message
+    // is downgraded to a QoS 0 subscription.
+    if p.dup && p.qos != QoS::AtMostOnce {
         f |= DUP;
     }
     if p.retain {

@@ -37,6 +37,11 @@ const NON_CANONICAL: &[(&str, usize, &str)] = &[
         1,
         "PUBLISH properties in -D order: Payload Format Indicator (0x01) after 0x03/0x08/0x09",
     ),
+    (
+        "mosquitto_sub-v5-unsubscribe",
+        3,
+        "DISCONNECT 0x04 in the one-byte form; we always write the property length (rumqttc needs it)",
+    ),
 ];
 
 fn fixtures_dir() -> PathBuf {
