@@ -65,6 +65,22 @@ pub(crate) struct Aliases {
 }
 
 impl Conn {
+    /// A connection accepted at `now` that has not sent CONNECT yet.
+    pub(crate) fn new(now: Instant) -> Conn {
+        Conn {
+            phase: Phase::AwaitingConnect,
+            version: None,
+            tx: TxQueue::default(),
+            last_rx: now,
+            closed_at: None,
+            keep_alive_secs: 0,
+            client_receive_max: u16::MAX,
+            client_packet_size_max_bytes: u32::MAX,
+            client_topic_alias_max: 0,
+            aliases: None,
+        }
+    }
+
     /// True for a 5.0 connection.
     pub(crate) fn is_v5(&self) -> bool {
         self.version.is_some_and(ProtocolVersion::is_v5)
@@ -162,18 +178,7 @@ mod tests {
     use super::*;
 
     fn conn(now: Instant) -> Conn {
-        Conn {
-            phase: Phase::AwaitingConnect,
-            version: None,
-            tx: TxQueue::default(),
-            last_rx: now,
-            closed_at: None,
-            keep_alive_secs: 0,
-            client_receive_max: u16::MAX,
-            client_packet_size_max_bytes: u32::MAX,
-            client_topic_alias_max: 0,
-            aliases: None,
-        }
+        Conn::new(now)
     }
 
     #[test]

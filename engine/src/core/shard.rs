@@ -214,18 +214,7 @@ impl ShardCore {
             return None;
         }
         self.next_scan_at.get_or_insert(now + SCAN_INTERVAL);
-        Some(self.conns.insert(Conn {
-            phase: Phase::AwaitingConnect,
-            version: None,
-            tx: TxQueue::default(),
-            last_rx: now,
-            closed_at: None,
-            keep_alive_secs: 0,
-            client_receive_max: u16::MAX,
-            client_packet_size_max_bytes: u32::MAX,
-            client_topic_alias_max: 0,
-            aliases: None,
-        }))
+        Some(self.conns.insert(Conn::new(now)))
     }
 
     /// The protocol version negotiated on `conn` (its CONNECT's), if known: the version the
