@@ -26,8 +26,9 @@ pub(crate) fn decode(
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0);
     }
-    let topic = r.string()?;
-    topic::check_no_wildcards(topic.as_bytes())?;
+    let topic = r.binary()?;
+    crate::primitives::validate_topic_name(&topic)?;
+    let topic = crate::types::ByteStr::from_validated(topic);
     let packet_id = if qos == QoS::AtMostOnce {
         None
     } else {
@@ -38,7 +39,7 @@ pub(crate) fn decode(
     } else {
         None
     };
-    if topic.is_empty() && properties.as_ref().and_then(|p| p.topic_alias).is_none() {
+    if topic.as_bytes().is_empty() && properties.as_ref().and_then(|p| p.topic_alias).is_none() {
         return Err(DecodeError::TopicNameEmpty);
     }
     let payload = r.rest();
@@ -84,7 +85,7 @@ pub(crate) fn encode_variable_header(
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<Option<usize>, EncodeError> {
-    if p.topic.is_empty() && !version.is_v5() {
+    if p.topic.as_bytes().is_empty() && !version.is_v5() {
         return Err(EncodeError::EmptyTopic);
     }
     let start = out.len();

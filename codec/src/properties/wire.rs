@@ -190,6 +190,10 @@ impl Properties {
         r: &mut Reader,
         ctx: PropertyContext,
     ) -> Result<Option<Box<Properties>>, DecodeError> {
+        if r.peek_u8() == Some(0) {
+            r.u8()?;
+            return Ok(None);
+        }
         let p = Properties::decode(r, ctx)?;
         Ok(if p.is_empty() { None } else { Some(Box::new(p)) })
     }
