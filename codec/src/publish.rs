@@ -9,7 +9,6 @@ use bytes::{BufMut, BytesMut};
 use crate::error::{DecodeError, EncodeError};
 use crate::primitives::{field_len, put_str, Reader};
 use crate::properties::{encode_opt, opt_block_len, Properties};
-use crate::topic;
 use crate::types::{PacketId, PacketType, ProtocolVersion, Publish, QoS};
 
 const DUP: u8 = 0b1000;
