@@ -191,6 +191,46 @@ pub(crate) fn field_len(b: &[u8]) -> usize {
     2 + b.len()
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// SWAR: whether any byte of `w` is `b`.
+#[inline(always)]
+fn has_byte(w: u64, b: u8) -> bool {
+    let x = w ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI != 0
+}
+
+/// One pass over a topic name: no U+0000, no wildcard, well-formed UTF-8 (validated by
+/// `from_utf8` only when a non-ASCII byte is present).
+pub(crate) fn validate_topic_name(b: &[u8]) -> Result<(), DecodeError> {
+    let mut chunks = b.chunks_exact(8);
+    let mut high = 0u64;
+    let mut nul = false;
+    let mut wild = false;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        high |= w;
+        nul |= has_byte(w, 0);
+        wild |= has_byte(w, b'+') | has_byte(w, b'#');
+    }
+    for &c in chunks.remainder() {
+        high |= u64::from(c);
+        nul |= c == 0;
+        wild |= c == b'+' || c == b'#';
+    }
+    if high & HI != 0 && std::str::from_utf8(b).is_err() {
+        return Err(DecodeError::InvalidUtf8);
+    }
+    if nul {
+        return Err(DecodeError::Utf8Null);
+    }
+    if wild {
+        return Err(DecodeError::TopicNameWildcard);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,44 +331,4 @@ mod tests {
         put_binary(&mut out, &long[..65_535]).unwrap();
         assert_eq!(out.len(), field_len(&long[..65_535]));
     }
-}
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// SWAR: whether any byte of `w` is `b`.
-#[inline(always)]
-fn has_byte(w: u64, b: u8) -> bool {
-    let x = w ^ (LO * u64::from(b));
-    x.wrapping_sub(LO) & !x & HI != 0
-}
-
-/// One pass over a topic name: no U+0000, no wildcard, well-formed UTF-8 (validated by
-/// `from_utf8` only when a non-ASCII byte is present).
-pub(crate) fn validate_topic_name(b: &[u8]) -> Result<(), DecodeError> {
-    let mut chunks = b.chunks_exact(8);
-    let mut high = 0u64;
-    let mut nul = false;
-    let mut wild = false;
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        high |= w;
-        nul |= has_byte(w, 0);
-        wild |= has_byte(w, b'+') | has_byte(w, b'#');
-    }
-    for &c in chunks.remainder() {
-        high |= u64::from(c);
-        nul |= c == 0;
-        wild |= c == b'+' || c == b'#';
-    }
-    if high & HI != 0 && std::str::from_utf8(b).is_err() {
-        return Err(DecodeError::InvalidUtf8);
-    }
-    if nul {
-        return Err(DecodeError::Utf8Null);
-    }
-    if wild {
-        return Err(DecodeError::TopicNameWildcard);
-    }
-    Ok(())
 }
