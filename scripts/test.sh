@@ -35,6 +35,9 @@ fi
 # Benchmarks cannot rot: every criterion benchmark also runs once as a smoke test.
 cargo test -p shardmq-perf --benches
 
+section "non-root smoke test (8 MiB memlock, unprivileged user)"
+scripts/nonroot-smoke.sh
+
 section "6/6 black-box tests (tests/blackbox, broker: ${BROKER:-shardmq})"
 export SHARDMQ_BIN="${SHARDMQ_BIN:-$ROOT/target/release/shardmq}"
 python3 -m pytest -q tests/blackbox
