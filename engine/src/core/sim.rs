@@ -338,6 +338,19 @@ impl Sim {
 
     /// PUBLISH from client `c` (not run: call [`Sim::run`]).
     pub(crate) fn publish(&mut self, c: usize, topic: &str, payload: &str, qos: QoS, retain: bool) {
+        self.publish_props(c, topic, payload, qos, retain, Properties::default());
+    }
+
+    /// PUBLISH with properties from client `c` (not run: call [`Sim::run`]).
+    pub(crate) fn publish_props(
+        &mut self,
+        c: usize,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) {
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.clients[c].next_packet_id());
         let p = Publish {
             dup: false,
@@ -346,7 +359,7 @@ impl Sim {
             topic: ByteStr::from(topic),
             packet_id,
             payload: Bytes::copy_from_slice(payload.as_bytes()),
-            properties: None,
+            properties: (!properties.is_empty()).then(|| Box::new(properties)),
         };
         self.send(c, &Packet::Publish(p));
     }

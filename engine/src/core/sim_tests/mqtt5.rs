@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use shardmq_codec::{
     ByteStr, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
@@ -23,17 +22,7 @@ pub(super) fn publish_props(
     retain: bool,
     properties: Properties,
 ) {
-    let packet_id = (qos != Q0).then(|| sim.clients[c].next_packet_id());
-    let p = Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: ByteStr::from(topic),
-        packet_id,
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        properties: (!properties.is_empty()).then(|| Box::new(properties)),
-    };
-    sim.send(c, &Packet::Publish(p));
+    sim.publish_props(c, topic, payload, qos, retain, properties);
 }
 
 /// SUBSCRIBE with options and an optional Subscription Identifier; runs; returns SUBACK codes.
