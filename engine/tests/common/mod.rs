@@ -76,6 +76,9 @@ pub struct V4 {
     pub client: rumqttc::AsyncClient,
     pub events: mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
     task: tokio::task::JoinHandle<()>,
+    /// PUBLISH packets that arrived while waiting for a SUBACK: the server may start
+    /// sending matching messages before the SUBACK (3.1.1 §3.8.4, 5.0 §3.8.4).
+    early: std::collections::VecDeque<rumqttc::Publish>,
 }
 
 impl V4 {
@@ -106,7 +109,7 @@ impl V4 {
                 }
             }
         });
-        let mut c = V4 { client, events, task };
+        let mut c = V4 { client, events, task, early: Default::default() };
         let ack = c.next_incoming(&format!("CONNACK for {id}")).await;
         match ack {
             rumqttc::Packet::ConnAck(a) => {
@@ -146,7 +149,7 @@ impl V4 {
                     );
                     return;
                 }
-                rumqttc::Packet::Publish(p) => panic!("unexpected PUBLISH before SUBACK: {p:?}"),
+                rumqttc::Packet::Publish(p) => self.early.push_back(p),
                 _ => {}
             }
         }
@@ -154,6 +157,9 @@ impl V4 {
 
     /// The next PUBLISH (other packets are skipped).
     pub async fn next_publish(&mut self, what: &str) -> rumqttc::Publish {
+        if let Some(p) = self.early.pop_front() {
+            return p;
+        }
         loop {
             if let rumqttc::Packet::Publish(p) = self.next_incoming(what).await {
                 return p;
@@ -173,6 +179,9 @@ impl V4 {
 
     /// The next PUBLISH if one arrives before `quiet` passes without any.
     pub async fn publish_within(&mut self, quiet: Duration) -> Option<rumqttc::Publish> {
+        if let Some(p) = self.early.pop_front() {
+            return Some(p);
+        }
         loop {
             match tokio::time::timeout(quiet, self.events.recv()).await {
                 Err(_) => return None,
@@ -188,6 +197,9 @@ impl V4 {
 
     /// Asserts nothing is published to this client for `quiet`.
     pub async fn assert_no_publish(&mut self, quiet: Duration) {
+        if let Some(p) = self.early.pop_front() {
+            panic!("unexpected PUBLISH {p:?}");
+        }
         let deadline = tokio::time::Instant::now() + quiet;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
