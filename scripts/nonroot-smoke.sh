@@ -55,8 +55,9 @@ set -e
 grep -q "ulimit -l" "$WORK/low.err" || fail "memlock error does not name the fix: $(cat "$WORK/low.err")"
 say "low memlock refused: $(head -n1 "$WORK/low.err")"
 
-# 2. A normal start.
-as_user "echo \$\$ > $WORK/pid; exec $WORK/shardmq --listen 127.0.0.1:0 --shards 2 --no-pin" \
+# 2. A normal start (persistent: the user's data directory, direct IO where the file system
+# allows it).
+as_user "echo \$\$ > $WORK/pid; exec $WORK/shardmq --listen 127.0.0.1:0 --shards 2 --no-pin --data-dir $WORK/data" \
     >"$WORK/out" 2>"$WORK/err" &
 for _ in $(seq 1 100); do
     grep -q "^listening on " "$WORK/out" 2>/dev/null && break

@@ -19,6 +19,9 @@ use nix::unistd::Pid;
 
 use crate::sys;
 
+use crate::durability::shardmq_durability_args;
+pub use crate::durability::{BrokerSpec, BATCH_MS_DEFAULT, MOSQUITTO_AUTOSAVE_SECS};
+
 /// The brokers the harness knows how to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BrokerKind {
@@ -62,8 +65,15 @@ pub struct BrokerOptions {
     pub mosquitto_bin: Option<PathBuf>,
     /// Explicit rumqttd binary.
     pub rumqttd_bin: Option<PathBuf>,
-    /// shardmq's durability flag value, passed as `--durability VALUE` when set.
+    /// shardmq's durability mode: `sync`, `batch:<ms>`, `none` (passed as `--durability`, with
+    /// a fresh `--data-dir` per run) or `in-memory` (`--in-memory`). Unset: `sync`, the
+    /// broker's default, stated as such. A build without the log ignores an unset mode.
     pub shardmq_durability: Option<String>,
+    /// shardmq `[limits]` keys written to a TOML file passed with `--config`.
+    pub shardmq_limits: Vec<(String, u64)>,
+    /// Mosquitto with `persistence true` (a snapshot every `autosave_interval`, 1800 s, and
+    /// at a clean exit) instead of `persistence false`.
+    pub mosquitto_persistence: bool,
     /// Extra arguments for shardmq.
     pub shardmq_args: Vec<String>,
     /// MQTT protocol level the run uses (rumqttd has one listener per version).
@@ -99,7 +109,8 @@ fn workspace_target() -> PathBuf {
 /// Finds the shardmq binary: next to this executable, then `target/release`, `target/debug`.
 pub fn find_shardmq(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
-        return p.exists().then(|| p.to_path_buf());
+        // Absolute: the broker runs with its run directory as the working directory.
+        return p.canonicalize().ok();
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -124,7 +135,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 /// Finds Mosquitto: explicit, `/usr/sbin/mosquitto`, then `PATH`.
 pub fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
-        return p.exists().then(|| p.to_path_buf());
+        return p.canonicalize().ok();
     }
     let sbin = PathBuf::from("/usr/sbin/mosquitto");
     if sbin.is_file() {
@@ -136,7 +147,7 @@ pub fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
 /// Finds rumqttd: explicit, `bench-harness/.peers/bin/rumqttd`, then `PATH`.
 pub fn find_rumqttd(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
-        return p.exists().then(|| p.to_path_buf());
+        return p.canonicalize().ok();
     }
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers").join("bin").join("rumqttd");
     if local.is_file() {
@@ -151,10 +162,24 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Where brokers' run directories (logs, configuration, data) go: `SHARDMQ_BENCH_TMPDIR`, else
+/// `target/bench-tmp` of the workspace when it exists, else the system temp dir. Not `/tmp` by
+/// default: it may be tmpfs, where `O_DIRECT` fails and an fsync costs nothing.
+pub fn run_dir_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHARDMQ_BENCH_TMPDIR") {
+        return PathBuf::from(d);
+    }
+    let target = workspace_target();
+    if target.is_dir() {
+        return target.join("bench-tmp");
+    }
+    std::env::temp_dir()
+}
+
 fn temp_dir(name: &str) -> Result<PathBuf> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = run_dir_base().join(format!(
         "shardmq-bench-{}-{}-{}",
         std::process::id(),
         name,
@@ -197,20 +222,65 @@ impl Broker {
         }
     }
 
-    /// Starts `kind` pinned to `opts.cpus` and waits until it accepts connections.
+    /// Starts `kind` pinned to `opts.cpus` in a fresh run directory and waits until it
+    /// accepts connections.
     pub fn start(kind: BrokerKind, opts: &BrokerOptions) -> Result<Broker> {
+        Broker::start_in(kind, opts, temp_dir(kind.name())?)
+    }
+
+    /// Starts `kind` in run directory `dir` (its data directory is `dir/data`).
+    fn start_in(kind: BrokerKind, opts: &BrokerOptions, dir: PathBuf) -> Result<Broker> {
         match kind {
-            BrokerKind::Shardmq => Broker::start_shardmq(opts),
-            BrokerKind::Mosquitto => Broker::start_mosquitto(opts),
-            BrokerKind::Rumqttd => Broker::start_rumqttd(opts),
+            BrokerKind::Shardmq => Broker::start_shardmq(opts, dir),
+            BrokerKind::Mosquitto => Broker::start_mosquitto(opts, dir),
+            BrokerKind::Rumqttd => Broker::start_rumqttd(opts, dir),
         }
     }
 
-    fn start_shardmq(opts: &BrokerOptions) -> Result<Broker> {
+    /// Stops the broker (SIGKILL when `kill`, else SIGTERM and a wait for its exit) and starts
+    /// it again on the same run and data directory, on a new port. Returns when it accepts
+    /// connections.
+    pub fn restart(&mut self, kind: BrokerKind, opts: &BrokerOptions, kill: bool) -> Result<()> {
+        self.halt(kill)?;
+        let dir = self.dir.take().ok_or_else(|| anyhow!("{} was not started here", self.name))?;
+        let name = std::mem::take(&mut self.name);
+        *self = Broker::start_in(kind, opts, dir)?;
+        self.name = name;
+        Ok(())
+    }
+
+    /// Stops the process and keeps the run directory: SIGKILL when `kill`, else SIGTERM and a
+    /// wait of up to 120 s for a clean exit (Mosquitto writes its database then).
+    pub fn halt(&mut self, kill: bool) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, if kill { Signal::SIGKILL } else { Signal::SIGTERM });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !kill && !status.success() {
+                    bail!("{} exited with {status} on SIGTERM{}", self.name, self.log_tail());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within 120 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The broker's data directory (persistent state), when started here.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("data"))
+    }
+
+    fn start_shardmq(opts: &BrokerOptions, dir: PathBuf) -> Result<Broker> {
         let bin = find_shardmq(opts.shardmq_bin.as_deref()).ok_or_else(|| {
             anyhow!("no shardmq binary (build it: cargo build --release -p shardmq-engine)")
         })?;
-        let dir = temp_dir("shardmq")?;
         let port = free_port()?;
         let cpus = sys::parse_cpu_list(&opts.cpus).map_err(|e| anyhow!(e))?;
         let mut cmd = pinned(&opts.cpus, &bin);
@@ -220,13 +290,16 @@ impl Broker {
         } else {
             cmd.arg("--shards").arg(cpus.len().to_string()).arg("--cpus").arg(&opts.cpus);
         }
-        let durability = match &opts.shardmq_durability {
-            Some(d) => {
-                cmd.arg("--durability").arg(d);
-                d.clone()
+        let durability = shardmq_durability_args(&bin, opts, &dir, &mut cmd)?;
+        if !opts.shardmq_limits.is_empty() {
+            let mut toml = String::from("[limits]\n");
+            for (k, v) in &opts.shardmq_limits {
+                toml.push_str(&format!("{k} = {v}\n"));
             }
-            None => "n/a".into(),
-        };
+            let conf = dir.join("shardmq.toml");
+            fs::write(&conf, toml)?;
+            cmd.arg("--config").arg(conf);
+        }
         cmd.args(&opts.shardmq_args);
         cmd.current_dir(&dir);
         let command = command_line(&cmd);
@@ -287,18 +360,36 @@ impl Broker {
         Ok(b)
     }
 
-    fn start_mosquitto(opts: &BrokerOptions) -> Result<Broker> {
+    fn start_mosquitto(opts: &BrokerOptions, dir: PathBuf) -> Result<Broker> {
         let bin = find_mosquitto(opts.mosquitto_bin.as_deref())
             .ok_or_else(|| anyhow!("no mosquitto binary (run scripts/install-peers.sh)"))?;
-        let dir = temp_dir("mosquitto")?;
         let port = free_port()?;
         let conf = dir.join("mosquitto.conf");
-        // A benchmark configuration: in-memory, anonymous, queues deep enough that a fast
-        // burst is not dropped, Nagle off like the other brokers.
+        let (persistence, durability) = if opts.mosquitto_persistence {
+            let data = dir.join("data");
+            fs::create_dir_all(&data)?;
+            // Started as root, Mosquitto switches to user `mosquitto`, which may not write
+            // in our run directory: stay root then.
+            let user = if nix::unistd::geteuid().is_root() { "user root\n" } else { "" };
+            (
+                format!(
+                    "persistence true\npersistence_location {}/\nautosave_interval {}\n{user}",
+                    data.display(),
+                    MOSQUITTO_AUTOSAVE_SECS
+                ),
+                format!(
+                    "snapshot every {MOSQUITTO_AUTOSAVE_SECS} s and at exit (persistence true)"
+                ),
+            )
+        } else {
+            ("persistence false\n".to_string(), "none (persistence false)".to_string())
+        };
+        // A benchmark configuration: anonymous, queues deep enough that a fast burst is not
+        // dropped, Nagle off like the other brokers; in memory unless persistence is asked for.
         let text = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
-             persistence false\n\
+             {persistence}\
              max_queued_messages {queued}\n\
              max_queued_bytes 0\n\
              max_inflight_messages 1000\n\
@@ -312,15 +403,14 @@ impl Broker {
         fs::write(&conf, text)?;
         let mut cmd = pinned(&opts.cpus, &bin);
         cmd.arg("-c").arg(&conf);
-        let mut b = Broker::spawn("mosquitto", cmd, dir, "none (persistence false)", port)?;
+        let mut b = Broker::spawn("mosquitto", cmd, dir, &durability, port)?;
         b.wait_port(Duration::from_secs(10))?;
         Ok(b)
     }
 
-    fn start_rumqttd(opts: &BrokerOptions) -> Result<Broker> {
+    fn start_rumqttd(opts: &BrokerOptions, dir: PathBuf) -> Result<Broker> {
         let bin = find_rumqttd(opts.rumqttd_bin.as_deref())
             .ok_or_else(|| anyhow!("no rumqttd binary (run scripts/install-peers.sh)"))?;
-        let dir = temp_dir("rumqttd")?;
         let (p4, p5) = (free_port()?, free_port()?);
         let conf = dir.join("rumqttd.toml");
         let conns = opts.connections_max.max(1000) + 100;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::broker::{Broker, BrokerKind, BrokerOptions};
+use crate::broker::{Broker, BrokerOptions, BrokerSpec};
 use crate::report::{self, Report, RunResult, ScenarioReport};
+use crate::restart::{self, RestartParams};
 use crate::scenario::{self, Kind, Params, Settings};
 use crate::sys;
 
@@ -101,7 +102,9 @@ enum Cmd {
     /// A matrix of scenarios over several brokers (`standard`: what scripts/bench.sh runs).
     Compare {
         /// `standard` (fan-out 1→100/1000/5000, fan-in 100→1, p2p QoS 1 and 2, shared 10,
-        /// 15,000 connections, 10,000 retained) or `smoke` (the same, tiny).
+        /// 15,000 connections, 10,000 retained), `smoke` (the same, tiny) or `durability`
+        /// (p2p 10 pairs QoS 1 and 2: run it with e.g. `--brokers
+        /// shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`).
         #[arg(long, default_value = "standard")]
         matrix: String,
         /// Only these scenario kinds (comma separated, e.g. `fanout,conn`).
@@ -116,6 +119,31 @@ enum Cmd {
         /// Messages per second per publisher; 0 means max rate.
         #[arg(long)]
         rate: Option<f64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restart time with N messages stored in an offline persistent session: fill, stop
+    /// (shardmq: SIGKILL), restart on the same data, time to CONNACK, first and last message.
+    Restart {
+        /// Messages to store (QoS 1, acknowledged) before the restart.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Payload size in bytes (at least 20).
+        #[arg(long, alias = "payload", default_value_t = 64)]
+        payload_bytes: usize,
+        /// Publishers filling the queue.
+        #[arg(long, default_value_t = 8)]
+        publishers: u32,
+        /// Unacknowledged PUBLISHes per publisher.
+        #[arg(long, default_value_t = 64)]
+        inflight: u32,
+        /// How shardmq is stopped: `kill` (SIGKILL, a crash) or `term` (SIGTERM). Mosquitto
+        /// is always stopped with SIGTERM (it saves only at exit and every autosave_interval).
+        #[arg(long, default_value = "kill")]
+        stop: String,
+        /// Longest fill and longest replay, each (seconds).
+        #[arg(long, default_value_t = 600.0)]
+        timeout_secs: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -183,7 +211,9 @@ impl LoadOpts {
 /// Broker selection, pinning and output.
 #[derive(Debug, Clone, Args)]
 struct Common {
-    /// Brokers to start and compare, comma separated: shardmq, mosquitto, rumqttd.
+    /// Brokers to start and compare, comma separated: shardmq, mosquitto, rumqttd, each
+    /// optionally with a persistence variant: shardmq@sync, shardmq@batch:<ms> (`batch`:
+    /// 10 ms), shardmq@none, shardmq@in-memory, mosquitto@persist.
     #[arg(long, default_value = "shardmq")]
     brokers: String,
     /// Use an already-running broker instead of starting any.
@@ -225,7 +255,9 @@ struct Common {
     /// rumqttd binary (default: bench-harness/.peers/bin/rumqttd).
     #[arg(long)]
     rumqttd_bin: Option<PathBuf>,
-    /// shardmq durability mode, passed as `--durability MODE` and recorded in the results.
+    /// shardmq durability mode (sync, batch:<ms>, none, in-memory), passed as
+    /// `--durability MODE` with a fresh `--data-dir`, and recorded in the results. Default:
+    /// the broker's default, sync.
     #[arg(long)]
     shardmq_durability: Option<String>,
     /// Extra argument for shardmq (repeatable).
@@ -240,6 +272,49 @@ pub fn main() -> Result<()> {
     let (params, common) = match cli.cmd {
         Cmd::Worker => return crate::worker::run_worker(),
         Cmd::Show { json, svg } => return show(&json, svg.as_deref()),
+        Cmd::Restart {
+            messages,
+            payload_bytes,
+            publishers,
+            inflight,
+            stop,
+            timeout_secs,
+            common,
+        } => {
+            let kill = match stop.as_str() {
+                "kill" => true,
+                "term" => false,
+                other => bail!("--stop {other:?}: kill or term"),
+            };
+            if payload_bytes < crate::payload::HEADER_BYTES {
+                bail!("--payload-bytes must be at least {}", crate::payload::HEADER_BYTES);
+            }
+            let p = RestartParams {
+                messages: messages.max(1),
+                payload_bytes,
+                publishers: publishers.max(1),
+                inflight,
+                kill,
+                timeout_secs,
+                mqtt_version: common.mqtt_version,
+            };
+            if common.broker_addr.is_some() {
+                bail!("restart starts and stops its brokers itself: no --broker-addr");
+            }
+            let broker_cpus = usable_cpus(&common.broker_cpus, common.no_pin, "broker")?;
+            let harness_cpus = usable_cpus(&common.harness_cpus, common.no_pin, "harness")?;
+            let harness_cpus = sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?;
+            let base = common.broker_options(&broker_cpus);
+            let specs = parse_brokers(&common.brokers)?;
+            return restart::main(
+                &p,
+                &specs,
+                &base,
+                &harness_cpus,
+                common.json.as_deref(),
+                common.quiet,
+            );
+        }
         Cmd::Fanout { subscribers, load, common } => {
             (one(Kind::Fanout, subscribers, &load), common)
         }
@@ -372,7 +447,40 @@ pub fn named_matrix(name: &str) -> Result<Vec<Params>> {
             }
             Ok(ps)
         }
-        other => Err(anyhow!("unknown matrix {other:?} (standard, smoke)")),
+        "durability" => Ok(vec![with(Kind::P2p, 10, 1), with(Kind::P2p, 10, 2)]),
+        other => Err(anyhow!("unknown matrix {other:?} (standard, smoke, durability)")),
+    }
+}
+
+/// Parses `--brokers`: comma separated `name[@variant]` (see [`BrokerSpec`]).
+pub fn parse_brokers(list: &str) -> Result<Vec<BrokerSpec>> {
+    let specs: Vec<BrokerSpec> = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(BrokerSpec::parse)
+        .collect::<Result<_>>()?;
+    if specs.is_empty() {
+        bail!("--brokers is empty");
+    }
+    Ok(specs)
+}
+
+impl Common {
+    /// Broker options from the common flags (a variant in `--brokers` may override some).
+    fn broker_options(&self, broker_cpus: &str) -> BrokerOptions {
+        BrokerOptions {
+            cpus: broker_cpus.to_string(),
+            shardmq_bin: self.shardmq_bin.clone(),
+            mosquitto_bin: self.mosquitto_bin.clone(),
+            rumqttd_bin: self.rumqttd_bin.clone(),
+            shardmq_durability: self.shardmq_durability.clone(),
+            shardmq_limits: Vec::new(),
+            mosquitto_persistence: false,
+            shardmq_args: self.shardmq_arg.clone(),
+            mqtt_version: self.mqtt_version,
+            queued_messages_max: 1_000_000,
+            connections_max: 1000,
+        }
     }
 }
 
@@ -405,14 +513,10 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
         quiet: c.quiet,
     };
     crate::wire::protocol_version(c.mqtt_version)?;
-    let kinds: Vec<Option<BrokerKind>> = if c.broker_addr.is_some() {
+    let kinds: Vec<Option<BrokerSpec>> = if c.broker_addr.is_some() {
         vec![None]
     } else {
-        c.brokers
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| BrokerKind::parse(s).map(Some))
-            .collect::<Result<_>>()?
+        parse_brokers(&c.brokers)?.into_iter().map(Some).collect()
     };
     if kinds.is_empty() {
         bail!("--brokers is empty");
@@ -426,28 +530,25 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
             results: Vec::new(),
         };
         for kind in &kinds {
-            let opts = BrokerOptions {
-                cpus: broker_cpus.clone(),
-                shardmq_bin: c.shardmq_bin.clone(),
-                mosquitto_bin: c.mosquitto_bin.clone(),
-                rumqttd_bin: c.rumqttd_bin.clone(),
-                shardmq_durability: c.shardmq_durability.clone(),
-                shardmq_args: c.shardmq_arg.clone(),
-                mqtt_version: c.mqtt_version,
-                queued_messages_max: 1_000_000,
-                connections_max: u64::from(p.count) + 100,
-            };
-            let name = kind.map(BrokerKind::name).unwrap_or("external");
+            let mut opts = c.broker_options(&broker_cpus);
+            opts.connections_max = u64::from(p.count) + 100;
+            let name = kind.as_ref().map(BrokerSpec::name).unwrap_or_else(|| "external".into());
             let started = match (kind, c.broker_addr) {
-                (Some(k), _) => Broker::start(*k, &opts),
+                (Some(spec), _) => {
+                    spec.apply(&mut opts);
+                    Broker::start(spec.kind, &opts).map(|mut b| {
+                        b.name.clone_from(&name);
+                        b
+                    })
+                }
                 (None, Some(addr)) => Ok(Broker::external(addr, c.broker_pid)),
                 (None, None) => unreachable!("no broker and no address"),
             };
             let result = match started {
-                Err(e) => RunResult::failed(name, format!("{e:#}")),
+                Err(e) => RunResult::failed(&name, format!("{e:#}")),
                 Ok(mut b) => {
                     let r = scenario::run(p, &mut b, &settings)
-                        .unwrap_or_else(|e| RunResult::failed(name, format!("{e:#}")));
+                        .unwrap_or_else(|e| RunResult::failed(&name, format!("{e:#}")));
                     b.stop();
                     r
                 }

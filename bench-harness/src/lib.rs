@@ -9,14 +9,19 @@
 //! scenarios ([`scenario`]) and reports tables, JSON and an SVG plot ([`report`]). It measures
 //! its own CPU use so that a run shows whether the harness was the bottleneck.
 //!
-//! What it deliberately does not do: reconnect, persistent sessions, TLS, WebSocket, or any
+//! [`restart`] measures how long a broker takes to come back with N messages stored in an
+//! offline persistent session.
+//!
+//! What it deliberately does not do: reconnect (outside [`restart`]), TLS, WebSocket, or any
 //! timing assertion in tests (the smoke tests check correctness only).
 
 pub mod broker;
 pub mod cli;
+pub mod durability;
 pub mod load;
 pub mod payload;
 pub mod report;
+pub mod restart;
 pub mod scenario;
 pub mod sys;
 pub mod track;

@@ -165,7 +165,7 @@ impl Report {
     }
 }
 
-fn git_state() -> (String, bool) {
+pub(crate) fn git_state() -> (String, bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let run = |args: &[&str]| {
         Command::new("git")
@@ -183,7 +183,7 @@ fn git_state() -> (String, bool) {
 }
 
 /// `1234567.8` → `1,234,568`.
-fn thousands(v: f64) -> String {
+pub(crate) fn thousands(v: f64) -> String {
     let n = v.round() as i64;
     let s = n.abs().to_string();
     let mut out = String::new();
@@ -201,7 +201,7 @@ fn thousands(v: f64) -> String {
 }
 
 /// Three significant figures, at most two decimals.
-fn sig(v: f64) -> String {
+pub(crate) fn sig(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -211,16 +211,16 @@ fn sig(v: f64) -> String {
     }
 }
 
-fn opt(v: Option<f64>, f: fn(f64) -> String) -> String {
+pub(crate) fn opt(v: Option<f64>, f: fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
-fn mib(kib: Option<u64>) -> String {
+pub(crate) fn mib(kib: Option<u64>) -> String {
     opt(kib.map(|k| k as f64 / 1024.0), |v| format!("{v:.1}"))
 }
 
 /// A plain text table: first column left-aligned, the rest right-aligned.
-fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

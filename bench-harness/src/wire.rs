@@ -62,19 +62,39 @@ fn encode_packet(packet: &Packet, version: ProtocolVersion) -> Result<Vec<u8>> {
 
 /// A clean-start CONNECT.
 pub fn connect(client_id: &str, version: ProtocolVersion, keep_alive_secs: u16) -> Result<Vec<u8>> {
+    connect_session(client_id, version, keep_alive_secs, false)
+}
+
+/// A CONNECT; `persistent`: clean session off (3.1.1) or clean start off with a one-day
+/// session expiry interval (5.0), so the session and its queue outlive the connection.
+pub fn connect_session(
+    client_id: &str,
+    version: ProtocolVersion,
+    keep_alive_secs: u16,
+    persistent: bool,
+) -> Result<Vec<u8>> {
+    let mut properties = Properties::default();
+    if persistent && version.is_v5() {
+        properties.session_expiry_interval_secs = Some(24 * 3600);
+    }
     encode_packet(
         &Packet::Connect(Box::new(Connect {
             protocol: version,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive_secs,
             client_id: ByteStr::from(client_id),
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties,
         })),
         version,
     )
+}
+
+/// The Session Present flag of a CONNACK.
+pub fn session_present(packet: &Packet) -> bool {
+    matches!(packet, Packet::ConnAck(c) if c.session_present)
 }
 
 /// A SUBSCRIBE of one filter.

@@ -77,15 +77,27 @@ fn run(test: &str, args: &[&str]) -> Option<Value> {
             return None;
         }
     };
+    let report = run_with(test, args, &broker)?;
+    Some(report["scenarios"][0]["results"][0].clone())
+}
+
+/// Runs the harness with `args` and `broker` arguments; returns the whole JSON report.
+fn run_with(test: &str, args: &[&str], broker: &[String]) -> Option<Value> {
     let dir =
         std::env::temp_dir().join(format!("shardmq-bench-smoke-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("result.json");
     let out = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
         .args(args)
-        .args(&broker)
+        .args(broker)
         .args(["--no-pin", "--quiet", "--json"])
         .arg(&json)
+        // Brokers' run and data directories under the target directory, not a tmpfs /tmp.
+        .env(
+            "SHARDMQ_BENCH_TMPDIR",
+            std::env::var_os("SHARDMQ_BENCH_TMPDIR")
+                .unwrap_or_else(|| env!("CARGO_TARGET_TMPDIR").into()),
+        )
         .output()
         .expect("running shardmq-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -96,9 +108,29 @@ fn run(test: &str, args: &[&str]) -> Option<Value> {
         Err(e) => panic!("{test}: no JSON written ({e}); exit {}\n{stderr}", out.status),
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let result = report["scenarios"][0]["results"][0].clone();
     assert!(report["git_commit"].is_string() && report["command"].is_string());
-    Some(result)
+    Some(report)
+}
+
+/// The broker arguments with its persistence on: shardmq with `--shardmq-durability MODE`,
+/// Mosquitto with `persistence true`; `None` (skipped, with a message) for rumqttd.
+fn persistent_broker_args(test: &str, shardmq_mode: &str) -> Option<Vec<String>> {
+    let mut broker = match broker_args() {
+        Ok(a) => a,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+    };
+    match broker_name().as_str() {
+        "shardmq" => broker.extend(["--shardmq-durability".into(), shardmq_mode.into()]),
+        "mosquitto" => broker[1] = "mosquitto@persist".into(),
+        other => {
+            eprintln!("SKIPPED {test}: {other} has no persistence");
+            return None;
+        }
+    }
+    Some(broker)
 }
 
 fn error_of(r: &Value) -> Option<String> {
@@ -211,4 +243,36 @@ fn retained_100_topics_then_wildcard() {
     let Some(r) = run("retained", &args) else { return };
     assert_correct("retained", &r, 1);
     assert_eq!(r["integrity"]["distinct"].as_u64(), Some(100), "retained: {r}");
+}
+
+#[test]
+fn p2p_3_pairs_qos2_sync_durability() {
+    // Durable QoS 2 (acknowledged after fdatasync): nothing lost, nothing twice.
+    let test = "p2p_qos2_sync";
+    let Some(broker) = persistent_broker_args(test, "sync") else { return };
+    let mut args = vec!["p2p", "--pairs", "3", "--qos", "2"];
+    args.extend(TINY);
+    let Some(report) = run_with(test, &args, &broker) else { return };
+    let r = &report["scenarios"][0]["results"][0];
+    assert_correct(test, r, 2);
+    let durability = r["durability"].as_str().unwrap_or_default();
+    if broker_name() == "shardmq" {
+        assert_eq!(durability, "sync", "{test}: the result states the mode: {r}");
+    }
+}
+
+#[test]
+fn restart_with_2000_stored_messages_loses_none() {
+    // shardmq is killed with SIGKILL (Mosquitto stopped with SIGTERM) and restarted on the
+    // same data: every stored message reaches the resumed session.
+    let test = "restart";
+    let Some(broker) = persistent_broker_args(test, "sync") else { return };
+    let args = ["restart", "--messages", "2000", "--publishers", "2", "--timeout-secs", "60"];
+    let Some(report) = run_with(test, &args, &broker) else { return };
+    let r = &report["results"][0];
+    assert_eq!(r["error"], Value::Null, "{test}: {r}");
+    assert_eq!(r["stored"].as_u64(), Some(2000), "{test}: every message acknowledged: {r}");
+    assert_eq!(r["received"].as_u64(), Some(2000), "{test}: every message after the restart: {r}");
+    assert_eq!(r["lost"].as_u64(), Some(0), "{test}: {r}");
+    assert_eq!(r["session_present"].as_bool(), Some(true), "{test}: {r}");
 }

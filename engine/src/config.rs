@@ -13,7 +13,14 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::core::auth::AuthConfig;
 use crate::core::limits::Limits;
+use crate::log::persist_config::PersistConfig;
+
+#[path = "config_auth.rs"]
+mod auth;
+#[path = "config_persist.rs"]
+mod persist;
 
 /// Default `io_memory` per shard: small, so that a non-root user under an 8 MiB
 /// RLIMIT_MEMLOCK can run several shards (glommio registers this memory with io_uring).
@@ -41,6 +48,10 @@ pub struct Config {
     pub ring_depth: usize,
     /// Every limit.
     pub limits: Limits,
+    /// Persistence: data directory, durability mode, disk cap (`--in-memory`: none).
+    pub persist: PersistConfig,
+    /// Users, enhanced authentication methods, anonymous access, redirection.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -55,6 +66,8 @@ impl Config {
             io_memory_bytes: IO_MEMORY_DEFAULT_KIB as usize * 1024,
             ring_depth: RING_DEPTH_DEFAULT as usize,
             limits: Limits::default(),
+            persist: PersistConfig::in_memory(),
+            auth: AuthConfig { rng_seed: auth::random_seed(), ..AuthConfig::default() },
         }
     }
 
@@ -118,7 +131,13 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 
 /// shardmq: a thread-per-core MQTT broker.
 #[derive(Debug, Parser)]
-#[command(name = "shardmq", version, about)]
+#[command(
+    name = "shardmq",
+    version,
+    about,
+    after_help = "Users file: `echo PASSWORD | shardmq users add NAME --file FILE` \
+                  (and `shardmq users remove NAME --file FILE`)."
+)]
 struct Cli {
     /// TOML configuration file (same keys as the flags, limits in a `[limits]` table).
     #[arg(long, value_name = "FILE")]
@@ -154,6 +173,10 @@ struct Cli {
     /// Largest packet accepted (limits.packet_size_max_bytes).
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<u32>,
+    #[command(flatten)]
+    persist: persist::PersistArgs,
+    #[command(flatten)]
+    auth: auth::AuthArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -170,7 +193,16 @@ struct FileConfig {
     connect_timeout_secs: Option<u16>,
     keepalive_max_secs: Option<u16>,
     max_packet_size: Option<u32>,
+    data_dir: Option<PathBuf>,
+    in_memory: Option<bool>,
+    durability: Option<String>,
+    data_max_mib: Option<u64>,
+    data_segment_mib: Option<u64>,
+    log_skip_damaged: Option<bool>,
+    server_reference: Option<String>,
+    redirect: Option<String>,
     limits: Option<Limits>,
+    auth: Option<auth::FileAuth>,
 }
 
 impl FileConfig {
@@ -330,6 +362,8 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
         return Err(invalid(format!("{key} {ring_depth}: must be between 8 and 32768")));
     }
 
+    let auth = auth::resolve_auth(&cli, &file)?;
+    let persist = persist::resolve_persist(&cli, &file)?;
     let mut limits = file.limits.unwrap_or_default();
     // Top-level shorthands in the file, then flags, override the [limits] table.
     if let Some(v) = cli.connect_timeout_secs.or(file.connect_timeout_secs) {
@@ -351,6 +385,8 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
         io_memory_bytes: io_memory_kib as usize * 1024,
         ring_depth: ring_depth as usize,
         limits,
+        auth,
+        persist,
     })
 }
 
@@ -382,7 +418,11 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
 mod tests {
     use super::*;
 
-    fn parse_with(args: &[&str], file: &str, usable: &[usize]) -> Result<Config, String> {
+    pub(super) fn parse_with(
+        args: &[&str],
+        file: &str,
+        usable: &[usize],
+    ) -> Result<Config, String> {
         let mut argv = vec!["shardmq"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
@@ -390,7 +430,7 @@ mod tests {
         resolve(cli, file, usable).map_err(|e| e.to_string())
     }
 
-    fn parse(args: &[&str]) -> Result<Config, String> {
+    pub(super) fn parse(args: &[&str]) -> Result<Config, String> {
         parse_with(args, "", &[0, 1, 2, 3])
     }
 

@@ -10,7 +10,7 @@
 //!   `now` as a parameter and return what to send; they never touch glommio, sockets or clocks.
 //! - [`io`]: the only code that imports glommio: listeners, connection drivers, the
 //!   cross-shard mesh, timers. Thin: read → decode → core → encode → write.
-//! - [`config`]: command line and TOML configuration.
+//! - [`config`]: command line and TOML configuration; [`users_cmd`]: `shardmq users …`.
 //!
 //! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.
 
@@ -18,3 +18,4 @@ pub mod config;
 pub mod core;
 pub mod io;
 pub mod log;
+pub mod users_cmd;

@@ -12,6 +12,15 @@ use shardmq_engine::io::Broker;
 static GLOBAL: shardmq_engine::io::alloc::BrokerAlloc = shardmq_engine::io::alloc::BrokerAlloc;
 
 fn main() {
+    // `shardmq users add|remove NAME --file FILE`: edit a users file, then exit.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "users") {
+        if let Err(e) = shardmq_engine::users_cmd::run(args) {
+            eprintln!("shardmq users: error: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let config = Config::from_env().unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(

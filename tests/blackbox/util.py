@@ -44,8 +44,14 @@ class PahoClient:
 
     def __init__(self, broker, version: int = 4, client_id: str | None = None,
                  clean: bool = True, session_expiry: int | None = None,
-                 keepalive: int = 60, will: tuple | None = None):
+                 keepalive: int = 60, will: tuple | None = None,
+                 properties: Properties | None = None, will_properties: Properties | None = None,
+                 manual_ack: bool = False):
+        """`properties`: 5.0 CONNECT properties (Session Expiry from `session_expiry` is
+        added to them); `will_properties`: 5.0 will properties; `manual_ack`: QoS 1/2
+        messages are acknowledged only by `ack(msg)`."""
         self.host, self.port = broker
+        self.properties = properties
         self.version = version
         self.client_id = uid("paho-") if client_id is None else client_id
         self.clean = clean
@@ -55,13 +61,15 @@ class PahoClient:
         self.connack = threading.Event()
         self.connack_info: tuple = ()
         self.disconnected = threading.Event()
+        # (reason code, properties) of the DISCONNECT the broker sent, if any.
+        self.disconnect_info: tuple = ()
         self.subacks: dict = {}
         self.unsubacks: dict = {}
         self.lock = threading.Condition()
         kw = {"clean_session": clean} if version != 5 else {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=PAHO_VERSIONS[version], reconnect_on_failure=False,
-                                  **kw)
+                                  manual_ack=manual_ack, **kw)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -69,7 +77,7 @@ class PahoClient:
         self.client.on_unsubscribe = self._on_unsubscribe
         if will:
             topic, payload, qos, retain = will
-            self.client.will_set(topic, payload, qos, retain)
+            self.client.will_set(topic, payload, qos, retain, properties=will_properties)
 
     # -- callbacks (paho's network thread) --
 
@@ -78,6 +86,7 @@ class PahoClient:
         self.connack.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_info = (int(reason_code.value), properties)
         self.disconnected.set()
 
     def _on_message(self, client, userdata, msg):
@@ -90,26 +99,37 @@ class PahoClient:
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties):
         with self.lock:
-            self.unsubacks[mid] = True
+            # 5.0: the UNSUBACK reason codes; 3.1.1 has none (an empty list).
+            codes = reason_codes if isinstance(reason_codes, list) else [reason_codes]
+            self.unsubacks[mid] = [int(rc.value) for rc in codes]
             self.lock.notify_all()
 
     # -- blocking API --
 
     def connect(self) -> bool:
         """Connects, waits for CONNACK, asserts success; returns the session-present flag."""
-        props = None
+        rc = self.connect_rc()
+        assert rc == 0, f"{self.client_id}: CONNECT refused with code {rc:#x}"
+        return self.connack_info[0]
+
+    def connect_rc(self) -> int:
+        """Connects and waits for CONNACK; returns its reason code (success or not)."""
+        props = self.properties
         kw = {}
         if self.version == 5:
             kw["clean_start"] = self.clean
             if self.session_expiry is not None:
-                props = Properties(PacketTypes.CONNECT)
+                props = props or Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.session_expiry
         self.client.connect(self.host, self.port, keepalive=self.keepalive, properties=props, **kw)
         self.client.loop_start()
         assert self.connack.wait(WAIT), f"{self.client_id}: no CONNACK within {WAIT} s"
-        session_present, rc, _ = self.connack_info
-        assert rc == 0, f"{self.client_id}: CONNECT refused with code {rc:#x}"
-        return session_present
+        return self.connack_info[1]
+
+    @property
+    def connack_properties(self):
+        """The CONNACK's 5.0 properties (a paho Properties object)."""
+        return self.connack_info[2]
 
     def _wait_for(self, table: dict, mid: int):
         with self.lock:
@@ -117,25 +137,30 @@ class PahoClient:
             assert ok, f"{self.client_id}: no acknowledgement for mid {mid} within {WAIT} s"
             return table.pop(mid)
 
-    def subscribe(self, topic, qos: int = 0, options: SubscribeOptions | None = None) -> list:
-        """Subscribes (one filter, or a list of (filter, qos)); returns the SUBACK codes."""
+    def subscribe(self, topic, qos: int = 0, options: SubscribeOptions | None = None,
+                  properties: Properties | None = None) -> list:
+        """Subscribes (one filter, or a list of (filter, qos)); returns the SUBACK codes.
+        `properties`: 5.0 SUBSCRIBE properties (e.g. a Subscription Identifier)."""
         if options is not None:
-            rc, mid = self.client.subscribe(topic, options=options)
+            rc, mid = self.client.subscribe(topic, options=options, properties=properties)
         elif isinstance(topic, list):
-            rc, mid = self.client.subscribe(topic)
+            rc, mid = self.client.subscribe(topic, properties=properties)
         else:
-            rc, mid = self.client.subscribe(topic, qos)
+            rc, mid = self.client.subscribe(topic, qos, properties=properties)
         assert rc == mqtt.MQTT_ERR_SUCCESS, rc
         return self._wait_for(self.subacks, mid)
 
-    def unsubscribe(self, topic) -> None:
+    def unsubscribe(self, topic) -> list:
+        """Unsubscribes; returns the UNSUBACK reason codes (5.0; empty for 3.1/3.1.1)."""
         rc, mid = self.client.unsubscribe(topic)
         assert rc == mqtt.MQTT_ERR_SUCCESS, rc
-        self._wait_for(self.unsubacks, mid)
+        return self._wait_for(self.unsubacks, mid)
 
-    def publish(self, topic: str, payload=b"", qos: int = 0, retain: bool = False) -> None:
-        """Publishes and waits until the QoS flow with the broker is complete (for QoS 0: sent)."""
-        info = self.client.publish(topic, payload, qos, retain)
+    def publish(self, topic: str, payload=b"", qos: int = 0, retain: bool = False,
+                properties: Properties | None = None) -> None:
+        """Publishes and waits until the QoS flow with the broker is complete (for QoS 0: sent).
+        `properties`: 5.0 PUBLISH properties."""
+        info = self.client.publish(topic, payload, qos, retain, properties=properties)
         info.wait_for_publish(WAIT)
         assert info.is_published(), f"{self.client_id}: publish to {topic} not completed"
 
@@ -158,6 +183,10 @@ class PahoClient:
             except queue.Empty:
                 pass
         return out
+
+    def ack(self, msg: mqtt.MQTTMessage) -> None:
+        """Acknowledges a QoS 1/2 message (clients made with manual_ack=True)."""
+        assert self.client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS
 
     def expect_nothing(self, duration: float = QUIET) -> None:
         try:
@@ -183,3 +212,30 @@ class PahoClient:
 
 def sub_options(qos: int, **kw) -> SubscribeOptions:
     return SubscribeOptions(qos=qos, **kw)
+
+
+def props(packet_type: int, **values) -> Properties:
+    """5.0 properties for `packet_type` (PacketTypes.CONNECT, .PUBLISH, …) by paho's names,
+    e.g. props(PacketTypes.PUBLISH, MessageExpiryInterval=60, UserProperty=[("k", "v")])."""
+    p = Properties(packet_type)
+    for name, value in values.items():
+        setattr(p, name, value)
+    return p
+
+
+def home_shard(client_id: str, shards: int = 2) -> int:
+    """The shard a client id's session lives on in shardmq: FNV-1a of the id modulo the
+    shard count (`ShardCore::home_shard`). The fixture's broker runs 2 shards."""
+    h = 0xCBF29CE484222325
+    for b in client_id.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h % shards
+
+
+def id_on_shard(prefix: str, shard: int, shards: int = 2) -> str:
+    """A unique client id whose home shard is `shard` (so tests can put a publisher and a
+    subscriber on different shards and make every message cross the mesh)."""
+    while True:
+        cid = uid(prefix)
+        if home_shard(cid, shards) == shard:
+            return cid

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ProtocolVersion};
 
+use crate::core::auth::ConnAuth;
 use crate::core::ids::SessionSlot;
 use crate::core::shard::ConnId;
 use crate::core::tx::TxQueue;
@@ -49,6 +50,9 @@ pub(crate) struct Conn {
     /// Topic alias tables, allocated on first use (most connections never use aliases, and
     /// an idle connection must stay small).
     pub(crate) aliases: Option<Box<Aliases>>,
+    /// Enhanced authentication (5.0): the method and any exchange in progress; `None` for a
+    /// connection that did not name a method in CONNECT (most: kept out of line).
+    pub(crate) auth: Option<Box<ConnAuth>>,
 }
 
 /// The topic alias mappings of one 5.0 connection, both directions. Aliases live and die
@@ -78,6 +82,7 @@ impl Conn {
             client_packet_size_max_bytes: u32::MAX,
             client_topic_alias_max: 0,
             aliases: None,
+            auth: None,
         }
     }
 

@@ -13,6 +13,7 @@ use shardmq_codec::{
     ByteStr, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will,
 };
 
+use crate::core::auth::exchange::AuthOk;
 use crate::core::conn::Phase;
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::{Message, Origin};
@@ -22,11 +23,27 @@ use crate::core::shard::{CloseKind, ConnId, ShardCore};
 impl ShardCore {
     /// CONNECT on a connection awaiting it.
     pub(crate) fn handle_connect(&mut self, conn: ConnId, connect: Connect, now: Instant) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.version = Some(connect.protocol);
+        }
+        // Redirection and authentication (`auth/exchange.rs`): an enhanced authentication
+        // holds the CONNECT and calls `accept_connect` once its AUTH exchange succeeds.
+        if let Some((connect, auth)) = self.authenticate_connect(conn, connect, now) {
+            self.accept_connect(conn, connect, auth, now);
+        }
+    }
+
+    /// An authenticated CONNECT: client id, takeover, session, CONNACK (with the
+    /// authentication method's final data, if any).
+    pub(crate) fn accept_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Connect,
+        auth: Option<AuthOk>,
+        now: Instant,
+    ) {
         let version = connect.protocol;
         let limits = self.config.limits.clone();
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.version = Some(version);
-        }
 
         // Client identifier [MQTT-3.1.3-5..9].
         // Sessions outlive the packet: own the bytes instead of pinning the read buffer.
@@ -64,10 +81,6 @@ impl ShardCore {
             tracing::error!(shard = %self.shard, %client_id, "CONNECT on a shard that is not the client id's home");
         }
 
-        // Enhanced authentication is not supported: refuse a method we do not know.
-        if connect.properties.authentication_method.is_some() {
-            return self.refuse_connect(conn, version, ReasonCode::BAD_AUTHENTICATION_METHOD, now);
-        }
         if let Some(will) = &connect.will {
             if self.topic_limits.check(&will.topic).is_err() {
                 return self.refuse_connect(conn, version, ReasonCode::TOPIC_NAME_INVALID, now);
@@ -143,6 +156,7 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
+        self.persist_connect(slot, session_present);
 
         // Response Information (5.0 §3.2.2.3.15): only when asked for; a topic prefix the
         // client may use for response topics. The broker attaches no meaning to it.
@@ -150,8 +164,13 @@ impl ShardCore {
             .then(|| ByteStr::from(format!("response/{client_id}")));
         // Request Problem Information (5.0 §3.1.2.11.7) needs no handling: the broker never
         // sends a Reason String or User Properties on any packet [MQTT-3.1.2-29].
+        let (authentication_method, authentication_data) =
+            auth.map_or((None, None), |a| (Some(a.method), a.data));
         let properties = version.is_v5().then(|| {
             Box::new(Properties {
+                // [MQTT-4.12.0-5]: the method of the CONNECT, and its final data.
+                authentication_method,
+                authentication_data,
                 assigned_client_identifier: assigned,
                 server_keep_alive_secs: (connect.keep_alive_secs != keep_alive_secs)
                     .then_some(keep_alive_secs),
@@ -192,7 +211,7 @@ impl ShardCore {
 
     /// Answers CONNECT with a failure CONNACK (projected to 3.1.1 return codes by the codec)
     /// and closes.
-    fn refuse_connect(
+    pub(crate) fn refuse_connect(
         &mut self,
         conn: ConnId,
         version: ProtocolVersion,

@@ -148,4 +148,19 @@ pub enum MeshMsg {
     },
     /// Ask the receiver to stop (graceful shutdown).
     Shutdown,
+    /// With persistence: the sender routed a QoS 1/2 message (or a retained update) to the
+    /// receiver just before this, on the same ring. The receiver answers
+    /// [`MeshMsg::DurableAck`] with `token` once everything it logged so far is durable, so
+    /// the sender acknowledges the PUBLISH only when every shard's copy is (`persist.rs`).
+    DurableReq {
+        /// Sender-local, increasing per receiver; echoed in the ack.
+        token: u64,
+    },
+    /// Answers a [`MeshMsg::DurableReq`]; answers arrive in request order.
+    DurableAck {
+        /// The request's token.
+        token: u64,
+        /// False if the receiver could not log its records (disk full).
+        ok: bool,
+    },
 }

@@ -2,6 +2,7 @@
 //! send. Nothing in this module imports glommio, touches a socket or reads a clock (enforced
 //! by the tidy test in `engine/tests/tidy.rs`).
 
+pub mod auth;
 pub(crate) mod conn;
 mod connect;
 pub(crate) mod deliver;
@@ -9,6 +10,9 @@ pub mod ids;
 pub mod limits;
 pub mod mesh;
 pub(crate) mod outgoing;
+pub mod persist;
+mod persist_diff;
+mod persist_restore;
 mod publish;
 pub mod retained;
 pub mod route_index;

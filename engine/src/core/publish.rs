@@ -22,7 +22,10 @@ use shardmq_codec::{ByteStr, Packet, PacketId, Publish, QoS, ReasonCode};
 use crate::core::deliver::pub_resp;
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message, Origin};
+use crate::core::persist::{Ack, AckKind};
 use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::log::record::{Qos2Received, Qos2Released};
+use crate::log::Record;
 
 /// True for `$SYS` and `$SYS/...`: the broker's own topics. PUBLISH from clients to them is
 /// acknowledged but not routed (clients must not forge broker statistics). Other `$` topics
@@ -83,14 +86,26 @@ impl ShardCore {
             if s.qos2_in.contains(&id) {
                 // A retransmission of a message we already routed and PUBREC'd: it must
                 // not be delivered twice (method B, §4.3.3). Acknowledge again.
-                return self.ack_publish(conn, QoS::ExactlyOnce, id);
+                return self.ack_publish(conn, slot, QoS::ExactlyOnce, id, Vec::new(), now);
             }
             if s.qos2_in.len() >= inflight_in_max {
                 // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
                 let kind = CloseKind::Abnormal(Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 return self.close_conn(conn, kind, now);
             }
-            s.qos2_in.push(id);
+        }
+        if let Some(id) = packet_id.filter(|_| self.log_full()) {
+            // The log cannot take the message: refuse it rather than acknowledge what a
+            // crash would lose (0x97 Quota exceeded for 5.0; 3.1.1 disconnects). QoS 0 goes on.
+            let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
+            return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
+        }
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
+            self.sessions.get_mut(slot).qos2_in.push(id);
+            let packet_id = id.get();
+            self.persist_session_record(slot, |client_id| {
+                Record::Qos2Received(Qos2Received { client_id, packet_id })
+            });
         }
 
         let msg = Message {
@@ -102,9 +117,11 @@ impl ShardCore {
             origin: Origin { shard: self.shard, session: slot.0 },
             received_at_ms: self.uptime_ms(now),
         };
+        let mark = self.mesh_out.len();
         self.publish_from_client(Arc::new(msg), now);
         if let Some(id) = packet_id {
-            self.ack_publish(conn, p.qos, id);
+            let remote = self.request_remote_durability(mark);
+            self.ack_publish(conn, slot, p.qos, id, remote, now);
         }
     }
 
@@ -132,30 +149,56 @@ impl ShardCore {
         Ok(topic)
     }
 
-    /// The one place inbound PUBLISH acknowledgements (PUBACK, PUBREC) are emitted. The
-    /// persistence issue will defer this until the message's log record is durable, in
-    /// packet-id order.
-    fn ack_publish(&mut self, conn: ConnId, qos: QoS, id: PacketId) {
-        let resp = pub_resp(id, ReasonCode::SUCCESS);
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_packet(conn, &Packet::PubAck(resp)),
-            QoS::ExactlyOnce => self.send_packet(conn, &Packet::PubRec(resp)),
-        }
+    /// The one place inbound PUBLISH acknowledgements (PUBACK, PUBREC) are emitted. With
+    /// persistence they are held until the message's log records, and the copies of the
+    /// shards in `remote`, are durable, and leave in the order they were produced, which is
+    /// packet-id order per connection [MQTT-4.6.0-2] [MQTT-4.6.0-3] (`persist.rs`).
+    fn ack_publish(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        qos: QoS,
+        id: PacketId,
+        remote: Vec<(ShardId, u64)>,
+        now: Instant,
+    ) {
+        let kind = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
+        };
+        self.hold_ack(Ack { conn, slot, kind, id }, remote, false, now);
     }
 
     /// PUBREL for an incoming QoS 2 message: forget the id, answer PUBCOMP (5.0: 0x92 if the
-    /// id was unknown).
-    pub(crate) fn handle_pubrel(&mut self, conn: ConnId, slot: SessionSlot, id: PacketId) {
+    /// id was unknown). With persistence, PUBCOMP waits until the release is durable: after
+    /// PUBCOMP the client may reuse the id, and a recovered id would make its next message
+    /// look like a duplicate.
+    pub(crate) fn handle_pubrel(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        id: PacketId,
+        now: Instant,
+    ) {
+        if !self.forget_qos2_in(slot, id) {
+            let resp = pub_resp(id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+            return self.send_packet(conn, &Packet::PubComp(resp));
+        }
+        let ack = Ack { conn, slot, kind: AckKind::PubComp, id };
+        self.hold_ack(ack, Vec::new(), false, now);
+    }
+
+    /// Ends the inbound QoS 2 flow of `id` (PUBREL, or a refused PUBREC). False if unknown.
+    pub(crate) fn forget_qos2_in(&mut self, slot: SessionSlot, id: PacketId) -> bool {
         let s = self.sessions.get_mut(slot);
-        let reason = match s.qos2_in.iter().position(|x| *x == id) {
-            Some(i) => {
-                s.qos2_in.swap_remove(i);
-                ReasonCode::SUCCESS
-            }
-            None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
-        };
-        self.send_packet(conn, &Packet::PubComp(pub_resp(id, reason)));
+        let Some(i) = s.qos2_in.iter().position(|x| *x == id) else { return false };
+        s.qos2_in.swap_remove(i);
+        let packet_id = id.get();
+        self.persist_session_record(slot, |client_id| {
+            Record::Qos2Released(Qos2Released { client_id, packet_id })
+        });
+        true
     }
 
     /// A message published by a client (or its will): routed unless it targets `$SYS`.
@@ -217,6 +260,15 @@ impl ShardCore {
         if !self.apply_retained(topic.clone(), msg.clone()) {
             return;
         }
+        if let Some(p) = self.persist.as_deref_mut().filter(|_| !is_sys_topic(&topic)) {
+            // The owner logs the topic's retained message; recovery replicates it again.
+            p.retained_update(&mut self.sessions, &topic, msg.as_ref());
+        }
+        self.replicate_retained(topic, msg);
+    }
+
+    /// Sends the owner's retained message of `topic` to every other shard's replica.
+    pub(crate) fn replicate_retained(&mut self, topic: ByteStr, msg: Option<Arc<Message>>) {
         for i in 0..self.config.shard_count {
             let shard = ShardId(i);
             if shard != self.shard {

@@ -14,6 +14,7 @@ use shardmq_codec::{ByteStr, PacketId, QoS, SubscriptionOptions, Will};
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::outgoing::is_expired;
+use crate::core::persist_diff::{QEntry, SessionLog};
 use crate::core::shard::ConnId;
 
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow: the packet it waits for.
@@ -102,6 +103,9 @@ pub(crate) struct Session {
     /// its index in the fan-out's match list.
     pub(crate) fanout_epoch: u64,
     pub(crate) fanout_index: u32,
+    /// What the log knows about this session: `Some` while it is persistent and the broker
+    /// persists (`persist.rs`).
+    pub(crate) plog: Option<Box<SessionLog>>,
 }
 
 impl Session {
@@ -121,6 +125,7 @@ impl Session {
             pending_will: None,
             fanout_epoch: 0,
             fanout_index: 0,
+            plog: None,
         }
     }
 
@@ -150,14 +155,32 @@ impl Session {
             return false;
         }
         self.queue_bytes += size;
+        if let Some(log) = self.plog.as_deref_mut() {
+            let e = QEntry::for_queued(&q);
+            log.pending += usize::from(matches!(e, QEntry::Pending { .. }));
+            log.queue.push_back(e);
+        }
         self.queue.push_back(q);
         true
+    }
+
+    /// Appends a recovered entry to the queue (no limits: it was accepted before) whose log
+    /// view is `entry`.
+    pub(crate) fn restore_queued(&mut self, q: Queued, entry: QEntry) {
+        self.queue_bytes += q.size_bytes();
+        self.queue.push_back(q);
+        if let Some(log) = self.plog.as_deref_mut() {
+            log.queue.push_back(entry);
+        }
     }
 
     /// Removes the queue's first entry.
     pub(crate) fn dequeue(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.queue_bytes -= q.size_bytes();
+        if let Some(log) = self.plog.as_deref_mut() {
+            log.on_dequeue();
+        }
         Some(q)
     }
 
@@ -166,14 +189,24 @@ impl Session {
     pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
         let before = self.queue.len();
         let mut freed_bytes = 0;
+        let mut removed = Vec::new();
+        let track = self.plog.is_some();
         self.queue.retain(|q| {
             let expired = is_expired(&q.msg, now_ms);
             if expired {
                 freed_bytes += q.size_bytes();
             }
+            if track {
+                removed.push(expired);
+            }
             !expired
         });
         self.queue_bytes -= freed_bytes;
+        if before != self.queue.len() {
+            if let Some(log) = self.plog.as_deref_mut() {
+                log.on_removed(&removed);
+            }
+        }
         (before - self.queue.len()) as u64
     }
 
@@ -182,8 +215,11 @@ impl Session {
     pub(crate) fn take_group_queued(&mut self, group: &str) -> Vec<Queued> {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut removed = Vec::new();
         for q in self.queue.drain(..) {
-            if q.group.as_deref() == Some(group) {
+            let take = q.group.as_deref() == Some(group);
+            removed.push(take);
+            if take {
                 self.queue_bytes -= q.size_bytes();
                 taken.push(q);
             } else {
@@ -191,6 +227,9 @@ impl Session {
             }
         }
         self.queue = kept;
+        if let Some(log) = self.plog.as_deref_mut().filter(|_| !taken.is_empty()) {
+            log.on_removed(&removed);
+        }
         taken
     }
 
@@ -208,6 +247,10 @@ pub(crate) struct SessionTable {
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
     by_client_id: HashMap<ByteStr, SessionSlot>,
+    /// Persistent sessions touched (borrowed mutably) since the log last looked.
+    dirty: Vec<SessionSlot>,
+    /// Persistent sessions removed since the log last looked (client id, log view).
+    ended: Vec<(ByteStr, Box<SessionLog>)>,
 }
 
 impl SessionTable {
@@ -241,9 +284,12 @@ impl SessionTable {
 
     /// Removes the session in `slot`.
     pub(crate) fn remove(&mut self, slot: SessionSlot) -> Session {
-        let s = self.slots[slot.0 as usize].take().expect("removing a free session slot");
+        let mut s = self.slots[slot.0 as usize].take().expect("removing a free session slot");
         self.by_client_id.remove(&s.client_id);
         self.free.push(slot.0);
+        if let Some(log) = s.plog.take() {
+            self.ended.push((s.client_id.clone(), log));
+        }
         s
     }
 
@@ -255,12 +301,44 @@ impl SessionTable {
 
     /// The session in `slot`, if live.
     pub(crate) fn try_get_mut(&mut self, slot: SessionSlot) -> Option<&mut Session> {
-        self.slots.get_mut(slot.0 as usize)?.as_mut()
+        let s = self.slots.get_mut(slot.0 as usize)?.as_mut()?;
+        mark_dirty(&mut self.dirty, slot, s);
+        Some(s)
     }
 
     /// The session in `slot`, which must be live.
     pub(crate) fn get_mut(&mut self, slot: SessionSlot) -> &mut Session {
-        self.slots[slot.0 as usize].as_mut().expect("stale session slot")
+        let s = self.slots[slot.0 as usize].as_mut().expect("stale session slot");
+        mark_dirty(&mut self.dirty, slot, s);
+        s
+    }
+
+    /// The persistent session in `slot`, if live, without marking it touched (the log's
+    /// own access).
+    pub(crate) fn try_get_log(&mut self, slot: SessionSlot) -> Option<&mut Session> {
+        self.slots.get_mut(slot.0 as usize)?.as_mut().filter(|s| s.plog.is_some())
+    }
+
+    /// Has the log visit `slot`'s session when it next cuts a batch.
+    pub(crate) fn mark(&mut self, slot: SessionSlot) {
+        self.dirty.push(slot);
+    }
+
+    /// Persistent sessions touched since the last call.
+    pub(crate) fn take_dirty(&mut self) -> Vec<SessionSlot> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Returns the (emptied) list from [`SessionTable::take_dirty`], keeping its capacity.
+    pub(crate) fn give_back_dirty(&mut self, list: Vec<SessionSlot>) {
+        if self.dirty.is_empty() {
+            self.dirty = list;
+        }
+    }
+
+    /// Persistent sessions removed since the last call.
+    pub(crate) fn take_ended(&mut self) -> Vec<(ByteStr, Box<SessionLog>)> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Slots of every session, into `out` (for the periodic scan).
@@ -269,6 +347,18 @@ impl SessionTable {
             if s.is_some() {
                 out.push(SessionSlot(i as u32));
             }
+        }
+    }
+}
+
+/// Every mutable borrow of a persistent session may change what the log must know: the
+/// session is visited when the next log batch is cut (`persist_diff.rs`). Other sessions cost
+/// one branch.
+fn mark_dirty(dirty: &mut Vec<SessionSlot>, slot: SessionSlot, s: &mut Session) {
+    if let Some(log) = s.plog.as_deref_mut() {
+        if !log.dirty {
+            log.dirty = true;
+            dirty.push(slot);
         }
     }
 }

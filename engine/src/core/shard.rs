@@ -18,8 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shardmq_codec::{encode, DecodeError, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use shardmq_codec::{
+    encode, DecodeError, Disconnect, Packet, PacketType, ProtocolVersion, ReasonCode,
+};
 
+use crate::core::auth::{AuthConfig, AuthRng};
 use crate::core::conn::{Conn, ConnTable, Phase};
 use crate::core::deliver::Fanout;
 use crate::core::ids::{SessionSlot, ShardId};
@@ -53,6 +56,8 @@ pub struct CoreConfig {
     pub stats: Arc<GlobalStats>,
     /// When the broker started (for `$SYS/broker/uptime` and message expiry).
     pub started_at: Instant,
+    /// Authentication and redirection (`auth.rs`).
+    pub auth: AuthConfig,
 }
 
 /// Per-shard counters, shared read-only across shards for `$SYS` (each shard writes its own).
@@ -160,6 +165,10 @@ pub struct ShardCore {
     pub(crate) assigned_ids: u64,
     pub(crate) next_scan_at: Option<Instant>,
     pub(crate) next_sys_at: Option<Instant>,
+    /// Persistence (`persist.rs`): `None` when everything stays in memory.
+    pub(crate) persist: Option<Box<crate::core::persist::Persist>>,
+    /// Nonces of authentication exchanges.
+    pub(crate) auth_rng: AuthRng,
     mesh_backlog: usize,
 }
 
@@ -186,6 +195,8 @@ impl ShardCore {
             assigned_ids: 0,
             next_scan_at: None,
             next_sys_at,
+            persist: None,
+            auth_rng: AuthRng::new(config.auth.rng_seed, shard.0),
             mesh_backlog: 0,
             config,
         }
@@ -227,8 +238,13 @@ impl ShardCore {
     pub fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         c.last_rx = now;
+        let authenticating = c.auth.is_some();
         match c.phase {
             Phase::Closing => {}
+            // An enhanced authentication exchange before CONNACK (`auth/exchange.rs`).
+            Phase::AwaitingConnect if authenticating => {
+                self.handle_packet_authenticating(conn, packet, now)
+            }
             Phase::AwaitingConnect => match packet {
                 Packet::Connect(connect) => self.handle_connect(conn, *connect, now),
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT; close without answering.
@@ -249,20 +265,27 @@ impl ShardCore {
             Packet::Publish(p) => self.handle_publish(conn, slot, p, now),
             Packet::PubAck(r) => self.handle_puback(slot, r.packet_id, self.uptime_ms(now)),
             Packet::PubRec(r) => self.handle_pubrec(conn, slot, r, self.uptime_ms(now)),
-            Packet::PubRel(r) => self.handle_pubrel(conn, slot, r.packet_id),
+            Packet::PubRel(r) => self.handle_pubrel(conn, slot, r.packet_id, now),
             Packet::PubComp(r) => self.handle_pubcomp(slot, r.packet_id, self.uptime_ms(now)),
-            Packet::Subscribe(s) => self.handle_subscribe(conn, slot, s, now),
-            Packet::Unsubscribe(u) => self.handle_unsubscribe(conn, slot, u, now),
+            Packet::Subscribe(s) => {
+                self.handle_subscribe(conn, slot, s, now);
+                self.persist_subscriptions(slot);
+            }
+            Packet::Unsubscribe(u) => {
+                self.handle_unsubscribe(conn, slot, u, now);
+                self.persist_subscriptions(slot);
+            }
             Packet::PingReq => self.send_packet(conn, &Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(conn, slot, d, now),
+            // Re-authentication (`auth/exchange.rs`).
+            Packet::Auth(a) => self.handle_auth_connected(conn, a, now),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation. Packets only a
-            // server sends, and AUTH without an authentication method, likewise.
+            // server sends likewise.
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Auth(_) => {
+            | Packet::PingResp => {
                 self.close_conn(conn, CloseKind::Abnormal(Some(ReasonCode::PROTOCOL_ERROR)), now)
             }
         }
@@ -285,12 +308,28 @@ impl ShardCore {
                         ProtocolVersion::V3_1_1,
                         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                     );
+                } else if err == DecodeError::PayloadFormatInvalid {
+                    // Only a 5.0 CONNECT carries a will Payload Format Indicator. 5.0
+                    // §3.1.3.2.3: the server MAY validate the will payload and, if it is not of
+                    // the indicated format, send CONNACK 0x99 (Payload format invalid).
+                    self.send_connack_refusal(
+                        conn,
+                        ProtocolVersion::V5,
+                        ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    );
                 }
                 self.close_conn(conn, CloseKind::Abnormal(None), now);
             }
             Phase::Connected(_) => {
                 tracing::debug!(shard = %self.shard, ?conn, %err, "decode error, closing");
-                self.close_conn(conn, CloseKind::Abnormal(Some(err.reason_code())), now);
+                // A code DISCONNECT cannot carry (0x84, from a second CONNECT with an unknown
+                // protocol name or level) becomes 0x82: a second CONNECT is a Protocol Error
+                // [MQTT-3.1.0-2], and DISCONNECT's reason is one of 5.0 §3.14.2.1's codes.
+                let mut reason = err.reason_code();
+                if !reason.is_valid_for(PacketType::Disconnect, ProtocolVersion::V5) {
+                    reason = ReasonCode::PROTOCOL_ERROR;
+                }
+                self.close_conn(conn, CloseKind::Abnormal(Some(reason)), now);
             }
         }
     }
@@ -338,6 +377,8 @@ impl ShardCore {
             MeshMsg::SharedRequeue { group, msg } => {
                 self.handle_shared_requeue(&group, &msg, self.uptime_ms(now));
             }
+            MeshMsg::DurableReq { token } => self.handle_durable_req(from, token),
+            MeshMsg::DurableAck { token, ok } => self.handle_durable_ack(from, token, ok, now),
             MeshMsg::Adopt { .. } | MeshMsg::Shutdown => {
                 debug_assert!(false, "io-layer message handed to the core");
             }
@@ -516,6 +557,7 @@ mod tests {
             sys_interval_secs: 10,
             stats: Arc::new(GlobalStats::new(shard_count)),
             started_at: now,
+            auth: AuthConfig::default(),
         };
         (ShardCore::new(ShardId(0), config), now)
     }

@@ -130,6 +130,9 @@ pub(crate) struct Sim {
     /// `MeshMsg::Publish` messages sent between shards so far.
     pub(crate) mesh_publishes: usize,
     codec_limits: shardmq_codec::Limits,
+    /// With persistence: each shard's log, as the live state its records fold into
+    /// (`Sim::enable_persistence`).
+    pub(crate) logs: Option<Vec<crate::log::state::LogState>>,
 }
 
 impl Sim {
@@ -147,6 +150,7 @@ impl Sim {
             sys_interval_secs: 10,
             stats: stats.clone(),
             started_at: now,
+            auth: crate::core::auth::AuthConfig::default(),
         };
         let shards = (0..shard_count).map(|i| ShardCore::new(ShardId(i), config.clone())).collect();
         let n = usize::from(shard_count);
@@ -163,6 +167,7 @@ impl Sim {
             codec_limits: shardmq_codec::Limits {
                 packet_size_max_bytes: limits.packet_size_max_bytes,
             },
+            logs: None,
         }
     }
 
@@ -364,9 +369,56 @@ impl Sim {
         self.send(c, &Packet::Publish(p));
     }
 
+    /// Turns persistence on: every shard's log batches are folded into its log state (which
+    /// panics on a record that does not fit) and are durable at once.
+    pub(crate) fn enable_persistence(&mut self) {
+        self.shards.iter_mut().for_each(ShardCore::enable_persistence);
+        self.logs = Some(vec![crate::log::state::LogState::default(); self.n()]);
+    }
+
+    /// A crash (`kill -9`) and a restart: every connection and ring message is lost, each
+    /// shard is rebuilt from its log alone, and runs until the recovery settled.
+    pub(crate) fn crash_and_recover(&mut self) {
+        let logs = self.logs.as_ref().expect("persistence enabled");
+        let config = self.shards[0].config().clone();
+        for (i, log) in logs.iter().enumerate() {
+            log.check_invariants();
+            let mut state = log.clone();
+            state.prune();
+            let mut core = ShardCore::new(ShardId(i as u16), config.clone());
+            core.enable_persistence();
+            core.restore_from_log(&state, self.now).expect("the log restores");
+            self.shards[i] = core;
+        }
+        self.rings.iter_mut().for_each(VecDeque::clear);
+        self.owners.clear();
+        for cl in &mut self.clients {
+            cl.conn = None;
+            cl.closed = true;
+            cl.rx.clear();
+            cl.srv_rx.clear();
+        }
+        self.shards.iter_mut().for_each(ShardCore::persist_barrier);
+        self.run();
+        assert!(self.shards.iter().all(ShardCore::persist_settled), "recovery settles");
+    }
+
     /// Moves shard `s`'s outputs: queued bytes to clients, mesh messages to the rings.
     fn drain_shard(&mut self, s: usize) -> bool {
         let mut progress = false;
+        if let Some(logs) = self.logs.as_mut() {
+            // As the io layer does: append the batch, report it durable.
+            while let Some(batch) = self.shards[s].drain_log() {
+                for r in batch.records {
+                    let kind = r.kind_name();
+                    if let Err(e) = logs[s].apply_owned(r) {
+                        panic!("shard {s}: a {kind} record does not fit the log: {e}");
+                    }
+                }
+                self.shards[s].handle_log_durable(batch.ticket, self.now);
+                progress = true;
+            }
+        }
         while let Some(action) = self.shards[s].poll_action() {
             progress = true;
             let (conn, close) = match action {

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
@@ -32,6 +32,7 @@ use shardmq_codec::{decode, DecodeError, Packet, ProtocolVersion};
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, ShardCore};
 
+use super::flush::{with_front_queue, write_out, Wrote};
 use super::shard::{ConnSlot, PendingConn, ShardIo};
 
 /// How long a closing connection may take to write what is queued before it is dropped.
@@ -89,7 +90,7 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
     }
 
     let Some(conn) = shard.with_core(|core, now| core.open_connection(now)) else { return };
-    let slot = shard.register(conn);
+    let slot = shard.register(conn, stream.as_raw_fd());
     shard.with_core(|core, now| match first.packet {
         Ok(p) => core.handle_packet(conn, p, now),
         Err(e) => core.handle_decode_error(conn, e, now),
@@ -100,8 +101,6 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         slot,
         stream,
         buf: first.rest,
-        out: Vec::new(),
-        out_pos: 0,
         close_timer: None,
     };
     glommio::spawn_local(driver).detach();
@@ -173,9 +172,6 @@ struct Driver {
     stream: TcpStream,
     /// Bytes read and not yet decoded.
     buf: BytesMut,
-    /// Chunks being written, and how far.
-    out: Vec<Bytes>,
-    out_pos: usize,
     /// Bounds how long a closing connection may take to flush.
     close_timer: Option<Timer>,
 }
@@ -215,6 +211,9 @@ impl Future for Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Before the stream (and its descriptor) is dropped: the shard's writer must not
+        // send on a descriptor number that may be reused.
+        self.slot.gone.set(true);
         self.shard.unregister(self.conn);
     }
 }
@@ -246,43 +245,52 @@ impl Driver {
         }
     }
 
-    /// Writes what is queued, then reads; `Pending` when neither can make progress.
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        // Writer.
+    /// Writes until the queue is empty or the socket is full (then glommio wakes this task
+    /// when it is writable). `Err` when the socket failed.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         loop {
-            if self.out_pos == self.out.len() {
-                self.out.clear();
-                self.out_pos = 0;
-                self.out.append(&mut self.slot.pending.borrow_mut());
-                if self.out.is_empty() && self.slot.flush.replace(false) {
-                    if let Some(tx) = self.shard.core.borrow_mut().tx(self.conn) {
-                        tx.take_all(&mut self.out);
-                    }
-                }
-                if self.out.is_empty() {
-                    break;
-                }
+            match write_out(&self.shard, &self.slot) {
+                Wrote::All => return Poll::Ready(Ok(())),
+                Wrote::Failed => return Poll::Ready(Err(())),
+                Wrote::Blocked => {}
             }
-            let chunk = &mut self.out[self.out_pos];
-            match Pin::new(&mut self.stream).poll_write(cx, chunk) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    if n == chunk.len() {
-                        self.out[self.out_pos] = Bytes::new();
-                        self.out_pos += 1;
-                    } else {
-                        chunk.advance(n);
-                    }
+            // Full: one write through glommio, which registers for writability if the
+            // socket still takes nothing.
+            let stream = &mut self.stream;
+            let poll = with_front_queue(&self.shard, &self.slot, |q| {
+                let poll = Pin::new(stream).poll_write(cx, q.front());
+                if let Poll::Ready(Ok(n)) = poll {
+                    q.consume(n);
                 }
-                Poll::Ready(_) => {
-                    let closing = self.slot.close.get();
-                    return Poll::Ready(if closing { Event::Closed } else { Event::Gone });
-                }
-                Poll::Pending => break,
+                poll
+            });
+            match poll {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        let written = self.out_pos == self.out.len();
-        if self.slot.close.get() {
-            if written && !self.slot.flush.get() && self.slot.pending.borrow().is_empty() {
+    }
+
+    /// Writes what the shard's writer handed over (or what a closing connection has
+    /// queued), then reads; `Pending` when neither can make progress.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        // Writer: only while the socket is full, or closing; otherwise the shard's writer
+        // (`flush.rs`) sends this connection's queue.
+        let closing = self.slot.close.get();
+        if self.slot.blocked.get() || closing {
+            match self.poll_write_all(cx) {
+                Poll::Ready(Ok(())) => self.slot.blocked.set(false),
+                Poll::Ready(Err(())) => {
+                    return Poll::Ready(if closing { Event::Closed } else { Event::Gone });
+                }
+                Poll::Pending => self.slot.blocked.set(true),
+            }
+        }
+        if closing {
+            if !self.slot.blocked.get() {
+                // Everything is written (`poll_write_all` empties the pending bytes and
+                // the core's queue).
                 return Poll::Ready(Event::Closed);
             }
             let timer = self.close_timer.get_or_insert_with(|| Timer::new(CLOSE_WRITE_TIMEOUT));
@@ -291,9 +299,6 @@ impl Driver {
             }
             self.slot.set_waker(cx.waker());
             return Poll::Pending;
-        }
-        if written && self.out.capacity() > 8 {
-            self.out = Vec::new();
         }
         // Reader (also while the socket is too full to take more: keep reading meanwhile).
         self.slot.set_waker(cx.waker());

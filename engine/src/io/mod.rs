@@ -12,7 +12,9 @@
 pub mod alloc;
 pub mod checks;
 mod conn;
+mod flush;
 mod mesh;
+mod persist;
 mod runtime;
 mod shard;
 mod signal;
@@ -52,6 +54,7 @@ impl Broker {
     pub fn start(config: &Config) -> Result<BrokerHandle, StartError> {
         config.limits.validate().map_err(StartError)?;
         checks::preflight(config).map_err(StartError)?;
+        let mut log_configs = persist::prepare_data_dir(config).map_err(StartError)?;
         let (listen, reservations) = reserve_ports(&config.listen).map_err(StartError)?;
 
         let n = config.shards;
@@ -63,6 +66,7 @@ impl Broker {
             sys_interval_secs: config.sys_interval_secs,
             stats,
             started_at: Instant::now(),
+            auth: config.auth.clone(),
         };
         let mesh = (n > 1).then(|| {
             MeshBuilder::<MeshMsg, Full>::full(
@@ -98,6 +102,7 @@ impl Broker {
                 listen: listen.clone(),
                 core_config: core_config.clone(),
                 mesh: mesh_clones[usize::from(index)].take(),
+                log_config: log_configs[usize::from(index)].take(),
                 stop: theirs.into(),
                 made: made_tx,
                 ready: ready_tx.clone(),

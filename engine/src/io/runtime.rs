@@ -18,7 +18,10 @@ use crate::core::mesh::MeshMsg;
 use crate::core::shard::{CoreConfig, ShardCore};
 
 use super::mesh::{receive_task, retry_task, MeshIo};
+use super::persist;
 use super::shard::ShardIo;
+use crate::log::file::open_recovered;
+use crate::log::LogConfig;
 
 /// The longest the timer task sleeps without asking the core for its next deadline (a
 /// safety net: the timer is woken early whenever the core's next deadline moves closer).
@@ -36,6 +39,8 @@ pub(crate) struct ShardStart {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) core_config: CoreConfig,
     pub(crate) mesh: Option<MeshBuilder<MeshMsg, Full>>,
+    /// This shard's log (`None` with `--in-memory`).
+    pub(crate) log_config: Option<LogConfig>,
     /// This shard's end of a socket pair: EOF on it means "shut down".
     pub(crate) stop: OwnedFd,
     /// Told once the executor exists (or could not be made).
@@ -134,7 +139,15 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         }
     }
 
-    let shard = Rc::new(ShardIo::new(ShardCore::new(ShardId(index), start.core_config)));
+    let mut core = ShardCore::new(ShardId(index), start.core_config);
+    let log = match &start.log_config {
+        Some(config) => match recover(&mut core, config) {
+            Ok(log) => Some(log),
+            Err(msg) => return fail(&mut guard, msg),
+        },
+        None => None,
+    };
+    let shard = Rc::new(ShardIo::new(core));
 
     let mut listeners = Vec::with_capacity(start.listen.len());
     for addr in &start.listen {
@@ -154,7 +167,33 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
             glommio::spawn_local(retry_task(shard.clone(), mesh.clone(), peer)).detach();
         }
     }
+    if let Some(log) = log {
+        let log = Rc::new(log);
+        shard.log.set(log.clone()).expect("log set once");
+        glommio::spawn_local(persist::watcher_task(shard.clone(), log.clone())).detach();
+        glommio::spawn_local(persist::compaction_task(shard.clone(), log)).detach();
+        // Serve clients only once every other shard has applied this shard's recovered
+        // routing entries and retained replicas (a durability round trip behind them).
+        shard.with_core(|core, _| core.persist_barrier());
+        while !shard.core.borrow().persist_settled() {
+            let stopped = future::or(
+                async {
+                    Timer::new(Duration::from_millis(1)).await;
+                    false
+                },
+                async {
+                    stop_requested(&mut stop).await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                return Ok(());
+            }
+        }
+    }
     glommio::spawn_local(timer_task(shard.clone())).detach();
+    glommio::spawn_local(super::flush::flush_task(shard.clone())).detach();
     for l in listeners {
         glommio::spawn_local(accept_task(shard.clone(), l)).detach();
     }
@@ -167,7 +206,34 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     while shard.conn_count() > 0 && Instant::now() < deadline {
         Timer::new(Duration::from_millis(10)).await;
     }
+    if let Some(log) = shard.log.get() {
+        log.close().await;
+    }
     Ok(())
+}
+
+/// Replays the shard's log and rebuilds its core (blocking reads: nothing is served yet).
+fn recover(core: &mut ShardCore, config: &LogConfig) -> Result<persist::LogIo, String> {
+    let started = Instant::now();
+    core.enable_persistence();
+    let (writer, recovery) = open_recovered(config).map_err(|e| {
+        format!(
+            "shard {}: cannot recover its log: {e} (--log-skip-damaged skips damage)",
+            config.shard
+        )
+    })?;
+    let restored = core.restore_from_log(&recovery.state, Instant::now())?;
+    tracing::info!(
+        shard = config.shard,
+        records = recovery.records,
+        bytes = recovery.bytes_read,
+        sessions = restored.sessions,
+        messages = restored.messages,
+        retained = restored.retained,
+        ms = started.elapsed().as_millis() as u64,
+        "log recovered"
+    );
+    Ok(persist::LogIo::new(writer, config))
 }
 
 /// Accepts connections on one listener until shutdown.

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use bytes::Bytes;
 use crate::core::ids::ShardId;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, IoAction, ShardCore};
+use crate::core::tx::TxQueue;
 
+use super::flush::FlushQueue;
 use super::mesh::MeshIo;
 use super::signal::{Signal, WakerSlot};
 
@@ -25,17 +28,26 @@ pub(crate) const READ_SCRATCH_BYTES: usize = 64 * 1024;
 /// clients (rumqttc 0.25) cannot parse the 1-byte form.
 pub(crate) const DISCONNECT_SHUTTING_DOWN_V5: &[u8] = &[0xE0, 0x02, 0x8B, 0x00];
 
-/// The io side of one open connection, shared between the connection's task and
-/// [`ShardIo::drain`]. Shard-local.
-#[derive(Debug, Default)]
+/// The io side of one open connection, shared between the connection's task,
+/// [`ShardIo::drain`] and the shard's writer (`flush.rs`). Shard-local.
+#[derive(Debug)]
 pub(crate) struct ConnSlot {
-    /// The core queued bytes on the connection: its writer takes them when it runs.
+    /// The connection in the core.
+    pub(crate) conn: ConnId,
+    /// The socket, owned by the connection's task (valid while `gone` is false).
+    pub(crate) fd: RawFd,
+    /// Queued in the shard's writer (`FlushQueue`).
     pub(crate) flush: Cell<bool>,
+    /// The socket did not take everything: the connection's task writes (waiting for
+    /// writability) until the queue is empty, and the shard's writer leaves it alone.
+    pub(crate) blocked: Cell<bool>,
+    /// The connection's task ended; the descriptor is closed.
+    pub(crate) gone: Cell<bool>,
     /// Write what is pending, then close; stop reading and ignore further packets.
     pub(crate) close: Cell<bool>,
     /// Frames to write before anything else the core queues later (taken from the core when
     /// it asked to close the connection, and the shutdown DISCONNECT).
-    pub(crate) pending: RefCell<Vec<Bytes>>,
+    pub(crate) pending: RefCell<TxQueue>,
     /// The connection task is parked because reading is paused.
     pub(crate) parked: Cell<bool>,
     waker: WakerSlot,
@@ -83,8 +95,12 @@ pub(crate) struct ShardIo {
     parked: RefCell<Vec<Rc<ConnSlot>>>,
     /// The read buffer every connection of this shard reads into.
     pub(crate) scratch: RefCell<Box<[u8]>>,
+    /// The shard's writer queue (`flush.rs`).
+    pub(crate) flush: FlushQueue,
     /// This shard's end of the mesh (absent with one shard).
     pub(crate) mesh: OnceCell<Rc<MeshIo>>,
+    /// This shard's log (absent with `--in-memory`).
+    pub(crate) log: OnceCell<Rc<super::persist::LogIo>>,
     mesh_out: RefCell<Vec<(ShardId, MeshMsg)>>,
     /// Graceful shutdown has begun.
     pub(crate) stop: Signal,
@@ -112,7 +128,9 @@ impl ShardIo {
             conns: RefCell::new(HashMap::new()),
             parked: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
+            flush: FlushQueue::default(),
             mesh: OnceCell::new(),
+            log: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),
             stop: Signal::default(),
             connect_deadlines: RefCell::new(VecDeque::new()),
@@ -127,8 +145,18 @@ impl ShardIo {
     }
 
     /// Registers the io side of a connection the core just opened.
-    pub(crate) fn register(&self, conn: ConnId) -> Rc<ConnSlot> {
-        let slot = Rc::new(ConnSlot::default());
+    pub(crate) fn register(&self, conn: ConnId, fd: RawFd) -> Rc<ConnSlot> {
+        let slot = Rc::new(ConnSlot {
+            conn,
+            fd,
+            flush: Cell::new(false),
+            blocked: Cell::new(false),
+            gone: Cell::new(false),
+            close: Cell::new(false),
+            pending: RefCell::new(TxQueue::default()),
+            parked: Cell::new(false),
+            waker: WakerSlot::default(),
+        });
         self.conns.borrow_mut().insert(conn, slot.clone());
         slot
     }
@@ -220,14 +248,29 @@ impl ShardIo {
     /// Called after every call into the core.
     pub(crate) fn drain(&self) {
         let mut core = self.core.borrow_mut();
+        if let Some(log) = self.log.get() {
+            // First the log: releasing acknowledgements produces actions and mesh messages
+            // (and closing a refused 3.1.1 publisher may produce records: loop).
+            let now = Instant::now();
+            loop {
+                let batch = core.drain_log();
+                let appended = batch.is_some();
+                if let Some(batch) = batch {
+                    log.append(batch, &mut core);
+                }
+                log.report(&mut core, now);
+                if !appended {
+                    break;
+                }
+            }
+        }
         {
             let conns = self.conns.borrow();
             while let Some(action) = core.poll_action() {
                 match action {
                     IoAction::Flush(c) => {
                         if let Some(slot) = conns.get(&c) {
-                            slot.flush.set(true);
-                            slot.wake();
+                            self.flush.push(slot);
                         }
                     }
                     IoAction::Close(c) => {
@@ -235,7 +278,7 @@ impl ShardIo {
                             // The core may forget the connection's queue with its state: take
                             // the bytes now so they are still written before the close.
                             if let Some(tx) = core.tx(c) {
-                                tx.take_all(&mut slot.pending.borrow_mut());
+                                slot.pending.borrow_mut().append(tx);
                             }
                             slot.close.set(true);
                             slot.wake();
@@ -290,10 +333,10 @@ impl ShardIo {
             }
             let mut pending = slot.pending.borrow_mut();
             if let Some(tx) = core.tx(c) {
-                tx.take_all(&mut pending);
+                pending.append(tx);
             }
             if core.protocol_version(c).is_some_and(|v| v.is_v5()) {
-                pending.push(Bytes::from_static(DISCONNECT_SHUTTING_DOWN_V5));
+                pending.push_frame(&Bytes::from_static(DISCONNECT_SHUTTING_DOWN_V5));
             }
             slot.close.set(true);
             slot.wake();

@@ -93,8 +93,9 @@ async fn write_segment(
     base: LogSeq,
     records: impl Iterator<Item = Record>,
     body_max_bytes: usize,
+    buffered: bool,
 ) -> Result<(u64, u64), LogError> {
-    let mut file = SegmentFile::create(path, base).await?;
+    let mut file = SegmentFile::create(path, base, buffered).await?;
     let mut buf = Vec::with_capacity(FLUSH_BYTES_MAX + 4096);
     let mut seq = base;
     for r in records {
@@ -185,8 +186,9 @@ impl LogWriter {
         let tmp = dir.join(format!("{}{COMPACT_SUFFIX}", name.trim_end_matches(".log")));
         let checkpoint = Record::Checkpoint(Checkpoint { end_seq: end_seq.0, live_records });
         let records = std::iter::once(checkpoint).chain(state.snapshot());
+        let buffered = self.inner.borrow().config.buffered_io;
         let (records_after, bytes_after) =
-            write_segment(tmp.clone(), base, records, body_max_bytes).await?;
+            write_segment(tmp.clone(), base, records, body_max_bytes, buffered).await?;
         debug_assert_eq!(records_after, live_records + 1);
         let io = |p: &std::path::Path, e: std::io::Error| LogError::io(p, &e);
         std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io(&tmp, e))?;

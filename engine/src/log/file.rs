@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::poll_fn;
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
 use glommio::task::JoinHandle;
 
 use super::recover::Recovery;
@@ -29,14 +29,22 @@ use super::{Durability, LogConfig, LogError, LogSeq, Record};
 /// Direct-IO block size used for every write (at least the device's logical block size).
 pub const BLOCK_BYTES: u64 = 4096;
 
-/// A segment file being written with direct IO.
+/// The open file behind a [`SegmentFile`]: direct IO, or buffered IO where the file system
+/// refuses `O_DIRECT` (tmpfs before Linux 6.6 answers `EINVAL`).
+#[derive(Debug)]
+enum Backend {
+    Direct(DmaFile),
+    Buffered(BufferedFile),
+}
+
+/// A segment file being written with direct IO (or buffered IO, see [`Backend`]).
 ///
 /// Shard-local: owned by the committer task (or a compaction) of one shard.
 #[derive(Debug)]
 pub(super) struct SegmentFile {
     pub(super) base: LogSeq,
     pub(super) path: PathBuf,
-    file: DmaFile,
+    file: Backend,
     /// Logical length: bytes of frames written.
     pub(super) len_bytes: u64,
     /// The bytes of the last partial block (`len_bytes % BLOCK_BYTES` of them).
@@ -44,16 +52,40 @@ pub(super) struct SegmentFile {
 }
 
 impl SegmentFile {
-    /// Creates (or truncates) the segment file `path`.
-    pub(super) async fn create(path: PathBuf, base: LogSeq) -> Result<SegmentFile, LogError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| LogError::io(&path, &e.into()))?;
-        assert!(file.alignment() <= BLOCK_BYTES, "device blocks larger than {BLOCK_BYTES}");
+    /// Creates (or truncates) the segment file `path`. With `buffered`, or when the file
+    /// system refuses `O_DIRECT`, the file is written with buffered IO instead (same bytes on
+    /// disk; fdatasync still makes them durable).
+    pub(super) async fn create(
+        path: PathBuf,
+        base: LogSeq,
+        buffered: bool,
+    ) -> Result<SegmentFile, LogError> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        let file = if buffered {
+            None
+        } else {
+            match opts.dma_open(&path).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let e: std::io::Error = e.into();
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(LogError::io(&path, &e));
+                    }
+                    warn_buffered_once(&path);
+                    None
+                }
+            }
+        };
+        let file = match file {
+            Some(f) => {
+                assert!(f.alignment() <= BLOCK_BYTES, "device blocks larger than {BLOCK_BYTES}");
+                Backend::Direct(f)
+            }
+            None => Backend::Buffered(
+                opts.buffered_open(&path).await.map_err(|e| LogError::io(&path, &e.into()))?,
+            ),
+        };
         Ok(SegmentFile { base, path, file, len_bytes: 0, tail: Vec::new() })
     }
 
@@ -68,14 +100,25 @@ impl SegmentFile {
         debug_assert_eq!(start % BLOCK_BYTES, 0);
         let data_len = self.tail.len() + bytes.len();
         let buf_len = (data_len as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let mut buf = self.file.alloc_dma_buffer(buf_len as usize);
-        let dst = buf.as_bytes_mut();
-        dst[..self.tail.len()].copy_from_slice(&self.tail);
-        dst[self.tail.len()..data_len].copy_from_slice(bytes);
-        dst[data_len..].fill(0);
         let new_tail_len = (data_len as u64 % BLOCK_BYTES) as usize;
-        let new_tail = dst[data_len - new_tail_len..data_len].to_vec();
-        let written = self.file.write_at(buf, start).await.map_err(self.err())?;
+        let fill = |dst: &mut [u8], tail: &[u8]| {
+            dst[..tail.len()].copy_from_slice(tail);
+            dst[tail.len()..data_len].copy_from_slice(bytes);
+            dst[data_len..].fill(0);
+            dst[data_len - new_tail_len..data_len].to_vec()
+        };
+        let (written, new_tail) = match &self.file {
+            Backend::Direct(f) => {
+                let mut buf = f.alloc_dma_buffer(buf_len as usize);
+                let new_tail = fill(buf.as_bytes_mut(), &self.tail);
+                (f.write_at(buf, start).await.map_err(self.err())?, new_tail)
+            }
+            Backend::Buffered(f) => {
+                let mut buf = vec![0u8; buf_len as usize];
+                let new_tail = fill(&mut buf, &self.tail);
+                (f.write_at(buf, start).await.map_err(self.err())?, new_tail)
+            }
+        };
         if (written as u64) < buf_len {
             let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
             return Err(LogError::io(&self.path, &e));
@@ -87,16 +130,38 @@ impl SegmentFile {
 
     /// fdatasync.
     pub(super) async fn sync(&self) -> Result<(), LogError> {
-        self.file.fdatasync().await.map_err(self.err())
+        match &self.file {
+            Backend::Direct(f) => f.fdatasync().await.map_err(self.err()),
+            Backend::Buffered(f) => f.fdatasync().await.map_err(self.err()),
+        }
     }
 
     /// Cuts the zero padding off, syncs, and closes.
     pub(super) async fn seal(self) -> Result<(), LogError> {
-        self.file.truncate(self.len_bytes).await.map_err(self.err())?;
+        match &self.file {
+            Backend::Direct(f) => f.truncate(self.len_bytes).await.map_err(self.err())?,
+            Backend::Buffered(f) => f.truncate(self.len_bytes).await.map_err(self.err())?,
+        }
         self.sync().await?;
         let path = self.path;
-        self.file.close().await.map_err(|e| LogError::io(&path, &e.into()))
+        let closed = match self.file {
+            Backend::Direct(f) => f.close().await,
+            Backend::Buffered(f) => f.close().await,
+        };
+        closed.map_err(|e| LogError::io(&path, &e.into()))
     }
+}
+
+/// Warns (once per process) that a data directory's file system refuses direct IO.
+fn warn_buffered_once(path: &Path) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "{}: the file system refuses O_DIRECT (tmpfs?); the log uses buffered IO \
+             (still fdatasync'ed)",
+            path.display()
+        );
+    });
 }
 
 /// Counters of one writer.
@@ -222,6 +287,13 @@ impl LogWriter {
             w.wake();
         }
         Ok(seq)
+    }
+
+    /// The writer's sticky error, if an IO error stopped it (appends and waits fail with it).
+    /// A [`LogError::DiskFull`] from [`LogWriter::append_batch`] with no sticky error is the
+    /// cap: the batch may be retried once space is freed.
+    pub fn failure(&self) -> Option<LogError> {
+        self.inner.borrow().error.clone()
     }
 
     /// The last appended seq.
@@ -485,7 +557,8 @@ async fn roll(
         i.wake_waiters();
     }
     let dir = inner.borrow().dir.clone();
-    let file = SegmentFile::create(dir.join(segment_file_name(base)), base).await?;
+    let buffered = inner.borrow().config.buffered_io;
+    let file = SegmentFile::create(dir.join(segment_file_name(base)), base, buffered).await?;
     // The new file's directory entry must be durable before its records count as synced.
     sync_dir_async(&dir).await?;
     *current = Some(file);

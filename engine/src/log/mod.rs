@@ -124,6 +124,7 @@
 pub mod ack;
 pub mod compact;
 pub mod file;
+pub mod persist_config;
 pub mod record;
 pub mod recover;
 pub mod replay;
@@ -214,6 +215,9 @@ pub struct LogConfig {
     pub durability: Durability,
     /// Skip damaged records found during recovery (with a warning) instead of stopping.
     pub skip_damaged: bool,
+    /// Write with buffered IO instead of `O_DIRECT` (also chosen automatically, with a
+    /// warning, when the file system refuses `O_DIRECT`).
+    pub buffered_io: bool,
 }
 
 impl LogConfig {
@@ -227,6 +231,7 @@ impl LogConfig {
             record_size_max_bytes: 1 << 20,
             durability: Durability::Sync,
             skip_damaged: false,
+            buffered_io: false,
         }
     }
 

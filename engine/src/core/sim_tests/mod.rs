@@ -38,6 +38,7 @@ pub(super) fn will(topic: &str, payload: &str, retain: bool, delay_secs: Option<
 
 mod mqtt5;
 mod mqtt5_flow;
+mod persist;
 mod protocol;
 mod pubsub;
 mod sessions;

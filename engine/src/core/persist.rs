@@ -1,0 +1,616 @@
+//! Persistence, the core's side (design.md §6): which log records the shard's state changes
+//! produce, and acknowledgements held until those records are durable.
+//!
+//! Sans-IO: the core never writes a file. Records collect in an outbox; after every call into
+//! the core the io layer takes them as one batch ([`ShardCore::drain_log`]), appends it to
+//! the shard's log, and reports back which batches are durable
+//! ([`ShardCore::handle_log_durable`]) or failed ([`ShardCore::handle_log_failed`]). Batches
+//! are numbered by *tickets* (1, 2, 3, … per shard); "durable up to ticket t" is a prefix.
+//!
+//! Where records come from:
+//! - session lifecycle, subscriptions, inbound QoS 2 state and retained messages are emitted
+//!   when they happen (`persist_connect`, `persist_subscriptions`, `publish.rs`);
+//! - a persistent session's queue and in-flight window are compared with what the log
+//!   already knows ([`SessionLog`], `persist_diff.rs`) when the batch is cut: every session
+//!   touched since the last batch is visited, so the fan-out code needs no hooks, and QoS 0 and
+//!   clean sessions cost nothing.
+//!
+//! Acknowledgements: PUBACK, PUBREC and PUBCOMP are held in one queue per shard, in the order
+//! they were produced (so per connection in packet order [MQTT-4.6.0-2..4]), and leave only
+//! when the batch that was current when they were produced is durable. A QoS 1/2 PUBLISH
+//! routed to other shards also waits for each of them to report its own copy durable
+//! (`MeshMsg::DurableReq` / `DurableAck`): an acknowledged message survives `kill -9` and is
+//! delivered to every persistent session that matched it, on any shard.
+//!
+//! Shard-local: one [`Persist`] per shard, owned by its core.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use shardmq_codec::{
+    encode, ByteStr, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+};
+
+use crate::core::deliver::pub_resp;
+use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::mesh::{MeshMsg, Message};
+use crate::core::session::{Session, SessionTable};
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::log::record::{
+    MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SubscriptionAdded,
+    SubscriptionRemoved,
+};
+use crate::log::Record;
+
+pub(crate) use crate::core::persist_diff::SessionLog;
+
+/// One batch of records for the io layer to append, numbered by `ticket`. It may be empty:
+/// then it stands for "everything appended so far" (something waits for that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBatch {
+    /// The batch's number: 1 for the first batch of the process, then +1 per batch.
+    pub ticket: u64,
+    /// Records to append as one log batch (atomic on recovery).
+    pub records: Vec<Record>,
+}
+
+/// Which acknowledgement a held entry sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // The variants are the packets' names.
+pub(crate) enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
+/// An acknowledgement to send: which, for which packet, on which connection of which
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) conn: ConnId,
+    pub(crate) slot: SessionSlot,
+    pub(crate) kind: AckKind,
+    pub(crate) id: PacketId,
+}
+
+/// An acknowledgement waiting for durability.
+#[derive(Debug)]
+struct HeldAck {
+    ticket: u64,
+    ack: Ack,
+    /// Other shards that must report their copy durable: (shard, token).
+    remote: Vec<(ShardId, u64)>,
+    /// Refused before anything was stored (the log is full): send the failure reason.
+    refused: bool,
+}
+
+/// Key of a stored message: the routed message (by address: the entry holds a reference, so
+/// the address is not reused while the entry lives), the QoS and RETAIN flag it is delivered
+/// with (recovery rebuilds deliveries from the stored message alone).
+type MsgKey = (usize, u8, bool);
+
+/// A message stored in this shard's log and still referred to.
+#[derive(Debug)]
+struct StoredMsg {
+    /// Its key in the shared index, if shared (only ordinary, non-retained deliveries are).
+    key: Option<MsgKey>,
+    /// Queue entries (all sessions) referring to it.
+    refs: u32,
+    /// It is the retained message of its topic.
+    retained: bool,
+    /// Keeps the address in `key` alive.
+    _msg: Arc<Message>,
+}
+
+/// The persistence state of one shard's core. Shard-local.
+#[derive(Debug)]
+pub(crate) struct Persist {
+    /// Records of the batch being built.
+    batch: Vec<Record>,
+    /// Something waits for the next ticket: cut a batch even if it is empty.
+    need_ticket: bool,
+    /// Tickets handed out so far.
+    emitted: u64,
+    /// Every ticket up to this one is durable (or failed).
+    durable: u64,
+    /// Tickets whose batch could not be appended (disk full, log error).
+    failed: BTreeSet<u64>,
+    /// The log refuses appends (cap reached, device full): refuse QoS 1/2 PUBLISH.
+    pub(crate) full: bool,
+    msgs: HashMap<u64, StoredMsg>,
+    index: HashMap<MsgKey, u64>,
+    next_msg_id: u64,
+    /// Retained topic → msg id (on the topic's owner shard).
+    retained: HashMap<ByteStr, u64>,
+    held: VecDeque<HeldAck>,
+    /// `DurableAck`s to send once a ticket is durable: (ticket, to, token).
+    replies: VecDeque<(u64, ShardId, u64)>,
+    /// Per peer: the last `DurableReq` token sent, and the last one acknowledged.
+    peer_sent: Vec<u64>,
+    peer_acked: Vec<u64>,
+    /// (peer, token) acknowledged as failed.
+    peer_failed: BTreeSet<(u16, u64)>,
+}
+
+impl Persist {
+    pub(crate) fn new(shard_count: u16) -> Persist {
+        Persist {
+            batch: Vec::new(),
+            need_ticket: false,
+            emitted: 0,
+            durable: 0,
+            failed: BTreeSet::new(),
+            full: false,
+            msgs: HashMap::new(),
+            index: HashMap::new(),
+            next_msg_id: 1,
+            retained: HashMap::new(),
+            held: VecDeque::new(),
+            replies: VecDeque::new(),
+            peer_sent: vec![0; usize::from(shard_count)],
+            peer_acked: vec![0; usize::from(shard_count)],
+            peer_failed: BTreeSet::new(),
+        }
+    }
+
+    /// Appends a record to the batch being built, after the `SessionEnded` of every session
+    /// removed since the last record (so the log sees events in the order they happened).
+    pub(crate) fn emit(&mut self, sessions: &mut SessionTable, record: Record) {
+        self.flush_ended(sessions);
+        self.batch.push(record);
+    }
+
+    /// Emits `SessionEnded` for sessions removed from the table, releasing their messages.
+    pub(crate) fn flush_ended(&mut self, sessions: &mut SessionTable) {
+        for (client_id, log) in sessions.take_ended() {
+            self.batch
+                .push(Record::SessionEnded(SessionEnded { client_id: client_id.to_string() }));
+            for id in log.logged_msg_ids() {
+                self.unref(id);
+            }
+        }
+    }
+
+    /// The ticket of the next batch, which an item produced now waits for.
+    fn next_ticket(&mut self) -> u64 {
+        self.need_ticket = true;
+        self.emitted + 1
+    }
+
+    /// Takes a reference on the stored copy of `msg` as delivered with `qos`/`retain`,
+    /// storing it first if needed. `shared` copies may be reused by other sessions; the
+    /// others (retained deliveries, shared-subscription deliveries, which could reach one
+    /// session twice) are stored per delivery.
+    pub(crate) fn msg_ref(
+        &mut self,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        shared: bool,
+    ) -> u64 {
+        let key = (Arc::as_ptr(msg) as usize, qos as u8, retain);
+        if shared {
+            if let Some(&id) = self.index.get(&key) {
+                self.msgs.get_mut(&id).expect("indexed message is stored").refs += 1;
+                return id;
+            }
+        }
+        let id = self.store(msg, qos, retain);
+        let m = self.msgs.get_mut(&id).expect("just stored");
+        m.refs = 1;
+        if shared {
+            m.key = Some(key);
+            self.index.insert(key, id);
+        }
+        id
+    }
+
+    /// Stores a new copy of `msg` (a `MessageStored` record) with no references yet.
+    fn store(&mut self, msg: &Arc<Message>, qos: QoS, retain: bool) -> u64 {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        self.batch.push(Record::MessageStored(stored_record(id, msg, qos, retain)));
+        let entry = StoredMsg { key: None, refs: 0, retained: false, _msg: msg.clone() };
+        self.msgs.insert(id, entry);
+        id
+    }
+
+    /// Drops a reference; a message nobody refers to is forgotten (the log drops it too).
+    pub(crate) fn unref(&mut self, id: u64) {
+        let m = self.msgs.get_mut(&id).expect("unref of a message not stored");
+        assert!(m.refs > 0, "refcount of msg {id} underflows");
+        m.refs -= 1;
+        self.forget_if_dead(id);
+    }
+
+    fn forget_if_dead(&mut self, id: u64) {
+        let m = &self.msgs[&id];
+        if m.refs == 0 && !m.retained {
+            if let Some(key) = m.key {
+                self.index.remove(&key);
+            }
+            self.msgs.remove(&id);
+        }
+    }
+
+    /// Restores a stored message at recovery (no record: it is in the log already).
+    pub(crate) fn restore_msg(&mut self, id: u64, msg: &Arc<Message>, refs: u32, retained: bool) {
+        let entry = StoredMsg { key: None, refs, retained, _msg: msg.clone() };
+        self.msgs.insert(id, entry);
+        self.next_msg_id = self.next_msg_id.max(id + 1);
+    }
+
+    /// Restores a retained topic's msg id at recovery.
+    pub(crate) fn restore_retained(&mut self, topic: ByteStr, id: u64) {
+        self.retained.insert(topic, id);
+    }
+
+    /// Records the retained message of `topic` (on its owner shard): set, or cleared.
+    pub(crate) fn retained_update(
+        &mut self,
+        sessions: &mut SessionTable,
+        topic: &ByteStr,
+        msg: Option<&Arc<Message>>,
+    ) {
+        self.flush_ended(sessions);
+        let old = self.retained.remove(topic);
+        match msg {
+            Some(m) => {
+                let id = self.store(m, m.qos, true);
+                self.msgs.get_mut(&id).expect("just stored").retained = true;
+                self.retained.insert(topic.clone(), id);
+                let rec = RetainedSet { topic: topic.to_string(), msg_id: id };
+                self.batch.push(Record::RetainedSet(rec));
+            }
+            None if old.is_some() => {
+                let rec = RetainedCleared { topic: topic.to_string() };
+                self.batch.push(Record::RetainedCleared(rec));
+            }
+            None => {}
+        }
+        if let Some(old) = old {
+            self.msgs.get_mut(&old).expect("retained message is stored").retained = false;
+            self.forget_if_dead(old);
+        }
+    }
+
+    /// Pushes a record directly (the diff of a session, which already flushed ended ones).
+    pub(crate) fn push(&mut self, record: Record) {
+        self.batch.push(record);
+    }
+}
+
+/// The `MessageStored` record of `msg` as delivered with `qos` and `retain`.
+fn stored_record(msg_id: u64, msg: &Message, qos: QoS, retain: bool) -> MessageStored {
+    MessageStored {
+        msg_id,
+        topic: msg.topic.to_string(),
+        payload: msg.payload.to_vec(),
+        qos: qos as u8,
+        retain,
+        properties: msg.properties.as_deref().map(encode_properties).unwrap_or_default(),
+        received_at_ms: msg.received_at_ms,
+    }
+}
+
+/// The opaque `properties` blob of a `MessageStored`: a 5.0 PUBLISH carrying only the
+/// properties (the codec's own encoding, decoded again on recovery).
+fn encode_properties(p: &Properties) -> Vec<u8> {
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: ByteStr::from_static("p"),
+        packet_id: None,
+        payload: Bytes::new(),
+        properties: Some(Box::new(p.clone())),
+    };
+    let mut out = BytesMut::new();
+    match encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut out) {
+        Ok(()) => out.to_vec(),
+        // Properties that came in a packet always fit one again.
+        Err(e) => unreachable!("re-encoding received properties failed: {e}"),
+    }
+}
+
+/// The subscription options byte of the log (the 5.0 wire layout).
+pub(crate) fn options_byte(o: &shardmq_codec::SubscriptionOptions) -> u8 {
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+impl ShardCore {
+    /// Turns persistence on (the io layer calls it before recovery when a data directory is
+    /// configured). Without it the core keeps everything in memory and acknowledges at once.
+    pub fn enable_persistence(&mut self) {
+        self.persist = Some(Box::new(Persist::new(self.config.shard_count)));
+    }
+
+    /// The records produced since the last call, as one batch (or `None` if nothing was
+    /// produced and nothing waits). Called by the io layer after every call into the core.
+    pub fn drain_log(&mut self) -> Option<LogBatch> {
+        let p = self.persist.as_deref_mut()?;
+        p.flush_ended(&mut self.sessions);
+        let mut dirty = self.sessions.take_dirty();
+        for &slot in &dirty {
+            if let Some(s) = self.sessions.try_get_log(slot) {
+                crate::core::persist_diff::diff_session(p, s);
+            }
+        }
+        dirty.clear();
+        self.sessions.give_back_dirty(dirty);
+        if p.batch.is_empty() && !p.need_ticket {
+            return None;
+        }
+        p.need_ticket = false;
+        p.emitted += 1;
+        Some(LogBatch { ticket: p.emitted, records: std::mem::take(&mut p.batch) })
+    }
+
+    /// Every batch up to `ticket` is durable (or failed, see
+    /// [`ShardCore::handle_log_failed`]): release what waited for them.
+    pub fn handle_log_durable(&mut self, ticket: u64, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        p.durable = p.durable.max(ticket);
+        self.release_held(now);
+    }
+
+    /// The batch `ticket` could not be appended (its records are not in the log): whatever
+    /// waits for it gets the failure answer, and QoS 1/2 PUBLISHes are refused until
+    /// [`ShardCore::set_log_full`] clears it.
+    pub fn handle_log_failed(&mut self, ticket: u64) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        p.failed.insert(ticket);
+        p.full = true;
+    }
+
+    /// The io layer's view of the log's space: full (cap reached, device full, log failed)
+    /// or not.
+    pub fn set_log_full(&mut self, full: bool) {
+        if let Some(p) = self.persist.as_deref_mut() {
+            p.full = full;
+        }
+    }
+
+    /// True when the log refuses appends.
+    pub fn log_full(&self) -> bool {
+        self.persist.as_ref().is_some_and(|p| p.full)
+    }
+
+    /// Holds an acknowledgement until the batch now being built is durable and `remote`
+    /// shards reported their copies durable. Without persistence it is sent at once.
+    pub(crate) fn hold_ack(
+        &mut self,
+        ack: Ack,
+        remote: Vec<(ShardId, u64)>,
+        refused: bool,
+        now: Instant,
+    ) {
+        let Some(p) = self.persist.as_deref_mut() else {
+            return self.send_ack(ack, refused, now);
+        };
+        let ticket = p.next_ticket();
+        p.held.push_back(HeldAck { ticket, ack, remote, refused });
+    }
+
+    /// Asks every shard that got a message from this PUBLISH (in `mesh_out[mark..]`) to
+    /// report its copy durable; returns what to wait for.
+    pub(crate) fn request_remote_durability(&mut self, mark: usize) -> Vec<(ShardId, u64)> {
+        let Some(p) = self.persist.as_deref_mut() else { return Vec::new() };
+        let mut shards: Vec<ShardId> = self.mesh_out[mark..]
+            .iter()
+            .filter(|(_, m)| matches!(m, MeshMsg::Publish(_) | MeshMsg::RetainSet { .. }))
+            .map(|(to, _)| *to)
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut remote = Vec::with_capacity(shards.len());
+        for to in shards {
+            let sent = &mut p.peer_sent[usize::from(to.0)];
+            *sent += 1;
+            self.mesh_out.push((to, MeshMsg::DurableReq { token: *sent }));
+            remote.push((to, *sent));
+        }
+        remote
+    }
+
+    /// Asks every other shard for a durability round trip (after recovery: when all have
+    /// answered, they have applied this shard's routing deltas and retained replicas).
+    pub fn persist_barrier(&mut self) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        for i in 0..self.config.shard_count {
+            if i != self.shard.0 {
+                let sent = &mut p.peer_sent[usize::from(i)];
+                *sent += 1;
+                self.mesh_out.push((ShardId(i), MeshMsg::DurableReq { token: *sent }));
+            }
+        }
+    }
+
+    /// True once every other shard answered every durability request of this shard.
+    pub fn persist_settled(&self) -> bool {
+        self.persist.as_ref().map_or(true, |p| p.peer_acked == p.peer_sent)
+    }
+
+    /// `MeshMsg::DurableReq` from `from`: answer once everything logged so far is durable.
+    pub(crate) fn handle_durable_req(&mut self, from: ShardId, token: u64) {
+        match self.persist.as_deref_mut() {
+            Some(p) => {
+                let ticket = p.next_ticket();
+                p.replies.push_back((ticket, from, token));
+            }
+            None => self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: true })),
+        }
+    }
+
+    /// `MeshMsg::DurableAck` from `from`.
+    pub(crate) fn handle_durable_ack(&mut self, from: ShardId, token: u64, ok: bool, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        let acked = &mut p.peer_acked[usize::from(from.0)];
+        debug_assert!(token > *acked, "durable acks out of order from {from}");
+        *acked = (*acked).max(token);
+        if !ok {
+            p.peer_failed.insert((from.0, token));
+        }
+        self.release_held(now);
+    }
+
+    /// Sends the replies and acknowledgements whose conditions hold, front to back.
+    fn release_held(&mut self, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        while let Some(&(ticket, to, token)) = p.replies.front() {
+            if ticket > p.durable {
+                break;
+            }
+            p.replies.pop_front();
+            let ok = !p.failed.contains(&ticket);
+            self.mesh_out.push((to, MeshMsg::DurableAck { token, ok }));
+        }
+        loop {
+            let Some(p) = self.persist.as_deref_mut() else { return };
+            let Some(h) = p.held.front() else { break };
+            let remote_done = h.remote.iter().all(|(s, t)| p.peer_acked[usize::from(s.0)] >= *t);
+            if h.ticket > p.durable || !remote_done {
+                break;
+            }
+            let h = p.held.pop_front().expect("front exists");
+            let failed = h.refused
+                || p.failed.contains(&h.ticket)
+                || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
+            self.send_ack(h.ack, failed, now);
+        }
+        if let Some(p) = self.persist.as_deref_mut() {
+            // Failures older than every waiting item are no longer looked up.
+            let oldest = p.held.front().map_or(p.durable, |h| h.ticket);
+            let oldest = p.replies.front().map_or(oldest, |r| r.0.min(oldest));
+            p.failed = p.failed.split_off(&oldest);
+        }
+    }
+
+    /// Sends an acknowledgement, or its failure form: 5.0 PUBACK/PUBREC 0x97 Quota exceeded
+    /// (5.0 §3.4.2.1, §3.5.2.1), which ends a QoS 2 flow [MQTT-4.3.3-4]; 3.1.1 has no negative
+    /// acknowledgement, so the connection is closed without one.
+    fn send_ack(&mut self, ack: Ack, failed: bool, now: Instant) {
+        let Ack { conn, slot, kind, id } = ack;
+        if !self.conn_serves(conn, slot) {
+            // The connection is gone: the client resends after reconnecting.
+            return;
+        }
+        if !failed {
+            let r = pub_resp(id, ReasonCode::SUCCESS);
+            let packet = match kind {
+                AckKind::PubAck => Packet::PubAck(r),
+                AckKind::PubRec => Packet::PubRec(r),
+                AckKind::PubComp => Packet::PubComp(r),
+            };
+            return self.send_packet(conn, &packet);
+        }
+        if kind == AckKind::PubRec {
+            // The flow ends here: the packet id is free again, and not a duplicate later.
+            self.forget_qos2_in(slot, id);
+        }
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        if v5 && kind != AckKind::PubComp {
+            let r = pub_resp(id, ReasonCode::QUOTA_EXCEEDED);
+            let packet =
+                if kind == AckKind::PubAck { Packet::PubAck(r) } else { Packet::PubRec(r) };
+            self.send_packet(conn, &packet);
+        } else {
+            self.close_conn(conn, CloseKind::Abnormal(Some(ReasonCode::QUOTA_EXCEEDED)), now);
+        }
+    }
+
+    /// A session became persistent, was resumed, or stopped being persistent at CONNECT.
+    /// Called once the session is attached to its connection, before anything is resent.
+    pub(crate) fn persist_connect(&mut self, slot: SessionSlot, session_present: bool) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        let s = self.sessions.get_mut(slot);
+        let client_id = s.client_id.to_string();
+        let expiry_secs = s.expiry_secs;
+        if expiry_secs == 0 {
+            // Not persistent (any more): the log forgets it now.
+            if let Some(log) = s.plog.take() {
+                let ids: Vec<u64> = log.logged_msg_ids().collect();
+                p.emit(&mut self.sessions, Record::SessionEnded(SessionEnded { client_id }));
+                for id in ids {
+                    p.unref(id);
+                }
+            }
+            return;
+        }
+        let clean = !session_present || s.plog.is_none();
+        if s.plog.is_none() {
+            s.plog = Some(Box::new(SessionLog::for_session(s)));
+        }
+        let plog = s.plog.as_deref_mut().expect("just set");
+        plog.expiry_secs = expiry_secs;
+        if clean {
+            plog.subs.clear();
+        }
+        if !plog.dirty {
+            // Entries it held before becoming persistent are logged with the next batch.
+            plog.dirty = true;
+            self.sessions.mark(slot);
+        }
+        let created = SessionCreated { client_id, expiry_secs, clean };
+        p.emit(&mut self.sessions, Record::SessionCreated(created));
+        if clean {
+            self.persist_subscriptions(slot);
+        }
+    }
+
+    /// Logs the difference between a persistent session's subscriptions and what the log
+    /// has (after SUBSCRIBE, UNSUBSCRIBE, or when a session becomes persistent).
+    pub(crate) fn persist_subscriptions(&mut self, slot: SessionSlot) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        let Some(s) = self.sessions.try_get_mut(slot) else { return };
+        let Some(plog) = s.plog.as_deref_mut() else { return };
+        let client_id = s.client_id.to_string();
+        let mut records = Vec::new();
+        let current: HashMap<&str, u8> =
+            s.subs.iter().map(|(f, o)| (f.as_str(), options_byte(o))).collect();
+        plog.subs.retain(|filter, _| {
+            let keep = current.contains_key(filter.as_str());
+            if !keep {
+                let rec =
+                    SubscriptionRemoved { client_id: client_id.clone(), filter: filter.clone() };
+                records.push(Record::SubscriptionRemoved(rec));
+            }
+            keep
+        });
+        for (filter, options) in current {
+            if plog.subs.get(filter) != Some(&options) {
+                plog.subs.insert(filter.to_string(), options);
+                let rec = SubscriptionAdded {
+                    client_id: client_id.clone(),
+                    filter: filter.to_string(),
+                    options,
+                };
+                records.push(Record::SubscriptionAdded(rec));
+            }
+        }
+        for r in records {
+            p.emit(&mut self.sessions, r);
+        }
+    }
+
+    /// Emits `record` about a persistent session (`None` for other sessions, or without
+    /// persistence: nothing is logged).
+    pub(crate) fn persist_session_record(
+        &mut self,
+        slot: SessionSlot,
+        record: impl FnOnce(String) -> Record,
+    ) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        let s: &Session = self.sessions.get(slot);
+        if s.plog.is_none() {
+            return;
+        }
+        let r = record(s.client_id.to_string());
+        p.emit(&mut self.sessions, r);
+    }
+}

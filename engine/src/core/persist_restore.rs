@@ -1,0 +1,254 @@
+//! Recovery, the core's side: rebuild a shard from the live state its log replayed
+//! (`log::state::LogState`) before it serves clients.
+//!
+//! Persistent sessions come back offline with their subscriptions (re-announced to the other
+//! shards exactly like a live SUBSCRIBE: trie, routing index, `SubDelta`), their queues,
+//! in-flight messages (resent with DUP when the client returns [MQTT-4.4.0-1]), outbound
+//! PUBREL state and inbound QoS 2 packet ids (so a resent QoS 2 PUBLISH is acknowledged, not
+//! delivered again [MQTT-4.3.3-9]). Retained messages come back on their owner shard, which
+//! replicates them to every other shard. Nothing recovered is logged again.
+//!
+//! What the log does not keep: the time a session went offline (a recovered session expires
+//! its full interval after the restart), a message's age (message expiry counts from the
+//! restart), subscription identifiers and the shared group a queued message came from.
+//!
+//! Shard-local.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shardmq_codec::{
+    decode, ByteStr, Packet, PacketId, Properties, ProtocolVersion, QoS, RetainHandling,
+    SubscriptionOptions,
+};
+
+use crate::core::ids::SessionSlot;
+use crate::core::mesh::{Message, Origin};
+use crate::core::persist_diff::{LoggedInflight, QEntry, SessionLog};
+use crate::core::session::{Awaiting, Inflight, Queued, Session};
+use crate::core::shard::ShardCore;
+use crate::core::shared::is_shared;
+use crate::core::subscribe::SubOptions;
+use crate::log::record::{MessageStored, SessionEnded};
+use crate::log::state::{LogState, SessionState};
+use crate::log::Record;
+
+/// The token of `SharedJoin`s sent by recovery: no SUBACK waits for their acknowledgement.
+pub(crate) const RESTORED_JOIN_TOKEN: u64 = 0;
+
+/// What recovery rebuilt (for the start-up log line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Persistent sessions.
+    pub sessions: usize,
+    /// Subscriptions of those sessions.
+    pub subscriptions: usize,
+    /// Queued and in-flight messages over all sessions.
+    pub messages: usize,
+    /// Retained topics owned by this shard.
+    pub retained: usize,
+}
+
+impl ShardCore {
+    /// Rebuilds this shard from its log's recovered state. Call it once, after
+    /// [`ShardCore::enable_persistence`] and before the first client; then let the io layer
+    /// send the routing deltas and replicas it queued ([`ShardCore::drain_mesh_out`]).
+    /// Fails if a session is not homed here (the data directory was written with another
+    /// shard count).
+    pub fn restore_from_log(&mut self, state: &LogState, now: Instant) -> Result<Restored, String> {
+        let p = self.persist.as_deref_mut().expect("persistence enabled before recovery");
+        let mut done = Restored::default();
+        let mut msgs: HashMap<u64, Arc<Message>> = HashMap::with_capacity(state.messages().len());
+        for (&id, stored) in state.messages() {
+            let msg = Arc::new(message_from(&stored.message, self.shard));
+            p.restore_msg(id, &msg, stored.refs, stored.retained);
+            msgs.insert(id, msg);
+        }
+        for (client_id, ss) in state.sessions() {
+            if Self::home_shard(client_id.as_bytes(), self.config.shard_count) != self.shard {
+                return Err(format!(
+                    "session {client_id:?} is not homed on {} with {} shards: the data \
+                     directory was written with another shard count",
+                    self.shard, self.config.shard_count
+                ));
+            }
+            if ss.expiry_secs == 0 {
+                // Its connection was the last thing keeping it: it ended with the crash.
+                let p = self.persist.as_deref_mut().expect("checked");
+                let rec = SessionEnded { client_id: client_id.clone() };
+                p.emit(&mut self.sessions, Record::SessionEnded(rec));
+                ss.queue().for_each(|e| p.unref(e.msg_id));
+                continue;
+            }
+            done.sessions += 1;
+            done.messages += ss.queue().len();
+            done.subscriptions += ss.subscriptions.len();
+            let s = restore_session(client_id, ss, &msgs, now);
+            let filters: Vec<(ByteStr, SubscriptionOptions)> = s.subs.clone();
+            let slot = self.sessions.insert(s);
+            for (filter, opts) in filters {
+                self.restore_subscription(slot, filter, opts);
+            }
+        }
+        for (topic, id) in state.retained() {
+            let topic = ByteStr::from(topic.as_str());
+            let msg = msgs[id].clone();
+            self.persist.as_deref_mut().expect("checked").restore_retained(topic.clone(), *id);
+            if self.apply_retained(topic.clone(), Some(msg.clone())) {
+                self.replicate_retained(topic, Some(msg));
+                done.retained += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Re-creates one subscription of a recovered session like a live SUBSCRIBE would.
+    fn restore_subscription(
+        &mut self,
+        slot: SessionSlot,
+        filter: ByteStr,
+        opts: SubscriptionOptions,
+    ) {
+        let entry = SubOptions { opts, id: None };
+        if is_shared(&filter) {
+            self.shared_subscribe(slot, &filter, entry, RESTORED_JOIN_TOKEN);
+            return;
+        }
+        self.trie.insert(&filter, slot, entry);
+        if self.routes.add(&filter, self.shard) {
+            self.broadcast_delta(&filter, true);
+        }
+    }
+}
+
+/// A recovered session: offline, expiring its full interval from now.
+fn restore_session(
+    client_id: &str,
+    ss: &SessionState,
+    msgs: &HashMap<u64, Arc<Message>>,
+    now: Instant,
+) -> Session {
+    let mut s = Session::new(ByteStr::from(client_id));
+    s.expiry_secs = ss.expiry_secs;
+    s.expires_at = Some(now + Duration::from_secs(ss.expiry_secs.into()));
+    s.subs = ss
+        .subscriptions
+        .iter()
+        .map(|(f, o)| (ByteStr::from(f.as_str()), options_from_byte(*o)))
+        .collect();
+    let mut log = SessionLog {
+        expiry_secs: ss.expiry_secs,
+        subs: ss.subscriptions.clone(),
+        ..SessionLog::default()
+    };
+    let mut queued = Vec::new();
+    for e in ss.queue() {
+        let msg = msgs[&e.msg_id].clone();
+        let ptr = Arc::as_ptr(&msg) as usize;
+        let (qos, retain) = (msg.qos, msg.retain);
+        match e.packet_id.and_then(PacketId::new) {
+            Some(packet_id) => {
+                let state =
+                    if qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
+                s.last_packet_id = s.last_packet_id.max(packet_id.get());
+                log.inflight.push(LoggedInflight {
+                    packet_id: packet_id.get(),
+                    ptr,
+                    msg_id: e.msg_id,
+                    pubrel: false,
+                });
+                let sub_ids = Box::default();
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids,
+                    state,
+                    group: None,
+                });
+            }
+            None => queued.push((
+                Queued { msg, qos, retain, sub_ids: Box::default(), group: None },
+                e.msg_id,
+                ptr,
+            )),
+        }
+    }
+    for &pid in &ss.pubrel_pending {
+        let Some(packet_id) = PacketId::new(pid) else { continue };
+        // Only the PUBREL is resent: the message itself is done.
+        let msg = Arc::new(Message {
+            topic: ByteStr::from_static("$pubrel"),
+            payload: Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: None,
+            origin: Origin { shard: crate::core::ids::ShardId(0), session: u32::MAX },
+            received_at_ms: 0,
+        });
+        let ptr = Arc::as_ptr(&msg) as usize;
+        log.inflight.push(LoggedInflight { packet_id: pid, ptr, msg_id: 0, pubrel: true });
+        s.last_packet_id = s.last_packet_id.max(pid);
+        s.inflight.push_back(Inflight {
+            packet_id,
+            msg,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            sub_ids: Box::default(),
+            state: Awaiting::PubComp,
+            group: None,
+        });
+    }
+    s.qos2_in = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
+    s.plog = Some(Box::new(log));
+    for (q, msg_id, ptr) in queued {
+        s.restore_queued(q, QEntry::Logged { msg_id, ptr });
+    }
+    s
+}
+
+/// The routed message of a stored one. Its age restarts at the recovery (`received_at_ms`
+/// 0 is the broker's start); the origin is the broker itself.
+fn message_from(m: &MessageStored, shard: crate::core::ids::ShardId) -> Message {
+    Message {
+        topic: ByteStr::from(m.topic.as_str()),
+        payload: Bytes::copy_from_slice(&m.payload),
+        qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce),
+        retain: m.retain,
+        properties: decode_properties(&m.properties),
+        origin: Origin { shard, session: u32::MAX },
+        received_at_ms: 0,
+    }
+}
+
+/// Reads the properties blob written by `persist::encode_properties`.
+fn decode_properties(blob: &[u8]) -> Option<Box<Properties>> {
+    if blob.is_empty() {
+        return None;
+    }
+    let limits = shardmq_codec::Limits { packet_size_max_bytes: 268_435_460 };
+    match decode(&mut BytesMut::from(blob), &limits, ProtocolVersion::V5) {
+        Ok(Some(Packet::Publish(p))) => p.properties,
+        other => {
+            tracing::warn!("stored message properties do not decode ({other:?}); dropped");
+            None
+        }
+    }
+}
+
+/// The options of a subscription from the log's byte (the 5.0 wire layout).
+pub(crate) fn options_from_byte(b: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::ExactlyOnce),
+        no_local: b & 0x04 != 0,
+        retain_as_published: b & 0x08 != 0,
+        retain_handling: match (b >> 4) & 0x03 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
+    }
+}

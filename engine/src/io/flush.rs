@@ -1,0 +1,208 @@
+//! The shard's writer: one task that sends what the core queued on connections, straight
+//! from each connection's [`TxQueue`], in the order the connections became non-empty.
+//!
+//! Why one task and not each connection's own: fan-out makes a thousand connections
+//! non-empty at once, and the kernel's cost of a `send` on loopback TCP is several
+//! microseconds whatever it carries (the profile in `perf/notes/2026-11-23-fanout.md`), so
+//! what matters is how many frames each send carries. The writer walks the connections in
+//! FIFO order, [`FLUSH_BATCH_CONNS`] at a time, and between batches lets the reactor poll for
+//! io so publishers' sockets are read and their messages queued *behind* what is already
+//! waiting. A connection therefore goes out once per pass over the busy connections, with
+//! everything that arrived for it during the pass: under load one send carries many frames;
+//! when idle a pass is one connection and nothing waits. It also spares a task wake-up and
+//! poll per connection per write.
+//!
+//! A socket that does not take everything (its buffer is full) is handed to the
+//! connection's own task ([`ConnSlot::blocked`]), which waits for writability through
+//! glommio and writes until the queue is empty; until then the writer leaves that connection
+//! alone, so bytes never go out of order. Closing connections are always written by their
+//! own task.
+//!
+//! Shard-local: one [`FlushQueue`] per shard, in its [`ShardIo`].
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use glommio::timer::Timer;
+
+use crate::core::tx::TxQueue;
+
+use super::shard::{ConnSlot, ShardIo};
+use super::signal::WakerSlot;
+
+/// Connections written before the writer lets the reactor poll for io again. Smaller means
+/// publishers are read more often during a pass (more frames per send, more polls).
+pub(crate) const FLUSH_BATCH_CONNS: usize = 32;
+
+/// Gather slices per `sendmsg` (the coalesced bytes plus large shared payloads).
+const IOV_MAX_SLICES: usize = 64;
+
+/// Connections with bytes to write, in the order they got them. Shard-local.
+#[derive(Debug, Default)]
+pub(crate) struct FlushQueue {
+    fifo: RefCell<VecDeque<Rc<ConnSlot>>>,
+    waker: WakerSlot,
+}
+
+impl FlushQueue {
+    /// Schedules `slot` for writing (once: a queued connection is not queued again).
+    pub(crate) fn push(&self, slot: &Rc<ConnSlot>) {
+        if !slot.flush.replace(true) {
+            self.fifo.borrow_mut().push_back(slot.clone());
+            self.waker.wake();
+        }
+    }
+
+    fn pop(&self) -> Option<Rc<ConnSlot>> {
+        let slot = self.fifo.borrow_mut().pop_front()?;
+        slot.flush.set(false);
+        Some(slot)
+    }
+}
+
+/// How a write attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// Everything queued went out.
+    All,
+    /// The socket's buffer is full; bytes remain.
+    Blocked,
+    /// The socket failed (the peer is gone).
+    Failed,
+}
+
+/// The shard's writer task. Runs until the shard's executor stops.
+pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
+    let q = &shard.flush;
+    loop {
+        std::future::poll_fn(|cx| {
+            if q.fifo.borrow().is_empty() {
+                q.waker.set(cx.waker());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        for _ in 0..FLUSH_BATCH_CONNS {
+            let Some(slot) = q.pop() else { break };
+            flush_one(&shard, &slot);
+        }
+        if !q.fifo.borrow().is_empty() {
+            // Let the reactor poll for io (a timer fires only once it has), so what
+            // publishers sent meanwhile is read and queued before the rest of the pass.
+            Timer::new(Duration::from_micros(1)).await;
+        }
+    }
+}
+
+/// Writes one connection's queue, or hands it to the connection's task.
+fn flush_one(shard: &ShardIo, slot: &ConnSlot) {
+    if slot.gone.get() {
+        return;
+    }
+    if slot.close.get() || slot.blocked.get() {
+        // Its own task writes (and knows to look again).
+        slot.wake();
+        return;
+    }
+    match write_out(shard, slot) {
+        Wrote::All => {}
+        Wrote::Blocked | Wrote::Failed => {
+            // The connection's task waits for writability (or finds the socket gone).
+            slot.blocked.set(true);
+            slot.wake();
+        }
+    }
+}
+
+/// Writes what `slot` holds for a closing connection, then the core's queue for it, with
+/// non-blocking sends, until everything is written or the socket is full.
+pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
+    {
+        let mut pending = slot.pending.borrow_mut();
+        if !pending.is_empty() {
+            let w = send_queue(slot.fd, &mut pending);
+            if w != Wrote::All {
+                return w;
+            }
+        }
+    }
+    let mut core = shard.core.borrow_mut();
+    match core.tx(slot.conn) {
+        Some(tx) => send_queue(slot.fd, tx),
+        None => Wrote::All,
+    }
+}
+
+/// Calls `f` with the queue `write_out` would write from next (pending bytes first).
+pub(crate) fn with_front_queue<R>(
+    shard: &ShardIo,
+    slot: &ConnSlot,
+    f: impl FnOnce(&mut TxQueue) -> R,
+) -> R {
+    let mut pending = slot.pending.borrow_mut();
+    if !pending.is_empty() {
+        return f(&mut pending);
+    }
+    drop(pending);
+    let mut core = shard.core.borrow_mut();
+    match core.tx(slot.conn) {
+        Some(tx) => f(tx),
+        None => f(&mut TxQueue::default()),
+    }
+}
+
+/// Sends from `q` until it is empty or the socket is full.
+fn send_queue(fd: RawFd, q: &mut TxQueue) -> Wrote {
+    while !q.is_empty() {
+        let (result, offered) = {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
+            let n = q.io_slices(&mut iov);
+            let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
+            (sendv(fd, &iov[..n]), offered)
+        };
+        match result {
+            Ok(sent) => {
+                q.consume(sent);
+                if sent < offered {
+                    return Wrote::Blocked;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Wrote::Failed,
+        }
+    }
+    Wrote::All
+}
+
+/// One non-blocking gather send (`send` for one slice, `sendmsg` for several); never
+/// raises SIGPIPE.
+fn sendv(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let r = if let [one] = iov {
+        // SAFETY: `one` is a valid readable slice for the duration of the call; `fd` is a
+        // socket owned by a live connection task (the caller checked `ConnSlot::gone`).
+        unsafe { libc::send(fd, one.as_ptr().cast(), one.len(), flags) }
+    } else {
+        // SAFETY: an all-zero msghdr is valid (no address, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix.
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: `msg` points at `iov.len()` valid iovecs that outlive the call; `fd` as
+        // above.
+        unsafe { libc::sendmsg(fd, &msg, flags) }
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}

@@ -1,0 +1,279 @@
+//! The io side of persistence: one shard's log writer, the batches the core produces
+//! appended to it, durability reported back to the core, compaction on a timer, and the
+//! start-up checks of the data directory.
+//!
+//! Every call into the core is followed by [`ShardIo::drain`], which takes the core's batch
+//! ([`ShardCore::drain_log`]) and appends it here ([`LogIo::append`]). The *watcher* task
+//! waits for the last appended record to be durable (group commit: one fdatasync covers
+//! every batch appended before it started) and tells the core which tickets are durable
+//! ([`ShardCore::handle_log_durable`]), which releases the acknowledgements waiting for them.
+//!
+//! Disk use: past three quarters of the shard's cap the core refuses QoS 1/2 PUBLISHes
+//! (the rest is headroom for the records that shrink the log: acknowledgements, session
+//! ends). A batch refused at the cap itself is kept and retried, in order, once compaction
+//! freed space. An IO error stops the writer for good: what waits fails, and QoS 1/2
+//! PUBLISHes are refused until a restart.
+//!
+//! Shard-local: one [`LogIo`] per shard, in its [`ShardIo`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::timer::Timer;
+
+use crate::config::Config;
+use crate::core::persist::LogBatch;
+use crate::core::shard::ShardCore;
+use crate::log::file::LogWriter;
+use crate::log::{LogConfig, LogSeq};
+
+use super::shard::ShardIo;
+use super::signal::WakerSlot;
+
+/// How often the compaction task checks whether compaction is due (and retries batches
+/// refused at the cap).
+const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The log of one shard, as the io layer drives it. Shard-local.
+#[derive(Debug)]
+pub(crate) struct LogIo {
+    /// `None` once closed at shutdown.
+    writer: RefCell<Option<Rc<LogWriter>>>,
+    /// The shard's disk cap.
+    cap_bytes: u64,
+    /// Appended tickets not yet reported durable, with the seq that makes each durable.
+    pending: RefCell<VecDeque<(u64, LogSeq)>>,
+    /// Batches refused at the cap: retried in order before anything later is appended.
+    stalled: RefCell<VecDeque<LogBatch>>,
+    /// The writer failed: nothing will be durable any more.
+    dead: Cell<bool>,
+    watcher: WakerSlot,
+}
+
+impl LogIo {
+    pub(crate) fn new(writer: LogWriter, config: &LogConfig) -> LogIo {
+        LogIo {
+            writer: RefCell::new(Some(Rc::new(writer))),
+            cap_bytes: config.disk_cap_bytes,
+            pending: RefCell::new(VecDeque::new()),
+            stalled: RefCell::new(VecDeque::new()),
+            dead: Cell::new(false),
+            watcher: WakerSlot::default(),
+        }
+    }
+
+    fn writer(&self) -> Option<Rc<LogWriter>> {
+        self.writer.borrow().clone()
+    }
+
+    /// Appends the core's batch (or queues it behind batches refused at the cap).
+    pub(crate) fn append(&self, batch: LogBatch, core: &mut ShardCore) {
+        if !self.stalled.borrow().is_empty() {
+            self.stalled.borrow_mut().push_back(batch);
+            return;
+        }
+        if let Err(batch) = self.append_one(batch, core) {
+            self.stalled.borrow_mut().push_back(batch);
+        }
+    }
+
+    /// Appends one batch; gives it back if the cap refused it.
+    fn append_one(&self, batch: LogBatch, core: &mut ShardCore) -> Result<(), LogBatch> {
+        let Some(writer) = self.writer().filter(|_| !self.dead.get()) else {
+            core.handle_log_failed(batch.ticket);
+            self.pending.borrow_mut().push_back((batch.ticket, LogSeq(0)));
+            return Ok(());
+        };
+        let seq = if batch.records.is_empty() {
+            Ok(writer.appended_seq())
+        } else {
+            writer.append_batch(&batch.records)
+        };
+        match seq {
+            Ok(seq) => {
+                self.pending.borrow_mut().push_back((batch.ticket, seq));
+                self.watcher.wake();
+                Ok(())
+            }
+            Err(e) if e.is_disk_full() && writer.failure().is_none() => {
+                tracing::warn!("{e}: refusing QoS 1/2 PUBLISH until compaction frees space");
+                core.set_log_full(true);
+                Err(batch)
+            }
+            Err(e) => {
+                tracing::error!("log append failed: {e}; QoS 1/2 PUBLISH refused until restart");
+                self.dead.set(true);
+                core.handle_log_failed(batch.ticket);
+                self.pending.borrow_mut().push_back((batch.ticket, LogSeq(0)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the core which tickets are durable (or failed), and whether the log is full.
+    pub(crate) fn report(&self, core: &mut ShardCore, now: Instant) {
+        let Some(writer) = self.writer() else { return };
+        let durable = writer.durable_seq();
+        let dead = self.dead.get();
+        let mut last = None;
+        {
+            let mut pending = self.pending.borrow_mut();
+            while let Some(&(ticket, seq)) = pending.front() {
+                if !dead && seq > durable {
+                    break;
+                }
+                if dead && seq > durable {
+                    core.handle_log_failed(ticket);
+                }
+                pending.pop_front();
+                last = Some(ticket);
+            }
+        }
+        let full = dead
+            || !self.stalled.borrow().is_empty()
+            || writer.disk_bytes().saturating_mul(4) >= self.cap_bytes.saturating_mul(3);
+        if full != core.log_full() {
+            if full {
+                tracing::warn!(
+                    disk_bytes = writer.disk_bytes(),
+                    cap_bytes = self.cap_bytes,
+                    "log nearly full: QoS 1/2 PUBLISH refused"
+                );
+            }
+            core.set_log_full(full);
+        }
+        if let Some(ticket) = last {
+            core.handle_log_durable(ticket, now);
+        }
+    }
+
+    /// Retries batches refused at the cap, in order.
+    fn retry_stalled(&self, core: &mut ShardCore) {
+        loop {
+            let Some(batch) = self.stalled.borrow_mut().pop_front() else { return };
+            if let Err(batch) = self.append_one(batch, core) {
+                self.stalled.borrow_mut().push_front(batch);
+                return;
+            }
+        }
+    }
+
+    /// Syncs and closes the log (clean shutdown).
+    pub(crate) async fn close(&self) {
+        let Some(writer) = self.writer.borrow_mut().take() else { return };
+        let result = match Rc::try_unwrap(writer) {
+            Ok(w) => w.close().await,
+            // A compaction still holds it: sync what was appended; the rest is a crash's.
+            Err(w) => w.sync().await.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::error!("closing the log: {e}");
+        }
+    }
+}
+
+/// Waits for appended records to become durable and reports them to the core. One task
+/// per shard with a log.
+pub(crate) async fn watcher_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
+    loop {
+        let target = std::future::poll_fn(|cx| {
+            if shard.stop.is_fired() {
+                return Poll::Ready(None);
+            }
+            match log.pending.borrow().back() {
+                Some(&(_, seq)) if !log.dead.get() => Poll::Ready(Some(seq)),
+                _ => {
+                    log.watcher.set(cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let Some(target) = target else { return };
+        let Some(writer) = log.writer() else { return };
+        if let Err(e) = writer.wait_durable(target).await {
+            tracing::error!("log failed: {e}; QoS 1/2 PUBLISH refused until restart");
+            log.dead.set(true);
+        }
+        shard.with_core(|core, now| log.report(core, now));
+    }
+}
+
+/// Compacts the log when it is due, and retries batches refused at the cap. One task per
+/// shard with a log.
+pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
+    loop {
+        let stopped = future::or(
+            async {
+                Timer::new(COMPACTION_CHECK_INTERVAL).await;
+                false
+            },
+            async {
+                shard.stop.wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let Some(writer) = log.writer() else { return };
+        if writer.compaction_due() {
+            if let Err(e) = writer.compact().await {
+                tracing::error!("log compaction failed (the old segments stay): {e}");
+            }
+        }
+        drop(writer);
+        shard.with_core(|core, now| {
+            log.retry_stalled(core);
+            log.report(core, now);
+        });
+    }
+}
+
+/// Checks the data directory before any shard starts: creates it, and refuses one written
+/// with another shard count (sessions are homed by a hash modulo the shard count). Returns
+/// each shard's log configuration (`None` everywhere with `--in-memory`).
+pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>, String> {
+    let n = config.shards;
+    let packet_max = config.limits.packet_size_max_bytes;
+    let configs = (0..n)
+        .map(|i| config.persist.shard_log_config(i, n, packet_max))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(dir) = &config.persist.data_dir else { return Ok(configs) };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("--data-dir {}: cannot create it: {e}", dir.display()))?;
+    check_shard_count(dir, n)?;
+    Ok(configs)
+}
+
+/// The `shards` file of a data directory records the shard count that wrote it.
+fn check_shard_count(dir: &Path, n: u16) -> Result<(), String> {
+    let marker = dir.join("shards");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => match text.trim().parse::<u16>() {
+            Ok(m) if m == n => Ok(()),
+            Ok(m) => Err(format!(
+                "--data-dir {}: written by a broker with {m} shards, this one has {n} \
+                 (start with --shards {m}, or use another data directory)",
+                dir.display()
+            )),
+            Err(_) => Err(format!("{}: not a shard count: {text:?}", marker.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let busy = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if busy && !dir.join("shard-0").exists() {
+                tracing::warn!("--data-dir {} is not empty; using it anyway", dir.display());
+            }
+            std::fs::write(&marker, format!("{n}\n"))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| format!("{}: {e}", marker.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", marker.display())),
+    }
+}

@@ -1,0 +1,443 @@
+//! Crash test: the `shardmq` binary as a child process is killed with SIGKILL while
+//! publishers send QoS 1 and QoS 2 messages to two offline persistent sessions, then restarted
+//! on the same data directory (issue 5, design §6).
+//!
+//! The contract checked: every message whose PUBACK (QoS 1) or PUBREC/PUBCOMP (QoS 2) the
+//! publisher received reaches every subscriber after the restart, and no QoS 2 message reaches
+//! a subscriber twice. QoS 1 messages may arrive twice; messages that were never acknowledged
+//! may or may not arrive.
+//!
+//! Each seed runs two crash rounds on 2 shards: subscribers homed on shard 0 (3.1.1,
+//! clean session off) and shard 1 (5.0, session expiry), publishers homed on both shards.
+//! Round 1: publish, SIGKILL at a seeded moment (after a seeded number of acknowledgements,
+//! plus a seeded delay). Restart. Round 2: new publishers publish, SIGKILL again. Restart and
+//! let the subscribers collect their queues. The moment of the kill is chosen by message count
+//! and delay, and nothing here asserts a time.
+//!
+//! Data directories live under cargo's `CARGO_TARGET_TMPDIR` (the target directory), not
+//! `/tmp`, which may be tmpfs (no `O_DIRECT`). A failed seed leaves its directory there and
+//! names it; set `SHARDMQ_CRASH_KEEP=1` to keep every directory.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{id_on_shard, within, V4, V5};
+use rumqttc::v5::mqttbytes::v5::Packet as P5;
+use rumqttc::QoS;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Messages per publisher per round (at most; the kill usually comes first).
+const MESSAGES_PER_PUBLISHER: u64 = 400;
+/// Unacknowledged PUBLISHes per publisher (below the broker's default `inflight_in_max`, 64).
+const INFLIGHT: u16 = 48;
+/// After the last expected message, how long the subscribers wait for duplicates.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// A small seeded generator (splitmix64): reproducible kill moments and QoS choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// A message: (publisher index, sequence number).
+type Key = (u32, u64);
+
+/// What the publishers know: which messages the broker acknowledged.
+#[derive(Default)]
+struct Acks {
+    /// QoS of every message handed to the client.
+    qos: HashMap<Key, QoS>,
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) received: the contract of the brief.
+    completed: BTreeSet<Key>,
+    /// PUBREC received (QoS 2): the broker owns the message; the publisher may not resend
+    /// the PUBLISH [MQTT-4.3.3-x], so it must survive too.
+    received: BTreeSet<Key>,
+}
+
+impl Acks {
+    /// Every message the broker acknowledged (PUBACK, PUBREC or PUBCOMP).
+    fn expected(&self) -> BTreeSet<Key> {
+        self.completed.union(&self.received).copied().collect()
+    }
+}
+
+/// The broker as a child process.
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts `shardmq --shards 2` on `dir` and waits for its `listening on ADDR` line.
+    async fn start(dir: &Path, durability: &str) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--durability", durability])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting target shardmq binary");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let addr = within("the broker's `listening on ADDR` line", async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if let Some(a) = line.strip_prefix("listening on ") {
+                            return a.trim().parse::<SocketAddr>().expect("an address");
+                        }
+                    }
+                    _ => panic!("shardmq exited before listening (data dir {})", dir.display()),
+                }
+            }
+        })
+        .await;
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Broker { child, addr }
+    }
+
+    /// SIGKILL, and reap the process.
+    async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("wait");
+        assert!(!status.success(), "the broker was killed, not exited: {status}");
+    }
+}
+
+fn topic(run: &str, publisher: u32) -> String {
+    format!("crash/{run}/p{publisher}")
+}
+
+fn payload(seq: u64, qos: QoS) -> Vec<u8> {
+    let mut p = seq.to_be_bytes().to_vec();
+    p.push(qos as u8);
+    p
+}
+
+fn parse_key(run: &str, topic: &str, payload: &[u8]) -> Key {
+    let publisher = topic
+        .strip_prefix(&format!("crash/{run}/p"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected topic {topic:?}"));
+    assert_eq!(payload.len(), 9, "payload of {topic}: {payload:?}");
+    (publisher, u64::from_be_bytes(payload[..8].try_into().expect("8 bytes")))
+}
+
+/// One publisher: hands `MESSAGES_PER_PUBLISHER` messages of seeded QoS to rumqttc and
+/// records every acknowledgement until the connection breaks (the kill) or all are done.
+async fn publish(
+    addr: SocketAddr,
+    run: String,
+    id: String,
+    index: u32,
+    seed: u64,
+    acks: Arc<Mutex<Acks>>,
+) {
+    let mut c = V4::connect(addr, &id, |o| {
+        o.set_inflight(INFLIGHT);
+    })
+    .await;
+    let mut rng = Rng(seed);
+    let t = topic(&run, index);
+    let mut order = Vec::new();
+    for seq in 0..MESSAGES_PER_PUBLISHER {
+        let qos = if rng.next() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        acks.lock().unwrap().qos.insert((index, seq), qos);
+        order.push(seq);
+        c.client.publish(&t, qos, false, payload(seq, qos)).await.expect("queued");
+    }
+    // rumqttc writes PUBLISHes in request order: the n-th outgoing PUBLISH is seq n.
+    let mut next = order.into_iter();
+    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
+    let mut done = 0;
+    while let Some(Ok(ev)) = c.events.recv().await {
+        use rumqttc::{Event, Outgoing, Packet};
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let seq = next.next().expect("no more PUBLISHes than requested");
+                by_pkid.insert(pkid, seq);
+            }
+            Event::Incoming(Packet::PubAck(a)) => {
+                let seq = by_pkid[&a.pkid];
+                acks.lock().unwrap().completed.insert((index, seq));
+                done += 1;
+            }
+            Event::Incoming(Packet::PubRec(a)) => {
+                let seq = by_pkid[&a.pkid];
+                acks.lock().unwrap().received.insert((index, seq));
+            }
+            Event::Incoming(Packet::PubComp(a)) => {
+                let seq = by_pkid[&a.pkid];
+                acks.lock().unwrap().completed.insert((index, seq));
+                done += 1;
+            }
+            _ => {}
+        }
+        if done == MESSAGES_PER_PUBLISHER {
+            break;
+        }
+    }
+    c.kill();
+}
+
+/// One round: publishers homed on shards 0 and 1 publish until the broker is SIGKILLed after
+/// a seeded number of acknowledgements and a seeded delay.
+async fn crash_round(
+    broker: Broker,
+    run: &str,
+    round: u32,
+    rng: &mut Rng,
+    acks: &Arc<Mutex<Acks>>,
+) {
+    let total = 2 * MESSAGES_PER_PUBLISHER;
+    let before = acks.lock().unwrap().completed.len();
+    let kill_after = before + rng.range(total / 8, total * 7 / 8) as usize;
+    let kill_delay = Duration::from_millis(rng.range(0, 15));
+    let mut tasks = Vec::new();
+    for shard in 0..2u16 {
+        let index = round * 2 + u32::from(shard);
+        let id = id_on_shard(&format!("{run}-pub{index}"), shard, 2);
+        let (acks, run) = (Arc::clone(acks), run.to_string());
+        tasks.push(tokio::spawn(publish(broker.addr, run, id, index, rng.next(), acks)));
+    }
+    within("the kill moment (acknowledgements)", async {
+        loop {
+            let n = acks.lock().unwrap().completed.len();
+            if n >= kill_after || tasks.iter().all(|t| t.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(kill_delay).await;
+    broker.kill9().await;
+    for t in tasks {
+        within("the publisher to notice the kill", t).await.expect("publisher task");
+    }
+}
+
+/// A subscriber's persistent-session options.
+fn v4_persistent(o: &mut rumqttc::MqttOptions) {
+    o.set_clean_session(false);
+}
+
+fn v5_persistent(o: &mut rumqttc::v5::MqttOptions) {
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(3600));
+}
+
+/// Sends a 5.0 DISCONNECT (normal; the session stays, it has an expiry interval).
+async fn v5_disconnect(mut c: V5) {
+    let _ = c.client.disconnect().await;
+    let _ = within("DISCONNECT written", async {
+        while let Some(Ok(ev)) = c.events.recv().await {
+            if let rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                return;
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.kill();
+}
+
+/// Receipts per message of one subscriber.
+type Receipts = HashMap<Key, u32>;
+
+/// Collects PUBLISHes until every key of `expected` arrived, then until `QUIET` passes
+/// without any (duplicates would show up there).
+async fn collect_v4(c: &mut V4, run: &str, acks: &Acks) -> Receipts {
+    let expected = &acks.expected();
+    let mut got = Receipts::new();
+    while expected.iter().any(|k| !got.contains_key(k)) {
+        let Some(p) = c.publish_within(common::WAIT).await else {
+            missing("3.1.1 subscriber", acks, &got)
+        };
+        *got.entry(parse_key(run, &p.topic, &p.payload)).or_default() += 1;
+    }
+    while let Some(p) = c.publish_within(QUIET).await {
+        *got.entry(parse_key(run, &p.topic, &p.payload)).or_default() += 1;
+    }
+    got
+}
+
+/// Fails naming the acknowledged messages that never arrived, with how each was acknowledged.
+fn missing(who: &str, acks: &Acks, got: &Receipts) -> ! {
+    let expected = acks.expected();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|k| !got.contains_key(k))
+        .map(|k| {
+            let how = match (acks.qos[k], acks.completed.contains(k)) {
+                (QoS::AtLeastOnce, _) => "QoS 1 PUBACK",
+                (_, true) => "QoS 2 PUBCOMP",
+                (_, false) => "QoS 2 PUBREC only",
+            };
+            format!("{k:?} {how}")
+        })
+        .collect();
+    panic!(
+        "{who}: {} acknowledged messages (of {}) never arrived (received {} distinct): {:?}",
+        missing.len(),
+        expected.len(),
+        got.len(),
+        &missing[..missing.len().min(20)]
+    )
+}
+
+async fn next_v5_publish(
+    c: &mut V5,
+    timeout: Duration,
+) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, c.events.recv()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(rumqttc::v5::Event::Incoming(P5::Publish(p))))) => return Some(p),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("5.0 subscriber: connection failed: {e}"),
+            Ok(None) => panic!("5.0 subscriber: event loop ended"),
+        }
+    }
+}
+
+async fn collect_v5(c: &mut V5, run: &str, acks: &Acks) -> Receipts {
+    let expected = &acks.expected();
+    let mut got = Receipts::new();
+    while expected.iter().any(|k| !got.contains_key(k)) {
+        let Some(p) = next_v5_publish(c, common::WAIT).await else {
+            missing("5.0 subscriber", acks, &got)
+        };
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        *got.entry(parse_key(run, &topic, &p.payload)).or_default() += 1;
+    }
+    while let Some(p) = next_v5_publish(c, QUIET).await {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        *got.entry(parse_key(run, &topic, &p.payload)).or_default() += 1;
+    }
+    got
+}
+
+/// Checks one subscriber's receipts against what the publishers know.
+fn check(who: &str, got: &Receipts, acks: &Acks) {
+    let lost: Vec<&Key> = acks.completed.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{who}: {} messages acknowledged with PUBACK/PUBCOMP were lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let lost: Vec<&Key> = acks.received.iter().filter(|k| !got.contains_key(k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{who}: {} QoS 2 messages the broker answered with PUBREC were lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let mut twice: Vec<(&Key, &u32)> = got
+        .iter()
+        .filter(|(k, n)| **n > 1 && acks.qos.get(*k) == Some(&QoS::ExactlyOnce))
+        .collect();
+    twice.sort();
+    assert!(twice.is_empty(), "{who}: QoS 2 messages delivered more than once: {twice:?}");
+    let unknown: Vec<&Key> = got.keys().filter(|k| !acks.qos.contains_key(k)).collect();
+    assert!(unknown.is_empty(), "{who}: messages nobody published: {unknown:?}");
+}
+
+/// A fresh data directory under the target directory.
+fn data_dir(run: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{run}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the data dir");
+    dir
+}
+
+async fn crash_test(seed: u64, durability: &str) {
+    let mut rng = Rng(seed);
+    let run = format!("s{seed}-{}", std::process::id());
+    let dir = data_dir(&run);
+    eprintln!("crash test: seed {seed}, durability {durability}, data dir {}", dir.display());
+    let filter = format!("crash/{run}/#");
+    let sub4_id = id_on_shard(&format!("{run}-sub4"), 0, 2);
+    let sub5_id = id_on_shard(&format!("{run}-sub5"), 1, 2);
+
+    // The persistent sessions subscribe, then go offline.
+    let broker = Broker::start(&dir, durability).await;
+    let mut s4 = V4::connect(broker.addr, &sub4_id, v4_persistent).await;
+    s4.subscribe(&filter, QoS::ExactlyOnce).await;
+    s4.disconnect().await;
+    let mut s5 = V5::connect(broker.addr, &sub5_id, v5_persistent).await;
+    s5.subscribe(&filter, rumqttc::v5::mqttbytes::QoS::ExactlyOnce).await;
+    v5_disconnect(s5).await;
+
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    crash_round(broker, &run, 0, &mut rng, &acks).await;
+    let broker = Broker::start(&dir, durability).await;
+    crash_round(broker, &run, 1, &mut rng, &acks).await;
+
+    let broker = Broker::start(&dir, durability).await;
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    eprintln!(
+        "crash test: seed {seed}: {} messages handed to the clients, {} PUBACK/PUBCOMP, {} PUBREC",
+        acks.qos.len(),
+        acks.completed.len(),
+        acks.received.len()
+    );
+    let mut s4 = V4::connect(broker.addr, &sub4_id, v4_persistent).await;
+    let got4 = collect_v4(&mut s4, &run, &acks).await;
+    let mut s5 = V5::connect(broker.addr, &sub5_id, v5_persistent).await;
+    let got5 = collect_v5(&mut s5, &run, &acks).await;
+    check(&format!("seed {seed}: 3.1.1 subscriber on shard 0"), &got4, &acks);
+    check(&format!("seed {seed}: 5.0 subscriber on shard 1"), &got5, &acks);
+    s4.kill();
+    s5.kill();
+    broker.kill9().await;
+    if std::env::var_os("SHARDMQ_CRASH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+macro_rules! crash_seeds {
+    ($($name:ident: $seed:expr, $durability:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            crash_test($seed, $durability).await;
+        }
+    )*};
+}
+
+// `sync` is the contract. `batch:<ms>` acknowledges only after an fdatasync too (it waits up
+// to <ms> to share it), so the same guarantee holds. `none` acknowledges at append: a kill
+// may lose acknowledged messages by design, so it is not tested here.
+crash_seeds! {
+    kill9_sync_seed_1: 1, "sync";
+    kill9_sync_seed_2: 2, "sync";
+    kill9_sync_seed_3: 3, "sync";
+    kill9_sync_seed_4: 4, "sync";
+    kill9_batch_seed_5: 5, "batch:20";
+    kill9_batch_seed_6: 6, "batch:20";
+}
