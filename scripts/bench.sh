@@ -17,8 +17,8 @@
 # Brokers' data directories go under target/bench-tmp (not /tmp, which may be tmpfs).
 #
 # Environment: BENCH_BROKERS (default shardmq,mosquitto,rumqttd), BENCH_OUT (default
-# target/bench), BENCH_SECTIONS (default standard,durability,restart), BENCH_RESTART_MESSAGES
-# (default 1000000). Extra arguments go to the standard section's `shardmq-bench compare`,
+# target/bench), BENCH_SECTIONS (default standard,durability,restart), BENCH_DURABILITY_SECS
+# (each durability window, default 3), BENCH_RESTART_MESSAGES (default 1000000). Extra arguments go to the standard section's `shardmq-bench compare`,
 # e.g. --duration-secs 3, --only fanout,conn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,8 @@ if has "$sections" standard; then
         | tee -a "$txt" || status=$?
 fi
 if has "$sections" durability && [ -n "$durable" ]; then
-    "$bench" compare --matrix durability --brokers "$durable" --duration-secs 3 \
+    "$bench" compare --matrix durability --brokers "$durable" \
+        --duration-secs "${BENCH_DURABILITY_SECS:-3}" \
         --json "$out/durability-$stamp.json" | tee -a "$txt" || status=$?
 fi
 if has "$sections" restart && [ -n "$restartable" ]; then

@@ -82,6 +82,14 @@ pub struct BrokerOptions {
     pub queued_messages_max: u64,
     /// Connections the broker must accept.
     pub connections_max: u64,
+    /// How long start-up (recovery included) may take; 0: 15 s.
+    pub start_timeout_secs: u64,
+}
+
+impl BrokerOptions {
+    fn start_timeout(&self) -> Duration {
+        Duration::from_secs(if self.start_timeout_secs == 0 { 15 } else { self.start_timeout_secs })
+    }
 }
 
 /// A broker under test: started by the harness, or already running.
@@ -336,7 +344,8 @@ impl Broker {
             child: Some(child),
             dir: Some(dir),
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let start_timeout = opts.start_timeout();
+        let deadline = Instant::now() + start_timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(addr) => {
@@ -353,10 +362,13 @@ impl Broker {
             }
             b.check_alive()?;
             if Instant::now() > deadline {
-                bail!("shardmq did not print 'listening on ADDR' within 15 s{}", b.log_tail());
+                bail!(
+                    "shardmq did not print 'listening on ADDR' within {start_timeout:?}{}",
+                    b.log_tail()
+                );
             }
         }
-        b.wait_port(Duration::from_secs(10))?;
+        b.wait_port(opts.start_timeout())?;
         Ok(b)
     }
 
@@ -404,7 +416,7 @@ impl Broker {
         let mut cmd = pinned(&opts.cpus, &bin);
         cmd.arg("-c").arg(&conf);
         let mut b = Broker::spawn("mosquitto", cmd, dir, &durability, port)?;
-        b.wait_port(Duration::from_secs(10))?;
+        b.wait_port(opts.start_timeout())?;
         Ok(b)
     }
 
@@ -437,7 +449,7 @@ impl Broker {
         cmd.env("RUST_LOG", "error");
         let port = if opts.mqtt_version == 5 { p5 } else { p4 };
         let mut b = Broker::spawn("rumqttd", cmd, dir, "none (in memory)", port)?;
-        b.wait_port(Duration::from_secs(10))?;
+        b.wait_port(opts.start_timeout())?;
         Ok(b)
     }
 

@@ -480,6 +480,7 @@ impl Common {
             mqtt_version: self.mqtt_version,
             queued_messages_max: 1_000_000,
             connections_max: 1000,
+            start_timeout_secs: 0,
         }
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! Data directories live under cargo's `CARGO_TARGET_TMPDIR` (the target directory), not
 //! `/tmp`, which may be tmpfs (no `O_DIRECT`). A failed seed leaves its directory there and
-//! names it; set `SHARDMQ_CRASH_KEEP=1` to keep every directory.
+//! names it; set `SHARDMQ_CRASH_KEEP=1` to keep every directory, `SHARDMQ_CRASH_ROUNDS=N` for
+//! another number of crash rounds per seed, `SHARDMQ_CRASH_SNAPSHOT=1` to copy the data
+//! directory as each kill left it.
 
 mod common;
 
@@ -33,8 +35,12 @@ use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Messages per publisher per round (at most; the kill usually comes first).
-const MESSAGES_PER_PUBLISHER: u64 = 400;
+/// Messages per publisher per round (at most: the kill comes first, after at most
+/// `KILL_AFTER_MAX` acknowledgements, so the publishers are still busy when it lands).
+const MESSAGES_PER_PUBLISHER: u64 = 1000;
+/// The kill comes after a seeded number of acknowledgements in this range (per round).
+const KILL_AFTER_MIN: u64 = 50;
+const KILL_AFTER_MAX: u64 = 600;
 /// Unacknowledged PUBLISHes per publisher (below the broker's default `inflight_in_max`, 64).
 const INFLIGHT: u16 = 48;
 /// After the last expected message, how long the subscribers wait for duplicates.
@@ -212,10 +218,9 @@ async fn crash_round(
     rng: &mut Rng,
     acks: &Arc<Mutex<Acks>>,
 ) {
-    let total = 2 * MESSAGES_PER_PUBLISHER;
     let before = acks.lock().unwrap().completed.len();
-    let kill_after = before + rng.range(total / 8, total * 7 / 8) as usize;
-    let kill_delay = Duration::from_millis(rng.range(0, 15));
+    let kill_after = before + rng.range(KILL_AFTER_MIN, KILL_AFTER_MAX) as usize;
+    let kill_delay = Duration::from_millis(rng.range(0, 5));
     let mut tasks = Vec::new();
     for shard in 0..2u16 {
         let index = round * 2 + u32::from(shard);
@@ -368,6 +373,30 @@ fn check(who: &str, got: &Receipts, acks: &Acks) {
     assert!(unknown.is_empty(), "{who}: messages nobody published: {unknown:?}");
 }
 
+/// Crash rounds per seed: `SHARDMQ_CRASH_ROUNDS`, default 2 (a debugging knob).
+fn rounds() -> u32 {
+    std::env::var("SHARDMQ_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2).max(1)
+}
+
+/// With `SHARDMQ_CRASH_SNAPSHOT=1`, copies the data directory as the kill left it (before
+/// recovery touches it) to `{dir}.killed-{n}`: a debugging aid.
+fn snapshot(dir: &Path, n: u32) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("snapshot dir");
+        for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+            let target = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).expect("copy");
+            }
+        }
+    }
+    if std::env::var_os("SHARDMQ_CRASH_SNAPSHOT").is_some() {
+        copy(dir, &dir.with_extension(format!("killed-{n}")));
+    }
+}
+
 /// A fresh data directory under the target directory.
 fn data_dir(run: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{run}"));
@@ -396,9 +425,13 @@ async fn crash_test(seed: u64, durability: &str) {
 
     let acks = Arc::new(Mutex::new(Acks::default()));
     crash_round(broker, &run, 0, &mut rng, &acks).await;
-    let broker = Broker::start(&dir, durability).await;
-    crash_round(broker, &run, 1, &mut rng, &acks).await;
+    for round in 1..rounds() {
+        snapshot(&dir, round);
+        let broker = Broker::start(&dir, durability).await;
+        crash_round(broker, &run, round, &mut rng, &acks).await;
+    }
 
+    snapshot(&dir, rounds());
     let broker = Broker::start(&dir, durability).await;
     let acks = std::mem::take(&mut *acks.lock().unwrap());
     eprintln!(

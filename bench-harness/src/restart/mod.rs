@@ -126,6 +126,8 @@ pub fn options(
         ("session_queue_bytes_max".into(), (queue * per_msg).max(16 << 20)),
     ];
     opts.connections_max = u64::from(p.publishers) + 10;
+    // Recovery of N messages happens before the broker listens.
+    opts.start_timeout_secs = (p.timeout_secs as u64).max(15);
     Ok(opts)
 }
 
@@ -292,8 +294,10 @@ fn replay(
     let deadline = Instant::now() + Duration::from_secs_f64(p.timeout_secs);
     let mut acks = Vec::with_capacity(64 * 1024);
     let mut last_print = Instant::now();
+    // Bytes that came with the CONNACK are already in `rx`: handle them before reading.
     // Ten quiet seconds end the replay (a broker that lost messages sends nothing more).
-    while distinct < stored && Instant::now() < deadline && s.fill(Duration::from_secs(10))? {
+    let mut more = true;
+    while more && distinct < stored && Instant::now() < deadline {
         let mut pos = 0;
         while let Some((len, body)) = wire::split_frame(&s.rx[pos..]).map_err(|e| anyhow!(e))? {
             let frame = &s.rx[pos..pos + len];
@@ -329,6 +333,7 @@ fn replay(
             last_print = Instant::now();
             eprint!("\r\x1b[K[{}] restart: replay | received {distinct} of {stored}", r.broker);
         }
+        more = distinct >= stored || s.fill(Duration::from_secs(10))?;
     }
     if !quiet {
         eprint!("\r\x1b[K");

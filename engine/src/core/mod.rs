@@ -11,6 +11,7 @@ pub mod limits;
 pub mod mesh;
 pub(crate) mod outgoing;
 pub mod persist;
+mod persist_ack;
 mod persist_diff;
 mod persist_restore;
 mod publish;

@@ -108,6 +108,18 @@ impl TxQueue {
     /// Drops the first `n_bytes` queued bytes: the socket took them.
     pub fn consume(&mut self, mut n_bytes: usize) {
         assert!(n_bytes <= self.len_bytes, "consumed {n_bytes} of {} bytes", self.len_bytes);
+        if n_bytes == self.len_bytes {
+            // Everything went (the usual case): keep the coalescing buffer for the next
+            // frames unless a burst grew it.
+            self.chunks.clear();
+            self.len_bytes = 0;
+            if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
+                self.tail = BytesMut::new();
+            } else {
+                self.tail.clear();
+            }
+            return;
+        }
         self.len_bytes -= n_bytes;
         while n_bytes > 0 {
             match self.chunks.front_mut() {
@@ -123,13 +135,6 @@ impl TxQueue {
                     self.tail.advance(n_bytes);
                     n_bytes = 0;
                 }
-            }
-        }
-        if self.len_bytes == 0 {
-            if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
-                self.tail = BytesMut::new();
-            } else {
-                self.tail.clear();
             }
         }
     }
@@ -204,7 +209,7 @@ mod tests {
             assert_eq!(q.len_bytes(), expected.len());
             assert_eq!(q.front(), &expected[..q.front().len()]);
         }
-        q.consume(1);
+        q.consume(q.len_bytes());
         assert!(q.is_empty());
         assert!(q.front().is_empty());
         q.push_frame(&Bytes::from_static(b"ef"));

@@ -153,6 +153,27 @@ fn poll_read_into(
     }
 }
 
+/// One non-blocking `recv` into the shard's scratch buffer, appended to `buf`; `None` when
+/// nothing is there.
+fn read_direct(shard: &ShardIo, fd: i32, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    let mut scratch = shard.scratch.borrow_mut();
+    // SAFETY: `scratch` is a writable buffer of the given length; `fd` is the socket of the
+    // connection task calling this (open while the task lives).
+    let n = unsafe {
+        libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT)
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+            _ => Some(Err(e)),
+        };
+    }
+    let n = n as usize;
+    buf.extend_from_slice(&scratch[..n]);
+    Some(Ok(n))
+}
+
 /// What woke the driver.
 enum Event {
     /// Bytes arrived.
@@ -306,9 +327,26 @@ impl Driver {
             self.shard.park(&self.slot);
             return Poll::Pending;
         }
-        match poll_read_into(cx, &self.shard, &mut self.stream, &mut self.buf) {
+        let read = if self.slot.poke.replace(false) {
+            // The shard's writer asks for a read between its batches: a direct `recv`,
+            // since glommio's readiness poll is only reaped when the reactor runs.
+            match read_direct(&self.shard, self.slot.fd, &mut self.buf) {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    self.slot.hot.set(false);
+                    // Through glommio as well, so its readiness poll is (re)armed.
+                    poll_read_into(cx, &self.shard, &mut self.stream, &mut self.buf)
+                }
+            }
+        } else {
+            poll_read_into(cx, &self.shard, &mut self.stream, &mut self.buf)
+        };
+        match read {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Gone),
-            Poll::Ready(Ok(_)) => Poll::Ready(Event::Read),
+            Poll::Ready(Ok(_)) => {
+                self.shard.flush.mark_hot(&self.slot);
+                Poll::Ready(Event::Read)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -39,13 +39,19 @@ use super::signal::WakerSlot;
 /// publishers are read more often during a pass (more frames per send, more polls).
 pub(crate) const FLUSH_BATCH_CONNS: usize = 32;
 
+/// Connections the writer asks to read between batches, at most (the most recently busy
+/// readers: publishers feeding the fan-out).
+const HOT_READERS_MAX: usize = 16;
+
 /// Gather slices per `sendmsg` (the coalesced bytes plus large shared payloads).
 const IOV_MAX_SLICES: usize = 64;
 
-/// Connections with bytes to write, in the order they got them. Shard-local.
+/// Connections with bytes to write, in the order they got them, and connections that
+/// recently read bytes (publishers, typically). Shard-local.
 #[derive(Debug, Default)]
 pub(crate) struct FlushQueue {
     fifo: RefCell<VecDeque<Rc<ConnSlot>>>,
+    hot: RefCell<Vec<Rc<ConnSlot>>>,
     waker: WakerSlot,
 }
 
@@ -56,6 +62,29 @@ impl FlushQueue {
             self.fifo.borrow_mut().push_back(slot.clone());
             self.waker.wake();
         }
+    }
+
+    /// Notes that `slot` read bytes: between batches the writer asks it to read again.
+    pub(crate) fn mark_hot(&self, slot: &Rc<ConnSlot>) {
+        if !slot.hot.replace(true) {
+            let mut hot = self.hot.borrow_mut();
+            if hot.len() < HOT_READERS_MAX {
+                hot.push(slot.clone());
+            } else {
+                slot.hot.set(false);
+            }
+        }
+    }
+
+    /// Asks every hot connection to read directly; returns how many were asked.
+    fn poke_hot(&self) -> usize {
+        let mut hot = self.hot.borrow_mut();
+        hot.retain(|s| s.hot.get() && !s.gone.get() && !s.close.get());
+        for s in hot.iter() {
+            s.poke.set(true);
+            s.wake();
+        }
+        hot.len()
     }
 
     fn pop(&self) -> Option<Rc<ConnSlot>> {
@@ -94,9 +123,16 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
             flush_one(&shard, &slot);
         }
         if !q.fifo.borrow().is_empty() {
-            // Let the reactor poll for io (a timer fires only once it has), so what
-            // publishers sent meanwhile is read and queued before the rest of the pass.
-            Timer::new(Duration::from_micros(1)).await;
+            // Read what publishers sent meanwhile, so it is queued before the rest of the
+            // pass goes out. Connections that just read bytes are asked to read again
+            // directly (a `recv` each; their tasks run before this one resumes); if there
+            // are none, the reactor polls for io (a timer fires only once it has), which
+            // costs several io_uring calls.
+            if q.poke_hot() > 0 {
+                futures_lite::future::yield_now().await;
+            } else {
+                Timer::new(Duration::from_micros(1)).await;
+            }
         }
     }
 }

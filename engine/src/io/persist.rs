@@ -242,14 +242,21 @@ pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
 pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>, String> {
     let n = config.shards;
     let packet_max = config.limits.packet_size_max_bytes;
-    let configs = (0..n)
-        .map(|i| config.persist.shard_log_config(i, n, packet_max))
-        .collect::<Result<Vec<_>, _>>()?;
-    let Some(dir) = &config.persist.data_dir else { return Ok(configs) };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("--data-dir {}: cannot create it: {e}", dir.display()))?;
-    check_shard_count(dir, n)?;
-    Ok(configs)
+    let mut persist = config.persist.clone();
+    // Checked before anything is created.
+    for i in 0..n {
+        persist.shard_log_config(i, n, packet_max)?;
+    }
+    if let Some(dir) = &persist.data_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--data-dir {}: cannot create it: {e}", dir.display()))?;
+        // Absolute: glommio opens directories relative to no directory.
+        let abs =
+            std::fs::canonicalize(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+        check_shard_count(&abs, n)?;
+        persist.data_dir = Some(abs);
+    }
+    (0..n).map(|i| persist.shard_log_config(i, n, packet_max)).collect()
 }
 
 /// The `shards` file of a data directory records the shard count that wrote it.

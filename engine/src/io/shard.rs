@@ -50,6 +50,11 @@ pub(crate) struct ConnSlot {
     pub(crate) pending: RefCell<TxQueue>,
     /// The connection task is parked because reading is paused.
     pub(crate) parked: Cell<bool>,
+    /// Its last read returned bytes: the shard's writer asks it to read again between
+    /// batches (`flush.rs`).
+    pub(crate) hot: Cell<bool>,
+    /// Read now, directly, without waiting for glommio's readiness poll.
+    pub(crate) poke: Cell<bool>,
     waker: WakerSlot,
 }
 
@@ -155,6 +160,8 @@ impl ShardIo {
             close: Cell::new(false),
             pending: RefCell::new(TxQueue::default()),
             parked: Cell::new(false),
+            hot: Cell::new(false),
+            poke: Cell::new(false),
             waker: WakerSlot::default(),
         });
         self.conns.borrow_mut().insert(conn, slot.clone());

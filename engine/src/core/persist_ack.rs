@@ -1,0 +1,216 @@
+//! Acknowledgements held until durable (see the [`persist`](super::persist) module): the
+//! PUBACK/PUBREC/PUBCOMP queue of a shard, the durability round trips with other shards
+//! (`MeshMsg::DurableReq`/`DurableAck`), and the answers when the log cannot take a message.
+//!
+//! Shard-local.
+
+use std::time::Instant;
+
+use shardmq_codec::{Packet, PacketId, ReasonCode};
+
+use crate::core::deliver::pub_resp;
+use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::mesh::MeshMsg;
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::log::LogSeq;
+
+/// Which acknowledgement a held entry sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // The variants are the packets' names.
+pub(crate) enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
+/// An acknowledgement to send: which, for which packet, on which connection of which
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) conn: ConnId,
+    pub(crate) slot: SessionSlot,
+    pub(crate) kind: AckKind,
+    pub(crate) id: PacketId,
+}
+
+/// An acknowledgement waiting for durability.
+#[derive(Debug)]
+pub(crate) struct HeldAck {
+    pub(crate) ticket: u64,
+    pub(crate) ack: Ack,
+    /// Other shards that must report their copy durable: (shard, token).
+    pub(crate) remote: Vec<(ShardId, u64)>,
+    /// Refused before anything was stored (the log is full): send the failure reason.
+    pub(crate) refused: bool,
+}
+
+impl ShardCore {
+    /// Every batch up to `ticket` is durable (or failed, see
+    /// [`ShardCore::handle_log_failed`]): release what waited for them.
+    pub fn handle_log_durable(&mut self, ticket: u64, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        p.durable = p.durable.max(ticket);
+        self.release_held(now);
+    }
+
+    /// The batch `ticket` could not be appended (its records are not in the log): whatever
+    /// waits for it gets the failure answer, and QoS 1/2 PUBLISHes are refused until
+    /// [`ShardCore::set_log_full`] clears it.
+    pub fn handle_log_failed(&mut self, ticket: u64) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        p.failed.insert(ticket);
+        p.full = true;
+    }
+
+    /// The io layer's view of the log's space: full (cap reached, device full, log failed)
+    /// or not.
+    pub fn set_log_full(&mut self, full: bool) {
+        if let Some(p) = self.persist.as_deref_mut() {
+            p.full = full;
+        }
+    }
+
+    /// True when the log refuses appends.
+    pub fn log_full(&self) -> bool {
+        self.persist.as_ref().is_some_and(|p| p.full)
+    }
+
+    /// Holds an acknowledgement until the batch now being built is durable and `remote`
+    /// shards reported their copies durable. Without persistence it is sent at once.
+    pub(crate) fn hold_ack(
+        &mut self,
+        ack: Ack,
+        remote: Vec<(ShardId, u64)>,
+        refused: bool,
+        now: Instant,
+    ) {
+        let Some(p) = self.persist.as_deref_mut() else {
+            return self.send_ack(ack, refused, now);
+        };
+        let ticket = p.next_ticket();
+        p.held.push_back(HeldAck { ticket, ack, remote, refused });
+    }
+
+    /// Asks every shard that got a message from this PUBLISH (in `mesh_out[mark..]`) to
+    /// report its copy durable; returns what to wait for.
+    pub(crate) fn request_remote_durability(&mut self, mark: usize) -> Vec<(ShardId, u64)> {
+        let Some(p) = self.persist.as_deref_mut() else { return Vec::new() };
+        let mut shards: Vec<ShardId> = self.mesh_out[mark..]
+            .iter()
+            .filter(|(_, m)| matches!(m, MeshMsg::Publish(_) | MeshMsg::RetainSet { .. }))
+            .map(|(to, _)| *to)
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut remote = Vec::with_capacity(shards.len());
+        for to in shards {
+            let sent = &mut p.peer_sent[usize::from(to.0)];
+            *sent += 1;
+            self.mesh_out.push((to, MeshMsg::DurableReq { token: *sent }));
+            remote.push((to, *sent));
+        }
+        remote
+    }
+
+    /// Asks every other shard for a durability round trip (after recovery: when all have
+    /// answered, they have applied this shard's routing deltas and retained replicas).
+    pub fn persist_barrier(&mut self) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        for i in 0..self.config.shard_count {
+            if i != self.shard.0 {
+                let sent = &mut p.peer_sent[usize::from(i)];
+                *sent += 1;
+                self.mesh_out.push((ShardId(i), MeshMsg::DurableReq { token: *sent }));
+            }
+        }
+    }
+
+    /// True once every other shard answered every durability request of this shard.
+    pub fn persist_settled(&self) -> bool {
+        self.persist.as_ref().map_or(true, |p| p.peer_acked == p.peer_sent)
+    }
+
+    /// `MeshMsg::DurableReq` from `from`: answer once everything logged so far is durable.
+    pub(crate) fn handle_durable_req(&mut self, from: ShardId, token: u64) {
+        match self.persist.as_deref_mut() {
+            Some(p) => {
+                let ticket = p.next_ticket();
+                p.replies.push(LogSeq(ticket), (ticket, from, token));
+            }
+            None => self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: true })),
+        }
+    }
+
+    /// `MeshMsg::DurableAck` from `from`.
+    pub(crate) fn handle_durable_ack(&mut self, from: ShardId, token: u64, ok: bool, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        let acked = &mut p.peer_acked[usize::from(from.0)];
+        debug_assert!(token > *acked, "durable acks out of order from {from}");
+        *acked = (*acked).max(token);
+        if !ok {
+            p.peer_failed.insert((from.0, token));
+        }
+        self.release_held(now);
+    }
+
+    /// Sends the replies and acknowledgements whose conditions hold, front to back.
+    fn release_held(&mut self, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        for (ticket, to, token) in p.replies.release(LogSeq(p.durable)) {
+            let ok = !p.failed.contains(&ticket);
+            self.mesh_out.push((to, MeshMsg::DurableAck { token, ok }));
+        }
+        loop {
+            let Some(p) = self.persist.as_deref_mut() else { return };
+            let Some(h) = p.held.front() else { break };
+            let remote_done = h.remote.iter().all(|(s, t)| p.peer_acked[usize::from(s.0)] >= *t);
+            if h.ticket > p.durable || !remote_done {
+                break;
+            }
+            let h = p.held.pop_front().expect("front exists");
+            let failed = h.refused
+                || p.failed.contains(&h.ticket)
+                || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
+            self.send_ack(h.ack, failed, now);
+        }
+        if let Some(p) = self.persist.as_deref_mut() {
+            // Failures older than every waiting item are no longer looked up.
+            let oldest = p.held.front().map_or(p.durable, |h| h.ticket);
+            let oldest = p.replies.waiting_for().map_or(oldest, |t| t.0.min(oldest));
+            p.failed = p.failed.split_off(&oldest);
+        }
+    }
+
+    /// Sends an acknowledgement, or its failure form: 5.0 PUBACK/PUBREC 0x97 Quota exceeded
+    /// (5.0 §3.4.2.1, §3.5.2.1), which ends a QoS 2 flow [MQTT-4.3.3-4]; 3.1.1 has no negative
+    /// acknowledgement, so the connection is closed without one.
+    fn send_ack(&mut self, ack: Ack, failed: bool, now: Instant) {
+        let Ack { conn, slot, kind, id } = ack;
+        if !self.conn_serves(conn, slot) {
+            // The connection is gone: the client resends after reconnecting.
+            return;
+        }
+        if !failed {
+            let r = pub_resp(id, ReasonCode::SUCCESS);
+            let packet = match kind {
+                AckKind::PubAck => Packet::PubAck(r),
+                AckKind::PubRec => Packet::PubRec(r),
+                AckKind::PubComp => Packet::PubComp(r),
+            };
+            return self.send_packet(conn, &packet);
+        }
+        if kind == AckKind::PubRec {
+            // The flow ends here: the packet id is free again, and not a duplicate later.
+            self.forget_qos2_in(slot, id);
+        }
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        if v5 && kind != AckKind::PubComp {
+            let r = pub_resp(id, ReasonCode::QUOTA_EXCEEDED);
+            let packet =
+                if kind == AckKind::PubAck { Packet::PubAck(r) } else { Packet::PubRec(r) };
+            self.send_packet(conn, &packet);
+        } else {
+            self.close_conn(conn, CloseKind::Abnormal(Some(ReasonCode::QUOTA_EXCEEDED)), now);
+        }
+    }
+}
