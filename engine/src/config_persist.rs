@@ -25,7 +25,8 @@ pub(super) struct PersistArgs {
     #[arg(long, value_name = "MODE")]
     durability: Option<String>,
     /// Disk cap of the log, in MiB, for the whole broker (split evenly between the shards).
-    /// Past it QoS 1/2 PUBLISHes are refused (5.0: reason 0x97; 3.1.1: disconnect).
+    /// Past three quarters of it QoS 1/2 PUBLISHes are refused (5.0: reason 0x97; 3.1.1:
+    /// disconnect); the rest is room for the records that shrink the log.
     #[arg(long, value_name = "MIB")]
     data_max_mib: Option<u64>,
     /// Log segment size in MiB (compaction rewrites sealed segments; lowered to a quarter

@@ -81,7 +81,13 @@ async fn subscribe_offline(a: std::net::SocketAddr, id: &str, filters: &[(&str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_subscriptions_queues_and_retained_survive_a_restart() {
-    let persist = PersistConfig::in_dir(data_dir("restart"));
+    for durability in [Durability::Sync, Durability::Batch { interval_ms: 5 }, Durability::None] {
+        let dir = data_dir(&format!("restart-{}", durability.to_string().replace(':', "")));
+        restart_round_trip(PersistConfig { durability, ..PersistConfig::in_dir(dir) }).await;
+    }
+}
+
+async fn restart_round_trip(persist: PersistConfig) {
     let b = persistent_broker(2, &persist);
     let a = addr(&b);
     // The subscriber and the publisher live on different shards: the publisher's PUBACK
@@ -301,7 +307,7 @@ async fn compaction_keeps_disk_use_proportional_to_live_state() {
     // stored, delivered and acknowledged, so nearly every record is dead soon after.
     let mut s = V4::connect(a, "compact-sub", persistent).await;
     s.subscribe("c/#", Q::AtLeastOnce).await;
-    let mut p = V4::connect(a, "compact-pub", |_| {}).await;
+    let p = V4::connect(a, "compact-pub", |_| {}).await;
     const N: usize = 4000;
     let payload = vec![1u8; 2048];
     let publisher = p.client.clone();

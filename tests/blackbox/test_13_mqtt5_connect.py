@@ -7,7 +7,9 @@ CONNACK refusals 0x85, 0x90, 0x99. Raw sockets only where paho cannot build the 
 Clients are homed on both shards (`id_on_shard`) wherever a message crosses between them."""
 
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -16,6 +18,10 @@ import mqttraw as m
 from util import WAIT, home_shard, id_on_shard, is_mosquitto, props, sub_options, uid
 
 shardmq_only = pytest.mark.skipif(is_mosquitto(), reason="a shardmq limit Mosquitto lacks")
+
+# A configuration capping the Session Expiry Interval (written once per run).
+_CAPPED = Path(tempfile.mkdtemp(prefix="shardmq-expiry-")) / "capped.toml"
+_CAPPED.write_text("[limits]\nsession_expiry_max_secs = 60\n")
 
 
 def drop(c) -> None:
@@ -137,6 +143,18 @@ def test_session_expiry_changed_on_disconnect(paho, topic):
         c.client.loop_stop()
     assert paho(5, client_id=keep, clean=False, session_expiry=300, connect=False).connect()
     assert not paho(5, client_id=end, clean=False, session_expiry=300, connect=False).connect()
+
+
+@shardmq_only
+@pytest.mark.broker_args("--config", str(_CAPPED))
+def test_session_expiry_capped_by_the_server(paho):
+    """5.0 §3.2.2.3.2: a server that uses a Session Expiry Interval other than the client's
+    says so in CONNACK's Session Expiry Interval ("absent: the value in CONNECT is used"); a
+    value it accepts is not echoed. shardmq caps at limits.session_expiry_max_secs (60 here)."""
+    capped = paho(5, session_expiry=3600)
+    assert capped.connack_properties.SessionExpiryInterval == 60
+    accepted = paho(5, session_expiry=30)
+    assert not hasattr(accepted.connack_properties, "SessionExpiryInterval")
 
 
 def test_disconnect_cannot_set_expiry_after_zero(raw, topic):

@@ -194,7 +194,8 @@ def test_mqttjs_reauthentication(broker, topic, shard, bad_user, bad_password):
     seen = run_js("reauth", port=broker.port, clientId=id_on_shard("mqttjs-reauth-", shard),
                   user="alice", password=USERS["alice"], badUser=bad_user,
                   badPassword=bad_password, topic=topic)
-    assert seen["connect"]["connected"] and seen["connect"]["serverFinalVerified"] is True
+    assert seen["connect"]["connected"], seen["connect"]
+    assert seen["connect"]["serverFinalVerified"] is True, seen["connect"]
     good = seen["good"]
     assert good["ended"] == "reauth-done", good
     assert [p["cmd"] for p in good["received"]] == ["auth", "auth"], good["received"]

@@ -250,6 +250,18 @@ impl Persist {
     pub(crate) fn push(&mut self, record: Record) {
         self.batch.push(record);
     }
+
+    /// Takes the records of the batch being built (tests).
+    #[cfg(test)]
+    pub(crate) fn take_batch(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Stored messages still referred to (tests).
+    #[cfg(test)]
+    pub(crate) fn stored_count(&self) -> usize {
+        self.msgs.len()
+    }
 }
 
 /// The `MessageStored` record of `msg` as delivered with `qos` and `retain`.
@@ -395,8 +407,8 @@ impl ShardCore {
         }
     }
 
-    /// Emits `record` about a persistent session (`None` for other sessions, or without
-    /// persistence: nothing is logged).
+    /// Emits the record `record` builds from the client id if the session in `slot` is
+    /// persistent (otherwise, or without persistence, nothing is logged).
     pub(crate) fn persist_session_record(
         &mut self,
         slot: SessionSlot,

@@ -2,6 +2,13 @@
 //! PUBACK/PUBREC/PUBCOMP queue of a shard, the durability round trips with other shards
 //! (`MeshMsg::DurableReq`/`DurableAck`), and the answers when the log cannot take a message.
 //!
+//! Replies to other shards depend only on this shard's durability, so they wait in a
+//! `log::ack::AckQueue` keyed by ticket. Client acknowledgements may also wait for other
+//! shards, so they wait in their own queue, released front to back under both conditions
+//! (which keeps the order [MQTT-4.6.0-2] [MQTT-4.6.0-3]). Keeping the two apart means a
+//! shard's replies never wait behind its clients' acknowledgements, which wait for other
+//! shards' replies: no cycle between shards.
+//!
 //! Shard-local.
 
 use std::time::Instant;

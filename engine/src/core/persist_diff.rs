@@ -115,12 +115,14 @@ impl SessionLog {
         self.popped.push(e);
     }
 
-    /// The queue lost the entries whose flag in `removed` is set (one flag per entry).
-    pub(crate) fn on_removed(&mut self, removed: &[bool]) {
-        let mut flags = removed.iter();
+    /// The queue lost the entries at positions `removed` (increasing).
+    pub(crate) fn on_removed(&mut self, removed: &[usize]) {
+        let mut next = removed.iter().peekable();
+        let mut i = 0;
         let (pending, dropped) = (&mut self.pending, &mut self.dropped);
         self.queue.retain(|e| {
-            let remove = *flags.next().expect("one flag per entry");
+            let remove = next.next_if_eq(&&i).is_some();
+            i += 1;
             if remove {
                 match e {
                     QEntry::NotLogged => {}
@@ -260,5 +262,92 @@ fn gone(p: &mut Persist, client_id: &str, o: LoggedInflight) {
     } else {
         p.push(Record::Acknowledged(Acknowledged { client_id, msg_id: o.msg_id }));
         p.unref(o.msg_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use shardmq_codec::{ByteStr, Properties};
+
+    use super::*;
+    use crate::core::ids::ShardId;
+    use crate::core::mesh::Origin;
+    use crate::log::state::LogState;
+
+    fn msg(topic: &str, expiry_secs: Option<u32>) -> Arc<Message> {
+        let properties = expiry_secs.map(|s| {
+            Box::new(Properties { message_expiry_interval_secs: Some(s), ..Properties::default() })
+        });
+        Arc::new(Message {
+            topic: ByteStr::from(topic),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+            origin: Origin { shard: ShardId(0), session: 0 },
+            received_at_ms: 0,
+        })
+    }
+
+    fn queued(m: &Arc<Message>, qos: QoS) -> Queued {
+        Queued { msg: m.clone(), qos, retain: false, sub_ids: Box::default(), group: None }
+    }
+
+    /// Cuts a batch the way `drain_log` does and folds it into `log`.
+    fn cut(p: &mut Persist, s: &mut Session, log: &mut LogState) -> Vec<&'static str> {
+        diff_session(p, s);
+        let records = p.take_batch();
+        let kinds = records.iter().map(Record::kind_name).collect();
+        for r in records {
+            log.apply_owned(r).expect("the record fits the log");
+        }
+        log.check_invariants();
+        kinds
+    }
+
+    #[test]
+    fn queue_changes_become_records_in_queue_order() {
+        let mut p = Persist::new(1);
+        let mut log = LogState::default();
+        let created = SessionCreated { client_id: "c".into(), expiry_secs: 60, clean: true };
+        log.apply_owned(Record::SessionCreated(created)).unwrap();
+        let mut s = Session::new(ByteStr::from("c"));
+        s.expiry_secs = 60;
+        s.plog = Some(Box::new(SessionLog { expiry_secs: 60, ..SessionLog::default() }));
+        let (a, b, c, d) = (msg("a", Some(1)), msg("b", None), msg("c", Some(1)), msg("d", None));
+        for (m, q) in [(&a, QoS::AtLeastOnce), (&b, QoS::AtMostOnce), (&c, QoS::ExactlyOnce)] {
+            assert!(s.enqueue(queued(m, q), 100, 1 << 20));
+        }
+        assert_eq!(
+            cut(&mut p, &mut s, &mut log),
+            ["MessageStored", "MessageQueued", "MessageStored", "MessageQueued"],
+            "QoS 0 is not logged"
+        );
+        assert!(s.enqueue(queued(&d, QoS::AtLeastOnce), 100, 1 << 20));
+        // `a` and `c` expire while queued; `d` (pending) stays.
+        assert_eq!(s.drop_expired(5_000), 2);
+        assert_eq!(
+            cut(&mut p, &mut s, &mut log),
+            ["MessageStored", "MessageQueued", "Acknowledged", "Acknowledged"]
+        );
+        let queue: Vec<u64> = log.sessions()["c"].queue().map(|e| e.msg_id).collect();
+        assert_eq!(queue.len(), 1, "only d is left in the log: {queue:?}");
+        // `b` (QoS 0) and `d` leave the queue; `d` goes in flight with packet id 1.
+        s.dequeue();
+        let q = s.dequeue().unwrap();
+        s.inflight.push_back(Inflight {
+            packet_id: shardmq_codec::PacketId::new(1).unwrap(),
+            msg: q.msg,
+            qos: q.qos,
+            retain: false,
+            sub_ids: Box::default(),
+            state: Awaiting::PubAck,
+            group: None,
+        });
+        assert_eq!(cut(&mut p, &mut s, &mut log), ["Delivered"]);
+        s.inflight.clear();
+        assert_eq!(cut(&mut p, &mut s, &mut log), ["Acknowledged"], "PUBACK");
+        assert!(log.messages().is_empty() && p.stored_count() == 0, "nothing is live");
     }
 }

@@ -28,7 +28,7 @@ use crate::core::ids::SessionSlot;
 use crate::core::mesh::{Message, Origin};
 use crate::core::persist_diff::{LoggedInflight, QEntry, SessionLog};
 use crate::core::session::{Awaiting, Inflight, Queued, Session};
-use crate::core::shard::ShardCore;
+use crate::core::shard::{ShardCore, SCAN_INTERVAL};
 use crate::core::shared::is_shared;
 use crate::core::subscribe::SubOptions;
 use crate::log::record::{MessageStored, SessionEnded};
@@ -91,6 +91,10 @@ impl ShardCore {
             for (filter, opts) in filters {
                 self.restore_subscription(slot, filter, opts);
             }
+        }
+        if done.sessions > 0 {
+            // Recovered sessions expire even if no client connects.
+            self.next_scan_at.get_or_insert(now + SCAN_INTERVAL);
         }
         for (topic, id) in state.retained() {
             let topic = ByteStr::from(topic.as_str());

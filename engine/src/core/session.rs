@@ -189,16 +189,16 @@ impl Session {
     pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
         let before = self.queue.len();
         let mut freed_bytes = 0;
+        // Positions of the removed entries (usually none), for the log view.
         let mut removed = Vec::new();
-        let track = self.plog.is_some();
+        let mut i = 0;
         self.queue.retain(|q| {
             let expired = is_expired(&q.msg, now_ms);
             if expired {
                 freed_bytes += q.size_bytes();
+                removed.push(i);
             }
-            if track {
-                removed.push(expired);
-            }
+            i += 1;
             !expired
         });
         self.queue_bytes -= freed_bytes;
@@ -216,10 +216,10 @@ impl Session {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         let mut removed = Vec::new();
-        for q in self.queue.drain(..) {
+        for (i, q) in self.queue.drain(..).enumerate() {
             let take = q.group.as_deref() == Some(group);
-            removed.push(take);
             if take {
+                removed.push(i);
                 self.queue_bytes -= q.size_bytes();
                 taken.push(q);
             } else {

@@ -583,6 +583,35 @@ mod tests {
     }
 
     #[test]
+    fn will_payload_not_utf8_is_refused_with_connack_0x99() {
+        // 5.0 §3.1.3.2.3: CONNACK 0x99 (Payload format invalid), then close.
+        let (mut core, now) = core(1);
+        let conn = core.open_connection(now).unwrap();
+        core.handle_decode_error(conn, DecodeError::PayloadFormatInvalid, now);
+        let mut out = Vec::new();
+        core.tx(conn).unwrap().take_all(&mut out);
+        assert_eq!(out.concat(), [0x20, 0x03, 0x00, 0x99, 0x00]);
+        assert!(std::iter::from_fn(|| core.poll_action()).any(|a| a == IoAction::Close(conn)));
+    }
+
+    #[test]
+    fn a_decode_error_without_a_disconnect_code_disconnects_with_0x82() {
+        // A second CONNECT with an unknown protocol name maps to 0x84, which DISCONNECT cannot
+        // carry (5.0 §3.14.2.1): 0x82, a second CONNECT being a Protocol Error [MQTT-3.1.0-2].
+        let (mut core, now) = core(1);
+        let conn = core.open_connection(now).unwrap();
+        let Packet::Connect(mut c) = connect("c") else { unreachable!() };
+        c.protocol = ProtocolVersion::V5;
+        core.handle_packet(conn, Packet::Connect(c), now);
+        let mut out = Vec::new();
+        core.tx(conn).unwrap().take_all(&mut out);
+        core.handle_decode_error(conn, DecodeError::ProtocolNameInvalid, now);
+        out.clear();
+        core.tx(conn).unwrap().take_all(&mut out);
+        assert_eq!(out.concat(), [0xE0, 0x02, 0x82, 0x00]);
+    }
+
+    #[test]
     fn one_flush_per_empty_to_non_empty_transition() {
         let (mut core, now) = core(1);
         let conn = core.open_connection(now).unwrap();

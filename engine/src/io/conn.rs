@@ -351,3 +351,18 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        eprintln!("Driver {}", std::mem::size_of::<super::Driver>());
+        eprintln!("TcpStream {}", std::mem::size_of::<glommio::net::TcpStream>());
+        eprintln!("ConnSlot {}", std::mem::size_of::<super::ConnSlot>());
+        eprintln!("Conn {}", std::mem::size_of::<crate::core::conn::Conn>());
+        eprintln!("Session {}", std::mem::size_of::<crate::core::session::Session>());
+        eprintln!("TxQueue {}", std::mem::size_of::<crate::core::tx::TxQueue>());
+        eprintln!("BytesMut {}", std::mem::size_of::<bytes::BytesMut>());
+        eprintln!("Timer {}", std::mem::size_of::<Option<glommio::timer::Timer>>());
+    }
+}

@@ -219,5 +219,36 @@ fn random_workloads_with_crashes_keep_the_log_consistent_and_lose_nothing_acknow
                 assert_eq!(once.len(), first[i].len(), "seed {seed}: QoS 2 at most once");
             }
         }
+        // Everything was delivered and acknowledged: the logs agree nothing is left.
+        for log in sim.logs.as_ref().unwrap() {
+            let mut state = log.clone();
+            state.prune();
+            assert!(state.messages().is_empty(), "seed {seed}: no message is live");
+            assert!(state.sessions().values().all(|s| s.queue().len() == 0));
+        }
+    }
+}
+
+#[test]
+fn a_recovered_session_expires_its_interval_after_the_restart() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let c = sim.client(&sim.id_on("exp", usize::from(n) - 1), V5);
+        let properties =
+            Properties { session_expiry_interval_secs: Some(60), ..Properties::default() };
+        let opts = ConnectOpts { clean_start: false, properties, ..ConnectOpts::default() };
+        sim.connect_with(c, opts.clone());
+        sim.subscribe(c, &[("e/#", Q1)]);
+        sim.drop_conn(c);
+        sim.crash_and_recover();
+        sim.advance(std::time::Duration::from_secs(59));
+        assert!(sim.connect_with(c, opts.clone()).session_present, "not expired yet");
+        sim.drop_conn(c);
+        sim.crash_and_recover();
+        sim.advance(std::time::Duration::from_secs(61));
+        let logs = sim.logs.as_ref().unwrap();
+        assert!(logs.iter().all(|l| l.sessions().is_empty()), "the expiry was logged");
+        assert!(!sim.connect_with(c, opts).session_present, "expired after the restart");
     }
 }
