@@ -133,6 +133,9 @@ pub(crate) struct Sim {
     /// With persistence: each shard's log, as the live state its records fold into
     /// (`Sim::enable_persistence`).
     pub(crate) logs: Option<Vec<crate::log::state::LogState>>,
+    /// Per shard: batches appended but not durable yet (`Sim::hold_durability`); a crash
+    /// loses them.
+    held: Vec<Option<Vec<crate::core::persist::LogBatch>>>,
 }
 
 impl Sim {
@@ -168,6 +171,7 @@ impl Sim {
                 packet_size_max_bytes: limits.packet_size_max_bytes,
             },
             logs: None,
+            held: (0..n).map(|_| None).collect(),
         }
     }
 
@@ -376,6 +380,31 @@ impl Sim {
         self.logs = Some(vec![crate::log::state::LogState::default(); self.n()]);
     }
 
+    /// From now on shard `s`'s batches are appended but not durable until
+    /// [`Sim::release_durability`] (a slow fsync).
+    pub(crate) fn hold_durability(&mut self, s: usize) {
+        self.held[s].get_or_insert_with(Vec::new);
+    }
+
+    /// Shard `s`'s held batches become durable, and later ones are durable at once again.
+    pub(crate) fn release_durability(&mut self, s: usize) {
+        for batch in self.held[s].take().unwrap_or_default() {
+            self.make_durable(s, batch);
+        }
+        self.run();
+    }
+
+    fn make_durable(&mut self, s: usize, batch: crate::core::persist::LogBatch) {
+        let logs = self.logs.as_mut().expect("persistence enabled");
+        for r in batch.records {
+            let kind = r.kind_name();
+            if let Err(e) = logs[s].apply_owned(r) {
+                panic!("shard {s}: a {kind} record does not fit the log: {e}");
+            }
+        }
+        self.shards[s].handle_log_durable(batch.ticket, self.now);
+    }
+
     /// A crash (`kill -9`) and a restart: every connection and ring message is lost, each
     /// shard is rebuilt from its log alone, and runs until the recovery settled.
     pub(crate) fn crash_and_recover(&mut self) {
@@ -391,6 +420,7 @@ impl Sim {
             self.shards[i] = core;
         }
         self.rings.iter_mut().for_each(VecDeque::clear);
+        self.held.iter_mut().for_each(|h| *h = None);
         self.owners.clear();
         for cl in &mut self.clients {
             cl.conn = None;
@@ -406,16 +436,13 @@ impl Sim {
     /// Moves shard `s`'s outputs: queued bytes to clients, mesh messages to the rings.
     fn drain_shard(&mut self, s: usize) -> bool {
         let mut progress = false;
-        if let Some(logs) = self.logs.as_mut() {
-            // As the io layer does: append the batch, report it durable.
+        if self.logs.is_some() {
+            // As the io layer does: append the batch, report it durable (or hold it).
             while let Some(batch) = self.shards[s].drain_log() {
-                for r in batch.records {
-                    let kind = r.kind_name();
-                    if let Err(e) = logs[s].apply_owned(r) {
-                        panic!("shard {s}: a {kind} record does not fit the log: {e}");
-                    }
+                match self.held[s].as_mut() {
+                    Some(held) => held.push(batch),
+                    None => self.make_durable(s, batch),
                 }
-                self.shards[s].handle_log_durable(batch.ticket, self.now);
                 progress = true;
             }
         }

@@ -94,6 +94,30 @@ impl FlushQueue {
     }
 }
 
+/// Bytes a closing connection must still write, taken from the core (which may forget the
+/// connection's queue) and the shutdown DISCONNECT. Allocated only when used: an idle
+/// connection holds one empty pointer. Shard-local: one per connection, in its [`ConnSlot`].
+#[derive(Debug, Default)]
+pub(crate) struct PendingTx(RefCell<Option<Box<TxQueue>>>);
+
+impl PendingTx {
+    /// Moves everything queued on `tx` here, behind what already waits.
+    pub(crate) fn append(&self, tx: &mut TxQueue) {
+        if !tx.is_empty() {
+            self.0.borrow_mut().get_or_insert_with(Box::default).append(tx);
+        }
+    }
+
+    /// Queues one more frame.
+    pub(crate) fn push_frame(&self, frame: &bytes::Bytes) {
+        self.0.borrow_mut().get_or_insert_with(Box::default).push_frame(frame);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.borrow().as_ref().is_none_or(|q| q.is_empty())
+    }
+}
+
 /// How a write attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wrote {
@@ -160,13 +184,10 @@ fn flush_one(shard: &ShardIo, slot: &ConnSlot) {
 /// Writes what `slot` holds for a closing connection, then the core's queue for it, with
 /// non-blocking sends, until everything is written or the socket is full.
 pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
-    {
-        let mut pending = slot.pending.borrow_mut();
-        if !pending.is_empty() {
-            let w = send_queue(slot.fd, &mut pending);
-            if w != Wrote::All {
-                return w;
-            }
+    if let Some(pending) = slot.pending.0.borrow_mut().as_mut() {
+        let w = send_queue(slot.fd, pending);
+        if w != Wrote::All {
+            return w;
         }
     }
     let mut core = shard.core.borrow_mut();
@@ -182,11 +203,9 @@ pub(crate) fn with_front_queue<R>(
     slot: &ConnSlot,
     f: impl FnOnce(&mut TxQueue) -> R,
 ) -> R {
-    let mut pending = slot.pending.borrow_mut();
-    if !pending.is_empty() {
-        return f(&mut pending);
+    if !slot.pending.is_empty() {
+        return f(slot.pending.0.borrow_mut().as_mut().expect("not empty"));
     }
-    drop(pending);
     let mut core = shard.core.borrow_mut();
     match core.tx(slot.conn) {
         Some(tx) => f(tx),

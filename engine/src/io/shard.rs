@@ -13,9 +13,8 @@ use bytes::Bytes;
 use crate::core::ids::ShardId;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, IoAction, ShardCore};
-use crate::core::tx::TxQueue;
 
-use super::flush::FlushQueue;
+use super::flush::{FlushQueue, PendingTx};
 use super::mesh::MeshIo;
 use super::signal::{Signal, WakerSlot};
 
@@ -47,7 +46,7 @@ pub(crate) struct ConnSlot {
     pub(crate) close: Cell<bool>,
     /// Frames to write before anything else the core queues later (taken from the core when
     /// it asked to close the connection, and the shutdown DISCONNECT).
-    pub(crate) pending: RefCell<TxQueue>,
+    pub(crate) pending: PendingTx,
     /// The connection task is parked because reading is paused.
     pub(crate) parked: Cell<bool>,
     /// Its last read returned bytes: the shard's writer asks it to read again between
@@ -158,7 +157,7 @@ impl ShardIo {
             blocked: Cell::new(false),
             gone: Cell::new(false),
             close: Cell::new(false),
-            pending: RefCell::new(TxQueue::default()),
+            pending: PendingTx::default(),
             parked: Cell::new(false),
             hot: Cell::new(false),
             poke: Cell::new(false),
@@ -285,7 +284,7 @@ impl ShardIo {
                             // The core may forget the connection's queue with its state: take
                             // the bytes now so they are still written before the close.
                             if let Some(tx) = core.tx(c) {
-                                slot.pending.borrow_mut().append(tx);
+                                slot.pending.append(tx);
                             }
                             slot.close.set(true);
                             slot.wake();
@@ -338,7 +337,7 @@ impl ShardIo {
             if slot.close.get() {
                 continue;
             }
-            let mut pending = slot.pending.borrow_mut();
+            let pending = &slot.pending;
             if let Some(tx) = core.tx(c) {
                 pending.append(tx);
             }
