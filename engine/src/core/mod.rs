@@ -6,6 +6,7 @@ pub mod auth;
 pub(crate) mod conn;
 mod connect;
 pub(crate) mod deliver;
+mod dispatch;
 pub mod ids;
 pub mod limits;
 pub mod mesh;

@@ -39,6 +39,8 @@ use crate::log::record::{
     MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SubscriptionAdded,
     SubscriptionRemoved,
 };
+use crate::core::subscribe::SubOptions;
+use crate::log::state::SubscriptionState;
 use crate::log::Record;
 
 use crate::core::persist_ack::HeldAck;
@@ -297,12 +299,16 @@ fn encode_properties(p: &Properties) -> Vec<u8> {
     }
 }
 
-/// The subscription options byte of the log (the 5.0 wire layout).
-pub(crate) fn options_byte(o: &shardmq_codec::SubscriptionOptions) -> u8 {
-    (o.qos as u8)
+/// A subscription as the log keeps it: every option in the options byte (the 5.0 wire
+/// layout), and the Subscription Identifier, which deliveries after a restart still carry
+/// [MQTT-3.3.4-3].
+pub(crate) fn subscription_state(s: &SubOptions) -> SubscriptionState {
+    let o = &s.opts;
+    let options = (o.qos as u8)
         | (u8::from(o.no_local) << 2)
         | (u8::from(o.retain_as_published) << 3)
-        | ((o.retain_handling as u8) << 4)
+        | ((o.retain_handling as u8) << 4);
+    SubscriptionState { options, sub_id: s.id.unwrap_or(0) }
 }
 
 impl ShardCore {
@@ -380,8 +386,8 @@ impl ShardCore {
         let Some(plog) = s.plog.as_deref_mut() else { return };
         let client_id = s.client_id.to_string();
         let mut records = Vec::new();
-        let current: HashMap<&str, u8> =
-            s.subs.iter().map(|(f, o)| (f.as_str(), options_byte(o))).collect();
+        let current: HashMap<&str, SubscriptionState> =
+            s.subs.iter().map(|(f, o)| (f.as_str(), subscription_state(o))).collect();
         plog.subs.retain(|filter, _| {
             let keep = current.contains_key(filter.as_str());
             if !keep {
@@ -391,13 +397,14 @@ impl ShardCore {
             }
             keep
         });
-        for (filter, options) in current {
-            if plog.subs.get(filter) != Some(&options) {
-                plog.subs.insert(filter.to_string(), options);
+        for (filter, sub) in current {
+            if plog.subs.get(filter) != Some(&sub) {
+                plog.subs.insert(filter.to_string(), sub);
                 let rec = SubscriptionAdded {
                     client_id: client_id.clone(),
                     filter: filter.to_string(),
-                    options,
+                    options: sub.options,
+                    sub_id: sub.sub_id,
                 };
                 records.push(Record::SubscriptionAdded(rec));
             }
@@ -405,6 +412,26 @@ impl ShardCore {
         for r in records {
             p.emit(&mut self.sessions, r);
         }
+    }
+
+    /// The ticket an answer about `slot`'s subscriptions waits for: the batch being built,
+    /// if the session is persistent; 0 (no wait) otherwise or without persistence.
+    pub(crate) fn log_wait_ticket(&mut self, slot: SessionSlot) -> u64 {
+        let Some(p) = self.persist.as_deref_mut() else { return 0 };
+        if self.sessions.get(slot).plog.is_none() {
+            return 0;
+        }
+        p.next_ticket()
+    }
+
+    /// True once the batch `ticket` is durable or failed (0 always is).
+    pub(crate) fn log_ticket_done(&self, ticket: u64) -> bool {
+        ticket == 0 || self.persist.as_ref().is_some_and(|p| p.durable >= ticket)
+    }
+
+    /// True if the batch `ticket` could not be appended.
+    pub(crate) fn log_ticket_failed(&self, ticket: u64) -> bool {
+        ticket != 0 && self.persist.as_ref().is_some_and(|p| p.failed.contains(&ticket))
     }
 
     /// Emits the record `record` builds from the client id if the session in `slot` is

@@ -57,6 +57,8 @@ impl ShardCore {
     pub fn handle_log_durable(&mut self, ticket: u64, now: Instant) {
         let Some(p) = self.persist.as_deref_mut() else { return };
         p.durable = p.durable.max(ticket);
+        // SUBACKs first: the failures they look up are pruned by `release_held`.
+        self.release_subacks(now);
         self.release_held(now);
     }
 
@@ -180,10 +182,12 @@ impl ShardCore {
                 || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
             self.send_ack(h.ack, failed, now);
         }
+        let suback_oldest = self.suback_oldest_ticket();
         if let Some(p) = self.persist.as_deref_mut() {
             // Failures older than every waiting item are no longer looked up.
             let oldest = p.held.front().map_or(p.durable, |h| h.ticket);
             let oldest = p.replies.waiting_for().map_or(oldest, |t| t.0.min(oldest));
+            let oldest = if suback_oldest == 0 { oldest } else { oldest.min(suback_oldest) };
             p.failed = p.failed.split_off(&oldest);
         }
     }

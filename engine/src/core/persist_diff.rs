@@ -22,6 +22,7 @@ use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::log::record::{
     Acknowledged, Delivered, MessageQueued, PubrelCompleted, PubrelPending, SessionCreated,
 };
+use crate::log::state::SubscriptionState;
 use crate::log::Record;
 
 /// A queued entry as the log knows it.
@@ -74,8 +75,8 @@ pub(crate) struct SessionLog {
     pub(crate) dirty: bool,
     /// The expiry interval in the log.
     pub(crate) expiry_secs: u32,
-    /// Subscriptions in the log: filter → options byte.
-    pub(crate) subs: BTreeMap<String, u8>,
+    /// Subscriptions in the log: filter → options byte and identifier.
+    pub(crate) subs: BTreeMap<String, SubscriptionState>,
     /// One entry per entry of the session's queue, in the same order.
     pub(crate) queue: VecDeque<QEntry>,
     /// `Pending` entries in `queue` (all of them after every `Logged` one).

@@ -10,7 +10,7 @@
 //!
 //! What the log does not keep: the time a session went offline (a recovered session expires
 //! its full interval after the restart), a message's age (message expiry counts from the
-//! restart), subscription identifiers and the shared group a queued message came from.
+//! restart) and the shared group a queued message came from.
 //!
 //! Shard-local.
 
@@ -31,6 +31,7 @@ use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::{ShardCore, SCAN_INTERVAL};
 use crate::core::shared::is_shared;
 use crate::core::subscribe::SubOptions;
+use crate::core::topic::filter_matches;
 use crate::log::record::{MessageStored, SessionEnded};
 use crate::log::state::{LogState, SessionState};
 use crate::log::Record;
@@ -86,10 +87,10 @@ impl ShardCore {
             done.messages += ss.queue().len();
             done.subscriptions += ss.subscriptions.len();
             let s = restore_session(client_id, ss, &msgs, now);
-            let filters: Vec<(ByteStr, SubscriptionOptions)> = s.subs.clone();
+            let filters: Vec<(ByteStr, SubOptions)> = s.subs.clone();
             let slot = self.sessions.insert(s);
-            for (filter, opts) in filters {
-                self.restore_subscription(slot, filter, opts);
+            for (filter, entry) in filters {
+                self.restore_subscription(slot, filter, entry);
             }
         }
         if done.sessions > 0 {
@@ -109,13 +110,7 @@ impl ShardCore {
     }
 
     /// Re-creates one subscription of a recovered session like a live SUBSCRIBE would.
-    fn restore_subscription(
-        &mut self,
-        slot: SessionSlot,
-        filter: ByteStr,
-        opts: SubscriptionOptions,
-    ) {
-        let entry = SubOptions { opts, id: None };
+    fn restore_subscription(&mut self, slot: SessionSlot, filter: ByteStr, entry: SubOptions) {
         if is_shared(&filter) {
             self.shared_subscribe(slot, &filter, entry, RESTORED_JOIN_TOKEN);
             return;
@@ -140,7 +135,10 @@ fn restore_session(
     s.subs = ss
         .subscriptions
         .iter()
-        .map(|(f, o)| (ByteStr::from(f.as_str()), options_from_byte(*o)))
+        .map(|(f, sub)| {
+            let id = (sub.sub_id != 0).then_some(sub.sub_id);
+            (ByteStr::from(f.as_str()), SubOptions { opts: options_from_byte(sub.options), id })
+        })
         .collect();
     let mut log = SessionLog {
         expiry_secs: ss.expiry_secs,
@@ -163,7 +161,7 @@ fn restore_session(
                     msg_id: e.msg_id,
                     pubrel: false,
                 });
-                let sub_ids = Box::default();
+                let sub_ids = sub_ids_for(&s, &msg);
                 s.inflight.push_back(Inflight {
                     packet_id,
                     msg,
@@ -174,11 +172,10 @@ fn restore_session(
                     group: None,
                 });
             }
-            None => queued.push((
-                Queued { msg, qos, retain, sub_ids: Box::default(), group: None },
-                e.msg_id,
-                ptr,
-            )),
+            None => {
+                let sub_ids = sub_ids_for(&s, &msg);
+                queued.push((Queued { msg, qos, retain, sub_ids, group: None }, e.msg_id, ptr));
+            }
         }
     }
     for &pid in &ss.pubrel_pending {
@@ -212,6 +209,15 @@ fn restore_session(
         s.restore_queued(q, QEntry::Logged { msg_id, ptr });
     }
     s
+}
+
+/// The Subscription Identifiers a recovered message is sent with: those of the session's
+/// (recovered) subscriptions matching its topic [MQTT-3.3.4-3]. The log does not keep them
+/// per message; they are the same unless the session changed its subscriptions between
+/// the message's arrival and the crash.
+fn sub_ids_for(s: &Session, msg: &Message) -> Box<[u32]> {
+    let matching = s.subs.iter().filter(|(f, _)| !is_shared(f) && filter_matches(f, &msg.topic));
+    matching.filter_map(|(_, e)| e.id).collect()
 }
 
 /// The routed message of a stored one. Its age restarts at the recovery (`received_at_ms`

@@ -9,13 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardmq_codec::{ByteStr, PacketId, QoS, SubscriptionOptions, Will};
+use shardmq_codec::{ByteStr, PacketId, QoS, Will};
 
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::outgoing::is_expired;
 use crate::core::persist_diff::{QEntry, SessionLog};
 use crate::core::shard::ConnId;
+use crate::core::subscribe::SubOptions;
 
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow: the packet it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +85,9 @@ pub(crate) struct Session {
     pub(crate) expiry_secs: u32,
     /// When an offline session expires.
     pub(crate) expires_at: Option<Instant>,
-    /// The session's subscriptions (filter as sent, options). Mirrors the shard's trie.
-    pub(crate) subs: Vec<(ByteStr, SubscriptionOptions)>,
+    /// The session's subscriptions (filter as sent, options and Subscription Identifier).
+    /// Mirrors the shard's trie (and, for shared ones, the group owner's member list).
+    pub(crate) subs: Vec<(ByteStr, SubOptions)>,
     /// Sent, unacknowledged QoS 1/2 messages in send order (resent in this order).
     pub(crate) inflight: VecDeque<Inflight>,
     /// Messages waiting for window space or for the client to reconnect, in order.

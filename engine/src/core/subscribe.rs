@@ -9,6 +9,12 @@
 //! delta up to s, and the gate is one number per peer. After SUBACK, a PUBLISH on any shard
 //! is routed to the new subscription.
 //!
+//! With persistence, the SUBACK and UNSUBACK of a persistent session also wait until the
+//! batch holding the subscription records is durable (`persist.rs`): a client told
+//! "subscribed" finds the subscription again after a crash when the broker answers
+//! Session Present = 1 (5.0 §3.2.2.1.1, [MQTT-3.2.2-3]). They wait in the same queue, so a
+//! session's SUBACKs and UNSUBACKs leave in the order of its requests.
+//!
 //! Shard-local: one gate per shard.
 
 use std::collections::VecDeque;
@@ -23,7 +29,7 @@ use shardmq_codec::{
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message};
 use crate::core::outgoing::is_expired;
-use crate::core::shard::{ConnId, ShardCore};
+use crate::core::shard::{CloseKind, ConnId, ShardCore};
 use crate::core::shared::{is_shared, is_valid_shared};
 
 /// A subscription as the shard's trie holds it: the SUBSCRIBE options and the 5.0
@@ -36,8 +42,8 @@ pub(crate) struct SubOptions {
     pub(crate) id: Option<u32>,
 }
 
-/// A SUBACK waiting for routing-delta acknowledgements, with the retained messages to send
-/// after it.
+/// A SUBACK (or UNSUBACK) waiting for routing-delta acknowledgements and for the log, with
+/// the retained messages to send after it.
 #[derive(Debug)]
 struct PendingSubAck {
     conn: ConnId,
@@ -48,7 +54,10 @@ struct PendingSubAck {
     joins_waiting: u32,
     /// Names this SUBACK in those acks.
     token: u64,
-    suback: SubAck,
+    /// The log batch holding the subscription records (0: nothing logged, no wait).
+    ticket: u64,
+    /// The SUBACK or UNSUBACK.
+    reply: Packet,
     /// Filters whose retained messages follow the SUBACK.
     retained: Vec<(ByteStr, SubOptions)>,
 }
@@ -61,7 +70,7 @@ pub(crate) struct SubAckGate {
     last_seq: u64,
     /// Per shard (indexed by id): the highest delta sequence it acknowledged.
     acked: Vec<u64>,
-    /// SUBACKs in SUBSCRIBE order (so `wait_seq` is non-decreasing).
+    /// SUBACKs and UNSUBACKs in request order (so `ticket` is non-decreasing where set).
     pending: VecDeque<PendingSubAck>,
     /// The last SUBSCRIBE token handed out (for `SharedJoinAck`).
     last_token: u64,
@@ -120,7 +129,7 @@ impl ShardCore {
                 match session.sub_position(&filter) {
                     Some(i) => {
                         // [MQTT-3.8.4-3]: a repeated filter replaces the subscription.
-                        session.subs[i].1 = opts;
+                        session.subs[i].1 = entry;
                         let filter = session.subs[i].0.clone();
                         if shared {
                             let waits = self.shared_subscribe(slot, &filter, entry, token);
@@ -137,7 +146,7 @@ impl ShardCore {
                     None => {
                         // Own the bytes: the packet's are a slice of a read buffer.
                         let filter = ByteStr::from(filter.as_str());
-                        session.subs.push((filter.clone(), opts));
+                        session.subs.push((filter.clone(), entry));
                         if shared {
                             let waits = self.shared_subscribe(slot, &filter, entry, token);
                             joins_waiting += u32::from(waits);
@@ -163,21 +172,20 @@ impl ShardCore {
             wait_seq: self.gate.last_seq,
             joins_waiting,
             token,
-            suback: SubAck { packet_id: sub.packet_id, reasons, properties: None },
+            ticket: self.log_wait_ticket(slot),
+            reply: Packet::SubAck(SubAck { packet_id: sub.packet_id, reasons, properties: None }),
             retained,
         };
-        if joins_waiting == 0
-            && self.gate.pending.is_empty()
-            && self.gate.all_acked(pending.wait_seq, self.shard)
-        {
+        if self.gate.pending.is_empty() && self.suback_ready(&pending) {
             self.send_suback(pending, now);
         } else {
             self.gate.pending.push_back(pending);
         }
     }
 
-    /// UNSUBSCRIBE from a connected client. UNSUBACK goes immediately: a message still
-    /// routed here for a moment finds no subscription and is dropped.
+    /// UNSUBSCRIBE from a connected client. UNSUBACK does not wait for other shards: a
+    /// message still routed here for a moment finds no subscription and is dropped. For a
+    /// persistent session it waits for the log (behind the session's earlier SUBACKs).
     pub(crate) fn handle_unsubscribe(
         &mut self,
         conn: ConnId,
@@ -202,7 +210,21 @@ impl ShardCore {
             }
         }
         let unsuback = UnsubAck { packet_id: u.packet_id, reasons, properties: None };
-        self.send_packet(conn, &Packet::UnsubAck(unsuback));
+        let ticket = self.log_wait_ticket(slot);
+        if ticket == 0 {
+            return self.send_packet(conn, &Packet::UnsubAck(unsuback));
+        }
+        let pending = PendingSubAck {
+            conn,
+            slot,
+            wait_seq: 0,
+            joins_waiting: 0,
+            token: 0,
+            ticket,
+            reply: Packet::UnsubAck(unsuback),
+            retained: Vec::new(),
+        };
+        self.gate.pending.push_back(pending);
     }
 
     /// Removes `slot`'s subscription to `filter` from the trie and the routing index (the
@@ -253,15 +275,27 @@ impl ShardCore {
         }
     }
 
-    /// Sends the SUBACKs at the front of the queue whose deltas and shared joins are acked.
-    fn release_subacks(&mut self, now: Instant) {
+    /// True when `p`'s deltas and shared joins are acked and its log records durable.
+    fn suback_ready(&self, p: &PendingSubAck) -> bool {
+        p.joins_waiting == 0
+            && self.gate.all_acked(p.wait_seq, self.shard)
+            && self.log_ticket_done(p.ticket)
+    }
+
+    /// Sends the SUBACKs and UNSUBACKs at the front of the queue that are ready.
+    pub(crate) fn release_subacks(&mut self, now: Instant) {
         while let Some(front) = self.gate.pending.front() {
-            if front.joins_waiting > 0 || !self.gate.all_acked(front.wait_seq, self.shard) {
+            if !self.suback_ready(front) {
                 break;
             }
             let pending = self.gate.pending.pop_front().expect("front exists");
             self.send_suback(pending, now);
         }
+    }
+
+    /// The oldest log ticket a waiting SUBACK or UNSUBACK needs (0: none).
+    pub(crate) fn suback_oldest_ticket(&self) -> u64 {
+        self.gate.pending.iter().map(|p| p.ticket).find(|&t| t != 0).unwrap_or(0)
     }
 
     /// As the owner of a shared group, acknowledges `from`'s `SharedJoin` once every peer
@@ -288,16 +322,24 @@ impl ShardCore {
         self.release_subacks(now);
     }
 
-    /// Sends a SUBACK, then the retained messages matching its filters (RETAIN = 1
-    /// [MQTT-3.3.1-8], `$` rule applied by the store). Dropped if the connection is gone.
-    /// Expired retained messages are not sent and are removed from this shard's replica
-    /// (every replica does the same when it next meets them).
+    /// Sends a SUBACK (or UNSUBACK), then the retained messages matching its filters
+    /// (RETAIN = 1 [MQTT-3.3.1-8], `$` rule applied by the store). Dropped if the connection
+    /// is gone. Expired retained messages are not sent and are removed from this shard's
+    /// replica (every replica does the same when it next meets them).
+    ///
+    /// If the log could not take the subscription records, the session's subscriptions
+    /// are not what a restart would recover: rather than acknowledge them, the connection is
+    /// closed (5.0: DISCONNECT 0x97 Quota exceeded), as for a PUBLISH the log refused.
     fn send_suback(&mut self, pending: PendingSubAck, now: Instant) {
-        let PendingSubAck { conn, slot, suback, retained, .. } = pending;
+        let PendingSubAck { conn, slot, reply, retained, ticket, .. } = pending;
         if !self.conn_serves(conn, slot) {
             return;
         }
-        self.send_packet(conn, &Packet::SubAck(suback));
+        if self.log_ticket_failed(ticket) {
+            let kind = CloseKind::Abnormal(Some(ReasonCode::QUOTA_EXCEEDED));
+            return self.close_conn(conn, kind, now);
+        }
+        self.send_packet(conn, &reply);
         let now_ms = self.uptime_ms(now);
         let mut found: Vec<(Arc<Message>, SubOptions)> = Vec::new();
         let mut expired: Vec<Arc<Message>> = Vec::new();

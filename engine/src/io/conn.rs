@@ -32,7 +32,7 @@ use shardmq_codec::{decode, DecodeError, Packet, ProtocolVersion};
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, ShardCore};
 
-use super::flush::{with_front_queue, write_out, Wrote};
+use super::flush::{with_front_queue, write_out, Wrote, POKE_MISSES_MAX};
 use super::shard::{ConnSlot, PendingConn, ShardIo};
 
 /// How long a closing connection may take to write what is queued before it is dropped.
@@ -95,14 +95,7 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         Ok(p) => core.handle_packet(conn, p, now),
         Err(e) => core.handle_decode_error(conn, e, now),
     });
-    let driver = Driver {
-        shard,
-        conn,
-        slot,
-        stream,
-        buf: first.rest,
-        close_timer: None,
-    };
+    let driver = Driver { shard, conn, slot, stream, buf: first.rest, close_timer: None };
     glommio::spawn_local(driver).detach();
 }
 
@@ -159,9 +152,8 @@ fn read_direct(shard: &ShardIo, fd: i32, buf: &mut BytesMut) -> Option<io::Resul
     let mut scratch = shard.scratch.borrow_mut();
     // SAFETY: `scratch` is a writable buffer of the given length; `fd` is the socket of the
     // connection task calling this (open while the task lives).
-    let n = unsafe {
-        libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT)
-    };
+    let n =
+        unsafe { libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.kind() {
@@ -333,7 +325,11 @@ impl Driver {
             match read_direct(&self.shard, self.slot.fd, &mut self.buf) {
                 Some(r) => Poll::Ready(r),
                 None => {
-                    self.slot.hot.set(false);
+                    let misses = self.slot.poke_misses.get() + 1;
+                    self.slot.poke_misses.set(misses);
+                    if misses >= POKE_MISSES_MAX {
+                        self.slot.hot.set(false);
+                    }
                     // Through glommio as well, so its readiness poll is (re)armed.
                     poll_read_into(cx, &self.shard, &mut self.stream, &mut self.buf)
                 }
@@ -344,6 +340,7 @@ impl Driver {
         match read {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Gone),
             Poll::Ready(Ok(_)) => {
+                self.slot.poke_misses.set(0);
                 self.shard.flush.mark_hot(&self.slot);
                 Poll::Ready(Event::Read)
             }
@@ -353,16 +350,21 @@ impl Driver {
 }
 
 #[cfg(test)]
-mod size_probe {
+mod tests {
+    use super::*;
+
+    /// Memory per idle connection is a target (≤ 1 KB, issue 4): these are the io layer's
+    /// per-connection structs. A failure here means a struct grew; if that is deliberate,
+    /// raise the bound and record why in the perf notes (`perf/notes/2026-11-23-fanout-2.md`
+    /// has the breakdown).
     #[test]
-    fn print_sizes() {
-        eprintln!("Driver {}", std::mem::size_of::<super::Driver>());
-        eprintln!("TcpStream {}", std::mem::size_of::<glommio::net::TcpStream>());
-        eprintln!("ConnSlot {}", std::mem::size_of::<super::ConnSlot>());
-        eprintln!("Conn {}", std::mem::size_of::<crate::core::conn::Conn>());
-        eprintln!("Session {}", std::mem::size_of::<crate::core::session::Session>());
-        eprintln!("TxQueue {}", std::mem::size_of::<crate::core::tx::TxQueue>());
-        eprintln!("BytesMut {}", std::mem::size_of::<bytes::BytesMut>());
-        eprintln!("Timer {}", std::mem::size_of::<Option<glommio::timer::Timer>>());
+    fn per_connection_io_structs_stay_small() {
+        // The glommio stream alone is 120 bytes of it.
+        assert!(std::mem::size_of::<Driver>() <= 184, "Driver: {}", std::mem::size_of::<Driver>());
+        assert!(
+            std::mem::size_of::<ConnSlot>() <= 56,
+            "ConnSlot: {}",
+            std::mem::size_of::<ConnSlot>()
+        );
     }
 }

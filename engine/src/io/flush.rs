@@ -37,11 +37,19 @@ use super::signal::WakerSlot;
 
 /// Connections written before the writer lets the reactor poll for io again. Smaller means
 /// publishers are read more often during a pass (more frames per send, more polls).
-pub(crate) const FLUSH_BATCH_CONNS: usize = 32;
+pub(crate) const FLUSH_BATCH_CONNS: usize = 8;
 
 /// Connections the writer asks to read between batches, at most (the most recently busy
 /// readers: publishers feeding the fan-out).
 const HOT_READERS_MAX: usize = 16;
+
+/// A hot connection whose direct reads found nothing this many times in a row is no longer
+/// asked (until it reads bytes again). A direct read that finds nothing costs a `recv`,
+/// far less than a send.
+pub(crate) const POKE_MISSES_MAX: u8 = 16;
+
+/// Batches between full reactor polls while no connection is hot.
+const POLL_EVERY_BATCHES: u32 = 4;
 
 /// Gather slices per `sendmsg` (the coalesced bytes plus large shared payloads).
 const IOV_MAX_SLICES: usize = 64;
@@ -114,7 +122,7 @@ impl PendingTx {
     }
 
     fn is_empty(&self) -> bool {
-        self.0.borrow().as_ref().is_none_or(|q| q.is_empty())
+        self.0.borrow().as_ref().map_or(true, |q| q.is_empty())
     }
 }
 
@@ -132,6 +140,7 @@ pub(crate) enum Wrote {
 /// The shard's writer task. Runs until the shard's executor stops.
 pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
     let q = &shard.flush;
+    let mut batches = 0u32;
     loop {
         std::future::poll_fn(|cx| {
             if q.fifo.borrow().is_empty() {
@@ -152,9 +161,10 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
             // directly (a `recv` each; their tasks run before this one resumes); if there
             // are none, the reactor polls for io (a timer fires only once it has), which
             // costs several io_uring calls.
+            batches += 1;
             if q.poke_hot() > 0 {
                 futures_lite::future::yield_now().await;
-            } else {
+            } else if batches % POLL_EVERY_BATCHES == 0 {
                 Timer::new(Duration::from_micros(1)).await;
             }
         }

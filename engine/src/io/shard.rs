@@ -54,6 +54,8 @@ pub(crate) struct ConnSlot {
     pub(crate) hot: Cell<bool>,
     /// Read now, directly, without waiting for glommio's readiness poll.
     pub(crate) poke: Cell<bool>,
+    /// Direct reads in a row that found nothing (a hot connection cools down after a few).
+    pub(crate) poke_misses: Cell<u8>,
     waker: WakerSlot,
 }
 
@@ -161,6 +163,7 @@ impl ShardIo {
             parked: Cell::new(false),
             hot: Cell::new(false),
             poke: Cell::new(false),
+            poke_misses: Cell::new(0),
             waker: WakerSlot::default(),
         });
         self.conns.borrow_mut().insert(conn, slot.clone());

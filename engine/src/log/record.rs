@@ -127,8 +127,9 @@ records! {
     1 => SessionCreated { client_id: String, expiry_secs: u32, clean: bool }
     /// A session ended (expired, or replaced by a clean start): drop all its state.
     2 => SessionEnded { client_id: String }
-    /// A subscription was added or replaced. `options` is the v5 subscription options byte.
-    3 => SubscriptionAdded { client_id: String, filter: String, options: u8 }
+    /// A subscription was added or replaced. `options` is the v5 subscription options byte,
+    /// `sub_id` its 5.0 Subscription Identifier (0: none).
+    3 => SubscriptionAdded { client_id: String, filter: String, options: u8, sub_id: u32 }
     /// A subscription was removed.
     4 => SubscriptionRemoved { client_id: String, filter: String }
     /// A message was stored. `properties` is an opaque blob the engine encodes.
@@ -178,6 +179,17 @@ fn check_client_id(id: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// The largest Subscription Identifier (a Variable Byte Integer).
+const SUBSCRIPTION_ID_MAX: u32 = 268_435_455;
+
+fn check_filter(client_id: &str, filter: &str) -> Result<(), RecordError> {
+    check_client_id(client_id)?;
+    if filter.is_empty() {
+        return Err(RecordError::Invalid("empty topic filter [MQTT-4.7.3-1]"));
+    }
+    Ok(())
+}
+
 fn check_packet_id(id: u16) -> Result<(), RecordError> {
     if id == 0 {
         return Err(RecordError::Invalid("packet id 0 [MQTT-2.2.1-3]"));
@@ -202,13 +214,16 @@ impl Record {
         match self {
             Record::SessionCreated(r) => check_client_id(&r.client_id),
             Record::SessionEnded(r) => check_client_id(&r.client_id),
-            Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, .. })
-            | Record::SubscriptionRemoved(SubscriptionRemoved { client_id, filter }) => {
-                check_client_id(client_id)?;
-                if filter.is_empty() {
-                    return Err(RecordError::Invalid("empty topic filter [MQTT-4.7.3-1]"));
+            Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, sub_id, .. }) => {
+                check_filter(client_id, filter)?;
+                // A Variable Byte Integer of 1 to 268,435,455 (5.0 §3.8.2.1.2); 0 is none.
+                if *sub_id > SUBSCRIPTION_ID_MAX {
+                    return Err(RecordError::Invalid("subscription identifier above 268,435,455"));
                 }
                 Ok(())
+            }
+            Record::SubscriptionRemoved(SubscriptionRemoved { client_id, filter }) => {
+                check_filter(client_id, filter)
             }
             Record::MessageStored(m) => {
                 check_topic(&m.topic)?;

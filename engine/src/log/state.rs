@@ -35,6 +35,16 @@ pub struct QueueEntry {
     pub packet_id: Option<u16>,
 }
 
+/// One subscription as the log has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriptionState {
+    /// The 5.0 subscription options byte (maximum QoS, No Local, Retain As Published,
+    /// Retain Handling).
+    pub options: u8,
+    /// The Subscription Identifier, 0 for none.
+    pub sub_id: u32,
+}
+
 /// One session's durable state.
 #[derive(Debug, Clone, Default)]
 pub struct SessionState {
@@ -42,8 +52,8 @@ pub struct SessionState {
     pub expiry_secs: u32,
     /// The clean-start flag of its last `SessionCreated`.
     pub clean: bool,
-    /// Filter → subscription options byte.
-    pub subscriptions: BTreeMap<String, u8>,
+    /// Filter → subscription options and identifier.
+    pub subscriptions: BTreeMap<String, SubscriptionState>,
     /// Inbound QoS 2 packet ids received and not yet released.
     pub qos2_inbound: BTreeSet<u16>,
     /// Outbound QoS 2 packet ids with PUBREL sent, waiting for PUBCOMP.
@@ -164,8 +174,9 @@ impl LogState {
                 self.session(kind, client_id)?;
                 self.end_session(client_id);
             }
-            Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, options }) => {
-                self.session(kind, client_id)?.subscriptions.insert(filter.clone(), *options);
+            Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, options, sub_id }) => {
+                let sub = SubscriptionState { options: *options, sub_id: *sub_id };
+                self.session(kind, client_id)?.subscriptions.insert(filter.clone(), sub);
             }
             Record::SubscriptionRemoved(SubscriptionRemoved { client_id, filter }) => {
                 self.session(kind, client_id)?.subscriptions.remove(filter);
@@ -359,11 +370,12 @@ fn session_records<'a>(
 ) -> impl Iterator<Item = Record> + 'a {
     let c = move || client_id.to_string();
     let created = SessionCreated { client_id: c(), expiry_secs: s.expiry_secs, clean: s.clean };
-    let subs = s.subscriptions.iter().map(move |(filter, options)| {
+    let subs = s.subscriptions.iter().map(move |(filter, sub)| {
         Record::SubscriptionAdded(SubscriptionAdded {
             client_id: c(),
             filter: filter.clone(),
-            options: *options,
+            options: sub.options,
+            sub_id: sub.sub_id,
         })
     });
     let queue = s.queue.values().flat_map(move |e| {

@@ -56,7 +56,8 @@ fn a_clean_start_drops_the_old_session() {
         &mut s,
         &[
             SessionCreated { client_id: c(), expiry_secs: 60, clean: false }.into(),
-            SubscriptionAdded { client_id: c(), filter: "a/#".into(), options: 1 }.into(),
+            SubscriptionAdded { client_id: c(), filter: "a/#".into(), options: 1, sub_id: 0 }
+                .into(),
             stored(1, "a/b"),
             MessageQueued { client_id: c(), msg_id: 1 }.into(),
             Qos2Received { client_id: c(), packet_id: 3 }.into(),
@@ -101,7 +102,8 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
         Delivered { client_id: c(), msg_id: 1, packet_id: 1 }.into(),
         Acknowledged { client_id: c(), msg_id: 1 }.into(),
         SessionEnded { client_id: "nobody".into() }.into(),
-        SubscriptionAdded { client_id: "nobody".into(), filter: "x".into(), options: 0 }.into(),
+        SubscriptionAdded { client_id: "nobody".into(), filter: "x".into(), options: 0, sub_id: 0 }
+            .into(),
         RetainedSet { topic: "other".into(), msg_id: 1 }.into(),
         RetainedSet { topic: "t".into(), msg_id: 2 }.into(),
         stored(1, "t"),

@@ -135,7 +135,8 @@ impl Workload {
                     let filter = format!("t/{}/+", self.rng.below(8));
                     if self.rng.chance(75) {
                         let options = self.rng.below(64) as u8;
-                        vec![SubscriptionAdded { client_id, filter, options }.into()]
+                        let sub_id = self.rng.below(3) as u32;
+                        vec![SubscriptionAdded { client_id, filter, options, sub_id }.into()]
                     } else {
                         vec![SubscriptionRemoved { client_id, filter }.into()]
                     }

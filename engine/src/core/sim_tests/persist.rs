@@ -2,10 +2,15 @@
 //! state (a record that does not fit panics), and `crash_and_recover` rebuilds every shard
 //! from its log alone, as a restart after `kill -9` does.
 
-use shardmq_codec::{Packet, Properties, PubResp, ReasonCode};
+use shardmq_codec::{
+    Packet, PacketId, Properties, PubResp, QoS, ReasonCode, RetainHandling, Subscribe,
+    SubscriptionOptions, Unsubscribe,
+};
 
 use super::*;
+use crate::core::ids::ShardId;
 use crate::core::limits::Limits;
+use crate::core::shard::ShardCore;
 use crate::core::sim::{ConnectOpts, Sim};
 
 fn persistent() -> ConnectOpts {
@@ -250,5 +255,185 @@ fn a_recovered_session_expires_its_interval_after_the_restart() {
         let logs = sim.logs.as_ref().unwrap();
         assert!(logs.iter().all(|l| l.sessions().is_empty()), "the expiry was logged");
         assert!(!sim.connect_with(c, opts).session_present, "expired after the restart");
+    }
+}
+
+/// SUBSCRIBE with `filter` at QoS 1 from client `c`, not run; returns its packet id.
+fn send_subscribe(
+    sim: &mut Sim,
+    c: usize,
+    filter: &str,
+    properties: Option<Properties>,
+) -> PacketId {
+    let packet_id = sim.clients[c].next_packet_id();
+    let opts = SubscriptionOptions { qos: Q1, ..SubscriptionOptions::default() };
+    let filters = vec![(ByteStr::from(filter), opts)];
+    let properties = properties.map(Box::new);
+    sim.send(c, &Packet::Subscribe(Subscribe { packet_id, filters, properties }));
+    packet_id
+}
+
+fn has_unsuback(packets: &[Packet]) -> bool {
+    packets.iter().any(|p| matches!(p, Packet::UnsubAck(_)))
+}
+
+/// A persistent session's SUBACK (and UNSUBACK) leaves only once the subscription records
+/// are durable: after SUBACK a crash cannot lose the subscription of a session the broker
+/// then resumes with Session Present = 1 [MQTT-3.2.2-3]. A clean session's does not wait.
+#[test]
+fn suback_and_unsuback_of_a_persistent_session_wait_until_durable() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let home = usize::from(n) - 1;
+        let s = sim.client(&sim.id_on("sub", home), V5);
+        sim.connect_with(s, random_sub_opts(0));
+        let clean = sim.client(&sim.id_on("clean", home), V5);
+        sim.connect(clean);
+        sim.hold_durability(home);
+        assert_eq!(sim.subscribe(clean, &[("c/#", Q1)]), [ReasonCode::GRANTED_QOS_1]);
+
+        let id = send_subscribe(&mut sim, s, "d/#", None);
+        sim.run();
+        assert!(sim.take_suback(s, id).is_none(), "the subscription is not durable yet");
+        sim.release_durability(home);
+        assert_eq!(sim.take_suback(s, id), Some(vec![ReasonCode::GRANTED_QOS_1]));
+
+        sim.crash_and_recover();
+        assert!(sim.connect_with(s, random_sub_opts(0)).session_present);
+        let p = sim.client(&sim.id_on("pub", 0), V5);
+        sim.connect(p);
+        sim.publish(p, "d/1", "after-crash", Q1, false);
+        sim.run();
+        assert_eq!(sim.clients[s].take_payloads(), ["after-crash"], "the subscription survived");
+
+        sim.hold_durability(home);
+        let filters = vec![ByteStr::from("d/#")];
+        let packet_id = sim.clients[s].next_packet_id();
+        sim.send(s, &Packet::Unsubscribe(Unsubscribe { packet_id, filters, properties: None }));
+        sim.run();
+        assert!(!has_unsuback(&sim.clients[s].take_packets()), "the removal is not durable yet");
+        sim.release_durability(home);
+        assert!(has_unsuback(&sim.clients[s].take_packets()));
+        sim.crash_and_recover();
+        assert!(sim.connect_with(s, random_sub_opts(0)).session_present);
+        sim.connect(p);
+        sim.publish(p, "d/2", "unsubscribed", Q1, false);
+        sim.run();
+        assert!(sim.clients[s].take_payloads().is_empty(), "the removal survived");
+    }
+}
+
+/// Every subscription option and the Subscription Identifier survive a crash: deliveries
+/// after the restart carry the identifier [MQTT-3.3.4-3], No Local still holds
+/// [MQTT-3.8.3-3], Retain As Published still keeps RETAIN [MQTT-3.3.1-13], and Retain
+/// Handling and the maximum QoS are those the client asked for.
+#[test]
+fn subscription_identifiers_and_options_survive_a_crash() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let s = sim.client(&sim.id_on("sid", usize::from(n) - 1), V5);
+        sim.connect_with(s, random_sub_opts(0));
+        let opts = |qos, no_local, retain_as_published, retain_handling| SubscriptionOptions {
+            qos,
+            no_local,
+            retain_as_published,
+            retain_handling,
+        };
+        let subscribe = |sim: &mut Sim, filter: &str, o: SubscriptionOptions, id: u32| {
+            let packet_id = sim.clients[s].next_packet_id();
+            let filters = vec![(ByteStr::from(filter), o)];
+            let properties =
+                Properties { subscription_identifiers: vec![id], ..Properties::default() };
+            let properties = Some(Box::new(properties));
+            sim.send(s, &Packet::Subscribe(Subscribe { packet_id, filters, properties }));
+            sim.run();
+            assert!(sim.take_suback(s, packet_id).is_some());
+        };
+        subscribe(&mut sim, "id/#", opts(Q2, false, false, RetainHandling::DoNotSend), 7);
+        subscribe(&mut sim, "own/#", opts(Q1, true, false, RetainHandling::SendIfNew), 9);
+        subscribe(&mut sim, "rap/#", opts(Q0, false, true, RetainHandling::DoNotSend), 11);
+        sim.drop_conn(s);
+        // Queued while offline: its identifier is rebuilt from the recovered subscription.
+        let p = sim.client(&sim.id_on("pub", 0), V5);
+        sim.connect(p);
+        sim.publish(p, "id/0", "queued", Q1, false);
+        sim.run();
+
+        sim.crash_and_recover();
+        let state = &sim.logs.as_ref().unwrap()[usize::from(n) - 1];
+        assert_eq!(state.sessions().values().next().unwrap().subscriptions.len(), 3);
+        assert!(sim.connect_with(s, random_sub_opts(0)).session_present);
+        sim.connect(p);
+        sim.publish(p, "id/1", "with-id", Q2, false);
+        sim.publish(p, "rap/1", "retained", Q1, true);
+        sim.run();
+        // Our own message on the No Local subscription is not sent back.
+        sim.publish(s, "own/1", "own", Q1, false);
+        sim.run();
+        let got = sim.clients[s].take_messages();
+        let summary: Vec<(String, QoS, bool, Vec<u32>)> = got
+            .iter()
+            .map(|m| {
+                let ids = m.properties.as_ref().map(|p| p.subscription_identifiers.clone());
+                (
+                    String::from_utf8(m.payload.to_vec()).unwrap(),
+                    m.qos,
+                    m.retain,
+                    ids.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("queued".to_owned(), Q1, false, vec![7]),
+            ("with-id".to_owned(), Q2, false, vec![7]),
+            ("retained".to_owned(), Q0, true, vec![11]),
+        ];
+        assert_eq!(summary, expected);
+        // The session holds the options it was given, identifier included.
+        let recovered = &sim.shards[usize::from(n) - 1];
+        let slot = recovered.sessions.find(&ByteStr::from(sim.clients[s].id.as_str())).unwrap();
+        let subs = &recovered.sessions.get(slot).subs;
+        let own = subs.iter().find(|(f, _)| &**f == "own/#").unwrap().1;
+        assert_eq!(own.opts, opts(Q1, true, false, RetainHandling::SendIfNew));
+        assert_eq!(own.id, Some(9));
+    }
+}
+
+/// A shared group whose owner is neither the publisher's shard nor the member's: the
+/// publisher's PUBACK waits until the member's shard (the second hop, owner → member) has
+/// logged its copy, so an acknowledged message survives a crash there too.
+#[test]
+fn shared_subscription_second_hop_is_durable_before_puback() {
+    for n in [3u16, 4] {
+        for seed in 0..4u64 {
+            let mut sim = Sim::new(n, seed);
+            sim.enable_persistence();
+            let member_shard = usize::from(n) - 1;
+            // A group owned by shard 1; the publisher is on shard 0, the member on the last.
+            let group = (0..)
+                .map(|i| format!("$share/g{i}/s/#"))
+                .find(|g| ShardCore::home_shard(g.as_bytes(), n) == ShardId(1))
+                .expect("a group owned by shard 1");
+            let m = sim.client(&sim.id_on("member", member_shard), V3);
+            sim.connect_with(m, persistent());
+            sim.subscribe(m, &[(group.as_str(), Q1)]);
+            sim.drop_conn(m);
+            let p = sim.client(&sim.id_on("pub", 0), V3);
+            sim.connect(p);
+
+            sim.hold_durability(member_shard);
+            sim.publish(p, "s/1", "second-hop", Q1, false);
+            sim.run();
+            assert_eq!(acks(&sim.clients[p].take_packets()), 0, "the member's copy is not durable");
+            sim.release_durability(member_shard);
+            assert_eq!(acks(&sim.clients[p].take_packets()), 1);
+
+            sim.crash_and_recover();
+            assert!(sim.connect_with(m, persistent()).session_present);
+            sim.run();
+            assert_eq!(sim.clients[m].take_payloads(), ["second-hop"], "n {n} seed {seed}");
+        }
     }
 }

@@ -11,7 +11,8 @@ pub(crate) fn samples() -> Vec<Record> {
     vec![
         SessionCreated { client_id: c(), expiry_secs: 3600, clean: true }.into(),
         SessionEnded { client_id: c() }.into(),
-        SubscriptionAdded { client_id: c(), filter: "a/+/c".into(), options: 0x21 }.into(),
+        SubscriptionAdded { client_id: c(), filter: "a/+/c".into(), options: 0x21, sub_id: 7 }
+            .into(),
         SubscriptionRemoved { client_id: c(), filter: "a/#".into() }.into(),
         MessageStored {
             msg_id: u64::MAX - 7,
@@ -183,7 +184,10 @@ fn writing_an_invalid_record_is_a_bug() {
 fn field_rules() {
     let bad: Vec<Record> = vec![
         SessionCreated { client_id: String::new(), expiry_secs: 0, clean: true }.into(),
-        SubscriptionAdded { client_id: "c".into(), filter: String::new(), options: 0 }.into(),
+        SubscriptionAdded { client_id: "c".into(), filter: String::new(), options: 0, sub_id: 0 }
+            .into(),
+        SubscriptionAdded { client_id: "c".into(), filter: "f".into(), options: 0, sub_id: 1 << 28 }
+            .into(),
         RetainedSet { topic: "a/+".into(), msg_id: 1 }.into(),
         Qos2Received { client_id: "c".into(), packet_id: 0 }.into(),
         MessageStored {
@@ -211,12 +215,9 @@ fn arb_record() -> impl Strategy<Value = Record> {
             clean: k
         }
         .into()),
-        (id, "[a-z/+#]{1,20}", any::<u8>()).prop_map(|(c, f, o)| SubscriptionAdded {
-            client_id: c,
-            filter: f,
-            options: o
-        }
-        .into()),
+        (id, "[a-z/+#]{1,20}", any::<u8>(), 0u32..=268_435_455).prop_map(|(c, f, o, i)| {
+            SubscriptionAdded { client_id: c, filter: f, options: o, sub_id: i }.into()
+        }),
         (
             any::<u64>(),
             "[a-z/]{1,30}",
