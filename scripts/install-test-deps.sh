@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need that cargo does not fetch, idempotently (only what is missing):
 #   - Debian: mosquitto (the reference broker the black-box suite is validated against) and
-#     mosquitto-clients (mosquitto_pub / mosquitto_sub, driven by tests/blackbox);
+#     mosquitto-clients (mosquitto_pub / mosquitto_sub, driven by engine/tests/blackbox);
 #   - PyPI: paho-mqtt 2.x, pytest, pytest-timeout (for python3, whichever python3 is first on PATH);
 #   - Node: Debian's nodejs and npm when `node` / `npm` are missing, then MQTT.js at the version
-#     pinned in tests/blackbox/js/package-lock.json (`npm ci`, only when the lock changed);
+#     pinned in engine/tests/blackbox/js/package-lock.json (`npm ci`, only when the lock changed);
 #   - rustup components rustfmt and clippy.
 # The mosquitto package may start a system service on port 1883; the tests never use that port
 # (every broker they start listens on a free port), so it is stopped when we can but never matters.
@@ -66,7 +66,7 @@ else
     log "paho-mqtt 2.x, pytest and pytest-timeout already installed"
 fi
 
-# --- Node and MQTT.js (tests/blackbox/test_15_mqttjs_auth.py) --------------------------------
+# --- Node and MQTT.js (engine/tests/blackbox/test_15_mqttjs_auth.py) --------------------------------
 node_debs=()
 command -v node >/dev/null 2>&1 || node_debs+=(nodejs)
 command -v npm >/dev/null 2>&1 || node_debs+=(npm)
@@ -76,7 +76,7 @@ if [ "${#node_debs[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${node_debs[@]}" >/dev/null
 fi
-JS_DIR=tests/blackbox/js
+JS_DIR=engine/tests/blackbox/js
 # npm ci wipes and reinstalls node_modules: only when the lock differs from the installed one.
 if ! cmp -s "$JS_DIR/package-lock.json" "$JS_DIR/node_modules/.installed-package-lock.json"; then
     log "installing MQTT.js (npm ci in $JS_DIR)"

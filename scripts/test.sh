@@ -4,7 +4,7 @@
 #   2. cargo fmt --check            3. cargo clippy -D warnings
 #   4. cargo build --release -p shardmq-engine (target/release/shardmq, used by the black-box tests)
 #   5. every Rust test (cargo nextest when installed, plus doc tests; else cargo test)
-#   6. the black-box suite tests/blackbox (pytest) against the release binary.
+#   6. the black-box suite engine/tests/blackbox (pytest) against the release binary.
 # Set BROKER=mosquitto to run step 6 against Mosquitto instead (for validating the suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +38,8 @@ cargo test -p shardmq-perf --benches
 section "non-root smoke test (8 MiB memlock, unprivileged user)"
 scripts/nonroot-smoke.sh
 
-section "6/6 black-box tests (tests/blackbox, broker: ${BROKER:-shardmq})"
+section "6/6 black-box tests (engine/tests/blackbox, broker: ${BROKER:-shardmq})"
 export SHARDMQ_BIN="${SHARDMQ_BIN:-$ROOT/target/release/shardmq}"
-python3 -m pytest -q tests/blackbox
+python3 -m pytest -q engine/tests/blackbox
 
 section "all tests passed in $((SECONDS - start_all)) s"

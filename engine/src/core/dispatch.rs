@@ -159,7 +159,7 @@ impl ShardCore {
             MeshMsg::SharedRequeue { group, msg } => {
                 self.handle_shared_requeue(&group, &msg, self.uptime_ms(now));
             }
-            MeshMsg::DurableReq { token } => self.handle_durable_req(from, token),
+            MeshMsg::DurableReq { token, chain } => self.handle_durable_req(from, token, chain),
             MeshMsg::DurableAck { token, ok } => self.handle_durable_ack(from, token, ok, now),
             MeshMsg::Adopt { .. } | MeshMsg::Shutdown => {
                 debug_assert!(false, "io-layer message handed to the core");

@@ -155,8 +155,13 @@ pub enum MeshMsg {
     DurableReq {
         /// Sender-local, increasing per receiver; echoed in the ack.
         token: u64,
+        /// Also wait for the shards the receiver forwarded shared-subscription messages to
+        /// (the receiver is a group's owner: the second hop). Set by the publisher's shard;
+        /// the owner's own requests to members do not chain further.
+        chain: bool,
     },
-    /// Answers a [`MeshMsg::DurableReq`]; answers arrive in request order.
+    /// Answers a [`MeshMsg::DurableReq`]. A chained answer may overtake plain ones: the
+    /// sender tracks each token.
     DurableAck {
         /// The request's token.
         token: u64,

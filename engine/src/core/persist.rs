@@ -43,7 +43,7 @@ use crate::core::subscribe::SubOptions;
 use crate::log::state::SubscriptionState;
 use crate::log::Record;
 
-use crate::core::persist_ack::HeldAck;
+use crate::core::persist_ack::{ChainedReply, HeldAck};
 pub(crate) use crate::core::persist_ack::{Ack, AckKind};
 pub(crate) use crate::core::persist_diff::SessionLog;
 
@@ -99,11 +99,20 @@ pub(crate) struct Persist {
     /// `DurableAck`s to send once their ticket is durable (keyed by ticket): (ticket, to,
     /// token).
     pub(crate) replies: AckQueue<(u64, ShardId, u64)>,
-    /// Per peer: the last `DurableReq` token sent, and the last one acknowledged.
+    /// `DurableAck`s that also wait for other shards (chained requests, the second hop of
+    /// shared subscriptions): released out of order when ready.
+    pub(crate) chained: Vec<ChainedReply>,
+    /// Per peer: the last `DurableReq` token sent, and every token up to `peer_acked`
+    /// acknowledged (`peer_acked_above` holds the acknowledged tokens above it).
     pub(crate) peer_sent: Vec<u64>,
     pub(crate) peer_acked: Vec<u64>,
+    pub(crate) peer_acked_above: BTreeSet<(u16, u64)>,
     /// (peer, token) acknowledged as failed.
     pub(crate) peer_failed: BTreeSet<(u16, u64)>,
+    /// Per peer: a QoS 1/2 `SharedDeliver` was sent to it since the last `DurableReq`.
+    pub(crate) forwarded: Vec<bool>,
+    /// Per peer: the token of the last `DurableReq` sent after shared forwards (0: none).
+    pub(crate) forward_token: Vec<u64>,
 }
 
 impl Persist {
@@ -121,9 +130,13 @@ impl Persist {
             retained: HashMap::new(),
             held: VecDeque::new(),
             replies: AckQueue::default(),
+            chained: Vec::new(),
             peer_sent: vec![0; usize::from(shard_count)],
             peer_acked: vec![0; usize::from(shard_count)],
+            peer_acked_above: BTreeSet::new(),
             peer_failed: BTreeSet::new(),
+            forwarded: vec![false; usize::from(shard_count)],
+            forward_token: vec![0; usize::from(shard_count)],
         }
     }
 

@@ -35,6 +35,14 @@
 //! PUBREC) messages of every group are requeued (5.0 §4.8.2: "SHOULD send the Application
 //! Message to another Client"). A group left with no members drops what it is given.
 //!
+//! **Durability.** With persistence, the member's shard logs its copy when it queues it. The
+//! publisher's shard asks the owner for a *chained* durability round trip
+//! (`MeshMsg::DurableReq { chain: true }`): the owner answers only when its own log is
+//! durable and every member shard it forwarded QoS 1/2 messages to has answered a plain
+//! request sent behind those messages. So the publisher's PUBACK/PUBREC covers the second
+//! hop. Not covered: a message handed back (`SharedRequeue`) is in memory only until the
+//! next member's shard logs it, and a recovered queued message no longer knows its group.
+//!
 //! **Retained messages** are not sent on a shared subscription (5.0 §4.8.2, §3.8.4). No Local
 //! on a shared subscription is refused by the codec [MQTT-3.8.3-4].
 //!
@@ -310,6 +318,10 @@ impl ShardCore {
                 sub_id: m.entry.id,
             };
             self.mesh_out.push((m.shard, deliver));
+            if qos != QoS::AtMostOnce {
+                // The publisher's acknowledgement also waits for this copy (`persist_ack.rs`).
+                self.note_shared_forward(m.shard);
+            }
         }
         true
     }

@@ -37,7 +37,7 @@ SHARDS = pytest.mark.parametrize("shard", [0, 1], ids=["shard0", "shard1"])
 
 
 def _shardmq_bin() -> str:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     return os.environ.get("SHARDMQ_BIN") or str(root / "target" / "release" / "shardmq")
 
 

@@ -20,7 +20,7 @@ import mqttraw as m
 from util import WAIT, id_on_shard, is_mosquitto, props, uid
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 shardmq_only = pytest.mark.skipif(is_mosquitto(), reason="a shardmq limit Mosquitto lacks")
 
 # A configuration with tiny limits, for the quota reason codes (written once per run).

@@ -1,5 +1,5 @@
 'use strict';
-// MQTT.js scenarios for tests/blackbox/test_15_mqttjs_auth.py.
+// MQTT.js scenarios for engine/tests/blackbox/test_15_mqttjs_auth.py.
 //
 //   node scenarios.js '{"scenario": "scram-pubsub", "port": 1234, ...}'
 //

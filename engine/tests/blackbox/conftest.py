@@ -27,7 +27,7 @@ import pytest
 import mqttraw
 from util import BROKER, PahoClient, sanitize, uid
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 START_TIMEOUT_SECS = 20.0
 
 # shardmq flag -> Mosquitto configuration key (None: Mosquitto cannot be configured for it).

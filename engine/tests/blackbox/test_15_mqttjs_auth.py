@@ -9,7 +9,7 @@ checked against RFC 7677's example by js/scram.test.js). Re-authentication goes 
 MQTT.js's internal `_sendPacket` (it has no public call for AUTH 0x19).
 
 js/scenarios.js runs one scenario and prints what MQTT.js saw as JSON; the assertions are here.
-Needs node and `npm ci` in tests/blackbox/js (scripts/install-test-deps.sh does both); without
+Needs node and `npm ci` in engine/tests/blackbox/js (scripts/install-test-deps.sh does both); without
 them the tests skip, saying why.
 """
 
@@ -34,7 +34,7 @@ SCENARIO_TIMEOUT_SECS = 80  # js/scenarios.js gives up by itself after 60 s
 
 
 def _shardmq_bin() -> str:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     return os.environ.get("SHARDMQ_BIN") or str(root / "target" / "release" / "shardmq")
 
 
