@@ -88,7 +88,7 @@ def _resolve(ref_file: str) -> Path:
 
 def test_reason_code_table_is_complete_and_honest():
     """Every code the broker's sources can send has a row; every row has a test (or says why
-    none: "not sent"); every test named exists, except those other helpers still owe."""
+    none: "not sent"); every test named exists."""
     rows = table_rows()
     assert len(rows) > 20, "REASON_CODES.md table not found or not parsed"
     listed = {int(r["code"], 16) for r in rows}
@@ -98,14 +98,12 @@ def test_reason_code_table_is_complete_and_honest():
     problems = []
     for r in rows:
         refs = re.findall(r"`([\w./-]+\.(?:py|rs))::(\w+)`", r["tests"])
-        owed = "other helper" in r["tests"]
-        if not refs and not owed and "not sent" not in r["tests"]:
+        if not refs and "not sent" not in r["tests"]:
             problems.append(f"{r['code']} {r['packet']}: no test named and not marked 'not sent'")
         for ref_file, name in refs:
             path = _resolve(ref_file)
             if not path.exists():
-                if not owed:
-                    problems.append(f"{r['code']}: {ref_file} does not exist")
+                problems.append(f"{r['code']}: {ref_file} does not exist")
                 continue
             if not re.search(rf"\b(def|fn) {name}\b", path.read_text()):
                 problems.append(f"{r['code']}: {ref_file} has no test {name}")
