@@ -237,7 +237,7 @@ async fn the_disk_cap_refuses_qos1_with_0x97_or_a_disconnect_while_qos0_flows() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v5_session_expiry_and_its_subscription_survive_a_restart() {
+async fn a_v5_session_expiry_and_its_subscription_identifier_survive_a_restart() {
     use rumqttc::v5::mqttbytes::v5::Packet as P5;
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let persist = PersistConfig::in_dir(data_dir("v5"));
@@ -253,7 +253,17 @@ async fn a_v5_session_expiry_and_its_subscription_survive_a_restart() {
         o.set_connect_properties(props);
     };
     let mut s = common::V5::connect(a, &sub, expiry).await;
-    s.subscribe("v5/#", Q5::AtLeastOnce).await;
+    // With a Subscription Identifier, which deliveries after the restart still carry
+    // [MQTT-3.3.4-3].
+    let props = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+        id: Some(42),
+        user_properties: Vec::new(),
+    };
+    s.client.subscribe_with_properties("v5/#", Q5::AtLeastOnce, props).await.unwrap();
+    within("SUBACK", async {
+        while !matches!(s.next_incoming("SUBACK").await, Ok(P5::SubAck(_))) {}
+    })
+    .await;
     s.kill();
     let mut p = Raw::connect(a, &id_on_shard("v5-pub", 1, 2), ProtocolVersion::V5).await;
     publish_acked(&mut p, "v5/a", QoS::AtLeastOnce, 1, b"five", false).await;
@@ -273,6 +283,23 @@ async fn a_v5_session_expiry_and_its_subscription_survive_a_restart() {
     })
     .await;
     assert_eq!(&m.topic[..], b"v5/a");
+    let ids = m.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
+    assert_eq!(ids, [42], "the queued message carries the identifier");
+    let mut p = Raw::connect(addr(&b), &id_on_shard("v5-pub", 1, 2), ProtocolVersion::V5).await;
+    publish_acked(&mut p, "v5/b", QoS::AtLeastOnce, 2, b"live", false).await;
+    let m = within("a 5.0 message after the restart", async {
+        loop {
+            match s.next_incoming("a PUBLISH").await {
+                Ok(P5::Publish(m)) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&m.topic[..], b"v5/b");
+    let ids = m.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
+    assert_eq!(ids, [42], "the recovered subscription carries the identifier");
     s.kill();
     shutdown(b).await;
 }

@@ -20,12 +20,16 @@
 //! when the batch that was current when they were produced is durable. A QoS 1/2 PUBLISH
 //! routed to other shards also waits for each of them to report its own copy durable
 //! (`MeshMsg::DurableReq` / `DurableAck`): an acknowledged message survives `kill -9` and is
-//! delivered to every persistent session that matched it, on any shard.
+//! delivered to every persistent session that matched it, on any shard — including a shared
+//! subscription's member on a third shard (the chained round trip of `persist_ack.rs`).
+//! A persistent session's SUBACK and UNSUBACK wait for the batch holding its subscription
+//! records in the same way (`subscribe.rs`); CONNACK does not (see ARCHITECTURE.md).
 //!
 //! Shard-local: one [`Persist`] per shard, owned by its core.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use shardmq_codec::{encode, ByteStr, Packet, Properties, ProtocolVersion, Publish, QoS};
@@ -34,17 +38,17 @@ use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::Message;
 use crate::core::session::{Session, SessionTable};
 use crate::core::shard::ShardCore;
+use crate::core::subscribe::SubOptions;
 use crate::log::ack::AckQueue;
 use crate::log::record::{
     MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SubscriptionAdded,
     SubscriptionRemoved,
 };
-use crate::core::subscribe::SubOptions;
 use crate::log::state::SubscriptionState;
 use crate::log::Record;
 
-use crate::core::persist_ack::{ChainedReply, HeldAck};
 pub(crate) use crate::core::persist_ack::{Ack, AckKind};
+use crate::core::persist_ack::{ChainedReply, HeldAck};
 pub(crate) use crate::core::persist_diff::SessionLog;
 
 /// One batch of records for the io layer to append, numbered by `ticket`. It may be empty:
@@ -113,10 +117,15 @@ pub(crate) struct Persist {
     pub(crate) forwarded: Vec<bool>,
     /// Per peer: the token of the last `DurableReq` sent after shared forwards (0: none).
     pub(crate) forward_token: Vec<u64>,
+    /// The broker's start (`CoreConfig::started_at`) in wall-clock milliseconds since the
+    /// Unix epoch, as the io layer read it ([`ShardCore::set_wall_clock`]); 0: unknown.
+    wall_start_ms: u64,
+    /// `CoreConfig::started_at`.
+    started_at: Instant,
 }
 
 impl Persist {
-    pub(crate) fn new(shard_count: u16) -> Persist {
+    pub(crate) fn new(shard_count: u16, started_at: Instant) -> Persist {
         Persist {
             batch: Vec::new(),
             need_ticket: false,
@@ -137,7 +146,15 @@ impl Persist {
             peer_failed: BTreeSet::new(),
             forwarded: vec![false; usize::from(shard_count)],
             forward_token: vec![0; usize::from(shard_count)],
+            wall_start_ms: 0,
+            started_at,
         }
+    }
+
+    /// The wall-clock time (Unix milliseconds) of `t`, if the io layer told the time.
+    pub(crate) fn wall_ms_at(&self, t: Instant) -> Option<u64> {
+        let uptime_ms = t.saturating_duration_since(self.started_at).as_millis() as u64;
+        (self.wall_start_ms != 0).then(|| self.wall_start_ms + uptime_ms)
     }
 
     /// Appends a record to the batch being built, after the `SessionEnded` of every session
@@ -196,7 +213,12 @@ impl Persist {
     fn store(&mut self, msg: &Arc<Message>, qos: QoS, retain: bool) -> u64 {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
-        self.batch.push(Record::MessageStored(stored_record(id, msg, qos, retain)));
+        let received_at_unix_ms = self.wall_ms_at(self.started_at).map_or(0, |start_ms| {
+            // The message's age counts across restarts (`persist_restore.rs`).
+            start_ms + msg.received_at_ms
+        });
+        let rec = stored_record(id, msg, qos, retain, received_at_unix_ms);
+        self.batch.push(Record::MessageStored(rec));
         let entry = StoredMsg { key: None, refs: 0, retained: false, _msg: msg.clone() };
         self.msgs.insert(id, entry);
         id
@@ -279,8 +301,15 @@ impl Persist {
     }
 }
 
-/// The `MessageStored` record of `msg` as delivered with `qos` and `retain`.
-fn stored_record(msg_id: u64, msg: &Message, qos: QoS, retain: bool) -> MessageStored {
+/// The `MessageStored` record of `msg` as delivered with `qos` and `retain`, received at
+/// `received_at_unix_ms` (0: unknown).
+fn stored_record(
+    msg_id: u64,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    received_at_unix_ms: u64,
+) -> MessageStored {
     MessageStored {
         msg_id,
         topic: msg.topic.to_string(),
@@ -288,7 +317,7 @@ fn stored_record(msg_id: u64, msg: &Message, qos: QoS, retain: bool) -> MessageS
         qos: qos as u8,
         retain,
         properties: msg.properties.as_deref().map(encode_properties).unwrap_or_default(),
-        received_at_ms: msg.received_at_ms,
+        received_at_ms: received_at_unix_ms,
     }
 }
 
@@ -328,7 +357,19 @@ impl ShardCore {
     /// Turns persistence on (the io layer calls it before recovery when a data directory is
     /// configured). Without it the core keeps everything in memory and acknowledges at once.
     pub fn enable_persistence(&mut self) {
-        self.persist = Some(Box::new(Persist::new(self.config.shard_count)));
+        let p = Persist::new(self.config.shard_count, self.config.started_at);
+        self.persist = Some(Box::new(p));
+    }
+
+    /// The io layer tells the wall-clock time (`unix_ms`, milliseconds since the Unix epoch)
+    /// at `now`; the core reads no clock. Call it after [`ShardCore::enable_persistence`] and
+    /// before recovery: the log then records when offline sessions expire and when messages
+    /// arrived, and recovery subtracts the time the broker was down from both intervals.
+    pub fn set_wall_clock(&mut self, unix_ms: u64, now: Instant) {
+        let start_ms = unix_ms.saturating_sub(self.uptime_ms(now));
+        if let Some(p) = self.persist.as_deref_mut() {
+            p.wall_start_ms = start_ms.max(1);
+        }
     }
 
     /// The records produced since the last call, as one batch (or `None` if nothing was
@@ -376,6 +417,8 @@ impl ShardCore {
         }
         let plog = s.plog.as_deref_mut().expect("just set");
         plog.expiry_secs = expiry_secs;
+        // Online again: the log forgets the offline deadline (`SessionCreated` clears it).
+        plog.offline_logged = None;
         if clean {
             plog.subs.clear();
         }

@@ -9,15 +9,23 @@
 //! shard's replies never wait behind its clients' acknowledgements, which wait for other
 //! shards' replies: no cycle between shards.
 //!
+//! The second hop of shared subscriptions (`shared.rs`): a publisher's shard sends
+//! *chained* requests. A shard that forwarded QoS 1/2 messages to members on other shards
+//! answers a chained request only once *plain* requests it sent behind those forwards are
+//! answered too. Chained answers wait only for plain ones, and plain ones only for their
+//! own shard's log, so there is still no cycle; a chained answer may overtake plain ones, so
+//! each side tracks every token rather than a prefix.
+//!
 //! Shard-local.
 
 use std::time::Instant;
 
-use shardmq_codec::{Packet, PacketId, ReasonCode};
+use shardmq_codec::{Packet, PacketId, QoS, ReasonCode};
 
 use crate::core::deliver::pub_resp;
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::MeshMsg;
+use crate::core::persist::Persist;
 use crate::core::shard::{CloseKind, ConnId, ShardCore};
 use crate::log::LogSeq;
 
@@ -38,6 +46,56 @@ pub(crate) struct Ack {
     pub(crate) slot: SessionSlot,
     pub(crate) kind: AckKind,
     pub(crate) id: PacketId,
+}
+
+/// A `DurableAck` waiting for this shard's batch `ticket` and for the plain requests it
+/// sent to the shards it forwarded shared-subscription messages to.
+#[derive(Debug)]
+pub(crate) struct ChainedReply {
+    ticket: u64,
+    to: ShardId,
+    token: u64,
+    remote: Vec<(ShardId, u64)>,
+}
+
+impl Persist {
+    /// Queues a `DurableReq` for `to` (behind everything queued for it so far); returns its
+    /// token.
+    fn send_req(
+        &mut self,
+        mesh_out: &mut Vec<(ShardId, MeshMsg)>,
+        to: ShardId,
+        chain: bool,
+    ) -> u64 {
+        let sent = &mut self.peer_sent[usize::from(to.0)];
+        *sent += 1;
+        mesh_out.push((to, MeshMsg::DurableReq { token: *sent, chain }));
+        *sent
+    }
+
+    /// True if `peer` answered the request `token`.
+    fn has_acked(&self, peer: ShardId, token: u64) -> bool {
+        token <= self.peer_acked[usize::from(peer.0)]
+            || self.peer_acked_above.contains(&(peer.0, token))
+    }
+
+    /// The plain requests covering every QoS 1/2 shared-subscription forward made so far
+    /// that are not answered yet (sending one to each peer forwarded to since the last).
+    fn cover_forwards(&mut self, mesh_out: &mut Vec<(ShardId, MeshMsg)>) -> Vec<(ShardId, u64)> {
+        let mut remote = Vec::new();
+        for i in 0..self.forwarded.len() {
+            let peer = ShardId(i as u16);
+            if self.forwarded[i] {
+                self.forwarded[i] = false;
+                self.forward_token[i] = self.send_req(mesh_out, peer, false);
+            }
+            let token = self.forward_token[i];
+            if token != 0 && !self.has_acked(peer, token) {
+                remote.push((peer, token));
+            }
+        }
+        remote
+    }
 }
 
 /// An acknowledgement waiting for durability.
@@ -106,19 +164,30 @@ impl ShardCore {
         let Some(p) = self.persist.as_deref_mut() else { return Vec::new() };
         let mut shards: Vec<ShardId> = self.mesh_out[mark..]
             .iter()
-            .filter(|(_, m)| matches!(m, MeshMsg::Publish(_) | MeshMsg::RetainSet { .. }))
+            .filter(|(_, m)| match m {
+                MeshMsg::Publish(_) | MeshMsg::RetainSet { .. } => true,
+                // This shard owns a shared group and forwarded to a member directly.
+                MeshMsg::SharedDeliver { qos, .. } => *qos != QoS::AtMostOnce,
+                _ => false,
+            })
             .map(|(to, _)| *to)
             .collect();
         shards.sort_unstable();
         shards.dedup();
         let mut remote = Vec::with_capacity(shards.len());
         for to in shards {
-            let sent = &mut p.peer_sent[usize::from(to.0)];
-            *sent += 1;
-            self.mesh_out.push((to, MeshMsg::DurableReq { token: *sent }));
-            remote.push((to, *sent));
+            // Chained: a group owner among them also waits for its members' shards.
+            remote.push((to, p.send_req(&mut self.mesh_out, to, true)));
         }
         remote
+    }
+
+    /// A QoS 1/2 `SharedDeliver` to `peer` was queued: the next chained durability request
+    /// this shard answers also waits for `peer`.
+    pub(crate) fn note_shared_forward(&mut self, peer: ShardId) {
+        if let Some(p) = self.persist.as_deref_mut() {
+            p.forwarded[usize::from(peer.0)] = true;
+        }
     }
 
     /// Asks every other shard for a durability round trip (after recovery: when all have
@@ -127,9 +196,7 @@ impl ShardCore {
         let Some(p) = self.persist.as_deref_mut() else { return };
         for i in 0..self.config.shard_count {
             if i != self.shard.0 {
-                let sent = &mut p.peer_sent[usize::from(i)];
-                *sent += 1;
-                self.mesh_out.push((ShardId(i), MeshMsg::DurableReq { token: *sent }));
+                p.send_req(&mut self.mesh_out, ShardId(i), false);
             }
         }
     }
@@ -139,14 +206,19 @@ impl ShardCore {
         self.persist.as_ref().map_or(true, |p| p.peer_acked == p.peer_sent)
     }
 
-    /// `MeshMsg::DurableReq` from `from`: answer once everything logged so far is durable.
-    pub(crate) fn handle_durable_req(&mut self, from: ShardId, token: u64) {
-        match self.persist.as_deref_mut() {
-            Some(p) => {
-                let ticket = p.next_ticket();
-                p.replies.push(LogSeq(ticket), (ticket, from, token));
-            }
-            None => self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: true })),
+    /// `MeshMsg::DurableReq` from `from`: answer once everything logged so far is durable
+    /// (and, if `chain`, every shard this one forwarded shared-subscription messages to has
+    /// answered for them).
+    pub(crate) fn handle_durable_req(&mut self, from: ShardId, token: u64, chain: bool) {
+        let Some(p) = self.persist.as_deref_mut() else {
+            return self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: true }));
+        };
+        let ticket = p.next_ticket();
+        let remote = if chain { p.cover_forwards(&mut self.mesh_out) } else { Vec::new() };
+        if remote.is_empty() {
+            p.replies.push(LogSeq(ticket), (ticket, from, token));
+        } else {
+            p.chained.push(ChainedReply { ticket, to: from, token, remote });
         }
     }
 
@@ -154,8 +226,16 @@ impl ShardCore {
     pub(crate) fn handle_durable_ack(&mut self, from: ShardId, token: u64, ok: bool, now: Instant) {
         let Some(p) = self.persist.as_deref_mut() else { return };
         let acked = &mut p.peer_acked[usize::from(from.0)];
-        debug_assert!(token > *acked, "durable acks out of order from {from}");
-        *acked = (*acked).max(token);
+        debug_assert!(!p.peer_acked_above.contains(&(from.0, token)), "{from} acked twice");
+        debug_assert!(token > *acked, "{from} acked {token} twice");
+        if token == *acked + 1 {
+            *acked = token;
+            while p.peer_acked_above.remove(&(from.0, *acked + 1)) {
+                *acked += 1;
+            }
+        } else {
+            p.peer_acked_above.insert((from.0, token));
+        }
         if !ok {
             p.peer_failed.insert((from.0, token));
         }
@@ -169,10 +249,22 @@ impl ShardCore {
             let ok = !p.failed.contains(&ticket);
             self.mesh_out.push((to, MeshMsg::DurableAck { token, ok }));
         }
+        let mut i = 0;
+        while i < p.chained.len() {
+            let c = &p.chained[i];
+            if c.ticket > p.durable || !c.remote.iter().all(|(s, t)| p.has_acked(*s, *t)) {
+                i += 1;
+                continue;
+            }
+            let c = p.chained.swap_remove(i);
+            let ok = !p.failed.contains(&c.ticket)
+                && !c.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
+            self.mesh_out.push((c.to, MeshMsg::DurableAck { token: c.token, ok }));
+        }
         loop {
             let Some(p) = self.persist.as_deref_mut() else { return };
             let Some(h) = p.held.front() else { break };
-            let remote_done = h.remote.iter().all(|(s, t)| p.peer_acked[usize::from(s.0)] >= *t);
+            let remote_done = h.remote.iter().all(|(s, t)| p.has_acked(*s, *t));
             if h.ticket > p.durable || !remote_done {
                 break;
             }
@@ -188,6 +280,7 @@ impl ShardCore {
             let oldest = p.held.front().map_or(p.durable, |h| h.ticket);
             let oldest = p.replies.waiting_for().map_or(oldest, |t| t.0.min(oldest));
             let oldest = if suback_oldest == 0 { oldest } else { oldest.min(suback_oldest) };
+            let oldest = p.chained.iter().map(|c| c.ticket).fold(oldest, u64::min);
             p.failed = p.failed.split_off(&oldest);
         }
     }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use shardmq_codec::QoS;
 
@@ -21,6 +22,7 @@ use crate::core::persist::Persist;
 use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::log::record::{
     Acknowledged, Delivered, MessageQueued, PubrelCompleted, PubrelPending, SessionCreated,
+    SessionOffline,
 };
 use crate::log::state::SubscriptionState;
 use crate::log::Record;
@@ -75,6 +77,8 @@ pub(crate) struct SessionLog {
     pub(crate) dirty: bool,
     /// The expiry interval in the log.
     pub(crate) expiry_secs: u32,
+    /// The offline session's expiry deadline the log has (`SessionOffline`).
+    pub(crate) offline_logged: Option<Instant>,
     /// Subscriptions in the log: filter → options byte and identifier.
     pub(crate) subs: BTreeMap<String, SubscriptionState>,
     /// One entry per entry of the session's queue, in the same order.
@@ -148,6 +152,14 @@ pub(crate) fn diff_session(p: &mut Persist, s: &mut Session) {
         log.expiry_secs = s.expiry_secs;
         let rec = SessionCreated { client_id: c(), expiry_secs: s.expiry_secs, clean: false };
         p.push(Record::SessionCreated(rec));
+        log.offline_logged = None;
+    }
+    if s.conn.is_none() && s.expires_at != log.offline_logged {
+        // Offline: the deadline in wall-clock time, so a restart does not extend it.
+        log.offline_logged = s.expires_at;
+        if let Some(expires_at_unix_ms) = s.expires_at.and_then(|t| p.wall_ms_at(t)) {
+            p.push(Record::SessionOffline(SessionOffline { client_id: c(), expires_at_unix_ms }));
+        }
     }
     // New queue entries, in queue order (they are the last `pending` non-QoS-0 entries).
     if log.pending > 0 {
@@ -309,7 +321,7 @@ mod tests {
 
     #[test]
     fn queue_changes_become_records_in_queue_order() {
-        let mut p = Persist::new(1);
+        let mut p = Persist::new(1, Instant::now());
         let mut log = LogState::default();
         let created = SessionCreated { client_id: "c".into(), expiry_secs: 60, clean: true };
         log.apply_owned(Record::SessionCreated(created)).unwrap();

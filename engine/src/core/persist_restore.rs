@@ -8,9 +8,17 @@
 //! delivered again [MQTT-4.3.3-9]). Retained messages come back on their owner shard, which
 //! replicates them to every other shard. Nothing recovered is logged again.
 //!
-//! What the log does not keep: the time a session went offline (a recovered session expires
-//! its full interval after the restart), a message's age (message expiry counts from the
-//! restart) and the shared group a queued message came from.
+//! Time: when the io layer told the wall-clock time ([`ShardCore::set_wall_clock`]), an
+//! offline session keeps the deadline it had before the crash (`SessionOffline`), so the
+//! downtime counts against its Session Expiry Interval, and a message's Message Expiry
+//! Interval is reduced by its age, downtime included, which is also what a subscriber is
+//! then told [MQTT-3.3.2-6]; a message that expired meanwhile is dropped when next met
+//! [MQTT-3.3.2-5]. A session that was online at the crash expires its full interval after
+//! the restart (the log does not know when the crash happened).
+//!
+//! What the log does not keep: the shared group a queued message came from (it stays
+//! queued for the member that had it), wills, and the Subscription Identifiers of queued
+//! messages (rebuilt from the session's subscriptions).
 //!
 //! Shard-local.
 
@@ -60,10 +68,12 @@ impl ShardCore {
     /// shard count).
     pub fn restore_from_log(&mut self, state: &LogState, now: Instant) -> Result<Restored, String> {
         let p = self.persist.as_deref_mut().expect("persistence enabled before recovery");
+        let wall_now_ms = p.wall_ms_at(now);
+        let now_ms = now.saturating_duration_since(self.config.started_at).as_millis() as u64;
         let mut done = Restored::default();
         let mut msgs: HashMap<u64, Arc<Message>> = HashMap::with_capacity(state.messages().len());
         for (&id, stored) in state.messages() {
-            let msg = Arc::new(message_from(&stored.message, self.shard));
+            let msg = Arc::new(message_from(&stored.message, self.shard, now_ms, wall_now_ms));
             p.restore_msg(id, &msg, stored.refs, stored.retained);
             msgs.insert(id, msg);
         }
@@ -86,7 +96,7 @@ impl ShardCore {
             done.sessions += 1;
             done.messages += ss.queue().len();
             done.subscriptions += ss.subscriptions.len();
-            let s = restore_session(client_id, ss, &msgs, now);
+            let s = restore_session(client_id, ss, &msgs, now, wall_now_ms);
             let filters: Vec<(ByteStr, SubOptions)> = s.subs.clone();
             let slot = self.sessions.insert(s);
             for (filter, entry) in filters {
@@ -122,16 +132,26 @@ impl ShardCore {
     }
 }
 
-/// A recovered session: offline, expiring its full interval from now.
+/// A recovered session: offline, expiring at the deadline it had (`wall_now_ms` is the
+/// wall-clock time at `now`, if known), or its full interval from now.
 fn restore_session(
     client_id: &str,
     ss: &SessionState,
     msgs: &HashMap<u64, Arc<Message>>,
     now: Instant,
+    wall_now_ms: Option<u64>,
 ) -> Session {
     let mut s = Session::new(ByteStr::from(client_id));
     s.expiry_secs = ss.expiry_secs;
-    s.expires_at = Some(now + Duration::from_secs(ss.expiry_secs.into()));
+    let full = Duration::from_secs(ss.expiry_secs.into());
+    let left = match wall_now_ms {
+        Some(wall_ms) if ss.expires_at_unix_ms != 0 => {
+            // Past the deadline: it expires at the first scan.
+            Duration::from_millis(ss.expires_at_unix_ms.saturating_sub(wall_ms)).min(full)
+        }
+        _ => full,
+    };
+    s.expires_at = Some(now + left);
     s.subs = ss
         .subscriptions
         .iter()
@@ -220,17 +240,34 @@ fn sub_ids_for(s: &Session, msg: &Message) -> Box<[u32]> {
     matching.filter_map(|(_, e)| e.id).collect()
 }
 
-/// The routed message of a stored one. Its age restarts at the recovery (`received_at_ms`
-/// 0 is the broker's start); the origin is the broker itself.
-fn message_from(m: &MessageStored, shard: crate::core::ids::ShardId) -> Message {
+/// The routed message of a stored one; the origin is the broker itself. It counts as
+/// received at the recovery (`now_ms`), so its Message Expiry Interval is reduced by the age
+/// it had at `wall_now_ms` (when both times are known): after the
+/// restart the broker forwards "the received value minus the time that the message has been
+/// waiting" [MQTT-3.3.2-6]. An interval used up becomes 0: expired at once [MQTT-3.3.2-5].
+fn message_from(
+    m: &MessageStored,
+    shard: crate::core::ids::ShardId,
+    now_ms: u64,
+    wall_now_ms: Option<u64>,
+) -> Message {
+    let mut properties = decode_properties(&m.properties);
+    let age_secs = wall_now_ms
+        .filter(|_| m.received_at_ms != 0)
+        .map(|now_ms| now_ms.saturating_sub(m.received_at_ms) / 1000);
+    if let (Some(age_secs), Some(p)) = (age_secs, properties.as_deref_mut()) {
+        if let Some(secs) = p.message_expiry_interval_secs.as_mut() {
+            *secs = u32::try_from(u64::from(*secs).saturating_sub(age_secs)).unwrap_or(0);
+        }
+    }
     Message {
         topic: ByteStr::from(m.topic.as_str()),
         payload: Bytes::copy_from_slice(&m.payload),
         qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce),
         retain: m.retain,
-        properties: decode_properties(&m.properties),
+        properties,
         origin: Origin { shard, session: u32::MAX },
-        received_at_ms: 0,
+        received_at_ms: now_ms,
     }
 }
 

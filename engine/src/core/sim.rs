@@ -376,8 +376,18 @@ impl Sim {
     /// Turns persistence on: every shard's log batches are folded into its log state (which
     /// panics on a record that does not fit) and are durable at once.
     pub(crate) fn enable_persistence(&mut self) {
-        self.shards.iter_mut().for_each(ShardCore::enable_persistence);
+        let (wall_ms, now) = (self.wall_ms(), self.now);
+        for core in &mut self.shards {
+            core.enable_persistence();
+            core.set_wall_clock(wall_ms, now);
+        }
         self.logs = Some(vec![crate::log::state::LogState::default(); self.n()]);
+    }
+
+    /// The fake wall-clock time (Unix milliseconds) at `self.now`.
+    fn wall_ms(&self) -> u64 {
+        let started_at = self.shards[0].config().started_at;
+        1_700_000_000_000 + self.now.saturating_duration_since(started_at).as_millis() as u64
     }
 
     /// From now on shard `s`'s batches are appended but not durable until
@@ -408,6 +418,14 @@ impl Sim {
     /// A crash (`kill -9`) and a restart: every connection and ring message is lost, each
     /// shard is rebuilt from its log alone, and runs until the recovery settled.
     pub(crate) fn crash_and_recover(&mut self) {
+        self.crash_and_recover_after(Duration::ZERO);
+    }
+
+    /// Like [`Sim::crash_and_recover`], with the broker down for `downtime` (the clock moves
+    /// on, no timer fires).
+    pub(crate) fn crash_and_recover_after(&mut self, downtime: Duration) {
+        self.now += downtime;
+        let wall_ms = self.wall_ms();
         let logs = self.logs.as_ref().expect("persistence enabled");
         let config = self.shards[0].config().clone();
         for (i, log) in logs.iter().enumerate() {
@@ -416,6 +434,7 @@ impl Sim {
             state.prune();
             let mut core = ShardCore::new(ShardId(i as u16), config.clone());
             core.enable_persistence();
+            core.set_wall_clock(wall_ms, self.now);
             core.restore_from_log(&state, self.now).expect("the log restores");
             self.shards[i] = core;
         }

@@ -216,6 +216,13 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
 fn recover(core: &mut ShardCore, config: &LogConfig) -> Result<persist::LogIo, String> {
     let started = Instant::now();
     core.enable_persistence();
+    // One wall-clock reading per shard: the log's times (offline sessions' deadlines, when
+    // messages arrived) are this plus the monotonic clock, so a clock step later on does not
+    // move them, and recovery subtracts the downtime from expiry intervals.
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    core.set_wall_clock(unix_ms, started);
     let (writer, recovery) = open_recovered(config).map_err(|e| {
         format!(
             "shard {}: cannot recover its log: {e} (--log-skip-damaged skips damage)",

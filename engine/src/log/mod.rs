@@ -46,7 +46,7 @@
 //! offset size  field
 //!  0     1     magic 0xB5 (never 0: zero bytes are padding, never a record)
 //!  1     1     format version (1)
-//!  2     1     record kind (1..=15, see record::Record)
+//!  2     1     record kind (1..=16, see record::Record)
 //!  3     1     flags: bit 0 = "batch continues" (set on every frame of a batch but the
 //!                last); other bits 0
 //!  4     4     body_len: bytes of rkyv body (≤ record_size_max_bytes)

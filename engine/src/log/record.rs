@@ -163,6 +163,10 @@ records! {
     /// First record of a compacted segment: it holds the live state of every record before
     /// `end_seq`, so all other segments with a base below `end_seq` are obsolete.
     15 => Checkpoint { end_seq: u64, live_records: u64 }
+    /// The session went offline and expires at this wall-clock time (milliseconds since the
+    /// Unix epoch), unless it is resumed (`SessionCreated`) first. Recovery subtracts the
+    /// downtime from the interval.
+    16 => SessionOffline { client_id: String, expires_at_unix_ms: u64 }
 }
 
 // Every archived body must fit the frame alignment, or zero-copy access would be misaligned.
@@ -214,6 +218,7 @@ impl Record {
         match self {
             Record::SessionCreated(r) => check_client_id(&r.client_id),
             Record::SessionEnded(r) => check_client_id(&r.client_id),
+            Record::SessionOffline(r) => check_client_id(&r.client_id),
             Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, sub_id, .. }) => {
                 check_filter(client_id, filter)?;
                 // A Variable Byte Integer of 1 to 268,435,455 (5.0 §3.8.2.1.2); 0 is none.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::record::{
     Acknowledged, Checkpoint, Delivered, MessageQueued, MessageStored, PubrelCompleted,
     PubrelPending, Qos2Received, Qos2Released, RetainedCleared, RetainedSet, SessionCreated,
-    SessionEnded, SubscriptionAdded, SubscriptionRemoved,
+    SessionEnded, SessionOffline, SubscriptionAdded, SubscriptionRemoved,
 };
 use super::Record;
 
@@ -52,6 +52,9 @@ pub struct SessionState {
     pub expiry_secs: u32,
     /// The clean-start flag of its last `SessionCreated`.
     pub clean: bool,
+    /// Offline since its last `SessionOffline`: when it expires (Unix milliseconds). 0 while
+    /// online, or if the broker crashed while it was online.
+    pub expires_at_unix_ms: u64,
     /// Filter → subscription options and identifier.
     pub subscriptions: BTreeMap<String, SubscriptionState>,
     /// Inbound QoS 2 packet ids received and not yet released.
@@ -76,6 +79,7 @@ impl PartialEq for SessionState {
     fn eq(&self, other: &Self) -> bool {
         self.expiry_secs == other.expiry_secs
             && self.clean == other.clean
+            && self.expires_at_unix_ms == other.expires_at_unix_ms
             && self.subscriptions == other.subscriptions
             && self.qos2_inbound == other.qos2_inbound
             && self.pubrel_pending == other.pubrel_pending
@@ -168,6 +172,7 @@ impl LogState {
                 }
                 let s = self.sessions.entry(client_id.clone()).or_default();
                 s.expiry_secs = *expiry_secs;
+                s.expires_at_unix_ms = 0;
                 s.clean = *clean;
             }
             Record::SessionEnded(SessionEnded { client_id }) => {
@@ -259,6 +264,9 @@ impl LogState {
                     self.unretain(old);
                 }
             }
+            Record::SessionOffline(SessionOffline { client_id, expires_at_unix_ms }) => {
+                self.session(kind, client_id)?.expires_at_unix_ms = *expires_at_unix_ms;
+            }
             Record::Checkpoint(Checkpoint { .. }) => {
                 if !self.is_empty() {
                     return Err(fail(kind, "checkpoint after other records".into()));
@@ -333,7 +341,8 @@ impl LogState {
             .sessions
             .values()
             .map(|s| {
-                1 + s.subscriptions.len()
+                1 + usize::from(s.expires_at_unix_ms != 0)
+                    + s.subscriptions.len()
                     + s.queue.len()
                     + s.queue.values().filter(|e| e.packet_id.is_some()).count()
                     + s.qos2_inbound.len()
@@ -393,7 +402,12 @@ fn session_records<'a>(
         .pubrel_pending
         .iter()
         .map(move |&packet_id| Record::PubrelPending(PubrelPending { client_id: c(), packet_id }));
+    let offline = (s.expires_at_unix_ms != 0).then(|| {
+        let expires_at_unix_ms = s.expires_at_unix_ms;
+        Record::SessionOffline(SessionOffline { client_id: c(), expires_at_unix_ms })
+    });
     std::iter::once(Record::SessionCreated(created))
+        .chain(offline)
         .chain(subs)
         .chain(queue)
         .chain(qos2)

@@ -4,7 +4,7 @@
 use super::record::{
     Acknowledged, Delivered, MessageQueued, MessageStored, PubrelCompleted, PubrelPending,
     Qos2Received, Qos2Released, RetainedCleared, RetainedSet, SessionCreated, SessionEnded,
-    SubscriptionAdded, SubscriptionRemoved,
+    SessionOffline, SubscriptionAdded, SubscriptionRemoved,
 };
 use super::state::LogState;
 use super::Record;
@@ -129,7 +129,12 @@ impl Workload {
                     let expiry_secs = self.rng.below(7200) as u32;
                     vec![SessionCreated { client_id: self.client(), expiry_secs, clean }.into()]
                 }
-                8..=9 => vec![SessionEnded { client_id: self.existing_client()? }.into()],
+                8 => vec![SessionEnded { client_id: self.existing_client()? }.into()],
+                9 => {
+                    let client_id = self.existing_client()?;
+                    let expires_at_unix_ms = 1_700_000_000_000 + self.rng.below(7200);
+                    vec![SessionOffline { client_id, expires_at_unix_ms }.into()]
+                }
                 10..=19 => {
                     let client_id = self.existing_client()?;
                     let filter = format!("t/{}/+", self.rng.below(8));

@@ -437,3 +437,56 @@ fn shared_subscription_second_hop_is_durable_before_puback() {
         }
     }
 }
+
+/// The time the broker was down counts: an offline session expires at the deadline it had
+/// before the crash (Session Expiry Interval, 5.0 §3.1.2.11.2), and a stored message's
+/// Message Expiry Interval loses its age, downtime included: it is dropped once used up
+/// [MQTT-3.3.2-5] and forwarded with what is left [MQTT-3.3.2-6].
+#[test]
+fn downtime_counts_against_session_and_message_expiry() {
+    use std::time::Duration;
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let expiring = |secs| {
+            let properties =
+                Properties { session_expiry_interval_secs: Some(secs), ..Properties::default() };
+            ConnectOpts { clean_start: false, properties, ..ConnectOpts::default() }
+        };
+        // A session with 60 s left, offline 30 s before a crash and down 40 s: gone.
+        let short = sim.client(&sim.id_on("short", usize::from(n) - 1), V5);
+        sim.connect_with(short, expiring(60));
+        sim.subscribe(short, &[("x/#", Q1)]);
+        sim.drop_conn(short);
+        // A session with an hour, holding messages with 50 s and 100 s to live.
+        let long = sim.client(&sim.id_on("long", 0), V5);
+        sim.connect_with(long, expiring(3600));
+        sim.subscribe(long, &[("m/#", Q1)]);
+        sim.drop_conn(long);
+        let p = sim.client(&sim.id_on("pub", 0), V5);
+        sim.connect(p);
+        for (payload, secs) in [("fifty", 50), ("hundred", 100)] {
+            let props =
+                Properties { message_expiry_interval_secs: Some(secs), ..Properties::default() };
+            sim.publish_props(p, "m/1", payload, Q1, false, props);
+        }
+        sim.run();
+        sim.advance(Duration::from_secs(30));
+
+        sim.crash_and_recover_after(Duration::from_secs(40));
+        sim.advance(Duration::from_secs(1));
+        assert!(!sim.connect_with(short, expiring(60)).session_present, "expired while down");
+        assert!(sim.connect_with(long, expiring(3600)).session_present);
+        sim.run();
+        let got = sim.clients[long].take_messages();
+        let left: Vec<(String, Option<u32>)> = got
+            .iter()
+            .map(|m| {
+                let secs = m.properties.as_ref().and_then(|p| p.message_expiry_interval_secs);
+                (String::from_utf8(m.payload.to_vec()).unwrap(), secs)
+            })
+            .collect();
+        // 100 s - 30 s offline - 40 s down - 1 s after the restart.
+        assert_eq!(left, [("hundred".to_owned(), Some(29))], "n {n} seed {seed}");
+    }
+}

@@ -11,6 +11,7 @@ pub(crate) fn samples() -> Vec<Record> {
     vec![
         SessionCreated { client_id: c(), expiry_secs: 3600, clean: true }.into(),
         SessionEnded { client_id: c() }.into(),
+        SessionOffline { client_id: c(), expires_at_unix_ms: 1_700_000_060_000 }.into(),
         SubscriptionAdded { client_id: c(), filter: "a/+/c".into(), options: 0x21, sub_id: 7 }
             .into(),
         SubscriptionRemoved { client_id: c(), filter: "a/#".into() }.into(),
@@ -58,7 +59,7 @@ fn every_kind_round_trips_and_frames_are_aligned() {
         assert_eq!(&back, r);
         kinds.insert(r.kind());
     }
-    assert_eq!(kinds.len(), 15, "one sample per kind");
+    assert_eq!(kinds.len(), 16, "one sample per kind");
 }
 
 #[test]
@@ -186,8 +187,13 @@ fn field_rules() {
         SessionCreated { client_id: String::new(), expiry_secs: 0, clean: true }.into(),
         SubscriptionAdded { client_id: "c".into(), filter: String::new(), options: 0, sub_id: 0 }
             .into(),
-        SubscriptionAdded { client_id: "c".into(), filter: "f".into(), options: 0, sub_id: 1 << 28 }
-            .into(),
+        SubscriptionAdded {
+            client_id: "c".into(),
+            filter: "f".into(),
+            options: 0,
+            sub_id: 1 << 28,
+        }
+        .into(),
         RetainedSet { topic: "a/+".into(), msg_id: 1 }.into(),
         Qos2Received { client_id: "c".into(), packet_id: 0 }.into(),
         MessageStored {
@@ -241,6 +247,11 @@ fn arb_record() -> impl Strategy<Value = Record> {
             client_id: c,
             msg_id: m,
             packet_id: p
+        }
+        .into()),
+        (id, any::<u64>()).prop_map(|(c, at)| SessionOffline {
+            client_id: c,
+            expires_at_unix_ms: at
         }
         .into()),
     ]
