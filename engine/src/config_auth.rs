@@ -1,13 +1,17 @@
 //! The authentication and redirection flags and keys of the configuration (a child module of
-//! `config`): the users file, anonymous access, the Server Reference.
+//! `config`): the users file and its secret file, anonymous access, the plain-password budget,
+//! the Server Reference.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde::Deserialize;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
-use crate::core::auth::users::UserDb;
+use crate::core::auth::plain::{ROUNDS_PER_SEC_DEFAULT, ROUNDS_PER_SEC_MAX, ROUNDS_PER_SEC_MIN};
+use crate::core::auth::users::{UserDb, PLAIN_ITERATIONS_MAX};
 use crate::core::auth::{AuthConfig, Redirect};
 
 /// Authentication and redirection flags (flattened into the command line).
@@ -15,13 +19,19 @@ use crate::core::auth::{AuthConfig, Redirect};
 pub(super) struct AuthArgs {
     /// Users file (SCRAM-SHA-256 credentials; `shardmq users add` writes it): plain user
     /// name/password CONNECTs are checked against it, and enhanced authentication with
-    /// SCRAM-SHA-256 is offered.
+    /// SCRAM-SHA-256 is offered. `FILE.secret` beside it keys the salts shown for unknown
+    /// users (created with mode 0600 on first start).
     #[arg(long, value_name = "FILE")]
     auth_users_file: Option<PathBuf>,
     /// Accept clients with neither a user name nor an authentication method. Default: true
     /// without a users file, false with one.
     #[arg(long, value_name = "BOOL")]
     allow_anonymous: Option<bool>,
+    /// Each shard's budget of PBKDF2 rounds a second for checking plain CONNECT passwords
+    /// (repeated logins are answered from a cache); past it, such CONNECTs get 0x89 Server
+    /// busy. Default 100000 (about a tenth of a core).
+    #[arg(long, value_name = "N")]
+    auth_password_rounds_per_sec: Option<u32>,
     /// Send every client to this server (`HOST[:PORT]`, several separated by spaces):
     /// CONNACK 0x9C/0x9D with a Server Reference (5.0), return code 3 (3.1.1).
     #[arg(long, value_name = "HOST:PORT")]
@@ -38,6 +48,7 @@ pub(super) struct AuthArgs {
 pub(super) struct FileAuth {
     users_file: Option<PathBuf>,
     allow_anonymous: Option<bool>,
+    password_rounds_per_sec: Option<u32>,
 }
 
 /// The `[auth]` table, its flags, and redirection (`server_reference`, `redirect`).
@@ -53,8 +64,18 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         Some((key, path)) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
-            let users = UserDb::parse(&text)
+            let mut users = UserDb::parse(&text)
                 .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
+            if let Some(secret) = users_secret(path).map_err(invalid)? {
+                users = users.with_secret(&secret);
+            }
+            for (name, iterations) in users.scram_only_users() {
+                eprintln!(
+                    "shardmq: warning: {}: user `{name}` has {iterations} iterations, more \
+                     than {PLAIN_ITERATIONS_MAX}: it can log in with SCRAM-SHA-256 only",
+                    path.display()
+                );
+            }
             AuthConfig::with_users(users, allow_anonymous.unwrap_or(false), random_seed())
         }
         None if allow_anonymous == Some(false) => {
@@ -64,6 +85,21 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         }
         None => AuthConfig { rng_seed: random_seed(), ..AuthConfig::default() },
     };
+    let rounds_key = if args.auth_password_rounds_per_sec.is_some() {
+        "--auth-password-rounds-per-sec"
+    } else {
+        "[auth] password_rounds_per_sec"
+    };
+    let rounds = args
+        .auth_password_rounds_per_sec
+        .or(file_auth.and_then(|a| a.password_rounds_per_sec))
+        .unwrap_or(ROUNDS_PER_SEC_DEFAULT);
+    if !(ROUNDS_PER_SEC_MIN..=ROUNDS_PER_SEC_MAX).contains(&rounds) {
+        return Err(invalid(format!(
+            "{rounds_key} {rounds}: must be between {ROUNDS_PER_SEC_MIN} and {ROUNDS_PER_SEC_MAX}"
+        )));
+    }
+    auth.password_rounds_per_sec = rounds;
     let reference = args.server_reference.as_ref().or(file.server_reference.as_ref());
     let kind_key = if args.redirect.is_some() { "--redirect" } else { "redirect" };
     let permanent = match args.redirect.as_deref().or(file.redirect.as_deref()) {
@@ -89,6 +125,56 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         None => {}
     }
     Ok(auth)
+}
+
+/// The secret file beside a users file: `FILE.secret`.
+pub(crate) fn secret_path(users_path: &Path) -> PathBuf {
+    let mut p = users_path.as_os_str().to_owned();
+    p.push(".secret");
+    PathBuf::from(p)
+}
+
+/// The secret keying the salts SCRAM shows for unknown users, which must survive restarts
+/// (RFC 5802 §5.1): 32 bytes, base64, in [`secret_path`]. Created with mode 0600 on first
+/// start; `None` when it cannot be created (a read-only directory: the users file's own keys
+/// are the secret then, which changes whenever a credential changes).
+fn users_secret(users_path: &Path) -> Result<Option<[u8; 32]>, String> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    let path = secret_path(users_path);
+    let parse = |text: &str| -> Result<Option<[u8; 32]>, String> {
+        let bytes = B64.decode(text.trim()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let secret = bytes.try_into().map_err(|_| format!("{}: not 32 bytes", path.display()))?;
+        Ok(Some(secret))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let secret = random_seed();
+    let created =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).and_then(
+            |mut f| {
+                f.write_all(format!("{}\n", B64.encode(secret)).as_bytes())?;
+                f.sync_all()
+            },
+        );
+    match created {
+        Ok(()) => Ok(Some(secret)),
+        // Another broker on the same file created it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            parse(&std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        Err(e) => {
+            eprintln!(
+                "shardmq: warning: {}: {e}; unknown users' SCRAM salts are keyed by the users \
+                 file's credentials instead (they change when the file does)",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// 32 bytes from the operating system, seeding the shards' authentication nonces.
@@ -140,6 +226,42 @@ mod tests {
         assert!(e.contains("--redirect `forever`"), "{e}");
         let e = parse(&["--redirect", "permanent"]).unwrap_err();
         assert!(e.contains("server reference"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn secret_file_is_created_once_0600_and_keeps_fake_salts_across_starts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shardmq-auth-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        let cred = Credential::derive(b"pw", b"salt", 4096);
+        std::fs::write(&users, UserDb::line("alice", &cred) + "\n").unwrap();
+        let path = users.to_str().unwrap();
+        let fake_salt = |c: &crate::config::Config| {
+            c.auth.users.as_ref().unwrap().fake_credential("nobody").salt
+        };
+        let first = parse(&["--auth-users-file", path]).unwrap();
+        let secret = secret_path(&users);
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret file is the owner's only");
+        let text = std::fs::read_to_string(&secret).unwrap();
+        // A restart after a user was added: the secret and the made-up salts stay.
+        let other = Credential::derive(b"pw2", b"salt2", 4096);
+        std::fs::write(&users, UserDb::line("bob", &other) + "\n").unwrap();
+        let second = parse(&["--auth-users-file", path]).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), text);
+        assert_eq!(fake_salt(&first), fake_salt(&second));
+        std::fs::write(&secret, "c2hvcnQ=\n").unwrap();
+        let e = parse(&["--auth-users-file", path]).unwrap_err();
+        assert!(e.contains("not 32 bytes"), "{e}");
+
+        let c = parse(&["--auth-password-rounds-per-sec", "50000"]).unwrap();
+        assert_eq!(c.auth.password_rounds_per_sec, 50_000);
+        let file = "[auth]\npassword_rounds_per_sec = 8192\n";
+        assert_eq!(parse_with(&[], file, &[0]).unwrap().auth.password_rounds_per_sec, 8192);
+        let e = parse(&["--auth-password-rounds-per-sec", "10"]).unwrap_err();
+        assert!(e.contains("--auth-password-rounds-per-sec 10: must be between"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

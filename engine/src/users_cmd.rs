@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::core::auth::users::{
     check_user_name, Credential, UserDb, ITERATIONS_DEFAULT, ITERATIONS_MAX, ITERATIONS_MIN,
-    SALT_LEN_BYTES,
+    PLAIN_ITERATIONS_MAX, SALT_LEN_BYTES,
 };
 
 /// shardmq users: manage the users file.
@@ -38,7 +38,8 @@ enum Command {
         /// The users file (created if missing).
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
-        /// PBKDF2 iterations.
+        /// PBKDF2 iterations. Past 65536 the user can log in with SCRAM-SHA-256 only (the
+        /// broker checks plain passwords on its own cores).
         #[arg(long, default_value_t = ITERATIONS_DEFAULT)]
         iterations: u32,
     },
@@ -75,6 +76,12 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), String> {
             }
             let mut salt = [0u8; SALT_LEN_BYTES];
             getrandom::getrandom(&mut salt).map_err(|e| format!("random salt: {e}"))?;
+            if iterations > PLAIN_ITERATIONS_MAX {
+                eprintln!(
+                    "shardmq users: warning: more than {PLAIN_ITERATIONS_MAX} iterations: \
+                     `{name}` can log in with SCRAM-SHA-256 only"
+                );
+            }
             let cred = Credential::derive(password.as_bytes(), &salt, iterations);
             let text = read_existing(&file)?;
             write_file(&file, &edit(&text, &name, Some(&UserDb::line(&name, &cred))))?;

@@ -236,6 +236,79 @@ async fn the_disk_cap_refuses_qos1_with_0x97_or_a_disconnect_while_qos0_flows() 
     shutdown(b).await;
 }
 
+/// Liveness at the cap: a shard that reached its soft cap still answers (0x97), QoS 0
+/// flows, a subscriber draining its queue is served (its acknowledgements are records that
+/// free space, taken up to the hard cap), and once compaction has folded them QoS 1 is
+/// accepted again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_cap_is_lifted_without_a_restart_once_a_subscriber_drains_its_queue() {
+    let persist = PersistConfig {
+        data_max_bytes: 1 << 20,
+        durability: Durability::Batch { interval_ms: 2 },
+        ..PersistConfig::in_dir(data_dir("cap-lifted"))
+    };
+    let b = broker_with(1, |c| {
+        c.persist = persist.clone();
+        c.limits.packet_size_max_bytes = 16 * 1024;
+    });
+    let a = addr(&b);
+    subscribe_offline(a, "lift-sub", &[("cap/#", Q::AtLeastOnce)]).await;
+    let mut live = V4::connect(a, "lift-live", |_| {}).await;
+    live.subscribe("live/#", Q::AtMostOnce).await;
+    let mut p = Raw::connect(a, "lift-pub", ProtocolVersion::V5).await;
+    let payload = vec![7u8; 8 * 1024];
+    let mut id = 0u16;
+    let mut acked = 0usize;
+    within("the cap to be reached", async {
+        loop {
+            id += 1;
+            assert!(id < 1000, "1000 messages of 8 KiB did not reach a 1 MiB cap");
+            p.send(&publish(&format!("cap/{id}"), QoS::AtLeastOnce, id, &payload, false)).await;
+            match p.recv().await {
+                Some(Packet::PubAck(r)) if r.reason == ReasonCode::SUCCESS => acked += 1,
+                Some(Packet::PubAck(r)) if r.reason == ReasonCode::QUOTA_EXCEEDED => return,
+                other => panic!("message {id}: expected PUBACK, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    // Still answered at the cap: another refusal, and QoS 0 flows.
+    id += 1;
+    p.send(&publish("cap/again", QoS::AtLeastOnce, id, b"no", false)).await;
+    match p.recv().await {
+        Some(Packet::PubAck(r)) => assert_eq!(r.reason, ReasonCode::QUOTA_EXCEEDED),
+        other => panic!("expected PUBACK 0x97, got {other:?}"),
+    }
+    p.send(&publish("live/x", QoS::AtMostOnce, 0, b"still", false)).await;
+    assert_eq!(live.next_publish("a QoS 0 message at the cap").await.topic, "live/x");
+
+    // The subscriber drains its queue: every acknowledged message arrives.
+    let mut s = V4::connect(a, "lift-sub", persistent).await;
+    let got = s.publishes(acked, "every acknowledged message").await;
+    assert_eq!(got.last().map(|m| m.topic.clone()), Some(format!("cap/{acked}")));
+
+    // Its acknowledgements freed the space: QoS 1 is accepted again (compaction runs on a
+    // timer, so the publisher retries while refused).
+    within("QoS 1 to be accepted again", async {
+        loop {
+            id += 1;
+            p.send(&publish("cap/after", QoS::AtLeastOnce, id, b"yes", false)).await;
+            match p.recv().await {
+                Some(Packet::PubAck(r)) if r.reason == ReasonCode::SUCCESS => return,
+                Some(Packet::PubAck(r)) if r.reason == ReasonCode::QUOTA_EXCEEDED => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(s.next_publish("the message accepted after the cap").await.topic, "cap/after");
+    s.disconnect().await;
+    live.disconnect().await;
+    shutdown(b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v5_session_expiry_and_its_subscription_identifier_survive_a_restart() {
     use rumqttc::v5::mqttbytes::v5::Packet as P5;

@@ -7,6 +7,8 @@
 //!   Authentication Data and answering with an [`AuthStep`]. `scram.rs` is the first method,
 //!   SCRAM-SHA-256 (RFC 5802, RFC 7677).
 //! - `users.rs` is the users file: salted, iterated SCRAM credentials, never passwords.
+//! - `plain.rs` checks plain CONNECT passwords against it without stalling the shard: an
+//!   outcome cache and a budget of PBKDF2 rounds per second.
 //! - `exchange.rs` wires both into the connection state: CONNECT with a method, the AUTH
 //!   exchange before CONNACK, re-authentication after it, plain CONNECT credentials, and the
 //!   redirection answer.
@@ -18,6 +20,7 @@
 //! Process-wide: [`AuthConfig`] and the methods are immutable and shared by every shard;
 //! sessions ([`ConnAuth`]) are shard-local, owned by their connection.
 
+pub mod plain;
 pub mod scram;
 pub mod users;
 
@@ -103,6 +106,9 @@ pub struct AuthConfig {
     pub methods: Vec<Arc<dyn AuthMethod>>,
     /// Send every client elsewhere (CONNACK 0x9C / 0x9D).
     pub redirect: Option<Redirect>,
+    /// Each shard's budget of PBKDF2 rounds a second for plain-password checks (`plain.rs`);
+    /// past it, CONNECTs that need one are answered 0x89 Server busy.
+    pub password_rounds_per_sec: u32,
     /// Seed of the shards' [`AuthRng`]s (each shard uses its own stream of it). The
     /// configuration fills it from the operating system.
     pub rng_seed: [u8; 32],
@@ -116,6 +122,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             methods: Vec::new(),
             redirect: None,
+            password_rounds_per_sec: plain::ROUNDS_PER_SEC_DEFAULT,
             rng_seed: [0; 32],
         }
     }
@@ -128,6 +135,7 @@ impl PartialEq for AuthConfig {
         self.users == other.users
             && self.allow_anonymous == other.allow_anonymous
             && self.redirect == other.redirect
+            && self.password_rounds_per_sec == other.password_rounds_per_sec
             && self.methods.len() == other.methods.len()
             && self.methods.iter().zip(&other.methods).all(|(a, b)| a.name() == b.name())
     }
@@ -140,12 +148,13 @@ impl AuthConfig {
     /// SCRAM-SHA-256 offered against the same users.
     pub fn with_users(users: UserDb, allow_anonymous: bool, rng_seed: [u8; 32]) -> AuthConfig {
         let users = Arc::new(users);
-        let scram = scram::ScramSha256::new(users.clone(), &rng_seed);
+        let scram = scram::ScramSha256::new(users.clone());
         AuthConfig {
             users: Some(users),
             allow_anonymous,
             methods: vec![Arc::new(scram)],
             redirect: None,
+            password_rounds_per_sec: plain::ROUNDS_PER_SEC_DEFAULT,
             rng_seed,
         }
     }

@@ -195,9 +195,9 @@ mod tests {
         use crate::core::session::Session;
         use crate::core::tx::TxQueue;
         use std::mem::size_of;
-        assert!(size_of::<Conn>() <= 144, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Entry>() <= 152, "ConnTable entry: {}", size_of::<Entry>());
-        assert!(size_of::<TxQueue>() <= 72, "TxQueue: {}", size_of::<TxQueue>());
+        assert!(size_of::<Conn>() <= 120, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Entry>() <= 128, "ConnTable entry: {}", size_of::<Entry>());
+        assert!(size_of::<TxQueue>() <= 48, "TxQueue: {}", size_of::<TxQueue>());
         assert!(size_of::<Session>() <= 248, "Session: {}", size_of::<Session>());
     }
 

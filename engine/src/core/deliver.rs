@@ -193,7 +193,7 @@ impl ShardCore {
         group: Option<&ByteStr>,
         now_ms: u64,
     ) {
-        let ShardCore { sessions, conns, fanout, stats, actions, config, .. } = self;
+        let ShardCore { sessions, conns, fanout, stats, actions, config, persist, .. } = self;
         let limits = &config.limits;
         if is_expired(msg, now_ms) {
             // [MQTT-3.3.2-5]: expired before onward delivery started (e.g. late off a ring).
@@ -201,6 +201,20 @@ impl ShardCore {
             return;
         }
         let s = sessions.get_mut(slot);
+        // A QoS 1/2 copy for a persistent session is logged. When the log is past its soft
+        // cap, or the session's queue is full, it is refused, and the publisher is told
+        // (0x97): it was not acknowledged for a copy that is not kept (`persist_ack.rs`).
+        let logged = qos != QoS::AtMostOnce && s.plog.is_some();
+        let log_full = persist.as_deref().is_some_and(|p| p.full);
+        let mut refuse = |stats: &mut LocalStats| {
+            stats.messages_dropped += 1;
+            if let Some(p) = persist.as_deref_mut().filter(|_| logged) {
+                p.copy_refused = true;
+            }
+        };
+        if logged && log_full {
+            return refuse(stats);
+        }
         let queued = || Queued {
             msg: msg.clone(),
             qos,
@@ -212,7 +226,7 @@ impl ShardCore {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
             if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits) {
-                stats.messages_dropped += 1;
+                refuse(stats);
             }
             return;
         };
@@ -220,7 +234,7 @@ impl ShardCore {
         if !s.queue.is_empty() || (qos != QoS::AtMostOnce && s.inflight.len() >= window(limits, c))
         {
             if !enqueue(s, queued(), limits) {
-                stats.messages_dropped += 1;
+                refuse(stats);
             }
             return;
         }
@@ -380,6 +394,12 @@ impl ShardCore {
             // Unknown, or a QoS 1 message's id: no QoS 2 flow to continue.
             _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
         };
+        if reason == ReasonCode::SUCCESS && self.hold_pubrel(conn, slot, r.packet_id) {
+            // Held until `PubrelPending` is durable: after PUBREL the client may answer
+            // PUBCOMP and reuse the id, so a crash must not resend the PUBLISH
+            // [MQTT-4.3.3-6] (the message would be delivered twice).
+            return;
+        }
         let rel = pub_resp(r.packet_id, reason);
         self.send_packet(conn, &shardmq_codec::Packet::PubRel(rel));
     }

@@ -127,8 +127,10 @@ impl ShardCore {
         match msg {
             MeshMsg::Publish(m) => {
                 let now_ms = self.uptime_ms(now);
+                self.take_copy_refused();
                 self.deliver_local(&m, now_ms);
                 self.deliver_shared(&m, now_ms);
+                self.note_copies_refused(from);
             }
             MeshMsg::SubDelta { filter, added, seq } => {
                 if added {
@@ -141,7 +143,9 @@ impl ShardCore {
             MeshMsg::SubDeltaAck { seq } => self.handle_sub_delta_ack(from, seq, now),
             MeshMsg::RetainSet { topic, msg } => {
                 debug_assert_eq!(self.retain_owner(&topic), self.shard, "RetainSet to non-owner");
+                self.take_copy_refused();
                 self.apply_retained_as_owner(topic, msg);
+                self.note_copies_refused(from);
             }
             MeshMsg::RetainReplica { topic, msg } => {
                 self.apply_retained(topic, msg);
@@ -154,7 +158,9 @@ impl ShardCore {
             MeshMsg::SharedLeave { group, session } => self.leave_group(&group, from, session),
             MeshMsg::SharedDeliver { group, session, msg, qos, retain, sub_id } => {
                 let now_ms = self.uptime_ms(now);
+                self.take_copy_refused();
                 self.handle_shared_deliver(group, session, msg, qos, retain, sub_id, now_ms);
+                self.note_copies_refused(from);
             }
             MeshMsg::SharedRequeue { group, msg } => {
                 self.handle_shared_requeue(&group, &msg, self.uptime_ms(now));

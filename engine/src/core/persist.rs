@@ -94,6 +94,13 @@ pub(crate) struct Persist {
     pub(crate) failed: BTreeSet<u64>,
     /// The log refuses appends (cap reached, device full): refuse QoS 1/2 PUBLISH.
     pub(crate) full: bool,
+    /// A QoS 1/2 copy for a persistent session was refused (the log is full, or the
+    /// session's queue is) since the flag was last taken: whoever routed the message
+    /// answers with the failure (`ShardCore::take_copy_refused`).
+    pub(crate) copy_refused: bool,
+    /// Per peer: a copy of a message it routed here was refused since its last
+    /// `DurableReq`, which is then answered `ok: false` at once.
+    pub(crate) refused_from: Vec<bool>,
     msgs: HashMap<u64, StoredMsg>,
     index: HashMap<MsgKey, u64>,
     next_msg_id: u64,
@@ -133,6 +140,8 @@ impl Persist {
             durable: 0,
             failed: BTreeSet::new(),
             full: false,
+            copy_refused: false,
+            refused_from: vec![false; usize::from(shard_count)],
             msgs: HashMap::new(),
             index: HashMap::new(),
             next_msg_id: 1,

@@ -36,6 +36,8 @@ pub(crate) enum AckKind {
     PubAck,
     PubRec,
     PubComp,
+    /// PUBREL for an outgoing QoS 2 message of a persistent session (its `PubrelPending`).
+    PubRel,
 }
 
 /// An acknowledgement to send: which, for which packet, on which connection of which
@@ -154,8 +156,66 @@ impl ShardCore {
         let Some(p) = self.persist.as_deref_mut() else {
             return self.send_ack(ack, refused, now);
         };
+        if refused {
+            // Nothing was logged: a refusal waits for no batch (which may be stalled at the
+            // cap), only behind earlier answers on its connection [MQTT-4.6.0-2].
+            debug_assert!(remote.is_empty(), "a refusal waits for no other shard");
+            if !p.held.iter().any(|h| h.ack.conn == ack.conn) {
+                return self.send_ack(ack, true, now);
+            }
+            p.held.push_back(HeldAck { ticket: 0, ack, remote, refused });
+            return;
+        }
         let ticket = p.next_ticket();
         p.held.push_back(HeldAck { ticket, ack, remote, refused });
+    }
+
+    /// Takes the flag telling that a QoS 1/2 copy for a persistent session was refused
+    /// (`deliver.rs`) since it was last taken.
+    pub(crate) fn take_copy_refused(&mut self) -> bool {
+        self.persist.as_deref_mut().is_some_and(|p| std::mem::take(&mut p.copy_refused))
+    }
+
+    /// A message from `from` was handled: if a copy of it was refused, `from`'s next
+    /// `DurableReq` (sent right behind it) is answered `ok: false`, and its publisher gets
+    /// 0x97 rather than an acknowledgement for a copy that is not kept.
+    pub(crate) fn note_copies_refused(&mut self, from: ShardId) {
+        if self.take_copy_refused() {
+            if let Some(p) = self.persist.as_deref_mut() {
+                p.refused_from[usize::from(from.0)] = true;
+            }
+        }
+    }
+
+    /// Holds the PUBREL answering a PUBREC for `slot`'s outgoing message `id` until the batch
+    /// that logs `PubrelPending` (and `Acknowledged`) is durable; false (send it now) without
+    /// persistence or for a session the log does not keep.
+    pub(crate) fn hold_pubrel(&mut self, conn: ConnId, slot: SessionSlot, id: PacketId) -> bool {
+        let Some(p) = self.persist.as_deref_mut() else { return false };
+        if self.sessions.get(slot).plog.is_none() {
+            return false;
+        }
+        let ticket = p.next_ticket();
+        let ack = Ack { conn, slot, kind: AckKind::PubRel, id };
+        p.held.push_back(HeldAck { ticket, ack, remote: Vec::new(), refused: false });
+        true
+    }
+
+    /// A PUBREC for inbound QoS 2 `id` failed while `slot`'s client was away: a persistent
+    /// session remembers it (the resend gets the failure again, and is not routed again);
+    /// otherwise the flow ends now.
+    fn mark_qos2_failed(&mut self, slot: SessionSlot, id: PacketId) {
+        let Some(s) = self.sessions.try_get_mut(slot) else { return };
+        if !s.qos2_in.contains(&id) {
+            return;
+        }
+        match s.plog.as_deref_mut() {
+            Some(log) if !log.qos2_failed.contains(&id) => log.qos2_failed.push(id),
+            Some(_) => {}
+            None => {
+                self.forget_qos2_in(slot, id);
+            }
+        }
     }
 
     /// Asks every shard that got a message from this PUBLISH (in `mesh_out[mark..]`) to
@@ -213,6 +273,10 @@ impl ShardCore {
         let Some(p) = self.persist.as_deref_mut() else {
             return self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: true }));
         };
+        if std::mem::take(&mut p.refused_from[usize::from(from.0)]) {
+            // A copy was refused (nothing logged for it): the answer waits for nothing.
+            return self.mesh_out.push((from, MeshMsg::DurableAck { token, ok: false }));
+        }
         let ticket = p.next_ticket();
         let remote = if chain { p.cover_forwards(&mut self.mesh_out) } else { Vec::new() };
         if remote.is_empty() {
@@ -274,6 +338,7 @@ impl ShardCore {
                 || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
             self.send_ack(h.ack, failed, now);
         }
+        self.release_refusals(now);
         let suback_oldest = self.suback_oldest_ticket();
         if let Some(p) = self.persist.as_deref_mut() {
             // Failures older than every waiting item are no longer looked up.
@@ -285,21 +350,51 @@ impl ShardCore {
         }
     }
 
+    /// Sends the refusals held behind a blocked front whose connection has nothing earlier
+    /// waiting (the order per connection is kept [MQTT-4.6.0-2]).
+    fn release_refusals(&mut self, now: Instant) {
+        let Some(p) = self.persist.as_deref_mut() else { return };
+        if !p.held.iter().any(|h| h.refused) {
+            return;
+        }
+        let mut blocked = std::collections::HashSet::new();
+        let mut ready = Vec::new();
+        p.held.retain(|h| {
+            if h.refused && !blocked.contains(&h.ack.conn) {
+                ready.push(h.ack);
+                return false;
+            }
+            blocked.insert(h.ack.conn);
+            true
+        });
+        for ack in ready {
+            self.send_ack(ack, true, now);
+        }
+    }
+
     /// Sends an acknowledgement, or its failure form: 5.0 PUBACK/PUBREC 0x97 Quota exceeded
     /// (5.0 §3.4.2.1, §3.5.2.1), which ends a QoS 2 flow [MQTT-4.3.3-4]; 3.1.1 has no negative
     /// acknowledgement, so the connection is closed without one.
     fn send_ack(&mut self, ack: Ack, failed: bool, now: Instant) {
         let Ack { conn, slot, kind, id } = ack;
         if !self.conn_serves(conn, slot) {
-            // The connection is gone: the client resends after reconnecting.
+            // The connection is gone: the client resends after reconnecting. A failed
+            // PUBREC is remembered, so the resend of a message that was routed gets the
+            // failure again instead of the duplicate's success [MQTT-4.3.3-9].
+            if failed && kind == AckKind::PubRec {
+                self.mark_qos2_failed(slot, id);
+            }
             return;
         }
-        if !failed {
+        // PUBREL has no failure form: the flow goes on (if its batch failed, the log has
+        // stopped anyway and the session resends PUBREL when it resumes).
+        if !failed || kind == AckKind::PubRel {
             let r = pub_resp(id, ReasonCode::SUCCESS);
             let packet = match kind {
                 AckKind::PubAck => Packet::PubAck(r),
                 AckKind::PubRec => Packet::PubRec(r),
                 AckKind::PubComp => Packet::PubComp(r),
+                AckKind::PubRel => Packet::PubRel(r),
             };
             return self.send_packet(conn, &packet);
         }

@@ -91,6 +91,9 @@ pub(crate) struct SessionLog {
     pub(crate) dropped: Vec<u64>,
     /// The in-flight window in the log, in send order.
     pub(crate) inflight: Vec<LoggedInflight>,
+    /// Inbound QoS 2 ids whose PUBREC failed (0x97) while the client was away: still in
+    /// `Session::qos2_in`, so a resend is not routed again, and answered with the failure.
+    pub(crate) qos2_failed: Vec<shardmq_codec::PacketId>,
 }
 
 impl SessionLog {

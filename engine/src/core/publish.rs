@@ -85,7 +85,12 @@ impl ShardCore {
             let s = self.sessions.get_mut(slot);
             if s.qos2_in.contains(&id) {
                 // A retransmission of a message we already routed and PUBREC'd: it must
-                // not be delivered twice (method B, §4.3.3). Acknowledge again.
+                // not be delivered twice (method B, §4.3.3) [MQTT-4.3.3-9]. Acknowledge
+                // again, with the original outcome (a PUBREC that failed fails again).
+                if s.plog.as_deref().is_some_and(|l| l.qos2_failed.contains(&id)) {
+                    let ack = Ack { conn, slot, kind: AckKind::PubRec, id };
+                    return self.hold_ack(ack, Vec::new(), true, now);
+                }
                 return self.ack_publish(conn, slot, QoS::ExactlyOnce, id, Vec::new(), now);
             }
             if s.qos2_in.len() >= inflight_in_max {
@@ -118,9 +123,16 @@ impl ShardCore {
             received_at_ms: self.uptime_ms(now),
         };
         let mark = self.mesh_out.len();
+        self.take_copy_refused();
         self.publish_from_client(Arc::new(msg), now);
         if let Some(id) = packet_id {
             let remote = self.request_remote_durability(mark);
+            if self.take_copy_refused() {
+                // A local persistent session could not keep its copy (its queue is full):
+                // not acknowledged as kept, 0x97 (`persist_ack.rs`).
+                let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
+                return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
+            }
             self.ack_publish(conn, slot, p.qos, id, remote, now);
         }
     }
@@ -194,6 +206,9 @@ impl ShardCore {
         let s = self.sessions.get_mut(slot);
         let Some(i) = s.qos2_in.iter().position(|x| *x == id) else { return false };
         s.qos2_in.swap_remove(i);
+        if let Some(log) = s.plog.as_deref_mut() {
+            log.qos2_failed.retain(|x| *x != id);
+        }
         let packet_id = id.get();
         self.persist_session_record(slot, |client_id| {
             Record::Qos2Released(Qos2Released { client_id, packet_id })
@@ -257,6 +272,18 @@ impl ShardCore {
 
     /// The owner applies an update and replicates it to every other shard.
     pub(crate) fn apply_retained_as_owner(&mut self, topic: ByteStr, msg: Option<Arc<Message>>) {
+        if let Some(m) = msg.as_ref().filter(|_| self.log_full() && !is_sys_topic(&topic)) {
+            // The log is past its soft cap: a new retained message is not stored (the rest
+            // of the cap is for records that free space; clearing one is still accepted).
+            // QoS 1/2: the publisher gets 0x97 (`persist_ack.rs`); QoS 0: dropped, counted.
+            self.stats.messages_dropped += 1;
+            if m.qos == QoS::AtMostOnce {
+                tracing::warn!(shard = %self.shard, topic = %topic, "log full: retained QoS 0 message dropped");
+            } else if let Some(p) = self.persist.as_deref_mut() {
+                p.copy_refused = true;
+            }
+            return;
+        }
         if !self.apply_retained(topic.clone(), msg.clone()) {
             return;
         }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardmq_codec::{encode, Disconnect, Packet, ProtocolVersion, ReasonCode};
 
+use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
 use crate::core::conn::{Conn, ConnTable, Phase};
 use crate::core::deliver::Fanout;
@@ -168,6 +169,8 @@ pub struct ShardCore {
     pub(crate) persist: Option<Box<crate::core::persist::Persist>>,
     /// Nonces of authentication exchanges.
     pub(crate) auth_rng: AuthRng,
+    /// Plain-password checks: outcome cache and PBKDF2 budget (`auth/plain.rs`).
+    pub(crate) password_checks: PasswordChecks,
     mesh_backlog: usize,
 }
 
@@ -196,6 +199,11 @@ impl ShardCore {
             next_sys_at,
             persist: None,
             auth_rng: AuthRng::new(config.auth.rng_seed, shard.0),
+            password_checks: PasswordChecks::new(
+                &config.auth.rng_seed,
+                shard.0,
+                config.auth.password_rounds_per_sec,
+            ),
             mesh_backlog: 0,
             config,
         }

@@ -404,6 +404,16 @@ impl Sim {
         self.run();
     }
 
+    /// Shard `s`'s held batches could not be appended (a log error): they are reported
+    /// failed, and later batches stay held.
+    pub(crate) fn fail_held(&mut self, s: usize) {
+        for batch in self.held[s].replace(Vec::new()).unwrap_or_default() {
+            self.shards[s].handle_log_failed(batch.ticket);
+            self.shards[s].handle_log_durable(batch.ticket, self.now);
+        }
+        self.run();
+    }
+
     fn make_durable(&mut self, s: usize, batch: crate::core::persist::LogBatch) {
         let logs = self.logs.as_mut().expect("persistence enabled");
         for r in batch.records {

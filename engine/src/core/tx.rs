@@ -25,7 +25,8 @@ pub const TAIL_KEEP_BYTES_MAX: usize = 16 * 1024;
 /// Shard-local: owned by the connection's entry in its shard's core.
 #[derive(Debug, Default)]
 pub struct TxQueue {
-    chunks: VecDeque<Bytes>,
+    /// Allocated on first use (most connections only ever see small frames).
+    chunks: Option<Box<VecDeque<Bytes>>>,
     tail: BytesMut,
     len_bytes: usize,
 }
@@ -38,7 +39,7 @@ impl TxQueue {
             self.tail.extend_from_slice(frame);
         } else {
             self.seal_tail();
-            self.chunks.push_back(frame.clone());
+            self.chunks().push_back(frame.clone());
         }
     }
 
@@ -51,7 +52,7 @@ impl TxQueue {
             self.tail.extend_from_slice(payload);
         } else {
             self.seal_tail();
-            self.chunks.push_back(payload.clone());
+            self.chunks().push_back(payload.clone());
         }
     }
 
@@ -66,9 +67,14 @@ impl TxQueue {
         self.len_bytes += n_bytes;
     }
 
+    fn chunks(&mut self) -> &mut VecDeque<Bytes> {
+        self.chunks.get_or_insert_with(Box::default)
+    }
+
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
-            self.chunks.push_back(self.tail.split().freeze());
+            let sealed = self.tail.split().freeze();
+            self.chunks().push_back(sealed);
         }
     }
 
@@ -86,7 +92,8 @@ impl TxQueue {
     /// Small frames are coalesced, so this is one slice unless large payloads are queued.
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        let parts = self.chunks.iter().map(|c| &c[..]).chain(std::iter::once(&self.tail[..]));
+        let chunks = self.chunks.iter().flat_map(|c| c.iter());
+        let parts = chunks.map(|c| &c[..]).chain(std::iter::once(&self.tail[..]));
         for part in parts.filter(|p| !p.is_empty()) {
             if n == out.len() {
                 break;
@@ -99,7 +106,7 @@ impl TxQueue {
 
     /// The first queued bytes (empty when nothing waits).
     pub fn front(&self) -> &[u8] {
-        match self.chunks.front() {
+        match self.chunks.as_ref().and_then(|c| c.front()) {
             Some(c) => c,
             None => &self.tail,
         }
@@ -111,7 +118,9 @@ impl TxQueue {
         if n_bytes == self.len_bytes {
             // Everything went (the usual case): keep the coalescing buffer for the next
             // frames unless a burst grew it.
-            self.chunks.clear();
+            if let Some(c) = self.chunks.as_mut() {
+                c.clear();
+            }
             self.len_bytes = 0;
             if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
                 self.tail = BytesMut::new();
@@ -122,10 +131,10 @@ impl TxQueue {
         }
         self.len_bytes -= n_bytes;
         while n_bytes > 0 {
-            match self.chunks.front_mut() {
+            match self.chunks.as_mut().and_then(|c| c.front_mut()) {
                 Some(front) if n_bytes >= front.len() => {
                     n_bytes -= front.len();
-                    self.chunks.pop_front();
+                    self.chunks().pop_front();
                 }
                 Some(front) => {
                     front.advance(n_bytes);
@@ -150,14 +159,18 @@ impl TxQueue {
         }
         self.seal_tail();
         other.seal_tail();
-        self.chunks.append(&mut other.chunks);
+        if let Some(theirs) = other.chunks.as_mut() {
+            self.chunks().append(theirs);
+        }
         self.len_bytes += std::mem::take(&mut other.len_bytes);
     }
 
     /// Takes everything queued, in order, for one write batch.
     pub fn take_all(&mut self, out: &mut Vec<Bytes>) {
         self.seal_tail();
-        out.extend(self.chunks.drain(..));
+        if let Some(c) = self.chunks.as_mut() {
+            out.extend(c.drain(..));
+        }
         self.len_bytes = 0;
     }
 }

@@ -134,9 +134,7 @@ impl LogIo {
                 last = Some(ticket);
             }
         }
-        let full = dead
-            || !self.stalled.borrow().is_empty()
-            || writer.disk_bytes().saturating_mul(4) >= self.cap_bytes.saturating_mul(3);
+        let full = dead || self.near_cap(&writer);
         if full != core.log_full() {
             if full {
                 tracing::warn!(
@@ -150,6 +148,12 @@ impl LogIo {
         if let Some(ticket) = last {
             core.handle_log_durable(ticket, now);
         }
+    }
+
+    /// True past three quarters of the cap, or with batches refused at the cap.
+    fn near_cap(&self, writer: &LogWriter) -> bool {
+        !self.stalled.borrow().is_empty()
+            || writer.disk_bytes().saturating_mul(4) >= self.cap_bytes.saturating_mul(3)
     }
 
     /// Retries batches refused at the cap, in order.
@@ -227,6 +231,11 @@ pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
             if let Err(e) = writer.compact().await {
                 tracing::error!("log compaction failed (the old segments stay): {e}");
             }
+        } else if false && log.near_cap(&writer) {
+            // Past the soft cap (or stalled at the cap) with nothing to compact: what was
+            // appended since (acknowledgements, session ends) is in the active segment,
+            // which compaction does not read. Seal it; the next check compacts.
+            writer.seal_active();
         }
         drop(writer);
         shard.with_core(|core, now| {

@@ -357,6 +357,23 @@ impl LogWriter {
         .await
     }
 
+    /// Seals the active segment if it holds anything (see [`Appender::seal_active`]): the
+    /// next compaction can then fold it.
+    pub fn seal_active(&self) {
+        let mut i = self.inner.borrow_mut();
+        if i.error.is_some() || i.closing {
+            return;
+        }
+        let was_idle = !i.appender.has_pending();
+        i.appender.seal_active();
+        if was_idle && i.appender.has_pending() {
+            i.first_pending_at = Some(Instant::now());
+        }
+        if let Some(w) = i.committer.take() {
+            w.wake();
+        }
+    }
+
     /// Bytes of frames in all segments (what `disk_cap_bytes` limits).
     pub fn disk_bytes(&self) -> u64 {
         self.inner.borrow().appender.disk_bytes()
@@ -501,7 +518,10 @@ async fn commit_loop(
                 }
                 let file = current.as_mut().expect("rolled");
                 assert_eq!(file.len_bytes, chunk.offset_bytes, "chunks arrive in order");
-                file.write(&chunk.bytes).await?;
+                if !chunk.bytes.is_empty() {
+                    // (Empty: the previous segment was sealed early, `seal_active`.)
+                    file.write(&chunk.bytes).await?;
+                }
                 let sync = mode != Durability::None || inner.borrow().sync_requested;
                 if sync {
                     file.sync().await?;

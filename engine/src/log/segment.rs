@@ -255,6 +255,21 @@ impl Appender {
         self.active
     }
 
+    /// Ends the active segment now, if it holds anything: later appends go to a new one.
+    /// Compaction reads only sealed segments, so at the cap this lets it fold the records
+    /// that free space (acknowledgements) appended since. The empty chunk of the new
+    /// segment makes the io layer seal the old file without waiting for the next append.
+    pub fn seal_active(&mut self) {
+        if self.active.len_bytes == 0 {
+            return;
+        }
+        self.sealed.push_back(self.active);
+        self.active = SegmentMeta { base: self.next_seq, len_bytes: 0 };
+        let last_seq = LogSeq(self.next_seq.0 - 1);
+        let chunk = Chunk { segment: self.active.base, offset_bytes: 0, bytes: Vec::new(), last_seq };
+        self.pending.push_back(chunk);
+    }
+
     /// Bytes of frames in all segments, counting appended frames (what the cap limits).
     pub fn disk_bytes(&self) -> u64 {
         self.sealed.iter().map(|s| s.len_bytes).sum::<u64>() + self.active.len_bytes

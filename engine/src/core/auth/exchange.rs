@@ -93,7 +93,8 @@ impl ShardCore {
     }
 
     /// A CONNECT without an Authentication Method: with a users file, its user name and
-    /// password are checked against it (0x86 when wrong) and a CONNECT without a user name is
+    /// password are checked against it (0x86 when wrong, 0x89 when the shard's budget of
+    /// password derivations is spent) and a CONNECT without a user name is
     /// refused with 0x87 unless anonymous clients are allowed. Without a users file,
     /// credentials are not checked.
     fn check_plain_credentials(
@@ -105,8 +106,8 @@ impl ShardCore {
         let reason = match (&self.config.auth.users, &connect.username) {
             (Some(users), Some(name)) => {
                 let password = connect.password.as_deref().unwrap_or_default();
-                (!users.verify_password(name, password))
-                    .then_some(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                // 0x86 when wrong, 0x89 Server busy past the shard's PBKDF2 budget (`plain.rs`).
+                self.password_checks.check(users, name, password, now).err()
             }
             (_, None) if !self.config.auth.allow_anonymous => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,

@@ -279,3 +279,28 @@ fn reauthentication_as_another_user_disconnects() {
     assert!(matches!(&out[0], Packet::Disconnect(d) if d.reason == ReasonCode::NOT_AUTHORIZED));
     assert!(closed, "a connection keeps the identity it connected with");
 }
+
+#[test]
+fn plain_password_checks_past_the_budget_get_server_busy() {
+    let mut auth = AuthConfig::with_users(users(), false, [9; 32]);
+    auth.password_rounds_per_sec = 4096; // One check of a 4096-round entry a second.
+    let (mut core, now) = core_with(auth);
+    let mut codes = Vec::new();
+    for (version, password) in [
+        (ProtocolVersion::V5, "wonderland"),
+        (ProtocolVersion::V5, "nope"),
+        (ProtocolVersion::V3_1_1, "nope"),
+        (ProtocolVersion::V5, "wonderland"),
+    ] {
+        let conn = core.open_connection(now).unwrap();
+        core.handle_packet(conn, connect(version, Some(("alice", password)), None, None), now);
+        let (out, _) = output(&mut core, conn, version);
+        let Packet::ConnAck(a) = &out[0] else { panic!("{out:?}") };
+        codes.push(if version.is_v5() { a.reason.0 } else { a.reason.to_v3_connack() });
+    }
+    // The first check spends the second's budget; a new wrong password is then refused as
+    // Server busy (3.1.1: 3, server unavailable) without deriving, while the password that
+    // worked is answered from the cache.
+    assert_eq!(codes, [0x00, 0x89, 3, 0x00]);
+    assert_eq!(core.password_checks.derivations_count, 1);
+}

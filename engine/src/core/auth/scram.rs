@@ -11,8 +11,10 @@
 //! The server keeps only StoredKey and ServerKey (`users.rs`), so it never sees or stores the
 //! password, and the client can check the server knew the credential (the server signature).
 //! Channel binding is not supported (`p=` is refused; `n` and `y` are accepted). An unknown
-//! user gets a salt derived from a secret key and the name, and fails only at the proof, like
-//! a wrong password, so the exchange does not reveal which users exist (RFC 5802 §5.1).
+//! user gets a salt derived from the users file's secret and the name (the same one after a
+//! restart) and the file's most common iteration count (`UserDb::fake_credential`), and fails
+//! only at the proof, like a wrong password, so the exchange does not reveal which users exist
+//! (RFC 5802 §5.1).
 //!
 //! Failures: a wrong proof or an unknown user → 0x86 (bad user name or password); a malformed
 //! message, a nonce or channel-binding mismatch → 0x87 (not authorised).
@@ -29,7 +31,7 @@ use sha2::{Digest, Sha256};
 use shardmq_codec::ReasonCode;
 use subtle::ConstantTimeEq;
 
-use super::users::{UserDb, ITERATIONS_DEFAULT};
+use super::users::UserDb;
 use super::{AuthMethod, AuthRng, AuthSession, AuthStep};
 
 /// The Authentication Method name.
@@ -51,8 +53,16 @@ pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`salted_password`] on this thread, and their rounds (tests count them).
+    pub(crate) static DERIVATIONS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 /// SaltedPassword := Hi(password, salt, i) (RFC 5802 §2.2: PBKDF2 with HMAC-SHA-256).
 pub(crate) fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    #[cfg(test)]
+    DERIVATIONS.with(|d| d.set((d.get().0 + 1, d.get().1 + u64::from(iterations))));
     let mut out = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
     out
@@ -103,14 +113,12 @@ fn attr(attr: &str, name: char) -> Option<&str> {
 #[derive(Debug)]
 pub struct ScramSha256 {
     users: Arc<UserDb>,
-    /// Key of the salts made up for unknown users.
-    fake_salt_key: [u8; 32],
 }
 
 impl ScramSha256 {
-    /// The method over `users`; `secret` keys the salts of unknown users.
-    pub fn new(users: Arc<UserDb>, secret: &[u8; 32]) -> ScramSha256 {
-        ScramSha256 { users, fake_salt_key: hmac(secret, b"shardmq SCRAM unknown-user salt") }
+    /// The method over `users` (whose secret keys the salts of unknown users).
+    pub fn new(users: Arc<UserDb>) -> ScramSha256 {
+        ScramSha256 { users }
     }
 
     /// Starts an exchange with a given server nonce (the RFC test vectors fix it).
@@ -156,8 +164,8 @@ impl ScramSha256 {
         let (salt, iterations, keys) = match self.users.get(&name) {
             Some(c) => (c.salt.clone(), c.iterations, Some((c.stored_key, c.server_key))),
             None => {
-                let salt = hmac(&self.fake_salt_key, name.as_bytes())[..16].to_vec();
-                (salt, ITERATIONS_DEFAULT, None)
+                let fake = self.users.fake_credential(&name);
+                (fake.salt, fake.iterations, None)
             }
         };
         let nonce = format!("{client_nonce}{server_nonce}");
@@ -256,11 +264,12 @@ fn server_final(
     }
     auth_message.push(',');
     auth_message.push_str(without_proof);
-    let Some((stored_key, server_key)) = keys else {
-        return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
-    };
+    // An unknown user's proof is checked too (against keys nothing matches), so it takes
+    // as long as a wrong password's.
+    let known = keys.is_some();
+    let (stored_key, server_key) = keys.unwrap_or(([0; 32], [0; 32]));
     let client_key = xor(&proof, &hmac(&stored_key, auth_message.as_bytes()));
-    if !bool::from(sha256(&client_key).ct_eq(&stored_key)) {
+    if !(bool::from(sha256(&client_key).ct_eq(&stored_key)) && known) {
         return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
     }
     Ok(format!("v={}", B64.encode(hmac(&server_key, auth_message.as_bytes()))))

@@ -18,7 +18,7 @@ fn method() -> ScramSha256 {
     let mut db = UserDb::default();
     let salt = B64.decode(SALT_B64).unwrap();
     db.insert("user", Credential::derive(b"pencil", &salt, 4096));
-    ScramSha256::new(Arc::new(db), &[7; 32])
+    ScramSha256::new(Arc::new(db.with_secret(&[7; 32])))
 }
 
 fn start(m: &ScramSha256, first: &str) -> (Box<dyn AuthSession>, AuthStep) {
@@ -79,6 +79,25 @@ fn unknown_user_looks_like_a_wrong_password() {
 }
 
 #[test]
+fn unknown_users_salt_survives_a_restart_and_shows_the_typical_count() {
+    // Two loads of the same file with the same secret file: two broker starts.
+    let line = |name: &str, i| UserDb::line(name, &Credential::derive(b"pw", b"salt", i));
+    let text = [line("a", 4096), line("b", 10_000), line("c", 10_000)].join("\n");
+    let load = || ScramSha256::new(Arc::new(UserDb::parse(&text).unwrap().with_secret(&[8; 32])));
+    let first = "n,,n=nobody,r=abc";
+    let (_, one) = load().start_with_nonce(Some(first.as_bytes()), SERVER_NONCE);
+    let (_, two) = load().start_with_nonce(Some(first.as_bytes()), SERVER_NONCE);
+    assert_eq!(one, two, "the same made-up salt after a restart, like a real user's");
+    let AuthStep::Continue(server_first) = one else { panic!("{one:?}") };
+    assert!(std::str::from_utf8(&server_first).unwrap().ends_with(",i=10000"), "the usual count");
+    // Without the secret file, the key comes from the file's credentials: stable too.
+    let load = || ScramSha256::new(Arc::new(UserDb::parse(&text).unwrap()));
+    let (_, one) = load().start_with_nonce(Some(first.as_bytes()), SERVER_NONCE);
+    let (_, two) = load().start_with_nonce(Some(first.as_bytes()), SERVER_NONCE);
+    assert_eq!(one, two);
+}
+
+#[test]
 fn nonce_and_channel_binding_mismatches_fail_with_0x87() {
     let m = method();
     let wrong_nonce = CLIENT_FINAL.replace("hNlF$k0", "hNlF$k1");
@@ -122,7 +141,7 @@ fn saslnames_escape_commas_and_equals() {
     assert_eq!(decode_saslname("a=2"), None);
     let mut db = UserDb::default();
     db.insert("a,b", Credential::derive(b"pw", b"salt", 4096));
-    let m = ScramSha256::new(Arc::new(db), &[0; 32]);
+    let m = ScramSha256::new(Arc::new(db));
     let mut c = ScramClient::new("a,b", "pw", "n1");
     let (mut session, step) = m.start(Some(&c.client_first()), &mut AuthRng::new([1; 32], 0));
     let AuthStep::Continue(first) = step else { panic!("{step:?}") };

@@ -324,6 +324,27 @@ fn suback_and_unsuback_of_a_persistent_session_wait_until_durable() {
     }
 }
 
+/// A subscription the log could not take is not acknowledged: the connection is closed
+/// (5.0: DISCONNECT 0x97 Quota exceeded), as for a PUBLISH the log refused.
+#[test]
+fn a_suback_whose_records_failed_closes_the_connection() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let home = usize::from(n) - 1;
+        let s = sim.client(&sim.id_on("sub", home), V5);
+        sim.connect_with(s, random_sub_opts(0));
+        sim.hold_durability(home);
+        let id = send_subscribe(&mut sim, s, "f/#", None);
+        sim.run();
+        sim.fail_held(home);
+        assert!(sim.take_suback(s, id).is_none(), "no SUBACK for what the log lost");
+        let packets = sim.clients[s].take_packets();
+        assert_eq!(disconnect_reasons(&packets), [ReasonCode::QUOTA_EXCEEDED]);
+        assert!(sim.clients[s].closed);
+    }
+}
+
 /// Every subscription option and the Subscription Identifier survive a crash: deliveries
 /// after the restart carry the identifier [MQTT-3.3.4-3], No Local still holds
 /// [MQTT-3.8.3-3], Retain As Published still keeps RETAIN [MQTT-3.3.1-13], and Retain

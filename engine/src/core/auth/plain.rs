@@ -1,0 +1,205 @@
+//! Plain-password checks (a CONNECT with a user name and password, 3.1.1 or 5.0) without
+//! stalling the shard: a check is one PBKDF2 (`UserDb::verify_password`, about 1 µs a round,
+//! 4096 rounds for a default entry), computed on the shard's own core, which serves nobody
+//! else meanwhile. Two things bound it:
+//!
+//! - **A cache of outcomes.** A user who logs in again with the password that worked last
+//!   time costs one HMAC, and so does a client retrying the same wrong password. Entries are
+//!   keyed by a tag, HMAC(per-process key, user name, password): neither the password nor
+//!   anything derived from the credential (SaltedPassword or ClientKey would let a memory
+//!   dump log in with SCRAM) is kept. Successes (one per user) and failures are kept apart and
+//!   bounded, so a flood of wrong passwords cannot evict the users who logged in.
+//! - **A budget of PBKDF2 rounds per second** (`AuthConfig::password_rounds_per_sec`, a token
+//!   bucket refilled from the `now` the core is given). A check that finds the budget spent is
+//!   answered 0x89 Server busy (3.1.1: return code 3, server unavailable) without deriving, so
+//!   wrong-password floods cost the shard at most that much of its time.
+//!
+//! Shard-local: one [`PasswordChecks`] per shard (the cache key is per shard too).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use shardmq_codec::ReasonCode;
+use subtle::ConstantTimeEq;
+
+use super::scram::hmac;
+use super::users::{UserDb, ITERATIONS_MIN, PLAIN_ITERATIONS_MAX};
+
+/// Users whose last good password is remembered, per shard.
+pub const GOOD_ENTRIES_MAX: usize = 4096;
+/// Wrong (user, password) pairs remembered, per shard.
+pub const BAD_ENTRIES_MAX: usize = 1024;
+/// The default budget: 100,000 PBKDF2 rounds a second per shard, about a tenth of a core:
+/// 24 first-time checks of a 4096-round entry a second.
+pub const ROUNDS_PER_SEC_DEFAULT: u32 = 100_000;
+/// The smallest budget accepted: one check of the smallest entry a second.
+pub const ROUNDS_PER_SEC_MIN: u32 = ITERATIONS_MIN;
+/// The largest budget accepted (a whole core).
+pub const ROUNDS_PER_SEC_MAX: u32 = 10_000_000;
+
+/// A keyed hash of (user, password): what the cache remembers instead of either.
+type Tag = [u8; 32];
+
+/// One shard's plain-password checks: the outcome cache and the PBKDF2 budget.
+/// Shard-local.
+pub(crate) struct PasswordChecks {
+    /// Keys the tags; derived from the process's seed and the shard.
+    tag_key: [u8; 32],
+    /// User → tag of the password that last succeeded.
+    good: HashMap<String, Tag>,
+    /// Insertion order of `good`'s users (oldest first), for eviction.
+    good_order: VecDeque<String>,
+    /// Tags of (user, password) pairs that failed.
+    bad: HashSet<Tag>,
+    /// Insertion order of `bad`, for eviction.
+    bad_order: VecDeque<Tag>,
+    budget: RoundBudget,
+    /// Checks answered from the cache (for tests and statistics).
+    pub(crate) cache_hits_count: u64,
+    /// PBKDF2 derivations run.
+    pub(crate) derivations_count: u64,
+}
+
+impl std::fmt::Debug for PasswordChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChecks")
+            .field("good", &self.good.len())
+            .field("bad", &self.bad.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordChecks {
+    /// The checks of shard `shard`, keyed from `seed`, with a budget of `rounds_per_sec`.
+    pub(crate) fn new(seed: &[u8; 32], shard: u16, rounds_per_sec: u32) -> PasswordChecks {
+        let mut label = b"shardmq plain-password cache key, shard ".to_vec();
+        label.extend_from_slice(&shard.to_be_bytes());
+        PasswordChecks {
+            tag_key: hmac(seed, &label),
+            good: HashMap::new(),
+            good_order: VecDeque::new(),
+            bad: HashSet::new(),
+            bad_order: VecDeque::new(),
+            budget: RoundBudget::new(rounds_per_sec),
+            cache_hits_count: 0,
+            derivations_count: 0,
+        }
+    }
+
+    /// Checks `name`'s `password` against `users`: `Ok` when it is right; 0x86 when it is
+    /// wrong or the user unknown; 0x89 Server busy when the budget is spent.
+    pub(crate) fn check(
+        &mut self,
+        users: &UserDb,
+        name: &str,
+        password: &[u8],
+        now: Instant,
+    ) -> Result<(), ReasonCode> {
+        let tag = self.tag(name, password);
+        if let Some(good) = self.good.get(name) {
+            if bool::from(good.ct_eq(&tag)) {
+                self.cache_hits_count += 1;
+                return Ok(());
+            }
+        }
+        if self.bad.contains(&tag) {
+            self.cache_hits_count += 1;
+            return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        }
+        if !self.budget.take(users.plain_check_rounds(name), now) {
+            return Err(ReasonCode::SERVER_BUSY);
+        }
+        self.derivations_count += 1;
+        if users.verify_password(name, password) {
+            self.remember_good(name, tag);
+            Ok(())
+        } else {
+            self.remember_bad(tag);
+            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        }
+    }
+
+    /// HMAC(tag key, len(name) ‖ name ‖ password): the length keeps ("ab", "c") and
+    /// ("a", "bc") apart.
+    fn tag(&self, name: &str, password: &[u8]) -> Tag {
+        let mut data = Vec::with_capacity(4 + name.len() + password.len());
+        data.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(password);
+        hmac(&self.tag_key, &data)
+    }
+
+    fn remember_good(&mut self, name: &str, tag: Tag) {
+        if self.good.insert(name.to_owned(), tag).is_some() {
+            return; // Already in the order queue.
+        }
+        self.good_order.push_back(name.to_owned());
+        if self.good_order.len() > GOOD_ENTRIES_MAX {
+            let oldest = self.good_order.pop_front().expect("longer than the maximum");
+            self.good.remove(&oldest);
+        }
+        debug_assert_eq!(self.good.len(), self.good_order.len());
+    }
+
+    fn remember_bad(&mut self, tag: Tag) {
+        if !self.bad.insert(tag) {
+            return;
+        }
+        self.bad_order.push_back(tag);
+        if self.bad_order.len() > BAD_ENTRIES_MAX {
+            let oldest = self.bad_order.pop_front().expect("longer than the maximum");
+            self.bad.remove(&oldest);
+        }
+        debug_assert_eq!(self.bad.len(), self.bad_order.len());
+    }
+}
+
+/// A token bucket of PBKDF2 rounds: refilled at `rounds_per_sec`, holding at most one
+/// second's worth. A check may overdraw it (so an entry of more rounds than a second's worth
+/// still gets through); the next waits until it is positive again, so the average stays
+/// within the rate. Shard-local.
+#[derive(Debug)]
+struct RoundBudget {
+    rounds_per_sec: u32,
+    /// Rounds available; negative after an overdraft.
+    available_rounds: i64,
+    /// When `available_rounds` was last brought up to date.
+    refilled_at: Option<Instant>,
+}
+
+impl RoundBudget {
+    fn new(rounds_per_sec: u32) -> RoundBudget {
+        assert!(
+            (ROUNDS_PER_SEC_MIN..=ROUNDS_PER_SEC_MAX).contains(&rounds_per_sec),
+            "the configuration checks the budget"
+        );
+        RoundBudget {
+            rounds_per_sec,
+            available_rounds: i64::from(rounds_per_sec),
+            refilled_at: None,
+        }
+    }
+
+    /// Takes `rounds` if any are left at `now`.
+    fn take(&mut self, rounds: u32, now: Instant) -> bool {
+        assert!(rounds <= PLAIN_ITERATIONS_MAX, "a plain check costs at most the cap");
+        if let Some(at) = self.refilled_at {
+            let elapsed_ns = now.saturating_duration_since(at).as_nanos();
+            let earned = elapsed_ns.saturating_mul(u128::from(self.rounds_per_sec)) / 1_000_000_000;
+            let capacity = i64::from(self.rounds_per_sec);
+            let earned = i64::try_from(earned).unwrap_or(i64::MAX).min(capacity);
+            self.available_rounds = self.available_rounds.saturating_add(earned).min(capacity);
+        }
+        // Only `now` moves the refill time forward; a `now` from before it earns nothing.
+        self.refilled_at = Some(self.refilled_at.map_or(now, |at| at.max(now)));
+        if self.available_rounds <= 0 {
+            return false;
+        }
+        self.available_rounds -= i64::from(rounds);
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "plain_tests.rs"]
+mod tests;
