@@ -357,3 +357,42 @@ fn recovery_refuses_a_gap_between_segments() {
     assert!(matches!(err, LogError::Inconsistent { .. }), "{err}");
     assert!(err.to_string().contains(&*files[2].file_name().unwrap().to_string_lossy()), "{err}");
 }
+
+/// The log near its cap with everything in the active segment: compaction reads only sealed
+/// segments, so the writer seals the active one early (`seal_active`); compaction then
+/// folds it — with the buffered-IO fallback too (its reads
+/// use the same fallback as the writer's writes).
+#[test]
+fn an_early_sealed_active_segment_is_compacted_with_buffered_io() {
+    let mut c = config("seal-active");
+    c.buffered_io = true;
+    c.segment_size_bytes = 4 << 20;
+    let c2 = c.clone();
+    let state = run(async move {
+        let (log, _) = open_recovered(&c2).unwrap();
+        let mut w = Workload::new(5, 6, 100);
+        let last = churn(&log, &mut w, 500);
+        log.wait_durable(last).await.unwrap();
+        assert_eq!(log.segments().len(), 1, "everything is in the active segment");
+        assert!(matches!(log.compact().await.unwrap(), Compaction::Skipped(_)));
+        log.seal_active();
+        // Written behind the seal: once durable, the old segment is sealed on disk.
+        let last = churn(&log, &mut w, 1);
+        log.wait_durable(last).await.unwrap();
+        assert_eq!(log.segments().len(), 2);
+        let before = log.disk_bytes();
+        match log.compact().await.unwrap() {
+            Compaction::Done(r) => assert!(r.bytes_after < r.bytes_before, "{r:?}"),
+            Compaction::Skipped(why) => panic!("skipped: {why}"),
+        }
+        assert!(log.disk_bytes() < before);
+        // Appends go on in the new segment.
+        let last = churn(&log, &mut w, 10);
+        log.wait_durable(last).await.unwrap();
+        log.close().await.unwrap();
+        pruned(w.state())
+    });
+    let rec = recover(&c).unwrap();
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+    assert_eq!(rec.state, state);
+}

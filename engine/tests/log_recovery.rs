@@ -49,7 +49,12 @@ fn recover_one_million_stored_messages() {
                     received_at_ms: 1_700_000_000_000 + m,
                 }
                 .into(),
-                MessageQueued { client_id: format!("client-{}", m % SESSIONS), msg_id: m }.into(),
+                MessageQueued {
+                    client_id: format!("client-{}", m % SESSIONS),
+                    msg_id: m,
+                    group: String::new(),
+                }
+                .into(),
             ];
             last = log.append_batch(&batch).unwrap();
             if m % 4096 == 0 {

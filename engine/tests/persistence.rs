@@ -309,6 +309,63 @@ async fn the_disk_cap_is_lifted_without_a_restart_once_a_subscriber_drains_its_q
     shutdown(b).await;
 }
 
+/// A PUBLISH using a Topic Alias fills its packet with payload and is stored under the
+/// resolved topic, up to the topic length limit: the log's record limit covers it, so the
+/// message is acknowledged, kept, and the shard's log goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_packet_published_through_a_long_topic_alias_is_logged() {
+    let persist = PersistConfig::in_dir(data_dir("alias"));
+    let start = |persist: &PersistConfig| {
+        broker_with(1, |c| {
+            c.persist = persist.clone();
+            c.limits.packet_size_max_bytes = 16 * 1024;
+            c.limits.topic_length_max_bytes = 8000;
+        })
+    };
+    let b = start(&persist);
+    let a = addr(&b);
+    subscribe_offline(a, "alias-sub", &[("t/#", Q::AtLeastOnce)]).await;
+    let mut p = Raw::connect(a, "alias-pub", ProtocolVersion::V5).await;
+    let long = format!("t/{}", "a".repeat(7990));
+    let aliased = |id: u16, topic: &str, payload: Vec<u8>| {
+        let properties = shardmq_codec::Properties { topic_alias: Some(1), ..Default::default() };
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: ByteStr::from(topic),
+            packet_id: PacketId::new(id),
+            payload: Bytes::from(payload),
+            properties: Some(Box::new(properties)),
+        })
+    };
+    p.send(&aliased(1, &long, b"sets the alias".to_vec())).await;
+    p.send(&aliased(2, "", vec![9u8; 16 * 1024 - 64])).await;
+    p.send(&publish("t/after", QoS::AtLeastOnce, 3, b"after", false)).await;
+    for id in 1..=3 {
+        match p.recv().await {
+            Some(Packet::PubAck(r)) => {
+                assert_eq!((r.packet_id.get(), r.reason), (id, ReasonCode::SUCCESS));
+            }
+            other => panic!("message {id}: expected PUBACK, got {other:?}"),
+        }
+    }
+    drop(p);
+    shutdown(b).await;
+
+    let b = start(&persist);
+    let mut s = V4::connect(addr(&b), "alias-sub", |o| {
+        o.set_clean_session(false);
+        o.set_max_packet_size(64 * 1024, 64 * 1024);
+    })
+    .await;
+    let got = s.publishes(3, "every acknowledged message").await;
+    let sizes: Vec<(usize, usize)> = got.iter().map(|m| (m.topic.len(), m.payload.len())).collect();
+    assert_eq!(sizes, [(7992, 14), (7992, 16 * 1024 - 64), (7, 5)]);
+    s.disconnect().await;
+    shutdown(b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v5_session_expiry_and_its_subscription_identifier_survive_a_restart() {
     use rumqttc::v5::mqttbytes::v5::Packet as P5;

@@ -85,7 +85,8 @@ fn segment_bytes(n: u64) -> Vec<u8> {
     record::encode_into(&mut v, LogSeq(1), &s, false, 1 << 20).unwrap();
     for m in 1..=n {
         record::encode_into(&mut v, LogSeq(2 * m), &message(m), true, 1 << 20).unwrap();
-        let q: Record = MessageQueued { client_id: "c".into(), msg_id: m }.into();
+        let q: Record =
+            MessageQueued { client_id: "c".into(), msg_id: m, group: String::new() }.into();
         record::encode_into(&mut v, LogSeq(2 * m + 1), &q, false, 1 << 20).unwrap();
     }
     v
@@ -124,7 +125,8 @@ fn replay(c: &mut Criterion) {
             )
             .unwrap();
             for m in 1..=REPLAY_MESSAGES {
-                let q: Record = MessageQueued { client_id: "c".into(), msg_id: m }.into();
+                let q: Record =
+                    MessageQueued { client_id: "c".into(), msg_id: m, group: String::new() }.into();
                 log.append_batch(&[message(m), q]).unwrap();
             }
             log.close().await.unwrap();

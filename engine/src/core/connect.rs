@@ -320,6 +320,12 @@ impl ShardCore {
             origin: Origin { shard: self.shard, session: slot.0 },
             received_at_ms: self.uptime_ms(now),
         };
+        let mark = self.mesh_out.len();
         self.publish_from_client(Arc::new(msg), now);
+        // Nobody waits for a will's copies, but a shard that refuses one (its log is full)
+        // answers the next `DurableReq` from here with the failure: ask now, so that answer
+        // is not taken for a later PUBLISH's (`persist_ack.rs`).
+        self.request_remote_durability(mark);
+        self.take_copy_refused();
     }
 }

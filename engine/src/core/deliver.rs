@@ -321,10 +321,14 @@ impl ShardCore {
     /// (PUBLISH with DUP = 1, or PUBREL once PUBREC was received) [MQTT-4.4.0-1], then the
     /// queue.
     pub(crate) fn resume_session(&mut self, conn: ConnId, slot: SessionSlot, now_ms: u64) {
-        let ShardCore { sessions, conns, stats, actions, .. } = self;
+        let ShardCore { sessions, conns, stats, actions, persist, .. } = self;
         let s = sessions.get_mut(slot);
         let c = conns.get_mut(conn).expect("resuming on a live connection");
         let version = c.version.unwrap_or(ProtocolVersion::V3_1_1);
+        // A PUBREL whose `PubrelPending` may not be durable yet is held like the first one
+        // (`handle_pubrec`), in order, behind the resent PUBLISHes.
+        let hold_pubrels = persist.is_some() && s.plog.is_some();
+        let mut held_pubrels = Vec::new();
         for i in &s.inflight {
             match i.state {
                 Awaiting::PubAck | Awaiting::PubRec => {
@@ -345,6 +349,7 @@ impl ShardCore {
                         stats.messages_sent += 1;
                     }
                 }
+                Awaiting::PubComp if hold_pubrels => held_pubrels.push(i.packet_id),
                 Awaiting::PubComp => {
                     let r = pub_resp(i.packet_id, ReasonCode::SUCCESS);
                     encode_onto(
@@ -356,6 +361,9 @@ impl ShardCore {
                     );
                 }
             }
+        }
+        for id in held_pubrels {
+            self.hold_pubrel(conn, slot, id);
         }
         self.pump_session(slot, now_ms);
     }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardmq_codec::QoS;
+use shardmq_codec::{ByteStr, QoS};
 
 use crate::core::mesh::Message;
 use crate::core::persist::Persist;
@@ -33,7 +33,8 @@ pub(crate) enum QEntry {
     /// QoS 0: never logged.
     NotLogged,
     /// Queued since the last batch; logged when the batch is cut.
-    Pending { msg: Arc<Message>, qos: QoS, retain: bool, shared: bool },
+    /// `group`: the shared subscription it was delivered for (`Queued::group`).
+    Pending { msg: Arc<Message>, qos: QoS, retain: bool, group: Option<ByteStr> },
     /// In the log as `msg_id` (the routed message at address `ptr`).
     Logged { msg_id: u64, ptr: usize },
 }
@@ -44,8 +45,7 @@ impl QEntry {
         if q.qos == QoS::AtMostOnce {
             return QEntry::NotLogged;
         }
-        let shared = q.group.is_none() && !q.retain;
-        QEntry::Pending { msg: q.msg.clone(), qos: q.qos, retain: q.retain, shared }
+        QEntry::Pending { msg: q.msg.clone(), qos: q.qos, retain: q.retain, group: q.group.clone() }
     }
 
     fn ptr(&self) -> Option<usize> {
@@ -175,10 +175,9 @@ pub(crate) fn diff_session(p: &mut Persist, s: &mut Session) {
             }
         }
         for e in log.queue.range_mut(first..) {
-            if let QEntry::Pending { msg, qos, retain, shared } = e {
+            if let QEntry::Pending { msg, qos, retain, group } = e {
                 let ptr = Arc::as_ptr(msg) as usize;
-                let msg_id = p.msg_ref(msg, *qos, *retain, *shared);
-                p.push(Record::MessageQueued(MessageQueued { client_id: c(), msg_id }));
+                let msg_id = queue_new(p, client_id, msg, *qos, *retain, group.as_deref());
                 *e = QEntry::Logged { msg_id, ptr };
             }
         }
@@ -246,26 +245,30 @@ fn new_inflight(
     if let Some(i) = popped.iter().position(|q| q.ptr() == Some(ptr)) {
         match popped.remove(i) {
             QEntry::Logged { msg_id, .. } => return msg_id,
-            QEntry::Pending { msg, qos, retain, shared } => {
-                return queue_new(p, client_id, &msg, qos, retain, shared)
+            QEntry::Pending { msg, qos, retain, group } => {
+                return queue_new(p, client_id, &msg, qos, retain, group.as_deref())
             }
             QEntry::NotLogged => {}
         }
     }
-    let shared = e.group.is_none() && !e.retain;
-    queue_new(p, client_id, &e.msg, e.qos, e.retain, shared)
+    queue_new(p, client_id, &e.msg, e.qos, e.retain, e.group.as_deref())
 }
 
+/// Logs a new queue entry of `msg` for the session, delivered for the shared subscription
+/// `group` if any. Ordinary, non-retained deliveries share one stored copy per message.
 fn queue_new(
     p: &mut Persist,
     client_id: &str,
     msg: &Arc<Message>,
     qos: QoS,
     retain: bool,
-    shared: bool,
+    group: Option<&str>,
 ) -> u64 {
+    let shared = group.is_none() && !retain;
     let msg_id = p.msg_ref(msg, qos, retain, shared);
-    p.push(Record::MessageQueued(MessageQueued { client_id: client_id.to_string(), msg_id }));
+    let group = group.unwrap_or_default().to_string();
+    let client_id = client_id.to_string();
+    p.push(Record::MessageQueued(MessageQueued { client_id, msg_id, group }));
     msg_id
 }
 

@@ -16,9 +16,9 @@
 //! [MQTT-3.3.2-5]. A session that was online at the crash expires its full interval after
 //! the restart (the log does not know when the crash happened).
 //!
-//! What the log does not keep: the shared group a queued message came from (it stays
-//! queued for the member that had it), wills, and the Subscription Identifiers of queued
-//! messages (rebuilt from the session's subscriptions).
+//! A queued message delivered for a shared subscription keeps its group, so it goes back to
+//! the group if the member leaves. What the log does not keep: wills, and the Subscription
+//! Identifiers of queued messages (rebuilt from the session's subscriptions).
 //!
 //! Shard-local.
 
@@ -181,7 +181,8 @@ fn restore_session(
                     msg_id: e.msg_id,
                     pubrel: false,
                 });
-                let sub_ids = sub_ids_for(&s, &msg);
+                let group = ss.groups.get(&e.msg_id).map(|g| ByteStr::from(g.as_str()));
+                let sub_ids = sub_ids_for(&s, &msg, group.as_deref());
                 s.inflight.push_back(Inflight {
                     packet_id,
                     msg,
@@ -189,12 +190,13 @@ fn restore_session(
                     retain,
                     sub_ids,
                     state,
-                    group: None,
+                    group,
                 });
             }
             None => {
-                let sub_ids = sub_ids_for(&s, &msg);
-                queued.push((Queued { msg, qos, retain, sub_ids, group: None }, e.msg_id, ptr));
+                let group = ss.groups.get(&e.msg_id).map(|g| ByteStr::from(g.as_str()));
+                let sub_ids = sub_ids_for(&s, &msg, group.as_deref());
+                queued.push((Queued { msg, qos, retain, sub_ids, group }, e.msg_id, ptr));
             }
         }
     }
@@ -232,11 +234,15 @@ fn restore_session(
 }
 
 /// The Subscription Identifiers a recovered message is sent with: those of the session's
-/// (recovered) subscriptions matching its topic [MQTT-3.3.4-3]. The log does not keep them
-/// per message; they are the same unless the session changed its subscriptions between
-/// the message's arrival and the crash.
-fn sub_ids_for(s: &Session, msg: &Message) -> Box<[u32]> {
-    let matching = s.subs.iter().filter(|(f, _)| !is_shared(f) && filter_matches(f, &msg.topic));
+/// (recovered) subscriptions matching its topic, or of the shared subscription `group` it
+/// was delivered for [MQTT-3.3.4-3]. The log does not keep them per message; they are the
+/// same unless the session changed its subscriptions between the message's arrival and the
+/// crash.
+fn sub_ids_for(s: &Session, msg: &Message, group: Option<&str>) -> Box<[u32]> {
+    let matching = s.subs.iter().filter(|(f, _)| match group {
+        Some(g) => &**f == g,
+        None => !is_shared(f) && filter_matches(f, &msg.topic),
+    });
     matching.filter_map(|(_, e)| e.id).collect()
 }
 

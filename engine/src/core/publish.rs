@@ -130,7 +130,8 @@ impl ShardCore {
             if self.take_copy_refused() {
                 // A local persistent session could not keep its copy (its queue is full):
                 // not acknowledged as kept, 0x97 (`persist_ack.rs`).
-                let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
+                let kind =
+                    if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
                 return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
             }
             self.ack_publish(conn, slot, p.qos, id, remote, now);
@@ -278,7 +279,8 @@ impl ShardCore {
             // QoS 1/2: the publisher gets 0x97 (`persist_ack.rs`); QoS 0: dropped, counted.
             self.stats.messages_dropped += 1;
             if m.qos == QoS::AtMostOnce {
-                tracing::warn!(shard = %self.shard, topic = %topic, "log full: retained QoS 0 message dropped");
+                let shard = self.shard;
+                tracing::warn!(%shard, %topic, "log full: retained QoS 0 message dropped");
             } else if let Some(p) = self.persist.as_deref_mut() {
                 p.copy_refused = true;
             }

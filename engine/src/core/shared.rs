@@ -40,8 +40,9 @@
 //! (`MeshMsg::DurableReq { chain: true }`): the owner answers only when its own log is
 //! durable and every member shard it forwarded QoS 1/2 messages to has answered a plain
 //! request sent behind those messages. So the publisher's PUBACK/PUBREC covers the second
-//! hop. Not covered: a message handed back (`SharedRequeue`) is in memory only until the
-//! next member's shard logs it, and a recovered queued message no longer knows its group.
+//! hop. A queued message's group is logged with it, so it goes back to the group after a
+//! restart too. Not covered: a message handed back (`SharedRequeue`) is in memory only until
+//! the next member's shard logs it, so a crash in between loses it.
 //!
 //! **Retained messages** are not sent on a shared subscription (5.0 §4.8.2, §3.8.4). No Local
 //! on a shared subscription is refused by the codec [MQTT-3.8.3-4].

@@ -8,11 +8,15 @@
 //! every batch appended before it started) and tells the core which tickets are durable
 //! ([`ShardCore::handle_log_durable`]), which releases the acknowledgements waiting for them.
 //!
-//! Disk use: past three quarters of the shard's cap the core refuses QoS 1/2 PUBLISHes
-//! (the rest is headroom for the records that shrink the log: acknowledgements, session
-//! ends). A batch refused at the cap itself is kept and retried, in order, once compaction
-//! freed space. An IO error stops the writer for good: what waits fails, and QoS 1/2
-//! PUBLISHes are refused until a restart.
+//! Disk use: past three quarters of the shard's cap the core refuses every new message
+//! record — QoS 1/2 PUBLISHes, copies for persistent sessions routed from other shards,
+//! retained messages (`core/persist_ack.rs`); the rest is headroom for the records that
+//! shrink the log: acknowledgements, releases, session ends, retained clears. Past the soft
+//! cap with nothing to compact, the active segment is sealed so that compaction can fold
+//! what was appended to it. A batch refused at the cap itself is kept and retried, in
+//! order, after compaction freed space. A record too large fails only its batch; any other
+//! IO error stops the writer for good: what waits fails, and QoS 1/2 PUBLISHes are refused
+//! until a restart.
 //!
 //! Shard-local: one [`LogIo`] per shard, in its [`ShardIo`].
 
@@ -29,8 +33,9 @@ use glommio::timer::Timer;
 use crate::config::Config;
 use crate::core::persist::LogBatch;
 use crate::core::shard::ShardCore;
+use crate::log::compact::Compaction;
 use crate::log::file::LogWriter;
-use crate::log::{LogConfig, LogSeq};
+use crate::log::{LogConfig, LogError, LogSeq};
 
 use super::shard::ShardIo;
 use super::signal::WakerSlot;
@@ -38,6 +43,10 @@ use super::signal::WakerSlot;
 /// How often the compaction task checks whether compaction is due (and retries batches
 /// refused at the cap).
 const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most checks between two early seals of the active segment while the log stays past its
+/// soft cap (each seal makes the next compaction read every sealed segment).
+const SEAL_BACKOFF_CHECKS_MAX: u32 = 8;
 
 /// The log of one shard, as the io layer drives it. Shard-local.
 #[derive(Debug)]
@@ -53,6 +62,9 @@ pub(crate) struct LogIo {
     /// The writer failed: nothing will be durable any more.
     dead: Cell<bool>,
     watcher: WakerSlot,
+    /// Checks between early seals (doubles while they free nothing), and checks left.
+    seal_backoff: Cell<u32>,
+    seal_wait: Cell<u32>,
 }
 
 impl LogIo {
@@ -64,6 +76,8 @@ impl LogIo {
             stalled: RefCell::new(VecDeque::new()),
             dead: Cell::new(false),
             watcher: WakerSlot::default(),
+            seal_backoff: Cell::new(0),
+            seal_wait: Cell::new(0),
         }
     }
 
@@ -104,6 +118,17 @@ impl LogIo {
                 tracing::warn!("{e}: refusing QoS 1/2 PUBLISH until compaction frees space");
                 core.set_log_full(true);
                 Err(batch)
+            }
+            Err(e @ LogError::RecordTooLarge { .. }) => {
+                // Nothing of the batch was appended and the log is intact: only this batch
+                // fails (what waits for it gets 0x97). The record limit covers the largest
+                // message (`PersistConfig::record_size_max_bytes`), so this is a bug.
+                tracing::error!(ticket = batch.ticket, "log append refused a batch: {e}");
+                core.handle_log_failed(batch.ticket);
+                // Reported in order, once what was appended before it is durable.
+                self.pending.borrow_mut().push_back((batch.ticket, writer.appended_seq()));
+                self.watcher.wake();
+                Ok(())
             }
             Err(e) => {
                 tracing::error!("log append failed: {e}; QoS 1/2 PUBLISH refused until restart");
@@ -227,15 +252,26 @@ pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
             return;
         }
         let Some(writer) = log.writer() else { return };
+        if !log.near_cap(&writer) {
+            log.seal_backoff.set(0);
+            log.seal_wait.set(0);
+        }
         if writer.compaction_due() {
-            if let Err(e) = writer.compact().await {
-                tracing::error!("log compaction failed (the old segments stay): {e}");
+            match writer.compact().await {
+                Ok(Compaction::Done(_)) => log.seal_backoff.set(0),
+                Ok(Compaction::Skipped(_)) => {}
+                Err(e) => tracing::error!("log compaction failed (the old segments stay): {e}"),
             }
-        } else if false && log.near_cap(&writer) {
+        } else if log.near_cap(&writer) && log.seal_wait.get() > 0 {
+            log.seal_wait.set(log.seal_wait.get() - 1);
+        } else if log.near_cap(&writer) {
             // Past the soft cap (or stalled at the cap) with nothing to compact: what was
             // appended since (acknowledgements, session ends) is in the active segment,
             // which compaction does not read. Seal it; the next check compacts.
             writer.seal_active();
+            let backoff = (log.seal_backoff.get() * 2).clamp(1, SEAL_BACKOFF_CHECKS_MAX);
+            log.seal_backoff.set(backoff);
+            log.seal_wait.set(backoff);
         }
         drop(writer);
         shard.with_core(|core, now| {
@@ -251,10 +287,12 @@ pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
 pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>, String> {
     let n = config.shards;
     let packet_max = config.limits.packet_size_max_bytes;
+    // A PUBLISH using a Topic Alias is stored with its resolved topic.
+    let topic_max = config.limits.topic_length_max_bytes;
     let mut persist = config.persist.clone();
     // Checked before anything is created.
     for i in 0..n {
-        persist.shard_log_config(i, n, packet_max)?;
+        persist.shard_log_config(i, n, packet_max, topic_max)?;
     }
     if let Some(dir) = &persist.data_dir {
         std::fs::create_dir_all(dir)
@@ -265,7 +303,7 @@ pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>
         check_shard_count(&abs, n)?;
         persist.data_dir = Some(abs);
     }
-    (0..n).map(|i| persist.shard_log_config(i, n, packet_max)).collect()
+    (0..n).map(|i| persist.shard_log_config(i, n, packet_max, topic_max)).collect()
 }
 
 /// The `shards` file of a data directory records the shard count that wrote it.

@@ -38,19 +38,51 @@ pub struct CompactionReport {
     pub segment: SegmentMeta,
 }
 
+/// Records folded between two chances for the shard's other tasks to run: a segment holds
+/// tens of thousands of small records, and the executor must not stall for all of them.
+const FOLD_YIELD_RECORDS: usize = 1024;
+
+/// Reads a whole sealed segment: direct IO, or buffered IO with `buffered` or where the file
+/// system refuses `O_DIRECT` (the writer's fallback, `SegmentFile::create`).
+async fn read_segment(
+    path: &std::path::Path,
+    len_bytes: usize,
+    buffered: bool,
+) -> Result<glommio::io::ReadResult, LogError> {
+    let err = |e: glommio::GlommioError<()>| LogError::io(path, &e.into());
+    if !buffered {
+        match glommio::io::DmaFile::open(path).await {
+            Ok(file) => {
+                let bytes = file.read_at(0, len_bytes).await.map_err(err)?;
+                file.close().await.map_err(err)?;
+                return Ok(bytes);
+            }
+            Err(e) => {
+                let e: std::io::Error = e.into();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(LogError::io(path, &e));
+                }
+            }
+        }
+    }
+    let file = glommio::io::BufferedFile::open(path).await.map_err(err)?;
+    let bytes = file.read_at(0, len_bytes).await.map_err(err)?;
+    file.close().await.map_err(err)?;
+    Ok(bytes)
+}
+
 /// Reads the sealed segments `segments` (in order) and folds them into a state.
 async fn fold(
     dir: &std::path::Path,
     segments: &[SegmentMeta],
     body_max_bytes: usize,
+    buffered: bool,
 ) -> Result<LogState, LogError> {
     let mut state = LogState::default();
+    let mut folded = 0usize;
     for seg in segments {
         let path = dir.join(segment_file_name(seg.base));
-        let err = |e: glommio::GlommioError<()>| LogError::io(&path, &e.into());
-        let file = glommio::io::DmaFile::open(&path).await.map_err(err)?;
-        let bytes = file.read_at(0, seg.len_bytes as usize).await.map_err(err)?;
-        file.close().await.map_err(err)?;
+        let bytes = read_segment(&path, seg.len_bytes as usize, buffered).await?;
         if bytes.len() as u64 != seg.len_bytes {
             return Err(LogError::Inconsistent {
                 path,
@@ -80,6 +112,10 @@ async fn fold(
                 offset: s.offset,
                 reason: e.to_string(),
             })?;
+            folded += 1;
+            if folded % FOLD_YIELD_RECORDS == 0 {
+                glommio::yield_if_needed().await;
+            }
         }
         glommio::yield_if_needed().await;
     }
@@ -175,7 +211,8 @@ impl LogWriter {
         body_max_bytes: usize,
     ) -> Result<Compaction, LogError> {
         let records_before = end_seq.0 - segments[0].base.0;
-        let state = fold(dir, segments, body_max_bytes).await?;
+        let buffered = self.inner.borrow().config.buffered_io;
+        let state = fold(dir, segments, body_max_bytes, buffered).await?;
         let live_records = state.snapshot_len();
         if live_records + 1 >= records_before {
             return Ok(Compaction::Skipped("nothing dead"));
@@ -186,7 +223,6 @@ impl LogWriter {
         let tmp = dir.join(format!("{}{COMPACT_SUFFIX}", name.trim_end_matches(".log")));
         let checkpoint = Record::Checkpoint(Checkpoint { end_seq: end_seq.0, live_records });
         let records = std::iter::once(checkpoint).chain(state.snapshot());
-        let buffered = self.inner.borrow().config.buffered_io;
         let (records_after, bytes_after) =
             write_segment(tmp.clone(), base, records, body_max_bytes, buffered).await?;
         debug_assert_eq!(records_after, live_records + 1);

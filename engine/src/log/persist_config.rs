@@ -12,6 +12,9 @@ pub const DATA_DIR_DEFAULT: &str = "shardmq-data";
 pub const DATA_MAX_MIB_DEFAULT: u64 = 4096;
 /// Default segment size, in MiB (lowered to a quarter of a shard's cap when that is smaller).
 pub const DATA_SEGMENT_MIB_DEFAULT: u64 = 64;
+/// What a record body holds beyond a message's packet and resolved topic: rkyv's fixed
+/// fields and the properties blob's own header.
+const RECORD_OVERHEAD_BYTES: u32 = 4096;
 
 /// Persistence settings of the whole broker.
 ///
@@ -55,10 +58,14 @@ impl PersistConfig {
         PersistConfig { data_dir: Some(dir.into()), ..PersistConfig::default() }
     }
 
-    /// The largest record body a message of `packet_size_max_bytes` needs: the message's
-    /// topic, payload and properties all fit in the packet, plus rkyv's fixed fields.
-    pub fn record_size_max_bytes(packet_size_max_bytes: u32) -> u32 {
-        packet_size_max_bytes.saturating_add(4096)
+    /// The largest record body a message of `packet_size_max_bytes` needs: its payload and
+    /// properties fit in the packet, but its topic may not — a PUBLISH using a Topic Alias
+    /// carries an empty topic and is stored with the resolved one, up to
+    /// `topic_length_max_bytes` — plus rkyv's fixed fields.
+    pub fn record_size_max_bytes(packet_size_max_bytes: u32, topic_length_max_bytes: u16) -> u32 {
+        packet_size_max_bytes
+            .saturating_add(u32::from(topic_length_max_bytes))
+            .saturating_add(RECORD_OVERHEAD_BYTES)
     }
 
     /// The log configuration of `shard` of `shards`, or why the settings do not fit together
@@ -68,9 +75,11 @@ impl PersistConfig {
         shard: u16,
         shards: u16,
         packet_size_max_bytes: u32,
+        topic_length_max_bytes: u16,
     ) -> Result<Option<LogConfig>, String> {
         let Some(dir) = &self.data_dir else { return Ok(None) };
-        let record_size_max_bytes = Self::record_size_max_bytes(packet_size_max_bytes);
+        let record_size_max_bytes =
+            Self::record_size_max_bytes(packet_size_max_bytes, topic_length_max_bytes);
         let frame_max_bytes =
             record::align_frame(record::HEADER_BYTES + record_size_max_bytes as usize) as u64;
         let cap_bytes = self.data_max_bytes / u64::from(shards.max(1));
@@ -102,17 +111,37 @@ mod tests {
     #[test]
     fn the_cap_is_split_between_shards_and_segments_follow_it() {
         let p = PersistConfig { data_max_bytes: 64 << 20, ..PersistConfig::in_dir("/d") };
-        let c = p.shard_log_config(1, 2, 64 * 1024).unwrap().unwrap();
+        let c = p.shard_log_config(1, 2, 64 * 1024, 1024).unwrap().unwrap();
         assert_eq!(c.disk_cap_bytes, 32 << 20);
         assert_eq!(c.segment_size_bytes, 8 << 20, "a quarter of the shard's cap");
         assert_eq!(c.shard_dir(), PathBuf::from("/d/shard-1"));
-        assert!(PersistConfig::in_memory().shard_log_config(0, 1, 1024).unwrap().is_none());
+        assert!(PersistConfig::in_memory().shard_log_config(0, 1, 1024, 64).unwrap().is_none());
+    }
+
+    /// A PUBLISH using a Topic Alias may fill the packet with payload and is stored under the
+    /// resolved topic: the record must still fit (or its batch fails).
+    #[test]
+    fn a_record_holds_a_full_packet_stored_under_the_longest_topic() {
+        let (packet_max, topic_max) = (16 * 1024u32, 8000u16);
+        let body_max = PersistConfig::record_size_max_bytes(packet_max, topic_max) as usize;
+        let stored = crate::log::record::MessageStored {
+            msg_id: u64::MAX,
+            topic: "t".repeat(usize::from(topic_max)),
+            payload: vec![0; packet_max as usize],
+            qos: 2,
+            retain: true,
+            properties: Vec::new(),
+            received_at_ms: u64::MAX,
+        };
+        let mut buf = Vec::new();
+        let r = crate::log::Record::MessageStored(stored);
+        record::encode_into(&mut buf, crate::log::LogSeq(1), &r, false, body_max).unwrap();
     }
 
     #[test]
     fn a_cap_too_small_for_the_largest_packet_is_refused() {
         let p = PersistConfig { data_max_bytes: 2 << 20, ..PersistConfig::in_dir("/d") };
-        let e = p.shard_log_config(0, 2, 1 << 20).unwrap_err();
+        let e = p.shard_log_config(0, 2, 1 << 20, 1024).unwrap_err();
         assert!(e.contains("--data-max-mib 2") && e.contains("--max-packet-size"), "{e}");
     }
 }

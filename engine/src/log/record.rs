@@ -142,8 +142,9 @@ records! {
         properties: Vec<u8>,
         received_at_ms: u64,
     }
-    /// Delivery of a stored message is pending for a session (takes a reference).
-    6 => MessageQueued { client_id: String, msg_id: u64 }
+    /// Delivery of a stored message is pending for a session (takes a reference). `group`
+    /// is the shared subscription (`$share/...`) it was delivered for; empty: none.
+    6 => MessageQueued { client_id: String, msg_id: u64, group: String }
     /// A queued message was sent to the session with `packet_id` (now in flight, unacked).
     7 => Delivered { client_id: String, msg_id: u64, packet_id: u16 }
     /// The session no longer needs the message (PUBACK, PUBREC, or dropped): drops a reference.

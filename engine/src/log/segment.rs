@@ -266,7 +266,8 @@ impl Appender {
         self.sealed.push_back(self.active);
         self.active = SegmentMeta { base: self.next_seq, len_bytes: 0 };
         let last_seq = LogSeq(self.next_seq.0 - 1);
-        let chunk = Chunk { segment: self.active.base, offset_bytes: 0, bytes: Vec::new(), last_seq };
+        let chunk =
+            Chunk { segment: self.active.base, offset_bytes: 0, bytes: Vec::new(), last_seq };
         self.pending.push_back(chunk);
     }
 
@@ -320,6 +321,30 @@ mod tests {
         for bad in ["42.log", "0000000000000000004x.log", "00000000000000000042.log.compact"] {
             assert_eq!(parse_segment_file_name(bad), None, "{bad}");
         }
+    }
+
+    /// An early seal ends the active segment at once (an empty chunk of the next segment
+    /// tells the io layer to roll); an empty active segment is not sealed.
+    #[test]
+    fn seal_active_starts_a_new_segment() {
+        let mut a = Appender::new(&config(1 << 20, 1 << 30), vec![], LogSeq(1));
+        a.seal_active();
+        assert_eq!(a.sealed().len(), 0, "nothing to seal");
+        a.append(&[rec(1), rec(2)]).unwrap();
+        a.seal_active();
+        assert_eq!(
+            a.sealed().copied().collect::<Vec<_>>(),
+            [SegmentMeta { base: LogSeq(1), len_bytes: 2 * frame_len() }]
+        );
+        assert_eq!(a.active(), SegmentMeta { base: LogSeq(3), len_bytes: 0 });
+        let _ = a.take_chunk().unwrap();
+        let roll = a.take_chunk().unwrap();
+        assert_eq!((roll.segment, roll.offset_bytes, roll.last_seq), (LogSeq(3), 0, LogSeq(2)));
+        assert!(roll.bytes.is_empty());
+        a.append(&[rec(3)]).unwrap();
+        let c = a.take_chunk().unwrap();
+        assert_eq!((c.segment, c.offset_bytes, c.last_seq), (LogSeq(3), 0, LogSeq(3)));
+        assert_eq!(a.disk_bytes(), 3 * frame_len());
     }
 
     #[test]

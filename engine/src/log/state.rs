@@ -61,6 +61,8 @@ pub struct SessionState {
     pub qos2_inbound: BTreeSet<u16>,
     /// Outbound QoS 2 packet ids with PUBREL sent, waiting for PUBCOMP.
     pub pubrel_pending: BTreeSet<u16>,
+    /// Queued messages delivered for a shared subscription: msg id → `$share/...` group.
+    pub groups: BTreeMap<u64, String>,
     /// Queue in order: position → entry.
     queue: BTreeMap<u64, QueueEntry>,
     /// msg_id → position in `queue`.
@@ -83,6 +85,7 @@ impl PartialEq for SessionState {
             && self.subscriptions == other.subscriptions
             && self.qos2_inbound == other.qos2_inbound
             && self.pubrel_pending == other.pubrel_pending
+            && self.groups == other.groups
             && self.queue.values().eq(other.queue.values())
     }
 }
@@ -193,7 +196,7 @@ impl LogState {
                 let stored = StoredMessage { message: m.clone(), refs: 0, retained: false };
                 self.messages.insert(m.msg_id, stored);
             }
-            Record::MessageQueued(MessageQueued { client_id, msg_id }) => {
+            Record::MessageQueued(MessageQueued { client_id, msg_id, group }) => {
                 let Some(msg) = self.messages.get_mut(msg_id) else {
                     return Err(fail(kind, format!("unknown msg id {msg_id}")));
                 };
@@ -211,6 +214,9 @@ impl LogState {
                 s.next_position += 1;
                 s.queue.insert(pos, QueueEntry { msg_id: *msg_id, packet_id: None });
                 s.queue_index.insert(*msg_id, pos);
+                if !group.is_empty() {
+                    s.groups.insert(*msg_id, group.clone());
+                }
             }
             Record::Delivered(Delivered { client_id, msg_id, packet_id }) => {
                 let s = self.session(kind, client_id)?;
@@ -231,6 +237,7 @@ impl LogState {
                     ));
                 };
                 s.queue.remove(&pos).expect("index and queue agree");
+                s.groups.remove(msg_id);
                 self.release(*msg_id);
             }
             Record::Qos2Received(Qos2Received { client_id, packet_id }) => {
@@ -388,7 +395,9 @@ fn session_records<'a>(
         })
     });
     let queue = s.queue.values().flat_map(move |e| {
-        let queued = Record::MessageQueued(MessageQueued { client_id: c(), msg_id: e.msg_id });
+        let group = s.groups.get(&e.msg_id).cloned().unwrap_or_default();
+        let queued =
+            Record::MessageQueued(MessageQueued { client_id: c(), msg_id: e.msg_id, group });
         let delivered = e.packet_id.map(|packet_id| {
             Record::Delivered(Delivered { client_id: c(), msg_id: e.msg_id, packet_id })
         });

@@ -33,8 +33,8 @@ fn a_message_lives_while_queued_or_retained() {
             SessionCreated { client_id: c(), expiry_secs: 60, clean: true }.into(),
             SessionCreated { client_id: "c2".into(), expiry_secs: 60, clean: true }.into(),
             stored(1, "t"),
-            MessageQueued { client_id: c(), msg_id: 1 }.into(),
-            MessageQueued { client_id: "c2".into(), msg_id: 1 }.into(),
+            MessageQueued { client_id: c(), msg_id: 1, group: String::new() }.into(),
+            MessageQueued { client_id: "c2".into(), msg_id: 1, group: String::new() }.into(),
             RetainedSet { topic: "t".into(), msg_id: 1 }.into(),
             Delivered { client_id: c(), msg_id: 1, packet_id: 7 }.into(),
         ],
@@ -59,7 +59,7 @@ fn a_clean_start_drops_the_old_session() {
             SubscriptionAdded { client_id: c(), filter: "a/#".into(), options: 1, sub_id: 0 }
                 .into(),
             stored(1, "a/b"),
-            MessageQueued { client_id: c(), msg_id: 1 }.into(),
+            MessageQueued { client_id: c(), msg_id: 1, group: String::new() }.into(),
             Qos2Received { client_id: c(), packet_id: 3 }.into(),
             // Resume keeps everything, updates expiry.
             SessionCreated { client_id: c(), expiry_secs: 90, clean: false }.into(),
@@ -97,8 +97,8 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
     );
     let before = s.clone();
     let bad: Vec<Record> = vec![
-        MessageQueued { client_id: c(), msg_id: 9 }.into(),
-        MessageQueued { client_id: "nobody".into(), msg_id: 1 }.into(),
+        MessageQueued { client_id: c(), msg_id: 9, group: String::new() }.into(),
+        MessageQueued { client_id: "nobody".into(), msg_id: 1, group: String::new() }.into(),
         Delivered { client_id: c(), msg_id: 1, packet_id: 1 }.into(),
         Acknowledged { client_id: c(), msg_id: 1 }.into(),
         SessionEnded { client_id: "nobody".into() }.into(),
@@ -114,8 +114,11 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
         assert_eq!(e.kind, r.kind_name());
         assert_eq!(s, before, "{r:?} changed the state");
     }
-    apply_all(&mut s, &[MessageQueued { client_id: c(), msg_id: 1 }.into()]);
-    assert!(s.apply(&MessageQueued { client_id: c(), msg_id: 1 }.into()).is_err(), "queued twice");
+    apply_all(&mut s, &[MessageQueued { client_id: c(), msg_id: 1, group: String::new() }.into()]);
+    assert!(
+        s.apply(&MessageQueued { client_id: c(), msg_id: 1, group: String::new() }.into()).is_err(),
+        "queued twice"
+    );
 }
 
 #[test]

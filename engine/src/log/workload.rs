@@ -214,7 +214,8 @@ impl Workload {
             if let Some(c) = self.existing_client() {
                 if !chosen.contains(&c) {
                     chosen.push(c.clone());
-                    batch.push(MessageQueued { client_id: c, msg_id }.into());
+                    let group = if self.rng.chance(20) { "$share/g/t/#" } else { "" };
+                    batch.push(MessageQueued { client_id: c, msg_id, group: group.into() }.into());
                 }
             }
         }

@@ -14,8 +14,7 @@ fn persistent() -> ConnectOpts {
 
 /// A 5.0 session kept for a minute after its connection ends.
 fn expiring() -> ConnectOpts {
-    let properties =
-        Properties { session_expiry_interval_secs: Some(60), ..Properties::default() };
+    let properties = Properties { session_expiry_interval_secs: Some(60), ..Properties::default() };
     ConnectOpts { clean_start: false, properties, ..ConnectOpts::default() }
 }
 
@@ -230,9 +229,95 @@ fn a_full_persistent_queue_fails_the_publish_back_to_the_publisher() {
                 sim.run();
             }
             let reasons = puback_reasons(&sim.clients[p].take_packets());
-            let expected =
-                [ReasonCode::SUCCESS, ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED];
+            let expected = [ReasonCode::SUCCESS, ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED];
             assert_eq!(reasons, expected, "n {n} seed {seed} sub on {sub_shard}");
         }
+    }
+}
+
+/// A refusal (0x97) logs nothing, so it waits for no batch — a batch may be stalled at the
+/// cap — only behind earlier answers on its own connection, which keep their order
+/// [MQTT-4.6.0-2].
+#[test]
+fn a_refusal_waits_only_behind_its_own_connections_answers() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let p1 = sim.client(&sim.id_on("p1", 0), V5);
+        let p2 = sim.client(&sim.id_on("p2", 0), V5);
+        sim.connect(p1);
+        sim.connect(p2);
+        sim.hold_durability(0);
+        sim.publish(p1, "x/1", "waits", Q1, false);
+        sim.run();
+        sim.shards[0].set_log_full(true);
+        sim.publish(p2, "x/2", "refused", Q1, false);
+        sim.publish(p1, "x/3", "refused-behind", Q1, false);
+        sim.run();
+        assert_eq!(puback_reasons(&sim.clients[p2].take_packets()), [ReasonCode::QUOTA_EXCEEDED]);
+        assert!(puback_reasons(&sim.clients[p1].take_packets()).is_empty(), "n {n} seed {seed}");
+        sim.release_durability(0);
+        let expected = [ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED];
+        assert_eq!(puback_reasons(&sim.clients[p1].take_packets()), expected);
+    }
+}
+
+/// The same for a PUBREL resent when the subscriber reconnects before `PubrelPending` is
+/// durable: it waits too.
+#[test]
+fn a_pubrel_resent_on_resume_waits_until_durable() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let home = usize::from(n) - 1;
+        let s = sim.client(&sim.id_on("sub", home), V3);
+        sim.connect_with(s, persistent());
+        sim.subscribe(s, &[("q2/#", Q2)]);
+        sim.clients[s].auto_ack = false;
+        let p = sim.client(&sim.id_on("pub", 0), V5);
+        sim.connect(p);
+        sim.publish(p, "q2/1", "once", Q2, false);
+        sim.run();
+        let packet_id = sim.clients[s].take_messages()[0].packet_id.expect("QoS 2 has an id");
+
+        sim.hold_durability(home);
+        let rec = PubResp { packet_id, reason: ReasonCode::SUCCESS, properties: None };
+        sim.send(s, &Packet::PubRec(rec));
+        sim.run();
+        sim.drop_conn(s);
+        assert!(sim.connect_with(s, persistent()).session_present);
+        sim.run();
+        assert!(!has_pubrel(&sim.clients[s].take_packets()), "PubrelPending is not durable");
+        sim.release_durability(home);
+        assert!(has_pubrel(&sim.clients[s].take_packets()), "n {n} seed {seed}");
+    }
+}
+
+/// A will's copy refused by a full shard is not mistaken for the refusal of the next
+/// PUBLISH routed there (nobody waits for a will, but its refusal is answered anyway).
+#[test]
+fn a_refused_will_copy_does_not_fail_a_later_publish() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let full = usize::from(n) - 1;
+        let s = sim.client(&sim.id_on("sub", full), V3);
+        sim.connect_with(s, persistent());
+        sim.subscribe(s, &[("w/#", Q1)]);
+        sim.drop_conn(s);
+        let dying = sim.client(&sim.id_on("dying", 0), V3);
+        let opts = ConnectOpts { will: Some(will("w/will", "gone", false, None)), ..persistent() };
+        sim.connect_with(dying, opts);
+        let p = sim.client(&sim.id_on("pub", 0), V5);
+        sim.connect(p);
+
+        sim.shards[full].set_log_full(true);
+        sim.drop_conn(dying);
+        sim.run();
+        sim.shards[full].set_log_full(false);
+        sim.publish(p, "w/1", "kept", Q1, false);
+        sim.run();
+        let reasons = puback_reasons(&sim.clients[p].take_packets());
+        assert_eq!(reasons, [ReasonCode::SUCCESS], "n {n} seed {seed}");
     }
 }

@@ -108,3 +108,38 @@ fn acknowledged_messages_reach_every_group_across_slow_logs_and_crashes() {
         }
     }
 }
+
+/// A queued message remembers its shared group across a crash: when the member's session
+/// then expires, the message goes to another member (5.0 §4.8.2) instead of being dropped.
+#[test]
+fn a_recovered_queued_message_goes_back_to_its_group() {
+    for (n, seed) in configs() {
+        let mut sim = Sim::new(n, seed);
+        sim.enable_persistence();
+        let g = group_owned_by("q", 0, n);
+        // Member a: 5.0, expires 10 s after going offline; member b: persistent 3.1.1.
+        let a = sim.client(&sim.id_on("a", usize::from(n) - 1), V5);
+        let properties = shardmq_codec::Properties {
+            session_expiry_interval_secs: Some(10),
+            ..Default::default()
+        };
+        sim.connect_with(a, ConnectOpts { clean_start: false, properties, ..Default::default() });
+        sim.subscribe(a, &[(g.as_str(), Q1)]);
+        let b = sim.client(&sim.id_on("b", 1), V3);
+        sim.connect_with(b, persistent());
+        sim.subscribe(b, &[(g.as_str(), Q1)]);
+        sim.drop_conn(a);
+        let p = sim.client(&sim.id_on("p", 0), V3);
+        sim.connect(p);
+        // Round-robin in join order: the first to a (queued, offline), the second to b.
+        sim.publish(p, "r/1", "one", Q1, false);
+        sim.publish(p, "r/2", "two", Q1, false);
+        sim.run();
+        assert_eq!(sim.clients[b].take_payloads(), ["two"]);
+
+        sim.crash_and_recover();
+        assert!(sim.connect_with(b, persistent()).session_present);
+        sim.advance(std::time::Duration::from_secs(11));
+        assert_eq!(sim.clients[b].take_payloads(), ["one"], "n {n} seed {seed}");
+    }
+}

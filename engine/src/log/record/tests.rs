@@ -25,7 +25,7 @@ pub(crate) fn samples() -> Vec<Record> {
             received_at_ms: 1_700_000_000_000,
         }
         .into(),
-        MessageQueued { client_id: c(), msg_id: 9 }.into(),
+        MessageQueued { client_id: c(), msg_id: 9, group: "$share/g/a/#".into() }.into(),
         Delivered { client_id: c(), msg_id: 9, packet_id: 65535 }.into(),
         Acknowledged { client_id: c(), msg_id: 9 }.into(),
         Qos2Received { client_id: c(), packet_id: 1 }.into(),
