@@ -5,7 +5,9 @@
 use shardmq_codec::{Packet, PubResp, ReasonCode};
 
 use super::*;
+use crate::core::ids::ShardId;
 use crate::core::limits::Limits;
+use crate::core::shard::ShardCore;
 use crate::core::sim::{ConnectOpts, Sim};
 
 fn persistent() -> ConnectOpts {
@@ -319,5 +321,38 @@ fn a_refused_will_copy_does_not_fail_a_later_publish() {
         sim.run();
         let reasons = puback_reasons(&sim.clients[p].take_packets());
         assert_eq!(reasons, [ReasonCode::SUCCESS], "n {n} seed {seed}");
+    }
+}
+
+/// A shared subscription's member on a full shard (the second hop, owner → member) refuses
+/// its copy too: the owner's chained answer fails and the publisher gets 0x97.
+#[test]
+fn a_shared_member_on_a_full_shard_fails_the_publish() {
+    for n in [3u16, 4] {
+        for seed in 0..4u64 {
+            let mut sim = Sim::new(n, seed);
+            sim.enable_persistence();
+            let member_shard = usize::from(n) - 1;
+            let group = (0..)
+                .map(|i| format!("$share/g{i}/s/#"))
+                .find(|g| ShardCore::home_shard(g.as_bytes(), n) == ShardId(1))
+                .expect("a group owned by shard 1");
+            let m = sim.client(&sim.id_on("member", member_shard), V3);
+            sim.connect_with(m, persistent());
+            sim.subscribe(m, &[(group.as_str(), Q1)]);
+            sim.drop_conn(m);
+            let p = sim.client(&sim.id_on("pub", 0), V5);
+            sim.connect(p);
+
+            sim.shards[member_shard].set_log_full(true);
+            sim.publish(p, "s/1", "refused", Q1, false);
+            sim.run();
+            let reasons = puback_reasons(&sim.clients[p].take_packets());
+            assert_eq!(reasons, [ReasonCode::QUOTA_EXCEEDED], "n {n} seed {seed}");
+            sim.shards[member_shard].set_log_full(false);
+            sim.publish(p, "s/2", "kept", Q1, false);
+            sim.run();
+            assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::SUCCESS]);
+        }
     }
 }
