@@ -25,7 +25,9 @@ pub const TAIL_KEEP_BYTES_MAX: usize = 16 * 1024;
 /// Shard-local: owned by the connection's entry in its shard's core.
 #[derive(Debug, Default)]
 pub struct TxQueue {
-    /// Allocated on first use (most connections only ever see small frames).
+    /// Allocated on first use (most connections only ever see small frames): 8 bytes per
+    /// connection instead of an empty `VecDeque`'s 32.
+    #[allow(clippy::box_collection)]
     chunks: Option<Box<VecDeque<Bytes>>>,
     tail: BytesMut,
     len_bytes: usize,

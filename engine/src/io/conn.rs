@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use shardmq_codec::{decode, DecodeError, Packet, ProtocolVersion};
+use shardmq_codec::{decode, encode, ConnAck, DecodeError, Packet, ProtocolVersion, ReasonCode};
 
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, ShardCore};
@@ -89,7 +89,10 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         }
     }
 
-    let Some(conn) = shard.with_core(|core, now| core.open_connection(now)) else { return };
+    let Some(conn) = shard.with_core(|core, now| core.open_connection(now)) else {
+        refuse_busy(stream, &first.packet).await;
+        return;
+    };
     let slot = shard.register(conn, stream.as_raw_fd());
     shard.with_core(|core, now| match first.packet {
         Ok(p) => core.handle_packet(conn, p, now),
@@ -97,6 +100,27 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
     });
     let driver = Driver { shard, conn, slot, stream, buf: first.rest, close_timer: None };
     glommio::spawn_local(driver).detach();
+}
+
+/// The shard already holds `connections_per_shard_max` connections: a CONNECT is answered
+/// with CONNACK 0x89 Server busy (3.1/3.1.1: return code 3, Server unavailable) and the
+/// socket closed (5.0 §3.2.2.2, [MQTT-3.2.2-7]); anything else is just closed.
+async fn refuse_busy(mut stream: TcpStream, first: &Result<Packet, DecodeError>) {
+    let Ok(Packet::Connect(c)) = first else { return };
+    let ack = ConnAck { session_present: false, reason: ReasonCode::SERVER_BUSY, properties: None };
+    let mut out = BytesMut::new();
+    if encode(&Packet::ConnAck(ack), c.protocol, &mut out).is_err() {
+        return;
+    }
+    let write = async {
+        let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &out).await;
+        let _ = futures_lite::AsyncWriteExt::flush(&mut stream).await;
+    };
+    let _ = glommio::timer::timeout(CLOSE_WRITE_TIMEOUT, async {
+        write.await;
+        Ok(())
+    })
+    .await;
 }
 
 /// Reads until the first packet decodes, the socket closes, or the connect timeout passes

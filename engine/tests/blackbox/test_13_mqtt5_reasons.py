@@ -9,6 +9,7 @@ sockets where it cannot (unknown packet identifiers, alias 0, a silent connectio
 from __future__ import annotations
 
 import re
+import time
 import signal
 import tempfile
 from pathlib import Path
@@ -27,6 +28,9 @@ shardmq_only = pytest.mark.skipif(is_mosquitto(), reason="a shardmq limit Mosqui
 _LIMITS = Path(tempfile.mkdtemp(prefix="shardmq-limits-")) / "limits.toml"
 _LIMITS.write_text("[limits]\nsessions_per_shard_max = 1\nsubscriptions_per_session_max = 2\n")
 small_limits = pytest.mark.broker_args("--config", str(_LIMITS))
+_ONE_CONN = _LIMITS.with_name("one-connection.toml")
+_ONE_CONN.write_text("[limits]\nconnections_per_shard_max = 1\n")
+one_connection_per_shard = pytest.mark.broker_args("--config", str(_ONE_CONN))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +182,27 @@ def test_connack_quota_exceeded(paho):
     assert paho(5, client_id=id_on_shard("second-", 0), connect=False).connect_rc() == 0x97
     paho(5, client_id=id_on_shard("other-", 1))
     paho(5, client_id=first)
+
+
+@shardmq_only
+@one_connection_per_shard
+@pytest.mark.parametrize("version", [4, 5])
+def test_connack_server_busy_at_the_connection_limit(paho, version):
+    """5.0 §3.2.2.2: CONNACK 0x89 Server busy (3.1.1: return code 3, Server unavailable) — a
+    CONNECT to a shard already holding connections_per_shard_max (1 here) connections; the
+    connection is then closed [MQTT-3.2.2-7]. The other shard still has room, and the first
+    shard takes connections again once its client leaves."""
+    first = paho(version, client_id=id_on_shard("busy-first-", 0))
+    busy = paho(version, client_id=id_on_shard("busy-second-", 0), connect=False).connect_rc()
+    # paho 2.x reports 3.1.1's return code 3 as 0x88 Server unavailable.
+    assert busy == (0x89 if version == 5 else 0x88), busy
+    paho(version, client_id=id_on_shard("busy-other-", 1))
+    first.stop()
+    # The closed connection's slot is freed by the shard's next sweep: retry until it is.
+    deadline = time.monotonic() + WAIT
+    while paho(version, client_id=id_on_shard("busy-third-", 0), connect=False).connect_rc():
+        assert time.monotonic() < deadline, "shard 0 never took a connection again"
+        time.sleep(0.2)
 
 
 def test_disconnect_topic_filter_invalid(raw, topic):

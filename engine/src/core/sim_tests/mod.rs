@@ -39,8 +39,8 @@ pub(super) fn will(topic: &str, payload: &str, retain: bool, delay_secs: Option<
 mod mqtt5;
 mod mqtt5_flow;
 mod persist;
-mod persist_shared;
 mod persist_acks;
+mod persist_shared;
 mod protocol;
 mod pubsub;
 mod sessions;
