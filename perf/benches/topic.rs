@@ -86,7 +86,7 @@ fn route_index_benches(c: &mut Criterion) {
 
 fn retained_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("retained");
-    let mut store = RetainedStore::new(ENTRY_COUNT as usize);
+    let mut store = RetainedStore::new(ENTRY_COUNT as usize, usize::MAX, |_, _| 0);
     for i in 0..ENTRY_COUNT {
         let topic = format!("site/{}/dev/{i}/temp", i % 100);
         store.set(&topic, i).expect("the store holds ENTRY_COUNT topics");

@@ -29,6 +29,9 @@ pub struct Limits {
     pub connection_tx_bytes_max: u64,
     /// Retained messages in the whole broker (each shard holds a replica).
     pub retained_messages_max: u32,
+    /// Bytes of retained messages (topic + payload) in the whole broker (each shard holds a
+    /// replica, so this is also what one shard's memory holds).
+    pub retained_bytes_max: u64,
     /// Largest keep alive a client may ask for; larger values are answered with Server Keep
     /// Alive (5.0) or capped (3.1.1).
     pub keep_alive_max_secs: u16,
@@ -64,6 +67,7 @@ impl Default for Limits {
             session_queue_bytes_max: 16 * 1024 * 1024,
             connection_tx_bytes_max: 4 * 1024 * 1024,
             retained_messages_max: 1_000_000,
+            retained_bytes_max: 512 * 1024 * 1024,
             keep_alive_max_secs: 3600,
             connect_timeout_secs: 10,
             session_expiry_max_secs: 7 * 24 * 3600,
@@ -80,7 +84,7 @@ impl Limits {
     /// Checks every limit is non-zero and that related limits agree. Returns a message
     /// naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        let nonzero: [(&str, u64); 19] = [
+        let nonzero: [(&str, u64); 20] = [
             ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
             ("connections_per_shard_max", self.connections_per_shard_max.into()),
             ("topic_levels_max", self.topic_levels_max.into()),
@@ -92,6 +96,7 @@ impl Limits {
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("connection_tx_bytes_max", self.connection_tx_bytes_max),
             ("retained_messages_max", self.retained_messages_max.into()),
+            ("retained_bytes_max", self.retained_bytes_max),
             ("keep_alive_max_secs", self.keep_alive_max_secs.into()),
             ("connect_timeout_secs", self.connect_timeout_secs.into()),
             ("session_expiry_max_secs", self.session_expiry_max_secs.into()),
@@ -115,6 +120,9 @@ impl Limits {
         }
         if u64::from(self.packet_size_max_bytes) > self.connection_tx_bytes_max {
             return Err("limit connection_tx_bytes_max must be >= packet_size_max_bytes".into());
+        }
+        if u64::from(self.packet_size_max_bytes) > self.retained_bytes_max {
+            return Err("limit retained_bytes_max must be >= packet_size_max_bytes".into());
         }
         if u32::from(self.topic_length_max_bytes) >= self.packet_size_max_bytes {
             return Err("limit topic_length_max_bytes must be < packet_size_max_bytes".into());

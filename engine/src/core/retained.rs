@@ -1,8 +1,8 @@
 //! `RetainedStore`: topic name → retained value, looked up by topic filter.
 //!
 //! A trie over topic levels, so a wildcard SUBSCRIBE visits only the branches its filter can
-//! match instead of scanning every retained topic. The number of topics is limited; the
-//! bytes they hold are the caller's to account for (it knows what `V` weighs).
+//! match instead of scanning every retained topic. Both the number of topics and the bytes
+//! they hold are limited (the store is given a function that weighs a value).
 //!
 //! Topic names are assumed valid (no wildcards; the codec checks them). Every operation
 //! recurses once per topic level, so the stack depth is bounded by `Limits::topic_levels_max`,
@@ -15,7 +15,7 @@ use crate::core::topic::{
 };
 use crate::core::trie::shrink_map;
 
-/// Retained values by topic name, with a limit on the number of topics.
+/// Retained values by topic name, with limits on the number of topics and on their bytes.
 ///
 /// Shard-local: one replica per shard, kept in step by the topic owner's replication
 /// messages.
@@ -24,6 +24,10 @@ pub struct RetainedStore<V> {
     root: Node<V>,
     len: usize,
     count_max: usize,
+    /// The weight of every retained value (topic included), and its limit.
+    bytes: usize,
+    bytes_max: usize,
+    weigh: fn(&str, &V) -> usize,
 }
 
 /// One topic level. Owned by its parent node.
@@ -34,19 +38,32 @@ struct Node<V> {
     value: Option<(Box<str>, V)>,
 }
 
-/// [`RetainedStore::set`] refused a new topic: the store already holds `count_max` topics.
+/// [`RetainedStore::set`] refused a value: the store would exceed one of its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("retained store full: {count_max} topics")]
-pub struct RetainedFull {
-    /// The limit that was reached.
-    pub count_max: usize,
+pub enum RetainedFull {
+    /// The store already holds this many topics.
+    #[error("retained store full: {0} topics")]
+    Topics(usize),
+    /// The value would take the store past this many bytes.
+    #[error("retained store full: {0} bytes")]
+    Bytes(usize),
 }
 
 impl<V> RetainedStore<V> {
-    /// An empty store that holds at most `count_max` topics (at least one).
-    pub fn new(count_max: usize) -> RetainedStore<V> {
+    /// An empty store that holds at most `count_max` topics (at least one) weighing at most
+    /// `bytes_max` together, as `weigh(topic, value)` counts them.
+    pub fn new(
+        count_max: usize,
+        bytes_max: usize,
+        weigh: fn(&str, &V) -> usize,
+    ) -> RetainedStore<V> {
         assert!(count_max > 0, "a retained store holds at least one topic");
-        RetainedStore { root: Node::new(), len: 0, count_max }
+        RetainedStore { root: Node::new(), len: 0, count_max, bytes: 0, bytes_max, weigh }
+    }
+
+    /// The weight of every retained value.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Number of topics with a retained value.
@@ -64,30 +81,39 @@ impl<V> RetainedStore<V> {
         self.count_max
     }
 
-    /// Retains `value` on `topic`, returning the value it replaces. Replacing is always
-    /// allowed; a new topic is refused once the store holds `count_max` topics.
+    /// Retains `value` on `topic`, returning the value it replaces. A new topic is refused
+    /// once the store holds `count_max` topics; any value that would take the store past
+    /// `bytes_max` is refused (the old value then stays).
     pub fn set(&mut self, topic: &str, value: V) -> Result<Option<V>, RetainedFull> {
         debug_assert!(!has_wildcard(topic), "[MQTT-3.3.2-2] topic name {topic:?} has a wildcard");
-        if let Some(slot) = self.root.find_mut(topic) {
-            if let Some((_, old)) = slot.value.as_mut() {
-                return Ok(Some(std::mem::replace(old, value)));
-            }
+        let weight = (self.weigh)(topic, &value);
+        let weigh = self.weigh;
+        let old = self.root.find_mut(topic).and_then(|n| n.value.as_mut());
+        let old_weight = old.as_ref().map_or(0, |(_, v)| weigh(topic, v));
+        if self.bytes - old_weight + weight > self.bytes_max {
+            return Err(RetainedFull::Bytes(self.bytes_max));
+        }
+        if let Some((_, old)) = old {
+            self.bytes = self.bytes - old_weight + weight;
+            return Ok(Some(std::mem::replace(old, value)));
         }
         if self.len >= self.count_max {
-            return Err(RetainedFull { count_max: self.count_max });
+            return Err(RetainedFull::Topics(self.count_max));
         }
         let node = self.root.find_or_insert(topic);
         debug_assert!(node.value.is_none());
         node.value = Some((topic.into(), value));
         self.len += 1;
+        self.bytes += weight;
         Ok(None)
     }
 
     /// Removes the value retained on `topic`, if any. Nodes left empty are freed.
     pub fn clear(&mut self, topic: &str) -> Option<V> {
         let removed = self.root.clear(topic);
-        if removed.is_some() {
+        if let Some(v) = &removed {
             self.len -= 1;
+            self.bytes -= (self.weigh)(topic, v);
         }
         removed
     }
@@ -234,7 +260,7 @@ mod tests {
     }
 
     fn store_of(topics: &[&str]) -> RetainedStore<u32> {
-        let mut store = RetainedStore::new(100);
+        let mut store = RetainedStore::new(100, usize::MAX, |_, _| 0);
         for (i, t) in topics.iter().enumerate() {
             assert_eq!(store.set(t, i as u32), Ok(None));
         }
@@ -280,11 +306,32 @@ mod tests {
     }
 
     #[test]
+    fn byte_limit_counts_topic_and_value_and_frees_on_replace_and_clear() {
+        // Weight: topic length + the value.
+        let mut store: RetainedStore<usize> = RetainedStore::new(10, 10, |t, v| t.len() + v);
+        assert_eq!(store.set("a", 4), Ok(None)); // 5
+        assert_eq!(store.set("b", 5), Err(RetainedFull::Bytes(10))); // 11
+        assert_eq!(store.bytes(), 5);
+        assert_eq!(store.get("b"), None);
+        // Replacing counts the difference; a too-heavy replacement keeps the old value.
+        assert_eq!(store.set("a", 9), Ok(Some(4))); // 10
+        assert_eq!(store.set("a", 10), Err(RetainedFull::Bytes(10)));
+        assert_eq!(store.get("a"), Some(&9));
+        assert_eq!(store.set("a", 1), Ok(Some(9))); // 2
+        assert_eq!(store.set("b", 5), Ok(None)); // 8
+        assert_eq!(store.bytes(), 8);
+        assert_eq!(store.clear("a"), Some(1));
+        assert_eq!(store.bytes(), 6);
+        assert_eq!(store.clear("b"), Some(5));
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
     fn limit_applies_to_new_topics_only() {
-        let mut store = RetainedStore::new(2);
+        let mut store = RetainedStore::new(2, usize::MAX, |_, _| 0);
         assert_eq!(store.set("a", 1), Ok(None));
         assert_eq!(store.set("a/b", 2), Ok(None));
-        assert_eq!(store.set("c", 3), Err(RetainedFull { count_max: 2 }));
+        assert_eq!(store.set("c", 3), Err(RetainedFull::Topics(2)));
         // Replacing an existing topic is always allowed.
         assert_eq!(store.set("a", 4), Ok(Some(1)));
         assert_eq!(store.get("a"), Some(&4));
@@ -306,7 +353,7 @@ mod tests {
             ops in prop::collection::vec((topic_strategy(), prop::option::of(any::<u32>())), 0..60),
             filters in prop::collection::vec(filter_strategy(), 1..20),
         ) {
-            let mut store = RetainedStore::new(1000);
+            let mut store = RetainedStore::new(1000, usize::MAX, |_, _| 0);
             let mut model: HashMap<String, u32> = HashMap::new();
             for (topic, value) in ops {
                 match value {

@@ -187,7 +187,11 @@ impl ShardCore {
             sessions: SessionTable::default(),
             trie: SubscriptionTrie::new(),
             routes: RouteIndex::new(config.shard_count),
-            retained: RetainedStore::new(config.limits.retained_messages_max as usize),
+            retained: RetainedStore::new(
+                config.limits.retained_messages_max as usize,
+                usize::try_from(config.limits.retained_bytes_max).unwrap_or(usize::MAX),
+                |topic, m| topic.len() + m.payload.len(),
+            ),
             shared: SharedGroups::default(),
             actions: VecDeque::new(),
             mesh_out: Vec::new(),
