@@ -27,7 +27,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use glommio::timer::Timer;
 
 use crate::config::Config;
@@ -237,18 +236,7 @@ pub(crate) async fn watcher_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
 /// shard with a log.
 pub(crate) async fn compaction_task(shard: Rc<ShardIo>, log: Rc<LogIo>) {
     loop {
-        let stopped = future::or(
-            async {
-                Timer::new(COMPACTION_CHECK_INTERVAL).await;
-                false
-            },
-            async {
-                shard.stop.wait().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        if shard.stop.unless_fired(Timer::new(COMPACTION_CHECK_INTERVAL)).await.is_none() {
             return;
         }
         let Some(writer) = log.writer() else { return };

@@ -247,12 +247,7 @@ fn recover(core: &mut ShardCore, config: &LogConfig) -> Result<persist::LogIo, S
 async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener) {
     let mut last_error_log: Option<Instant> = None;
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            shard.stop.wait().await;
-            None
-        })
-        .await;
-        match accepted {
+        match shard.stop.unless_fired(listener.accept()).await {
             None => return,
             Some(Ok(stream)) => super::conn::spawn_accepted(&shard, stream),
             Some(Err(e)) => {
@@ -285,22 +280,11 @@ async fn timer_task(shard: Rc<ShardIo>) {
             None => TICK_MAX,
         };
         shard.timer_planned(now + wait);
-        let stopped = future::or(
-            async {
-                future::or(Timer::new(wait), async {
-                    shard.timer_kicked().await;
-                    now
-                })
-                .await;
-                false
-            },
-            async {
-                shard.stop.wait().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        let sleep = future::or(Timer::new(wait), async {
+            shard.timer_kicked().await;
+            now
+        });
+        if shard.stop.unless_fired(sleep).await.is_none() {
             return;
         }
     }

@@ -40,6 +40,15 @@ impl Signal {
             Poll::Pending
         })
     }
+
+    /// Runs `f` unless the signal fires first: `Some(output)`, or `None` once fired.
+    pub(crate) async fn unless_fired<F: Future>(&self, f: F) -> Option<F::Output> {
+        futures_lite::future::or(async { Some(f.await) }, async {
+            self.wait().await;
+            None
+        })
+        .await
+    }
 }
 
 /// A slot for one task's waker. Shard-local.
