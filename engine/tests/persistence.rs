@@ -402,31 +402,13 @@ async fn a_v5_session_expiry_and_its_subscription_identifier_survive_a_restart()
 
     let b = persistent_broker(2, &persist);
     let mut s = common::V5::connect(addr(&b), &sub, expiry).await;
-    let m = within("the queued 5.0 message", async {
-        loop {
-            match s.next_incoming("a PUBLISH").await {
-                Ok(P5::Publish(m)) => return m,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
+    let m = s.next_publish("the queued 5.0 message").await;
     assert_eq!(&m.topic[..], b"v5/a");
     let ids = m.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
     assert_eq!(ids, [42], "the queued message carries the identifier");
     let mut p = Raw::connect(addr(&b), &id_on_shard("v5-pub", 1, 2), ProtocolVersion::V5).await;
     publish_acked(&mut p, "v5/b", QoS::AtLeastOnce, 2, b"live", false).await;
-    let m = within("a 5.0 message after the restart", async {
-        loop {
-            match s.next_incoming("a PUBLISH").await {
-                Ok(P5::Publish(m)) => return m,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
+    let m = s.next_publish("a 5.0 message after the restart").await;
     assert_eq!(&m.topic[..], b"v5/b");
     let ids = m.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
     assert_eq!(ids, [42], "the recovered subscription carries the identifier");

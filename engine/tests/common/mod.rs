@@ -304,6 +304,17 @@ impl V5 {
         .await
     }
 
+    /// The next PUBLISH (other packets are skipped; panics if the connection ends).
+    pub async fn next_publish(&mut self, what: &str) -> rumqttc::v5::mqttbytes::v5::Publish {
+        loop {
+            match self.next_incoming(what).await {
+                Ok(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
         self.client.subscribe(filter, qos).await.expect("subscribe queued");
         loop {

@@ -3,7 +3,9 @@
 //! with 2 and 4 shards.
 
 use bytes::Bytes;
-use shardmq_codec::{ByteStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Will};
+use shardmq_codec::{
+    ByteStr, Packet, PacketType, Properties, ProtocolVersion, QoS, ReasonCode, Will,
+};
 
 pub(super) const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 pub(super) const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -21,6 +23,21 @@ pub(super) fn disconnect_reasons(packets: &[Packet]) -> Vec<ReasonCode> {
         .iter()
         .filter_map(|p| match p {
             Packet::Disconnect(d) => Some(d.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reason codes of the acknowledgements of type `t` (PUBACK, PUBREC, …) in `packets`.
+pub(super) fn ack_reasons(packets: &[Packet], t: PacketType) -> Vec<ReasonCode> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r)
+                if p.packet_type() == t =>
+            {
+                Some(r.reason)
+            }
             _ => None,
         })
         .collect()

@@ -2,7 +2,7 @@
 //! the records it depends on are durable, and answers that must survive a lost connection or
 //! a full log.
 
-use shardmq_codec::{Packet, PubResp, ReasonCode};
+use shardmq_codec::{Packet, PacketType, PubResp, ReasonCode};
 
 use super::*;
 use crate::core::ids::ShardId;
@@ -65,16 +65,6 @@ fn pubrel_to_a_persistent_subscriber_waits_until_durable() {
     }
 }
 
-fn pubrec_reasons(packets: &[Packet]) -> Vec<ReasonCode> {
-    packets
-        .iter()
-        .filter_map(|p| match p {
-            Packet::PubRec(r) => Some(r.reason),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A QoS 2 PUBLISH whose batch failed while its publisher was away: the resend after
 /// reconnecting gets the failure (0x97), not the duplicate's success, and is not routed
 /// again [MQTT-4.3.3-9].
@@ -114,18 +104,12 @@ fn a_pubrec_that_failed_while_the_client_was_away_fails_again_on_resend() {
         sim.release_durability(home);
         assert!(sim.clients[s].take_payloads().is_empty(), "not routed again");
         let packets = sim.clients[p].take_packets();
-        assert_eq!(pubrec_reasons(&packets), [ReasonCode::QUOTA_EXCEEDED], "n {n} seed {seed}");
+        assert_eq!(
+            ack_reasons(&packets, PacketType::PubRec),
+            [ReasonCode::QUOTA_EXCEEDED],
+            "n {n} seed {seed}"
+        );
     }
-}
-
-fn puback_reasons(packets: &[Packet]) -> Vec<ReasonCode> {
-    packets
-        .iter()
-        .filter_map(|p| match p {
-            Packet::PubAck(r) => Some(r.reason),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The soft cap holds for every record producer, not only the publisher's shard: a QoS 1
@@ -152,13 +136,19 @@ fn a_copy_for_a_persistent_session_on_a_full_shard_is_refused_with_0x97() {
         sim.publish(p, "c/1", "refused", Q1, false);
         sim.publish(p, "c/2", "qos0", Q0, false);
         sim.run();
-        assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::QUOTA_EXCEEDED]);
+        assert_eq!(
+            ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
+            [ReasonCode::QUOTA_EXCEEDED]
+        );
         assert_eq!(sim.clients[live].take_payloads(), ["refused", "qos0"]);
 
         sim.shards[full].set_log_full(false);
         sim.publish(p, "c/3", "kept", Q1, false);
         sim.run();
-        assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::SUCCESS]);
+        assert_eq!(
+            ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
+            [ReasonCode::SUCCESS]
+        );
         sim.crash_and_recover();
         assert!(sim.connect_with(s, persistent()).session_present);
         sim.run();
@@ -190,7 +180,10 @@ fn a_retained_message_past_the_owners_soft_cap_is_refused() {
         sim.publish(p, &topic, "new1", Q1, true);
         sim.publish(p, &topic, "new0", Q0, true);
         sim.run();
-        assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::QUOTA_EXCEEDED]);
+        assert_eq!(
+            ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
+            [ReasonCode::QUOTA_EXCEEDED]
+        );
         let r = sim.client(&sim.id_on("ret", owner), V3);
         sim.connect(r);
         sim.subscribe(r, &[(topic.as_str(), Q1)]);
@@ -200,7 +193,10 @@ fn a_retained_message_past_the_owners_soft_cap_is_refused() {
         // An empty retained message clears it [MQTT-3.3.1-10], full or not.
         sim.publish(p, &topic, "", Q1, true);
         sim.run();
-        assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::SUCCESS]);
+        assert_eq!(
+            ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
+            [ReasonCode::SUCCESS]
+        );
         sim.crash_and_recover();
         let r2 = sim.client(&sim.id_on("ret2", owner), V3);
         sim.connect(r2);
@@ -230,7 +226,7 @@ fn a_full_persistent_queue_fails_the_publish_back_to_the_publisher() {
                 sim.publish(p, &format!("q/{i}"), &format!("m{i}"), Q1, false);
                 sim.run();
             }
-            let reasons = puback_reasons(&sim.clients[p].take_packets());
+            let reasons = ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck);
             let expected = [ReasonCode::SUCCESS, ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED];
             assert_eq!(reasons, expected, "n {n} seed {seed} sub on {sub_shard}");
         }
@@ -256,11 +252,17 @@ fn a_refusal_waits_only_behind_its_own_connections_answers() {
         sim.publish(p2, "x/2", "refused", Q1, false);
         sim.publish(p1, "x/3", "refused-behind", Q1, false);
         sim.run();
-        assert_eq!(puback_reasons(&sim.clients[p2].take_packets()), [ReasonCode::QUOTA_EXCEEDED]);
-        assert!(puback_reasons(&sim.clients[p1].take_packets()).is_empty(), "n {n} seed {seed}");
+        assert_eq!(
+            ack_reasons(&sim.clients[p2].take_packets(), PacketType::PubAck),
+            [ReasonCode::QUOTA_EXCEEDED]
+        );
+        assert!(
+            ack_reasons(&sim.clients[p1].take_packets(), PacketType::PubAck).is_empty(),
+            "n {n} seed {seed}"
+        );
         sim.release_durability(0);
         let expected = [ReasonCode::SUCCESS, ReasonCode::QUOTA_EXCEEDED];
-        assert_eq!(puback_reasons(&sim.clients[p1].take_packets()), expected);
+        assert_eq!(ack_reasons(&sim.clients[p1].take_packets(), PacketType::PubAck), expected);
     }
 }
 
@@ -319,7 +321,7 @@ fn a_refused_will_copy_does_not_fail_a_later_publish() {
         sim.shards[full].set_log_full(false);
         sim.publish(p, "w/1", "kept", Q1, false);
         sim.run();
-        let reasons = puback_reasons(&sim.clients[p].take_packets());
+        let reasons = ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck);
         assert_eq!(reasons, [ReasonCode::SUCCESS], "n {n} seed {seed}");
     }
 }
@@ -347,12 +349,15 @@ fn a_shared_member_on_a_full_shard_fails_the_publish() {
             sim.shards[member_shard].set_log_full(true);
             sim.publish(p, "s/1", "refused", Q1, false);
             sim.run();
-            let reasons = puback_reasons(&sim.clients[p].take_packets());
+            let reasons = ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck);
             assert_eq!(reasons, [ReasonCode::QUOTA_EXCEEDED], "n {n} seed {seed}");
             sim.shards[member_shard].set_log_full(false);
             sim.publish(p, "s/2", "kept", Q1, false);
             sim.run();
-            assert_eq!(puback_reasons(&sim.clients[p].take_packets()), [ReasonCode::SUCCESS]);
+            assert_eq!(
+                ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
+                [ReasonCode::SUCCESS]
+            );
         }
     }
 }
