@@ -79,6 +79,9 @@ enum Cmd {
         /// How long to hold the connections open (seconds).
         #[arg(long, default_value_t = 2.0)]
         duration_secs: f64,
+        /// How long the connections idle before the broker's memory is read (seconds).
+        #[arg(long, default_value_t = 3.0)]
+        settle_secs: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -329,6 +332,7 @@ pub fn main() -> Result<()> {
             source_ips,
             connect_concurrency,
             duration_secs,
+            settle_secs,
             common,
         } => {
             let mut p = Params::new(Kind::Conn, connections);
@@ -336,6 +340,7 @@ pub fn main() -> Result<()> {
             p.source_ips = source_ips;
             p.connect_concurrency = connect_concurrency;
             p.duration_secs = duration_secs;
+            p.settle_secs = settle_secs;
             (vec![p], common)
         }
         Cmd::Retained { topics, qos, payload_bytes, inflight, common } => {

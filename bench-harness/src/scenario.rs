@@ -89,6 +89,8 @@ pub struct Params {
     pub source_ips: u32,
     /// Connections per thread in the handshake at once.
     pub connect_concurrency: usize,
+    /// conn: how long the connections idle before the broker's memory is read.
+    pub settle_secs: f64,
 }
 
 impl Params {
@@ -110,6 +112,9 @@ impl Params {
             workers: 0,
             source_ips: if kind == Kind::Conn { 4 } else { 0 },
             connect_concurrency: 256,
+            // Longer than any broker's idle housekeeping: shardmq puts a connection that
+            // read nothing for 1–2 s to sleep (`engine/src/io/idle.rs`).
+            settle_secs: 3.0,
         }
     }
 
@@ -432,7 +437,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     // Connection storm: let the broker settle, then read its memory with every connection open.
     let mut rss_loaded = None;
     if p.kind == Kind::Conn {
-        let settle_end = monotonic_ns() + 1_000_000_000;
+        let settle_end = monotonic_ns() + (p.settle_secs * 1e9) as u64;
         while monotonic_ns() < settle_end {
             progress.tick("settle", &handles, total_conns);
             std::thread::sleep(Duration::from_millis(20));

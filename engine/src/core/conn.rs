@@ -34,10 +34,11 @@ pub(crate) struct Conn {
     pub(crate) version: Option<ProtocolVersion>,
     /// Encoded frames waiting for the writer.
     pub(crate) tx: TxQueue,
-    /// When the last packet arrived (keep alive), or when the connection opened.
+    /// When the last packet arrived (keep alive), or when the connection opened; once
+    /// `Closing`, when closing started (for the linger before the entry is freed; packets
+    /// from a closing connection do not count). One field for both: idle connections are
+    /// many, and the two times are never needed at once.
     pub(crate) last_rx: Instant,
-    /// When `Closing` started.
-    pub(crate) closed_at: Option<Instant>,
     /// Keep alive in force (after capping); 0 disables the check.
     pub(crate) keep_alive_secs: u16,
     /// The client's Receive Maximum (5.0), else `u16::MAX`.
@@ -76,7 +77,6 @@ impl Conn {
             version: None,
             tx: TxQueue::default(),
             last_rx: now,
-            closed_at: None,
             keep_alive_secs: 0,
             client_receive_max: u16::MAX,
             client_packet_size_max_bytes: u32::MAX,
@@ -195,10 +195,15 @@ mod tests {
         use crate::core::session::Session;
         use crate::core::tx::TxQueue;
         use std::mem::size_of;
-        assert!(size_of::<Conn>() <= 120, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Entry>() <= 128, "ConnTable entry: {}", size_of::<Entry>());
+        assert!(size_of::<Conn>() <= 104, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Entry>() <= 112, "ConnTable entry: {}", size_of::<Entry>());
         assert!(size_of::<TxQueue>() <= 48, "TxQueue: {}", size_of::<TxQueue>());
-        assert!(size_of::<Session>() <= 248, "Session: {}", size_of::<Session>());
+        assert!(size_of::<Session>() <= 120, "Session: {}", size_of::<Session>());
+        assert!(
+            size_of::<Option<Session>>() <= 120,
+            "session slot: {}",
+            size_of::<Option<Session>>()
+        );
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl ShardCore {
                 if let Some(slot) = other {
                     self.end_session(slot, now);
                 }
-                (self.sessions.insert(Session::new(client_id.clone())), false)
+                (self.sessions.insert(Session::new(&client_id)), false)
             }
         };
 
@@ -137,7 +137,7 @@ impl ShardCore {
         session.expires_at = None;
         // A reconnection within the Will Delay Interval cancels the delayed will
         // [MQTT-3.1.3-9] (5.0 §3.1.3.2.2).
-        session.pending_will = None;
+        session.set_pending_will(None);
         session.will = connect.will.map(|w| {
             Box::new(Will {
                 topic: ByteStr::from(w.topic.as_str()),
@@ -286,7 +286,9 @@ impl ShardCore {
                 // 5.0 §3.1.3.2.2: published when the delay or the session ends, whichever
                 // comes first; cancelled by a reconnection before that.
                 let publish_at = now + Duration::from_secs(delay_secs.into());
-                self.sessions.get_mut(slot).pending_will = Some(PendingWill { will, publish_at });
+                self.sessions
+                    .get_mut(slot)
+                    .set_pending_will(Some(PendingWill { will, publish_at }));
             }
         }
     }
@@ -294,14 +296,14 @@ impl ShardCore {
     /// Removes a session: its subscriptions (broadcasting routing deltas), its queues; a
     /// delayed will is published now (the session ended first).
     pub(crate) fn end_session(&mut self, slot: SessionSlot, now: Instant) {
-        let session = self.sessions.remove(slot);
+        let mut session = self.sessions.remove(slot);
         debug_assert!(session.conn.is_none(), "ending a session with a connection");
         for (filter, _) in &session.subs {
             self.remove_subscription_entry(slot, filter, now);
         }
         // After the leaves: the owner sees them first (FIFO rings) and picks another member.
         self.shared_requeue_session(&session, self.uptime_ms(now));
-        if let Some(pw) = session.pending_will {
+        if let Some(pw) = session.take_pending_will() {
             self.publish_will(slot, *pw.will, now);
         }
     }

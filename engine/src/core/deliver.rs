@@ -231,7 +231,8 @@ impl ShardCore {
             return;
         };
         let c = conns.get_mut(conn).expect("online session without its connection");
-        if !s.queue.is_empty() || (qos != QoS::AtMostOnce && s.inflight.len() >= window(limits, c))
+        if !s.queue().is_empty()
+            || (qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c))
         {
             if !enqueue(s, queued(), limits) {
                 refuse(stats);
@@ -251,7 +252,7 @@ impl ShardCore {
                 return;
             }
             if let Some(packet_id) = packet_id {
-                s.inflight.push_back(Inflight {
+                s.inflight_mut().push_back(Inflight {
                     packet_id,
                     msg: msg.clone(),
                     qos,
@@ -278,7 +279,7 @@ impl ShardCore {
             None => None,
             Some(offset) => {
                 let packet_id = s.next_packet_id();
-                s.inflight.push_back(Inflight {
+                s.inflight_mut().push_back(Inflight {
                     packet_id,
                     msg: msg.clone(),
                     qos,
@@ -303,13 +304,13 @@ impl ShardCore {
         let Some(conn) = s.conn else { return };
         let c = conns.get_mut(conn).expect("online session without its connection");
         let window = window(limits, c);
-        while let Some(front) = s.queue.front() {
+        while let Some(front) = s.queue().front() {
             if is_expired(&front.msg, now_ms) {
                 s.dequeue();
                 stats.messages_dropped += 1;
                 continue;
             }
-            if front.qos != QoS::AtMostOnce && s.inflight.len() >= window {
+            if front.qos != QoS::AtMostOnce && s.inflight().len() >= window {
                 return;
             }
             let q = s.dequeue().expect("front exists");
@@ -329,7 +330,7 @@ impl ShardCore {
         // (`handle_pubrec`), in order, behind the resent PUBLISHes.
         let hold_pubrels = persist.is_some() && s.plog.is_some();
         let mut held_pubrels = Vec::new();
-        for i in &s.inflight {
+        for i in s.inflight() {
             match i.state {
                 Awaiting::PubAck | Awaiting::PubRec => {
                     // Onward delivery has started: resent even if expired since, with the
@@ -372,8 +373,8 @@ impl ShardCore {
     pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
-            if s.inflight[i].state == Awaiting::PubAck {
-                s.inflight.remove(i);
+            if s.inflight()[i].state == Awaiting::PubAck {
+                s.inflight_mut().remove(i);
                 self.pump_session(slot, now_ms);
             }
         }
@@ -390,13 +391,13 @@ impl ShardCore {
     ) {
         let s = self.sessions.get_mut(slot);
         let reason = match s.inflight_position(r.packet_id) {
-            Some(i) if r.reason.is_error() && s.inflight[i].state == Awaiting::PubRec => {
-                s.inflight.remove(i);
+            Some(i) if r.reason.is_error() && s.inflight()[i].state == Awaiting::PubRec => {
+                s.inflight_mut().remove(i);
                 self.pump_session(slot, now_ms);
                 return;
             }
-            Some(i) if s.inflight[i].state != Awaiting::PubAck => {
-                s.inflight[i].state = Awaiting::PubComp;
+            Some(i) if s.inflight()[i].state != Awaiting::PubAck => {
+                s.inflight_mut()[i].state = Awaiting::PubComp;
                 ReasonCode::SUCCESS
             }
             // Unknown, or a QoS 1 message's id: no QoS 2 flow to continue.
@@ -416,8 +417,8 @@ impl ShardCore {
     pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
-            if s.inflight[i].state == Awaiting::PubComp {
-                s.inflight.remove(i);
+            if s.inflight()[i].state == Awaiting::PubComp {
+                s.inflight_mut().remove(i);
                 self.pump_session(slot, now_ms);
             }
         }
@@ -483,7 +484,7 @@ fn send_queued(
     stats.messages_sent += 1;
     if let Some(packet_id) = packet_id {
         let state = awaiting_first(qos);
-        s.inflight.push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });
+        s.inflight_mut().push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });
     }
 }
 

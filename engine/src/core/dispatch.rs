@@ -19,7 +19,10 @@ impl ShardCore {
     /// A packet decoded from `conn`.
     pub fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else { return };
-        c.last_rx = now;
+        if c.phase != Phase::Closing {
+            // A closing connection's packets are ignored; its `last_rx` times the linger.
+            c.last_rx = now;
+        }
         let authenticating = c.auth.is_some();
         match c.phase {
             Phase::Closing => {}

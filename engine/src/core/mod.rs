@@ -19,6 +19,7 @@ mod publish;
 pub mod retained;
 pub mod route_index;
 pub(crate) mod session;
+mod session_index;
 pub mod shard;
 pub(crate) mod shared;
 #[cfg(test)]

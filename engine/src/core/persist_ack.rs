@@ -206,7 +206,7 @@ impl ShardCore {
     /// otherwise the flow ends now.
     fn mark_qos2_failed(&mut self, slot: SessionSlot, id: PacketId) {
         let Some(s) = self.sessions.try_get_mut(slot) else { return };
-        if !s.qos2_in.contains(&id) {
+        if !s.qos2_in().contains(&id) {
             return;
         }
         match s.plog.as_deref_mut() {

@@ -99,7 +99,7 @@ pub(crate) struct SessionLog {
 impl SessionLog {
     /// The log view of a session that was not persistent so far: everything it holds is new.
     pub(crate) fn for_session(s: &Session) -> SessionLog {
-        let queue: VecDeque<QEntry> = s.queue.iter().map(QEntry::for_queued).collect();
+        let queue: VecDeque<QEntry> = s.queue().iter().map(QEntry::for_queued).collect();
         let pending = queue.iter().filter(|e| matches!(e, QEntry::Pending { .. })).count();
         SessionLog { queue, pending, ..SessionLog::default() }
     }
@@ -148,7 +148,7 @@ impl SessionLog {
 pub(crate) fn diff_session(p: &mut Persist, s: &mut Session) {
     let Some(log) = s.plog.as_deref_mut() else { return };
     log.dirty = false;
-    let client_id = s.client_id.as_str();
+    let client_id: &str = &s.client_id;
     let c = || client_id.to_string();
     if log.expiry_secs != s.expiry_secs {
         // A DISCONNECT changed the interval (5.0 §3.14.2.2.2).
@@ -190,9 +190,9 @@ pub(crate) fn diff_session(p: &mut Persist, s: &mut Session) {
     // The in-flight window: one ordered walk over the log's view and the session's.
     let old = std::mem::take(&mut log.inflight);
     let mut popped = std::mem::take(&mut log.popped);
-    let mut next = Vec::with_capacity(s.inflight.len());
+    let mut next = Vec::with_capacity(s.inflight().len());
     let mut j = 0;
-    for e in &s.inflight {
+    for e in s.inflight() {
         let ptr = Arc::as_ptr(&e.msg) as usize;
         let pid = e.packet_id.get();
         while j < old.len() && !(old[j].packet_id == pid && old[j].ptr == ptr) {
@@ -331,7 +331,7 @@ mod tests {
         let mut log = LogState::default();
         let created = SessionCreated { client_id: "c".into(), expiry_secs: 60, clean: true };
         log.apply_owned(Record::SessionCreated(created)).unwrap();
-        let mut s = Session::new(ByteStr::from("c"));
+        let mut s = Session::new("c");
         s.expiry_secs = 60;
         s.plog = Some(Box::new(SessionLog { expiry_secs: 60, ..SessionLog::default() }));
         let (a, b, c, d) = (msg("a", Some(1)), msg("b", None), msg("c", Some(1)), msg("d", None));
@@ -355,7 +355,7 @@ mod tests {
         // `b` (QoS 0) and `d` leave the queue; `d` goes in flight with packet id 1.
         s.dequeue();
         let q = s.dequeue().unwrap();
-        s.inflight.push_back(Inflight {
+        s.inflight_mut().push_back(Inflight {
             packet_id: shardmq_codec::PacketId::new(1).unwrap(),
             msg: q.msg,
             qos: q.qos,
@@ -365,7 +365,7 @@ mod tests {
             group: None,
         });
         assert_eq!(cut(&mut p, &mut s, &mut log), ["Delivered"]);
-        s.inflight.clear();
+        s.inflight_mut().clear();
         assert_eq!(cut(&mut p, &mut s, &mut log), ["Acknowledged"], "PUBACK");
         assert!(log.messages().is_empty() && p.stored_count() == 0, "nothing is live");
     }

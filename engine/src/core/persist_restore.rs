@@ -141,7 +141,7 @@ fn restore_session(
     now: Instant,
     wall_now_ms: Option<u64>,
 ) -> Session {
-    let mut s = Session::new(ByteStr::from(client_id));
+    let mut s = Session::new(client_id);
     s.expiry_secs = ss.expiry_secs;
     let full = Duration::from_secs(ss.expiry_secs.into());
     let left = match wall_now_ms {
@@ -183,7 +183,7 @@ fn restore_session(
                 });
                 let group = ss.groups.get(&e.msg_id).map(|g| ByteStr::from(g.as_str()));
                 let sub_ids = sub_ids_for(&s, &msg, group.as_deref());
-                s.inflight.push_back(Inflight {
+                s.inflight_mut().push_back(Inflight {
                     packet_id,
                     msg,
                     qos,
@@ -215,7 +215,7 @@ fn restore_session(
         let ptr = Arc::as_ptr(&msg) as usize;
         log.inflight.push(LoggedInflight { packet_id: pid, ptr, msg_id: 0, pubrel: true });
         s.last_packet_id = s.last_packet_id.max(pid);
-        s.inflight.push_back(Inflight {
+        s.inflight_mut().push_back(Inflight {
             packet_id,
             msg,
             qos: QoS::ExactlyOnce,
@@ -225,7 +225,7 @@ fn restore_session(
             group: None,
         });
     }
-    s.qos2_in = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
+    *s.qos2_in_mut() = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
     s.plog = Some(Box::new(log));
     for (q, msg_id, ptr) in queued {
         s.restore_queued(q, QEntry::Logged { msg_id, ptr });

@@ -83,7 +83,7 @@ impl ShardCore {
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
             let inflight_in_max = usize::from(self.config.limits.inflight_in_max);
             let s = self.sessions.get_mut(slot);
-            if s.qos2_in.contains(&id) {
+            if s.qos2_in().contains(&id) {
                 // A retransmission of a message we already routed and PUBREC'd: it must
                 // not be delivered twice (method B, §4.3.3) [MQTT-4.3.3-9]. Acknowledge
                 // again, with the original outcome (a PUBREC that failed fails again).
@@ -93,7 +93,7 @@ impl ShardCore {
                 }
                 return self.ack_publish(conn, slot, QoS::ExactlyOnce, id, Vec::new(), now);
             }
-            if s.qos2_in.len() >= inflight_in_max {
+            if s.qos2_in().len() >= inflight_in_max {
                 // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
                 let kind = CloseKind::Abnormal(Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 return self.close_conn(conn, kind, now);
@@ -106,7 +106,7 @@ impl ShardCore {
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
-            self.sessions.get_mut(slot).qos2_in.push(id);
+            self.sessions.get_mut(slot).qos2_in_mut().push(id);
             let packet_id = id.get();
             self.persist_session_record(slot, |client_id| {
                 Record::Qos2Received(Qos2Received { client_id, packet_id })
@@ -205,8 +205,8 @@ impl ShardCore {
     /// Ends the inbound QoS 2 flow of `id` (PUBREL, or a refused PUBREC). False if unknown.
     pub(crate) fn forget_qos2_in(&mut self, slot: SessionSlot, id: PacketId) -> bool {
         let s = self.sessions.get_mut(slot);
-        let Some(i) = s.qos2_in.iter().position(|x| *x == id) else { return false };
-        s.qos2_in.swap_remove(i);
+        let Some(i) = s.qos2_in().iter().position(|x| *x == id) else { return false };
+        s.qos2_in_mut().swap_remove(i);
         if let Some(log) = s.plog.as_deref_mut() {
             log.qos2_failed.retain(|x| *x != id);
         }

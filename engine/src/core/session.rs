@@ -5,7 +5,7 @@
 //! Shard-local: a session lives on the home shard of its client id
 //! ([`crate::core::shard::ShardCore::home_shard`]), and only there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::outgoing::is_expired;
 use crate::core::persist_diff::{QEntry, SessionLog};
+use crate::core::session_index::SlotIndex;
 use crate::core::shard::ConnId;
 use crate::core::subscribe::SubOptions;
 
@@ -75,10 +76,49 @@ pub(crate) struct PendingWill {
     pub(crate) publish_at: Instant,
 }
 
+/// The parts of a session that only outstanding work uses: QoS 1/2 messages in flight either
+/// way, a queue, a delayed will. Allocated on first use and freed by the periodic scan once
+/// empty again ([`Session::release_idle`]), so an idle session does not carry them (~120 B
+/// in every session slot otherwise), and steady traffic does not allocate per message.
+///
+/// Shard-local: owned by its session.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Sent, unacknowledged QoS 1/2 messages in send order (resent in this order).
+    inflight: VecDeque<Inflight>,
+    /// Messages waiting for window space or for the client to reconnect, in order.
+    queue: VecDeque<Queued>,
+    /// What `queue` counts against `session_queue_bytes_max`.
+    queue_bytes: u64,
+    /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
+    qos2_in: Vec<PacketId>,
+    /// A will waiting for its delay after the connection ended.
+    pending_will: Option<PendingWill>,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.qos2_in.is_empty()
+            && self.pending_will.is_none()
+    }
+}
+
+// What the read accessors return for a session without a backlog.
+static NO_INFLIGHT: VecDeque<Inflight> = VecDeque::new();
+static NO_QUEUE: VecDeque<Queued> = VecDeque::new();
+
 /// One session. Shard-local: lives on its client id's home shard.
+///
+/// One sits in a session table slot per client, connected or not, so its size counts for
+/// every idle connection (`conn.rs` pins it in a test): what only outstanding messages or a
+/// delayed will need is in the [`Backlog`], reached through accessors.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) client_id: ByteStr,
+    /// Owned and exactly sized: a slice of the CONNECT read buffer would keep that whole
+    /// buffer alive as long as the session. The table's index refers to it too.
+    pub(crate) client_id: Box<str>,
     /// The connection attached to it, if online.
     pub(crate) conn: Option<ConnId>,
     /// Session Expiry Interval in force (capped); 0 ends the session with its connection.
@@ -88,19 +128,13 @@ pub(crate) struct Session {
     /// The session's subscriptions (filter as sent, options and Subscription Identifier).
     /// Mirrors the shard's trie (and, for shared ones, the group owner's member list).
     pub(crate) subs: Vec<(ByteStr, SubOptions)>,
-    /// Sent, unacknowledged QoS 1/2 messages in send order (resent in this order).
-    pub(crate) inflight: VecDeque<Inflight>,
-    /// Messages waiting for window space or for the client to reconnect, in order.
-    pub(crate) queue: VecDeque<Queued>,
-    pub(crate) queue_bytes: u64,
-    /// The last packet id handed out.
+    /// Inflight windows, queue, QoS 2 ids, delayed will; `None` while there are none.
+    backlog: Option<Box<Backlog>>,
+    /// The last packet id handed out. Kept here, not in the backlog, so ids keep advancing
+    /// when the backlog is freed (clients see the same ids as before it was split out).
     pub(crate) last_packet_id: u16,
-    /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
-    pub(crate) qos2_in: Vec<PacketId>,
     /// The will of the current connection.
     pub(crate) will: Option<Box<Will>>,
-    /// A will waiting for its delay after the connection ended.
-    pub(crate) pending_will: Option<PendingWill>,
     /// Fan-out deduplication: the epoch of the message last matched to this session, and
     /// its index in the fan-out's match list.
     pub(crate) fanout_epoch: u64,
@@ -111,35 +145,94 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: ByteStr) -> Session {
+    pub(crate) fn new(client_id: &str) -> Session {
         Session {
-            client_id,
+            client_id: client_id.into(),
             conn: None,
             expiry_secs: 0,
             expires_at: None,
             subs: Vec::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            queue_bytes: 0,
+            backlog: None,
             last_packet_id: 0,
-            qos2_in: Vec::new(),
             will: None,
-            pending_will: None,
             fanout_epoch: 0,
             fanout_index: 0,
             plog: None,
         }
     }
 
+    /// The backlog, allocated if the session has none.
+    fn backlog_mut(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the backlog if nothing is outstanding (the periodic scan: freeing it as soon as
+    /// the last message is acknowledged would allocate again for the next one).
+    pub(crate) fn release_idle(&mut self) {
+        if self.backlog.as_deref().is_some_and(Backlog::is_empty) {
+            self.backlog = None;
+        }
+    }
+
+    /// Sent, unacknowledged QoS 1/2 messages in send order (resent in this order).
+    pub(crate) fn inflight(&self) -> &VecDeque<Inflight> {
+        self.backlog.as_deref().map_or(&NO_INFLIGHT, |b| &b.inflight)
+    }
+
+    /// The inflight messages, for adding, acknowledging or advancing one.
+    pub(crate) fn inflight_mut(&mut self) -> &mut VecDeque<Inflight> {
+        &mut self.backlog_mut().inflight
+    }
+
+    /// Messages waiting for window space or for the client to reconnect, in order (changed
+    /// only through [`Session::enqueue`] and friends, which keep the byte count and the log
+    /// view).
+    pub(crate) fn queue(&self) -> &VecDeque<Queued> {
+        self.backlog.as_deref().map_or(&NO_QUEUE, |b| &b.queue)
+    }
+
+    /// What the queue counts against `session_queue_bytes_max`.
+    pub(crate) fn queue_bytes(&self) -> u64 {
+        self.backlog.as_deref().map_or(0, |b| b.queue_bytes)
+    }
+
+    /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
+    pub(crate) fn qos2_in(&self) -> &[PacketId] {
+        self.backlog.as_deref().map_or(&[], |b| &b.qos2_in)
+    }
+
+    /// The incoming QoS 2 packet ids, for adding or releasing one.
+    pub(crate) fn qos2_in_mut(&mut self) -> &mut Vec<PacketId> {
+        &mut self.backlog_mut().qos2_in
+    }
+
+    /// A will waiting for its delay after the connection ended.
+    pub(crate) fn pending_will(&self) -> Option<&PendingWill> {
+        self.backlog.as_deref()?.pending_will.as_ref()
+    }
+
+    /// Sets (`Some`) or cancels (`None`) the delayed will.
+    pub(crate) fn set_pending_will(&mut self, will: Option<PendingWill>) {
+        if will.is_some() || self.backlog.is_some() {
+            self.backlog_mut().pending_will = will;
+        }
+    }
+
+    /// Removes and returns the delayed will.
+    pub(crate) fn take_pending_will(&mut self) -> Option<PendingWill> {
+        self.backlog.as_deref_mut()?.pending_will.take()
+    }
+
     /// A packet id not used by any inflight message. The caller guarantees the window is
     /// smaller than the id space (`inflight_out_max` is a `u16` and the window is checked
     /// before calling).
     pub(crate) fn next_packet_id(&mut self) -> PacketId {
-        assert!(self.inflight.len() < usize::from(u16::MAX), "inflight window exceeds id space");
+        let inflight = self.backlog.as_deref().map_or(&NO_INFLIGHT, |b| &b.inflight);
+        assert!(inflight.len() < usize::from(u16::MAX), "inflight window exceeds id space");
         loop {
             self.last_packet_id = self.last_packet_id.wrapping_add(1);
             let Some(id) = PacketId::new(self.last_packet_id) else { continue };
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            if !inflight.iter().any(|i| i.packet_id == id) {
                 return id;
             }
         }
@@ -147,39 +240,42 @@ impl Session {
 
     /// Index of the inflight entry with `id` (acks mostly arrive in order: the front).
     pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
-        self.inflight.iter().position(|i| i.packet_id == id)
+        self.inflight().iter().position(|i| i.packet_id == id)
     }
 
     /// Appends to the queue unless a limit is hit; `false` means dropped.
     pub(crate) fn enqueue(&mut self, q: Queued, messages_max: u32, bytes_max: u64) -> bool {
         let size = q.size_bytes();
-        if self.queue.len() >= messages_max as usize || self.queue_bytes + size > bytes_max {
+        if self.queue().len() >= messages_max as usize || self.queue_bytes() + size > bytes_max {
             return false;
         }
-        self.queue_bytes += size;
         if let Some(log) = self.plog.as_deref_mut() {
             let e = QEntry::for_queued(&q);
             log.pending += usize::from(matches!(e, QEntry::Pending { .. }));
             log.queue.push_back(e);
         }
-        self.queue.push_back(q);
+        let b = self.backlog_mut();
+        b.queue_bytes += size;
+        b.queue.push_back(q);
         true
     }
 
     /// Appends a recovered entry to the queue (no limits: it was accepted before) whose log
     /// view is `entry`.
     pub(crate) fn restore_queued(&mut self, q: Queued, entry: QEntry) {
-        self.queue_bytes += q.size_bytes();
-        self.queue.push_back(q);
         if let Some(log) = self.plog.as_deref_mut() {
             log.queue.push_back(entry);
         }
+        let b = self.backlog_mut();
+        b.queue_bytes += q.size_bytes();
+        b.queue.push_back(q);
     }
 
     /// Removes the queue's first entry.
     pub(crate) fn dequeue(&mut self) -> Option<Queued> {
-        let q = self.queue.pop_front()?;
-        self.queue_bytes -= q.size_bytes();
+        let b = self.backlog.as_deref_mut()?;
+        let q = b.queue.pop_front()?;
+        b.queue_bytes -= q.size_bytes();
         if let Some(log) = self.plog.as_deref_mut() {
             log.on_dequeue();
         }
@@ -189,12 +285,13 @@ impl Session {
     /// Drops queued messages whose expiry interval has passed [MQTT-3.3.2-5]; returns how
     /// many (counted as dropped by the caller).
     pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
-        let before = self.queue.len();
+        let Some(b) = self.backlog.as_deref_mut() else { return 0 };
+        let before = b.queue.len();
         let mut freed_bytes = 0;
         // Positions of the removed entries (usually none), for the log view.
         let mut removed = Vec::new();
         let mut i = 0;
-        self.queue.retain(|q| {
+        b.queue.retain(|q| {
             let expired = is_expired(&q.msg, now_ms);
             if expired {
                 freed_bytes += q.size_bytes();
@@ -203,32 +300,34 @@ impl Session {
             i += 1;
             !expired
         });
-        self.queue_bytes -= freed_bytes;
-        if before != self.queue.len() {
+        b.queue_bytes -= freed_bytes;
+        let dropped = before - b.queue.len();
+        if dropped > 0 {
             if let Some(log) = self.plog.as_deref_mut() {
                 log.on_removed(&removed);
             }
         }
-        (before - self.queue.len()) as u64
+        dropped as u64
     }
 
     /// Removes and returns the queued messages delivered for the shared subscription
     /// `group`, in order (the session left the group: they go to another member).
     pub(crate) fn take_group_queued(&mut self, group: &str) -> Vec<Queued> {
+        let Some(b) = self.backlog.as_deref_mut() else { return Vec::new() };
         let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut kept = VecDeque::with_capacity(b.queue.len());
         let mut removed = Vec::new();
-        for (i, q) in self.queue.drain(..).enumerate() {
+        for (i, q) in b.queue.drain(..).enumerate() {
             let take = q.group.as_deref() == Some(group);
             if take {
                 removed.push(i);
-                self.queue_bytes -= q.size_bytes();
+                b.queue_bytes -= q.size_bytes();
                 taken.push(q);
             } else {
                 kept.push_back(q);
             }
         }
-        self.queue = kept;
+        b.queue = kept;
         if let Some(log) = self.plog.as_deref_mut().filter(|_| !taken.is_empty()) {
             log.on_removed(&removed);
         }
@@ -248,11 +347,12 @@ impl Session {
 pub(crate) struct SessionTable {
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
-    by_client_id: HashMap<ByteStr, SessionSlot>,
+    /// Slot numbers by client id (the ids themselves are in the sessions).
+    by_client_id: SlotIndex,
     /// Persistent sessions touched (borrowed mutably) since the log last looked.
     dirty: Vec<SessionSlot>,
     /// Persistent sessions removed since the log last looked (client id, log view).
-    ended: Vec<(ByteStr, Box<SessionLog>)>,
+    ended: Vec<(Box<str>, Box<SessionLog>)>,
 }
 
 impl SessionTable {
@@ -262,8 +362,9 @@ impl SessionTable {
     }
 
     /// The session of `client_id`.
-    pub(crate) fn find(&self, client_id: &ByteStr) -> Option<SessionSlot> {
-        self.by_client_id.get(client_id).copied()
+    pub(crate) fn find(&self, client_id: &str) -> Option<SessionSlot> {
+        let slots = &self.slots;
+        self.by_client_id.find(client_id, |i| client_id_of(slots, i)).map(SessionSlot)
     }
 
     /// Adds a session; its client id must not be taken.
@@ -278,16 +379,23 @@ impl SessionTable {
             self.slots.push(Some(session));
             SessionSlot(i)
         };
-        let id = self.slots[slot.0 as usize].as_ref().map(|s| s.client_id.clone());
-        let previous = self.by_client_id.insert(id.unwrap_or_default(), slot);
-        assert!(previous.is_none(), "two sessions for one client id");
+        let slots = &self.slots;
+        let key_of = |i| client_id_of(slots, i);
+        assert!(
+            self.by_client_id.find(key_of(slot.0), key_of).is_none(),
+            "two sessions for one client id"
+        );
+        self.by_client_id.insert(slot.0, key_of);
         slot
     }
 
     /// Removes the session in `slot`.
     pub(crate) fn remove(&mut self, slot: SessionSlot) -> Session {
-        let mut s = self.slots[slot.0 as usize].take().expect("removing a free session slot");
-        self.by_client_id.remove(&s.client_id);
+        let slots = &self.slots;
+        let key = client_id_of(slots, slot.0);
+        let removed = self.by_client_id.remove(key, |i| client_id_of(slots, i));
+        assert_eq!(removed, Some(slot.0), "a session missing from the client id index");
+        let mut s = self.slots[slot.0 as usize].take().expect("checked");
         self.free.push(slot.0);
         if let Some(log) = s.plog.take() {
             self.ended.push((s.client_id.clone(), log));
@@ -339,7 +447,7 @@ impl SessionTable {
     }
 
     /// Persistent sessions removed since the last call.
-    pub(crate) fn take_ended(&mut self) -> Vec<(ByteStr, Box<SessionLog>)> {
+    pub(crate) fn take_ended(&mut self) -> Vec<(Box<str>, Box<SessionLog>)> {
         std::mem::take(&mut self.ended)
     }
 
@@ -351,6 +459,11 @@ impl SessionTable {
             }
         }
     }
+}
+
+/// The client id of the live session in slot `i` (the key of [`SessionTable::by_client_id`]).
+fn client_id_of(slots: &[Option<Session>], i: u32) -> &str {
+    &slots[i as usize].as_ref().expect("the index holds a free session slot").client_id
 }
 
 /// Every mutable borrow of a persistent session may change what the log must know: the
@@ -387,11 +500,11 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {
-        let mut s = Session::new(ByteStr::from("c"));
+        let mut s = Session::new("c");
         s.last_packet_id = u16::MAX - 1;
         let a = s.next_packet_id();
         assert_eq!(a.get(), u16::MAX);
-        s.inflight.push_back(Inflight {
+        s.inflight_mut().push_back(Inflight {
             packet_id: PacketId::new(1).unwrap(),
             msg: msg(),
             qos: QoS::AtLeastOnce,
@@ -405,7 +518,7 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_by_count_and_bytes() {
-        let mut s = Session::new(ByteStr::from("c"));
+        let mut s = Session::new("c");
         let q = Queued {
             msg: msg(),
             qos: QoS::AtLeastOnce,
@@ -416,20 +529,26 @@ mod tests {
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(s.enqueue(q.clone(), 2, 100));
         assert!(!s.enqueue(q.clone(), 2, 100));
-        assert_eq!(s.queue_bytes, 8);
+        assert_eq!(s.queue_bytes(), 8);
         assert!(s.dequeue().is_some());
         assert!(!s.enqueue(q.clone(), 10, 5), "4 + 4 > 5 bytes");
-        assert_eq!(s.queue_bytes, 4);
+        assert_eq!(s.queue_bytes(), 4);
+        s.release_idle();
+        assert_eq!(s.queue().len(), 1, "a backlog with a queued message is kept");
+        assert!(s.dequeue().is_some());
+        s.release_idle();
+        assert!(s.backlog.is_none(), "an empty backlog is freed");
+        assert_eq!((s.queue_bytes(), s.dequeue().is_none()), (0, true));
     }
 
     #[test]
     fn table_finds_by_client_id_and_reuses_slots() {
         let mut t = SessionTable::default();
-        let a = t.insert(Session::new(ByteStr::from("a")));
-        assert_eq!(t.find(&ByteStr::from("a")), Some(a));
+        let a = t.insert(Session::new("a"));
+        assert_eq!(t.find("a"), Some(a));
         t.remove(a);
-        assert_eq!(t.find(&ByteStr::from("a")), None);
-        let b = t.insert(Session::new(ByteStr::from("b")));
+        assert_eq!(t.find("a"), None);
+        let b = t.insert(Session::new("b"));
         assert_eq!(a, b);
         assert_eq!(t.len(), 1);
     }

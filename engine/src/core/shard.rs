@@ -79,6 +79,9 @@ pub struct ShardCounters {
     pub bytes_received: AtomicU64,
     /// Bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Connections asleep: no task, the socket in the shard's idle poller (written by the
+    /// io layer, `io/idle.rs`).
+    pub clients_sleeping: AtomicU64,
 }
 
 /// Counters of every shard. Process-wide; created once at start-up.
@@ -333,7 +336,7 @@ impl ShardCore {
         }
         let c = self.conns.get_mut(conn).expect("checked above");
         c.phase = Phase::Closing;
-        c.closed_at = Some(now);
+        c.last_rx = now;
         self.actions.push_back(IoAction::Close(conn));
     }
 

@@ -188,9 +188,9 @@ impl ShardCore {
     /// A session ended (and has left its groups): its queued messages and its sent,
     /// unacknowledged messages not yet PUBREC'd of any group go to other members.
     pub(crate) fn shared_requeue_session(&mut self, session: &Session, now_ms: u64) {
-        let inflight = session.inflight.iter().filter(|i| i.state != Awaiting::PubComp);
+        let inflight = session.inflight().iter().filter(|i| i.state != Awaiting::PubComp);
         let inflight = inflight.filter_map(|i| Some((i.group.clone()?, i.msg.clone())));
-        let queued = session.queue.iter().filter_map(|q| Some((q.group.clone()?, q.msg.clone())));
+        let queued = session.queue().iter().filter_map(|q| Some((q.group.clone()?, q.msg.clone())));
         let moved: Vec<_> = inflight.chain(queued).collect();
         for (name, msg) in moved {
             self.shared_requeue(name, msg, now_ms);

@@ -54,7 +54,8 @@ impl ShardCore {
             let Some(c) = self.conns.get(id) else { continue };
             match c.phase {
                 Phase::Closing => {
-                    if c.closed_at.is_some_and(|t| now >= t + CLOSING_LINGER) {
+                    // `last_rx` is when closing started (`Conn::last_rx`).
+                    if now >= c.last_rx + CLOSING_LINGER {
                         self.conns.remove(id);
                     }
                 }
@@ -78,14 +79,15 @@ impl ShardCore {
         self.sessions.slots(&mut slots);
         for slot in slots {
             let Some(s) = self.sessions.try_get_mut(slot) else { continue };
+            s.release_idle();
             if s.conn.is_some() {
                 continue;
             }
             // Offline queues shed expired messages here, so they do not hold queue space
             // until the client returns [MQTT-3.3.2-5].
             self.stats.messages_dropped += s.drop_expired(now_ms);
-            if s.pending_will.as_ref().is_some_and(|w| now >= w.publish_at) {
-                let will = s.pending_will.take().expect("checked").will;
+            if s.pending_will().is_some_and(|w| now >= w.publish_at) {
+                let will = s.take_pending_will().expect("checked").will;
                 self.publish_will(slot, *will, now);
             }
             let s = self.sessions.get(slot);
@@ -97,7 +99,7 @@ impl ShardCore {
 
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
     fn publish_sys(&mut self, now: Instant) {
-        let mut totals = [0u64; 6];
+        let mut totals = [0u64; 7];
         for s in &self.config.stats.shards {
             let values = [
                 &s.clients_connected,
@@ -106,13 +108,14 @@ impl ShardCore {
                 &s.messages_dropped,
                 &s.bytes_received,
                 &s.bytes_sent,
+                &s.clients_sleeping,
             ];
             for (t, v) in totals.iter_mut().zip(values) {
                 *t += v.load(Ordering::Relaxed);
             }
         }
         let uptime_secs = now.saturating_duration_since(self.config.started_at).as_secs();
-        let entries: [(&'static str, String); 8] = [
+        let entries: [(&'static str, String); 9] = [
             ("$SYS/broker/version", format!("shardmq {}", env!("CARGO_PKG_VERSION"))),
             ("$SYS/broker/uptime", format!("{uptime_secs} seconds")),
             ("$SYS/broker/clients/connected", totals[0].to_string()),
@@ -121,6 +124,7 @@ impl ShardCore {
             ("$SYS/broker/messages/dropped", totals[3].to_string()),
             ("$SYS/broker/load/bytes/received", totals[4].to_string()),
             ("$SYS/broker/load/bytes/sent", totals[5].to_string()),
+            ("$SYS/broker/clients/sleeping", totals[6].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
         for (topic, value) in entries {

@@ -93,6 +93,19 @@ unsafe impl GlobalAlloc for BrokerAlloc {
     }
 }
 
+/// Has mimalloc return this thread's freed pages to the OS now (`mi_collect(true)`, a walk
+/// over the thread's heap; called at most once per idle sweep).
+///
+/// mimalloc gives back a page that became free only after a delay (`purge_delay`), and
+/// only when this thread next allocates or frees: a shard whose connections just went to
+/// sleep (`idle.rs`), and freed their tasks and glommio sources, would otherwise keep that
+/// memory resident while it idles. Called by the idle task after connections fell asleep;
+/// not on any hot path.
+pub(crate) fn collect_freed() {
+    // SAFETY: no preconditions; acts on the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,7 +98,19 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         Ok(p) => core.handle_packet(conn, p, now),
         Err(e) => core.handle_decode_error(conn, e, now),
     });
-    let driver = Driver { shard, conn, slot, stream, buf: first.rest, close_timer: None };
+    spawn_driver(&shard, slot, stream, first.rest);
+}
+
+/// Starts the task of an open connection (a new one, or one waking from sleep: `idle.rs`)
+/// with the bytes read and not yet decoded.
+pub(crate) fn spawn_driver(
+    shard: &Rc<ShardIo>,
+    slot: Rc<ConnSlot>,
+    stream: TcpStream,
+    buf: BytesMut,
+) {
+    let driver =
+        Driver { shard: shard.clone(), conn: slot.conn, slot, stream, buf, close_timer: None };
     glommio::spawn_local(driver).detach();
 }
 
@@ -221,7 +233,12 @@ impl Future for Driver {
         loop {
             this.decode_all();
             match this.poll_event(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.slot.sleep.get() && this.fall_asleep() {
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Event::Read) => {
                     if glommio::executor().need_preempt() {
                         // Let other tasks run; what was read is decoded when polled again.
@@ -248,6 +265,10 @@ impl Future for Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if self.slot.is_asleep() {
+            // The connection lives on without a task; the slot holds its socket.
+            return;
+        }
         // Before the stream (and its descriptor) is dropped: the shard's writer must not
         // send on a descriptor number that may be reused.
         self.slot.gone.set(true);
@@ -256,6 +277,31 @@ impl Drop for Driver {
 }
 
 impl Driver {
+    /// The idle sweep asked this connection to sleep: if it still has nothing going on,
+    /// its socket moves to the shard's idle poller and this task ends (`idle.rs`). `true`
+    /// when it did.
+    fn fall_asleep(&mut self) -> bool {
+        let slot = &self.slot;
+        slot.sleep.set(false);
+        if slot.active.get()
+            || slot.blocked.get()
+            || slot.close.get()
+            || slot.parked.get()
+            || !self.buf.is_empty()
+            || self.close_timer.is_some()
+            || self.shard.stop.is_fired()
+        {
+            return false;
+        }
+        match self.shard.idle.sleep(slot, self.stream.as_raw_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("{}: connection stays awake: {e}", self.shard.id);
+                false
+            }
+        }
+    }
+
     /// Decodes and handles every whole packet in the buffer.
     fn decode_all(&mut self) {
         while !self.slot.close.get() && !self.buf.is_empty() {
@@ -346,7 +392,7 @@ impl Driver {
         let read = if self.slot.poke.replace(false) {
             // The shard's writer asks for a read between its batches: a direct `recv`,
             // since glommio's readiness poll is only reaped when the reactor runs.
-            match read_direct(&self.shard, self.slot.fd, &mut self.buf) {
+            match read_direct(&self.shard, self.slot.fd(), &mut self.buf) {
                 Some(r) => Poll::Ready(r),
                 None => {
                     let misses = self.slot.poke_misses.get() + 1;
@@ -364,6 +410,7 @@ impl Driver {
         match read {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Gone),
             Poll::Ready(Ok(_)) => {
+                self.slot.active.set(true);
                 self.slot.poke_misses.set(0);
                 self.shard.flush.mark_hot(&self.slot);
                 Poll::Ready(Event::Read)

@@ -131,6 +131,7 @@ impl FlushQueue {
     /// Asks every hot connection to read directly; returns how many were asked.
     fn poke_hot(&self) -> usize {
         let mut hot = self.hot.borrow_mut();
+        // (A sleeping connection is never hot: `ConnSlot::fall_asleep`.)
         hot.retain(|s| s.hot.get() && !s.gone.get() && !s.close.get());
         for s in hot.iter() {
             s.poke.set(true);
@@ -234,13 +235,13 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
 }
 
 /// Writes one connection's queue, or hands it to the connection's task.
-fn flush_one(shard: &ShardIo, slot: &ConnSlot) {
+fn flush_one(shard: &ShardIo, slot: &Rc<ConnSlot>) {
     if slot.gone.get() {
         return;
     }
     if slot.close.get() || slot.blocked.get() {
         // Its own task writes (and knows to look again).
-        slot.wake();
+        shard.wake(slot);
         return;
     }
     match write_out(shard, slot) {
@@ -248,7 +249,7 @@ fn flush_one(shard: &ShardIo, slot: &ConnSlot) {
         Wrote::Blocked | Wrote::Failed => {
             // The connection's task waits for writability (or finds the socket gone).
             slot.blocked.set(true);
-            slot.wake();
+            shard.wake(slot);
         }
     }
 }
@@ -257,14 +258,14 @@ fn flush_one(shard: &ShardIo, slot: &ConnSlot) {
 /// non-blocking sends, until everything is written or the socket is full.
 pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
     if let Some(pending) = slot.pending.0.borrow_mut().as_mut() {
-        let w = send_queue(slot.fd, pending);
+        let w = send_queue(slot.fd(), pending);
         if w != Wrote::All {
             return w;
         }
     }
     let mut core = shard.core.borrow_mut();
     match core.tx(slot.conn) {
-        Some(tx) => send_queue(slot.fd, tx),
+        Some(tx) => send_queue(slot.fd(), tx),
         None => Wrote::All,
     }
 }

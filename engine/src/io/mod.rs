@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod checks;
 mod conn;
 mod flush;
+mod idle;
 mod mesh;
 mod persist;
 mod runtime;

@@ -147,7 +147,15 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         },
         None => None,
     };
-    let shard = Rc::new(ShardIo::new(core));
+    let shard = match ShardIo::new(core) {
+        Ok(shard) => Rc::new(shard),
+        Err(e) => {
+            return fail(
+                &mut guard,
+                format!("shard {index}: cannot create its epoll instance: {e}"),
+            )
+        }
+    };
 
     let mut listeners = Vec::with_capacity(start.listen.len());
     for addr in &start.listen {
@@ -194,6 +202,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     }
     glommio::spawn_local(timer_task(shard.clone())).detach();
     glommio::spawn_local(super::flush::flush_task(shard.clone())).detach();
+    glommio::spawn_local(super::idle::idle_task(shard.clone())).detach();
     for l in listeners {
         glommio::spawn_local(accept_task(shard.clone(), l)).detach();
     }

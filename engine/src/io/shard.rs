@@ -15,6 +15,7 @@ use crate::core::mesh::MeshMsg;
 use crate::core::shard::{ConnId, IoAction, ShardCore};
 
 use super::flush::{FlushQueue, PendingTx};
+use super::idle::IdlePoller;
 use super::mesh::MeshIo;
 use super::signal::{Signal, WakerSlot};
 
@@ -33,8 +34,9 @@ pub(crate) const DISCONNECT_SHUTTING_DOWN_V5: &[u8] = &[0xE0, 0x02, 0x8B, 0x00];
 pub(crate) struct ConnSlot {
     /// The connection in the core.
     pub(crate) conn: ConnId,
-    /// The socket, owned by the connection's task (valid while `gone` is false).
-    pub(crate) fd: RawFd,
+    /// The socket (valid while `gone` is false): owned by the connection's task, or by this
+    /// slot while the connection sleeps (`idle.rs`; a duplicate, so the number changes).
+    fd: Cell<RawFd>,
     /// Queued in the shard's writer (`FlushQueue`).
     pub(crate) flush: Cell<bool>,
     /// The socket did not take everything: the connection's task writes (waiting for
@@ -56,6 +58,14 @@ pub(crate) struct ConnSlot {
     pub(crate) poke: Cell<bool>,
     /// Direct reads in a row that found nothing (a hot connection cools down after a few).
     pub(crate) poke_misses: Cell<u8>,
+    /// Read bytes since the last idle sweep (`idle.rs`).
+    pub(crate) active: Cell<bool>,
+    /// The idle sweep asks the connection's task to go to sleep.
+    pub(crate) sleep: Cell<bool>,
+    /// No task: the socket waits in the shard's idle poller (`idle.rs`).
+    asleep: Cell<bool>,
+    /// Listed for the idle task to wake.
+    pub(crate) wake_requested: Cell<bool>,
     waker: WakerSlot,
 }
 
@@ -65,9 +75,49 @@ impl ConnSlot {
         self.waker.set(w);
     }
 
-    /// Wakes the connection task.
+    /// Wakes the connection task (if it sleeps, [`ShardIo::wake`] starts one instead).
     pub(crate) fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// The socket's descriptor.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.get()
+    }
+
+    /// Whether the connection sleeps (has no task).
+    pub(crate) fn is_asleep(&self) -> bool {
+        self.asleep.get()
+    }
+
+    /// The connection's task ends; the slot owns `fd` (the socket's duplicate) until
+    /// [`ConnSlot::wake_up`].
+    pub(super) fn fall_asleep(&self, fd: RawFd) {
+        self.fd.set(fd);
+        self.asleep.set(true);
+        self.sleep.set(false);
+        // Off the writer's hot list (pruned at its next pass), no direct read pending.
+        self.hot.set(false);
+        self.poke.set(false);
+        // The ended task's waker would keep its allocation alive.
+        self.waker.clear();
+    }
+
+    /// Hands the socket to a new task.
+    pub(super) fn wake_up(&self) -> RawFd {
+        self.asleep.set(false);
+        self.active.set(true);
+        self.fd.get()
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if self.asleep.get() {
+            // A sleeping connection's socket is the slot's (the shard is going away).
+            // SAFETY: owned by this slot while asleep, and nothing else closes it.
+            unsafe { libc::close(self.fd.get()) };
+        }
     }
 }
 
@@ -103,6 +153,8 @@ pub(crate) struct ShardIo {
     pub(crate) scratch: RefCell<Box<[u8]>>,
     /// The shard's writer queue (`flush.rs`).
     pub(crate) flush: FlushQueue,
+    /// Sleeping connections' sockets (`idle.rs`).
+    pub(crate) idle: IdlePoller,
     /// This shard's end of the mesh (absent with one shard).
     pub(crate) mesh: OnceCell<Rc<MeshIo>>,
     /// This shard's log (absent with `--in-memory`).
@@ -121,12 +173,12 @@ pub(crate) struct ShardIo {
 }
 
 impl ShardIo {
-    pub(crate) fn new(core: ShardCore) -> ShardIo {
+    pub(crate) fn new(core: ShardCore) -> std::io::Result<ShardIo> {
         let limits = &core.config().limits;
         let codec_limits =
             shardmq_codec::Limits { packet_size_max_bytes: limits.packet_size_max_bytes };
         let connect_timeout = Duration::from_secs(limits.connect_timeout_secs.into());
-        ShardIo {
+        Ok(ShardIo {
             id: core.shard_id(),
             core: RefCell::new(core),
             codec_limits,
@@ -135,6 +187,7 @@ impl ShardIo {
             parked: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
             flush: FlushQueue::default(),
+            idle: IdlePoller::new()?,
             mesh: OnceCell::new(),
             log: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),
@@ -143,7 +196,7 @@ impl ShardIo {
             timer_at: Cell::new(None),
             timer_kick: Cell::new(false),
             timer_waker: WakerSlot::default(),
-        }
+        })
     }
 
     pub(crate) fn shard_count(&self) -> u16 {
@@ -154,7 +207,7 @@ impl ShardIo {
     pub(crate) fn register(&self, conn: ConnId, fd: RawFd) -> Rc<ConnSlot> {
         let slot = Rc::new(ConnSlot {
             conn,
-            fd,
+            fd: Cell::new(fd),
             flush: Cell::new(false),
             blocked: Cell::new(false),
             gone: Cell::new(false),
@@ -164,6 +217,10 @@ impl ShardIo {
             hot: Cell::new(false),
             poke: Cell::new(false),
             poke_misses: Cell::new(0),
+            active: Cell::new(true),
+            sleep: Cell::new(false),
+            asleep: Cell::new(false),
+            wake_requested: Cell::new(false),
             waker: WakerSlot::default(),
         });
         self.conns.borrow_mut().insert(conn, slot.clone());
@@ -178,6 +235,40 @@ impl ShardIo {
     /// Open connections.
     pub(crate) fn conn_count(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// The io side of an open connection.
+    pub(crate) fn slot(&self, conn: ConnId) -> Option<Rc<ConnSlot>> {
+        self.conns.borrow().get(&conn).cloned()
+    }
+
+    /// Wakes a connection's task, or has the idle task start one if it sleeps.
+    pub(crate) fn wake(&self, slot: &Rc<ConnSlot>) {
+        if slot.is_asleep() {
+            self.idle.request_wake(slot);
+        } else {
+            slot.wake();
+        }
+    }
+
+    /// Asks every connection that read nothing since the last sweep, and has nothing else
+    /// going on, to go to sleep (`idle.rs`). Whether it is on the writer's hot list does not
+    /// matter: that list is only pruned between the writer's batches, so in a quiet shard a
+    /// connection stays "hot" long after its last read.
+    pub(crate) fn sweep_idle(&self) {
+        for slot in self.conns.borrow().values() {
+            if slot.active.replace(false)
+                || slot.is_asleep()
+                || slot.gone.get()
+                || slot.close.get()
+                || slot.blocked.get()
+                || slot.parked.get()
+            {
+                continue;
+            }
+            slot.sleep.set(true);
+            slot.wake();
+        }
     }
 
     /// Has the timer task expire `pending` at `deadline`.
@@ -290,7 +381,7 @@ impl ShardIo {
                                 slot.pending.append(tx);
                             }
                             slot.close.set(true);
-                            slot.wake();
+                            self.wake(slot);
                         }
                     }
                 }
@@ -319,7 +410,7 @@ impl ShardIo {
         if !core.reading_paused() && !self.parked.borrow().is_empty() {
             for slot in self.parked.borrow_mut().drain(..) {
                 slot.parked.set(false);
-                slot.wake();
+                self.wake(&slot);
             }
         }
     }
@@ -348,7 +439,7 @@ impl ShardIo {
                 pending.push_frame(&Bytes::from_static(DISCONNECT_SHUTTING_DOWN_V5));
             }
             slot.close.set(true);
-            slot.wake();
+            self.wake(slot);
         }
     }
 }

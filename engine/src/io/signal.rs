@@ -64,6 +64,11 @@ impl WakerSlot {
         }
     }
 
+    /// Forgets the registered waker.
+    pub(crate) fn clear(&self) {
+        self.0.take();
+    }
+
     /// Wakes the registered task, if any.
     pub(crate) fn wake(&self) {
         if let Some(w) = self.0.take() {
