@@ -253,6 +253,7 @@ pub(crate) async fn idle_task(shard: Rc<ShardIo>) {
                 }
                 if !shard.stop.is_fired() {
                     shard.sweep_idle();
+                    shard.compact_connect_deadlines();
                 }
                 let core = shard.core.borrow();
                 let counters = &core.config().stats.shards[usize::from(shard.id.0)];

@@ -2,7 +2,7 @@
 //! the function that turns the core's outputs into io ([`ShardIo::drain`]).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::task::Waker;
@@ -121,6 +121,48 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Open connections' slots, indexed like the core's connection table (the low 32 bits of a
+/// [`ConnId`] are its index there): 8 bytes per index where a map entry took ~37.
+#[derive(Debug, Default)]
+struct ConnSlots {
+    by_index: Vec<Option<Rc<ConnSlot>>>,
+    len: usize,
+}
+
+impl ConnSlots {
+    fn index(conn: ConnId) -> usize {
+        (conn.0 & u64::from(u32::MAX)) as usize
+    }
+
+    fn insert(&mut self, slot: Rc<ConnSlot>) {
+        let i = Self::index(slot.conn);
+        if i >= self.by_index.len() {
+            self.by_index.resize(i + 1, None);
+        }
+        if self.by_index[i].replace(slot).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId) {
+        let i = Self::index(conn);
+        if let Some(entry) = self.by_index.get_mut(i) {
+            if entry.as_ref().is_some_and(|s| s.conn == conn) {
+                *entry = None;
+                self.len -= 1;
+            }
+        }
+    }
+
+    fn get(&self, conn: ConnId) -> Option<&Rc<ConnSlot>> {
+        self.by_index.get(Self::index(conn))?.as_ref().filter(|s| s.conn == conn)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Rc<ConnSlot>> {
+        self.by_index.iter().flatten()
+    }
+}
+
 /// A connection waiting for its first packet; the timer task marks it expired at its
 /// connect deadline. Shard-local.
 #[derive(Debug, Default)]
@@ -146,7 +188,7 @@ pub(crate) struct ShardIo {
     /// How long a new connection may take to send its first packet.
     pub(crate) connect_timeout: Duration,
     /// Open connections (those the core knows).
-    conns: RefCell<HashMap<ConnId, Rc<ConnSlot>>>,
+    conns: RefCell<ConnSlots>,
     /// Connections waiting for reading to resume.
     parked: RefCell<Vec<Rc<ConnSlot>>>,
     /// The read buffer every connection of this shard reads into.
@@ -183,7 +225,7 @@ impl ShardIo {
             core: RefCell::new(core),
             codec_limits,
             connect_timeout,
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::new(ConnSlots::default()),
             parked: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
             flush: FlushQueue::default(),
@@ -223,23 +265,23 @@ impl ShardIo {
             wake_requested: Cell::new(false),
             waker: WakerSlot::default(),
         });
-        self.conns.borrow_mut().insert(conn, slot.clone());
+        self.conns.borrow_mut().insert(slot.clone());
         slot
     }
 
     /// Forgets a connection whose task ended.
     pub(crate) fn unregister(&self, conn: ConnId) {
-        self.conns.borrow_mut().remove(&conn);
+        self.conns.borrow_mut().remove(conn);
     }
 
     /// Open connections.
     pub(crate) fn conn_count(&self) -> usize {
-        self.conns.borrow().len()
+        self.conns.borrow().len
     }
 
     /// The io side of an open connection.
     pub(crate) fn slot(&self, conn: ConnId) -> Option<Rc<ConnSlot>> {
-        self.conns.borrow().get(&conn).cloned()
+        self.conns.borrow().get(conn).cloned()
     }
 
     /// Wakes a connection's task, or has the idle task start one if it sleeps.
@@ -251,12 +293,26 @@ impl ShardIo {
         }
     }
 
+    /// Forgets the connect deadlines of connections that sent their first packet (their
+    /// entries would otherwise wait for the deadline, `connect_timeout_secs` after
+    /// connecting, each keeping its `PendingConn` allocated). Called by the idle sweep.
+    pub(crate) fn compact_connect_deadlines(&self) {
+        let mut q = self.connect_deadlines.borrow_mut();
+        if q.is_empty() {
+            return;
+        }
+        q.retain(|(_, pending)| pending.strong_count() > 0);
+        if q.capacity() > 64 && q.capacity() > 4 * q.len() {
+            q.shrink_to_fit();
+        }
+    }
+
     /// Asks every connection that read nothing since the last sweep, and has nothing else
     /// going on, to go to sleep (`idle.rs`). Whether it is on the writer's hot list does not
     /// matter: that list is only pruned between the writer's batches, so in a quiet shard a
     /// connection stays "hot" long after its last read.
     pub(crate) fn sweep_idle(&self) {
-        for slot in self.conns.borrow().values() {
+        for slot in self.conns.borrow().iter() {
             if slot.active.replace(false)
                 || slot.is_asleep()
                 || slot.gone.get()
@@ -369,12 +425,12 @@ impl ShardIo {
             while let Some(action) = core.poll_action() {
                 match action {
                     IoAction::Flush(c) => {
-                        if let Some(slot) = conns.get(&c) {
+                        if let Some(slot) = conns.get(c) {
                             self.flush.push(slot);
                         }
                     }
                     IoAction::Close(c) => {
-                        if let Some(slot) = conns.get(&c) {
+                        if let Some(slot) = conns.get(c) {
                             // The core may forget the connection's queue with its state: take
                             // the bytes now so they are still written before the close.
                             if let Some(tx) = core.tx(c) {
@@ -427,7 +483,8 @@ impl ShardIo {
     pub(crate) fn begin_shutdown(&self) {
         self.stop.fire();
         let mut core = self.core.borrow_mut();
-        for (&c, slot) in self.conns.borrow().iter() {
+        for slot in self.conns.borrow().iter() {
+            let c = slot.conn;
             if slot.close.get() {
                 continue;
             }
