@@ -11,84 +11,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use shardmq_codec::{
-    encode_publish_header, ByteStr, PacketId, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
-};
+use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode};
 
 use crate::core::conn::{Conn, Phase};
 use crate::core::ids::SessionSlot;
 use crate::core::limits::Limits;
 use crate::core::mesh::Message;
-use crate::core::outgoing::{is_expired, outgoing_properties, send_custom, OutPublish};
-use crate::core::session::{Awaiting, Inflight, Queued, Session};
-use crate::core::shard::{
-    encode_onto, push_publish_frame, ConnId, IoAction, LocalStats, ShardCore,
-};
-
-/// PUBLISH layouts: protocol class (3.x / 5.0) × QoS × RETAIN.
-const LAYOUTS: usize = 12;
-
-fn layout_index(v5: bool, qos: QoS, retain: bool) -> usize {
-    usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain)
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum LayoutState {
-    #[default]
-    Empty,
-    /// Encoded; the packet id's offset in the header (QoS > 0).
-    Ready(Option<usize>),
-    /// The message cannot be encoded in this layout (too large).
-    Failed,
-}
-
-/// PUBLISH headers of the message being fanned out, encoded once per layout and reused for
-/// every subscriber with that layout; only the packet id is patched.
-///
-/// Shard-local scratch, reset for every message.
-#[derive(Debug, Default)]
-pub(crate) struct LayoutCache {
-    headers: [BytesMut; LAYOUTS],
-    states: [LayoutState; LAYOUTS],
-}
-
-impl LayoutCache {
-    pub(crate) fn reset(&mut self) {
-        self.states = [LayoutState::Empty; LAYOUTS];
-    }
-
-    /// The header of `msg` in a layout, encoding it on first use. The cache is valid for
-    /// one fan-out at one `now_ms` (the remaining expiry interval is part of the header).
-    fn header(
-        &mut self,
-        msg: &Message,
-        v5: bool,
-        qos: QoS,
-        retain: bool,
-        now_ms: u64,
-    ) -> Option<(&[u8], Option<usize>)> {
-        let i = layout_index(v5, qos, retain);
-        if self.states[i] == LayoutState::Empty {
-            let buf = &mut self.headers[i];
-            buf.clear();
-            // The placeholder id is patched per subscriber.
-            let pid = (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero"));
-            self.states[i] = match encode_publish_header(
-                &publish_for(msg, qos, retain, pid, now_ms),
-                if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 },
-                buf,
-            ) {
-                Ok(offset) => LayoutState::Ready(offset),
-                Err(_) => LayoutState::Failed,
-            };
-        }
-        match self.states[i] {
-            LayoutState::Ready(offset) => Some((&self.headers[i][..], offset)),
-            _ => None,
-        }
-    }
-}
+use crate::core::outgoing::{is_expired, push_frame, send_custom, LayoutCache, OutPublish};
+use crate::core::session::{Awaiting, Inflight, Queued, Session, SessionTable};
+use crate::core::shard::{encode_onto, ConnId, IoAction, LocalStats, ShardCore};
 
 /// One session matched by the message being fanned out (overlapping subscriptions
 /// collapsed: the highest QoS [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1], every matching
@@ -98,6 +29,8 @@ struct Match {
     slot: SessionSlot,
     qos: QoS,
     retain_as_published: bool,
+    /// The session's connection, if it is online with nothing queued.
+    direct: Option<ConnId>,
     /// Empty (no allocation) unless the session uses Subscription Identifiers.
     sub_ids: Vec<u32>,
 }
@@ -110,25 +43,6 @@ pub(crate) struct Fanout {
     pub(crate) layouts: LayoutCache,
 }
 
-/// The PUBLISH for `msg` as the layout cache encodes it (no per-session properties).
-fn publish_for(
-    msg: &Message,
-    qos: QoS,
-    retain: bool,
-    packet_id: Option<PacketId>,
-    now_ms: u64,
-) -> Publish {
-    Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: msg.topic.clone(),
-        packet_id,
-        payload: msg.payload.clone(),
-        properties: outgoing_properties(msg, &[], now_ms),
-    }
-}
-
 /// The send window of a session on `c`: ours, capped by the client's Receive Maximum.
 fn window(limits: &Limits, c: &Conn) -> usize {
     usize::from(limits.inflight_out_max.min(c.client_receive_max))
@@ -136,47 +50,95 @@ fn window(limits: &Limits, c: &Conn) -> usize {
 
 impl ShardCore {
     /// Delivers `msg` to every local session with a matching subscription.
+    ///
+    /// Two passes: the trie visit collects one match per (session, filter), with the
+    /// session's connection when the QoS 0 fast path may use it; then each match is sent.
+    /// Overlapping subscriptions of one session are collapsed in between, only when more
+    /// than one filter matched.
     pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now_ms: u64) {
         let ShardCore { trie, sessions, fanout, shard, .. } = self;
         fanout.epoch += 1;
         let epoch = fanout.epoch;
         let matches = &mut fanout.matches;
         matches.clear();
-        let origin = msg.origin;
+        let (origin, msg_qos) = (msg.origin, msg.qos);
         let local_origin = origin.shard == *shard;
-        trie.for_each_match(&msg.topic, |slot, sub, _filter| {
+        // The trie visits a session once per matching filter, so while only one filter
+        // matched there is nothing to collapse. Filters are told apart by the address of
+        // the trie's copy of their text: one per filter, never empty [MQTT-4.7.3-1].
+        let mut first_filter: Option<*const u8> = None;
+        let mut several_filters = false;
+        trie.for_each_match(&msg.topic, |slot, sub, filter| {
             let opts = &sub.opts;
             // No Local (5.0) [MQTT-3.8.3-3].
             if opts.no_local && local_origin && origin.session == slot.0 {
                 return;
             }
-            let qos = opts.qos.min(msg.qos);
-            let s = sessions.get_mut(slot);
-            if s.fanout_epoch == epoch {
-                let m = &mut matches[s.fanout_index as usize];
-                m.qos = m.qos.max(qos);
-                m.retain_as_published |= opts.retain_as_published;
-                m.sub_ids.extend(sub.id);
-            } else {
-                s.fanout_epoch = epoch;
-                s.fanout_index = matches.len() as u32;
-                matches.push(Match {
-                    slot,
-                    qos,
-                    retain_as_published: opts.retain_as_published,
-                    sub_ids: sub.id.into_iter().collect(),
-                });
+            debug_assert!(!filter.is_empty());
+            if *first_filter.get_or_insert(filter.as_ptr()) != filter.as_ptr() {
+                several_filters = true;
             }
+            let s = sessions.get(slot);
+            matches.push(Match {
+                slot,
+                direct: s.conn.filter(|_| s.queue().is_empty()),
+                qos: opts.qos.min(msg_qos),
+                retain_as_published: opts.retain_as_published,
+                sub_ids: sub.id.into_iter().collect(),
+            });
         });
+        if several_filters {
+            collapse(matches, sessions, epoch);
+        }
         fanout.layouts.reset();
+        let expired = is_expired(msg, now_ms);
         let matches = std::mem::take(&mut self.fanout.matches);
         for m in &matches {
             // [MQTT-3.3.1-9]: RETAIN is 0 towards established subscriptions (5.0: unless
             // Retain As Published).
             let retain = m.retain_as_published && msg.retain;
+            if m.qos == QoS::AtMostOnce && !expired && self.send_qos0(m, msg, retain, now_ms) {
+                continue;
+            }
             self.deliver_to_session(m.slot, msg, m.qos, retain, &m.sub_ids, None, now_ms);
         }
         self.fanout.matches = matches;
+    }
+
+    /// The QoS 0 fast path of [`ShardCore::deliver_to_session`], for the common case: an
+    /// online session with nothing queued (`m.direct`), no topic alias or subscription
+    /// identifier to add, so the frame is the cached one of its layout, copied whole. The
+    /// caller has checked expiry once for the whole fan-out. Returns false, having done
+    /// nothing, when the general path must decide.
+    ///
+    /// What the general path does and this one skips cannot apply to QoS 0: the log (QoS 0
+    /// is not logged), the inflight window and packet ids. Nothing of the session changes,
+    /// so it is not even read here.
+    #[inline]
+    fn send_qos0(&mut self, m: &Match, msg: &Message, retain: bool, now_ms: u64) -> bool {
+        let ShardCore { conns, fanout, stats, actions, config, .. } = self;
+        let Some(conn) = m.direct else { return false };
+        let c = conns.get_mut(conn).expect("online session without its connection");
+        let v5 = c.is_v5();
+        if v5 && (c.client_topic_alias_max > 0 || !m.sub_ids.is_empty()) {
+            // Encoded per connection (`outgoing.rs`).
+            return false;
+        }
+        if c.tx.len_bytes() as u64 > config.limits.connection_tx_bytes_max {
+            // A slow consumer: QoS 0 is dropped rather than queued without bound.
+            stats.messages_dropped += 1;
+            return true;
+        }
+        match fanout.layouts.frame(msg, v5, QoS::AtMostOnce, retain, now_ms) {
+            // Never a packet larger than the client's maximum [MQTT-3.1.2-24]: it is
+            // discarded as if sent [MQTT-3.1.2-25].
+            Some(f) if f.packet_len(msg) <= c.client_packet_size_max_bytes as usize => {
+                push_frame(c, conn, f, None, msg, actions);
+                stats.messages_sent += 1;
+            }
+            _ => stats.messages_dropped += 1,
+        }
+        true
     }
 
     /// Sends `msg` to one session at `qos`, or queues it. Uses the layout cache, which the
@@ -265,33 +227,30 @@ impl ShardCore {
             stats.messages_sent += 1;
             return;
         }
-        let Some((header, pid_offset)) = fanout.layouts.header(msg, c.is_v5(), qos, retain, now_ms)
-        else {
+        let Some(frame) = fanout.layouts.frame(msg, c.is_v5(), qos, retain, now_ms) else {
             stats.messages_dropped += 1;
             return;
         };
-        // [MQTT-3.1.2-25]: never send a packet larger than the client's maximum.
-        if header.len() + msg.payload.len() > c.client_packet_size_max_bytes as usize {
+        // Never a packet larger than the client's maximum [MQTT-3.1.2-24]: it is discarded
+        // as if sent [MQTT-3.1.2-25].
+        if frame.packet_len(msg) > c.client_packet_size_max_bytes as usize {
             stats.messages_dropped += 1;
             return;
         }
-        let pid = match pid_offset {
-            None => None,
-            Some(offset) => {
-                let packet_id = s.next_packet_id();
-                s.inflight_mut().push_back(Inflight {
-                    packet_id,
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                    sub_ids: Box::default(),
-                    state: awaiting_first(qos),
-                    group: group.cloned(),
-                });
-                Some((offset, packet_id.get()))
-            }
-        };
-        push_publish_frame(&mut c.tx, header, pid, &msg.payload, conn, actions);
+        let packet_id = frame.pid_offset.map(|_| {
+            let packet_id = s.next_packet_id();
+            s.inflight_mut().push_back(Inflight {
+                packet_id,
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids: Box::default(),
+                state: awaiting_first(qos),
+                group: group.cloned(),
+            });
+            packet_id
+        });
+        push_frame(c, conn, frame, packet_id, msg, actions);
         stats.messages_sent += 1;
     }
 
@@ -445,6 +404,29 @@ impl ShardCore {
     }
 }
 
+/// Collapses the matches of one session through several filters into one: the highest QoS
+/// [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1], every matching subscription's identifier
+/// [MQTT-3.3.4-3]. Keeps the order of first matches.
+fn collapse(matches: &mut Vec<Match>, sessions: &mut SessionTable, epoch: u64) {
+    let mut kept = 0;
+    for i in 0..matches.len() {
+        let s = sessions.get_mut(matches[i].slot);
+        if s.fanout_epoch == epoch {
+            let (before, rest) = matches.split_at_mut(i);
+            let (into, from) = (&mut before[s.fanout_index as usize], &mut rest[0]);
+            into.qos = into.qos.max(from.qos);
+            into.retain_as_published |= from.retain_as_published;
+            into.sub_ids.append(&mut from.sub_ids);
+        } else {
+            s.fanout_epoch = epoch;
+            s.fanout_index = kept as u32;
+            matches.swap(kept, i);
+            kept += 1;
+        }
+    }
+    matches.truncate(kept);
+}
+
 fn enqueue(s: &mut Session, q: Queued, limits: &Limits) -> bool {
     s.enqueue(q, limits.session_queue_messages_max, limits.session_queue_bytes_max)
 }
@@ -495,20 +477,81 @@ pub(crate) fn pub_resp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
 
 #[cfg(test)]
 mod tests {
+    use shardmq_codec::{Properties, Publish};
+
     use super::*;
+    use crate::core::sim::{ConnectOpts, Sim};
+    use crate::core::tx::COALESCE_MAX_BYTES;
+
+    const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+    const Q0: QoS = QoS::AtMostOnce;
+    const Q1: QoS = QoS::AtLeastOnce;
+
+    fn one(sim: &mut Sim, c: usize) -> Publish {
+        let mut got = sim.clients[c].take_messages();
+        assert_eq!(got.len(), 1, "client {c}: one copy [MQTT-3.3.5-1]");
+        got.remove(0)
+    }
 
     #[test]
-    fn layout_indices_are_distinct_and_in_range() {
-        let mut seen = [false; LAYOUTS];
-        for v5 in [false, true] {
-            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-                for retain in [false, true] {
-                    let i = layout_index(v5, qos, retain);
-                    assert!(!seen[i]);
-                    seen[i] = true;
-                }
+    fn overlapping_filters_collapse_per_session_only() {
+        // 31 sessions, each subscribed to a different non-empty subset of five filters that
+        // all match "t/x", at mixed QoS, so the trie's visit interleaves them: each gets
+        // one copy [MQTT-3.3.5-1] at its highest QoS [MQTT-3.3.4-2].
+        let filters = ["#", "t/#", "t/+", "t/x", "+/x"];
+        let subs: Vec<Vec<(&str, QoS)>> = (1..32usize)
+            .map(|set| {
+                let qos = |j: usize| if (set * 7 + j) % 3 == 0 { Q1 } else { Q0 };
+                (0..5).filter(|j| set & (1 << j) != 0).map(|j| (filters[j], qos(j))).collect()
+            })
+            .collect();
+        for seed in 0..4 {
+            let mut sim = Sim::new(1, seed);
+            let clients: Vec<usize> = (0..subs.len())
+                .map(|i| {
+                    let c = sim.client(&format!("s{i}"), V3);
+                    sim.connect(c);
+                    sim.subscribe(c, &subs[i]);
+                    c
+                })
+                .collect();
+            let p = sim.client("p", V3);
+            sim.connect(p);
+            sim.publish(p, "t/x", "m", Q1, false);
+            sim.run();
+            for (i, &c) in clients.iter().enumerate() {
+                let highest = subs[i].iter().map(|(_, q)| *q).max().expect("non-empty");
+                assert_eq!(one(&mut sim, c).qos, highest, "session {i}");
             }
         }
-        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn qos0_fast_path_keeps_the_packet_size_rule_and_large_payloads() {
+        let mut sim = Sim::new(1, 0);
+        let small = sim.client("small", V5);
+        let properties = Properties { maximum_packet_size: Some(64), ..Default::default() };
+        sim.connect_with(small, ConnectOpts { properties, ..Default::default() });
+        let plain = sim.client("plain", V3);
+        sim.connect(plain);
+        for c in [small, plain] {
+            sim.subscribe(c, &[("m", Q0)]);
+        }
+        let p = sim.client("p", V3);
+        sim.connect(p);
+        let large = "x".repeat(COALESCE_MAX_BYTES + 1);
+        let dropped = |sim: &Sim| sim.shards[0].stats.messages_dropped;
+        let before = dropped(&sim);
+        sim.publish(p, "m", &"y".repeat(100), Q0, false);
+        sim.publish(p, "m", &large, Q0, false);
+        sim.publish(p, "m", "fits", Q0, false);
+        sim.run();
+        // Larger than the client's maximum: not sent [MQTT-3.1.2-24], counted as dropped.
+        assert_eq!(&one(&mut sim, small).payload[..], b"fits");
+        assert_eq!(dropped(&sim) - before, 2);
+        let got = sim.clients[plain].take_messages();
+        let sizes: Vec<usize> = got.iter().map(|m| m.payload.len()).collect();
+        assert_eq!(sizes, [100, large.len(), 4], "in order, the large payload whole");
     }
 }

@@ -1,10 +1,11 @@
-//! What makes one outgoing PUBLISH differ between subscribers, and the slow path that builds
-//! such a frame: the remaining Message Expiry Interval, Subscription Identifiers and topic
-//! aliases (5.0).
+//! Outgoing PUBLISH frames: the per-layout frame cache of the fan-out, what makes one
+//! outgoing PUBLISH differ between subscribers, and the slow path that builds such a frame:
+//! the remaining Message Expiry Interval, Subscription Identifiers and topic aliases (5.0).
 //!
-//! The fan-out fast path (`deliver.rs`) encodes a header once per layout and shares it. The
-//! remaining expiry is the same for every subscriber of one fan-out (one `now`), so it lives
-//! in the cached header. Subscription identifiers and topic aliases are per session or per
+//! The fan-out fast path (`deliver.rs`) encodes a frame once per layout ([`LayoutCache`]:
+//! header, and the payload too when it is small enough to be copied) and copies it to every
+//! subscriber of that layout, patching only the packet id. The remaining expiry is the same
+//! for every subscriber of one fan-out (one `now`), so it lives in the cached frame. Subscription identifiers and topic aliases are per session or per
 //! connection: a delivery that needs either is encoded on its own here. Clients that ask for
 //! neither (and every 3.1.1 client) never take this path.
 //!
@@ -20,6 +21,7 @@ use shardmq_codec::{
 use crate::core::conn::Conn;
 use crate::core::mesh::Message;
 use crate::core::shard::{push_publish_frame, ConnId, IoAction};
+use crate::core::tx::COALESCE_MAX_BYTES;
 
 /// True once `msg`'s Message Expiry Interval has passed at `now_ms` (broker uptime). A
 /// message without the property never expires.
@@ -133,6 +135,155 @@ pub(crate) fn send_custom(
     true
 }
 
+/// PUBLISH layouts: protocol class (3.x / 5.0) × QoS × RETAIN.
+const LAYOUTS: usize = 12;
+
+fn layout_index(v5: bool, qos: QoS, retain: bool) -> usize {
+    usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum LayoutState {
+    #[default]
+    Empty,
+    /// Encoded; the packet id's offset in the frame (QoS > 0).
+    Ready(Option<usize>),
+    /// The message cannot be encoded in this layout (too large).
+    Failed,
+}
+
+/// PUBLISH frames of the message being fanned out, encoded once per layout and reused for
+/// every subscriber with that layout; only the packet id is patched. A payload small enough
+/// to be coalesced ([`COALESCE_MAX_BYTES`]) is part of the cached frame, so queueing it is
+/// one copy; a larger one is not (it is shared, never copied, by the `TxQueue`).
+///
+/// Shard-local scratch, reset for every message.
+#[derive(Debug, Default)]
+pub(crate) struct LayoutCache {
+    frames: [BytesMut; LAYOUTS],
+    states: [LayoutState; LAYOUTS],
+}
+
+/// One cached PUBLISH frame: the header, followed by the payload if `whole`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frame<'a> {
+    pub(crate) bytes: &'a [u8],
+    /// Where the packet id goes (QoS > 0).
+    pub(crate) pid_offset: Option<usize>,
+    /// `bytes` includes the payload.
+    pub(crate) whole: bool,
+}
+
+impl Frame<'_> {
+    /// The encoded size of the whole PUBLISH.
+    pub(crate) fn packet_len(&self, msg: &Message) -> usize {
+        self.bytes.len() + if self.whole { 0 } else { msg.payload.len() }
+    }
+}
+
+impl LayoutCache {
+    pub(crate) fn reset(&mut self) {
+        self.states = [LayoutState::Empty; LAYOUTS];
+    }
+
+    /// The frame of `msg` in a layout, encoding it on first use. The cache is valid for
+    /// one fan-out at one `now_ms` (the remaining expiry interval is part of the header).
+    #[inline]
+    pub(crate) fn frame(
+        &mut self,
+        msg: &Message,
+        v5: bool,
+        qos: QoS,
+        retain: bool,
+        now_ms: u64,
+    ) -> Option<Frame<'_>> {
+        let i = layout_index(v5, qos, retain);
+        if self.states[i] == LayoutState::Empty {
+            self.states[i] = self.encode(i, msg, v5, qos, retain, now_ms);
+        }
+        match self.states[i] {
+            LayoutState::Ready(pid_offset) => Some(Frame {
+                bytes: &self.frames[i][..],
+                pid_offset,
+                whole: msg.payload.len() <= COALESCE_MAX_BYTES,
+            }),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    fn encode(
+        &mut self,
+        i: usize,
+        msg: &Message,
+        v5: bool,
+        qos: QoS,
+        retain: bool,
+        now_ms: u64,
+    ) -> LayoutState {
+        let buf = &mut self.frames[i];
+        buf.clear();
+        // The placeholder id is patched per subscriber.
+        let pid = (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero"));
+        match encode_publish_header(
+            &publish_for(msg, qos, retain, pid, now_ms),
+            if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 },
+            buf,
+        ) {
+            Ok(offset) => {
+                if msg.payload.len() <= COALESCE_MAX_BYTES {
+                    buf.extend_from_slice(&msg.payload);
+                }
+                LayoutState::Ready(offset)
+            }
+            Err(_) => LayoutState::Failed,
+        }
+    }
+}
+
+/// Queues a cached frame on `c` (patching in `packet_id`), and wakes its writer if the queue
+/// was empty.
+#[inline]
+pub(crate) fn push_frame(
+    c: &mut Conn,
+    conn: ConnId,
+    frame: Frame<'_>,
+    packet_id: Option<PacketId>,
+    msg: &Message,
+    actions: &mut VecDeque<IoAction>,
+) {
+    let was_empty = c.tx.is_empty();
+    let copied = c.tx.push_copy(frame.bytes);
+    if let (Some(offset), Some(id)) = (frame.pid_offset, packet_id) {
+        copied[offset..offset + 2].copy_from_slice(&id.get().to_be_bytes());
+    }
+    if !frame.whole {
+        c.tx.push_parts(&[], &msg.payload);
+    }
+    if was_empty {
+        actions.push_back(IoAction::Flush(conn));
+    }
+}
+
+/// The PUBLISH for `msg` as the layout cache encodes it (no per-session properties).
+fn publish_for(
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<PacketId>,
+    now_ms: u64,
+) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: msg.topic.clone(),
+        packet_id,
+        payload: msg.payload.clone(),
+        properties: outgoing_properties(msg, &[], now_ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +294,20 @@ mod tests {
         assert_eq!(remaining_expiry_secs(10, 1_000, 4_500), 7);
         assert_eq!(remaining_expiry_secs(10, 1_000, 60_000), 1);
         assert_eq!(remaining_expiry_secs(10, 5_000, 1_000), 10, "clock never goes back");
+    }
+
+    #[test]
+    fn layout_indices_are_distinct_and_in_range() {
+        let mut seen = [false; LAYOUTS];
+        for v5 in [false, true] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                for retain in [false, true] {
+                    let i = layout_index(v5, qos, retain);
+                    assert!(!seen[i]);
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 }

@@ -45,6 +45,16 @@ impl TxQueue {
         }
     }
 
+    /// Copies `bytes` (a frame or the start of one) into the coalescing buffer, and returns the
+    /// copy so the caller can patch it (e.g. a packet id into a cached PUBLISH).
+    #[inline]
+    pub fn push_copy(&mut self, bytes: &[u8]) -> &mut [u8] {
+        self.len_bytes += bytes.len();
+        let start = self.tail.len();
+        self.tail.extend_from_slice(bytes);
+        &mut self.tail[start..]
+    }
+
     /// Queues a frame made of an encoded header and a shared payload: the header is copied,
     /// the payload is copied only if small.
     pub fn push_parts(&mut self, header: &[u8], payload: &Bytes) {
