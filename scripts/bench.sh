@@ -12,7 +12,7 @@
 #               shardmq killed with SIGKILL (Mosquitto stopped with SIGTERM, its only way to
 #               save), restarted on the same data: time to CONNACK and to the last message
 #
-# About 8 minutes on the 2-core machine (after the release build). Output in target/bench/:
+# About 5 minutes on the 2-core machine (after the release build). Output in target/bench/:
 # the tables (.txt), the JSON results (.json, one per section) and the fan-out plot (.svg).
 # Brokers' data directories go under target/bench-tmp (not /tmp, which may be tmpfs).
 #
