@@ -19,6 +19,7 @@ pub mod broker;
 pub mod cli;
 pub mod durability;
 pub mod load;
+mod parts;
 pub mod payload;
 pub mod report;
 pub mod restart;
