@@ -80,7 +80,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         duration_secs: f64,
         /// How long the connections idle before the broker's memory is read (seconds).
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 5.0)]
         settle_secs: f64,
         #[command(flatten)]
         common: Common,

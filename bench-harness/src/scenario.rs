@@ -113,8 +113,9 @@ impl Params {
             source_ips: if kind == Kind::Conn { 4 } else { 0 },
             connect_concurrency: 256,
             // Longer than any broker's idle housekeeping: shardmq puts a connection that
-            // read nothing for 1–2 s to sleep (`engine/src/io/idle.rs`).
-            settle_secs: 3.0,
+            // read nothing for 1–2 s to sleep and returns the freed pages at the next
+            // one-second sweep (`engine/src/io/idle.rs`): up to ~3 s.
+            settle_secs: 5.0,
         }
     }
 

@@ -43,6 +43,9 @@ pub(crate) struct Fanout {
     pub(crate) layouts: LayoutCache,
 }
 
+/// Match-list entries kept between fan-outs whatever the last one needed.
+const FANOUT_SCRATCH_KEEP: usize = 4096;
+
 /// The send window of a session on `c`: ours, capped by the client's Receive Maximum.
 fn window(limits: &Limits, c: &Conn) -> usize {
     usize::from(limits.inflight_out_max.min(c.client_receive_max))
@@ -103,6 +106,11 @@ impl ShardCore {
             self.deliver_to_session(m.slot, msg, m.qos, retain, &m.sub_ids, None, now_ms);
         }
         self.fanout.matches = matches;
+        let matches = &mut self.fanout.matches;
+        if matches.capacity() > FANOUT_SCRATCH_KEEP && matches.capacity() / 8 > matches.len() {
+            // One fan-out to many overlapping filters should not pin its peak for good.
+            matches.shrink_to(matches.len().max(FANOUT_SCRATCH_KEEP));
+        }
     }
 
     /// The QoS 0 fast path of [`ShardCore::deliver_to_session`], for the common case: an

@@ -225,7 +225,10 @@ fn restore_session(
             group: None,
         });
     }
-    *s.qos2_in_mut() = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
+    if !ss.qos2_inbound.is_empty() {
+        // (Only then: the backlog box is allocated on first use.)
+        *s.qos2_in_mut() = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
+    }
     s.plog = Some(Box::new(log));
     for (q, msg_id, ptr) in queued {
         s.restore_queued(q, QEntry::Logged { msg_id, ptr });

@@ -23,7 +23,7 @@
 //!   shard needs its task ([`ShardIo::wake`]: its socket is full, the core closes it, the
 //!   broker shuts down). Waking deregisters the socket and starts a new `Driver` on it.
 //!
-//! What a sleeping connection keeps: its [`ConnSlot`], its map entry, and the core's state
+//! What a sleeping connection keeps: its [`ConnSlot`], its entry in the shard's slot vector, and the core's state
 //! (session, connection, queue). The shard's writer sends to it as to any other connection
 //! (non-blocking `send` on [`ConnSlot::fd`]), so a subscriber that only receives sleeps
 //! while messages flow and wakes only if its socket fills up.
@@ -70,8 +70,9 @@ pub(crate) struct IdlePoller {
     epoll: OwnedFd,
     /// Sleeping connections the shard needs awake (their task is started by [`idle_task`]).
     wake: RefCell<Vec<Rc<ConnSlot>>>,
-    /// Connections that fell asleep since the last sweep.
+    /// Connections that fell asleep, and that woke, since the last sweep.
     slept: Cell<u32>,
+    woke: Cell<u32>,
     /// Connections asleep now.
     asleep: Cell<u64>,
     waker: WakerSlot,
@@ -90,6 +91,7 @@ impl IdlePoller {
             epoll,
             wake: RefCell::new(Vec::new()),
             slept: Cell::new(0),
+            woke: Cell::new(0),
             asleep: Cell::new(0),
             waker: WakerSlot::default(),
         })
@@ -135,6 +137,7 @@ impl IdlePoller {
     fn take(&self, slot: &ConnSlot) -> TcpStream {
         let fd = slot.wake_up();
         self.asleep.set(self.asleep.get() - 1);
+        self.woke.set(self.woke.get() + 1);
         // SAFETY: `fd` is registered here (or was: a failed delete leaves nothing to undo,
         // since closing the descriptor deregisters it).
         unsafe {
@@ -199,13 +202,20 @@ pub(crate) async fn idle_task(shard: Rc<ShardIo>) {
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     let mut sweep_timer = Timer::new(SWEEP_INTERVAL);
     let mut ready = Vec::new();
+    let mut warned = false;
     loop {
         if waiter.is_none() {
             match idle.waiter() {
-                Ok(w) => waiter = Some(w),
+                Ok(w) => {
+                    waiter = Some(w);
+                    warned = false;
+                }
                 Err(e) => {
-                    // Descriptors exhausted: sleeping sockets are seen at the next sweep.
-                    tracing::warn!("{}: cannot watch idle connections: {e}", shard.id);
+                    // Descriptors exhausted: sleeping sockets are looked at every sweep
+                    // until a waiter can be made again.
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!("{}: cannot watch idle connections: {e}", shard.id);
+                    }
                 }
             }
         }
@@ -246,9 +256,12 @@ pub(crate) async fn idle_task(shard: Rc<ShardIo>) {
                     // No waiter (descriptors ran out): look at the sockets now and then.
                     wake_ready(&shard, &mut ready);
                 }
-                if idle.slept.replace(0) > 0 {
-                    // Their tasks and glommio sources are freed by now: give the pages
-                    // back rather than keep them resident while the shard idles.
+                if idle.slept.replace(0) > idle.woke.replace(0) {
+                    // More connections fell asleep than woke since the last sweep: their
+                    // tasks and glommio sources are freed by now (a source only once the
+                    // reactor reaped its cancelled poll), so give the pages back rather than
+                    // keep them resident while the shard idles. (Where connections sleep and
+                    // wake about as often, the pages would be faulted back in: keep them.)
                     super::alloc::collect_freed();
                 }
                 if !shard.stop.is_fired() {

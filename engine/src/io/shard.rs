@@ -66,6 +66,9 @@ pub(crate) struct ConnSlot {
     asleep: Cell<bool>,
     /// Listed for the idle task to wake.
     pub(crate) wake_requested: Cell<bool>,
+    /// Going to sleep failed (descriptors or epoll watches exhausted): it stays awake rather
+    /// than retry every sweep.
+    pub(crate) sleepless: Cell<bool>,
     waker: WakerSlot,
 }
 
@@ -75,8 +78,10 @@ impl ConnSlot {
         self.waker.set(w);
     }
 
-    /// Wakes the connection task (if it sleeps, [`ShardIo::wake`] starts one instead).
+    /// Wakes the connection task. A sleeping connection has none: callers that may meet one
+    /// use [`ShardIo::wake`], which starts a task instead.
     pub(crate) fn wake(&self) {
+        debug_assert!(!self.is_asleep(), "a wake for a sleeping connection would be lost");
         self.waker.wake();
     }
 
@@ -107,6 +112,9 @@ impl ConnSlot {
     pub(super) fn wake_up(&self) -> RawFd {
         self.asleep.set(false);
         self.active.set(true);
+        // The new task's first poll reads directly: glommio's fresh stream only arms its
+        // readiness poll, which would cost a reactor cycle when bytes are already there.
+        self.poke.set(true);
         self.fd.get()
     }
 }
@@ -126,6 +134,10 @@ impl Drop for ConnSlot {
 #[derive(Debug, Default)]
 struct ConnSlots {
     by_index: Vec<Option<Rc<ConnSlot>>>,
+    /// Slots whose index the core reused while their task still runs: a closing connection
+    /// may take up to `CLOSE_WRITE_TIMEOUT` to write, longer than the core keeps its index.
+    /// Still counted (shutdown waits for them); nothing is routed to them any more.
+    displaced: Vec<Rc<ConnSlot>>,
     len: usize,
 }
 
@@ -139,9 +151,10 @@ impl ConnSlots {
         if i >= self.by_index.len() {
             self.by_index.resize(i + 1, None);
         }
-        if self.by_index[i].replace(slot).is_none() {
-            self.len += 1;
+        if let Some(old) = self.by_index[i].replace(slot) {
+            self.displaced.push(old);
         }
+        self.len += 1;
     }
 
     fn remove(&mut self, conn: ConnId) {
@@ -150,7 +163,12 @@ impl ConnSlots {
             if entry.as_ref().is_some_and(|s| s.conn == conn) {
                 *entry = None;
                 self.len -= 1;
+                return;
             }
+        }
+        if let Some(k) = self.displaced.iter().position(|s| s.conn == conn) {
+            self.displaced.swap_remove(k);
+            self.len -= 1;
         }
     }
 
@@ -158,8 +176,9 @@ impl ConnSlots {
         self.by_index.get(Self::index(conn))?.as_ref().filter(|s| s.conn == conn)
     }
 
+    /// Every slot, displaced ones included.
     fn iter(&self) -> impl Iterator<Item = &Rc<ConnSlot>> {
-        self.by_index.iter().flatten()
+        self.by_index.iter().flatten().chain(&self.displaced)
     }
 }
 
@@ -263,6 +282,7 @@ impl ShardIo {
             sleep: Cell::new(false),
             asleep: Cell::new(false),
             wake_requested: Cell::new(false),
+            sleepless: Cell::new(false),
             waker: WakerSlot::default(),
         });
         self.conns.borrow_mut().insert(slot.clone());
@@ -315,6 +335,7 @@ impl ShardIo {
         for slot in self.conns.borrow().iter() {
             if slot.active.replace(false)
                 || slot.is_asleep()
+                || slot.sleepless.get()
                 || slot.gone.get()
                 || slot.close.get()
                 || slot.blocked.get()
