@@ -2,7 +2,8 @@
 //! that needs them: bytes from the client, a full socket, a close the broker decides
 //! (takeover, shutdown), the client going away (its will). Each test first waits until the
 //! broker reports every connection asleep (`$SYS/broker/clients/sleeping`, published every
-//! second here), so what follows happens to sleeping connections.
+//! second here), so what follows happens to sleeping connections. Also the other `$SYS`
+//! counters the idle sweep exports (bytes read and written).
 
 mod common;
 
@@ -194,4 +195,43 @@ async fn shutdown_reaches_sleeping_v5_clients() {
         seen.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason.0 == 0x8B)),
         "no DISCONNECT 0x8B Server shutting down: {seen:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_reports_the_bytes_read_and_written() {
+    const PAYLOAD_BYTES: usize = 10_000;
+    let b = sys_broker(|_| {});
+    let a = addr(&b);
+    let mut w = Raw::connect(a, "bytes-watch", ProtocolVersion::V3_1_1).await;
+    w.send(&subscribe("$SYS/broker/load/bytes/+", shardmq_codec::QoS::AtMostOnce)).await;
+    let mut pubr = Raw::connect(a, "bytes-pub", ProtocolVersion::V3_1_1).await;
+    pubr.send(&publish(
+        "bytes/t",
+        shardmq_codec::QoS::AtLeastOnce,
+        Some(1),
+        vec![7; PAYLOAD_BYTES],
+    ))
+    .await;
+    assert!(matches!(pubr.recv().await, Some(Packet::PubAck(_))));
+    // The watcher sees both counters pass the published payload (in and, since $SYS
+    // messages go out too, out).
+    let (mut received, mut sent) = (0u64, 0u64);
+    within("byte counters past the payload", async {
+        while received < PAYLOAD_BYTES as u64 || sent == 0 {
+            match w.recv().await {
+                Some(Packet::Publish(p)) => {
+                    let v: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                    match &*p.topic {
+                        "$SYS/broker/load/bytes/received" => received = v,
+                        "$SYS/broker/load/bytes/sent" => sent = v,
+                        _ => {}
+                    }
+                }
+                Some(_) => {}
+                None => panic!("the watcher was disconnected"),
+            }
+        }
+    })
+    .await;
+    shutdown(b).await;
 }

@@ -64,7 +64,8 @@ pub struct CoreConfig {
 ///
 /// The core owns `clients_connected` and the `messages_*` counters: it counts locally and
 /// stores the totals into these slots on every tick (so they lag by at most one tick). The
-/// io layer owns `bytes_received` and `bytes_sent` (it adds to them per read/write batch).
+/// io layer owns `bytes_received`, `bytes_sent` and `clients_sleeping`: it counts in the
+/// shard and stores the totals every idle sweep (`io/idle.rs`, once a second).
 #[derive(Debug, Default)]
 pub struct ShardCounters {
     /// Connected clients.

@@ -178,6 +178,7 @@ fn poll_read_into(
     match Pin::new(stream).poll_read(cx, &mut scratch[..]) {
         Poll::Ready(Ok(n)) => {
             buf.extend_from_slice(&scratch[..n]);
+            shard.bytes_in.set(shard.bytes_in.get() + n as u64);
             Poll::Ready(Ok(n))
         }
         other => other,
@@ -201,6 +202,7 @@ fn read_direct(shard: &ShardIo, fd: i32, buf: &mut BytesMut) -> Option<io::Resul
     }
     let n = n as usize;
     buf.extend_from_slice(&scratch[..n]);
+    shard.bytes_in.set(shard.bytes_in.get() + n as u64);
     Some(Ok(n))
 }
 
@@ -347,6 +349,7 @@ impl Driver {
                 let poll = Pin::new(stream).poll_write(cx, q.front());
                 if let Poll::Ready(Ok(n)) = poll {
                     q.consume(n);
+                    self.shard.bytes_out.set(self.shard.bytes_out.get() + n as u64);
                 }
                 poll
             });

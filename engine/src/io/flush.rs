@@ -258,14 +258,14 @@ fn flush_one(shard: &ShardIo, slot: &Rc<ConnSlot>) {
 /// non-blocking sends, until everything is written or the socket is full.
 pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
     if let Some(pending) = slot.pending.0.borrow_mut().as_mut() {
-        let w = send_queue(slot.fd(), pending);
+        let w = send_queue(slot.fd(), pending, &shard.bytes_out);
         if w != Wrote::All {
             return w;
         }
     }
     let mut core = shard.core.borrow_mut();
     match core.tx(slot.conn) {
-        Some(tx) => send_queue(slot.fd(), tx),
+        Some(tx) => send_queue(slot.fd(), tx, &shard.bytes_out),
         None => Wrote::All,
     }
 }
@@ -287,7 +287,7 @@ pub(crate) fn with_front_queue<R>(
 }
 
 /// Sends from `q` until it is empty or the socket is full.
-fn send_queue(fd: RawFd, q: &mut TxQueue) -> Wrote {
+fn send_queue(fd: RawFd, q: &mut TxQueue, sent_total: &Cell<u64>) -> Wrote {
     while !q.is_empty() {
         let (result, offered) = {
             let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
@@ -298,6 +298,7 @@ fn send_queue(fd: RawFd, q: &mut TxQueue) -> Wrote {
         match result {
             Ok(sent) => {
                 q.consume(sent);
+                sent_total.set(sent_total.get() + sent as u64);
                 if sent < offered {
                     return Wrote::Blocked;
                 }

@@ -271,6 +271,8 @@ pub(crate) async fn idle_task(shard: Rc<ShardIo>) {
                 let core = shard.core.borrow();
                 let counters = &core.config().stats.shards[usize::from(shard.id.0)];
                 counters.clients_sleeping.store(idle.asleep.get(), Ordering::Relaxed);
+                counters.bytes_received.store(shard.bytes_in.get(), Ordering::Relaxed);
+                counters.bytes_sent.store(shard.bytes_out.get(), Ordering::Relaxed);
                 let now = Instant::now();
                 next_sweep = (next_sweep + SWEEP_INTERVAL).max(now + SWEEP_INTERVAL / 2);
                 sweep_timer = Timer::new(next_sweep - now);

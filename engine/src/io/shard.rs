@@ -216,6 +216,10 @@ pub(crate) struct ShardIo {
     pub(crate) flush: FlushQueue,
     /// Sleeping connections' sockets (`idle.rs`).
     pub(crate) idle: IdlePoller,
+    /// Bytes read from and written to this shard's sockets since start (exported to the
+    /// shard's `$SYS` counters every idle sweep).
+    pub(crate) bytes_in: Cell<u64>,
+    pub(crate) bytes_out: Cell<u64>,
     /// This shard's end of the mesh (absent with one shard).
     pub(crate) mesh: OnceCell<Rc<MeshIo>>,
     /// This shard's log (absent with `--in-memory`).
@@ -249,6 +253,8 @@ impl ShardIo {
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
             flush: FlushQueue::default(),
             idle: IdlePoller::new()?,
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
             mesh: OnceCell::new(),
             log: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),
