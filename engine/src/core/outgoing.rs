@@ -20,7 +20,7 @@ use shardmq_codec::{
 
 use crate::core::conn::Conn;
 use crate::core::mesh::Message;
-use crate::core::shard::{push_publish_frame, ConnId, IoAction};
+use crate::core::shard::{ConnId, IoAction};
 use crate::core::tx::COALESCE_MAX_BYTES;
 
 /// True once `msg`'s Message Expiry Interval has passed at `now_ms` (broker uptime). A
@@ -131,7 +131,10 @@ pub(crate) fn send_custom(
         let aliases = c.aliases.as_mut().expect("created above");
         aliases.outbound.insert(ByteStr::from(p.msg.topic.as_str()), a);
     }
-    push_publish_frame(&mut c.tx, &header, None, &publish.payload, conn, actions);
+    if c.tx.is_empty() {
+        actions.push_back(IoAction::Flush(conn));
+    }
+    c.tx.push_parts(&header, &publish.payload);
     true
 }
 

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use shardmq_codec::{encode, Disconnect, Packet, ProtocolVersion, ReasonCode};
 
 use crate::core::auth::plain::PasswordChecks;
@@ -380,30 +379,6 @@ pub(crate) fn encode_onto(
         }
     }
     if was_empty && !tx.is_empty() {
-        actions.push_back(IoAction::Flush(conn));
-    }
-}
-
-/// Appends a PUBLISH frame made of a cached `header` (packet id patched at `pid_offset`) and
-/// the shared `payload`, asking for a flush if the queue was empty.
-pub(crate) fn push_publish_frame(
-    tx: &mut TxQueue,
-    header: &[u8],
-    pid: Option<(usize, u16)>,
-    payload: &Bytes,
-    conn: ConnId,
-    actions: &mut VecDeque<IoAction>,
-) {
-    let was_empty = tx.is_empty();
-    let tail = tx.tail_mut();
-    let start = tail.len();
-    tail.extend_from_slice(header);
-    if let Some((offset, id)) = pid {
-        tail[start + offset..start + offset + 2].copy_from_slice(&id.to_be_bytes());
-    }
-    tx.note_appended(header.len());
-    tx.push_parts(&[], payload);
-    if was_empty {
         actions.push_back(IoAction::Flush(conn));
     }
 }
