@@ -7,12 +7,9 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
 use rumqttc::QoS;
-use shardmq_codec::{
-    ByteStr, Packet, PacketId, ProtocolVersion, Publish, Subscribe, SubscriptionOptions,
-};
+use shardmq_codec::{Packet, ProtocolVersion};
 use shardmq_engine::io::BrokerHandle;
 
 const SLEEPING_TOPIC: &str = "$SYS/broker/clients/sleeping";
@@ -25,31 +22,11 @@ fn sys_broker(f: impl FnOnce(&mut shardmq_engine::config::Config)) -> BrokerHand
     })
 }
 
-fn subscribe(topic: &str, qos: shardmq_codec::QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        filters: vec![(ByteStr::from(topic), SubscriptionOptions { qos, ..Default::default() })],
-        properties: None,
-    })
-}
-
-fn publish(topic: &str, qos: shardmq_codec::QoS, id: Option<u16>, payload: Vec<u8>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: ByteStr::from(topic),
-        packet_id: id.map(|i| PacketId::new(i).unwrap()),
-        payload: Bytes::from(payload),
-        properties: None,
-    })
-}
-
 /// A raw client watching the sleeping-connection count (it never sends after SUBSCRIBE, so
 /// it falls asleep too).
 async fn watcher(a: std::net::SocketAddr) -> Raw {
     let mut w = Raw::connect(a, "idle-watch", ProtocolVersion::V3_1_1).await;
-    w.send(&subscribe(SLEEPING_TOPIC, shardmq_codec::QoS::AtMostOnce)).await;
+    w.send(&Raw::subscribe_packet(SLEEPING_TOPIC, shardmq_codec::QoS::AtMostOnce)).await;
     loop {
         match w.recv().await {
             Some(Packet::SubAck(_)) => return w,
@@ -90,7 +67,13 @@ async fn sleeping_connections_wake_for_reads_wills_and_takeover() {
 
     // The sleeping publisher is read; the sleeping subscriber is written to (by the
     // shard's writer) and its PUBACK read.
-    pubr.send(&publish("idle/1", shardmq_codec::QoS::AtLeastOnce, Some(1), b"one".to_vec())).await;
+    pubr.send(&Raw::publish_packet(
+        "idle/1",
+        shardmq_codec::QoS::AtLeastOnce,
+        Some(1),
+        b"one".to_vec(),
+    ))
+    .await;
     assert!(matches!(pubr.recv().await, Some(Packet::PubAck(_))));
     let p = sub.next_publish("idle/1").await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("idle/1", &b"one"[..]));
@@ -99,7 +82,13 @@ async fn sleeping_connections_wake_for_reads_wills_and_takeover() {
     until_sleeping(&mut w, 3).await;
     sub.subscribe("other/#", QoS::AtMostOnce).await;
     until_sleeping(&mut w, 3).await;
-    pubr.send(&publish("other/x", shardmq_codec::QoS::AtMostOnce, None, b"two".to_vec())).await;
+    pubr.send(&Raw::publish_packet(
+        "other/x",
+        shardmq_codec::QoS::AtMostOnce,
+        None,
+        b"two".to_vec(),
+    ))
+    .await;
     let p = sub.next_publish("other/x").await;
     assert_eq!(&p.payload[..], b"two");
 
@@ -129,8 +118,13 @@ async fn sleeping_connections_wake_for_reads_wills_and_takeover() {
     })
     .await;
     again.subscribe("idle/#", QoS::AtLeastOnce).await;
-    pubr.send(&publish("idle/2", shardmq_codec::QoS::AtLeastOnce, Some(2), b"three".to_vec()))
-        .await;
+    pubr.send(&Raw::publish_packet(
+        "idle/2",
+        shardmq_codec::QoS::AtLeastOnce,
+        Some(2),
+        b"three".to_vec(),
+    ))
+    .await;
     assert!(matches!(pubr.recv().await, Some(Packet::PubAck(_))));
     let p = again.next_publish("idle/2 after takeover").await;
     assert_eq!(&p.payload[..], b"three");
@@ -146,7 +140,7 @@ async fn a_sleeping_subscriber_whose_socket_fills_is_woken_to_write() {
     // Subscribes, then reads nothing until everything was published (6.4 MiB: more than the
     // socket buffers hold, so the shard's writer finds the socket full).
     let mut slow = Raw::connect(a, "idle-slow", ProtocolVersion::V3_1_1).await;
-    slow.send(&subscribe("fill/#", shardmq_codec::QoS::AtLeastOnce)).await;
+    slow.send(&Raw::subscribe_packet("fill/#", shardmq_codec::QoS::AtLeastOnce)).await;
     assert!(matches!(slow.recv().await, Some(Packet::SubAck(_))));
     let mut pubr = Raw::connect(a, "idle-fill-pub", ProtocolVersion::V3_1_1).await;
     let mut w = watcher(a).await;
@@ -155,10 +149,16 @@ async fn a_sleeping_subscriber_whose_socket_fills_is_woken_to_write() {
     for seq in 0..MESSAGES {
         let mut payload = vec![0u8; PAYLOAD_BYTES];
         payload[..4].copy_from_slice(&seq.to_be_bytes());
-        pubr.send(&publish("fill/t", shardmq_codec::QoS::AtMostOnce, None, payload)).await;
+        pubr.send(&Raw::publish_packet("fill/t", shardmq_codec::QoS::AtMostOnce, None, payload))
+            .await;
     }
-    pubr.send(&publish("fill/end", shardmq_codec::QoS::AtLeastOnce, Some(1), b"end".to_vec()))
-        .await;
+    pubr.send(&Raw::publish_packet(
+        "fill/end",
+        shardmq_codec::QoS::AtLeastOnce,
+        Some(1),
+        b"end".to_vec(),
+    ))
+    .await;
     assert!(matches!(pubr.recv().await, Some(Packet::PubAck(_))));
 
     // Everything queued for it arrives, in order, ending with the (never dropped) marker.
@@ -203,9 +203,10 @@ async fn sys_reports_the_bytes_read_and_written() {
     let b = sys_broker(|_| {});
     let a = addr(&b);
     let mut w = Raw::connect(a, "bytes-watch", ProtocolVersion::V3_1_1).await;
-    w.send(&subscribe("$SYS/broker/load/bytes/+", shardmq_codec::QoS::AtMostOnce)).await;
+    w.send(&Raw::subscribe_packet("$SYS/broker/load/bytes/+", shardmq_codec::QoS::AtMostOnce))
+        .await;
     let mut pubr = Raw::connect(a, "bytes-pub", ProtocolVersion::V3_1_1).await;
-    pubr.send(&publish(
+    pubr.send(&Raw::publish_packet(
         "bytes/t",
         shardmq_codec::QoS::AtLeastOnce,
         Some(1),

@@ -7,17 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use rumqttc::QoS;
-use shardmq_codec::{
-    ByteStr, Packet, PacketId, ProtocolVersion, Publish, Subscribe, SubscriptionOptions,
-};
-
-fn subscribe_packet(filter: &str, qos: shardmq_codec::QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        filters: vec![(ByteStr::from(filter), SubscriptionOptions { qos, ..Default::default() })],
-        properties: None,
-    })
-}
+use shardmq_codec::{ByteStr, Packet, ProtocolVersion, Publish};
 
 fn publish_packet(topic: &str, payload: &'static [u8]) -> Packet {
     Packet::Publish(Publish {
@@ -108,7 +98,7 @@ async fn pipelined_packets_survive_the_handoff() {
             raw.version = version;
             let mut bytes = raw.encode(&Raw::connect_packet(&id, version, true)).to_vec();
             bytes.extend_from_slice(
-                &raw.encode(&subscribe_packet(&topic, shardmq_codec::QoS::AtMostOnce)),
+                &raw.encode(&Raw::subscribe_packet(&topic, shardmq_codec::QoS::AtMostOnce)),
             );
             raw.send_bytes(&bytes).await;
             // The publish goes in a separate write after SUBACK (a publish pipelined before
@@ -195,7 +185,7 @@ async fn a_thousand_subscribers_each_get_every_message_once_in_order() {
                 .encode(&Raw::connect_packet(&format!("fan-{i}"), ProtocolVersion::V3_1_1, true))
                 .to_vec();
             bytes.extend_from_slice(
-                &raw.encode(&subscribe_packet("fan/t", shardmq_codec::QoS::AtMostOnce)),
+                &raw.encode(&Raw::subscribe_packet("fan/t", shardmq_codec::QoS::AtMostOnce)),
             );
             raw.send_bytes(&bytes).await;
             assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))), "fan-{i}: CONNACK");

@@ -6,24 +6,10 @@ mod common;
 
 use common::*;
 use rumqttc::QoS;
-use shardmq_codec::{
-    ByteStr, Packet, PacketId, ProtocolVersion, Publish, Subscribe, SubscriptionOptions,
-};
+use shardmq_codec::{Packet, ProtocolVersion};
 
 const FLOOD_MESSAGES: u32 = 2000;
 const PAYLOAD_BYTES: usize = 16 * 1024;
-
-fn publish(topic: &str, qos: shardmq_codec::QoS, id: Option<u16>, payload: Vec<u8>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: ByteStr::from(topic),
-        packet_id: id.map(|i| PacketId::new(i).unwrap()),
-        payload: bytes::Bytes::from(payload),
-        properties: None,
-    })
-}
 
 fn seq_of(payload: &[u8]) -> u32 {
     u32::from_be_bytes(payload[..4].try_into().unwrap())
@@ -39,15 +25,7 @@ async fn a_subscriber_that_does_not_read_is_bounded_and_others_are_served() {
 
     // The slow subscriber: subscribes, then reads nothing until the end.
     let mut slow = Raw::connect(a, "slow-sub", ProtocolVersion::V3_1_1).await;
-    slow.send(&Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).unwrap(),
-        filters: vec![(
-            ByteStr::from("slow/#"),
-            SubscriptionOptions { qos: shardmq_codec::QoS::AtLeastOnce, ..Default::default() },
-        )],
-        properties: None,
-    }))
-    .await;
+    slow.send(&Raw::subscribe_packet("slow/#", shardmq_codec::QoS::AtLeastOnce)).await;
     assert!(matches!(slow.recv().await, Some(Packet::SubAck(_))));
 
     let mut fast = V4::connect(a, "fast-sub", |o| {
@@ -61,9 +39,12 @@ async fn a_subscriber_that_does_not_read_is_bounded_and_others_are_served() {
     for seq in 0..FLOOD_MESSAGES {
         let mut payload = vec![0u8; PAYLOAD_BYTES];
         payload[..4].copy_from_slice(&seq.to_be_bytes());
-        publisher.send(&publish("slow/t", shardmq_codec::QoS::AtMostOnce, None, payload)).await;
+        publisher
+            .send(&Raw::publish_packet("slow/t", shardmq_codec::QoS::AtMostOnce, None, payload))
+            .await;
     }
-    let end = publish("slow/end", shardmq_codec::QoS::AtLeastOnce, Some(1), b"end".to_vec());
+    let end =
+        Raw::publish_packet("slow/end", shardmq_codec::QoS::AtLeastOnce, Some(1), b"end".to_vec());
     publisher.send(&end).await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
 

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shardmq_codec::{decode, encode, ByteStr, Connect, Packet, Properties, ProtocolVersion};
+use shardmq_codec::{
+    decode, encode, ByteStr, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish,
+    Subscribe, SubscriptionOptions,
+};
 use shardmq_engine::config::Config;
 use shardmq_engine::core::shard::ShardCore;
 use shardmq_engine::io::{Broker, BrokerHandle};
@@ -360,6 +363,36 @@ impl Raw {
             password: None,
             properties: Properties::default(),
         }))
+    }
+
+    /// A SUBSCRIBE (packet id 1) to one filter.
+    pub fn subscribe_packet(filter: &str, qos: shardmq_codec::QoS) -> Packet {
+        Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            filters: vec![(
+                ByteStr::from(filter),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
+            properties: None,
+        })
+    }
+
+    /// A PUBLISH without RETAIN (`id` for QoS 1/2).
+    pub fn publish_packet(
+        topic: &str,
+        qos: shardmq_codec::QoS,
+        id: Option<u16>,
+        payload: Vec<u8>,
+    ) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: ByteStr::from(topic),
+            packet_id: id.map(|i| PacketId::new(i).unwrap()),
+            payload: Bytes::from(payload),
+            properties: None,
+        })
     }
 
     /// Opens a socket, sends CONNECT and expects a successful CONNACK.
