@@ -4,6 +4,7 @@
 //! Shard-local: one [`ConnTable`] per shard; a [`ConnId`] means nothing on another shard.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ProtocolVersion};
@@ -12,6 +13,7 @@ use crate::core::auth::ConnAuth;
 use crate::core::ids::SessionSlot;
 use crate::core::shard::ConnId;
 use crate::core::tx::TxQueue;
+use crate::core::tx_budget::TxBudget;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +73,11 @@ pub(crate) struct Aliases {
 
 impl Conn {
     /// A connection accepted at `now` that has not sent CONNECT yet.
-    pub(crate) fn new(now: Instant) -> Conn {
+    pub(crate) fn new(now: Instant, budget: Rc<TxBudget>) -> Conn {
         Conn {
             phase: Phase::AwaitingConnect,
             version: None,
-            tx: TxQueue::default(),
+            tx: TxQueue::metered(budget),
             last_rx: now,
             keep_alive_secs: 0,
             client_receive_max: u16::MAX,
@@ -183,7 +185,7 @@ mod tests {
     use super::*;
 
     fn conn(now: Instant) -> Conn {
-        Conn::new(now)
+        Conn::new(now, Rc::new(TxBudget::new(&crate::core::limits::Limits::default())))
     }
 
     /// Memory per idle connection is a target (≤ 1 KB, issue 4). A failure here means a
@@ -195,9 +197,11 @@ mod tests {
         use crate::core::session::Session;
         use crate::core::tx::TxQueue;
         use std::mem::size_of;
-        assert!(size_of::<Conn>() <= 104, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Entry>() <= 112, "ConnTable entry: {}", size_of::<Entry>());
-        assert!(size_of::<TxQueue>() <= 48, "TxQueue: {}", size_of::<TxQueue>());
+        // TxQueue: +16 bytes for the shard budget it reports to and its back-pressure flags
+        // (`tx_budget.rs`).
+        assert!(size_of::<Conn>() <= 120, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Entry>() <= 128, "ConnTable entry: {}", size_of::<Entry>());
+        assert!(size_of::<TxQueue>() <= 64, "TxQueue: {}", size_of::<TxQueue>());
         assert!(size_of::<Session>() <= 120, "Session: {}", size_of::<Session>());
         assert!(
             size_of::<Option<Session>>() <= 120,

@@ -124,7 +124,7 @@ impl ShardCore {
     /// so it is not even read here.
     #[inline]
     fn send_qos0(&mut self, m: &Match, msg: &Message, retain: bool, now_ms: u64) -> bool {
-        let ShardCore { conns, fanout, stats, actions, config, .. } = self;
+        let ShardCore { conns, fanout, stats, actions, .. } = self;
         let Some(conn) = m.direct else { return false };
         let c = conns.get_mut(conn).expect("online session without its connection");
         let v5 = c.is_v5();
@@ -132,8 +132,9 @@ impl ShardCore {
             // Encoded per connection (`outgoing.rs`).
             return false;
         }
-        if c.tx.len_bytes() as u64 > config.limits.connection_tx_bytes_max {
-            // A slow consumer: QoS 0 is dropped rather than queued without bound.
+        if c.tx.drops_qos0() {
+            // A slow consumer, or the shard past its hard bound (`tx_budget.rs`): QoS 0 is
+            // dropped rather than queued without bound.
             stats.messages_dropped += 1;
             return true;
         }
@@ -209,7 +210,7 @@ impl ShardCore {
             }
             return;
         }
-        if qos == QoS::AtMostOnce && c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max {
+        if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
             stats.messages_dropped += 1;
             return;
         }
@@ -281,7 +282,7 @@ impl ShardCore {
                 return;
             }
             let q = s.dequeue().expect("front exists");
-            send_queued(s, c, conn, q, limits, stats, actions, now_ms);
+            send_queued(s, c, conn, q, stats, actions, now_ms);
         }
     }
 
@@ -454,13 +455,12 @@ fn send_queued(
     c: &mut Conn,
     conn: ConnId,
     q: Queued,
-    limits: &Limits,
     stats: &mut LocalStats,
     actions: &mut VecDeque<IoAction>,
     now_ms: u64,
 ) {
     let Queued { msg, qos, retain, sub_ids, group } = q;
-    if qos == QoS::AtMostOnce && c.tx.len_bytes() as u64 > limits.connection_tx_bytes_max {
+    if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
         stats.messages_dropped += 1;
         return;
     }

@@ -144,6 +144,7 @@ impl ShardCore {
                 self.mesh_out.push((from, MeshMsg::SubDeltaAck { seq }));
             }
             MeshMsg::SubDeltaAck { seq } => self.handle_sub_delta_ack(from, seq, now),
+            MeshMsg::Pressure { paused } => self.set_peer_paused(from, paused),
             MeshMsg::RetainSet { topic, msg } => {
                 debug_assert_eq!(self.retain_owner(&topic), self.shard, "RetainSet to non-owner");
                 self.take_copy_refused();

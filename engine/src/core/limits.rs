@@ -25,8 +25,19 @@ pub struct Limits {
     /// Bytes queued per session.
     pub session_queue_bytes_max: u64,
     /// Bytes of encoded frames waiting to be written on one connection before QoS 0 messages
-    /// to it are dropped (counted).
+    /// to it are dropped (counted): the hard bound (`core/tx_budget.rs`).
     pub connection_tx_bytes_max: u64,
+    /// Bytes waiting on one connection past which the shard stops reading PUBLISH packets
+    /// from its clients until the queue is back under a quarter of this (back-pressure; a
+    /// connection that stays past it for a scan interval is marked slow instead, and QoS 0
+    /// messages to it are dropped while past it).
+    pub connection_tx_bytes_pause: u64,
+    /// Bytes waiting on all of a shard's connections past which the shard stops reading
+    /// PUBLISH packets until they are back under half of this (`core/tx_budget.rs`).
+    pub shard_tx_bytes_max: u64,
+    /// Largest first packet (CONNECT) accepted from a connection that has not connected yet:
+    /// an unauthenticated client cannot make the broker buffer more than this.
+    pub connect_packet_size_max_bytes: u32,
     /// Retained messages in the whole broker (each shard holds a replica).
     pub retained_messages_max: u32,
     /// Bytes of retained messages (topic + payload) in the whole broker (each shard holds a
@@ -66,6 +77,9 @@ impl Default for Limits {
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 * 1024 * 1024,
             connection_tx_bytes_max: 4 * 1024 * 1024,
+            connection_tx_bytes_pause: 256 * 1024,
+            shard_tx_bytes_max: 256 * 1024 * 1024,
+            connect_packet_size_max_bytes: 64 * 1024,
             retained_messages_max: 1_000_000,
             retained_bytes_max: 512 * 1024 * 1024,
             keep_alive_max_secs: 3600,
@@ -84,7 +98,7 @@ impl Limits {
     /// Checks every limit is non-zero and that related limits agree. Returns a message
     /// naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        let nonzero: [(&str, u64); 20] = [
+        let nonzero: [(&str, u64); 23] = [
             ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
             ("connections_per_shard_max", self.connections_per_shard_max.into()),
             ("topic_levels_max", self.topic_levels_max.into()),
@@ -95,6 +109,9 @@ impl Limits {
             ("session_queue_messages_max", self.session_queue_messages_max.into()),
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("connection_tx_bytes_max", self.connection_tx_bytes_max),
+            ("connection_tx_bytes_pause", self.connection_tx_bytes_pause),
+            ("shard_tx_bytes_max", self.shard_tx_bytes_max),
+            ("connect_packet_size_max_bytes", self.connect_packet_size_max_bytes.into()),
             ("retained_messages_max", self.retained_messages_max.into()),
             ("retained_bytes_max", self.retained_bytes_max),
             ("keep_alive_max_secs", self.keep_alive_max_secs.into()),
@@ -120,6 +137,12 @@ impl Limits {
         }
         if u64::from(self.packet_size_max_bytes) > self.connection_tx_bytes_max {
             return Err("limit connection_tx_bytes_max must be >= packet_size_max_bytes".into());
+        }
+        if self.connection_tx_bytes_pause > self.connection_tx_bytes_max {
+            return Err("limit connection_tx_bytes_pause must be <= connection_tx_bytes_max".into());
+        }
+        if self.connection_tx_bytes_max > self.shard_tx_bytes_max {
+            return Err("limit shard_tx_bytes_max must be >= connection_tx_bytes_max".into());
         }
         if u64::from(self.packet_size_max_bytes) > self.retained_bytes_max {
             return Err("limit retained_bytes_max must be >= packet_size_max_bytes".into());

@@ -100,6 +100,13 @@ pub enum MeshMsg {
         /// Echoed in the ack: names the SUBACK waiting for it on the sender.
         token: u64,
     },
+    /// The sender's own back-pressure state changed (`tx_budget.rs`): while any shard is
+    /// paused, every shard takes no PUBLISH from its clients, since routed messages would
+    /// fill the paused shard's queues.
+    Pressure {
+        /// The sender's publishers are paused.
+        paused: bool,
+    },
     /// The owner of a shared subscription acknowledges a [`MeshMsg::SharedJoin`]: the SUBACK
     /// waiting for `token` may go.
     SharedJoinAck {

@@ -31,3 +31,4 @@ mod timers;
 pub mod topic;
 pub mod trie;
 pub mod tx;
+pub mod tx_budget;

@@ -14,6 +14,7 @@
 //! This file holds the state and the rest of the io-facing API.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ use crate::core::subscribe::{SubAckGate, SubOptions};
 use crate::core::topic::TopicLimits;
 use crate::core::trie::SubscriptionTrie;
 use crate::core::tx::TxQueue;
+use crate::core::tx_budget::TxBudget;
 
 /// A connection, unique on its shard for the life of the process (never reused).
 /// Shard-local: meaningful only on the shard that issued it.
@@ -82,6 +84,12 @@ pub struct ShardCounters {
     /// Connections asleep: no task, the socket in the shard's idle poller (written by the
     /// io layer, `io/idle.rs`).
     pub clients_sleeping: AtomicU64,
+    /// Connections marked slow consumers now (`tx_budget.rs`).
+    pub clients_slow: AtomicU64,
+    /// Bytes waiting in the shard's transmit queues now.
+    pub tx_bytes_queued: AtomicU64,
+    /// Times the shard paused its publishers (back-pressure), since start.
+    pub publish_pauses: AtomicU64,
 }
 
 /// Counters of every shard. Process-wide; created once at start-up.
@@ -175,6 +183,12 @@ pub struct ShardCore {
     /// Plain-password checks: outcome cache and PBKDF2 budget (`auth/plain.rs`).
     pub(crate) password_checks: PasswordChecks,
     mesh_backlog: usize,
+    /// Queued outgoing bytes and the back-pressure they drive (`tx_budget.rs`).
+    pub(crate) tx_budget: Rc<TxBudget>,
+    /// The pause state last told to the other shards (`MeshMsg::Pressure`).
+    pressure_sent: bool,
+    /// Which other shards said their publishers must wait.
+    peers_paused: Vec<bool>,
 }
 
 impl ShardCore {
@@ -212,6 +226,9 @@ impl ShardCore {
                 config.auth.password_rounds_per_sec,
             ),
             mesh_backlog: 0,
+            tx_budget: Rc::new(TxBudget::new(&config.limits)),
+            pressure_sent: false,
+            peers_paused: vec![false; usize::from(config.shard_count)],
             config,
         }
     }
@@ -239,7 +256,7 @@ impl ShardCore {
             return None;
         }
         self.next_scan_at.get_or_insert(now + SCAN_INTERVAL);
-        Some(self.conns.insert(Conn::new(now)))
+        Some(self.conns.insert(Conn::new(now, self.tx_budget.clone())))
     }
 
     /// The protocol version negotiated on `conn` (its CONNECT's), if known: the version the
@@ -280,9 +297,49 @@ impl ShardCore {
         self.mesh_backlog = n_messages;
     }
 
-    /// True while publishers' sockets must not be read (TCP back-pressure).
-    pub fn reading_paused(&self) -> bool {
-        self.mesh_backlog >= self.config.limits.mesh_outbox_messages_max as usize
+    /// True while this shard must take no PUBLISH from its clients: the io layer stops
+    /// reading a socket whose next packet is a PUBLISH (TCP back-pressure), and keeps
+    /// reading the others (acknowledgements, PINGREQ, …). Paused while this shard's queued
+    /// outgoing bytes are past their marks (`tx_budget.rs`), while another shard says the
+    /// same of its own (`MeshMsg::Pressure`: messages routed there would fill it), or while
+    /// the io layer holds more than `mesh_outbox_messages_max` messages for full rings.
+    pub fn publishing_paused(&self) -> bool {
+        self.tx_budget.paused()
+            || self.peers_paused.iter().any(|p| *p)
+            || self.mesh_backlog >= self.config.limits.mesh_outbox_messages_max as usize
+    }
+
+    /// True when this shard's own pause state differs from what the other shards were
+    /// told: [`ShardCore::sync_pressure`] has a message to send.
+    pub fn pressure_dirty(&self) -> bool {
+        self.config.shard_count > 1 && self.tx_budget.paused() != self.pressure_sent
+    }
+
+    /// Tells the other shards when this shard's own pause state changed, so their publishers
+    /// wait too (cross-shard back-pressure: their messages would fill this shard's queues).
+    pub fn sync_pressure(&mut self) {
+        if !self.pressure_dirty() {
+            return;
+        }
+        let paused = self.tx_budget.paused();
+        self.pressure_sent = paused;
+        for peer in 0..self.config.shard_count {
+            if peer != self.shard.0 {
+                self.mesh_out.push((ShardId(peer), MeshMsg::Pressure { paused }));
+            }
+        }
+    }
+
+    /// Another shard's pause state (`MeshMsg::Pressure`).
+    pub(crate) fn set_peer_paused(&mut self, from: ShardId, paused: bool) {
+        if let Some(p) = self.peers_paused.get_mut(usize::from(from.0)) {
+            *p = paused;
+        }
+    }
+
+    /// The shard's transmit budget (for counters).
+    pub fn tx_budget(&self) -> &TxBudget {
+        &self.tx_budget
     }
 
     /// The configuration.
@@ -352,6 +409,10 @@ impl ShardCore {
         slot.messages_received.store(self.stats.messages_received, Ordering::Relaxed);
         slot.messages_sent.store(self.stats.messages_sent, Ordering::Relaxed);
         slot.messages_dropped.store(self.stats.messages_dropped, Ordering::Relaxed);
+        let b = &self.tx_budget;
+        slot.clients_slow.store(b.slow_conns(), Ordering::Relaxed);
+        slot.tx_bytes_queued.store(b.bytes() + b.slow_bytes(), Ordering::Relaxed);
+        slot.publish_pauses.store(b.pauses(), Ordering::Relaxed);
     }
 }
 
@@ -412,6 +473,37 @@ mod tests {
             password: None,
             properties: Properties::default(),
         }))
+    }
+
+    #[test]
+    fn back_pressure_is_shared_with_the_other_shards() {
+        let (mut core, now) = core(3);
+        let conn = core.open_connection(now).unwrap();
+        let pause = core.config.limits.connection_tx_bytes_pause as usize;
+        core.tx(conn).unwrap().push_frame(&bytes::Bytes::from(vec![0u8; pause + 1]));
+        assert!(core.publishing_paused(), "a connection past its pause mark");
+        assert!(core.pressure_dirty());
+        core.sync_pressure();
+        let mut out = Vec::new();
+        core.drain_mesh_out(&mut out);
+        let told: Vec<_> = out
+            .iter()
+            .map(|(to, m)| (to.0, matches!(m, MeshMsg::Pressure { paused: true })))
+            .collect();
+        assert_eq!(told, [(1, true), (2, true)]);
+        core.tx(conn).unwrap().consume(pause + 1);
+        assert!(!core.publishing_paused());
+        core.sync_pressure();
+        core.drain_mesh_out(&mut out);
+        assert!(out[2..].iter().all(|(_, m)| matches!(m, MeshMsg::Pressure { paused: false })));
+        assert_eq!(out.len(), 4);
+
+        // A peer's pause holds this shard's publishers too, until it says otherwise.
+        core.handle_mesh(ShardId(2), MeshMsg::Pressure { paused: true }, now);
+        assert!(core.publishing_paused());
+        assert!(!core.pressure_dirty(), "a peer's pause is not re-broadcast");
+        core.handle_mesh(ShardId(2), MeshMsg::Pressure { paused: false }, now);
+        assert!(!core.publishing_paused());
     }
 
     #[test]
@@ -486,11 +578,11 @@ mod tests {
     #[test]
     fn mesh_backlog_pauses_reading() {
         let (mut core, _) = core(2);
-        assert!(!core.reading_paused());
+        assert!(!core.publishing_paused());
         core.set_mesh_backlog(10);
-        assert!(core.reading_paused());
+        assert!(core.publishing_paused());
         core.set_mesh_backlog(0);
-        assert!(!core.reading_paused());
+        assert!(!core.publishing_paused());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use shardmq_codec::{ByteStr, QoS, ReasonCode};
 use crate::core::conn::Phase;
 use crate::core::mesh::{Message, Origin};
 use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
+use crate::core::tx::SlowChange;
 
 impl ShardCore {
     /// When the next timer work is due.
@@ -51,7 +52,22 @@ impl ShardCore {
         let mut ids = Vec::new();
         self.conns.ids(&mut ids);
         for id in ids {
-            let Some(c) = self.conns.get(id) else { continue };
+            let Some(c) = self.conns.get_mut(id) else { continue };
+            match c.tx.scan() {
+                SlowChange::None | SlowChange::Recovered => {}
+                SlowChange::BecameSlow => {
+                    if let Phase::Connected(slot) = c.phase {
+                        let client_id = &self.sessions.get(slot).client_id;
+                        tracing::warn!(
+                            shard = %self.shard,
+                            %client_id,
+                            "slow consumer: its queue stays full; QoS 0 messages to it are \
+                             dropped (counted in $SYS/broker/messages/dropped) until it catches up"
+                        );
+                    }
+                }
+            }
+            let c = self.conns.get(id).expect("just seen");
             match c.phase {
                 Phase::Closing => {
                     // `last_rx` is when closing started (`Conn::last_rx`).
@@ -99,7 +115,7 @@ impl ShardCore {
 
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
     fn publish_sys(&mut self, now: Instant) {
-        let mut totals = [0u64; 7];
+        let mut totals = [0u64; 10];
         for s in &self.config.stats.shards {
             let values = [
                 &s.clients_connected,
@@ -109,13 +125,16 @@ impl ShardCore {
                 &s.bytes_received,
                 &s.bytes_sent,
                 &s.clients_sleeping,
+                &s.clients_slow,
+                &s.tx_bytes_queued,
+                &s.publish_pauses,
             ];
             for (t, v) in totals.iter_mut().zip(values) {
                 *t += v.load(Ordering::Relaxed);
             }
         }
         let uptime_secs = now.saturating_duration_since(self.config.started_at).as_secs();
-        let entries: [(&'static str, String); 9] = [
+        let entries: [(&'static str, String); 12] = [
             ("$SYS/broker/version", format!("shardmq {}", env!("CARGO_PKG_VERSION"))),
             ("$SYS/broker/uptime", format!("{uptime_secs} seconds")),
             ("$SYS/broker/clients/connected", totals[0].to_string()),
@@ -125,6 +144,9 @@ impl ShardCore {
             ("$SYS/broker/load/bytes/received", totals[4].to_string()),
             ("$SYS/broker/load/bytes/sent", totals[5].to_string()),
             ("$SYS/broker/clients/sleeping", totals[6].to_string()),
+            ("$SYS/broker/clients/slow", totals[7].to_string()),
+            ("$SYS/broker/load/bytes/queued", totals[8].to_string()),
+            ("$SYS/broker/publish/pauses", totals[9].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
         for (topic, value) in entries {

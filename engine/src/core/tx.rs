@@ -7,8 +7,11 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use crate::core::tx_budget::TxBudget;
 
 /// Frames smaller than this are copied into the coalescing buffer; larger ones are queued as
 /// shared chunks so a big payload is never copied per subscriber.
@@ -17,6 +20,38 @@ pub const COALESCE_MAX_BYTES: usize = 2048;
 /// A coalescing buffer that grew past this is released once it has been written out, so a
 /// burst does not pin memory on a connection that then goes idle.
 pub const TAIL_KEEP_BYTES_MAX: usize = 16 * 1024;
+
+/// The coalescing buffer is sealed into a chunk once it holds this much, so a deep queue is
+/// a list of chunks: a partial write advances the front chunk, and appending never moves
+/// what waits (a growing `BytesMut` that was partly written would be compacted, a copy of the
+/// whole backlog, on its next reallocation).
+pub const TAIL_SEAL_BYTES: usize = 64 * 1024;
+
+/// [`TxQueue::flags`] bits.
+mod flag {
+    /// Counted in the budget's `over` (past the pause mark, not yet under the resume mark).
+    pub const OVER: u8 = 1;
+    /// A slow consumer (`tx_budget.rs`): its bytes count as slow, QoS 0 to it is dropped
+    /// sooner.
+    pub const SLOW: u8 = 2;
+    /// The socket took bytes since the last scan.
+    pub const CONSUMED: u8 = 4;
+    /// Was `OVER` at the last scan and has not been under the resume mark since.
+    pub const SUSPECT: u8 = 8;
+    /// Held bytes at the last scan.
+    pub const NONEMPTY_AT_SCAN: u8 = 16;
+}
+
+/// What a scan found out about a queue ([`TxQueue::scan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowChange {
+    /// Nothing changed.
+    None,
+    /// The connection just became slow.
+    BecameSlow,
+    /// A slow connection caught up.
+    Recovered,
+}
 
 /// Encoded frames waiting to be written to one connection, in order: sealed `chunks` (large
 /// shared payloads, and the coalesced bytes before them), then the coalescing `tail`. Small
@@ -31,25 +66,36 @@ pub struct TxQueue {
     chunks: Option<Box<VecDeque<Bytes>>>,
     tail: BytesMut,
     len_bytes: usize,
+    /// The shard's budget this queue reports to (`None`: not metered, e.g. the io layer's
+    /// bytes of a closing connection, and tests).
+    budget: Option<Rc<TxBudget>>,
+    /// [`flag`] bits.
+    flags: u8,
 }
 
 impl TxQueue {
     /// Queues a whole encoded frame.
     pub fn push_frame(&mut self, frame: &Bytes) {
-        self.len_bytes += frame.len();
+        if self.tail.len() >= TAIL_SEAL_BYTES {
+            self.seal_tail();
+        }
         if frame.len() <= COALESCE_MAX_BYTES {
             self.tail.extend_from_slice(frame);
         } else {
             self.seal_tail();
             self.chunks().push_back(frame.clone());
         }
+        self.grew(frame.len());
     }
 
     /// Copies `bytes` (a frame or the start of one) into the coalescing buffer, and returns the
     /// copy so the caller can patch it (e.g. a packet id into a cached PUBLISH).
     #[inline]
     pub fn push_copy(&mut self, bytes: &[u8]) -> &mut [u8] {
-        self.len_bytes += bytes.len();
+        if self.tail.len() >= TAIL_SEAL_BYTES {
+            self.seal_tail();
+        }
+        self.grew(bytes.len());
         let start = self.tail.len();
         self.tail.extend_from_slice(bytes);
         &mut self.tail[start..]
@@ -58,7 +104,10 @@ impl TxQueue {
     /// Queues a frame made of an encoded header and a shared payload: the header is copied,
     /// the payload is copied only if small.
     pub fn push_parts(&mut self, header: &[u8], payload: &Bytes) {
-        self.len_bytes += header.len() + payload.len();
+        if self.tail.len() >= TAIL_SEAL_BYTES {
+            self.seal_tail();
+        }
+        self.grew(header.len() + payload.len());
         self.tail.extend_from_slice(header);
         if payload.len() <= COALESCE_MAX_BYTES {
             self.tail.extend_from_slice(payload);
@@ -71,12 +120,112 @@ impl TxQueue {
     /// Gives direct access to the coalescing buffer to encode a frame in place.
     /// The caller must call [`TxQueue::note_appended`] with the number of bytes it wrote.
     pub fn tail_mut(&mut self) -> &mut BytesMut {
+        if self.tail.len() >= TAIL_SEAL_BYTES {
+            self.seal_tail();
+        }
         &mut self.tail
     }
 
     /// Accounts for bytes written through [`TxQueue::tail_mut`].
     pub fn note_appended(&mut self, n_bytes: usize) {
-        self.len_bytes += n_bytes;
+        self.grew(n_bytes);
+    }
+
+    /// A queue that reports what it holds to `budget`.
+    pub fn metered(budget: Rc<TxBudget>) -> TxQueue {
+        TxQueue {
+            chunks: None,
+            tail: BytesMut::new(),
+            len_bytes: 0,
+            budget: Some(budget),
+            flags: 0,
+        }
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.flags |= f;
+        } else {
+            self.flags &= !f;
+        }
+    }
+
+    /// Accounts for `n` more bytes queued.
+    fn grew(&mut self, n: usize) {
+        self.len_bytes += n;
+        let Some(b) = self.budget.as_deref() else { return };
+        let slow = self.flags & flag::SLOW != 0;
+        b.add(slow, n as u64);
+        if !slow && self.flags & flag::OVER == 0 && self.len_bytes as u64 > b.conn_pause_bytes {
+            b.over_inc();
+            self.flags |= flag::OVER;
+        }
+    }
+
+    /// Accounts for `n` bytes gone (written, or moved to another queue).
+    fn shrank(&mut self, n: usize) {
+        self.len_bytes -= n;
+        let Some(b) = self.budget.as_deref() else { return };
+        b.sub(self.has(flag::SLOW), n as u64);
+        if self.has(flag::OVER) && self.len_bytes as u64 <= b.conn_resume_bytes {
+            b.over_dec();
+            self.flags &= !(flag::OVER | flag::SUSPECT);
+        }
+    }
+
+    /// True when a QoS 0 message for this connection is dropped instead of queued: the
+    /// queue is past its hard bound, or the shard's budget says so (`tx_budget.rs`). A queue
+    /// without a budget never drops.
+    pub fn drops_qos0(&self) -> bool {
+        match self.budget.as_deref() {
+            Some(b) => b.drops_qos0(self.has(flag::SLOW), self.len_bytes as u64),
+            None => false,
+        }
+    }
+
+    /// Whether the connection is marked slow.
+    pub fn is_slow(&self) -> bool {
+        self.has(flag::SLOW)
+    }
+
+    /// The shard's periodic scan: marks the connection slow when its queue stayed past the
+    /// pause mark since the last scan, or held bytes at both scans and the socket took none;
+    /// a slow connection recovers once its queue is empty.
+    pub fn scan(&mut self) -> SlowChange {
+        let Some(b) = self.budget.clone() else { return SlowChange::None };
+        let consumed = self.has(flag::CONSUMED);
+        let nonempty_before = self.has(flag::NONEMPTY_AT_SCAN);
+        self.set(flag::CONSUMED, false);
+        self.set(flag::NONEMPTY_AT_SCAN, self.len_bytes > 0);
+        let len = self.len_bytes as u64;
+        if self.has(flag::SLOW) {
+            if len > 0 {
+                return SlowChange::None;
+            }
+            self.set(flag::SLOW, false);
+            b.slow_conns_add(false);
+            return SlowChange::Recovered;
+        }
+        let stalled = nonempty_before && len > 0 && !consumed;
+        let stuck_over = self.has(flag::OVER) && self.has(flag::SUSPECT);
+        if stalled || stuck_over {
+            if self.has(flag::OVER) {
+                b.over_dec();
+            }
+            self.flags &= !(flag::OVER | flag::SUSPECT);
+            b.sub(false, len);
+            b.add(true, len);
+            self.set(flag::SLOW, true);
+            b.slow_conns_add(true);
+            return SlowChange::BecameSlow;
+        }
+        let over = self.has(flag::OVER);
+        self.set(flag::SUSPECT, over);
+        SlowChange::None
     }
 
     fn chunks(&mut self) -> &mut VecDeque<Bytes> {
@@ -127,13 +276,16 @@ impl TxQueue {
     /// Drops the first `n_bytes` queued bytes: the socket took them.
     pub fn consume(&mut self, mut n_bytes: usize) {
         assert!(n_bytes <= self.len_bytes, "consumed {n_bytes} of {} bytes", self.len_bytes);
+        if n_bytes > 0 {
+            self.flags |= flag::CONSUMED;
+        }
         if n_bytes == self.len_bytes {
             // Everything went (the usual case): keep the coalescing buffer for the next
             // frames unless a burst grew it.
             if let Some(c) = self.chunks.as_mut() {
                 c.clear();
             }
-            self.len_bytes = 0;
+            self.shrank(n_bytes);
             if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
                 self.tail = BytesMut::new();
             } else {
@@ -141,7 +293,7 @@ impl TxQueue {
             }
             return;
         }
-        self.len_bytes -= n_bytes;
+        self.shrank(n_bytes);
         while n_bytes > 0 {
             match self.chunks.as_mut().and_then(|c| c.front_mut()) {
                 Some(front) if n_bytes >= front.len() => {
@@ -165,16 +317,14 @@ impl TxQueue {
         if other.is_empty() {
             return;
         }
-        if self.is_empty() && self.tail.capacity() == 0 {
-            std::mem::swap(self, other);
-            return;
-        }
+        let n = other.len_bytes;
         self.seal_tail();
         other.seal_tail();
         if let Some(theirs) = other.chunks.as_mut() {
             self.chunks().append(theirs);
         }
-        self.len_bytes += std::mem::take(&mut other.len_bytes);
+        other.shrank(n);
+        self.grew(n);
     }
 
     /// Takes everything queued, in order, for one write batch.
@@ -183,7 +333,20 @@ impl TxQueue {
         if let Some(c) = self.chunks.as_mut() {
             out.extend(c.drain(..));
         }
-        self.len_bytes = 0;
+        let n = self.len_bytes;
+        self.shrank(n);
+    }
+}
+
+impl Drop for TxQueue {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget.clone() {
+            let n = self.len_bytes;
+            self.shrank(n);
+            if self.has(flag::SLOW) {
+                b.slow_conns_add(false);
+            }
+        }
     }
 }
 

@@ -145,7 +145,7 @@ async fn first_packet(shard: &ShardIo, stream: &mut TcpStream, mut buf: BytesMut
     loop {
         if !buf.is_empty() {
             let mut rest = buf.clone();
-            match decode(&mut rest, &shard.codec_limits, VERSION_BEFORE_CONNECT) {
+            match decode(&mut rest, &shard.connect_limits, VERSION_BEFORE_CONNECT) {
                 Ok(Some(p)) => return Some(First { packet: Ok(p), read: buf, rest }),
                 Ok(None) => {}
                 Err(e) => return Some(First { packet: Err(e), read: buf, rest: BytesMut::new() }),
@@ -307,9 +307,22 @@ impl Driver {
         }
     }
 
-    /// Decodes and handles every whole packet in the buffer.
+    /// True when the next packet in the buffer is a PUBLISH and the shard takes none now
+    /// (back-pressure, `core/tx_budget.rs`): it stays in the buffer and the socket is not
+    /// read until publishing resumes. Packets before it are handled; packets after it wait
+    /// with it (TCP is one ordered stream).
+    fn publish_held(&self) -> bool {
+        const PUBLISH: u8 = 3;
+        self.buf.first().is_some_and(|b| b >> 4 == PUBLISH)
+            && self.shard.core.borrow().publishing_paused()
+    }
+
+    /// Decodes and handles every whole packet in the buffer (up to a held PUBLISH).
     fn decode_all(&mut self) {
         while !self.slot.close.get() && !self.buf.is_empty() {
+            if self.publish_held() {
+                return;
+            }
             let version = self
                 .shard
                 .core
@@ -368,7 +381,10 @@ impl Driver {
         // (`flush.rs`) sends this connection's queue.
         let closing = self.slot.close.get();
         if self.slot.blocked.get() || closing {
-            match self.poll_write_all(cx) {
+            let wrote = self.poll_write_all(cx);
+            // What went out may let paused publishers resume (`core/tx_budget.rs`).
+            self.shard.relieve();
+            match wrote {
                 Poll::Ready(Ok(())) => self.slot.blocked.set(false),
                 Poll::Ready(Err(())) => {
                     return Poll::Ready(if closing { Event::Closed } else { Event::Gone });
@@ -391,7 +407,7 @@ impl Driver {
         }
         // Reader (also while the socket is too full to take more: keep reading meanwhile).
         self.slot.set_waker(cx.waker());
-        if self.shard.core.borrow().reading_paused() {
+        if self.publish_held() {
             self.shard.park(&self.slot);
             return Poll::Pending;
         }

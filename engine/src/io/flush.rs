@@ -132,7 +132,8 @@ impl FlushQueue {
     fn poke_hot(&self) -> usize {
         let mut hot = self.hot.borrow_mut();
         // (A sleeping connection is never hot: `ConnSlot::fall_asleep`.)
-        hot.retain(|s| s.hot.get() && !s.gone.get() && !s.close.get());
+        // (A parked connection holds a PUBLISH the shard does not take now.)
+        hot.retain(|s| s.hot.get() && !s.gone.get() && !s.close.get() && !s.parked.get());
         for s in hot.iter() {
             s.poke.set(true);
             s.wake();
@@ -205,6 +206,8 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
             let Some(slot) = q.pop() else { break };
             flush_one(&shard, &slot);
         }
+        // What went out may let paused publishers resume (`core/tx_budget.rs`).
+        shard.relieve();
         if !q.fifo.borrow().is_empty() {
             // Read what publishers sent meanwhile, so it is queued before the rest of the
             // pass goes out. Connections that just read bytes are asked to read again

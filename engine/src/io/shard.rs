@@ -204,6 +204,9 @@ pub(crate) struct ShardIo {
     pub(crate) core: RefCell<ShardCore>,
     /// Decoder limits (from the core's limits).
     pub(crate) codec_limits: shardmq_codec::Limits,
+    /// Decoder limits for a connection's first packet: `connect_packet_size_max_bytes`, so
+    /// a client that has not connected cannot make the shard buffer a large packet.
+    pub(crate) connect_limits: shardmq_codec::Limits,
     /// How long a new connection may take to send its first packet.
     pub(crate) connect_timeout: Duration,
     /// Open connections (those the core knows).
@@ -242,11 +245,17 @@ impl ShardIo {
         let limits = &core.config().limits;
         let codec_limits =
             shardmq_codec::Limits { packet_size_max_bytes: limits.packet_size_max_bytes };
+        let connect_limits = shardmq_codec::Limits {
+            packet_size_max_bytes: limits
+                .packet_size_max_bytes
+                .min(limits.connect_packet_size_max_bytes),
+        };
         let connect_timeout = Duration::from_secs(limits.connect_timeout_secs.into());
         Ok(ShardIo {
             id: core.shard_id(),
             core: RefCell::new(core),
             codec_limits,
+            connect_limits,
             connect_timeout,
             conns: RefCell::new(ConnSlots::default()),
             parked: RefCell::new(Vec::new()),
@@ -470,6 +479,7 @@ impl ShardIo {
                 }
             }
         }
+        core.sync_pressure();
         let mut out = self.mesh_out.borrow_mut();
         core.drain_mesh_out(&mut out);
         if !out.is_empty() {
@@ -490,11 +500,23 @@ impl ShardIo {
         if let Some(deadline) = core.next_deadline() {
             self.nudge_timer(deadline);
         }
-        if !core.reading_paused() && !self.parked.borrow().is_empty() {
+        if !core.publishing_paused() && !self.parked.borrow().is_empty() {
             for slot in self.parked.borrow_mut().drain(..) {
                 slot.parked.set(false);
                 self.wake(&slot);
             }
+        }
+    }
+
+    /// After bytes were written: if that moved the shard's back-pressure state (publishing
+    /// may resume, or the other shards must hear of a change), acts on it.
+    pub(crate) fn relieve(&self) {
+        let (dirty, paused) = {
+            let core = self.core.borrow();
+            (core.pressure_dirty(), core.publishing_paused())
+        };
+        if dirty || (!paused && !self.parked.borrow().is_empty()) {
+            self.drain();
         }
     }
 
