@@ -134,6 +134,7 @@ impl ShardCore {
                 self.deliver_local(&m, now_ms);
                 self.deliver_shared(&m, now_ms);
                 self.note_copies_refused(from);
+                self.credit_routed(from, &m);
             }
             MeshMsg::SubDelta { filter, added, seq } => {
                 if added {
@@ -145,6 +146,7 @@ impl ShardCore {
             }
             MeshMsg::SubDeltaAck { seq } => self.handle_sub_delta_ack(from, seq, now),
             MeshMsg::Pressure { paused } => self.set_peer_paused(from, paused),
+            MeshMsg::Credit { bytes } => self.handle_credit(from, bytes),
             MeshMsg::RetainSet { topic, msg } => {
                 debug_assert_eq!(self.retain_owner(&topic), self.shard, "RetainSet to non-owner");
                 self.take_copy_refused();

@@ -57,6 +57,11 @@ pub struct Limits {
     /// Messages held locally when a cross-shard ring is full; past this, the shard stops
     /// reading from publishing sockets until the rings drain.
     pub mesh_outbox_messages_max: u32,
+    /// Bytes of messages (payload + topic + a fixed 64 per message) a shard may have routed to
+    /// one other shard that the other shard has not yet handled (`MeshMsg::Credit`); past
+    /// this the shard takes no PUBLISH from its clients. This bounds what crosses before the
+    /// other shard's own pause (`MeshMsg::Pressure`) arrives.
+    pub mesh_inflight_bytes_max: u64,
     /// Client identifier length.
     pub client_id_length_max_bytes: u16,
     /// Topic aliases a 5.0 client may define on one connection (advertised as Topic Alias
@@ -88,6 +93,7 @@ impl Default for Limits {
             sessions_per_shard_max: 1_000_000,
             mesh_ring_capacity: 4096,
             mesh_outbox_messages_max: 65_536,
+            mesh_inflight_bytes_max: 1024 * 1024,
             client_id_length_max_bytes: 256,
             topic_alias_max: 64,
         }
@@ -98,7 +104,7 @@ impl Limits {
     /// Checks every limit is non-zero and that related limits agree. Returns a message
     /// naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        let nonzero: [(&str, u64); 23] = [
+        let nonzero: [(&str, u64); 24] = [
             ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
             ("connections_per_shard_max", self.connections_per_shard_max.into()),
             ("topic_levels_max", self.topic_levels_max.into()),
@@ -120,6 +126,7 @@ impl Limits {
             ("sessions_per_shard_max", self.sessions_per_shard_max.into()),
             ("mesh_ring_capacity", self.mesh_ring_capacity.into()),
             ("mesh_outbox_messages_max", self.mesh_outbox_messages_max.into()),
+            ("mesh_inflight_bytes_max", self.mesh_inflight_bytes_max),
             ("client_id_length_max_bytes", self.client_id_length_max_bytes.into()),
             ("topic_alias_max", self.topic_alias_max.into()),
         ];

@@ -100,6 +100,12 @@ pub enum MeshMsg {
         /// Echoed in the ack: names the SUBACK waiting for it on the sender.
         token: u64,
     },
+    /// The sender handled this many bytes (`mesh_cost`) of [`MeshMsg::Publish`] messages
+    /// from the receiver: the receiver may route that much more (`mesh_inflight_bytes_max`).
+    Credit {
+        /// Bytes handled, as counted by [`mesh_cost`].
+        bytes: u64,
+    },
     /// The sender's own back-pressure state changed (`tx_budget.rs`): while any shard is
     /// paused, every shard takes no PUBLISH from its clients, since routed messages would
     /// fill the paused shard's queues.
@@ -175,4 +181,10 @@ pub enum MeshMsg {
         /// False if the receiver could not log its records (disk full).
         ok: bool,
     },
+}
+
+/// What a routed message counts against the window of messages in flight to one shard
+/// (`Limits::mesh_inflight_bytes_max`): its payload, topic and a fixed 64 bytes.
+pub fn mesh_cost(m: &Message) -> u64 {
+    (m.payload.len() + m.topic.len() + 64) as u64
 }

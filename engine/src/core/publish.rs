@@ -235,6 +235,7 @@ impl ShardCore {
         let shards = self.routes.shards_for(&msg.topic);
         for shard in shards.iter() {
             if shard != self.shard {
+                self.note_routed(shard, &msg);
                 self.mesh_out.push((shard, MeshMsg::Publish(msg.clone())));
             }
         }

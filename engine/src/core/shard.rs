@@ -189,6 +189,10 @@ pub struct ShardCore {
     pressure_sent: bool,
     /// Which other shards said their publishers must wait.
     peers_paused: Vec<bool>,
+    /// Per other shard: bytes (`mesh_cost`) of messages routed there and not yet credited.
+    mesh_inflight: Vec<u64>,
+    /// Per other shard: bytes of its messages handled here and not yet credited back.
+    mesh_credit_due: Vec<u64>,
 }
 
 impl ShardCore {
@@ -229,6 +233,8 @@ impl ShardCore {
             tx_budget: Rc::new(TxBudget::new(&config.limits)),
             pressure_sent: false,
             peers_paused: vec![false; usize::from(config.shard_count)],
+            mesh_inflight: vec![0; usize::from(config.shard_count)],
+            mesh_credit_due: vec![0; usize::from(config.shard_count)],
             config,
         }
     }
@@ -304,8 +310,10 @@ impl ShardCore {
     /// same of its own (`MeshMsg::Pressure`: messages routed there would fill it), or while
     /// the io layer holds more than `mesh_outbox_messages_max` messages for full rings.
     pub fn publishing_paused(&self) -> bool {
+        let window = self.config.limits.mesh_inflight_bytes_max;
         self.tx_budget.paused()
             || self.peers_paused.iter().any(|p| *p)
+            || self.mesh_inflight.iter().any(|b| *b >= window)
             || self.mesh_backlog >= self.config.limits.mesh_outbox_messages_max as usize
     }
 
@@ -334,6 +342,33 @@ impl ShardCore {
     pub(crate) fn set_peer_paused(&mut self, from: ShardId, paused: bool) {
         if let Some(p) = self.peers_paused.get_mut(usize::from(from.0)) {
             *p = paused;
+        }
+    }
+
+    /// A message was routed to `to`: it counts against the window until credited.
+    pub(crate) fn note_routed(&mut self, to: ShardId, m: &Message) {
+        if let Some(b) = self.mesh_inflight.get_mut(usize::from(to.0)) {
+            *b += crate::core::mesh::mesh_cost(m);
+        }
+    }
+
+    /// A message routed here by `from` was handled: credit it back in batches of an eighth
+    /// of the window (a remainder below that stays due; it never fills the window).
+    pub(crate) fn credit_routed(&mut self, from: ShardId, m: &Message) {
+        let batch = (self.config.limits.mesh_inflight_bytes_max / 8).max(1);
+        let Some(due) = self.mesh_credit_due.get_mut(usize::from(from.0)) else { return };
+        *due += crate::core::mesh::mesh_cost(m);
+        if *due >= batch {
+            let bytes = std::mem::take(due);
+            self.mesh_out.push((from, MeshMsg::Credit { bytes }));
+        }
+    }
+
+    /// `from` handled `bytes` of the messages routed to it.
+    pub(crate) fn handle_credit(&mut self, from: ShardId, bytes: u64) {
+        if let Some(b) = self.mesh_inflight.get_mut(usize::from(from.0)) {
+            debug_assert!(*b >= bytes, "credit {bytes} for {b} in flight");
+            *b = b.saturating_sub(bytes);
         }
     }
 
