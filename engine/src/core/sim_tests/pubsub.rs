@@ -366,8 +366,12 @@ fn outbound_window_queues_in_order_and_acks_release_it() {
 
 #[test]
 fn qos0_to_a_stalled_connection_is_dropped_and_counted() {
-    let limits =
-        Limits { packet_size_max_bytes: 4096, connection_tx_bytes_max: 4096, ..Limits::default() };
+    let limits = Limits {
+        packet_size_max_bytes: 4096,
+        connection_tx_bytes_max: 4096,
+        connection_tx_bytes_pause: 4096,
+        ..Limits::default()
+    };
     let mut sim = Sim::with_limits(2, 0, limits);
     let s = sim.client(&sim.id_on("s", 1), V3);
     let p = sim.client(&sim.id_on("p", 0), V3);
