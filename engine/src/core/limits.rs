@@ -82,7 +82,7 @@ impl Default for Limits {
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 * 1024 * 1024,
             connection_tx_bytes_max: 4 * 1024 * 1024,
-            connection_tx_bytes_pause: 256 * 1024,
+            connection_tx_bytes_pause: 64 * 1024,
             shard_tx_bytes_max: 256 * 1024 * 1024,
             connect_packet_size_max_bytes: 64 * 1024,
             retained_messages_max: 1_000_000,
