@@ -8,8 +8,8 @@
 //! Layers:
 //! - [`core`]: sans-IO state machines (sessions, routing, retained store, limits). They take
 //!   `now` as a parameter and return what to send; they never touch glommio, sockets or clocks.
-//! - [`io`]: the only code that imports glommio: listeners, connection drivers, the
-//!   cross-shard mesh, timers. Thin: read → decode → core → encode → write.
+//! - [`io`]: with the log's file io, the only code that uses glommio: listeners, connection
+//!   drivers, the cross-shard mesh, timers. Thin: read → decode → core → encode → write.
 //! - [`config`]: command line and TOML configuration; [`users_cmd`]: `shardmq users …`.
 //!
 //! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.

@@ -132,6 +132,39 @@ fn sans_io_layers_do_not_touch_io_or_clocks() {
     );
 }
 
+/// The only files outside `engine/src/io/` that may use glommio: the log's file io (DMA
+/// files). Everything else of the engine reaches the runtime through the io layer.
+const GLOMMIO_OUTSIDE_IO_ALLOWED: &[&str] =
+    &["engine/src/log/file.rs", "engine/src/log/compact.rs"];
+
+#[test]
+fn glommio_is_used_only_by_the_io_layer_and_the_log_files() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("engine/src"), &mut files);
+    assert!(!files.is_empty(), "found no sources under {}", root.display());
+    let io_dir = root.join("engine/src/io");
+    let mut problems = Vec::new();
+    for file in files.iter().filter(|f| !f.starts_with(&io_dir)) {
+        if GLOMMIO_OUTSIDE_IO_ALLOWED.contains(&rel(file).as_str()) {
+            continue;
+        }
+        let code = code_of(&fs::read_to_string(file).expect("readable source"));
+        for (n, line) in code.lines().enumerate() {
+            // String literals may name it (a log filter such as "glommio::reactor=off").
+            let outside_strings: String = line.split('"').step_by(2).collect();
+            if outside_strings.contains("glommio") {
+                problems.push(format!("{}:{}: uses glommio", rel(file), n + 1));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "glommio belongs in engine/src/io/ (and the log's file io):\n{}",
+        problems.join("\n")
+    );
+}
+
 #[test]
 fn no_rust_file_is_too_long() {
     let root = workspace_root();
