@@ -133,3 +133,35 @@ async fn flood_one_shard() {
 async fn flood_across_shards() {
     flood_reaches_a_reading_subscriber_whole(2).await;
 }
+
+/// Before CONNECT a connection may send at most `connect_packet_size_max_bytes`: a first
+/// packet declaring more is refused from its fixed header, without buffering its body (the
+/// connect timeout is long here, so only the size limit can close the connection in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_first_packet_is_refused_before_it_is_buffered() {
+    let b = broker_with(1, |c| {
+        c.limits.connect_timeout_secs = 600;
+        c.limits.connect_packet_size_max_bytes = 16 * 1024;
+    });
+    let a = addr(&b);
+    let mut c = Raw::open(a).await;
+    // CONNECT, remaining length 100,000 (varint a0 8d 06), and only the start of a body.
+    c.send_bytes(&[0x10, 0xa0, 0x8d, 0x06, 0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 2]).await;
+    let seen = c.until_closed().await;
+    assert!(
+        seen.iter().all(|p| matches!(p, Packet::ConnAck(_))),
+        "at most a CONNACK before the close: {seen:?}"
+    );
+    // A CONNECT within the limit still works, and after CONNECT packets up to the full
+    // maximum are accepted.
+    let mut ok = Raw::connect(a, "small-connect", ProtocolVersion::V3_1_1).await;
+    ok.send(&Raw::subscribe_packet("big/t", QoS::AtMostOnce)).await;
+    assert!(matches!(ok.recv().await, Some(Packet::SubAck(_))));
+    let big = vec![7u8; 100_000];
+    ok.send(&Raw::publish_packet("big/t", QoS::AtMostOnce, None, big.clone())).await;
+    match ok.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(p.payload.len(), big.len()),
+        other => panic!("expected the 100,000-byte message back, got {other:?}"),
+    }
+    shutdown(b).await;
+}
