@@ -165,3 +165,32 @@ async fn a_large_first_packet_is_refused_before_it_is_buffered() {
     }
     shutdown(b).await;
 }
+
+/// A large payload to many subscribers is one allocation shared by their queues: it counts
+/// once against the shard's budget, so every subscriber gets it (counted per copy, twenty
+/// 4 MiB copies would be past twice this shard's 16 MiB budget and QoS 0 would be dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_reaches_every_subscriber() {
+    const SUBSCRIBERS: usize = 20;
+    let b = broker_with(1, |c| {
+        c.limits.shard_tx_bytes_max = 16 * 1024 * 1024;
+    });
+    let a = addr(&b);
+    let mut subs = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let mut s = Raw::connect(a, &format!("big-sub-{i}"), ProtocolVersion::V3_1_1).await;
+        s.send(&Raw::subscribe_packet("big/#", QoS::AtMostOnce)).await;
+        assert!(matches!(s.recv().await, Some(Packet::SubAck(_))));
+        subs.push(s);
+    }
+    let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut publisher = Raw::connect(a, "big-pub", ProtocolVersion::V3_1_1).await;
+    publisher.send(&Raw::publish_packet("big/t", QoS::AtMostOnce, None, payload.clone())).await;
+    for (i, s) in subs.iter_mut().enumerate() {
+        match s.recv().await {
+            Some(Packet::Publish(p)) => assert!(p.payload == payload, "subscriber {i}: payload"),
+            other => panic!("subscriber {i}: expected the message, got {other:?}"),
+        }
+    }
+    shutdown(b).await;
+}

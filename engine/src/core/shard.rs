@@ -515,7 +515,7 @@ mod tests {
         let (mut core, now) = core(3);
         let conn = core.open_connection(now).unwrap();
         let pause = core.config.limits.connection_tx_bytes_pause as usize;
-        core.tx(conn).unwrap().push_frame(&bytes::Bytes::from(vec![0u8; pause + 1]));
+        core.tx(conn).unwrap().push_copy(&vec![0u8; pause + 1]);
         assert!(core.publishing_paused(), "a connection past its pause mark");
         assert!(core.pressure_dirty());
         core.sync_pressure();

@@ -4,6 +4,13 @@
 //! as gather slices (almost always one: the coalescing buffer), [`TxQueue::consume`] drops
 //! what the socket took. Nothing is moved or reference-counted per write, and the coalescing
 //! buffer is reused from one write to the next.
+//!
+//! Each queue reports to its shard's [`TxBudget`] (back-pressure, `tx_budget.rs`): the bytes
+//! it owns (coalesced frames and headers) count as they are, a large payload shared with other
+//! queues counts once for the whole shard (however many subscribers queue it), and towards
+//! the connection's own marks (its *weight*) as a fixed [`SHARED_CHUNK_WEIGHT`]: a big message
+//! to many subscribers is one allocation, and must neither pause publishers nor be dropped as
+//! if every copy were its own.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -26,6 +33,9 @@ pub const TAIL_KEEP_BYTES_MAX: usize = 16 * 1024;
 /// what waits (a growing `BytesMut` that was partly written would be compacted, a copy of the
 /// whole backlog, on its next reallocation).
 pub const TAIL_SEAL_BYTES: usize = 64 * 1024;
+
+/// What a shared payload counts towards its connection's marks.
+pub const SHARED_CHUNK_WEIGHT: usize = 64;
 
 /// [`TxQueue::flags`] bits.
 mod flag {
@@ -53,6 +63,14 @@ pub enum SlowChange {
     Recovered,
 }
 
+/// A sealed part of the queue: bytes this queue owns (coalesced frames) or a payload shared
+/// with other queues.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    shared: bool,
+}
+
 /// Encoded frames waiting to be written to one connection, in order: sealed `chunks` (large
 /// shared payloads, and the coalesced bytes before them), then the coalescing `tail`. Small
 /// frames are coalesced so the writer sends many frames per syscall.
@@ -63,38 +81,48 @@ pub struct TxQueue {
     /// Allocated on first use (most connections only ever see small frames): 8 bytes per
     /// connection instead of an empty `VecDeque`'s 32.
     #[allow(clippy::box_collection)]
-    chunks: Option<Box<VecDeque<Bytes>>>,
+    chunks: Option<Box<VecDeque<Chunk>>>,
     tail: BytesMut,
     len_bytes: usize,
     /// The shard's budget this queue reports to (`None`: not metered, e.g. the io layer's
     /// bytes of a closing connection, and tests).
     budget: Option<Rc<TxBudget>>,
+    /// Owned bytes plus [`SHARED_CHUNK_WEIGHT`] per shared chunk: what the connection's
+    /// marks are checked against.
+    weight: u32,
     /// [`flag`] bits.
     flags: u8,
 }
 
 impl TxQueue {
+    /// A queue that reports what it holds to `budget`.
+    pub fn metered(budget: Rc<TxBudget>) -> TxQueue {
+        TxQueue {
+            chunks: None,
+            tail: BytesMut::new(),
+            len_bytes: 0,
+            budget: Some(budget),
+            weight: 0,
+            flags: 0,
+        }
+    }
+
     /// Queues a whole encoded frame.
     pub fn push_frame(&mut self, frame: &Bytes) {
-        if self.tail.len() >= TAIL_SEAL_BYTES {
-            self.seal_tail();
-        }
         if frame.len() <= COALESCE_MAX_BYTES {
+            self.seal_if_full();
             self.tail.extend_from_slice(frame);
+            self.grew(frame.len());
         } else {
-            self.seal_tail();
-            self.chunks().push_back(frame.clone());
+            self.push_shared(frame.clone());
         }
-        self.grew(frame.len());
     }
 
     /// Copies `bytes` (a frame or the start of one) into the coalescing buffer, and returns the
     /// copy so the caller can patch it (e.g. a packet id into a cached PUBLISH).
     #[inline]
     pub fn push_copy(&mut self, bytes: &[u8]) -> &mut [u8] {
-        if self.tail.len() >= TAIL_SEAL_BYTES {
-            self.seal_tail();
-        }
+        self.seal_if_full();
         self.grew(bytes.len());
         let start = self.tail.len();
         self.tail.extend_from_slice(bytes);
@@ -104,25 +132,21 @@ impl TxQueue {
     /// Queues a frame made of an encoded header and a shared payload: the header is copied,
     /// the payload is copied only if small.
     pub fn push_parts(&mut self, header: &[u8], payload: &Bytes) {
-        if self.tail.len() >= TAIL_SEAL_BYTES {
-            self.seal_tail();
-        }
-        self.grew(header.len() + payload.len());
+        self.seal_if_full();
         self.tail.extend_from_slice(header);
+        self.grew(header.len());
         if payload.len() <= COALESCE_MAX_BYTES {
             self.tail.extend_from_slice(payload);
+            self.grew(payload.len());
         } else {
-            self.seal_tail();
-            self.chunks().push_back(payload.clone());
+            self.push_shared(payload.clone());
         }
     }
 
     /// Gives direct access to the coalescing buffer to encode a frame in place.
     /// The caller must call [`TxQueue::note_appended`] with the number of bytes it wrote.
     pub fn tail_mut(&mut self) -> &mut BytesMut {
-        if self.tail.len() >= TAIL_SEAL_BYTES {
-            self.seal_tail();
-        }
+        self.seal_if_full();
         &mut self.tail
     }
 
@@ -131,15 +155,15 @@ impl TxQueue {
         self.grew(n_bytes);
     }
 
-    /// A queue that reports what it holds to `budget`.
-    pub fn metered(budget: Rc<TxBudget>) -> TxQueue {
-        TxQueue {
-            chunks: None,
-            tail: BytesMut::new(),
-            len_bytes: 0,
-            budget: Some(budget),
-            flags: 0,
+    fn push_shared(&mut self, payload: Bytes) {
+        self.seal_tail();
+        let n = payload.len();
+        if let Some(b) = self.budget.as_deref() {
+            b.share_add(&payload);
         }
+        self.chunks().push_back(Chunk { bytes: payload, shared: true });
+        self.len_bytes += n;
+        self.weigh(SHARED_CHUNK_WEIGHT as u64, true);
     }
 
     fn has(&self, f: u8) -> bool {
@@ -154,24 +178,43 @@ impl TxQueue {
         }
     }
 
-    /// Accounts for `n` more bytes queued.
+    /// Accounts for `n` more owned bytes queued.
     fn grew(&mut self, n: usize) {
         self.len_bytes += n;
-        let Some(b) = self.budget.as_deref() else { return };
-        let slow = self.flags & flag::SLOW != 0;
-        b.add(slow, n as u64);
-        if !slow && self.flags & flag::OVER == 0 && self.len_bytes as u64 > b.conn_pause_bytes {
-            b.over_inc();
-            self.flags |= flag::OVER;
+        if let Some(b) = self.budget.as_deref() {
+            b.add(self.flags & flag::SLOW != 0, n as u64);
         }
+        self.weigh(n as u64, true);
     }
 
-    /// Accounts for `n` bytes gone (written, or moved to another queue).
-    fn shrank(&mut self, n: usize) {
-        self.len_bytes -= n;
+    /// Accounts for `n` owned bytes gone (written, or moved to another queue).
+    fn shrank_owned(&mut self, n: usize) {
+        if let Some(b) = self.budget.as_deref() {
+            b.sub(self.has(flag::SLOW), n as u64);
+        }
+        self.weigh(n as u64, false);
+    }
+
+    /// A shared chunk left the queue.
+    fn released(&mut self, chunk: &Chunk) {
+        if let Some(b) = self.budget.as_deref() {
+            b.share_release(&chunk.bytes);
+        }
+        self.weigh(SHARED_CHUNK_WEIGHT as u64, false);
+    }
+
+    /// Moves the connection's weight and keeps its mark (`OVER`) in step.
+    fn weigh(&mut self, n: u64, up: bool) {
+        let w = u64::from(self.weight);
+        let w = if up { w + n } else { w.saturating_sub(n) };
+        self.weight = u32::try_from(w).unwrap_or(u32::MAX);
         let Some(b) = self.budget.as_deref() else { return };
-        b.sub(self.has(flag::SLOW), n as u64);
-        if self.has(flag::OVER) && self.len_bytes as u64 <= b.conn_resume_bytes {
+        if up {
+            if self.flags & (flag::SLOW | flag::OVER) == 0 && w > b.conn_pause_bytes {
+                b.over_inc();
+                self.flags |= flag::OVER;
+            }
+        } else if self.has(flag::OVER) && w <= b.conn_resume_bytes {
             b.over_dec();
             self.flags &= !(flag::OVER | flag::SUSPECT);
         }
@@ -182,7 +225,7 @@ impl TxQueue {
     /// without a budget never drops.
     pub fn drops_qos0(&self) -> bool {
         match self.budget.as_deref() {
-            Some(b) => b.drops_qos0(self.has(flag::SLOW), self.len_bytes as u64),
+            Some(b) => b.drops_qos0(self.has(flag::SLOW), u64::from(self.weight)),
             None => false,
         }
     }
@@ -201,24 +244,24 @@ impl TxQueue {
         let nonempty_before = self.has(flag::NONEMPTY_AT_SCAN);
         self.set(flag::CONSUMED, false);
         self.set(flag::NONEMPTY_AT_SCAN, self.len_bytes > 0);
-        let len = self.len_bytes as u64;
         if self.has(flag::SLOW) {
-            if len > 0 {
+            if self.len_bytes > 0 {
                 return SlowChange::None;
             }
             self.set(flag::SLOW, false);
             b.slow_conns_add(false);
             return SlowChange::Recovered;
         }
-        let stalled = nonempty_before && len > 0 && !consumed;
+        let stalled = nonempty_before && self.len_bytes > 0 && !consumed;
         let stuck_over = self.has(flag::OVER) && self.has(flag::SUSPECT);
         if stalled || stuck_over {
             if self.has(flag::OVER) {
                 b.over_dec();
             }
             self.flags &= !(flag::OVER | flag::SUSPECT);
-            b.sub(false, len);
-            b.add(true, len);
+            let owned = self.owned_bytes() as u64;
+            b.sub(false, owned);
+            b.add(true, owned);
             self.set(flag::SLOW, true);
             b.slow_conns_add(true);
             return SlowChange::BecameSlow;
@@ -228,14 +271,32 @@ impl TxQueue {
         SlowChange::None
     }
 
-    fn chunks(&mut self) -> &mut VecDeque<Bytes> {
+    /// Bytes this queue owns (everything but shared payloads).
+    fn owned_bytes(&self) -> usize {
+        let shared: usize = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|c| c.shared)
+            .map(|c| c.bytes.len())
+            .sum();
+        self.len_bytes - shared
+    }
+
+    fn chunks(&mut self) -> &mut VecDeque<Chunk> {
         self.chunks.get_or_insert_with(Box::default)
+    }
+
+    fn seal_if_full(&mut self) {
+        if self.tail.len() >= TAIL_SEAL_BYTES {
+            self.seal_tail();
+        }
     }
 
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
             let sealed = self.tail.split().freeze();
-            self.chunks().push_back(sealed);
+            self.chunks().push_back(Chunk { bytes: sealed, shared: false });
         }
     }
 
@@ -254,7 +315,7 @@ impl TxQueue {
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
         let chunks = self.chunks.iter().flat_map(|c| c.iter());
-        let parts = chunks.map(|c| &c[..]).chain(std::iter::once(&self.tail[..]));
+        let parts = chunks.map(|c| &c.bytes[..]).chain(std::iter::once(&self.tail[..]));
         for part in parts.filter(|p| !p.is_empty()) {
             if n == out.len() {
                 break;
@@ -268,7 +329,7 @@ impl TxQueue {
     /// The first queued bytes (empty when nothing waits).
     pub fn front(&self) -> &[u8] {
         match self.chunks.as_ref().and_then(|c| c.front()) {
-            Some(c) => c,
+            Some(c) => &c.bytes,
             None => &self.tail,
         }
     }
@@ -276,40 +337,66 @@ impl TxQueue {
     /// Drops the first `n_bytes` queued bytes: the socket took them.
     pub fn consume(&mut self, mut n_bytes: usize) {
         assert!(n_bytes <= self.len_bytes, "consumed {n_bytes} of {} bytes", self.len_bytes);
-        if n_bytes > 0 {
-            self.flags |= flag::CONSUMED;
-        }
-        if n_bytes == self.len_bytes {
-            // Everything went (the usual case): keep the coalescing buffer for the next
-            // frames unless a burst grew it.
-            if let Some(c) = self.chunks.as_mut() {
-                c.clear();
-            }
-            self.shrank(n_bytes);
-            if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
-                self.tail = BytesMut::new();
-            } else {
-                self.tail.clear();
-            }
+        if n_bytes == 0 {
             return;
         }
-        self.shrank(n_bytes);
+        self.flags |= flag::CONSUMED;
+        self.len_bytes -= n_bytes;
+        let mut owned = 0;
         while n_bytes > 0 {
-            match self.chunks.as_mut().and_then(|c| c.front_mut()) {
-                Some(front) if n_bytes >= front.len() => {
-                    n_bytes -= front.len();
-                    self.chunks().pop_front();
+            let front = self.chunks.as_mut().and_then(|c| c.front_mut());
+            match front {
+                Some(front) if n_bytes >= front.bytes.len() => {
+                    let chunk = self.chunks().pop_front().expect("a front chunk");
+                    n_bytes -= chunk.bytes.len();
+                    if chunk.shared {
+                        self.released(&chunk);
+                    } else {
+                        owned += chunk.bytes.len();
+                    }
                 }
                 Some(front) => {
-                    front.advance(n_bytes);
+                    front.bytes.advance(n_bytes);
+                    if !front.shared {
+                        owned += n_bytes;
+                    }
                     n_bytes = 0;
                 }
                 None => {
-                    self.tail.advance(n_bytes);
+                    owned += n_bytes;
+                    if n_bytes == self.tail.len() {
+                        // Everything went (the usual case): keep the coalescing buffer for
+                        // the next frames unless a burst grew it.
+                        if self.tail.capacity() > TAIL_KEEP_BYTES_MAX {
+                            self.tail = BytesMut::new();
+                        } else {
+                            self.tail.clear();
+                        }
+                    } else {
+                        self.tail.advance(n_bytes);
+                    }
                     n_bytes = 0;
                 }
             }
         }
+        self.shrank_owned(owned);
+    }
+
+    /// Removes everything queued, accounting for it, and returns the chunks in order.
+    fn take_chunks(&mut self) -> VecDeque<Chunk> {
+        self.seal_tail();
+        let chunks = self.chunks.as_mut().map(|c| std::mem::take(&mut **c)).unwrap_or_default();
+        let mut owned = 0;
+        for c in &chunks {
+            if c.shared {
+                self.released(c);
+            } else {
+                owned += c.bytes.len();
+            }
+        }
+        self.len_bytes = 0;
+        self.shrank_owned(owned);
+        chunks
     }
 
     /// Moves everything queued on `other` behind what is queued here.
@@ -317,32 +404,28 @@ impl TxQueue {
         if other.is_empty() {
             return;
         }
-        let n = other.len_bytes;
         self.seal_tail();
-        other.seal_tail();
-        if let Some(theirs) = other.chunks.as_mut() {
-            self.chunks().append(theirs);
+        for c in other.take_chunks() {
+            if c.shared {
+                self.push_shared(c.bytes);
+            } else {
+                let n = c.bytes.len();
+                self.chunks().push_back(c);
+                self.grew(n);
+            }
         }
-        other.shrank(n);
-        self.grew(n);
     }
 
     /// Takes everything queued, in order, for one write batch.
     pub fn take_all(&mut self, out: &mut Vec<Bytes>) {
-        self.seal_tail();
-        if let Some(c) = self.chunks.as_mut() {
-            out.extend(c.drain(..));
-        }
-        let n = self.len_bytes;
-        self.shrank(n);
+        out.extend(self.take_chunks().into_iter().map(|c| c.bytes));
     }
 }
 
 impl Drop for TxQueue {
     fn drop(&mut self) {
         if let Some(b) = self.budget.clone() {
-            let n = self.len_bytes;
-            self.shrank(n);
+            self.take_chunks();
             if self.has(flag::SLOW) {
                 b.slow_conns_add(false);
             }

@@ -19,6 +19,11 @@
 //! mark or all slow connections together hold more than a quarter of the shard's budget.
 //! It stops being slow once its queue is empty at a scan.
 //!
+//! Owned bytes (coalesced frames and headers) count as they are. A large payload shared by
+//! several queues (`tx.rs`) counts once towards the shard (its memory is one allocation)
+//! and a fixed 64 bytes towards each connection's marks, so a big message to many
+//! subscribers neither pauses publishers nor is dropped as if each copy were its own.
+//!
 //! The hard bounds stay: QoS 0 for a connection whose queue holds more than
 //! `connection_tx_bytes_max`, or while the shard holds twice its budget (messages from other
 //! shards are not paused at once: they stop as soon as the other shard hears of the pause,
@@ -28,7 +33,10 @@
 //!
 //! Shard-local: one per shard, shared by `Rc` with its connections' queues.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
 
 use crate::core::limits::Limits;
 
@@ -55,6 +63,12 @@ pub struct TxBudget {
     pauses: Cell<u64>,
     /// Connections marked slow now.
     slow_conns: Cell<u64>,
+    /// Large payloads queued on this shard's connections, shared between their queues:
+    /// counted once in `bytes`. Keyed by the address just past the payload's last byte
+    /// (unchanged when a queue has sent part of it); the value is how many queues hold it
+    /// and the length counted. A B-tree, not a hash map: no hidden randomness in the core,
+    /// and only payloads past `COALESCE_MAX_BYTES` are here.
+    shared: RefCell<BTreeMap<usize, (u32, u64)>>,
 }
 
 impl TxBudget {
@@ -75,6 +89,7 @@ impl TxBudget {
             paused: Cell::new(false),
             pauses: Cell::new(0),
             slow_conns: Cell::new(0),
+            shared: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -126,6 +141,35 @@ impl TxBudget {
         c.set(c.get().saturating_sub(n));
     }
 
+    /// A queue holds `payload` (shared with whoever else queued it): the first holder
+    /// counts its length.
+    pub(crate) fn share_add(&self, payload: &Bytes) {
+        let key = payload.as_ptr() as usize + payload.len();
+        let mut shared = self.shared.borrow_mut();
+        let e = shared.entry(key).or_insert((0, payload.len() as u64));
+        if e.0 == 0 {
+            self.add(false, e.1);
+        }
+        e.0 += 1;
+    }
+
+    /// A queue let go of `payload` (or what is left of it): the last holder gives its
+    /// length back.
+    pub(crate) fn share_release(&self, payload: &Bytes) {
+        let key = payload.as_ptr() as usize + payload.len();
+        let mut shared = self.shared.borrow_mut();
+        let Some(e) = shared.get_mut(&key) else {
+            debug_assert!(false, "release of a payload never added");
+            return;
+        };
+        e.0 -= 1;
+        if e.0 == 0 {
+            let n = e.1;
+            shared.remove(&key);
+            self.sub(false, n);
+        }
+    }
+
     /// Connections marked slow now.
     pub fn slow_conns(&self) -> u64 {
         self.slow_conns.get()
@@ -145,12 +189,13 @@ impl TxBudget {
         self.over.set(self.over.get().saturating_sub(1));
     }
 
-    /// Whether a QoS 0 copy for a queue of `len` bytes is dropped (see the module doc).
-    pub(crate) fn drops_qos0(&self, slow: bool, len: u64) -> bool {
+    /// Whether a QoS 0 copy for a queue of `weight` (owned bytes, and a fixed amount per
+    /// shared payload) is dropped (see the module doc).
+    pub(crate) fn drops_qos0(&self, slow: bool, weight: u64) -> bool {
         if slow {
-            len >= self.conn_pause_bytes || self.slow_bytes.get() > self.slow_total_max_bytes
+            weight >= self.conn_pause_bytes || self.slow_bytes.get() > self.slow_total_max_bytes
         } else {
-            len > self.conn_hard_bytes || self.bytes.get() > self.shard_hard_bytes
+            weight > self.conn_hard_bytes || self.bytes.get() > self.shard_hard_bytes
         }
     }
 }
@@ -285,17 +330,46 @@ mod tests {
     fn hard_bounds_drop_qos0() {
         let b = budget();
         let mut q = TxQueue::metered(b.clone());
-        q.push_frame(&frame(4000));
+        q.push_copy(&[0; 4000]);
         assert!(!q.drops_qos0(), "at the bound");
         q.push_frame(&frame(1));
         assert!(q.drops_qos0(), "past the connection's hard bound");
         let mut others: Vec<TxQueue> = (0..4).map(|_| TxQueue::metered(b.clone())).collect();
         for o in &mut others {
-            o.push_frame(&frame(3000));
+            o.push_copy(&[0; 3000]);
         }
         let empty = TxQueue::metered(b.clone());
         assert!(empty.drops_qos0(), "the shard holds more than twice its budget");
         assert!(!TxQueue::default().drops_qos0(), "an unmetered queue never drops");
+    }
+
+    #[test]
+    fn a_large_payload_queued_for_many_counts_once() {
+        let limits = Limits {
+            connection_tx_bytes_pause: 1000,
+            connection_tx_bytes_max: 4000,
+            shard_tx_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        let b = Rc::new(TxBudget::new(&limits));
+        let payload = frame(100_000);
+        let mut qs: Vec<TxQueue> = (0..50).map(|_| TxQueue::metered(b.clone())).collect();
+        for q in &mut qs {
+            q.push_parts(b"hd", &payload);
+        }
+        assert_eq!(b.bytes(), 100_000 + 50 * 2, "one payload, fifty headers");
+        assert!(!b.paused(), "a shared payload weighs little on each connection");
+        assert!(qs.iter().all(|q| !q.drops_qos0()));
+        assert_eq!(qs[0].len_bytes(), 100_002);
+        qs[0].consume(50_000);
+        assert_eq!(b.bytes(), 100_000 + 49 * 2, "still held by the others");
+        for q in &mut qs[1..] {
+            let n = q.len_bytes();
+            q.consume(n);
+        }
+        assert_eq!(b.bytes(), 100_000, "the first queue still holds part of it");
+        drop(qs);
+        assert_eq!(b.bytes(), 0);
     }
 
     #[test]
