@@ -15,7 +15,7 @@ use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode
 
 use crate::core::conn::{Conn, Phase};
 use crate::core::ids::SessionSlot;
-use crate::core::limits::Limits;
+use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::mesh::Message;
 use crate::core::outgoing::{is_expired, push_frame, send_custom, LayoutCache, OutPublish};
 use crate::core::session::{Awaiting, Inflight, Queued, Session, SessionTable};
@@ -47,7 +47,7 @@ pub(crate) struct Fanout {
 const FANOUT_SCRATCH_KEEP: usize = 4096;
 
 /// The send window of a session on `c`: ours, capped by the client's Receive Maximum.
-fn window(limits: &Limits, c: &Conn) -> usize {
+pub(crate) fn window(limits: &Limits, c: &Conn) -> usize {
     usize::from(limits.inflight_out_max.min(c.client_receive_max))
 }
 
@@ -93,7 +93,13 @@ impl ShardCore {
         if several_filters {
             collapse(matches, sessions, epoch);
         }
-        fanout.layouts.reset();
+        let refuse = self.refusal_possible()
+            && self.fanout.matches.iter().any(|m| self.copy_would_be_refused(m.slot, m.qos, msg));
+        if refuse {
+            // Decided before any copy is sent: nobody here gets a refused message.
+            return self.refuse_message();
+        }
+        self.fanout.layouts.reset();
         let expired = is_expired(msg, now_ms);
         let matches = std::mem::take(&mut self.fanout.matches);
         for m in &matches {
@@ -196,7 +202,7 @@ impl ShardCore {
         let Some(conn) = s.conn else {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
-            if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits) {
+            if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits, logged, stats) {
                 refuse(stats);
             }
             return;
@@ -205,7 +211,7 @@ impl ShardCore {
         if !s.queue().is_empty()
             || (qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c))
         {
-            if !enqueue(s, queued(), limits) {
+            if !enqueue(s, queued(), limits, logged, stats) {
                 refuse(stats);
             }
             return;
@@ -436,8 +442,41 @@ fn collapse(matches: &mut Vec<Match>, sessions: &mut SessionTable, epoch: u64) {
     matches.truncate(kept);
 }
 
-fn enqueue(s: &mut Session, q: Queued, limits: &Limits) -> bool {
-    s.enqueue(q, limits.session_queue_messages_max, limits.session_queue_bytes_max)
+/// Queues `q` on `s`; a full queue applies `session_queue_full` for this session alone.
+/// False: refused (a copy the log would keep, under the `refuse` policy).
+fn enqueue(
+    s: &mut Session,
+    q: Queued,
+    limits: &Limits,
+    logged: bool,
+    stats: &mut LocalStats,
+) -> bool {
+    let (messages_max, bytes_max) = (limits.session_queue_messages_max, limits.session_queue_bytes_max);
+    let size = q.size_bytes();
+    let fits = |s: &Session| {
+        s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max
+    };
+    let policy = limits.session_queue_full;
+    if !fits(s) {
+        match policy {
+            QueueFullPolicy::Refuse if logged => return false,
+            QueueFullPolicy::DropOldest => {
+                while !fits(s) && s.drop_oldest().is_some() {
+                    stats.messages_dropped += 1;
+                    s.note_full_drop("drop_oldest");
+                }
+            }
+            QueueFullPolicy::DropNewest | QueueFullPolicy::Refuse => {
+                stats.messages_dropped += 1;
+                s.note_full_drop("drop_newest");
+                return true;
+            }
+        }
+    }
+    if !s.enqueue(q, messages_max, bytes_max) {
+        stats.messages_dropped += 1;
+    }
+    true
 }
 
 /// The acknowledgement a freshly sent QoS 1/2 message waits for.

@@ -16,6 +16,7 @@ mod persist_ack;
 mod persist_diff;
 mod persist_restore;
 mod publish;
+mod refusal;
 pub mod retained;
 pub mod route_index;
 pub(crate) mod session;

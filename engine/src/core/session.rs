@@ -90,6 +90,9 @@ struct Backlog {
     queue: VecDeque<Queued>,
     /// What `queue` counts against `session_queue_bytes_max`.
     queue_bytes: u64,
+    /// Messages dropped because the queue was full since it was last empty (an *episode*:
+    /// warned once when it starts, summed up when the queue drains).
+    full_drops: u64,
     /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
     qos2_in: Vec<PacketId>,
     /// A will waiting for its delay after the connection ended.
@@ -276,10 +279,40 @@ impl Session {
         let b = self.backlog.as_deref_mut()?;
         let q = b.queue.pop_front()?;
         b.queue_bytes -= q.size_bytes();
+        if b.queue.is_empty() && b.full_drops > 0 {
+            let dropped = std::mem::take(&mut b.full_drops);
+            tracing::info!(client_id = %self.client_id, dropped, "session queue drained");
+        }
         if let Some(log) = self.plog.as_deref_mut() {
             log.on_dequeue();
         }
         Some(q)
+    }
+
+    /// Drops the queue's first entry to make room (`QueueFullPolicy::DropOldest`). A logged
+    /// entry is acknowledged in the log, so recovery does not bring it back.
+    pub(crate) fn drop_oldest(&mut self) -> Option<Queued> {
+        let b = self.backlog.as_deref_mut()?;
+        let q = b.queue.pop_front()?;
+        b.queue_bytes -= q.size_bytes();
+        if let Some(log) = self.plog.as_deref_mut() {
+            log.on_removed(&[0]);
+        }
+        Some(q)
+    }
+
+    /// Counts a message dropped because the queue was full; warns at the first drop of an
+    /// episode (until the queue is empty again), so an abandoned session logs once.
+    pub(crate) fn note_full_drop(&mut self, policy: &str) {
+        let b = self.backlog_mut();
+        b.full_drops += 1;
+        if b.full_drops == 1 {
+            let len = b.queue.len();
+            tracing::warn!(
+                client_id = %self.client_id, queued = len, policy,
+                "session queue full: dropping messages for this session"
+            );
+        }
     }
 
     /// Drops queued messages whose expiry interval has passed [MQTT-3.3.2-5]; returns how
