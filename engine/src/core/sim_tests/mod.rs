@@ -60,5 +60,6 @@ mod persist_acks;
 mod persist_shared;
 mod protocol;
 mod pubsub;
+mod queue_full;
 mod sessions;
 mod shared;
