@@ -451,7 +451,8 @@ fn enqueue(
     logged: bool,
     stats: &mut LocalStats,
 ) -> bool {
-    let (messages_max, bytes_max) = (limits.session_queue_messages_max, limits.session_queue_bytes_max);
+    let (messages_max, bytes_max) =
+        (limits.session_queue_messages_max, limits.session_queue_bytes_max);
     let size = q.size_bytes();
     let fits = |s: &Session| {
         s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max

@@ -99,7 +99,9 @@ impl ShardCore {
                 return self.close_conn(conn, kind, now);
             }
         }
-        if let Some(id) = packet_id.filter(|_| p.retain && self.retained_refused(&topic, p.payload.len())) {
+        if let Some(id) =
+            packet_id.filter(|_| p.retain && self.retained_refused(&topic, p.payload.len()))
+        {
             // The retained store (or the owner's log) cannot take it: refuse it rather
             // than acknowledge what is not kept (0x97 Quota exceeded for 5.0; 3.1.1
             // disconnects). QoS 0 goes on; its retained copy is dropped, counted, warned.

@@ -60,7 +60,15 @@ impl<V> RetainedStore<V> {
         weigh: fn(&str, &V) -> usize,
     ) -> RetainedStore<V> {
         assert!(count_max > 0, "a retained store holds at least one topic");
-        RetainedStore { root: Node::new(), len: 0, count_max, bytes: 0, bytes_max, weigh, refusals: 0 }
+        RetainedStore {
+            root: Node::new(),
+            len: 0,
+            count_max,
+            bytes: 0,
+            bytes_max,
+            weigh,
+            refusals: 0,
+        }
     }
 
     /// The weight of every retained value.

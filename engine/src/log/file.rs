@@ -26,8 +26,8 @@ use super::recover::Recovery;
 use super::segment::{segment_file_name, Appender, Chunk, SegmentMeta};
 use super::{Durability, LogConfig, LogError, LogSeq, Record};
 
-pub use super::segment_file::BLOCK_BYTES;
 pub(super) use super::segment_file::SegmentFile;
+pub use super::segment_file::BLOCK_BYTES;
 
 /// Counters of one writer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

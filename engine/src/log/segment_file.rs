@@ -165,4 +165,3 @@ fn warn_buffered_once(path: &Path) {
         );
     });
 }
-
