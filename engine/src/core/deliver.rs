@@ -290,6 +290,10 @@ impl ShardCore {
             let q = s.dequeue().expect("front exists");
             send_queued(s, c, conn, q, stats, actions, now_ms);
         }
+        if !s.replay().is_empty() {
+            // Retained messages after a SUBACK, paced by the window (`replay.rs`).
+            self.continue_replay(slot, now_ms);
+        }
     }
 
     /// A session resumed on `conn`: resend unacknowledged messages in their original order

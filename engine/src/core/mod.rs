@@ -17,6 +17,7 @@ mod persist_diff;
 mod persist_restore;
 mod publish;
 mod refusal;
+pub(crate) mod replay;
 pub mod retained;
 pub mod route_index;
 pub(crate) mod session;

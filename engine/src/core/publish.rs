@@ -99,12 +99,14 @@ impl ShardCore {
                 return self.close_conn(conn, kind, now);
             }
         }
-        if let Some(id) =
-            packet_id.filter(|_| p.retain && self.retained_refused(&topic, p.payload.len()))
-        {
-            // The retained store (or the owner's log) cannot take it: refuse it rather
-            // than acknowledge what is not kept (0x97 Quota exceeded for 5.0; 3.1.1
-            // disconnects). QoS 0 goes on; its retained copy is dropped, counted, warned.
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        let retain_refused =
+            packet_id.is_some() && p.retain && self.retained_refused(&topic, p.payload.len(), v5);
+        if let Some(id) = packet_id.filter(|_| retain_refused) {
+            // The retained store (5.0) or the owner's log cannot keep it: refuse it rather
+            // than acknowledge what is not kept (0x97 Quota exceeded; 3.1.1 disconnects,
+            // for the log only). QoS 0 goes on; its retained copy is dropped, counted,
+            // warned (`refusal.rs`).
             self.stats.messages_dropped += 1;
             let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);

@@ -96,18 +96,28 @@ impl ShardCore {
     }
 
     /// True if a QoS 1/2 PUBLISH with RETAIN = 1 of `payload_len` bytes on `topic` must be
-    /// refused because the retained store cannot take it: checked on this shard's replica
-    /// (the owner's decision may differ only when updates of other topics race with it), or
-    /// because this shard owns the topic and its log is past its soft cap. An empty payload
-    /// clears [MQTT-3.3.1-10] and is always accepted.
-    pub(crate) fn retained_refused(&self, topic: &str, payload_len: usize) -> bool {
+    /// refused: this shard owns the topic and its log is past its soft cap, or (5.0
+    /// publishers, `v5`) the retained store cannot take it, as this shard's replica says
+    /// (the owner's may differ only when updates of other topics race with it). 3.1.1 has
+    /// no negative PUBACK: its message is delivered and acknowledged, and only its retained
+    /// copy is dropped (counted, warned) by the owner. An empty payload clears
+    /// [MQTT-3.3.1-10] and is always accepted.
+    pub(crate) fn retained_refused(&mut self, topic: &str, payload_len: usize, v5: bool) -> bool {
         if payload_len == 0 || is_sys_topic(topic) {
             return false;
         }
-        if let Err(e) = self.retained.fits(topic, topic.len() + payload_len) {
-            tracing::warn!(shard = %self.shard, %topic, "{e}: retained PUBLISH refused");
+        if self.log_full() && self.retain_owner(topic) == self.shard {
             return true;
         }
-        self.log_full() && self.retain_owner(topic) == self.shard
+        if !v5 {
+            return false;
+        }
+        let Err(e) = self.retained.fits(topic, topic.len() + payload_len) else { return false };
+        let n = self.retained.note_refusal();
+        if n.is_power_of_two() {
+            // Warned at the 1st, 2nd, 4th, … refusal: visible without flooding the log.
+            tracing::warn!(shard = %self.shard, %topic, refused = n, "{e}: retained PUBLISH refused (0x97)");
+        }
+        true
     }
 }

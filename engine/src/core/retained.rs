@@ -76,8 +76,15 @@ impl<V> RetainedStore<V> {
         self.bytes
     }
 
-    /// Values [`RetainedStore::set`] refused so far (for warnings that do not flood).
+    /// Values [`RetainedStore::set`] refused so far, and those refused before reaching it
+    /// ([`RetainedStore::note_refusal`]): for warnings that do not flood.
     pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
+    /// Counts a value refused because [`RetainedStore::fits`] said no; returns the count.
+    pub fn note_refusal(&mut self) -> u64 {
+        self.refusals += 1;
         self.refusals
     }
 

@@ -61,5 +61,6 @@ mod persist_shared;
 mod protocol;
 mod pubsub;
 mod queue_full;
+mod retained_limits;
 mod sessions;
 mod shared;
