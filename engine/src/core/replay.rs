@@ -4,8 +4,8 @@
 //! A SUBSCRIBE whose filters match many retained messages takes a snapshot of them (one
 //! reference each) into the session's replay list, and sends from it only while the
 //! connection has room: nothing queued in the session, a free slot in the inflight window
-//! for a QoS 1/2 copy, and less than half of `connection_tx_bytes_max` waiting to be
-//! written. The rest waits, and goes on when acknowledgements free the window
+//! for a QoS 1/2 copy, and less than half of `connection_tx_bytes_pause` waiting to be
+//! written (and the shard's transmit budget would not drop a QoS 0 copy, `tx_budget.rs`). The rest waits, and goes on when acknowledgements free the window
 //! (`pump_session`) or, while any replay is pending, every [`REPLAY_POLL_INTERVAL`] (the
 //! writer drains the transmit queue meanwhile). So a replay never fills the session queue
 //! (where a full queue would drop) nor the transmit queue (where QoS 0 would drop), and
@@ -73,7 +73,8 @@ impl ShardCore {
     /// Sends the next messages of `slot`'s replay while its connection has room. True if
     /// some are left.
     pub(crate) fn continue_replay(&mut self, slot: SessionSlot, now_ms: u64) -> bool {
-        let tx_room_bytes = self.config.limits.connection_tx_bytes_max / 2;
+        // Well under the mark where back-pressure or slow-consumer drops start.
+        let tx_room_bytes = self.config.limits.connection_tx_bytes_pause / 2;
         loop {
             let limits = &self.config.limits;
             let Some(s) = self.sessions.try_get(slot) else { return false };
@@ -81,7 +82,8 @@ impl ShardCore {
             let Some(c) = s.conn.and_then(|conn| self.conns.get(conn)) else { return true };
             let qos = next.qos.min(next.msg.qos);
             let full_window = qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c);
-            if !s.queue().is_empty() || full_window || c.tx.len_bytes() as u64 >= tx_room_bytes {
+            let tx_full = c.tx.len_bytes() as u64 >= tx_room_bytes || c.tx.drops_qos0();
+            if !s.queue().is_empty() || full_window || tx_full {
                 return true;
             }
             let r = self.sessions.get_mut(slot).replay_mut().pop_front().expect("front exists");

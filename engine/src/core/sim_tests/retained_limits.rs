@@ -11,11 +11,13 @@ use super::*;
 use crate::core::limits::Limits;
 use crate::core::sim::Sim;
 
-/// Small bounds: 2 KiB packets, 4 KiB of transmit queue, 3 queued messages, a window of 2.
+/// Small bounds: 2 KiB packets, 4 KiB of transmit queue (paused at 2 KiB), 3 queued
+/// messages, a window of 2.
 fn small() -> Limits {
     Limits {
         packet_size_max_bytes: 2048,
         connection_tx_bytes_max: 4096,
+        connection_tx_bytes_pause: 2048,
         session_queue_messages_max: 3,
         session_queue_bytes_max: 4096,
         inflight_out_max: 2,
