@@ -13,6 +13,7 @@ use rumqttc::QoS as Q;
 use shardmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use shardmq_engine::io::BrokerHandle;
 use shardmq_engine::log::persist_config::PersistConfig;
+use shardmq_engine::log::Durability;
 
 const QUEUE_MAX: usize = 200;
 const PUBLISHED: usize = 250;
@@ -102,5 +103,64 @@ async fn an_abandoned_persistent_session_drops_its_oldest_and_stops_nobody() {
     acked(p.recv().await, "t/after");
     assert_eq!(back.next_publish("the marker").await.topic, "t/after");
     back.disconnect().await;
+    shutdown(b).await;
+}
+
+/// Runs a Mosquitto command-line client to completion; `None` if it is not installed.
+fn mosquitto(tool: &str, port: u16, args: &[&str]) -> Option<std::process::Output> {
+    let out = std::process::Command::new(tool)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output();
+    match out {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{tool}: {e}"),
+    }
+}
+
+/// The issue's reproduction, with Mosquitto's own clients: `mosquitto_sub -i abandoned -c
+/// -q 1 -t '#' -W 1`, then 10,000 QoS 1 publishes, then any QoS 1 publish — which every
+/// publisher (3.1.1 and 5.0) gets acknowledged, and an online subscriber receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issue_reproduction_with_mosquitto_clients() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("abandoned-mosquitto");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Durability is not what this checks: `none` keeps 10,000 round trips quick.
+    let persist = PersistConfig { durability: Durability::None, ..PersistConfig::in_dir(&dir) };
+    let b = broker_with(2, |c| c.persist = persist);
+    let a = addr(&b);
+    let port = a.port();
+    let sub = ["-i", "abandoned", "-c", "-q", "1", "-t", "#", "-W", "1"];
+    let Some(_) =
+        tokio::task::spawn_blocking(move || mosquitto("mosquitto_sub", port, &sub)).await.unwrap()
+    else {
+        println!("SKIPPED: mosquitto_sub is not installed (scripts/install-test-deps.sh)");
+        return shutdown(b).await;
+    };
+    let mut live = V4::connect(a, "live", |_| {}).await;
+    live.subscribe("any/#", Q::AtLeastOnce).await;
+    let fill = ["-q", "1", "-t", "fill", "-m", "m", "--repeat", "10000"];
+    let out = tokio::task::spawn_blocking(move || mosquitto("mosquitto_pub", port, &fill))
+        .await
+        .unwrap()
+        .expect("mosquitto_pub");
+    assert!(out.status.success(), "10,000 publishes: {out:?}");
+    for version in ["mqttv311", "mqttv5"] {
+        let topic = format!("any/{version}");
+        let args = ["-V", version, "-q", "1", "-t", topic.as_str(), "-m", "after"];
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            mosquitto("mosquitto_pub", port, &args)
+        })
+        .await
+        .unwrap()
+        .expect("mosquitto_pub");
+        assert!(out.status.success(), "{version}: {out:?}");
+        assert!(out.stderr.is_empty(), "{version}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(live.next_publish("the publish after the 10,000").await.topic, topic);
+    }
+    live.disconnect().await;
     shutdown(b).await;
 }
