@@ -15,7 +15,7 @@ use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode
 
 use crate::core::conn::{Conn, Phase};
 use crate::core::ids::SessionSlot;
-use crate::core::limits::{Limits, QueueFullPolicy};
+use crate::core::limits::Limits;
 use crate::core::mesh::Message;
 use crate::core::outgoing::{is_expired, push_frame, send_custom, LayoutCache, OutPublish};
 use crate::core::session::{Awaiting, Inflight, Queued, Session, SessionTable};
@@ -446,8 +446,8 @@ fn collapse(matches: &mut Vec<Match>, sessions: &mut SessionTable, epoch: u64) {
     matches.truncate(kept);
 }
 
-/// Queues `q` on `s`; a full queue applies `session_queue_full` for this session alone.
-/// False: refused (a copy the log would keep, under the `refuse` policy).
+/// Queues `q` on `s` (`Session::enqueue_or_drop`, which applies `session_queue_full` to a
+/// full queue); false: refused (a copy the log would keep, under `refuse`).
 fn enqueue(
     s: &mut Session,
     q: Queued,
@@ -455,33 +455,9 @@ fn enqueue(
     logged: bool,
     stats: &mut LocalStats,
 ) -> bool {
-    let (messages_max, bytes_max) =
-        (limits.session_queue_messages_max, limits.session_queue_bytes_max);
-    let size = q.size_bytes();
-    let fits = |s: &Session| {
-        s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max
-    };
-    let policy = limits.session_queue_full;
-    if !fits(s) {
-        match policy {
-            QueueFullPolicy::Refuse if logged => return false,
-            QueueFullPolicy::DropOldest => {
-                while !fits(s) && s.drop_oldest().is_some() {
-                    stats.messages_dropped += 1;
-                    s.note_full_drop("drop_oldest");
-                }
-            }
-            QueueFullPolicy::DropNewest | QueueFullPolicy::Refuse => {
-                stats.messages_dropped += 1;
-                s.note_full_drop("drop_newest");
-                return true;
-            }
-        }
-    }
-    if !s.enqueue(q, messages_max, bytes_max) {
-        stats.messages_dropped += 1;
-    }
-    true
+    let dropped = s.enqueue_or_drop(q, limits, logged);
+    stats.messages_dropped += dropped.unwrap_or(0);
+    dropped.is_some()
 }
 
 /// The acknowledgement a freshly sent QoS 1/2 message waits for.

@@ -12,6 +12,7 @@ use std::time::Instant;
 use shardmq_codec::{ByteStr, PacketId, QoS, Will};
 
 use crate::core::ids::SessionSlot;
+use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::mesh::Message;
 use crate::core::outgoing::is_expired;
 use crate::core::persist_diff::{QEntry, SessionLog};
@@ -279,6 +280,43 @@ impl Session {
         true
     }
 
+    /// Appends to the queue; a full queue applies `limits.session_queue_full` for this
+    /// session alone. `None`: refused (`logged`, a copy the log would keep, under
+    /// `refuse`); otherwise how many messages were dropped (the oldest, or `q` itself).
+    pub(crate) fn enqueue_or_drop(
+        &mut self,
+        q: Queued,
+        limits: &Limits,
+        logged: bool,
+    ) -> Option<u64> {
+        let (messages_max, bytes_max) =
+            (limits.session_queue_messages_max, limits.session_queue_bytes_max);
+        let size = q.size_bytes();
+        let fits = |s: &Session| {
+            s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max
+        };
+        let mut dropped = 0;
+        if !fits(self) {
+            match limits.session_queue_full {
+                QueueFullPolicy::Refuse if logged => return None,
+                QueueFullPolicy::DropOldest => {
+                    while !fits(self) && self.drop_oldest().is_some() {
+                        dropped += 1;
+                        self.note_full_drop("drop_oldest");
+                    }
+                }
+                QueueFullPolicy::DropNewest | QueueFullPolicy::Refuse => {
+                    self.note_full_drop("drop_newest");
+                    return Some(1);
+                }
+            }
+        }
+        if !self.enqueue(q, messages_max, bytes_max) {
+            dropped += 1;
+        }
+        Some(dropped)
+    }
+
     /// Appends a recovered entry to the queue (no limits: it was accepted before) whose log
     /// view is `entry`.
     pub(crate) fn restore_queued(&mut self, q: Queued, entry: QEntry) {
@@ -307,7 +345,7 @@ impl Session {
 
     /// Drops the queue's first entry to make room (`QueueFullPolicy::DropOldest`). A logged
     /// entry is acknowledged in the log, so recovery does not bring it back.
-    pub(crate) fn drop_oldest(&mut self) -> Option<Queued> {
+    fn drop_oldest(&mut self) -> Option<Queued> {
         let b = self.backlog.as_deref_mut()?;
         let q = b.queue.pop_front()?;
         b.queue_bytes -= q.size_bytes();
@@ -319,7 +357,7 @@ impl Session {
 
     /// Counts a message dropped because the queue was full; warns at the first drop of an
     /// episode (until the queue is empty again), so an abandoned session logs once.
-    pub(crate) fn note_full_drop(&mut self, policy: &str) {
+    fn note_full_drop(&mut self, policy: &str) {
         let b = self.backlog_mut();
         b.full_drops += 1;
         if b.full_drops == 1 {
