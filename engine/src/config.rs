@@ -554,4 +554,19 @@ mod tests {
         let e = parse_with(&[], "listen = []\n", &[0]).unwrap_err();
         assert!(e.contains("listen"), "{e}");
     }
+
+    #[test]
+    fn queue_full_policy_is_a_limits_key() {
+        use crate::core::limits::QueueFullPolicy;
+        for (text, policy) in [
+            ("drop_oldest", QueueFullPolicy::DropOldest),
+            ("drop_newest", QueueFullPolicy::DropNewest),
+            ("refuse", QueueFullPolicy::Refuse),
+        ] {
+            let file = format!("[limits]\nsession_queue_full = \"{text}\"\n");
+            assert_eq!(parse_with(&[], &file, &[0]).unwrap().limits.session_queue_full, policy);
+        }
+        let e = parse_with(&[], "[limits]\nsession_queue_full = \"drop\"\n", &[0]).unwrap_err();
+        assert!(e.contains("drop_oldest") && e.contains("line 2"), "{e}");
+    }
 }

@@ -47,7 +47,7 @@ pub(crate) struct Fanout {
 const FANOUT_SCRATCH_KEEP: usize = 4096;
 
 /// The send window of a session on `c`: ours, capped by the client's Receive Maximum.
-fn window(limits: &Limits, c: &Conn) -> usize {
+pub(crate) fn window(limits: &Limits, c: &Conn) -> usize {
     usize::from(limits.inflight_out_max.min(c.client_receive_max))
 }
 
@@ -93,7 +93,13 @@ impl ShardCore {
         if several_filters {
             collapse(matches, sessions, epoch);
         }
-        fanout.layouts.reset();
+        let refuse = self.refusal_possible()
+            && self.fanout.matches.iter().any(|m| self.copy_would_be_refused(m.slot, m.qos, msg));
+        if refuse {
+            // Decided before any copy is sent: nobody here gets a refused message.
+            return self.refuse_message();
+        }
+        self.fanout.layouts.reset();
         let expired = is_expired(msg, now_ms);
         let matches = std::mem::take(&mut self.fanout.matches);
         for m in &matches {
@@ -196,7 +202,7 @@ impl ShardCore {
         let Some(conn) = s.conn else {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
-            if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits) {
+            if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits, logged, stats) {
                 refuse(stats);
             }
             return;
@@ -205,7 +211,7 @@ impl ShardCore {
         if !s.queue().is_empty()
             || (qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c))
         {
-            if !enqueue(s, queued(), limits) {
+            if !enqueue(s, queued(), limits, logged, stats) {
                 refuse(stats);
             }
             return;
@@ -283,6 +289,10 @@ impl ShardCore {
             }
             let q = s.dequeue().expect("front exists");
             send_queued(s, c, conn, q, stats, actions, now_ms);
+        }
+        if !s.replay().is_empty() {
+            // Retained messages after a SUBACK, paced by the window (`replay.rs`).
+            self.continue_replay(slot, now_ms);
         }
     }
 
@@ -436,8 +446,18 @@ fn collapse(matches: &mut Vec<Match>, sessions: &mut SessionTable, epoch: u64) {
     matches.truncate(kept);
 }
 
-fn enqueue(s: &mut Session, q: Queued, limits: &Limits) -> bool {
-    s.enqueue(q, limits.session_queue_messages_max, limits.session_queue_bytes_max)
+/// Queues `q` on `s` (`Session::enqueue_or_drop`, which applies `session_queue_full` to a
+/// full queue); false: refused (a copy the log would keep, under `refuse`).
+fn enqueue(
+    s: &mut Session,
+    q: Queued,
+    limits: &Limits,
+    logged: bool,
+    stats: &mut LocalStats,
+) -> bool {
+    let dropped = s.enqueue_or_drop(q, limits, logged);
+    stats.messages_dropped += dropped.unwrap_or(0);
+    dropped.is_some()
 }
 
 /// The acknowledgement a freshly sent QoS 1/2 message waits for.

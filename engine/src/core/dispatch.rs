@@ -131,8 +131,14 @@ impl ShardCore {
             MeshMsg::Publish(m) => {
                 let now_ms = self.uptime_ms(now);
                 self.take_copy_refused();
+                // `from` asks for this message's durability next: a copy that cannot be
+                // kept here fails it, and then no copy is sent here (`refusal.rs`).
+                self.set_answering(true);
                 self.deliver_local(&m, now_ms);
-                self.deliver_shared(&m, now_ms);
+                if !self.message_refused() {
+                    self.deliver_shared(&m, now_ms);
+                }
+                self.set_answering(false);
                 self.note_copies_refused(from);
                 self.credit_routed(from, &m);
             }

@@ -24,6 +24,10 @@ pub struct Limits {
     pub session_queue_messages_max: u32,
     /// Bytes queued per session.
     pub session_queue_bytes_max: u64,
+    /// What a session whose queue is full does with one more QoS 1/2 message: drop its
+    /// oldest queued message (the default, like EMQX), drop the new one (like Mosquitto), or
+    /// refuse the PUBLISH (0x97 / disconnect) when the copy is for a persistent session.
+    pub session_queue_full: QueueFullPolicy,
     /// Bytes of encoded frames waiting to be written on one connection before QoS 0 messages
     /// to it are dropped (counted): the hard bound (`core/tx_budget.rs`).
     pub connection_tx_bytes_max: u64,
@@ -81,6 +85,7 @@ impl Default for Limits {
             inflight_in_max: 64,
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 * 1024 * 1024,
+            session_queue_full: QueueFullPolicy::DropOldest,
             connection_tx_bytes_max: 4 * 1024 * 1024,
             connection_tx_bytes_pause: 64 * 1024,
             shard_tx_bytes_max: 256 * 1024 * 1024,
@@ -98,6 +103,21 @@ impl Default for Limits {
             topic_alias_max: 64,
         }
     }
+}
+
+/// What a full session queue does with one more message (`session_queue_full`). Drops are
+/// the session's own: other subscribers and the publisher never notice them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// The oldest queued message leaves to make room (its log record is acknowledged, so a
+    /// restart does not bring it back).
+    DropOldest,
+    /// The new message is not queued.
+    DropNewest,
+    /// A QoS 1/2 copy for a persistent session fails its PUBLISH: 5.0 publishers get 0x97,
+    /// 3.1.1 publishers are disconnected. Copies for other sessions are dropped (newest).
+    Refuse,
 }
 
 impl Limits {

@@ -16,6 +16,8 @@ mod persist_ack;
 mod persist_diff;
 mod persist_restore;
 mod publish;
+mod refusal;
+pub(crate) mod replay;
 pub mod retained;
 pub mod route_index;
 pub(crate) mod session;

@@ -98,6 +98,11 @@ pub(crate) struct Persist {
     /// session's queue is) since the flag was last taken: whoever routed the message
     /// answers with the failure (`ShardCore::take_copy_refused`).
     pub(crate) copy_refused: bool,
+    /// A publisher waits for the answer about the message being routed (a client's QoS 1/2
+    /// PUBLISH here, or a peer's routed message, whose `DurableReq` follows): a copy that
+    /// cannot be kept then fails the whole message before any copy is sent on this shard
+    /// (`refusal.rs`).
+    pub(crate) answering: bool,
     /// Per peer: a copy of a message it routed here was refused since its last
     /// `DurableReq`, which is then answered `ok: false` at once.
     pub(crate) refused_from: Vec<bool>,
@@ -141,6 +146,7 @@ impl Persist {
             failed: BTreeSet::new(),
             full: false,
             copy_refused: false,
+            answering: false,
             refused_from: vec![false; usize::from(shard_count)],
             msgs: HashMap::new(),
             index: HashMap::new(),

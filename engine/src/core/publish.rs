@@ -99,9 +99,15 @@ impl ShardCore {
                 return self.close_conn(conn, kind, now);
             }
         }
-        if let Some(id) = packet_id.filter(|_| self.log_full()) {
-            // The log cannot take the message: refuse it rather than acknowledge what a
-            // crash would lose (0x97 Quota exceeded for 5.0; 3.1.1 disconnects). QoS 0 goes on.
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        let retain_refused =
+            packet_id.is_some() && p.retain && self.retained_refused(&topic, p.payload.len(), v5);
+        if let Some(id) = packet_id.filter(|_| retain_refused) {
+            // The retained store (5.0) or the owner's log cannot keep it: refuse it rather
+            // than acknowledge what is not kept (0x97 Quota exceeded; 3.1.1 disconnects,
+            // for the log only). QoS 0 goes on; its retained copy is dropped, counted,
+            // warned (`refusal.rs`).
+            self.stats.messages_dropped += 1;
             let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
         }
@@ -124,16 +130,22 @@ impl ShardCore {
         };
         let mark = self.mesh_out.len();
         self.take_copy_refused();
-        self.publish_from_client(Arc::new(msg), now);
+        if packet_id.is_some() {
+            self.route_answered(Arc::new(msg), now);
+        } else {
+            self.publish_from_client(Arc::new(msg), now);
+        }
         if let Some(id) = packet_id {
-            let remote = self.request_remote_durability(mark);
             if self.take_copy_refused() {
-                // A local persistent session could not keep its copy (its queue is full):
-                // not acknowledged as kept, 0x97 (`persist_ack.rs`).
+                // A local persistent session could not keep its copy (the log is past its
+                // soft cap, or its queue is full under the `refuse` policy): decided before
+                // any copy was sent or routed (`refusal.rs`), and answered 0x97.
+                debug_assert_eq!(self.mesh_out.len(), mark, "a refused message was routed");
                 let kind =
                     if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
                 return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
             }
+            let remote = self.request_remote_durability(mark);
             self.ack_publish(conn, slot, p.qos, id, remote, now);
         }
     }
@@ -228,21 +240,28 @@ impl ShardCore {
 
     /// Routes a message to every shard with a matching subscription (one mesh message per
     /// remote shard, direct delivery here) and updates the retained store if RETAIN is set.
+    ///
+    /// This shard's subscribers come first: when the publisher waits for the answer and a
+    /// local copy cannot be kept, the message is refused before anything else happens, so
+    /// it reaches nobody (`refusal.rs`).
     pub(crate) fn route_message(&mut self, msg: Arc<Message>, now: Instant) {
+        let shards = self.routes.shards_for(&msg.topic);
+        if shards.contains(self.shard) {
+            let now_ms = self.uptime_ms(now);
+            self.deliver_local(&msg, now_ms);
+            if self.message_refused() {
+                return;
+            }
+            self.deliver_shared(&msg, now_ms);
+        }
         if msg.retain {
             self.update_retained(&msg);
         }
-        let shards = self.routes.shards_for(&msg.topic);
         for shard in shards.iter() {
             if shard != self.shard {
                 self.note_routed(shard, &msg);
                 self.mesh_out.push((shard, MeshMsg::Publish(msg.clone())));
             }
-        }
-        if shards.contains(self.shard) {
-            let now_ms = self.uptime_ms(now);
-            self.deliver_local(&msg, now_ms);
-            self.deliver_shared(&msg, now_ms);
         }
     }
 
@@ -288,6 +307,14 @@ impl ShardCore {
             return;
         }
         if !self.apply_retained(topic.clone(), msg.clone()) {
+            // The store is full (`retained_bytes_max`, `retained_messages_max`): a QoS 1/2
+            // publisher was refused before routing (`refusal.rs`) unless an update of
+            // another topic raced with it; a QoS 0 one is not told.
+            let n = self.retained.refusals();
+            if n.is_power_of_two() {
+                let shard = self.shard;
+                tracing::warn!(%shard, %topic, refused = n, "retained store full: retained message dropped");
+            }
             return;
         }
         if let Some(p) = self.persist.as_deref_mut().filter(|_| !is_sys_topic(&topic)) {

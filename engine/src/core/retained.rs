@@ -28,6 +28,8 @@ pub struct RetainedStore<V> {
     bytes: usize,
     bytes_max: usize,
     weigh: fn(&str, &V) -> usize,
+    /// Values refused by [`RetainedStore::set`] so far.
+    refusals: u64,
 }
 
 /// One topic level. Owned by its parent node.
@@ -58,12 +60,32 @@ impl<V> RetainedStore<V> {
         weigh: fn(&str, &V) -> usize,
     ) -> RetainedStore<V> {
         assert!(count_max > 0, "a retained store holds at least one topic");
-        RetainedStore { root: Node::new(), len: 0, count_max, bytes: 0, bytes_max, weigh }
+        RetainedStore {
+            root: Node::new(),
+            len: 0,
+            count_max,
+            bytes: 0,
+            bytes_max,
+            weigh,
+            refusals: 0,
+        }
     }
 
     /// The weight of every retained value.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Values [`RetainedStore::set`] refused so far, and those refused before reaching it
+    /// ([`RetainedStore::note_refusal`]): for warnings that do not flood.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
+    /// Counts a value refused because [`RetainedStore::fits`] said no; returns the count.
+    pub fn note_refusal(&mut self) -> u64 {
+        self.refusals += 1;
+        self.refusals
     }
 
     /// Number of topics with a retained value.
@@ -87,18 +109,16 @@ impl<V> RetainedStore<V> {
     pub fn set(&mut self, topic: &str, value: V) -> Result<Option<V>, RetainedFull> {
         debug_assert!(!has_wildcard(topic), "[MQTT-3.3.2-2] topic name {topic:?} has a wildcard");
         let weight = (self.weigh)(topic, &value);
+        if let Err(e) = self.fits(topic, weight) {
+            self.refusals += 1;
+            return Err(e);
+        }
         let weigh = self.weigh;
         let old = self.root.find_mut(topic).and_then(|n| n.value.as_mut());
         let old_weight = old.as_ref().map_or(0, |(_, v)| weigh(topic, v));
-        if self.bytes - old_weight + weight > self.bytes_max {
-            return Err(RetainedFull::Bytes(self.bytes_max));
-        }
         if let Some((_, old)) = old {
             self.bytes = self.bytes - old_weight + weight;
             return Ok(Some(std::mem::replace(old, value)));
-        }
-        if self.len >= self.count_max {
-            return Err(RetainedFull::Topics(self.count_max));
         }
         let node = self.root.find_or_insert(topic);
         debug_assert!(node.value.is_none());
@@ -106,6 +126,21 @@ impl<V> RetainedStore<V> {
         self.len += 1;
         self.bytes += weight;
         Ok(None)
+    }
+
+    /// Whether [`RetainedStore::set`] would accept a value weighing `weight` on `topic` now
+    /// (asked before a message is routed, so that a refusal is known before any copy of it
+    /// is sent).
+    pub fn fits(&self, topic: &str, weight: usize) -> Result<(), RetainedFull> {
+        let old = self.get(topic);
+        let old_weight = old.map_or(0, |v| (self.weigh)(topic, v));
+        if self.bytes - old_weight + weight > self.bytes_max {
+            return Err(RetainedFull::Bytes(self.bytes_max));
+        }
+        if old.is_none() && self.len >= self.count_max {
+            return Err(RetainedFull::Topics(self.count_max));
+        }
+        Ok(())
     }
 
     /// Removes the value retained on `topic`, if any. Nodes left empty are freed.

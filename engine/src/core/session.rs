@@ -12,9 +12,11 @@ use std::time::Instant;
 use shardmq_codec::{ByteStr, PacketId, QoS, Will};
 
 use crate::core::ids::SessionSlot;
+use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::mesh::Message;
 use crate::core::outgoing::is_expired;
 use crate::core::persist_diff::{QEntry, SessionLog};
+use crate::core::replay::Replay;
 use crate::core::session_index::SlotIndex;
 use crate::core::shard::ConnId;
 use crate::core::subscribe::SubOptions;
@@ -90,10 +92,16 @@ struct Backlog {
     queue: VecDeque<Queued>,
     /// What `queue` counts against `session_queue_bytes_max`.
     queue_bytes: u64,
+    /// Messages dropped because the queue was full since it was last empty (an *episode*:
+    /// warned once when it starts, summed up when the queue drains).
+    full_drops: u64,
     /// Incoming QoS 2 packet ids awaiting PUBREL (received, routed once, PUBREC sent).
     qos2_in: Vec<PacketId>,
     /// A will waiting for its delay after the connection ended.
     pending_will: Option<PendingWill>,
+    /// Retained messages still to send after a SUBACK, paced by the connection
+    /// (`replay.rs`).
+    replay: VecDeque<Replay>,
 }
 
 impl Backlog {
@@ -102,12 +110,14 @@ impl Backlog {
             && self.queue.is_empty()
             && self.qos2_in.is_empty()
             && self.pending_will.is_none()
+            && self.replay.is_empty()
     }
 }
 
 // What the read accessors return for a session without a backlog.
 static NO_INFLIGHT: VecDeque<Inflight> = VecDeque::new();
 static NO_QUEUE: VecDeque<Queued> = VecDeque::new();
+static NO_REPLAY: VecDeque<Replay> = VecDeque::new();
 
 /// One session. Shard-local: lives on its client id's home shard.
 ///
@@ -191,6 +201,16 @@ impl Session {
         self.backlog.as_deref().map_or(&NO_QUEUE, |b| &b.queue)
     }
 
+    /// Retained messages still to send after a SUBACK (`replay.rs`).
+    pub(crate) fn replay(&self) -> &VecDeque<Replay> {
+        self.backlog.as_deref().map_or(&NO_REPLAY, |b| &b.replay)
+    }
+
+    /// The retained messages still to send, for adding or taking one.
+    pub(crate) fn replay_mut(&mut self) -> &mut VecDeque<Replay> {
+        &mut self.backlog_mut().replay
+    }
+
     /// What the queue counts against `session_queue_bytes_max`.
     pub(crate) fn queue_bytes(&self) -> u64 {
         self.backlog.as_deref().map_or(0, |b| b.queue_bytes)
@@ -260,6 +280,43 @@ impl Session {
         true
     }
 
+    /// Appends to the queue; a full queue applies `limits.session_queue_full` for this
+    /// session alone. `None`: refused (`logged`, a copy the log would keep, under
+    /// `refuse`); otherwise how many messages were dropped (the oldest, or `q` itself).
+    pub(crate) fn enqueue_or_drop(
+        &mut self,
+        q: Queued,
+        limits: &Limits,
+        logged: bool,
+    ) -> Option<u64> {
+        let (messages_max, bytes_max) =
+            (limits.session_queue_messages_max, limits.session_queue_bytes_max);
+        let size = q.size_bytes();
+        let fits = |s: &Session| {
+            s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max
+        };
+        let mut dropped = 0;
+        if !fits(self) {
+            match limits.session_queue_full {
+                QueueFullPolicy::Refuse if logged => return None,
+                QueueFullPolicy::DropOldest => {
+                    while !fits(self) && self.drop_oldest().is_some() {
+                        dropped += 1;
+                        self.note_full_drop("drop_oldest");
+                    }
+                }
+                QueueFullPolicy::DropNewest | QueueFullPolicy::Refuse => {
+                    self.note_full_drop("drop_newest");
+                    return Some(1);
+                }
+            }
+        }
+        if !self.enqueue(q, messages_max, bytes_max) {
+            dropped += 1;
+        }
+        Some(dropped)
+    }
+
     /// Appends a recovered entry to the queue (no limits: it was accepted before) whose log
     /// view is `entry`.
     pub(crate) fn restore_queued(&mut self, q: Queued, entry: QEntry) {
@@ -276,10 +333,40 @@ impl Session {
         let b = self.backlog.as_deref_mut()?;
         let q = b.queue.pop_front()?;
         b.queue_bytes -= q.size_bytes();
+        if b.queue.is_empty() && b.full_drops > 0 {
+            let dropped = std::mem::take(&mut b.full_drops);
+            tracing::info!(client_id = %self.client_id, dropped, "session queue drained");
+        }
         if let Some(log) = self.plog.as_deref_mut() {
             log.on_dequeue();
         }
         Some(q)
+    }
+
+    /// Drops the queue's first entry to make room (`QueueFullPolicy::DropOldest`). A logged
+    /// entry is acknowledged in the log, so recovery does not bring it back.
+    fn drop_oldest(&mut self) -> Option<Queued> {
+        let b = self.backlog.as_deref_mut()?;
+        let q = b.queue.pop_front()?;
+        b.queue_bytes -= q.size_bytes();
+        if let Some(log) = self.plog.as_deref_mut() {
+            log.on_removed(&[0]);
+        }
+        Some(q)
+    }
+
+    /// Counts a message dropped because the queue was full; warns at the first drop of an
+    /// episode (until the queue is empty again), so an abandoned session logs once.
+    fn note_full_drop(&mut self, policy: &str) {
+        let b = self.backlog_mut();
+        b.full_drops += 1;
+        if b.full_drops == 1 {
+            let len = b.queue.len();
+            tracing::warn!(
+                client_id = %self.client_id, queued = len, policy,
+                "session queue full: dropping messages for this session"
+            );
+        }
     }
 
     /// Drops queued messages whose expiry interval has passed [MQTT-3.3.2-5]; returns how
@@ -409,6 +496,11 @@ impl SessionTable {
         self.slots[slot.0 as usize].as_ref().expect("stale session slot")
     }
 
+    /// The session in `slot`, if live (not marked touched).
+    pub(crate) fn try_get(&self, slot: SessionSlot) -> Option<&Session> {
+        self.slots.get(slot.0 as usize)?.as_ref()
+    }
+
     /// The session in `slot`, if live.
     pub(crate) fn try_get_mut(&mut self, slot: SessionSlot) -> Option<&mut Session> {
         let s = self.slots.get_mut(slot.0 as usize)?.as_mut()?;
@@ -479,77 +571,5 @@ fn mark_dirty(dirty: &mut Vec<SessionSlot>, slot: SessionSlot, s: &mut Session) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    use crate::core::ids::ShardId;
-    use crate::core::mesh::Origin;
-
-    fn msg() -> Arc<Message> {
-        Arc::new(Message {
-            topic: ByteStr::from("t"),
-            payload: Bytes::from_static(b"abc"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            origin: Origin { shard: ShardId(0), session: 0 },
-            received_at_ms: 0,
-        })
-    }
-
-    #[test]
-    fn packet_ids_skip_zero_and_ids_in_use() {
-        let mut s = Session::new("c");
-        s.last_packet_id = u16::MAX - 1;
-        let a = s.next_packet_id();
-        assert_eq!(a.get(), u16::MAX);
-        s.inflight_mut().push_back(Inflight {
-            packet_id: PacketId::new(1).unwrap(),
-            msg: msg(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Box::default(),
-            state: Awaiting::PubAck,
-            group: None,
-        });
-        assert_eq!(s.next_packet_id().get(), 2, "0 and the inflight id 1 are skipped");
-    }
-
-    #[test]
-    fn queue_is_bounded_by_count_and_bytes() {
-        let mut s = Session::new("c");
-        let q = Queued {
-            msg: msg(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Box::default(),
-            group: None,
-        };
-        assert!(s.enqueue(q.clone(), 2, 100));
-        assert!(s.enqueue(q.clone(), 2, 100));
-        assert!(!s.enqueue(q.clone(), 2, 100));
-        assert_eq!(s.queue_bytes(), 8);
-        assert!(s.dequeue().is_some());
-        assert!(!s.enqueue(q.clone(), 10, 5), "4 + 4 > 5 bytes");
-        assert_eq!(s.queue_bytes(), 4);
-        s.release_idle();
-        assert_eq!(s.queue().len(), 1, "a backlog with a queued message is kept");
-        assert!(s.dequeue().is_some());
-        s.release_idle();
-        assert!(s.backlog.is_none(), "an empty backlog is freed");
-        assert_eq!((s.queue_bytes(), s.dequeue().is_none()), (0, true));
-    }
-
-    #[test]
-    fn table_finds_by_client_id_and_reuses_slots() {
-        let mut t = SessionTable::default();
-        let a = t.insert(Session::new("a"));
-        assert_eq!(t.find("a"), Some(a));
-        t.remove(a);
-        assert_eq!(t.find("a"), None);
-        let b = t.insert(Session::new("b"));
-        assert_eq!(a, b);
-        assert_eq!(t.len(), 1);
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -171,6 +171,8 @@ pub struct ShardCore {
     pub(crate) mesh_out: Vec<(ShardId, MeshMsg)>,
     pub(crate) gate: SubAckGate,
     pub(crate) fanout: Fanout,
+    /// Retained messages still to send after SUBACKs (`replay.rs`).
+    pub(crate) replays: crate::core::replay::Replays,
     pub(crate) stats: LocalStats,
     /// Counter for assigned client identifiers.
     pub(crate) assigned_ids: u64,
@@ -218,6 +220,7 @@ impl ShardCore {
             mesh_out: Vec::new(),
             gate: SubAckGate::new(config.shard_count),
             fanout: Fanout::default(),
+            replays: Default::default(),
             stats: LocalStats::default(),
             assigned_ids: 0,
             next_scan_at: None,

@@ -29,6 +29,7 @@ use shardmq_codec::{
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message};
 use crate::core::outgoing::is_expired;
+use crate::core::replay::Replay;
 use crate::core::shard::{CloseKind, ConnId, ShardCore};
 use crate::core::shared::{is_shared, is_valid_shared};
 
@@ -357,8 +358,11 @@ impl ShardCore {
                 self.retained.clear(&msg.topic);
             }
         }
-        for (msg, entry) in found {
-            self.deliver_retained(slot, &msg, entry.opts.qos, entry.id, now_ms);
-        }
+        // Paced by what the connection drains, not cut off at its bounds (`replay.rs`).
+        let found = found
+            .into_iter()
+            .map(|(msg, entry)| Replay { msg, qos: entry.opts.qos, sub_id: entry.id })
+            .collect();
+        self.start_replay(slot, found, now);
     }
 }

@@ -24,14 +24,12 @@ impl ShardCore {
     pub(crate) fn timers_deadline(&self) -> Option<Instant> {
         let busy = self.conns.len() > 0 || self.sessions.len() > 0;
         let scan = self.next_scan_at.filter(|_| busy);
-        match (scan, self.next_sys_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [scan, self.next_sys_at, self.replays.deadline()].into_iter().flatten().min()
     }
 
     /// Runs whatever is due at `now`, and exports the counters.
     pub(crate) fn run_timers(&mut self, now: Instant) {
+        self.continue_replays(now);
         if self.next_scan_at.is_some_and(|at| now >= at) {
             self.scan(now);
             self.next_scan_at = Some(now + SCAN_INTERVAL);

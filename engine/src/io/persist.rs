@@ -14,9 +14,12 @@
 //! shrink the log: acknowledgements, releases, session ends, retained clears. Past the soft
 //! cap with nothing to compact, the active segment is sealed so that compaction can fold
 //! what was appended to it. A batch refused at the cap itself is kept and retried, in
-//! order, after compaction freed space. A record too large fails only its batch; any other
-//! IO error stops the writer for good: what waits fails, and QoS 1/2 PUBLISHes are refused
-//! until a restart.
+//! order, after compaction freed space. When the device itself is full (ENOSPC/EDQUOT, e.g.
+//! a cap larger than the disk), the writer keeps what was appended and retries the write
+//! until space returns (`log/file.rs`); meanwhile the core refuses what needs logging, and
+//! nothing appended fails, so no message that was delivered is answered 0x97. A record too
+//! large fails only its batch; any other IO error stops the writer for good: what waits
+//! fails, and QoS 1/2 PUBLISHes that need logging are refused until a restart.
 //!
 //! Shard-local: one [`LogIo`] per shard, in its [`ShardIo`].
 
@@ -158,13 +161,15 @@ impl LogIo {
                 last = Some(ticket);
             }
         }
-        let full = dead || self.near_cap(&writer);
+        let full = dead || self.near_cap(&writer) || writer.device_full();
         if full != core.log_full() {
-            if full {
+            if full && writer.device_full() {
+                tracing::warn!("log device full: QoS 1/2 PUBLISH that needs logging refused");
+            } else if full {
                 tracing::warn!(
                     disk_bytes = writer.disk_bytes(),
                     cap_bytes = self.cap_bytes,
-                    "log nearly full: QoS 1/2 PUBLISH refused"
+                    "log nearly full: QoS 1/2 PUBLISH that needs logging refused"
                 );
             }
             core.set_log_full(full);
@@ -289,6 +294,7 @@ pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>
         let abs =
             std::fs::canonicalize(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
         check_shard_count(&abs, n)?;
+        warn_if_cap_exceeds_free_space(&abs, persist.data_max_bytes);
         persist.data_dir = Some(abs);
     }
     (0..n).map(|i| persist.shard_log_config(i, n, packet_max, topic_max)).collect()
@@ -318,4 +324,54 @@ fn check_shard_count(dir: &Path, n: u16) -> Result<(), String> {
         }
         Err(e) => Err(format!("{}: {e}", marker.display())),
     }
+}
+
+/// Warns when `--data-max-mib` (`cap_bytes`, for the whole broker) is more than the file
+/// system of `dir` can give: the logs already there plus its free space (statvfs). The broker
+/// still starts: a full device is survived (the log waits for space, and QoS 1/2 that
+/// needs logging is refused meanwhile), but the cap should be what the disk can hold.
+// `fsblkcnt_t` and `c_ulong` are `u64` here but not on every target.
+#[allow(clippy::useless_conversion)]
+fn warn_if_cap_exceeds_free_space(dir: &Path, cap_bytes: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return };
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a valid out-pointer, both live for
+    // the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let free_bytes = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    let used_bytes = dir_bytes(dir, 2);
+    if cap_bytes > free_bytes.saturating_add(used_bytes) {
+        let mib = |b: u64| b / (1024 * 1024);
+        tracing::warn!(
+            "--data-max-mib {} is more than {} can hold ({} MiB free + {} MiB of logs): when \
+             the disk fills, QoS 1/2 PUBLISHes that need logging are refused until space \
+             returns; set --data-max-mib to at most the space the broker may use",
+            mib(cap_bytes),
+            dir.display(),
+            mib(free_bytes),
+            mib(used_bytes)
+        );
+    }
+}
+
+/// Bytes of the files under `dir`, `depth` levels deep at most.
+fn dir_bytes(dir: &Path, depth: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(p, m)| {
+            if m.is_file() {
+                m.len()
+            } else if m.is_dir() && depth > 0 {
+                dir_bytes(&p, depth - 1)
+            } else {
+                0
+            }
+        })
+        .sum()
 }

@@ -223,8 +223,12 @@ impl LogWriter {
         let tmp = dir.join(format!("{}{COMPACT_SUFFIX}", name.trim_end_matches(".log")));
         let checkpoint = Record::Checkpoint(Checkpoint { end_seq: end_seq.0, live_records });
         let records = std::iter::once(checkpoint).chain(state.snapshot());
-        let (records_after, bytes_after) =
-            write_segment(tmp.clone(), base, records, body_max_bytes, buffered).await?;
+        let written = write_segment(tmp.clone(), base, records, body_max_bytes, buffered).await;
+        if written.is_err() {
+            // E.g. the device is full: a partial copy would only take more of it.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let (records_after, bytes_after) = written?;
         debug_assert_eq!(records_after, live_records + 1);
         let io = |p: &std::path::Path, e: std::io::Error| LogError::io(p, &e);
         std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io(&tmp, e))?;

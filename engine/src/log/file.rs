@@ -19,150 +19,15 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::poll_fn;
-use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
+use glommio::io::Directory;
 use glommio::task::JoinHandle;
 
 use super::recover::Recovery;
 use super::segment::{segment_file_name, Appender, Chunk, SegmentMeta};
 use super::{Durability, LogConfig, LogError, LogSeq, Record};
 
-/// Direct-IO block size used for every write (at least the device's logical block size).
-pub const BLOCK_BYTES: u64 = 4096;
-
-/// The open file behind a [`SegmentFile`]: direct IO, or buffered IO where the file system
-/// refuses `O_DIRECT` (tmpfs before Linux 6.6 answers `EINVAL`).
-#[derive(Debug)]
-enum Backend {
-    Direct(DmaFile),
-    Buffered(BufferedFile),
-}
-
-/// A segment file being written with direct IO (or buffered IO, see [`Backend`]).
-///
-/// Shard-local: owned by the committer task (or a compaction) of one shard.
-#[derive(Debug)]
-pub(super) struct SegmentFile {
-    pub(super) base: LogSeq,
-    pub(super) path: PathBuf,
-    file: Backend,
-    /// Logical length: bytes of frames written.
-    pub(super) len_bytes: u64,
-    /// The bytes of the last partial block (`len_bytes % BLOCK_BYTES` of them).
-    tail: Vec<u8>,
-}
-
-impl SegmentFile {
-    /// Creates (or truncates) the segment file `path`. With `buffered`, or when the file
-    /// system refuses `O_DIRECT`, the file is written with buffered IO instead (same bytes on
-    /// disk; fdatasync still makes them durable).
-    pub(super) async fn create(
-        path: PathBuf,
-        base: LogSeq,
-        buffered: bool,
-    ) -> Result<SegmentFile, LogError> {
-        let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        let file = if buffered {
-            None
-        } else {
-            match opts.dma_open(&path).await {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    let e: std::io::Error = e.into();
-                    if e.raw_os_error() != Some(libc::EINVAL) {
-                        return Err(LogError::io(&path, &e));
-                    }
-                    warn_buffered_once(&path);
-                    None
-                }
-            }
-        };
-        let file = match file {
-            Some(f) => {
-                assert!(f.alignment() <= BLOCK_BYTES, "device blocks larger than {BLOCK_BYTES}");
-                Backend::Direct(f)
-            }
-            None => Backend::Buffered(
-                opts.buffered_open(&path).await.map_err(|e| LogError::io(&path, &e.into()))?,
-            ),
-        };
-        Ok(SegmentFile { base, path, file, len_bytes: 0, tail: Vec::new() })
-    }
-
-    fn err(&self) -> impl FnOnce(glommio::GlommioError<()>) -> LogError + '_ {
-        move |e| LogError::io(&self.path, &e.into())
-    }
-
-    /// Writes `bytes` at the logical end: the partial last block and `bytes`, zero-padded to a
-    /// whole block, in one aligned write.
-    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
-        let start = self.len_bytes - self.tail.len() as u64;
-        debug_assert_eq!(start % BLOCK_BYTES, 0);
-        let data_len = self.tail.len() + bytes.len();
-        let buf_len = (data_len as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let new_tail_len = (data_len as u64 % BLOCK_BYTES) as usize;
-        let fill = |dst: &mut [u8], tail: &[u8]| {
-            dst[..tail.len()].copy_from_slice(tail);
-            dst[tail.len()..data_len].copy_from_slice(bytes);
-            dst[data_len..].fill(0);
-            dst[data_len - new_tail_len..data_len].to_vec()
-        };
-        let (written, new_tail) = match &self.file {
-            Backend::Direct(f) => {
-                let mut buf = f.alloc_dma_buffer(buf_len as usize);
-                let new_tail = fill(buf.as_bytes_mut(), &self.tail);
-                (f.write_at(buf, start).await.map_err(self.err())?, new_tail)
-            }
-            Backend::Buffered(f) => {
-                let mut buf = vec![0u8; buf_len as usize];
-                let new_tail = fill(&mut buf, &self.tail);
-                (f.write_at(buf, start).await.map_err(self.err())?, new_tail)
-            }
-        };
-        if (written as u64) < buf_len {
-            let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
-            return Err(LogError::io(&self.path, &e));
-        }
-        self.len_bytes += bytes.len() as u64;
-        self.tail = new_tail;
-        Ok(())
-    }
-
-    /// fdatasync.
-    pub(super) async fn sync(&self) -> Result<(), LogError> {
-        match &self.file {
-            Backend::Direct(f) => f.fdatasync().await.map_err(self.err()),
-            Backend::Buffered(f) => f.fdatasync().await.map_err(self.err()),
-        }
-    }
-
-    /// Cuts the zero padding off, syncs, and closes.
-    pub(super) async fn seal(self) -> Result<(), LogError> {
-        match &self.file {
-            Backend::Direct(f) => f.truncate(self.len_bytes).await.map_err(self.err())?,
-            Backend::Buffered(f) => f.truncate(self.len_bytes).await.map_err(self.err())?,
-        }
-        self.sync().await?;
-        let path = self.path;
-        let closed = match self.file {
-            Backend::Direct(f) => f.close().await,
-            Backend::Buffered(f) => f.close().await,
-        };
-        closed.map_err(|e| LogError::io(&path, &e.into()))
-    }
-}
-
-/// Warns (once per process) that a data directory's file system refuses direct IO.
-fn warn_buffered_once(path: &Path) {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| {
-        tracing::warn!(
-            "{}: the file system refuses O_DIRECT (tmpfs?); the log uses buffered IO \
-             (still fdatasync'ed)",
-            path.display()
-        );
-    });
-}
+pub(super) use super::segment_file::SegmentFile;
+pub use super::segment_file::BLOCK_BYTES;
 
 /// Counters of one writer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,6 +49,9 @@ pub(super) struct Inner {
     pub(super) dir: PathBuf,
     /// Sticky: after an IO error every append and wait fails with it.
     error: Option<LogError>,
+    /// The device refused a write (ENOSPC/EDQUOT): the committer retries it until space
+    /// returns; nothing fails meanwhile, durability just waits.
+    device_full: bool,
     closing: bool,
     aborted: bool,
     sync_requested: bool,
@@ -243,6 +111,7 @@ impl LogWriter {
             config: config.clone(),
             dir: config.shard_dir(),
             error: None,
+            device_full: false,
             closing: false,
             aborted: false,
             sync_requested: false,
@@ -294,6 +163,13 @@ impl LogWriter {
     /// cap: the batch may be retried once space is freed.
     pub fn failure(&self) -> Option<LogError> {
         self.inner.borrow().error.clone()
+    }
+
+    /// True while the device is full (ENOSPC/EDQUOT) and the committer waits to write again
+    /// (see [`DEVICE_FULL_RETRY_MAX`]). Appends are still taken; they become durable once
+    /// space returns.
+    pub fn device_full(&self) -> bool {
+        self.inner.borrow().device_full
     }
 
     /// The last appended seq.
@@ -503,6 +379,78 @@ async fn committer(inner: Rc<RefCell<Inner>>) {
     // On abort (a simulated crash) the file is dropped as it is: padded, maybe unsynced.
 }
 
+/// First wait before writing again after the device was full; it doubles up to
+/// [`DEVICE_FULL_RETRY_MAX`].
+const DEVICE_FULL_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between two attempts to write while the device is full.
+pub const DEVICE_FULL_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// While the device is full (ENOSPC/EDQUOT) the committer waits and tries again, so the
+/// log recovers without a restart once space is freed. `result` is one attempt's outcome:
+/// `Ok(true)` means done, `Ok(false)` means the attempt should be retried (after this waited
+/// `wait`, which doubles). At shutdown (or a simulated crash) it gives up with the error.
+async fn device_full_retry(
+    inner: &Rc<RefCell<Inner>>,
+    result: Result<(), LogError>,
+    wait: &mut Duration,
+) -> Result<bool, LogError> {
+    match result {
+        Ok(()) => {
+            let mut i = inner.borrow_mut();
+            if std::mem::take(&mut i.device_full) {
+                tracing::warn!(shard = i.config.shard, "log device has space again");
+            }
+            Ok(true)
+        }
+        Err(e) if e.is_disk_full() => {
+            {
+                let mut i = inner.borrow_mut();
+                if i.closing || i.aborted {
+                    return Err(e);
+                }
+                if !std::mem::replace(&mut i.device_full, true) {
+                    tracing::warn!(
+                        shard = i.config.shard,
+                        "{e}: the log waits for space (QoS 1/2 that needs logging is refused \
+                         meanwhile)"
+                    );
+                }
+            }
+            glommio::timer::sleep(*wait).await;
+            *wait = (*wait * 2).min(DEVICE_FULL_RETRY_MAX);
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one chunk (rolling to its segment first) and syncs it if `sync`. May be retried:
+/// a failed attempt leaves the file where it was before.
+async fn write_chunk(
+    inner: &Rc<RefCell<Inner>>,
+    current: &mut Option<SegmentFile>,
+    chunk: &Chunk,
+    sync: bool,
+) -> Result<(), LogError> {
+    if current.as_ref().map(|f| f.base) != Some(chunk.segment) {
+        roll(inner, current, chunk.segment).await?;
+    }
+    let file = current.as_mut().expect("rolled");
+    assert_eq!(file.len_bytes, chunk.offset_bytes, "chunks arrive in order");
+    let mark = file.mark();
+    if !chunk.bytes.is_empty() {
+        // (Empty: the previous segment was sealed early, `seal_active`.)
+        file.write(&chunk.bytes).await?;
+    }
+    if sync {
+        if let Err(e) = file.sync().await {
+            file.reset(mark);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 async fn commit_loop(
     inner: &Rc<RefCell<Inner>>,
     current: &mut Option<SegmentFile>,
@@ -513,18 +461,13 @@ async fn commit_loop(
         match step {
             Step::Abort => return Ok(()),
             Step::Write(chunk) => {
-                if current.as_ref().map(|f| f.base) != Some(chunk.segment) {
-                    roll(inner, current, chunk.segment).await?;
-                }
-                let file = current.as_mut().expect("rolled");
-                assert_eq!(file.len_bytes, chunk.offset_bytes, "chunks arrive in order");
-                if !chunk.bytes.is_empty() {
-                    // (Empty: the previous segment was sealed early, `seal_active`.)
-                    file.write(&chunk.bytes).await?;
-                }
                 let sync = mode != Durability::None || inner.borrow().sync_requested;
-                if sync {
-                    file.sync().await?;
+                let mut wait = DEVICE_FULL_RETRY_MIN;
+                loop {
+                    let r = write_chunk(inner, current, &chunk, sync).await;
+                    if device_full_retry(inner, r, &mut wait).await? {
+                        break;
+                    }
                 }
                 let mut i = inner.borrow_mut();
                 i.stats.writes += 1;
@@ -539,7 +482,8 @@ async fn commit_loop(
             }
             Step::Sync => {
                 if let Some(file) = current.as_ref() {
-                    file.sync().await?;
+                    let mut wait = DEVICE_FULL_RETRY_MIN;
+                    while !device_full_retry(inner, file.sync().await, &mut wait).await? {}
                 }
                 let mut i = inner.borrow_mut();
                 let flushed = i.appender.flushed();
@@ -567,8 +511,10 @@ async fn roll(
     current: &mut Option<SegmentFile>,
     base: LogSeq,
 ) -> Result<(), LogError> {
-    if let Some(old) = current.take() {
-        old.seal().await?;
+    if let Some(old) = current.as_ref() {
+        // Finished before it is taken: if this fails, a retry finds it again.
+        old.finish().await?;
+        current.take().expect("checked").close().await?;
         let mut i = inner.borrow_mut();
         let flushed = i.appender.flushed();
         i.appender.on_synced(flushed);

@@ -129,6 +129,7 @@ pub mod record;
 pub mod recover;
 pub mod replay;
 pub mod segment;
+mod segment_file;
 pub mod state;
 pub mod workload;
 

@@ -60,5 +60,7 @@ mod persist_acks;
 mod persist_shared;
 mod protocol;
 mod pubsub;
+mod queue_full;
+mod retained_limits;
 mod sessions;
 mod shared;

@@ -6,7 +6,7 @@ use shardmq_codec::{Packet, PacketType, PubResp, ReasonCode};
 
 use super::*;
 use crate::core::ids::ShardId;
-use crate::core::limits::Limits;
+use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::shard::ShardCore;
 use crate::core::sim::{ConnectOpts, Sim};
 
@@ -140,7 +140,9 @@ fn a_copy_for_a_persistent_session_on_a_full_shard_is_refused_with_0x97() {
             ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck),
             [ReasonCode::QUOTA_EXCEEDED]
         );
-        assert_eq!(sim.clients[live].take_payloads(), ["refused", "qos0"]);
+        // Decided before any copy was sent there: the clean subscriber on the full shard
+        // does not get the refused message either (`refusal.rs`).
+        assert_eq!(sim.clients[live].take_payloads(), ["qos0"]);
 
         sim.shards[full].set_log_full(false);
         sim.publish(p, "c/3", "kept", Q1, false);
@@ -206,14 +208,19 @@ fn a_retained_message_past_the_owners_soft_cap_is_refused() {
     }
 }
 
-/// A persistent session whose queue is full cannot keep a QoS 1 copy: the publisher gets
-/// 0x97 instead of an acknowledgement for a message that one of its matching sessions will
-/// never get — whether that session lives on the publisher's shard or on another.
+/// Under `session_queue_full = "refuse"`, a persistent session whose queue is full cannot
+/// keep a QoS 1 copy: the publisher gets 0x97 instead of an acknowledgement for a message
+/// that one of its matching sessions will never get — whether that session lives on the
+/// publisher's shard or on another.
 #[test]
 fn a_full_persistent_queue_fails_the_publish_back_to_the_publisher() {
     for (n, seed) in configs() {
         for sub_shard in [0, usize::from(n) - 1] {
-            let limits = Limits { session_queue_messages_max: 2, ..Limits::default() };
+            let limits = Limits {
+                session_queue_messages_max: 2,
+                session_queue_full: QueueFullPolicy::Refuse,
+                ..Limits::default()
+            };
             let mut sim = Sim::with_limits(n, seed, limits);
             sim.enable_persistence();
             let s = sim.client(&sim.id_on("sub", sub_shard), V3);
@@ -241,6 +248,11 @@ fn a_refusal_waits_only_behind_its_own_connections_answers() {
     for (n, seed) in configs() {
         let mut sim = Sim::new(n, seed);
         sim.enable_persistence();
+        // Something to log on the publishers' shard: a refusal needs one.
+        let s = sim.client(&sim.id_on("sub", 0), V3);
+        sim.connect_with(s, persistent());
+        sim.subscribe(s, &[("x/#", Q1)]);
+        sim.drop_conn(s);
         let p1 = sim.client(&sim.id_on("p1", 0), V5);
         let p2 = sim.client(&sim.id_on("p2", 0), V5);
         sim.connect(p1);
