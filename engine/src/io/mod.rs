@@ -14,6 +14,7 @@ pub mod checks;
 mod conn;
 mod flush;
 mod idle;
+mod listen;
 mod mesh;
 mod persist;
 mod runtime;
@@ -56,7 +57,7 @@ impl Broker {
         config.limits.validate().map_err(StartError)?;
         checks::preflight(config).map_err(StartError)?;
         let mut log_configs = persist::prepare_data_dir(config).map_err(StartError)?;
-        let (listen, reservations) = reserve_ports(&config.listen).map_err(StartError)?;
+        let (listen, reservations) = listen::reserve_ports(&config.listen).map_err(StartError)?;
 
         let n = config.shards;
         let stats =
@@ -158,49 +159,6 @@ impl Broker {
 fn first_error(fallback: String, thread_errors: Vec<String>) -> StartError {
     let specific = thread_errors.into_iter().find(|e| !e.contains("stopped during start-up"));
     StartError(specific.unwrap_or(fallback))
-}
-
-/// Resolves port 0 to a concrete free port shared by every shard, and checks fixed ports
-/// are not already served (SO_REUSEPORT would otherwise silently share them with another
-/// process of the same user). Returns the addresses and the sockets holding the free
-/// ports until the shards have bound them.
-fn reserve_ports(addrs: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Vec<socket2::Socket>), String> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(addrs.len());
-    let mut reservations = Vec::new();
-    let mut seen = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
-        if seen.contains(&addr) {
-            continue;
-        }
-        seen.push(addr);
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        if addr.port() == 0 {
-            // Bound but not listening: it holds the port yet never receives connections.
-            sock.set_reuse_port(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            sock.bind(&addr.into()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let bound = sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| format!("cannot listen on {addr}: no local address"))?;
-            out.push(bound);
-            reservations.push(sock);
-        } else {
-            // Without SO_REUSEPORT this bind fails if anyone listens there already.
-            let _ = sock.set_reuse_address(true);
-            sock.bind(&addr.into()).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    format!("cannot listen on {addr}: address already in use")
-                } else {
-                    format!("cannot listen on {addr}: {e}")
-                }
-            })?;
-            out.push(addr);
-        }
-    }
-    Ok((out, reservations))
 }
 
 /// A running broker. Dropping it shuts the broker down (like [`BrokerHandle::shutdown`]).

@@ -1,5 +1,6 @@
-//! One shard's life: create its executor, join the mesh, bind its listeners, run the accept,
-//! timer and mesh tasks, and shut down gracefully when the broker-wide stop flag is raised.
+//! One shard's life: create its executor, join the mesh, bind its listeners (`listen.rs`),
+//! run the accept, timer and mesh tasks, and shut down gracefully when the broker-wide stop
+//! flag is raised.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -159,8 +160,9 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
 
     let mut listeners = Vec::with_capacity(start.listen.len());
     for addr in &start.listen {
-        match TcpListener::bind(addr) {
-            Ok(l) => listeners.push(l),
+        match super::listen::listener(*addr) {
+            // SAFETY: a bound, listening socket we own; ownership moves to the listener.
+            Ok(fd) => listeners.push(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }),
             Err(e) => return fail(&mut guard, format!("cannot listen on {addr}: {e}")),
         }
     }

@@ -1,0 +1,76 @@
+//! The listening sockets: reserving the ports before the shards start, and each shard's own
+//! listener on every address.
+//!
+//! Every shard listens on every address with `SO_REUSEPORT` (the kernel spreads new
+//! connections over them) **and** `SO_REUSEADDR`. The second is what lets a supervisor
+//! restart the broker at once after a stop or a `kill -9`: the dead process's connections
+//! linger in FIN_WAIT2 or TIME_WAIT, still bound to the port, and Linux lets a new socket bind
+//! over them only when both the lingering sockets (which inherit the flag from the listener
+//! that accepted them) and the new one have `SO_REUSEADDR`. On Linux `SO_REUSEADDR` never lets
+//! two sockets *listen* on one port; that is `SO_REUSEPORT`'s job, limited to one user.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Resolves port 0 to a concrete free port shared by every shard, and checks fixed ports
+/// are not already served (SO_REUSEPORT would otherwise silently share them with another
+/// process of the same user). Returns the addresses and the sockets holding the free
+/// ports until the shards have bound them.
+pub(super) fn reserve_ports(
+    addrs: &[SocketAddr],
+) -> Result<(Vec<SocketAddr>, Vec<Socket>), String> {
+    let mut out = Vec::with_capacity(addrs.len());
+    let mut reservations = Vec::new();
+    let mut seen = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        if seen.contains(&addr) {
+            continue;
+        }
+        seen.push(addr);
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        if addr.port() == 0 {
+            // Bound but not listening: it holds the port yet never receives connections.
+            sock.set_reuse_port(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            sock.bind(&addr.into()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let bound = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| format!("cannot listen on {addr}: no local address"))?;
+            out.push(bound);
+            reservations.push(sock);
+        } else {
+            // SO_REUSEADDR without SO_REUSEPORT: binds over the lingering connections of
+            // a previous run, fails if anyone listens there already.
+            sock.set_reuse_address(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            sock.bind(&addr.into()).map_err(|e| {
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    format!("cannot listen on {addr}: address already in use")
+                } else {
+                    format!("cannot listen on {addr}: {e}")
+                }
+            })?;
+            out.push(addr);
+        }
+    }
+    Ok((out, reservations))
+}
+
+/// A socket (close-on-exec, blocking as glommio's own listeners: io_uring waits for it)
+/// listening on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (see the
+/// module documentation), for one shard.
+pub(super) fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    Ok(sock.into())
+}
