@@ -108,10 +108,19 @@ async fn restarts_on_the_same_port_right_after_kill9_with_clients_connected() {
     assert!(!status.success(), "killed, not exited: {status}");
     // The clients stay open: the dead broker's sockets linger (FIN_WAIT2 / TIME_WAIT).
     let again = restart_on(addr, &data, "kill9-again").await;
+    // SO_REUSEADDR must not let a second broker listen beside a live one.
+    let other = scratch("kill9-other");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["--listen", &addr.to_string(), "--no-pin", "--data-dir", other.to_str().unwrap()])
+        .output();
+    let out = within("a second broker on a served port to give up", out).await.expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("address already in use"), "{stderr}");
     drop(clients);
     again.signal(libc::SIGKILL);
     let _ = again.exited().await;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +180,9 @@ async fn data_directory_and_log_files_are_private() {
     sub.send(&Raw::subscribe_packet("perm/t", QoS::AtLeastOnce)).await;
     assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
     let mut publisher = Raw::connect(broker.addr, "perm-pub", ProtocolVersion::V3_1_1).await;
-    publisher.send(&Raw::publish_packet("perm/t", QoS::AtLeastOnce, Some(1), b"secret".into())).await;
+    publisher
+        .send(&Raw::publish_packet("perm/t", QoS::AtLeastOnce, Some(1), b"secret".into()))
+        .await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))), "PUBACK: logged");
 
     let files = tree(&dir);

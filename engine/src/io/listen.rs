@@ -12,11 +12,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 1024;
+/// How long start-up waits for a port still held by a process that just died.
+const BIND_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Resolves port 0 to a concrete free port shared by every shard, and checks fixed ports
 /// are not already served (SO_REUSEPORT would otherwise silently share them with another
@@ -50,7 +53,7 @@ pub(super) fn reserve_ports(
             // SO_REUSEADDR without SO_REUSEPORT: binds over the lingering connections of
             // a previous run, fails if anyone listens there already.
             sock.set_reuse_address(true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            sock.bind(&addr.into()).map_err(|e| {
+            bind_retrying(&sock, addr).map_err(|e| {
                 if e.kind() == io::ErrorKind::AddrInUse {
                     format!("cannot listen on {addr}: address already in use")
                 } else {
@@ -61,6 +64,27 @@ pub(super) fn reserve_ports(
         }
     }
     Ok((out, reservations))
+}
+
+/// Binds `sock` to `addr`, retrying while the address is in use for at most
+/// [`BIND_RETRY_MAX`]: the listeners of a broker that was just killed stay open until the
+/// kernel has torn down its io_uring rings (their pending accepts hold the sockets), which
+/// happens after the process is reaped (0 to 15 ms after `kill -9` on this project's test
+/// machine). A port served by a live process is still refused, only that much later.
+fn bind_retrying(sock: &Socket, addr: SocketAddr) -> io::Result<()> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match sock.bind(&addr.into()) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && started.elapsed() < BIND_RETRY_MAX =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// A socket (close-on-exec, blocking as glommio's own listeners: io_uring waits for it)
