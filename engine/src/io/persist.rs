@@ -25,6 +25,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::task::Poll;
@@ -37,7 +39,7 @@ use crate::core::persist::LogBatch;
 use crate::core::shard::ShardCore;
 use crate::log::compact::Compaction;
 use crate::log::file::LogWriter;
-use crate::log::{LogConfig, LogError, LogSeq};
+use crate::log::{perm, LogConfig, LogError, LogSeq};
 
 use super::shard::ShardIo;
 use super::signal::WakerSlot;
@@ -288,8 +290,15 @@ pub(crate) fn prepare_data_dir(config: &Config) -> Result<Vec<Option<LogConfig>>
         persist.shard_log_config(i, n, packet_max, topic_max)?;
     }
     if let Some(dir) = &persist.data_dir {
-        std::fs::create_dir_all(dir)
+        perm::create_dir_all(dir)
             .map_err(|e| format!("--data-dir {}: cannot create it: {e}", dir.display()))?;
+        if let Ok(bits @ 1..) = perm::open_to_others(dir) {
+            tracing::warn!(
+                "--data-dir {} is open to other users (mode bits {bits:03o} for group/other) \
+                 and its logs hold message payloads: chmod 700 it",
+                dir.display()
+            );
+        }
         // Absolute: glommio opens directories relative to no directory.
         let abs =
             std::fs::canonicalize(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
@@ -318,7 +327,13 @@ fn check_shard_count(dir: &Path, n: u16) -> Result<(), String> {
             if busy && !dir.join("shard-0").exists() {
                 tracing::warn!("--data-dir {} is not empty; using it anyway", dir.display());
             }
-            std::fs::write(&marker, format!("{n}\n"))
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(perm::FILE_MODE)
+                .open(&marker)
+                .and_then(|mut f| f.write_all(format!("{n}\n").as_bytes()))
                 .and_then(|()| std::fs::File::open(dir)?.sync_all())
                 .map_err(|e| format!("{}: {e}", marker.display()))
         }

@@ -124,6 +124,7 @@
 pub mod ack;
 pub mod compact;
 pub mod file;
+pub mod perm;
 pub mod persist_config;
 pub mod record;
 pub mod recover;

@@ -91,7 +91,7 @@ fn list_segments(
 pub fn recover(config: &LogConfig) -> Result<Recovery, LogError> {
     config.validate().map_err(LogError::Config)?;
     let dir = config.shard_dir();
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    super::perm::create_dir_all(&dir).map_err(io_err(&dir))?;
     let body_max_bytes = config.record_size_max_bytes as usize;
     let mut out = Recovery { next_seq: LogSeq(1), ..Recovery::default() };
     let mut segments = list_segments(&dir, &mut out.warnings)?;

@@ -43,7 +43,7 @@ impl SegmentFile {
         buffered: bool,
     ) -> Result<SegmentFile, LogError> {
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create(true).truncate(true).mode(super::perm::FILE_MODE);
         let file = if buffered {
             None
         } else {
