@@ -1,5 +1,6 @@
 //! The `shardmq` binary: parse the configuration, start the broker, print one
-//! `listening on ADDR` line per listener, and shut down gracefully on SIGINT/SIGTERM.
+//! `listening on ADDR` line per listener, and shut down gracefully on SIGINT/SIGTERM. A
+//! panic on any thread ends the process with exit code 101 (`io::failfast`).
 
 use std::io::Write;
 
@@ -22,6 +23,8 @@ fn main() {
         return;
     }
     let config = Config::from_env().unwrap_or_else(|e| e.exit());
+    // A shard that panics ends the process at once (see `io::failfast`).
+    shardmq_engine::io::failfast::exit_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

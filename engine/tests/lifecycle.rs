@@ -198,3 +198,27 @@ async fn data_directory_and_log_files_are_private() {
     assert!(status.success());
     let _ = std::fs::remove_dir_all(scratch("perm"));
 }
+
+/// The fault trigger is compiled into debug builds only (`CoreConfig::fault_panic_topic`).
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_shard_ends_the_process_with_its_message() {
+    const TRIGGER: &str = "test/fault/panic";
+    let envs = [("SHARDMQ_TEST_PANIC_TOPIC", TRIGGER)];
+    let broker = Proc::start("127.0.0.1:0", &["--in-memory"], &envs).await;
+    let v = ProtocolVersion::V3_1_1;
+    // A client on the healthy shard, and one on the shard that fails.
+    let mut healthy = Raw::connect(broker.addr, &common::id_on_shard("fault", 0, 2), v).await;
+    let mut failing = Raw::connect(broker.addr, &common::id_on_shard("fault", 1, 2), v).await;
+    // Another topic first: only the trigger panics.
+    failing.send(&Raw::publish_packet("test/fault/fine", QoS::AtLeastOnce, Some(1), vec![])).await;
+    assert!(matches!(failing.recv().await, Some(Packet::PubAck(_))));
+    failing.send(&Raw::publish_packet(TRIGGER, QoS::AtMostOnce, None, vec![])).await;
+    // No timer: the process must end by itself (`exited` only bounds a hang).
+    let (status, stderr) = broker.exited().await;
+    assert_eq!(status.code(), Some(101), "{status}, stderr: {stderr}");
+    assert!(stderr.contains("thread 'shardmq-shard-1'"), "{stderr}");
+    assert!(stderr.contains(&format!("test-only fault: PUBLISH to {TRIGGER}")), "{stderr}");
+    // The healthy shard went with it.
+    healthy.until_closed().await;
+}

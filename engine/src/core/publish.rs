@@ -43,6 +43,10 @@ impl ShardCore {
         p: Publish,
         now: Instant,
     ) {
+        #[cfg(debug_assertions)]
+        if self.config().fault_panic_topic.as_ref().is_some_and(|t| *t == p.topic) {
+            panic!("test-only fault: PUBLISH to {} (SHARDMQ_TEST_PANIC_TOPIC)", p.topic);
+        }
         let mut properties = p.properties;
         let mut topic = p.topic;
         if !topic.is_empty() && self.topic_limits.check(&topic).is_err() {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardmq_codec::{encode, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use shardmq_codec::{encode, ByteStr, Disconnect, Packet, ProtocolVersion, ReasonCode};
 
 use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
@@ -59,6 +59,12 @@ pub struct CoreConfig {
     pub started_at: Instant,
     /// Authentication and redirection (`auth.rs`).
     pub auth: AuthConfig,
+    /// Test-only fault injection: a PUBLISH to exactly this topic panics the shard, so the
+    /// tests can check that a failing shard ends the process (`io::failfast`). Honoured in
+    /// debug builds only, and set only from `SHARDMQ_TEST_PANIC_TOPIC` at start-up
+    /// (`io::Broker::start`); always `None` in release builds.
+    #[doc(hidden)]
+    pub fault_panic_topic: Option<ByteStr>,
 }
 
 /// Per-shard counters, shared read-only across shards for `$SYS` (each shard writes its own).
@@ -485,7 +491,7 @@ pub(crate) fn encode_onto(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardmq_codec::{ByteStr, Connect, DecodeError, Properties};
+    use shardmq_codec::{Connect, DecodeError, Properties};
 
     fn core(shard_count: u16) -> (ShardCore, Instant) {
         let now = Instant::now();
@@ -496,6 +502,7 @@ mod tests {
             stats: Arc::new(GlobalStats::new(shard_count)),
             started_at: now,
             auth: AuthConfig::default(),
+            fault_panic_topic: None,
         };
         (ShardCore::new(ShardId(0), config), now)
     }

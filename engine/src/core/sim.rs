@@ -157,6 +157,7 @@ impl Sim {
             stats: stats.clone(),
             started_at: now,
             auth: crate::core::auth::AuthConfig::default(),
+            fault_panic_topic: None,
         };
         let shards = (0..shard_count).map(|i| ShardCore::new(ShardId(i), config.clone())).collect();
         let n = usize::from(shard_count);

@@ -12,6 +12,7 @@
 pub mod alloc;
 pub mod checks;
 mod conn;
+pub mod failfast;
 mod flush;
 mod idle;
 mod listen;
@@ -69,6 +70,7 @@ impl Broker {
             stats,
             started_at: Instant::now(),
             auth: config.auth.clone(),
+            fault_panic_topic: fault_panic_topic(),
         };
         let mesh = (n > 1).then(|| {
             MeshBuilder::<MeshMsg, Full>::full(
@@ -153,6 +155,17 @@ impl Broker {
         drop(reservations);
         Ok(handle)
     }
+}
+
+/// The test-only fault trigger ([`CoreConfig::fault_panic_topic`]): read from the environment
+/// in debug builds only, so a release binary has no way to be made to panic on purpose.
+fn fault_panic_topic() -> Option<shardmq_codec::ByteStr> {
+    #[cfg(debug_assertions)]
+    if let Ok(topic) = std::env::var("SHARDMQ_TEST_PANIC_TOPIC") {
+        tracing::warn!("test-only fault injection: a PUBLISH to {topic:?} panics its shard");
+        return Some(shardmq_codec::ByteStr::from(topic.as_str()));
+    }
+    None
 }
 
 /// Prefers the error a shard thread returned (or panicked with) over a generic one.

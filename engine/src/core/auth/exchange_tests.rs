@@ -31,6 +31,7 @@ fn core_with(auth: AuthConfig) -> (ShardCore, Instant) {
         stats: Arc::new(GlobalStats::new(1)),
         started_at: now,
         auth,
+        fault_panic_topic: None,
     };
     (ShardCore::new(ShardId(0), config), now)
 }
