@@ -4,6 +4,7 @@
 //! to another arrive in the order they were sent: that is what keeps per-publisher ordering
 //! when a publisher and a subscriber live on different shards.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -152,10 +153,11 @@ pub enum MeshMsg {
     },
     /// An accepted connection whose CONNECT names a client id homed on the receiving shard.
     /// The receiver adopts the socket (`fd`, an owned duplicate) and decodes `read_buf`,
-    /// which starts with the CONNECT packet. Only the io layer creates and consumes this.
+    /// which starts with the CONNECT packet. Only the io layer creates and consumes this; a
+    /// message dropped anywhere on the way (a peer gone, a shard stopping) closes the socket.
     Adopt {
-        /// Owned file descriptor of the TCP socket.
-        fd: i32,
+        /// The TCP socket (a duplicate the sending shard made for this message).
+        fd: OwnedFd,
         /// Bytes already read from the socket, starting with CONNECT.
         read_buf: Bytes,
     },

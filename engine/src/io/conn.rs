@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -51,10 +51,10 @@ pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream) {
 }
 
 /// Starts serving a socket another shard handed over with the bytes it read.
-pub(crate) fn spawn_adopted(shard: &Rc<ShardIo>, fd: i32, read_buf: Bytes) {
-    // SAFETY: `fd` is an open socket descriptor owned by the Adopt message (a dup made by
-    // the sending shard, which closed its own copy); ownership moves to the stream here.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+pub(crate) fn spawn_adopted(shard: &Rc<ShardIo>, fd: OwnedFd, read_buf: Bytes) {
+    // SAFETY: `fd` is an open TCP socket we own (the Adopt message's duplicate); ownership
+    // moves to the stream here.
+    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     let shard = shard.clone();
     glommio::spawn_local(greet(shard, stream, BytesMut::from(&read_buf[..]), true)).detach();
 }
@@ -78,15 +78,20 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         if let Ok(Packet::Connect(c)) = &first.packet {
             let home = ShardCore::home_shard(c.client_id.as_bytes(), shard.shard_count());
             if !c.client_id.is_empty() && home != shard.id {
-                // SAFETY: dup of a descriptor we own; the copy is owned by the Adopt message.
-                let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-                if fd >= 0 {
-                    drop(stream);
-                    shard.send_mesh(home, MeshMsg::Adopt { fd, read_buf: first.read.freeze() });
-                    return;
+                // SAFETY: `stream` owns this open descriptor and outlives the borrow.
+                let ours = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+                // A duplicate owned by the message: however the message is dropped, it closes.
+                match ours.try_clone_to_owned() {
+                    Ok(fd) => {
+                        drop(stream);
+                        let read_buf = first.read.freeze();
+                        shard.send_mesh(home, MeshMsg::Adopt { fd, read_buf });
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!("dup failed ({err}); serving the connection on {}", shard.id)
+                    }
                 }
-                let err = io::Error::last_os_error();
-                tracing::warn!("dup failed ({err}); serving the connection on {}", shard.id);
             }
         }
     }

@@ -67,7 +67,7 @@ impl MeshIo {
         let i = usize::from(to.0);
         let Some(peer) = self.peers.get(i) else {
             debug_assert!(false, "message for unknown shard {to}");
-            return discard(msg);
+            return drop(msg);
         };
         if peer.busy.get() || !peer.outbox.borrow().is_empty() {
             peer.outbox.borrow_mut().push_back(msg);
@@ -81,22 +81,14 @@ impl MeshIo {
                 self.backlog.set(self.backlog.get() + 1);
                 peer.retry_waker.wake();
             }
-            Err(GlommioError::Closed(ResourceType::Channel(msg))) => discard(msg),
+            // The peer is gone: dropping the message closes an adopted socket.
+            Err(GlommioError::Closed(ResourceType::Channel(msg))) => drop(msg),
             Err(e) => {
                 // Only a send to ourselves or to a shard outside the mesh gets here: a bug.
                 debug_assert!(false, "mesh send to {to} failed: {e}");
                 tracing::error!("mesh send to {to} failed: {e}");
             }
         }
-    }
-}
-
-/// Drops a message that cannot be delivered (the peer is gone): an adopted socket's
-/// descriptor is closed rather than leaked.
-pub(crate) fn discard(msg: MeshMsg) {
-    if let MeshMsg::Adopt { fd, .. } = msg {
-        // SAFETY: the Adopt message owns `fd` (a dup made for it) and is consumed here.
-        unsafe { libc::close(fd) };
     }
 }
 
@@ -126,9 +118,8 @@ pub(crate) async fn retry_task(shard: Rc<ShardIo>, mesh: Rc<MeshIo>, peer_idx: u
             let res = mesh.senders.send_to(peer_idx, msg).await;
             peer.busy.set(false);
             mesh.backlog.set(mesh.backlog.get() - 1);
-            if let Err(GlommioError::Closed(ResourceType::Channel(msg))) = res {
-                discard(msg);
-            }
+            // A message the closed ring returns is dropped (closing an adopted socket).
+            drop(res);
             pushed += 1;
             if pushed % RETRY_REPORT_EVERY == 0 {
                 report_backlog(&shard, &mesh);
@@ -162,8 +153,7 @@ pub(crate) async fn receive_task(
         match msg {
             MeshMsg::Adopt { fd, read_buf } => {
                 if shard.stop.is_fired() {
-                    discard(MeshMsg::Adopt { fd, read_buf });
-                    continue;
+                    continue; // `fd` is dropped: the socket closes.
                 }
                 super::conn::spawn_adopted(&shard, fd, read_buf);
             }
@@ -171,5 +161,26 @@ pub(crate) async fn receive_task(
             MeshMsg::Shutdown => {}
             msg => shard.with_core(|core, now| core.handle_mesh(from, msg, now)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    use bytes::Bytes;
+
+    use crate::core::mesh::MeshMsg;
+
+    #[test]
+    fn a_dropped_adopt_message_closes_its_socket() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        // Only a bound on a hang: a socket left open fails the read instead.
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let msg = MeshMsg::Adopt { fd: ours.into(), read_buf: Bytes::from_static(b"\x10") };
+        drop(msg);
+        let mut byte = [0u8; 1];
+        assert_eq!(peer.read(&mut byte).unwrap(), 0, "EOF: the last descriptor was closed");
     }
 }
