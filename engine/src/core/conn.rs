@@ -3,13 +3,13 @@
 //!
 //! Shard-local: one [`ConnTable`] per shard; a [`ConnId`] means nothing on another shard.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ProtocolVersion};
 
 use crate::core::auth::ConnAuth;
+use crate::core::hash::Map;
 use crate::core::ids::SessionSlot;
 use crate::core::shard::ConnId;
 use crate::core::tx::TxQueue;
@@ -65,10 +65,10 @@ pub(crate) struct Conn {
 #[derive(Debug, Default)]
 pub(crate) struct Aliases {
     /// Client to broker: alias → topic (owned bytes, not a slice of the read buffer).
-    pub(crate) inbound: HashMap<u16, ByteStr>,
+    pub(crate) inbound: Map<u16, ByteStr>,
     /// Broker to client: topic → alias, assigned 1, 2, … up to the client's maximum; a
     /// topic seen after the table is full is sent in full, without an alias.
-    pub(crate) outbound: HashMap<ByteStr, u16>,
+    pub(crate) outbound: Map<ByteStr, u16>,
 }
 
 impl Conn {

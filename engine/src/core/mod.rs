@@ -7,6 +7,7 @@ pub(crate) mod conn;
 mod connect;
 pub(crate) mod deliver;
 mod dispatch;
+pub mod hash;
 pub mod ids;
 pub mod limits;
 pub mod mesh;

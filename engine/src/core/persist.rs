@@ -27,13 +27,14 @@
 //!
 //! Shard-local: one [`Persist`] per shard, owned by its core.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use shardmq_codec::{encode, ByteStr, Packet, Properties, ProtocolVersion, Publish, QoS};
 
+use crate::core::hash::Map;
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::Message;
 use crate::core::session::{Session, SessionTable};
@@ -106,11 +107,11 @@ pub(crate) struct Persist {
     /// Per peer: a copy of a message it routed here was refused since its last
     /// `DurableReq`, which is then answered `ok: false` at once.
     pub(crate) refused_from: Vec<bool>,
-    msgs: HashMap<u64, StoredMsg>,
-    index: HashMap<MsgKey, u64>,
+    msgs: Map<u64, StoredMsg>,
+    index: Map<MsgKey, u64>,
     next_msg_id: u64,
     /// Retained topic → msg id (on the topic's owner shard).
-    retained: HashMap<ByteStr, u64>,
+    retained: Map<ByteStr, u64>,
     pub(crate) held: VecDeque<HeldAck>,
     /// `DurableAck`s to send once their ticket is durable (keyed by ticket): (ticket, to,
     /// token).
@@ -148,10 +149,10 @@ impl Persist {
             copy_refused: false,
             answering: false,
             refused_from: vec![false; usize::from(shard_count)],
-            msgs: HashMap::new(),
-            index: HashMap::new(),
+            msgs: Map::default(),
+            index: Map::default(),
             next_msg_id: 1,
-            retained: HashMap::new(),
+            retained: Map::default(),
             held: VecDeque::new(),
             replies: AckQueue::default(),
             chained: Vec::new(),
@@ -457,7 +458,7 @@ impl ShardCore {
         let Some(plog) = s.plog.as_deref_mut() else { return };
         let client_id = s.client_id.to_string();
         let mut records = Vec::new();
-        let current: HashMap<&str, SubscriptionState> =
+        let current: Map<&str, SubscriptionState> =
             s.subs.iter().map(|(f, o)| (f.as_str(), subscription_state(o))).collect();
         plog.subs.retain(|filter, _| {
             let keep = current.contains_key(filter.as_str());

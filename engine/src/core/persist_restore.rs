@@ -22,7 +22,7 @@
 //!
 //! Shard-local.
 
-use std::collections::HashMap;
+use crate::core::hash::{KeyedState, Map};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,8 @@ impl ShardCore {
         let wall_now_ms = p.wall_ms_at(now);
         let now_ms = now.saturating_duration_since(self.config.started_at).as_millis() as u64;
         let mut done = Restored::default();
-        let mut msgs: HashMap<u64, Arc<Message>> = HashMap::with_capacity(state.messages().len());
+        let mut msgs: Map<u64, Arc<Message>> =
+            Map::with_capacity_and_hasher(state.messages().len(), KeyedState::default());
         for (&id, stored) in state.messages() {
             let msg = Arc::new(message_from(&stored.message, self.shard, now_ms, wall_now_ms));
             p.restore_msg(id, &msg, stored.refs, stored.retained);
@@ -137,7 +138,7 @@ impl ShardCore {
 fn restore_session(
     client_id: &str,
     ss: &SessionState,
-    msgs: &HashMap<u64, Arc<Message>>,
+    msgs: &Map<u64, Arc<Message>>,
     now: Instant,
     wall_now_ms: Option<u64>,
 ) -> Session {

@@ -8,7 +8,7 @@
 //! recurses once per topic level, so the stack depth is bounded by `Limits::topic_levels_max`,
 //! which the caller enforces.
 
-use std::collections::HashMap;
+use crate::core::hash::Map;
 
 use crate::core::topic::{
     has_wildcard, split_first_level, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD,
@@ -35,7 +35,7 @@ pub struct RetainedStore<V> {
 /// One topic level. Owned by its parent node.
 #[derive(Debug)]
 struct Node<V> {
-    children: HashMap<Box<str>, Node<V>>,
+    children: Map<Box<str>, Node<V>>,
     /// The value retained on the topic that ends at this node, with that topic's name.
     value: Option<(Box<str>, V)>,
 }
@@ -183,7 +183,7 @@ impl<V> RetainedStore<V> {
 
 impl<V> Node<V> {
     fn new() -> Node<V> {
-        Node { children: HashMap::new(), value: None }
+        Node { children: Map::default(), value: None }
     }
 
     fn is_empty(&self) -> bool {

@@ -4,14 +4,15 @@
 //! Why not a `HashMap<ByteStr, SessionSlot>`: its 40-byte entries cost ~90 B per session at
 //! 15,000 sessions (the table grown to 32,768 buckets), and each key is a second reference to
 //! the client id. Here a bucket is 4 bytes (~9 B per session) and the client id is held once,
-//! by the session. Keys are hashed with std's randomly keyed SipHash (`RandomState`, as
-//! `HashMap` does), so clients cannot choose ids that collide. Linear probing, at most 3/4
+//! by the session. Keys are hashed with the core's keyed SipHash (`hash.rs`, keys drawn at
+//! start-up), so clients cannot choose ids that collide. Linear probing, at most 3/4
 //! full (so a probe always ends at an empty bucket), backward-shift deletion (no tombstones).
 //!
 //! Shard-local: one per session table.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use crate::core::hash::KeyedState;
 
 /// An empty bucket. Never a session slot: `u32::MAX` is the broker's own origin
 /// (`SessionTable::insert` asserts it is never handed out).
@@ -23,7 +24,7 @@ pub(crate) struct SlotIndex {
     /// Length 0 or a power of two.
     buckets: Vec<u32>,
     len: usize,
-    hasher: RandomState,
+    hasher: KeyedState,
 }
 
 impl SlotIndex {

@@ -25,6 +25,7 @@ use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
 use crate::core::conn::{Conn, ConnTable, Phase};
 use crate::core::deliver::Fanout;
+use crate::core::hash::HashKeys;
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::limits::Limits;
 use crate::core::mesh::{MeshMsg, Message};
@@ -65,6 +66,9 @@ pub struct CoreConfig {
     /// (`io::Broker::start`); always `None` in release builds.
     #[doc(hidden)]
     pub fault_panic_topic: Option<ByteStr>,
+    /// The keys of every hash table of the core (`hash.rs`): random in the broker (drawn by
+    /// the io layer at start-up), derived from the seed in the simulator.
+    pub hash_keys: HashKeys,
 }
 
 /// Per-shard counters, shared read-only across shards for `$SYS` (each shard writes its own).
@@ -207,6 +211,8 @@ impl ShardCore {
     /// A new, empty shard.
     pub fn new(shard: ShardId, config: CoreConfig) -> ShardCore {
         assert!(shard.0 < config.shard_count, "{shard} of {} shards", config.shard_count);
+        // Before any table is built: they take their keys from here.
+        crate::core::hash::use_keys(config.hash_keys);
         let next_sys_at = (shard.0 == 0)
             .then(|| config.started_at + Duration::from_secs(config.sys_interval_secs.into()));
         ShardCore {
@@ -503,6 +509,7 @@ mod tests {
             started_at: now,
             auth: AuthConfig::default(),
             fault_panic_topic: None,
+            hash_keys: HashKeys::default(),
         };
         (ShardCore::new(ShardId(0), config), now)
     }

@@ -49,7 +49,7 @@
 //!
 //! Shard-local: each shard holds the groups it owns.
 
-use std::collections::HashMap;
+use crate::core::hash::Map;
 use std::sync::Arc;
 
 use shardmq_codec::{ByteStr, QoS};
@@ -105,7 +105,7 @@ struct Group {
 /// Shard-local: one per shard.
 #[derive(Debug, Default)]
 pub(crate) struct SharedGroups {
-    by_name: HashMap<ByteStr, u32>,
+    by_name: Map<ByteStr, u32>,
     groups: Vec<Option<Group>>,
     free: Vec<u32>,
     /// Inner filter → groups.

@@ -7,7 +7,7 @@
 //!
 //! The scenarios live in `sim_tests.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use shardmq_codec::{
     PubResp, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe, Will,
 };
 
+use crate::core::hash::{Map, Set};
 use crate::core::ids::ShardId;
 use crate::core::limits::Limits;
 use crate::core::mesh::MeshMsg;
@@ -126,9 +127,9 @@ pub(crate) struct Sim {
     /// `rings[from * n + to]`: FIFO per ordered pair.
     rings: Vec<VecDeque<MeshMsg>>,
     /// Pairs whose delivery is held back (to observe the SUBACK gate).
-    pub(crate) paused: HashSet<(usize, usize)>,
+    pub(crate) paused: Set<(usize, usize)>,
     pub(crate) clients: Vec<Client>,
-    owners: HashMap<(usize, ConnId), usize>,
+    owners: Map<(usize, ConnId), usize>,
     pub(crate) stats: Arc<GlobalStats>,
     /// `MeshMsg::Publish` messages sent between shards so far.
     pub(crate) mesh_publishes: usize,
@@ -158,6 +159,7 @@ impl Sim {
             started_at: now,
             auth: crate::core::auth::AuthConfig::default(),
             fault_panic_topic: None,
+            hash_keys: crate::core::hash::HashKeys::from_seed(seed),
         };
         let shards = (0..shard_count).map(|i| ShardCore::new(ShardId(i), config.clone())).collect();
         let n = usize::from(shard_count);
@@ -166,9 +168,9 @@ impl Sim {
             now,
             shards,
             rings: (0..n * n).map(|_| VecDeque::new()).collect(),
-            paused: HashSet::new(),
+            paused: Set::default(),
             clients: Vec::new(),
-            owners: HashMap::new(),
+            owners: Map::default(),
             stats,
             mesh_publishes: 0,
             codec_limits: shardmq_codec::Limits {

@@ -14,7 +14,7 @@
 //! stripped by the caller. Insertion, removal and matching recurse once per level, so the
 //! stack depth is bounded by `Limits::topic_levels_max`, which the caller enforces.
 
-use std::collections::HashMap;
+use crate::core::hash::Map;
 use std::hash::Hash;
 
 use crate::core::topic::{
@@ -44,7 +44,7 @@ pub struct SubscriptionTrie<K, V> {
 #[derive(Debug)]
 struct Node<K, V> {
     /// Children by exact level text (possibly empty, possibly starting with `$`).
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: Map<Box<str>, Node<K, V>>,
     /// The `+` child.
     plus: Option<Box<Node<K, V>>>,
     /// Subscribers of the filter that ends at this node.
@@ -61,7 +61,7 @@ struct Subscribers<K, V> {
     /// Dense, unordered: scanned on every match.
     entries: Vec<(K, V)>,
     /// Key → position in `entries`; empty (and unallocated) while the list is short.
-    index: HashMap<K, u32>,
+    index: Map<K, u32>,
 }
 
 impl<K: Copy + Eq + Hash, V> Default for SubscriptionTrie<K, V> {
@@ -156,7 +156,7 @@ fn visit<K: Copy, V>(subscribers: Option<&Subscribers<K, V>>, f: &mut impl FnMut
 
 impl<K: Copy + Eq + Hash, V> Node<K, V> {
     fn new() -> Self {
-        Node { children: HashMap::new(), plus: None, exact: None, multi: None }
+        Node { children: Map::default(), plus: None, exact: None, multi: None }
     }
 
     fn is_empty(&self) -> bool {
@@ -316,7 +316,7 @@ fn remove_from<K: Copy + Eq + Hash, V>(
 }
 
 /// Gives back most of a map's memory once it holds a quarter of its capacity or less.
-pub(crate) fn shrink_map<A: Eq + Hash, B>(map: &mut HashMap<A, B>) {
+pub(crate) fn shrink_map<A: Eq + Hash, B>(map: &mut Map<A, B>) {
     if map.capacity() > 16 && map.len() <= map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }
@@ -324,7 +324,7 @@ pub(crate) fn shrink_map<A: Eq + Hash, B>(map: &mut HashMap<A, B>) {
 
 impl<K: Copy + Eq + Hash, V> Subscribers<K, V> {
     fn new(filter: &str) -> Box<Self> {
-        Box::new(Subscribers { filter: filter.into(), entries: Vec::new(), index: HashMap::new() })
+        Box::new(Subscribers { filter: filter.into(), entries: Vec::new(), index: Map::default() })
     }
 
     fn position(&self, key: K) -> Option<usize> {
@@ -367,7 +367,7 @@ impl<K: Copy + Eq + Hash, V> Subscribers<K, V> {
                 self.index.insert(*moved, p as u32);
             }
             if self.entries.len() < INDEX_THRESHOLD / 2 {
-                self.index = HashMap::new();
+                self.index = Map::default();
             } else {
                 shrink_map(&mut self.index);
             }

@@ -32,6 +32,7 @@ use std::time::Instant;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 
 use crate::config::Config;
+use crate::core::hash::HashKeys;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{CoreConfig, GlobalStats, ShardCounters};
 
@@ -71,6 +72,7 @@ impl Broker {
             started_at: Instant::now(),
             auth: config.auth.clone(),
             fault_panic_topic: fault_panic_topic(),
+            hash_keys: random_hash_keys(),
         };
         let mesh = (n > 1).then(|| {
             MeshBuilder::<MeshMsg, Full>::full(
@@ -155,6 +157,18 @@ impl Broker {
         drop(reservations);
         Ok(handle)
     }
+}
+
+/// Fresh keys for the core's hash tables (`core::hash`), from the operating system: clients
+/// cannot predict them, so they cannot choose colliding client ids or topics.
+fn random_hash_keys() -> HashKeys {
+    let mut seed = [0u8; 16];
+    getrandom::getrandom(&mut seed).expect("the operating system's random number generator");
+    let (k0, k1) = seed.split_at(8);
+    HashKeys(
+        u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+        u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+    )
 }
 
 /// The test-only fault trigger ([`CoreConfig::fault_panic_topic`]): read from the environment

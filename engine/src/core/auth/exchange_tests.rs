@@ -32,6 +32,7 @@ fn core_with(auth: AuthConfig) -> (ShardCore, Instant) {
         started_at: now,
         auth,
         fault_panic_topic: None,
+        hash_keys: crate::core::hash::HashKeys::default(),
     };
     (ShardCore::new(ShardId(0), config), now)
 }

@@ -16,7 +16,9 @@
 //!
 //! Shard-local: one [`PasswordChecks`] per shard (the cache key is per shard too).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::core::hash::{Map, Set};
 use std::time::Instant;
 
 use shardmq_codec::ReasonCode;
@@ -46,11 +48,11 @@ pub(crate) struct PasswordChecks {
     /// Keys the tags; derived from the process's seed and the shard.
     tag_key: [u8; 32],
     /// User → tag of the password that last succeeded.
-    good: HashMap<String, Tag>,
+    good: Map<String, Tag>,
     /// Insertion order of `good`'s users (oldest first), for eviction.
     good_order: VecDeque<String>,
     /// Tags of (user, password) pairs that failed.
-    bad: HashSet<Tag>,
+    bad: Set<Tag>,
     /// Insertion order of `bad`, for eviction.
     bad_order: VecDeque<Tag>,
     budget: RoundBudget,
@@ -76,9 +78,9 @@ impl PasswordChecks {
         label.extend_from_slice(&shard.to_be_bytes());
         PasswordChecks {
             tag_key: hmac(seed, &label),
-            good: HashMap::new(),
+            good: Map::default(),
             good_order: VecDeque::new(),
-            bad: HashSet::new(),
+            bad: Set::default(),
             bad_order: VecDeque::new(),
             budget: RoundBudget::new(rounds_per_sec),
             cache_hits_count: 0,
