@@ -1,7 +1,9 @@
 //! Style checks that run as tests (in the spirit of rust-analyzer's `tidy.rs`):
 //!
-//! - the sans-IO layers (`engine/src/core/`, `codec/src/`) never mention the runtime, sockets
-//!   or the clock in code: IO and time are passed in by the io layer;
+//! - the sans-IO layers (`engine/src/core/`, `codec/src/`) never mention the runtime, sockets,
+//!   the clock or the operating system's randomness in code: IO, time and seeds are passed in
+//!   by the io layer; the core's hash tables are `core::hash::{Map, Set}`, never std's
+//!   randomly keyed ones;
 //! - no Rust file in the workspace is longer than 800 lines (a few files are on a
 //!   warn-list, each with a reason, until they are split).
 
@@ -9,8 +11,22 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Names the sans-IO layers must not use.
-const FORBIDDEN_IN_SANS_IO: &[&str] =
-    &["glommio", "io_uring", "std::net", "Instant::now", "SystemTime::now", "tokio"];
+/// `RandomState` and `getrandom` are hidden randomness: the core's randomness is seeded from
+/// its configuration (`core/hash.rs`, `core/auth.rs`).
+const FORBIDDEN_IN_SANS_IO: &[&str] = &[
+    "glommio",
+    "io_uring",
+    "std::net",
+    "Instant::now",
+    "SystemTime::now",
+    "tokio",
+    "RandomState",
+    "getrandom",
+];
+
+/// std's hash tables, which hash with `RandomState` unless told otherwise: the core uses
+/// `core::hash::{Map, Set}` instead (keyed from the configuration).
+const STD_HASH_TABLES: &[&str] = &["HashMap", "HashSet"];
 
 /// Longest allowed `.rs` file, in lines.
 const FILE_LINES_MAX: usize = 800;
@@ -117,10 +133,21 @@ fn sans_io_layers_do_not_touch_io_or_clocks() {
     for file in files.iter().filter(|f| !test_only.contains(f)) {
         let text = fs::read_to_string(file).expect("readable source");
         let code = code_of(&text);
+        let in_core = rel(file).starts_with("engine/src/core/");
+        let hash_rs = rel(file) == "engine/src/core/hash.rs";
         for (n, line) in code.lines().enumerate() {
             for word in FORBIDDEN_IN_SANS_IO {
                 if line.contains(word) {
                     problems.push(format!("{}:{}: uses `{word}`", rel(file), n + 1));
+                }
+            }
+            for word in STD_HASH_TABLES.iter().filter(|_| in_core && !hash_rs) {
+                if line.contains(word) {
+                    problems.push(format!(
+                        "{}:{}: uses `{word}` (use hash::Map/Set)",
+                        rel(file),
+                        n + 1
+                    ));
                 }
             }
         }

@@ -357,7 +357,7 @@ impl ShardCore {
         if !p.held.iter().any(|h| h.refused) {
             return;
         }
-        let mut blocked = std::collections::HashSet::new();
+        let mut blocked = crate::core::hash::Set::default();
         let mut ready = Vec::new();
         p.held.retain(|h| {
             if h.refused && !blocked.contains(&h.ack.conn) {
