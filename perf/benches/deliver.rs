@@ -25,6 +25,7 @@ use shardmq_codec::{
     Subscribe, SubscriptionOptions,
 };
 use shardmq_engine::core::auth::AuthConfig;
+use shardmq_engine::core::hash::HashKeys;
 use shardmq_engine::core::ids::ShardId;
 use shardmq_engine::core::limits::Limits;
 use shardmq_engine::core::shard::{ConnId, CoreConfig, GlobalStats, IoAction, ShardCore};
@@ -52,6 +53,8 @@ fn setup(version: ProtocolVersion) -> (ShardCore, ConnId, Instant) {
         stats: Arc::new(GlobalStats::new(1)),
         started_at: now,
         auth: AuthConfig::default(),
+        fault_panic_topic: None,
+        hash_keys: HashKeys::from_seed(1),
     };
     let mut core = ShardCore::new(ShardId(0), config);
     let connect = |core: &mut ShardCore, id: String| {
