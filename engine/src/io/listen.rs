@@ -87,9 +87,9 @@ fn bind_retrying(sock: &Socket, addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-/// A socket (close-on-exec, blocking as glommio's own listeners: io_uring waits for it)
-/// listening on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (see the
-/// module documentation), for one shard.
+/// One shard's socket listening on `addr`, with `SO_REUSEADDR` and `SO_REUSEPORT` (see the
+/// module documentation). Close-on-exec (socket2's default) and blocking, like glommio's own
+/// listeners: io_uring does the waiting.
 pub(super) fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
