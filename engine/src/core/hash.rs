@@ -29,9 +29,15 @@ pub(crate) type Map<K, V> = HashMap<K, V, KeyedState>;
 /// A hash set of the core (see the module documentation).
 pub(crate) type Set<K> = HashSet<K, KeyedState>;
 
-/// The two 64-bit SipHash keys.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The two 64-bit SipHash keys. `Debug` does not show them (they are a secret).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct HashKeys(pub u64, pub u64);
+
+impl std::fmt::Debug for HashKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKeys(..)")
+    }
+}
 
 impl HashKeys {
     /// Keys derived from a seed (splitmix64), for the simulator and tests.
