@@ -10,9 +10,12 @@
 //! Phases, driven by the coordinator through [`Control`]:
 //! 1. setup: connect (bounded concurrency), CONNECT/CONNACK, SUBSCRIBE/SUBACK;
 //! 2. publish from `start_ns` to `measure_end_ns` (warm-up, then the measured window),
-//!    at a fixed rate (open loop) or as fast as an end-to-end window allows (max rate);
+//!    at a fixed rate (open loop), as fast as an end-to-end window allows (max rate, closed
+//!    loop) or as fast as the socket accepts (flood: open loop, unthrottled);
 //! 3. drain: until every expected message arrived, nothing arrived for `quiet_ms`, or
-//!    `drain_end_ns`; then DISCONNECT and close.
+//!    `drain_end_ns`; then DISCONNECT and close. A part without publishers (a worker process
+//!    holding only subscribers) cannot know what was sent: it ends once the window is over
+//!    and nothing arrived for `quiet_ms`.
 //!
 //! Deferred subscribers (the retained scenario) SUBSCRIBE only once every publisher is done.
 
@@ -83,8 +86,12 @@ pub struct LoadSpec {
     pub qos: u8,
     /// Payload size, at least [`crate::payload::HEADER_BYTES`].
     pub payload_bytes: usize,
-    /// Messages per second per publisher; 0 means max rate.
+    /// Messages per second per publisher; 0 means max rate (or flood).
     pub rate_per_publisher: f64,
+    /// Flood: with `rate_per_publisher` 0, no end-to-end window either: publishers write as
+    /// fast as the socket accepts (open loop, unthrottled).
+    #[serde(default)]
+    pub flood: bool,
     /// At most this many messages per publisher.
     pub messages_per_publisher: u64,
     /// Max rate only: messages per publisher sent but not yet received by the subscribers
