@@ -169,9 +169,10 @@ impl Pace {
     /// Parses `max`, `0`, `flood` or a positive number of messages per second.
     pub fn parse(s: &str) -> Result<Pace, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "max" | "0" | "0.0" => Ok(Pace::Max),
+            "max" => Ok(Pace::Max),
             "flood" => Ok(Pace::Flood),
             v => match v.parse::<f64>() {
+                Ok(r) if r == 0.0 => Ok(Pace::Max),
                 Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(Pace::Fixed(r)),
                 _ => Err(format!(
                     "--rate {s:?}: `max` (or 0), `flood`, or messages per second in (0, 1e7]"
@@ -314,4 +315,26 @@ pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Res
         harness_cpus: s.harness_cpus.clone(),
         conns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paces() {
+        assert_eq!(Pace::parse("max"), Ok(Pace::Max));
+        assert_eq!(Pace::parse("0"), Ok(Pace::Max));
+        assert_eq!(Pace::parse("Flood"), Ok(Pace::Flood));
+        assert_eq!(Pace::parse("20"), Ok(Pace::Fixed(20.0)));
+        for bad in ["-1", "fast", "inf", "NaN", "1e9"] {
+            assert!(Pace::parse(bad).is_err(), "{bad}");
+        }
+        let mut p = Params::new(Kind::Fanout, 1000);
+        Pace::Flood.apply(&mut p);
+        assert_eq!(p.label(), "fanout 1→1000 qos0 64B flood");
+        Pace::Fixed(20.0).apply(&mut p);
+        assert_eq!((p.pace(), p.flood), (Pace::Fixed(20.0), false));
+        assert_eq!(p.label(), "fanout 1→1000 qos0 64B 20/s per publisher");
+    }
 }
