@@ -98,14 +98,15 @@ pub fn broker_failure(b: &BrokerRuns<'_>, kind: Kind) -> Option<String> {
     Some(format!("failed: {} ({}/{} runs)", worst.1, failures.len(), b.runs.len()))
 }
 
-/// `2.42M`, `545k`, `54.5k`, `7.89`: three significant figures.
+/// `2.42M`, `545k`, `54.5k`, `7.89`: three significant figures; whole numbers under 10,000
+/// as they are.
 pub fn short(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{}M", sig(v / 1e6))
     } else if a >= 1e4 {
         format!("{}k", sig(v / 1e3))
-    } else if a >= 1000.0 {
+    } else if a >= 1000.0 || v.fract() == 0.0 {
         thousands(v)
     } else {
         sig(v)
