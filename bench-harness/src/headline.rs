@@ -15,12 +15,14 @@ use crate::spec::{Kind, Pace};
 use crate::table::{broker_failure, by_broker, cell, short, Stat};
 
 type Metric = fn(&RunResult) -> Option<f64>;
+/// A headline row's figure: its name, how to get it from a run, how to print it.
+type Figure = (String, Metric, fn(f64) -> String);
 
 /// The figures of a scenario worth a headline row: (name, metric, format).
-fn figures(s: &ScenarioReport) -> Vec<(String, Metric, fn(f64) -> String)> {
+fn figures(s: &ScenarioReport) -> Vec<Figure> {
     let p = &s.params;
     let mib = |v: f64| format!("{v:.1}");
-    let mut f: Vec<(String, Metric, fn(f64) -> String)> = Vec::new();
+    let mut f: Vec<Figure> = Vec::new();
     match p.kind {
         Kind::Conn => {
             f.push((

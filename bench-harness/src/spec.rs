@@ -172,7 +172,7 @@ impl Pace {
             "max" => Ok(Pace::Max),
             "flood" => Ok(Pace::Flood),
             v => match v.parse::<f64>() {
-                Ok(r) if r == 0.0 => Ok(Pace::Max),
+                Ok(0.0) => Ok(Pace::Max),
                 Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(Pace::Fixed(r)),
                 _ => Err(format!(
                     "--rate {s:?}: `max` (or 0), `flood`, or messages per second in (0, 1e7]"
