@@ -47,7 +47,11 @@ fn figures(s: &ScenarioReport) -> Vec<Figure> {
                     |r| r.broker_rss_kib_peak.map(|k| k as f64 / 1024.0),
                     mib,
                 ));
-                f.push(("lost".into(), |r| Some(r.integrity.lost as f64), short));
+                f.push((
+                    "not delivered by the end of the drain".into(),
+                    |r| Some(r.integrity.lost as f64),
+                    short,
+                ));
             }
             Pace::Fixed(_) => {
                 f.push(("broker µs per delivery".into(), |r| r.broker_cpu_us_per_msg, sig));
@@ -58,7 +62,11 @@ fn figures(s: &ScenarioReport) -> Vec<Figure> {
                         thousands,
                     ));
                 } else {
-                    f.push(("p99 latency µs".into(), |r| Some(r.latency.p99_us), sig));
+                    f.push((
+                        "p99 latency µs".into(),
+                        |r| (r.latency.count > 0).then_some(r.latency.p99_us),
+                        short,
+                    ));
                 }
             }
             Pace::Max => {

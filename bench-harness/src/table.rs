@@ -147,6 +147,11 @@ fn one_decimal(v: f64) -> String {
     format!("{v:.1}")
 }
 
+/// A latency percentile, or nothing when no message sent in the window arrived.
+fn latency(r: &RunResult, us: f64) -> Option<f64> {
+    (r.latency.count > 0).then_some(us)
+}
+
 /// The columns of a scenario's table.
 fn columns(s: &ScenarioReport) -> Vec<Col> {
     let p = &s.params;
@@ -179,9 +184,10 @@ fn columns(s: &ScenarioReport) -> Vec<Col> {
             c.push(col("brk cpu%", |r| r.broker_cpu_percent, whole));
             c.push(col("hns cpu%", |r| Some(r.harness_cpu_percent), whole));
             if matches!(pace, Pace::Fixed(_)) {
-                c.push(col("p50 µs", |r| Some(r.latency.p50_us), sig));
-                c.push(col("p99 µs", |r| Some(r.latency.p99_us), sig));
-                c.push(col("p99.9 µs", |r| Some(r.latency.p999_us), sig));
+                // No samples (nothing sent in the window arrived): no figure, not 0.
+                c.push(col("p50 µs", |r| latency(r, r.latency.p50_us), short));
+                c.push(col("p99 µs", |r| latency(r, r.latency.p99_us), short));
+                c.push(col("p99.9 µs", |r| latency(r, r.latency.p999_us), short));
             }
             c.push(col("lost", |r| Some(r.integrity.lost as f64), short));
             if matches!(p.kind, Kind::Fanout | Kind::P2p) {
@@ -224,7 +230,9 @@ fn ratio_metrics(s: &ScenarioReport) -> Vec<(&'static str, Metric)> {
                 ("delivered msg/s", |r| Some(r.delivered_per_sec)),
             ];
             match s.params.pace() {
-                Pace::Fixed(_) => m.push(("p99 latency", |r| Some(r.latency.p99_us))),
+                Pace::Fixed(_) => {
+                    m.push(("p99 latency", |r| (r.latency.count > 0).then_some(r.latency.p99_us)))
+                }
                 Pace::Flood => m.push(("peak RSS", |r| r.broker_rss_kib_peak.map(|k| k as f64))),
                 Pace::Max => {}
             }
