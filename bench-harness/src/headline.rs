@@ -115,7 +115,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
     for s in &report.scenarios {
         let brokers = by_broker(&s.results);
-        for (figure, metric, fmt) in figures(s) {
+        for (k, (figure, metric, fmt)) in figures(s).into_iter().enumerate() {
             let mut row = vec![s.label.clone(), figure];
             let mut medians: Vec<Option<f64>> = Vec::new();
             for name in &names {
@@ -129,6 +129,8 @@ pub fn markdown(report: &Report) -> String {
                 let stat = Stat::of(&ok, metric);
                 match broker_failure(b, s.params.kind) {
                     Some(why) => {
+                        // The reason once per scenario, in its first row.
+                        let why = if k == 0 { why } else { "failed".into() };
                         let figures =
                             if stat.is_some() { cell(stat, fmt) + ", " } else { String::new() };
                         row.push(format!("{figures}**{why}**"));

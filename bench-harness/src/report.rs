@@ -169,7 +169,7 @@ impl Report {
     pub fn new(broker_cpus: &str, harness_cpus: &str, mqtt_version: u8) -> Report {
         let (git_commit, git_dirty) = git_state();
         Report {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "),
             git_commit,
             git_dirty,
             harness_version: env!("CARGO_PKG_VERSION").into(),
@@ -214,6 +214,16 @@ impl Report {
         std::fs::write(&path, text + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+}
+
+/// `a` as a shell word: as is when it is plain, else in single quotes.
+pub fn shell_quote(a: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,@+-%".contains(c);
+    if !a.is_empty() && a.chars().all(plain) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
     }
 }
 
@@ -457,6 +467,9 @@ mod tests {
         assert_eq!(sig(78.91), "78.9");
         assert_eq!(sig(789.1), "789");
         assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(shell_quote("--only"), "--only");
+        assert_eq!(shell_quote("1->100 flood"), "'1->100 flood'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(utc_date(1_796_601_600), "2026-12-07");
         assert_eq!(utc_date(951_782_400), "2000-02-29");
     }
