@@ -99,6 +99,23 @@ pub fn markdown(report: &Report) -> String {
         report.command,
         report.repeat,
     );
+    let runs: Vec<&RunResult> = report.scenarios.iter().flat_map(|s| &s.results).collect();
+    let contended = runs
+        .iter()
+        .filter(|r| {
+            r.broker_wait_percent.unwrap_or(0.0) >= 10.0
+                || r.harness_wait_percent.unwrap_or(0.0) >= 10.0
+        })
+        .count();
+    if contended > 0 {
+        let _ = writeln!(
+            out,
+            "**Warning:** in {contended} of {} runs the broker or the load generator waited for \
+             a CPU ≥ 10 % of the window (other processes on the machine): those figures are \
+             unreliable.\n",
+            runs.len()
+        );
+    }
     // Broker order: first appearance over the whole file.
     let mut names: Vec<String> = Vec::new();
     for r in report.scenarios.iter().flat_map(|s| &s.results) {

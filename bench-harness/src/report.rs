@@ -63,6 +63,11 @@ pub struct RunResult {
     /// CPU used in the window by processes other than the broker and the harness, % of one
     /// core: other load on the machine that makes the numbers noisy.
     pub other_cpu_percent: Option<f64>,
+    /// Time the broker's threads waited for a CPU in the window (run-queue delay), % of the
+    /// window: other processes competing for its CPUs. Above 10 % the figures are unreliable.
+    pub broker_wait_percent: Option<f64>,
+    /// The same for the harness's threads in this process (not worker processes).
+    pub harness_wait_percent: Option<f64>,
     /// End-to-end latency of messages sent in the window.
     pub latency: Latency,
     /// Broker RSS before the run's connections, KiB.

@@ -12,7 +12,7 @@ use crate::load::{LoadSpec, Part, PartResult, Schedule};
 use crate::parts::{sum, Handle, Progress};
 use crate::report::{LossSpread, RunResult};
 pub use crate::spec::{build_spec, Kind, Pace, Params, Settings, CONNS_PER_WORKER_MAX};
-use crate::sys::{monotonic_ns, self_cpu_us, system_busy_us};
+use crate::sys::{monotonic_ns, proc_run_delay_ns, self_cpu_us, system_busy_us};
 use crate::track::{histogram_add_pairs, integrity, new_histogram, Latency};
 use crate::worker::RemotePart;
 
@@ -140,6 +140,10 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     let sent_now = |hs: &[Handle]| sum(hs, |c| c.sent.load(Relaxed));
     let (mut sent0, mut sent1) = (0, None);
     let mut ended_early = false;
+    // Run-queue delay of the broker and of this process, at the window's start and end.
+    let waits =
+        |b: &Broker| (b.pid.and_then(proc_run_delay_ns), proc_run_delay_ns(std::process::id()));
+    let (mut wait0, mut wait1) = ((None, None), None);
     let (mut cpu0, mut hcpu0, mut t0, mut sys0) = (None, 0, 0, None);
     let (mut cpu1, mut hcpu1, mut t1, mut sys1) = (None, 0, 0, None);
     if p.kind == Kind::Retained {
@@ -150,6 +154,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             if cpu0.is_none() && ctl.publishers_done.load(SeqCst) >= spec.publishers_total as u64 {
                 (cpu0, hcpu0, t0, sys0) =
                     (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
+                wait0 = waits(broker);
             }
             progress.tick(if cpu0.is_some() { "replay" } else { "store" }, &handles, total_conns);
             peak.sample();
@@ -162,11 +167,13 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         ended_early = all_finished(&handles);
         (cpu0, hcpu0, t0, sys0) =
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
+        wait0 = waits(broker);
         sent0 = sent_now(&handles);
         wait_until(measure_end_ns, "measure", &handles, &mut progress, &mut peak);
         if !all_finished(&handles) {
             (cpu1, hcpu1, t1, sys1) =
                 (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
+            wait1 = Some(waits(broker));
             sent1 = Some(sent_now(&handles));
         }
     }
@@ -185,6 +192,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     }
     let sent1 = sent1.unwrap_or_else(|| sent_now(&handles));
+    let wait1 = wait1.unwrap_or_else(|| waits(broker));
     let deferred_subscribe_ns = handles[0].ctl().deferred_subscribe_ns.load(Relaxed);
 
     let mut part = PartResult::default();
@@ -220,6 +228,10 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     let mut hist = new_histogram();
     histogram_add_pairs(&mut hist, &part.latency_ns);
     let window_us = (t1.saturating_sub(t0) / 1000).max(1);
+    let wait_percent = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1000.0 * 100.0 / window_us as f64),
+        _ => None,
+    };
     let harness_cpu_us = hcpu1.saturating_sub(hcpu0) + part.cpu_us_window;
     let broker_cpu_us = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -242,6 +254,8 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         latency: Latency::from_histogram(&hist),
         broker_rss_kib_idle: rss_idle,
         broker_rss_kib_peak: rss_peak,
+        broker_wait_percent: wait_percent(wait0.0, wait1.0),
+        harness_wait_percent: wait_percent(wait0.1, wait1.1),
         loss_by_subscriber,
         window_write_offs: part.window_write_offs,
         publish_lag_ms_max: part.publish_lag_ns_max as f64 / 1e6,

@@ -82,6 +82,18 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Time the threads of process `pid` spent runnable but waiting for a CPU so far, ns: the
+/// second field of `/proc/PID/task/*/schedstat`, summed (threads that exited are not counted).
+/// High when other processes compete for the CPUs a broker or the harness is pinned to.
+pub fn proc_run_delay_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// CPU time used by everything on the machine so far (every CPU; busy = all but idle and
 /// iowait), µs, from the first line of `/proc/stat`.
 pub fn system_busy_us() -> Option<u64> {
@@ -173,6 +185,7 @@ mod tests {
         assert!(proc_rss_kib(pid).unwrap() > 0);
         assert!(proc_status_kib(pid, "VmHWM:").unwrap() >= proc_rss_kib(pid).unwrap() / 2);
         proc_cpu_us(pid).unwrap();
+        assert!(proc_run_delay_ns(pid).is_some());
         assert!(monotonic_ns() > 0);
     }
 

@@ -295,6 +295,24 @@ pub fn table(s: &ScenarioReport) -> String {
             noisy.join(", ")
         );
     }
+    let starved: Vec<String> = brokers
+        .iter()
+        .filter_map(|b| {
+            let ok = measured(b);
+            let broker = Stat::of(&ok, |r| r.broker_wait_percent).map_or(0.0, |s| s.max);
+            let harness = Stat::of(&ok, |r| r.harness_wait_percent).map_or(0.0, |s| s.max);
+            (broker >= 10.0 || harness >= 10.0)
+                .then(|| format!("{} (broker up to {broker:.0}%, harness {harness:.0}%)", b.name))
+        })
+        .collect();
+    if !starved.is_empty() {
+        let _ = writeln!(
+            out,
+            "warning: CPU contention, the figures are unreliable: time spent waiting for a CPU, \
+             % of the window: {}",
+            starved.join(", ")
+        );
+    }
     let durability: Vec<String> = brokers
         .iter()
         .filter_map(|b| b.runs.iter().find(|r| r.error.is_none()))
@@ -428,6 +446,15 @@ mod tests {
         assert!(!t.contains("÷ rumqttd"), "no ratio against a failed broker: {t}");
         assert!(t.contains("÷ mosquitto") && t.contains("0.125"), "{t}");
         assert!(t.contains("no ratio for rumqttd"), "{t}");
+    }
+
+    #[test]
+    fn cpu_contention_is_flagged() {
+        let mut r = run("a", 0, 1.0, 0);
+        assert!(!table(&scenario(vec![r.clone()])).contains("CPU contention"));
+        r.broker_wait_percent = Some(40.0);
+        let t = table(&scenario(vec![r]));
+        assert!(t.contains("CPU contention") && t.contains("broker up to 40%"), "{t}");
     }
 
     #[test]
