@@ -2,7 +2,7 @@
 //!
 //! Every broker is started on a free loopback port with the same CPU set (`taskset -c`), and
 //! measured from outside: CPU time from `/proc/PID/stat` (utime + stime), memory from
-//! `/proc/PID/status` (VmRSS). A broker that is already running (`--broker-addr`) is measured
+//! `/proc/PID/status` (VmRSS, and VmHWM for the peak). A broker that is already running (`--broker-addr`) is measured
 //! only if its pid is given.
 
 use std::fs;
@@ -534,6 +534,11 @@ impl Broker {
     /// Resident memory, KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.pid.and_then(|p| sys::proc_rss_kib(p).ok())
+    }
+
+    /// Highest resident memory since the process started (`VmHWM`), KiB.
+    pub fn rss_peak_kib(&self) -> Option<u64> {
+        self.pid.and_then(|p| sys::proc_status_kib(p, "VmHWM:").ok())
     }
 
     /// Whether a started broker is still running (an external one is assumed to be).

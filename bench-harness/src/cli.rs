@@ -7,10 +7,11 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::broker::{Broker, BrokerOptions, BrokerSpec};
+use crate::matrix::{named_matrix, select};
 use crate::report::{self, Report, RunResult, ScenarioReport};
 use crate::restart::{self, RestartParams};
-use crate::scenario::{self, Kind, Params, Settings};
-use crate::sys;
+use crate::scenario::{self, Kind, Pace, Params, Settings};
+use crate::{headline, sys, table};
 
 /// Load generator and side-by-side MQTT broker comparison for shardmq.
 #[derive(Debug, Parser)]
@@ -102,15 +103,20 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// A matrix of scenarios over several brokers (`standard`: what scripts/bench.sh runs).
+    /// A matrix of scenarios over several brokers, each run `--repeat` times (default 3),
+    /// brokers taking turns (A B C A B C ...); reports medians and spreads, and ratios only
+    /// between the medians of brokers whose every run was clean.
     Compare {
-        /// `standard` (fan-out 1→100/1000/5000, fan-in 100→1, p2p QoS 1 and 2, shared 10,
-        /// 15,000 connections, 10,000 retained), `smoke` (the same, tiny) or `durability`
-        /// (p2p 10 pairs QoS 1 and 2: run it with e.g. `--brokers
-        /// shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`).
+        /// `standard` (what scripts/bench.sh runs: fan-out 1→100/1000/5000 at max rate,
+        /// fan-out flood 1→100 and 1→1000, 1→1000 at 3,000, 20 and (QoS 1) 5 msg/s,
+        /// 1→15,000 at 1 msg/s, fan-in 100→1, p2p QoS 1 and 2 at max rate and at 1,000
+        /// msg/s, shared 10, 15,000 idle connections, 10,000 retained), `flood` (the fan-out
+        /// shapes only), `smoke` (tiny) or `durability` (p2p 10 pairs QoS 1 and 2: run it
+        /// with e.g. `--brokers shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`).
         #[arg(long, default_value = "standard")]
         matrix: String,
-        /// Only these scenario kinds (comma separated, e.g. `fanout,conn`).
+        /// Only these rows: comma separated scenario kinds (`fanout,conn`) or parts of row
+        /// labels (`1->1000 qos0 64B flood`).
         #[arg(long)]
         only: Option<String>,
         /// Warm-up before each measured window (seconds).
@@ -119,9 +125,9 @@ enum Cmd {
         /// Each measured window (seconds).
         #[arg(long)]
         duration_secs: Option<f64>,
-        /// Messages per second per publisher; 0 means max rate.
-        #[arg(long)]
-        rate: Option<f64>,
+        /// Every row's pace: `max`, `flood` or messages per second per publisher.
+        #[arg(long, value_parser = Pace::parse)]
+        rate: Option<Pace>,
         #[command(flatten)]
         common: Common,
     },
@@ -150,6 +156,12 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Prints README's headline table (Markdown) from a saved results file, with the
+    /// commit and the command that produced it.
+    Table {
+        /// The JSON file (e.g. perf/results/<date>-<commit>.json).
+        json: PathBuf,
+    },
     /// Prints the tables of a saved `--json` file (and optionally plots it).
     Show {
         /// The JSON file.
@@ -172,9 +184,11 @@ struct LoadOpts {
     /// Payload size in bytes (at least 20: sequence, publisher id, timestamp).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
-    /// Messages per second per publisher (open loop); 0 means max rate (closed loop).
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
+    /// Pace: `max` (or 0: closed loop, a window of messages in flight), `flood` (open loop,
+    /// unthrottled: write as fast as TCP accepts, no window) or messages per second per
+    /// publisher (open loop).
+    #[arg(long, default_value = "max", value_parser = Pace::parse)]
+    rate: Pace,
     /// At most this many messages per publisher.
     #[arg(long, default_value_t = 10_000_000)]
     messages: u64,
@@ -201,7 +215,7 @@ impl LoadOpts {
     fn apply(&self, p: &mut Params) {
         p.qos = self.qos;
         p.payload_bytes = self.payload_bytes;
-        p.rate = self.rate;
+        self.rate.apply(p);
         p.messages = self.messages;
         p.warmup_secs = self.warmup_secs;
         p.duration_secs = self.duration_secs;
@@ -237,6 +251,13 @@ struct Common {
     /// Harness reactor threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Runs per broker and scenario, brokers taking turns (default: 3 for `compare`, 1 for
+    /// one scenario).
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Also write the results, compact, to DIR/<date>-<commit>.json (e.g. perf/results).
+    #[arg(long)]
+    save_results: Option<PathBuf>,
     /// MQTT protocol level: 4 (3.1.1) or 5.
     #[arg(long, default_value_t = 4)]
     mqtt_version: u8,
@@ -275,6 +296,10 @@ pub fn main() -> Result<()> {
     let (params, common) = match cli.cmd {
         Cmd::Worker => return crate::worker::run_worker(),
         Cmd::Show { json, svg } => return show(&json, svg.as_deref()),
+        Cmd::Table { json } => {
+            out(&headline::markdown(&load_report(&json)?));
+            return Ok(());
+        }
         Cmd::Restart {
             messages,
             payload_bytes,
@@ -350,12 +375,12 @@ pub fn main() -> Result<()> {
             p.inflight = inflight;
             (vec![p], common)
         }
-        Cmd::Compare { matrix, only, warmup_secs, duration_secs, rate, common } => {
+        Cmd::Compare { matrix, only, warmup_secs, duration_secs, rate, mut common } => {
             let mut ps = named_matrix(&matrix)?;
             if let Some(only) = only {
-                let kinds: Vec<&str> = only.split(',').map(str::trim).collect();
-                ps.retain(|p| kinds.contains(&p.kind.name()));
+                select(&mut ps, &only)?;
             }
+            common.repeat = Some(common.repeat.unwrap_or(3));
             for p in &mut ps {
                 if let Some(w) = warmup_secs {
                     p.warmup_secs = w;
@@ -363,8 +388,9 @@ pub fn main() -> Result<()> {
                 if let (Some(d), false) = (duration_secs, p.kind == Kind::Conn) {
                     p.duration_secs = d;
                 }
-                if let Some(r) = rate {
-                    p.rate = r;
+                // Connections and retained replay have no publishing pace.
+                if let (Some(r), false) = (rate, matches!(p.kind, Kind::Conn | Kind::Retained)) {
+                    r.apply(p);
                 }
             }
             (ps, common)
@@ -373,6 +399,8 @@ pub fn main() -> Result<()> {
     let report = run_matrix(&params, &common)?;
     let failed =
         report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
+    // Loss, duplicates and reordering fail a run for comparison, not the command: the
+    // tables say so.
     if failed > 0 {
         bail!("{failed} run(s) failed (see above)");
     }
@@ -386,9 +414,13 @@ fn out(text: &str) {
     let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
-fn show(json: &std::path::Path, svg: Option<&std::path::Path>) -> Result<()> {
+fn load_report(json: &std::path::Path) -> Result<Report> {
     let text = std::fs::read_to_string(json).map_err(|e| anyhow!("{}: {e}", json.display()))?;
-    let report: Report = serde_json::from_str(&text)?;
+    serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", json.display()))
+}
+
+fn show(json: &std::path::Path, svg: Option<&std::path::Path>) -> Result<()> {
+    let report = load_report(json)?;
     out(&format!(
         "{} (commit {}{}, {})\n",
         report.command,
@@ -397,7 +429,7 @@ fn show(json: &std::path::Path, svg: Option<&std::path::Path>) -> Result<()> {
         report.host.kernel
     ));
     for s in &report.scenarios {
-        out(&report::table(s));
+        out(&table::table(s));
     }
     if let Some(path) = svg {
         report::fanout_svg(&report, path)?;
@@ -410,51 +442,6 @@ fn one(kind: Kind, count: u32, load: &LoadOpts) -> Vec<Params> {
     let mut p = Params::new(kind, count);
     load.apply(&mut p);
     vec![p]
-}
-
-/// The named scenario matrices.
-pub fn named_matrix(name: &str) -> Result<Vec<Params>> {
-    let with = |kind: Kind, count: u32, qos: u8| {
-        let mut p = Params::new(kind, count);
-        p.qos = qos;
-        p
-    };
-    match name {
-        "standard" => Ok(vec![
-            with(Kind::Fanout, 100, 0),
-            with(Kind::Fanout, 1000, 0),
-            with(Kind::Fanout, 5000, 0),
-            with(Kind::Fanin, 100, 0),
-            with(Kind::P2p, 10, 1),
-            with(Kind::P2p, 10, 2),
-            with(Kind::Shared, 10, 0),
-            with(Kind::Conn, 15_000, 0),
-            with(Kind::Retained, 10_000, 1),
-        ]),
-        "smoke" => {
-            let mut ps = vec![
-                with(Kind::Fanout, 5, 0),
-                with(Kind::Fanin, 5, 0),
-                with(Kind::P2p, 3, 1),
-                with(Kind::P2p, 3, 2),
-                with(Kind::Shared, 3, 0),
-                with(Kind::Conn, 200, 0),
-                with(Kind::Retained, 100, 1),
-            ];
-            for p in &mut ps {
-                p.warmup_secs = 0.2;
-                p.duration_secs = 1.0;
-                p.rate = if p.kind == Kind::Retained { 0.0 } else { 200.0 };
-                if p.kind == Kind::Conn {
-                    p.workers = 2;
-                    p.source_ips = 2;
-                }
-            }
-            Ok(ps)
-        }
-        "durability" => Ok(vec![with(Kind::P2p, 10, 1), with(Kind::P2p, 10, 2)]),
-        other => Err(anyhow!("unknown matrix {other:?} (standard, smoke, durability)")),
-    }
 }
 
 /// Parses `--brokers`: comma separated `name[@variant]` (see [`BrokerSpec`]).
@@ -527,7 +514,9 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
     if kinds.is_empty() {
         bail!("--brokers is empty");
     }
+    let repeat = c.repeat.unwrap_or(1).clamp(1, 100);
     let mut report = Report::new(&broker_cpus, &harness_cpus, c.mqtt_version);
+    report.repeat = repeat;
     for p in params {
         let mut sr = ScenarioReport {
             scenario: p.kind.name().into(),
@@ -535,7 +524,10 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
             params: p.clone(),
             results: Vec::new(),
         };
-        for kind in &kinds {
+        // Interleaved: every broker once per round (A B C A B C ...), so that a slow drift
+        // of the machine touches every broker alike.
+        let rounds = (0..repeat).flat_map(|round| kinds.iter().map(move |k| (round, k)));
+        for (round, kind) in rounds {
             let mut opts = c.broker_options(&broker_cpus);
             opts.connections_max = u64::from(p.count) + 100;
             let name = kind.as_ref().map(BrokerSpec::name).unwrap_or_else(|| "external".into());
@@ -559,17 +551,27 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
                     r
                 }
             };
+            let mut result = result;
+            result.repeat = round;
             if let Some(e) = &result.error {
-                eprintln!("{name}: {}: {e}", p.label());
+                eprintln!("{name} run {}: {}: {e}", round + 1, p.label());
             }
             sr.results.push(result);
         }
-        out(&report::table(&sr));
+        out(&table::table(&sr));
         report.scenarios.push(sr);
         // Written after every scenario so that partial results survive an interruption.
         if let Some(path) = &c.json {
             report.write_json(path)?;
         }
+    }
+    if let Some(dir) = &c.save_results {
+        let path = report.write_results(dir)?;
+        eprintln!(
+            "wrote {} (README's headline: shardmq-bench table {})",
+            path.display(),
+            path.display()
+        );
     }
     if let Some(path) = &c.svg {
         if report::fanout_svg(&report, path)? {

@@ -18,13 +18,17 @@
 pub mod broker;
 pub mod cli;
 pub mod durability;
+pub mod headline;
 pub mod load;
+pub mod matrix;
 mod parts;
 pub mod payload;
 pub mod report;
 pub mod restart;
 pub mod scenario;
+pub mod spec;
 pub mod sys;
+pub mod table;
 pub mod track;
 pub mod wire;
 pub mod worker;

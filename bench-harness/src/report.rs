@@ -1,6 +1,5 @@
 //! Results: the side-by-side tables, the JSON file and the fan-out SVG plot.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,9 +11,12 @@ use crate::track::{Integrity, Latency};
 
 /// One scenario run against one broker.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunResult {
     /// Broker name.
     pub broker: String,
+    /// Which repetition of the scenario this was (0-based; brokers take turns each round).
+    pub repeat: u32,
     /// Durability mode: `n/a`, the broker's flag, or what the peer does.
     pub durability: String,
     /// How the broker was started.
@@ -37,6 +39,11 @@ pub struct RunResult {
     pub integrity: Integrity,
     /// Receipts in the window per second (retained: distinct messages / replay time).
     pub delivered_per_sec: f64,
+    /// PUBLISHes written in the window per second (what the publishers got the broker to
+    /// accept; in a flood, the broker's read rate).
+    pub sent_per_sec: f64,
+    /// fanout, p2p: loss per subscriber over the whole run.
+    pub loss_by_subscriber: Option<LossSpread>,
     /// Broker CPU (user + system) in the window, µs.
     pub broker_cpu_us: Option<u64>,
     /// Broker CPU per message delivered in the window, µs.
@@ -56,13 +63,27 @@ pub struct RunResult {
     /// CPU used in the window by processes other than the broker and the harness, % of one
     /// core: other load on the machine that makes the numbers noisy.
     pub other_cpu_percent: Option<f64>,
+    /// Time the broker's threads waited for a CPU in the window (run-queue delay), % of the
+    /// window: other processes competing for its CPUs. Above 10 % the figures are unreliable.
+    pub broker_wait_percent: Option<f64>,
+    /// The same for the harness's threads in this process (not worker processes).
+    pub harness_wait_percent: Option<f64>,
     /// End-to-end latency of messages sent in the window.
     pub latency: Latency,
     /// Broker RSS before the run's connections, KiB.
     pub broker_rss_kib_idle: Option<u64>,
-    /// Broker RSS at the end of the window (conn: with every connection open), KiB.
+    /// Broker RSS right after every connection was ready, KiB.
+    pub broker_rss_kib_connected: Option<u64>,
+    /// Broker RSS at the end of the window (conn: after the connections idled for
+    /// `settle_secs`), KiB.
     pub broker_rss_kib_loaded: Option<u64>,
-    /// conn: (loaded − idle RSS) / connections.
+    /// Highest broker RSS seen during the run (samples every 20 ms and the broker's
+    /// `VmHWM`; every broker is started fresh for each run), KiB.
+    pub broker_rss_kib_peak: Option<u64>,
+    /// conn: (connected − idle RSS) / connections, right after connecting.
+    pub broker_rss_bytes_per_conn_connected: Option<f64>,
+    /// (loaded − idle RSS) / connections: conn after the idle settle; message scenarios at
+    /// the end of the window (subscribed and receiving).
     pub broker_rss_bytes_per_conn: Option<f64>,
     /// conn: broker CPU during setup / connections, µs.
     pub broker_cpu_us_per_conn: Option<f64>,
@@ -76,6 +97,19 @@ pub struct RunResult {
     pub closed_by_broker: u64,
     /// The first errors the load threads saw.
     pub errors: Vec<String>,
+}
+
+/// How loss spread over the subscribers of one run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LossSpread {
+    /// Subscribers that should have received messages.
+    pub subscribers: u64,
+    /// Subscribers that missed at least one.
+    pub with_loss: u64,
+    /// Median of the messages each missed.
+    pub lost_median: u64,
+    /// Most messages one subscriber missed.
+    pub lost_max: u64,
 }
 
 impl RunResult {
@@ -128,6 +162,9 @@ pub struct Report {
     pub harness_cpus: String,
     /// MQTT protocol level.
     pub mqtt_version: u8,
+    /// Runs per broker and scenario (brokers took turns).
+    #[serde(default = "one")]
+    pub repeat: u32,
     /// The scenarios.
     pub scenarios: Vec<ScenarioReport>,
 }
@@ -137,7 +174,7 @@ impl Report {
     pub fn new(broker_cpus: &str, harness_cpus: &str, mqtt_version: u8) -> Report {
         let (git_commit, git_dirty) = git_state();
         Report {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" "),
             git_commit,
             git_dirty,
             harness_version: env!("CARGO_PKG_VERSION").into(),
@@ -154,6 +191,7 @@ impl Report {
             broker_cpus: broker_cpus.into(),
             harness_cpus: harness_cpus.into(),
             mqtt_version,
+            repeat: 1,
             scenarios: Vec::new(),
         }
     }
@@ -163,6 +201,54 @@ impl Report {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
     }
+
+    /// Writes the results compactly to `dir/<date>-<short commit>.json` (the file README's
+    /// headline table is generated from); returns its path. The load threads' first errors
+    /// are left out (they are in `--json`), the broker commands kept.
+    pub fn write_results(&self, dir: &Path) -> Result<std::path::PathBuf> {
+        let mut slim = self.clone();
+        for r in slim.scenarios.iter_mut().flat_map(|s| s.results.iter_mut()) {
+            r.errors.clear();
+        }
+        let short: String = self.git_commit.chars().take(7).collect();
+        let dirty = if self.git_dirty { "-dirty" } else { "" };
+        let name = format!("{}-{short}{dirty}.json", utc_date(self.unix_time_secs));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(name);
+        let text = serde_json::to_string(&slim)?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `a` as a shell word: as is when it is plain, else in single quotes.
+pub fn shell_quote(a: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,@+-%".contains(c);
+    if !a.is_empty() && a.chars().all(plain) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time.
+pub fn utc_date(unix_secs: u64) -> String {
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (unix_secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 pub(crate) fn git_state() -> (String, bool) {
@@ -211,14 +297,6 @@ pub(crate) fn sig(v: f64) -> String {
     }
 }
 
-pub(crate) fn opt(v: Option<f64>, f: fn(f64) -> String) -> String {
-    v.map(f).unwrap_or_else(|| "-".into())
-}
-
-pub(crate) fn mib(kib: Option<u64>) -> String {
-    opt(kib.map(|k| k as f64 / 1024.0), |v| format!("{v:.1}"))
-}
-
 /// A plain text table: first column left-aligned, the rest right-aligned.
 pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -258,202 +336,29 @@ pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The side-by-side table of one scenario, with ratios between brokers.
-pub fn table(s: &ScenarioReport) -> String {
-    let mut out = format!("\n== {} ==\n", s.label);
-    let ok: Vec<&RunResult> = s.results.iter().filter(|r| r.error.is_none()).collect();
-    let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = match s.params.kind {
-        Kind::Conn => (
-            vec![
-                "broker",
-                "connected",
-                "failed",
-                "conn/s",
-                "brk µs/conn",
-                "RSS idle MiB",
-                "RSS loaded MiB",
-                "bytes/conn",
-            ],
-            ok.iter()
-                .map(|r| {
-                    vec![
-                        r.broker.clone(),
-                        r.connections.to_string(),
-                        r.connect_failed.to_string(),
-                        thousands(r.connect_rate_per_sec),
-                        opt(r.broker_cpu_us_per_conn, sig),
-                        mib(r.broker_rss_kib_idle),
-                        mib(r.broker_rss_kib_loaded),
-                        opt(r.broker_rss_bytes_per_conn, thousands),
-                    ]
-                })
-                .collect(),
-        ),
-        Kind::Retained => (
-            vec![
-                "broker",
-                "stored",
-                "received",
-                "replay ms",
-                "msg/s",
-                "brk µs/msg",
-                "hns µs/msg",
-                "lost",
-                "dup",
-                "RSS MiB",
-            ],
-            ok.iter()
-                .map(|r| {
-                    vec![
-                        r.broker.clone(),
-                        r.sent.to_string(),
-                        r.integrity.distinct.to_string(),
-                        opt(r.retained_secs.map(|s| s * 1000.0), sig),
-                        thousands(r.delivered_per_sec),
-                        opt(r.broker_cpu_us_per_msg, sig),
-                        opt(r.harness_cpu_us_per_msg, sig),
-                        r.integrity.lost.to_string(),
-                        r.integrity.duplicates.to_string(),
-                        mib(r.broker_rss_kib_loaded),
-                    ]
-                })
-                .collect(),
-        ),
-        _ => (
-            vec![
-                "broker",
-                "deliv msg/s",
-                "brk µs/msg",
-                "brk cpu%",
-                "hns µs/msg",
-                "hns cpu%",
-                "p50 µs",
-                "p99 µs",
-                "p99.9 µs",
-                "max µs",
-                "lost",
-                "dup",
-                "reord",
-                "RSS MiB",
-            ],
-            ok.iter()
-                .map(|r| {
-                    let flag = if r.harness_bound { "*" } else { "" };
-                    vec![
-                        r.broker.clone(),
-                        thousands(r.delivered_per_sec),
-                        opt(r.broker_cpu_us_per_msg, sig),
-                        opt(r.broker_cpu_percent, |v| format!("{v:.0}")),
-                        opt(r.harness_cpu_us_per_msg, sig),
-                        format!("{:.0}{flag}", r.harness_cpu_percent),
-                        sig(r.latency.p50_us),
-                        sig(r.latency.p99_us),
-                        sig(r.latency.p999_us),
-                        sig(r.latency.max_us),
-                        r.integrity.lost.to_string(),
-                        r.integrity.duplicates.to_string(),
-                        r.integrity.reordered.to_string(),
-                        mib(r.broker_rss_kib_loaded),
-                    ]
-                })
-                .collect(),
-        ),
-    };
-    if !rows.is_empty() {
-        out.push_str(&render(&headers, &rows));
-    }
-    for r in &s.results {
-        if let Some(e) = &r.error {
-            let _ = writeln!(out, "{}: FAILED: {}", r.broker, e.lines().next().unwrap_or_default());
-        }
-    }
-    if ok.iter().any(|r| r.harness_bound) {
-        out.push_str("* harness ≥ 90% busy: the harness may have been the bottleneck\n");
-    }
-    let noisy: Vec<String> = ok
-        .iter()
-        .filter_map(|r| {
-            r.other_cpu_percent.filter(|o| *o >= 10.0).map(|o| format!("{} {o:.0}%", r.broker))
-        })
-        .collect();
-    if !noisy.is_empty() {
-        let _ = writeln!(
-            out,
-            "warning: other processes used CPU during the window (% of one core): {}",
-            noisy.join(", ")
-        );
-    }
-    if !ok.is_empty() {
-        let _ = writeln!(
-            out,
-            "durability: {}",
-            ok.iter()
-                .map(|r| format!("{}={}", r.broker, r.durability))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if ok.len() >= 2 {
-        out.push_str(&ratios(s.params.kind, &ok));
-    }
-    out
-}
-
-/// Ratio tables: each row's metric divided by each column's.
-fn ratios(kind: Kind, ok: &[&RunResult]) -> String {
-    type Metric = fn(&RunResult) -> Option<f64>;
-    let metrics: Vec<(&str, Metric)> = match kind {
-        Kind::Conn => vec![
-            ("bytes/conn", |r| r.broker_rss_bytes_per_conn),
-            ("conn/s", |r| Some(r.connect_rate_per_sec)),
-        ],
-        Kind::Retained => vec![
-            ("replay time", |r| r.retained_secs),
-            ("broker µs/msg", |r| r.broker_cpu_us_per_msg),
-        ],
-        _ => vec![
-            ("broker µs/msg", |r| r.broker_cpu_us_per_msg),
-            ("delivered msg/s", |r| Some(r.delivered_per_sec)),
-        ],
-    };
-    let mut out = String::new();
-    for (name, f) in metrics {
-        let mut headers = vec![format!("ratio: {name}")];
-        headers.extend(ok.iter().map(|r| format!("÷ {}", r.broker)));
-        let rows: Vec<Vec<String>> = ok
-            .iter()
-            .map(|a| {
-                let mut row = vec![a.broker.clone()];
-                for b in ok {
-                    row.push(match (f(a), f(b)) {
-                        _ if a.broker == b.broker => "-".into(),
-                        (Some(x), Some(y)) if y > 0.0 => format!("{:.3}", x / y),
-                        _ => "n/a".into(),
-                    });
-                }
-                row
-            })
-            .collect();
-        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
-        out.push_str(&render(&h, &rows));
-    }
-    out
-}
-
 /// Plots delivered msg/s and broker CPU-µs per message against subscriber count for the
 /// fan-out scenarios, one line per broker. Returns false when there is nothing to plot.
 pub fn fanout_svg(report: &Report, path: &Path) -> Result<bool> {
     use plotters::prelude::*;
     use std::collections::BTreeMap;
 
-    // broker → [(subscribers, msg/s, µs/msg)]
+    // broker → [(subscribers, msg/s, µs/msg)]: medians of the max-rate runs.
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for s in report.scenarios.iter().filter(|s| s.params.kind == Kind::Fanout) {
-        for r in s.results.iter().filter(|r| r.error.is_none()) {
-            series.entry(r.broker.clone()).or_default().push((
+    let max_rate = |s: &&ScenarioReport| {
+        s.params.kind == Kind::Fanout && s.params.pace() == crate::spec::Pace::Max
+    };
+    for s in report.scenarios.iter().filter(max_rate) {
+        for b in crate::table::by_broker(&s.results) {
+            let ok: Vec<&RunResult> =
+                b.runs.iter().copied().filter(|r| r.error.is_none()).collect();
+            let Some(msgs) = crate::table::Stat::of(&ok, |r| Some(r.delivered_per_sec)) else {
+                continue;
+            };
+            let us = crate::table::Stat::of(&ok, |r| r.broker_cpu_us_per_msg);
+            series.entry(b.name.clone()).or_default().push((
                 f64::from(s.params.count),
-                r.delivered_per_sec,
-                r.broker_cpu_us_per_msg.unwrap_or(0.0),
+                msgs.median,
+                us.map_or(0.0, |u| u.median),
             ));
         }
     }
@@ -566,37 +471,11 @@ mod tests {
         assert_eq!(sig(7.891), "7.89");
         assert_eq!(sig(78.91), "78.9");
         assert_eq!(sig(789.1), "789");
-    }
-
-    #[test]
-    fn table_and_svg() {
-        let mut report = Report::new("1", "0", 4);
-        for (n, a, b) in [(100u32, 8.0, 2.0), (1000, 7.5, 1.9)] {
-            let results = [("mosquitto", a), ("rumqttd", b)]
-                .into_iter()
-                .map(|(name, us)| RunResult {
-                    broker: name.into(),
-                    durability: "none".into(),
-                    delivered_per_sec: 1e5 / us,
-                    broker_cpu_us_per_msg: Some(us),
-                    ..RunResult::default()
-                })
-                .collect();
-            report.scenarios.push(ScenarioReport {
-                scenario: "fanout".into(),
-                label: format!("fanout 1→{n}"),
-                params: Params::new(Kind::Fanout, n),
-                results,
-            });
-        }
-        let t = table(&report.scenarios[0]);
-        assert!(t.contains("mosquitto") && t.contains("÷ rumqttd") && t.contains("4.000"), "{t}");
-        let dir = std::env::temp_dir().join(format!("shardmq-bench-svg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("fanout.svg");
-        assert!(fanout_svg(&report, &path).unwrap());
-        let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("rumqttd"));
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(shell_quote("--only"), "--only");
+        assert_eq!(shell_quote("1->100 flood"), "'1->100 flood'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(utc_date(1_796_601_600), "2026-12-07");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
     }
 }

@@ -1,273 +1,23 @@
-//! The scenarios, and one run of a scenario against one broker.
-//!
-//! | scenario | connections | what it shows |
-//! |---|---|---|
-//! | `fanout` | 1 publisher → N subscribers of one topic | routing one message to many sessions |
-//! | `fanin` | N publishers (one topic each) → 1 subscriber on `+` | wildcard matching, one hot session |
-//! | `p2p` | N pairs, one topic per pair | the per-message path at QoS 1 / 2 |
-//! | `shared` | 1 publisher → `$share/g/...` group of N | shared subscriptions: each message once |
-//! | `conn` | N idle connections (worker processes, many source addresses) | connect rate, memory per connection |
-//! | `retained` | N retained topics, then one `#` subscriber | retained store and wildcard replay |
+//! One run of a scenario against one broker: start the load parts, set up, warm up, measure,
+//! drain, and turn what the parts saw into a [`RunResult`]. The scenarios themselves are
+//! described in [`crate::spec`].
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
-use crate::load::{ConnSpec, LoadSpec, Part, PartResult, Role, Schedule};
+use crate::load::{LoadSpec, Part, PartResult, Schedule};
 use crate::parts::{sum, Handle, Progress};
-use crate::report::RunResult;
-use crate::sys::{monotonic_ns, self_cpu_us, system_busy_us};
+use crate::report::{LossSpread, RunResult};
+pub use crate::spec::{build_spec, Kind, Pace, Params, Settings, CONNS_PER_WORKER_MAX};
+use crate::sys::{monotonic_ns, proc_run_delay_ns, self_cpu_us, system_busy_us};
 use crate::track::{histogram_add_pairs, integrity, new_histogram, Latency};
 use crate::worker::RemotePart;
 
-/// Which scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// 1 → N.
-    Fanout,
-    /// N → 1 on a wildcard.
-    Fanin,
-    /// N pairs.
-    P2p,
-    /// 1 → a shared-subscription group.
-    Shared,
-    /// A connection storm.
-    Conn,
-    /// Retained topics, then `#`.
-    Retained,
-}
-
-impl Kind {
-    /// The scenario's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Fanout => "fanout",
-            Kind::Fanin => "fanin",
-            Kind::P2p => "p2p",
-            Kind::Shared => "shared",
-            Kind::Conn => "conn",
-            Kind::Retained => "retained",
-        }
-    }
-}
-
-/// A scenario's parameters; `count` is subscribers, publishers, pairs, members, connections
-/// or topics depending on the kind.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Params {
-    /// Which scenario.
-    pub kind: Kind,
-    /// Subscribers (fanout), publishers (fanin), pairs (p2p), members (shared),
-    /// connections (conn) or topics (retained).
-    pub count: u32,
-    /// QoS of PUBLISH and SUBSCRIBE.
-    pub qos: u8,
-    /// Payload size in bytes.
-    pub payload_bytes: usize,
-    /// Messages per second per publisher; 0 means max rate.
-    pub rate: f64,
-    /// At most this many messages per publisher.
-    pub messages: u64,
-    /// Warm-up before the measured window.
-    pub warmup_secs: f64,
-    /// The measured window.
-    pub duration_secs: f64,
-    /// Longest wait for stragglers after the window.
-    pub drain_secs: f64,
-    /// Max rate: end-to-end window per publisher in messages (0: automatic).
-    pub window: u64,
-    /// QoS 1/2: unacknowledged PUBLISHes per publisher.
-    pub inflight: u32,
-    /// Worker processes (conn; 0: one per 7,500 connections).
-    pub workers: u32,
-    /// Source addresses 127.0.0.2, 127.0.0.3, ... (0: the kernel's choice).
-    pub source_ips: u32,
-    /// Connections per thread in the handshake at once.
-    pub connect_concurrency: usize,
-    /// conn: how long the connections idle before the broker's memory is read.
-    pub settle_secs: f64,
-}
-
-impl Params {
-    /// Defaults for `kind` with `count`.
-    pub fn new(kind: Kind, count: u32) -> Params {
-        Params {
-            kind,
-            count,
-            qos: if kind == Kind::Retained { 1 } else { 0 },
-            payload_bytes: 64,
-            rate: 0.0,
-            messages: 10_000_000,
-            warmup_secs: 1.0,
-            // conn: how long every connection is held open.
-            duration_secs: if kind == Kind::Conn { 2.0 } else { 5.0 },
-            drain_secs: 5.0,
-            window: 0,
-            inflight: 64,
-            workers: 0,
-            source_ips: if kind == Kind::Conn { 4 } else { 0 },
-            connect_concurrency: 256,
-            // Longer than any broker's idle housekeeping: shardmq puts a connection that
-            // read nothing for 1–2 s to sleep and returns the freed pages at the next
-            // one-second sweep (`engine/src/io/idle.rs`): up to ~3 s.
-            settle_secs: 5.0,
-        }
-    }
-
-    /// A one-line description, e.g. `fanout 1→1000 qos0 64B max-rate`.
-    pub fn label(&self) -> String {
-        let n = self.count;
-        let shape = match self.kind {
-            Kind::Fanout => format!("fanout 1→{n}"),
-            Kind::Fanin => format!("fanin {n}→1"),
-            Kind::P2p => format!("p2p {n} pairs"),
-            Kind::Shared => format!("shared 1→group of {n}"),
-            Kind::Conn => return format!("conn {n} connections"),
-            Kind::Retained => format!("retained {n} topics then #"),
-        };
-        let rate = if self.rate > 0.0 {
-            format!("{}/s per publisher", self.rate)
-        } else {
-            "max-rate".into()
-        };
-        if self.kind == Kind::Retained {
-            return format!("{shape} qos{} {}B", self.qos, self.payload_bytes);
-        }
-        format!("{shape} qos{} {}B {rate}", self.qos, self.payload_bytes)
-    }
-}
-
-/// Settings shared by every run.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// MQTT protocol level.
-    pub mqtt_version: u8,
-    /// Reactor threads per process.
-    pub threads: usize,
-    /// CPUs for the harness threads.
-    pub harness_cpus: Vec<usize>,
-    /// No progress line.
-    pub quiet: bool,
-}
-
-/// Connections per worker process: well under the 20,000 open files of one process.
-pub const CONNS_PER_WORKER_MAX: u32 = 7_500;
 /// How long setup (connect + subscribe) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn nonce() -> String {
-    format!("{:x}{:x}", std::process::id(), monotonic_ns() & 0xFFFF_FFFF)
-}
-
-/// Builds the connection list for `p`.
-pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Result<LoadSpec> {
-    if p.count == 0 {
-        bail!("{}: the count must be at least 1", p.kind.name());
-    }
-    let run = nonce();
-    let prefix = format!("shardmq-bench/{run}");
-    let cid = |role: &str, i: u32| format!("bench-{run}-{role}{i}");
-    let sub =
-        |group: u32, filter: String, deferred: bool| Role::Subscriber { group, filter, deferred };
-    let publisher = |id: u32, topic: String| Role::Publisher {
-        id,
-        topic,
-        retain: false,
-        topic_per_message: false,
-    };
-    let mut conns = Vec::new();
-    let (publishers, groups): (u32, u64) = match p.kind {
-        Kind::Fanout => {
-            let topic = format!("{prefix}/fanout");
-            for i in 0..p.count {
-                conns.push((cid("s", i), sub(i, topic.clone(), false)));
-            }
-            conns.push((cid("p", 0), publisher(0, topic)));
-            (1, u64::from(p.count))
-        }
-        Kind::Fanin => {
-            conns.push((cid("s", 0), sub(0, format!("{prefix}/fanin/+"), false)));
-            for i in 0..p.count {
-                conns.push((cid("p", i), publisher(i, format!("{prefix}/fanin/{i}"))));
-            }
-            (p.count, 1)
-        }
-        Kind::P2p => {
-            for i in 0..p.count {
-                conns.push((cid("s", i), sub(i, format!("{prefix}/p2p/{i}"), false)));
-            }
-            for i in 0..p.count {
-                conns.push((cid("p", i), publisher(i, format!("{prefix}/p2p/{i}"))));
-            }
-            (p.count, 1)
-        }
-        Kind::Shared => {
-            let topic = format!("{prefix}/shared");
-            for i in 0..p.count {
-                conns.push((cid("s", i), sub(0, format!("$share/g/{topic}"), false)));
-            }
-            conns.push((cid("p", 0), publisher(0, topic)));
-            (1, 1)
-        }
-        Kind::Conn => {
-            for i in 0..p.count {
-                conns.push((cid("c", i), Role::Idle));
-            }
-            (0, 0)
-        }
-        Kind::Retained => {
-            let topic = format!("{prefix}/retained");
-            conns.push((cid("s", 0), sub(0, format!("{topic}/#"), true)));
-            conns.push((
-                cid("p", 0),
-                Role::Publisher { id: 0, topic, retain: true, topic_per_message: true },
-            ));
-            (1, 1)
-        }
-    };
-    let conns = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, (client_id, role))| ConnSpec {
-            client_id,
-            source_ip: (p.source_ips > 0)
-                .then(|| Ipv4Addr::new(127, 0, 0, 2 + (i as u32 % p.source_ips.min(250)) as u8)),
-            role,
-        })
-        .collect();
-    let messages = if p.kind == Kind::Retained { u64::from(p.count) } else { p.messages.max(1) };
-    let window = match (p.kind, p.window) {
-        // Nobody receives while the retained topics are published: no end-to-end window.
-        (Kind::Retained, _) => u64::MAX,
-        // Automatic: about 20,000 deliveries in flight over all publishers, at least 8 each.
-        (_, 0) => (20_000 / (groups.max(1) * u64::from(publishers.max(1)))).max(8),
-        (_, w) => w,
-    };
-    Ok(LoadSpec {
-        broker,
-        mqtt_version: s.mqtt_version,
-        qos: p.qos,
-        payload_bytes: p.payload_bytes,
-        rate_per_publisher: if p.kind == Kind::Retained { 0.0 } else { p.rate },
-        messages_per_publisher: messages,
-        window_messages: window,
-        inflight_max: p.inflight.clamp(1, 30_000),
-        groups_per_publisher: groups,
-        publishers_total: publishers,
-        keep_alive_secs: 60,
-        connect_concurrency: p.connect_concurrency.max(1),
-        ordered: p.kind != Kind::Retained,
-        quiet_ms: 500,
-        threads: s.threads.max(1),
-        harness_cpus: s.harness_cpus.clone(),
-        conns,
-    })
-}
 
 /// Runs scenario `p` against `broker`.
 pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
@@ -279,10 +29,17 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
 
     // Start the parts: worker processes for large connection counts, else threads here.
     let workers = match p.kind {
-        Kind::Conn if p.workers > 0 => p.workers,
-        Kind::Conn => p.count.div_ceil(CONNS_PER_WORKER_MAX),
-        _ => 1,
+        Kind::Retained => 1,
+        _ if p.workers > 0 => p.workers,
+        _ => (total_conns as u32).div_ceil(CONNS_PER_WORKER_MAX),
     };
+    if workers > 1 && p.kind != Kind::Conn && p.pace() == Pace::Max {
+        // The max-rate window counts receipts across every part: one process only.
+        bail!(
+            "{total_conns} connections need {workers} worker processes, which max rate cannot \
+             span: use --rate N or --rate flood"
+        );
+    }
     let per_process = total_conns.div_ceil(workers as usize) as u64;
     let limit = crate::sys::open_files_limit();
     if per_process + 64 > limit {
@@ -335,6 +92,9 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         );
     }
     let cpu_setup1 = broker.cpu_us();
+    // Memory right after the last connection is ready, before any idle housekeeping.
+    let rss_connected = broker.rss_kib();
+    let mut peak = RssPeak::new(broker.pid);
 
     // Connection storm: let the broker settle, then read its memory with every connection open.
     let mut rss_loaded = None;
@@ -342,6 +102,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         let settle_end = monotonic_ns() + (p.settle_secs * 1e9) as u64;
         while monotonic_ns() < settle_end {
             progress.tick("settle", &handles, total_conns);
+            peak.sample();
             std::thread::sleep(Duration::from_millis(20));
         }
         rss_loaded = broker.rss_kib();
@@ -369,13 +130,20 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
 
     let all_finished =
         |hs: &[Handle]| hs.iter().all(|h| h.ctl().finished_threads.load(Relaxed) >= h.threads());
-    let wait_until = |ns: u64, phase: &str, hs: &[Handle], pr: &mut Progress| {
+    let wait_until = |ns: u64, phase: &str, hs: &[Handle], pr: &mut Progress, pk: &mut RssPeak| {
         while monotonic_ns() < ns && !all_finished(hs) {
             pr.tick(phase, hs, total_conns);
+            pk.sample();
             std::thread::sleep(Duration::from_millis(2));
         }
     };
+    let sent_now = |hs: &[Handle]| sum(hs, |c| c.sent.load(Relaxed));
+    let (mut sent0, mut sent1) = (0, None);
     let mut ended_early = false;
+    // Run-queue delay of the broker and of this process, at the window's start and end.
+    let waits =
+        |b: &Broker| (b.pid.and_then(proc_run_delay_ns), proc_run_delay_ns(std::process::id()));
+    let (mut wait0, mut wait1) = ((None, None), None);
     let (mut cpu0, mut hcpu0, mut t0, mut sys0) = (None, 0, 0, None);
     let (mut cpu1, mut hcpu1, mut t1, mut sys1) = (None, 0, 0, None);
     if p.kind == Kind::Retained {
@@ -386,33 +154,45 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             if cpu0.is_none() && ctl.publishers_done.load(SeqCst) >= spec.publishers_total as u64 {
                 (cpu0, hcpu0, t0, sys0) =
                     (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
+                wait0 = waits(broker);
             }
             progress.tick(if cpu0.is_some() { "replay" } else { "store" }, &handles, total_conns);
+            peak.sample();
             std::thread::sleep(Duration::from_millis(1));
         }
         (cpu1, hcpu1, t1, sys1) =
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     } else {
-        wait_until(measure_start_ns, "warm-up", &handles, &mut progress);
+        wait_until(measure_start_ns, "warm-up", &handles, &mut progress, &mut peak);
         ended_early = all_finished(&handles);
         (cpu0, hcpu0, t0, sys0) =
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
-        wait_until(measure_end_ns, "measure", &handles, &mut progress);
+        wait0 = waits(broker);
+        sent0 = sent_now(&handles);
+        wait_until(measure_end_ns, "measure", &handles, &mut progress, &mut peak);
         if !all_finished(&handles) {
             (cpu1, hcpu1, t1, sys1) =
                 (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
+            wait1 = Some(waits(broker));
+            sent1 = Some(sent_now(&handles));
         }
     }
     while !all_finished(&handles) {
         progress.tick("drain", &handles, total_conns);
+        peak.sample();
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The broker's own high-water mark covers the moments between samples.
+    peak.sample();
+    let rss_peak = peak.max_kib.max(broker.rss_peak_kib()).filter(|&k| k > 0);
     progress.done();
     if t1 == 0 {
         // Everything ended before the window did (a --messages cap): measure to here.
         (cpu1, hcpu1, t1, sys1) =
             (broker.cpu_us(), self_cpu_us(), monotonic_ns(), system_busy_us());
     }
+    let sent1 = sent1.unwrap_or_else(|| sent_now(&handles));
+    let wait1 = wait1.unwrap_or_else(|| waits(broker));
     let deferred_subscribe_ns = handles[0].ctl().deferred_subscribe_ns.load(Relaxed);
 
     let mut part = PartResult::default();
@@ -433,9 +213,25 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     sent_by.sort_unstable();
     let sent: Vec<u64> = sent_by.iter().map(|&(_, n)| n).collect();
     let mut ig = integrity(&part.pairs, &sent, spec.groups_per_publisher);
+    let loss_by_subscriber = match p.kind {
+        // Every subscriber should have received every message of the one publisher.
+        Kind::Fanout => {
+            Some(loss_spread(&part.pairs, &vec![sent_by_id(&sent_by, 0); p.count as usize]))
+        }
+        // Subscriber i should have received publisher i's messages.
+        Kind::P2p => Some(loss_spread(
+            &part.pairs,
+            &(0..p.count).map(|i| sent_by_id(&sent_by, i)).collect::<Vec<_>>(),
+        )),
+        _ => None,
+    };
     let mut hist = new_histogram();
     histogram_add_pairs(&mut hist, &part.latency_ns);
     let window_us = (t1.saturating_sub(t0) / 1000).max(1);
+    let wait_percent = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1000.0 * 100.0 / window_us as f64),
+        _ => None,
+    };
     let harness_cpu_us = hcpu1.saturating_sub(hcpu0) + part.cpu_us_window;
     let broker_cpu_us = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -457,6 +253,10 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         broker_cpu_percent: broker_cpu_us.map(|c| c as f64 * 100.0 / window_us as f64),
         latency: Latency::from_histogram(&hist),
         broker_rss_kib_idle: rss_idle,
+        broker_rss_kib_peak: rss_peak,
+        broker_wait_percent: wait_percent(wait0.0, wait1.0),
+        harness_wait_percent: wait_percent(wait0.1, wait1.1),
+        loss_by_subscriber,
         window_write_offs: part.window_write_offs,
         publish_lag_ms_max: part.publish_lag_ns_max as f64 / 1e6,
         closed_by_broker: part.closed_by_broker,
@@ -471,15 +271,18 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         if r.setup_secs > 0.0 { part.connected as f64 / r.setup_secs } else { 0.0 };
     // The harness is the bottleneck when its threads were nearly always busy.
     r.harness_bound = r.harness_cpu_percent >= 90.0 * threads as f64;
+    let per_conn = |kib: Option<u64>| match (rss_idle, kib) {
+        (Some(a), Some(b)) if part.connected > 0 => {
+            Some((b as f64 - a as f64) * 1024.0 / part.connected as f64)
+        }
+        _ => None,
+    };
     match p.kind {
         Kind::Conn => {
+            r.broker_rss_kib_connected = rss_connected;
+            r.broker_rss_bytes_per_conn_connected = per_conn(rss_connected);
             r.broker_rss_kib_loaded = rss_loaded;
-            if let (Some(a), Some(b)) = (rss_idle, rss_loaded) {
-                if part.connected > 0 {
-                    r.broker_rss_bytes_per_conn =
-                        Some((b as f64 - a as f64) * 1024.0 / part.connected as f64);
-                }
-            }
+            r.broker_rss_bytes_per_conn = per_conn(rss_loaded);
             if let (Some(a), Some(b)) = (cpu_setup0, cpu_setup1) {
                 if part.connected > 0 {
                     r.broker_cpu_us_per_conn =
@@ -500,7 +303,11 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         }
         _ => {
             r.delivered_per_sec = ig.window_receipts as f64 / r.window_secs;
+            r.sent_per_sec = sent1.saturating_sub(sent0) as f64 / r.window_secs;
+            r.broker_rss_kib_connected = rss_connected;
             r.broker_rss_kib_loaded = broker.rss_kib();
+            // Subscribed and receiving: memory per connection at the end of the window.
+            r.broker_rss_bytes_per_conn = per_conn(r.broker_rss_kib_loaded);
         }
     }
     let delivered = ig.window_receipts;
@@ -525,4 +332,52 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
         r.error = Some(format!("{} exited during the run{}", broker.name, broker.log_tail()));
     }
     Ok(r)
+}
+
+/// Samples the broker's RSS every 20 ms or so; keeps the highest.
+struct RssPeak {
+    pid: Option<u32>,
+    max_kib: Option<u64>,
+    next_ns: u64,
+}
+
+impl RssPeak {
+    fn new(pid: Option<u32>) -> RssPeak {
+        RssPeak { pid, max_kib: None, next_ns: 0 }
+    }
+
+    fn sample(&mut self) {
+        let now = monotonic_ns();
+        if now < self.next_ns {
+            return;
+        }
+        self.next_ns = now + 20_000_000;
+        if let Some(kib) = self.pid.and_then(|p| crate::sys::proc_rss_kib(p).ok()) {
+            self.max_kib = self.max_kib.max(Some(kib));
+        }
+    }
+}
+
+/// Messages publisher `id` sent (0 when it never connected).
+fn sent_by_id(sent_by: &[(u32, u64)], id: u32) -> u64 {
+    sent_by.iter().find(|&&(p, _)| p == id).map_or(0, |&(_, n)| n)
+}
+
+/// Loss per subscriber: `expected[g]` is what group (subscriber) `g` should have received.
+fn loss_spread(pairs: &[crate::track::Pair], expected: &[u64]) -> LossSpread {
+    let mut distinct = vec![0u64; expected.len()];
+    for p in pairs {
+        if let Some(d) = distinct.get_mut(p.group as usize) {
+            *d += p.seen.len() + p.untracked;
+        }
+    }
+    let mut lost: Vec<u64> =
+        expected.iter().zip(&distinct).map(|(e, d)| e.saturating_sub(*d)).collect();
+    lost.sort_unstable();
+    LossSpread {
+        subscribers: lost.len() as u64,
+        with_loss: lost.iter().filter(|&&l| l > 0).count() as u64,
+        lost_median: lost.get(lost.len() / 2).copied().unwrap_or(0),
+        lost_max: lost.last().copied().unwrap_or(0),
+    }
 }

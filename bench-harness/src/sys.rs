@@ -65,9 +65,33 @@ pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
 }
 
+/// A `kB` field of `/proc/PID/status`, e.g. `VmHWM:` (peak RSS), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_kib(&status, field).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("no {field} in /proc/PID/status"))
+    })
+}
+
 fn parse_status_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    parse_status_kib(status, "VmRSS:")
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Time the threads of process `pid` spent runnable but waiting for a CPU so far, ns: the
+/// second field of `/proc/PID/task/*/schedstat`, summed (threads that exited are not counted).
+/// High when other processes compete for the CPUs a broker or the harness is pinned to.
+pub fn proc_run_delay_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
 }
 
 /// CPU time used by everything on the machine so far (every CPU; busy = all but idle and
@@ -146,6 +170,7 @@ mod tests {
     fn status_rss() {
         let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
         assert_eq!(parse_status_rss_kib(status), Some(5120));
+        assert_eq!(parse_status_kib(status, "VmPeak:"), Some(100));
     }
 
     #[test]
@@ -158,7 +183,9 @@ mod tests {
     fn own_process_is_readable() {
         let pid = std::process::id();
         assert!(proc_rss_kib(pid).unwrap() > 0);
+        assert!(proc_status_kib(pid, "VmHWM:").unwrap() >= proc_rss_kib(pid).unwrap() / 2);
         proc_cpu_us(pid).unwrap();
+        assert!(proc_run_delay_ns(pid).is_some());
         assert!(monotonic_ns() > 0);
     }
 

@@ -10,9 +10,12 @@
 //! Phases, driven by the coordinator through [`Control`]:
 //! 1. setup: connect (bounded concurrency), CONNECT/CONNACK, SUBSCRIBE/SUBACK;
 //! 2. publish from `start_ns` to `measure_end_ns` (warm-up, then the measured window),
-//!    at a fixed rate (open loop) or as fast as an end-to-end window allows (max rate);
+//!    at a fixed rate (open loop), as fast as an end-to-end window allows (max rate, closed
+//!    loop) or as fast as the socket accepts (flood: open loop, unthrottled);
 //! 3. drain: until every expected message arrived, nothing arrived for `quiet_ms`, or
-//!    `drain_end_ns`; then DISCONNECT and close.
+//!    `drain_end_ns`; then DISCONNECT and close. A part without publishers (a worker process
+//!    holding only subscribers) cannot know what was sent: it ends once the window is over
+//!    and nothing arrived for `quiet_ms`.
 //!
 //! Deferred subscribers (the retained scenario) SUBSCRIBE only once every publisher is done.
 
@@ -83,8 +86,12 @@ pub struct LoadSpec {
     pub qos: u8,
     /// Payload size, at least [`crate::payload::HEADER_BYTES`].
     pub payload_bytes: usize,
-    /// Messages per second per publisher; 0 means max rate.
+    /// Messages per second per publisher; 0 means max rate (or flood).
     pub rate_per_publisher: f64,
+    /// Flood: with `rate_per_publisher` 0, no end-to-end window either: publishers write as
+    /// fast as the socket accepts (open loop, unthrottled).
+    #[serde(default)]
+    pub flood: bool,
     /// At most this many messages per publisher.
     pub messages_per_publisher: u64,
     /// Max rate only: messages per publisher sent but not yet received by the subscribers
@@ -292,5 +299,86 @@ impl Part {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::monotonic_ns;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A "broker" that answers CONNECT with CONNACK and then reads and discards everything:
+    /// nothing is ever delivered, so a closed-loop publisher stalls at its window.
+    fn sink_broker() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        addr
+    }
+
+    /// Messages one publisher sends in 300 ms to a broker that delivers nothing.
+    fn sent_in_300ms(flood: bool) -> u64 {
+        let spec = LoadSpec {
+            broker: sink_broker(),
+            mqtt_version: 4,
+            qos: 0,
+            payload_bytes: 64,
+            rate_per_publisher: 0.0,
+            flood,
+            messages_per_publisher: 10_000_000,
+            window_messages: 8,
+            inflight_max: 64,
+            groups_per_publisher: 1,
+            publishers_total: 1,
+            keep_alive_secs: 60,
+            connect_concurrency: 1,
+            ordered: true,
+            quiet_ms: 100,
+            threads: 1,
+            harness_cpus: Vec::new(),
+            conns: vec![ConnSpec {
+                client_id: "p".into(),
+                source_ip: None,
+                role: Role::Publisher {
+                    id: 0,
+                    topic: "t".into(),
+                    retain: false,
+                    topic_per_message: false,
+                },
+            }],
+        };
+        let part = Part::start(spec).unwrap();
+        while part.ctl.setup_threads_done.load(Relaxed) < 1 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let start_ns = monotonic_ns();
+        let end_ns = start_ns + 300_000_000;
+        let _ = part.ctl.schedule.set(Schedule {
+            start_ns,
+            measure_start_ns: start_ns,
+            measure_end_ns: end_ns,
+            drain_end_ns: end_ns + 100_000_000,
+        });
+        let r = part.join().unwrap();
+        assert_eq!(r.connected, 1, "{:?}", r.errors);
+        r.sent_by_publisher.iter().map(|&(_, n)| n).sum()
+    }
+
+    #[test]
+    fn max_rate_waits_for_its_window_and_flood_does_not() {
+        // Closed loop: the window (8) and nothing more, since nothing is received and the
+        // window is written off only after a second.
+        assert_eq!(sent_in_300ms(false), 8);
+        // Open loop: as fast as the socket takes, far past any window.
+        let flood = sent_in_300ms(true);
+        assert!(flood > 1000, "flood sent only {flood}");
     }
 }

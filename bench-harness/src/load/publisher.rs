@@ -1,4 +1,6 @@
-//! Publishers: generating PUBLISHes at a fixed rate or within an end-to-end window.
+//! Publishers: generating PUBLISHes at a fixed rate, within an end-to-end window (max rate) or
+//! unthrottled (flood: only the socket and, at QoS 1/2, the protocol's inflight limit hold
+//! them back; the unwritten bytes queued here stay under [`TX_BACKLOG_MAX_BYTES`]).
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
@@ -96,7 +98,7 @@ impl Reactor<'_> {
             if self.ctx.qos != QoS::AtMostOnce {
                 n = n.min(u64::from(p.inflight_max.saturating_sub(p.inflight)));
             }
-            if rate <= 0.0 && n > 0 {
+            if rate <= 0.0 && !self.spec.flood && n > 0 {
                 let delivered = self.ctl.delivered_by_publisher[p.id as usize].load(Relaxed);
                 let groups = self.spec.groups_per_publisher.max(1);
                 let outstanding = p.next_seq.saturating_sub(p.written_off + delivered / groups);

@@ -72,6 +72,8 @@ pub(super) struct Reactor<'a> {
     pub(super) poll: Poll,
     pub(super) conns: Vec<Conn>,
     pub(super) publishers: Vec<usize>,
+    /// Publishers in this part (every thread of this process).
+    pub(super) part_publishers: usize,
     pub(super) deferred: Vec<usize>,
     pub(super) next_to_start: usize,
     pub(super) handshaking: usize,
@@ -153,6 +155,11 @@ impl<'a> Reactor<'a> {
             poll: Poll::new().context("creating the poller")?,
             conns,
             publishers,
+            part_publishers: spec
+                .conns
+                .iter()
+                .filter(|c| matches!(c.role, Role::Publisher { .. }))
+                .count(),
             deferred,
             next_to_start: 0,
             handshaking: 0,
@@ -300,6 +307,14 @@ impl<'a> Reactor<'a> {
             // Idle connections (the connection scenario) are held for the whole window.
             return now >= s.measure_end_ns;
         }
+        let last = self.ctl.last_progress_ns.load(Relaxed);
+        let quiet = now.saturating_sub(last) > self.spec.quiet_ms * 1_000_000;
+        if self.part_publishers == 0 {
+            // Subscribers only (a worker process): the publishers stop at the window's end;
+            // what they sent just before it has `quiet_ms` to arrive.
+            let grace_ns = self.spec.quiet_ms * 1_000_000;
+            return now >= s.measure_end_ns + grace_ns && quiet && self.deferred.is_empty();
+        }
         if self.ctl.publishers_done.load(SeqCst) < u64::from(self.spec.publishers_total) {
             return false;
         }
@@ -308,8 +323,7 @@ impl<'a> Reactor<'a> {
             return true;
         }
         // Something is missing: wait until nothing has arrived for `quiet_ms`.
-        let last = self.ctl.last_progress_ns.load(Relaxed);
-        self.deferred.is_empty() && now.saturating_sub(last) > self.spec.quiet_ms * 1_000_000
+        self.deferred.is_empty() && quiet
     }
 
     pub(super) fn close_all(&mut self) {

@@ -225,6 +225,7 @@ fn fill(
         qos: 1,
         payload_bytes: p.payload_bytes,
         rate_per_publisher: 0.0,
+        flood: false,
         messages_per_publisher: per,
         // Nobody receives during the fill: no end-to-end window.
         window_messages: u64::MAX,
