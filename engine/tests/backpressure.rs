@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use shardmq_codec::{Packet, ProtocolVersion, QoS};
 
-const MESSAGES: u32 = 12_000;
+const MESSAGES: u32 = 30_000;
 const PAYLOAD_BYTES: usize = 1024;
 
 fn seq_of(payload: &[u8]) -> u32 {

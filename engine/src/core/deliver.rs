@@ -292,7 +292,7 @@ impl ShardCore {
         }
         if !s.replay().is_empty() {
             // Retained messages after a SUBACK, paced by the window (`replay.rs`).
-            self.continue_replay(slot, now_ms);
+            self.poll_replay(slot, now_ms);
         }
     }
 

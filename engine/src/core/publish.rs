@@ -257,6 +257,12 @@ impl ShardCore {
                 return;
             }
             self.deliver_shared(&msg, now_ms);
+            if self.message_refused() {
+                // A shared group's member here could not keep its copy (chosen after the
+                // check of `deliver_local`): no retained update, nothing routed on. Local
+                // subscribers may already have it (`refusal.rs`).
+                return;
+            }
         }
         if msg.retain {
             self.update_retained(&msg);

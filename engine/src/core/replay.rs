@@ -40,17 +40,20 @@ pub(crate) struct Replay {
     pub(crate) sub_id: Option<u32>,
 }
 
-/// The sessions with a pending replay, and when to look at them next. Shard-local.
+/// The online sessions with a pending replay, and when to look at them next. A session
+/// that went offline leaves the list (its replay waits in the session) and comes back when
+/// it resumes (`pump_session` → [`ShardCore::poll_replay`]). Shard-local.
 #[derive(Debug, Default)]
 pub(crate) struct Replays {
     slots: Vec<SessionSlot>,
+    /// `None`: look at the next tick.
     next_at: Option<Instant>,
 }
 
 impl Replays {
     /// When pending replays are looked at next (`None`: none pending).
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.next_at.filter(|_| !self.slots.is_empty())
+    pub(crate) fn deadline(&self, fallback: Instant) -> Option<Instant> {
+        (!self.slots.is_empty()).then(|| self.next_at.unwrap_or(fallback))
     }
 }
 
@@ -61,17 +64,37 @@ impl ShardCore {
         if found.is_empty() {
             return;
         }
-        self.sessions.get_mut(slot).replay_mut().extend(found);
-        if !self.replays.slots.contains(&slot) {
-            self.replays.slots.push(slot);
+        // At most one full snapshot of the retained store waits per session: a client that
+        // subscribes again and again without reading cannot grow it without bound.
+        let cap = self.config.limits.retained_messages_max as usize;
+        let replay = self.sessions.get_mut(slot).replay_mut();
+        let room = cap.saturating_sub(replay.len());
+        let dropped = found.len().saturating_sub(room);
+        replay.extend(found.into_iter().take(room));
+        if dropped > 0 {
+            self.stats.messages_dropped += dropped as u64;
+            tracing::warn!(
+                shard = %self.shard,
+                client_id = %self.sessions.get(slot).client_id,
+                dropped,
+                "retained replay: the session already waits for a full store's worth; \
+                 the rest of this SUBSCRIBE's retained messages are not sent"
+            );
         }
-        if self.continue_replay(slot, self.uptime_ms(now)) {
-            self.replays.next_at.get_or_insert(now + REPLAY_POLL_INTERVAL);
+        self.poll_replay(slot, self.uptime_ms(now));
+        self.replays.next_at.get_or_insert(now + REPLAY_POLL_INTERVAL);
+    }
+
+    /// Continues `slot`'s replay and keeps it on the polling list while some is left and
+    /// the session is online.
+    pub(crate) fn poll_replay(&mut self, slot: SessionSlot, now_ms: u64) {
+        if self.continue_replay(slot, now_ms) && !self.replays.slots.contains(&slot) {
+            self.replays.slots.push(slot);
         }
     }
 
     /// Sends the next messages of `slot`'s replay while its connection has room. True if
-    /// some are left.
+    /// some are left and the session is online (an offline session is not polled).
     pub(crate) fn continue_replay(&mut self, slot: SessionSlot, now_ms: u64) -> bool {
         // Well under the mark where back-pressure or slow-consumer drops start.
         let tx_room_bytes = self.config.limits.connection_tx_bytes_pause / 2;
@@ -79,7 +102,7 @@ impl ShardCore {
             let limits = &self.config.limits;
             let Some(s) = self.sessions.try_get(slot) else { return false };
             let Some(next) = s.replay().front() else { return false };
-            let Some(c) = s.conn.and_then(|conn| self.conns.get(conn)) else { return true };
+            let Some(c) = s.conn.and_then(|conn| self.conns.get(conn)) else { return false };
             let qos = next.qos.min(next.msg.qos);
             let full_window = qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c);
             let tx_full = c.tx.len_bytes() as u64 >= tx_room_bytes || c.tx.drops_qos0();
@@ -93,7 +116,7 @@ impl ShardCore {
 
     /// Continues every pending replay (the timer, every [`REPLAY_POLL_INTERVAL`]).
     pub(crate) fn continue_replays(&mut self, now: Instant) {
-        if !self.replays.deadline().is_some_and(|at| now >= at) {
+        if !self.replays.deadline(now).is_some_and(|at| now >= at) {
             return;
         }
         let now_ms = self.uptime_ms(now);

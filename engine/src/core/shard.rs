@@ -338,6 +338,16 @@ impl ShardCore {
         self.config.shard_count > 1 && self.tx_budget.paused() != self.pressure_sent
     }
 
+    /// The io layer holds `conn`'s next packet, a PUBLISH, while publishing is paused: the
+    /// client sent it, so it counts as received for keep alive.
+    pub fn note_held(&mut self, conn: ConnId, now: Instant) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            if matches!(c.phase, Phase::Connected(_)) {
+                c.last_rx = now;
+            }
+        }
+    }
+
     /// Tells the other shards when this shard's own pause state changed, so their publishers
     /// wait too (cross-shard back-pressure: their messages would fill this shard's queues).
     pub fn sync_pressure(&mut self) {

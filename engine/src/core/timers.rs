@@ -24,7 +24,10 @@ impl ShardCore {
     pub(crate) fn timers_deadline(&self) -> Option<Instant> {
         let busy = self.conns.len() > 0 || self.sessions.len() > 0;
         let scan = self.next_scan_at.filter(|_| busy);
-        [scan, self.next_sys_at, self.replays.deadline()].into_iter().flatten().min()
+        [scan, self.next_sys_at, self.replays.deadline(self.config.started_at)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs whatever is due at `now`, and exports the counters.
@@ -49,6 +52,7 @@ impl ShardCore {
         let connect_timeout = Duration::from_secs(self.config.limits.connect_timeout_secs.into());
         let mut ids = Vec::new();
         self.conns.ids(&mut ids);
+        let paused = self.publishing_paused();
         for id in ids {
             let Some(c) = self.conns.get_mut(id) else { continue };
             match c.tx.scan() {
@@ -79,9 +83,12 @@ impl ShardCore {
                     }
                 }
                 Phase::Connected(_) => {
-                    // [MQTT-3.1.2-24]: nothing received for 1.5 × keep alive.
+                    // [MQTT-3.1.2-24]: nothing received for 1.5 × keep alive. Not while
+                    // publishing is paused: the io layer then leaves a publisher's PUBLISH
+                    // (and what follows it, PINGREQ included) unread, and a client we do not
+                    // read is not a silent one (`tx_budget.rs`).
                     let ka_ms = u64::from(c.keep_alive_secs) * 1500;
-                    if ka_ms > 0 && now >= c.last_rx + Duration::from_millis(ka_ms) {
+                    if ka_ms > 0 && now >= c.last_rx + Duration::from_millis(ka_ms) && !paused {
                         let kind = CloseKind::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
                         self.close_conn(id, kind, now);
                     }

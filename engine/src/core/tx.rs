@@ -50,6 +50,8 @@ mod flag {
     pub const SUSPECT: u8 = 8;
     /// Held bytes at the last scan.
     pub const NONEMPTY_AT_SCAN: u8 = 16;
+    /// The last write found the socket full (it refused bytes).
+    pub const SOCKET_FULL: u8 = 32;
 }
 
 /// What a scan found out about a queue ([`TxQueue::scan`]).
@@ -163,7 +165,19 @@ impl TxQueue {
         }
         self.chunks().push_back(Chunk { bytes: payload, shared: true });
         self.len_bytes += n;
-        self.weigh(SHARED_CHUNK_WEIGHT as u64, true);
+        let w = self.shared_weight(n);
+        self.weigh(w, true);
+    }
+
+    /// What a shared payload of `len` (remaining) bytes weighs on this connection: a fixed
+    /// [`SHARED_CHUNK_WEIGHT`], or, on a slow connection, its length (so QoS 0 to a slow
+    /// consumer holding big messages is dropped as soon as it holds the pause mark's worth).
+    fn shared_weight(&self, len: usize) -> u64 {
+        if self.has(flag::SLOW) {
+            len as u64
+        } else {
+            SHARED_CHUNK_WEIGHT as u64
+        }
     }
 
     fn has(&self, f: u8) -> bool {
@@ -195,12 +209,13 @@ impl TxQueue {
         self.weigh(n as u64, false);
     }
 
-    /// A shared chunk left the queue.
+    /// A shared chunk (`len` bytes still queued) left the queue.
     fn released(&mut self, chunk: &Chunk) {
         if let Some(b) = self.budget.as_deref() {
             b.share_release(&chunk.bytes);
         }
-        self.weigh(SHARED_CHUNK_WEIGHT as u64, false);
+        let w = self.shared_weight(chunk.bytes.len());
+        self.weigh(w, false);
     }
 
     /// Moves the connection's weight and keeps its mark (`OVER`) in step.
@@ -230,18 +245,27 @@ impl TxQueue {
         }
     }
 
+    /// The io layer's last write found the socket full (it took fewer bytes than offered),
+    /// or not. Only a connection whose socket is full can be marked slow (a queue the shard
+    /// has not got round to writing is the shard's delay, not the consumer's).
+    pub fn note_socket_full(&mut self, full: bool) {
+        self.set(flag::SOCKET_FULL, full);
+    }
+
     /// Whether the connection is marked slow.
     pub fn is_slow(&self) -> bool {
         self.has(flag::SLOW)
     }
 
     /// The shard's periodic scan: marks the connection slow when its queue stayed past the
-    /// pause mark since the last scan, or held bytes at both scans and the socket took none;
-    /// a slow connection recovers once its queue is empty.
+    /// pause mark since the last scan, or held bytes at both scans and the socket took none,
+    /// and in both cases its socket was found full meanwhile; a slow connection recovers
+    /// once its queue is empty.
     pub fn scan(&mut self) -> SlowChange {
         let Some(b) = self.budget.clone() else { return SlowChange::None };
         let consumed = self.has(flag::CONSUMED);
         let nonempty_before = self.has(flag::NONEMPTY_AT_SCAN);
+        let socket_full = self.has(flag::SOCKET_FULL);
         self.set(flag::CONSUMED, false);
         self.set(flag::NONEMPTY_AT_SCAN, self.len_bytes > 0);
         if self.has(flag::SLOW) {
@@ -254,7 +278,7 @@ impl TxQueue {
         }
         let stalled = nonempty_before && self.len_bytes > 0 && !consumed;
         let stuck_over = self.has(flag::OVER) && self.has(flag::SUSPECT);
-        if stalled || stuck_over {
+        if socket_full && (stalled || stuck_over) {
             if self.has(flag::OVER) {
                 b.over_dec();
             }
@@ -263,6 +287,8 @@ impl TxQueue {
             b.sub(false, owned);
             b.add(true, owned);
             self.set(flag::SLOW, true);
+            // From now on shared payloads weigh their length (`shared_weight`).
+            self.weight = u32::try_from(self.len_bytes).unwrap_or(u32::MAX);
             b.slow_conns_add(true);
             return SlowChange::BecameSlow;
         }
@@ -343,6 +369,7 @@ impl TxQueue {
         self.flags |= flag::CONSUMED;
         self.len_bytes -= n_bytes;
         let mut owned = 0;
+        let mut slow_shared = 0;
         while n_bytes > 0 {
             let front = self.chunks.as_mut().and_then(|c| c.front_mut());
             match front {
@@ -359,6 +386,9 @@ impl TxQueue {
                     front.bytes.advance(n_bytes);
                     if !front.shared {
                         owned += n_bytes;
+                    } else if self.flags & flag::SLOW != 0 {
+                        // A slow connection's shared payloads weigh what is left of them.
+                        slow_shared += n_bytes;
                     }
                     n_bytes = 0;
                 }
@@ -380,6 +410,7 @@ impl TxQueue {
             }
         }
         self.shrank_owned(owned);
+        self.weigh(slow_shared as u64, false);
     }
 
     /// Removes everything queued, accounting for it, and returns the chunks in order.

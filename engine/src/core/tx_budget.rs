@@ -14,7 +14,9 @@
 //! A subscriber must not be able to hold everyone back. The shard's periodic scan marks a
 //! connection *slow* when its queue stayed past the pause mark for a whole scan interval
 //! (while paused publishers let everyone else drain), or when it had bytes queued at two
-//! scans in a row and took none of them. A slow connection no longer counts towards either
+//! scans in a row and took none of them — in both cases only if its socket was found full
+//! meanwhile (a queue the shard itself has not got round to writing, under CPU pressure, is
+//! not the consumer's fault). A slow connection no longer counts towards either
 //! mark; QoS 0 messages for it are dropped (and counted) while its queue is past the pause
 //! mark or all slow connections together hold more than a quarter of the shard's budget.
 //! It stops being slow once its queue is empty at a scan.
@@ -293,7 +295,13 @@ mod tests {
         fast.consume(500);
         stuck.consume(50);
         assert_eq!(fast.scan(), SlowChange::None);
-        assert_eq!(stuck.scan(), SlowChange::BecameSlow, "past the mark for a whole interval");
+        assert_eq!(
+            stuck.scan(),
+            SlowChange::None,
+            "past the mark, but its socket was never full: the shard's delay, not its own"
+        );
+        stuck.note_socket_full(true);
+        assert_eq!(stuck.scan(), SlowChange::BecameSlow, "past the mark, and its socket full");
         assert!(stuck.is_slow());
         assert_eq!(b.slow_conns(), 1);
         assert!(!b.paused(), "a slow connection no longer pauses publishers");
@@ -315,11 +323,14 @@ mod tests {
         q.push_frame(&frame(10));
         assert_eq!(q.scan(), SlowChange::None);
         q.push_frame(&frame(10));
-        assert_eq!(q.scan(), SlowChange::BecameSlow, "bytes at two scans, none written");
+        assert_eq!(q.scan(), SlowChange::None, "never offered to its socket: not its fault");
+        q.note_socket_full(true);
+        assert_eq!(q.scan(), SlowChange::BecameSlow, "bytes at two scans, none taken");
         let mut live = TxQueue::metered(b.clone());
         live.push_frame(&frame(10));
         assert_eq!(live.scan(), SlowChange::None);
         live.consume(5);
+        live.note_socket_full(true);
         live.push_frame(&frame(10));
         assert_eq!(live.scan(), SlowChange::None, "it took bytes: not stalled");
         drop(q);
@@ -370,6 +381,35 @@ mod tests {
         assert_eq!(b.bytes(), 100_000, "the first queue still holds part of it");
         drop(qs);
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn a_slow_connection_holding_large_payloads_is_dropped_for() {
+        let limits = Limits {
+            connection_tx_bytes_pause: 1000,
+            connection_tx_bytes_max: 4000,
+            shard_tx_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        let b = Rc::new(TxBudget::new(&limits));
+        let mut q = TxQueue::metered(b.clone());
+        let big = frame(100_000);
+        q.push_parts(b"hd", &big);
+        assert!(!q.drops_qos0(), "a shared payload weighs little on a connection that keeps up");
+        q.note_socket_full(true);
+        assert_eq!(q.scan(), SlowChange::None);
+        q.note_socket_full(true);
+        assert_eq!(q.scan(), SlowChange::BecameSlow, "bytes at two scans, none taken");
+        assert!(q.drops_qos0(), "slow: the payload weighs its length, past the pause mark");
+        q.consume(99_500);
+        assert!(!q.drops_qos0(), "what is left of it is under the mark");
+        let n = q.len_bytes();
+        q.consume(n);
+        assert_eq!(q.scan(), SlowChange::Recovered);
+        q.push_parts(b"hd", &big);
+        assert!(!q.drops_qos0(), "caught up: back to the fixed weight");
+        drop(q);
+        assert_eq!((b.bytes(), b.slow_bytes()), (0, 0));
     }
 
     #[test]

@@ -302,11 +302,15 @@ fn send_queue(fd: RawFd, q: &mut TxQueue, sent_total: &Cell<u64>) -> Wrote {
             Ok(sent) => {
                 q.consume(sent);
                 sent_total.set(sent_total.get() + sent as u64);
+                q.note_socket_full(sent < offered);
                 if sent < offered {
                     return Wrote::Blocked;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                q.note_socket_full(true);
+                return Wrote::Blocked;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Wrote::Failed,
         }

@@ -416,7 +416,15 @@ impl ShardIo {
     /// Parks a connection until reading resumes.
     pub(crate) fn park(&self, slot: &Rc<ConnSlot>) {
         if !slot.parked.replace(true) {
-            self.parked.borrow_mut().push(slot.clone());
+            let mut parked = self.parked.borrow_mut();
+            if parked.len() >= 64 && parked.len().is_power_of_two() {
+                // A long pause: connections that ended meanwhile need no wake-up.
+                parked.retain(|s| !s.gone.get() && !s.close.get());
+            }
+            parked.push(slot.clone());
+            drop(parked);
+            // The held PUBLISH counts as received for keep alive (`ShardCore::note_held`).
+            self.core.borrow_mut().note_held(slot.conn, Instant::now());
         }
     }
 
