@@ -15,6 +15,7 @@ pub(crate) mod outgoing;
 pub mod persist;
 mod persist_ack;
 mod persist_diff;
+mod persist_gate;
 mod persist_restore;
 mod publish;
 mod refusal;

@@ -135,6 +135,8 @@ pub(crate) struct Persist {
     wall_start_ms: u64,
     /// `CoreConfig::started_at`.
     started_at: Instant,
+    /// Sends held until their records are durable (`persist_gate.rs`).
+    pub(crate) gates: crate::core::persist_gate::Gates,
 }
 
 impl Persist {
@@ -164,6 +166,7 @@ impl Persist {
             forward_token: vec![0; usize::from(shard_count)],
             wall_start_ms: 0,
             started_at,
+            gates: Default::default(),
         }
     }
 
