@@ -1,5 +1,6 @@
-//! Sends held until their records are durable: what makes "a QoS 2 message is never
-//! delivered twice" hold across `kill -9` for subscribers that are online (issue 10).
+//! Sends held until their records are durable, and when `Qos2Received` is logged: what
+//! keeps a QoS 2 message from being lost or delivered twice across `kill -9` while its
+//! subscribers are online (issue 10).
 //!
 //! Two rules, one mechanism:
 //! 1. **A QoS 2 PUBLISH to a persistent session leaves only once its `Delivered` record is
@@ -7,24 +8,26 @@
 //!    broker that lost the record after a crash would send the message again under a new
 //!    id (a duplicate) and reuse the held id for another message, which the subscriber
 //!    takes for a resend of the first and drops (a loss) [MQTT-4.3.3-9].
-//! 2. **A QoS 2 message whose `Qos2Received` is logged (a persistent publisher) reaches no
-//!    subscriber before that record is durable.** Otherwise a crash loses the record, the
-//!    publisher (never answered PUBREC) resends the PUBLISH after reconnecting, and the
-//!    broker routes it again.
+//! 2. **A persistent publisher's QoS 2 message reaches no subscriber of its shard before
+//!    the batch holding its `Qos2Received` (or its local copies, below) is durable.**
+//!    Otherwise a crash loses the record, the publisher (never answered PUBREC) resends the
+//!    PUBLISH after reconnecting, and the broker routes it again.
 //!
-//! Locally both are one thing: an in-flight entry put in the window while its records are
+//! Both are one thing locally: an in-flight entry put in the window while its records are
 //! in the batch being built is [`Awaiting::Unsent`] with that batch's ticket; its packet id
 //! is taken and `Delivered` logged as for any send, only the frame waits. When the ticket
-//! is durable ([`ShardCore::release_gates`]) the frames leave in window order. Order per
-//! session is kept: while a session has unsent entries every later QoS 1/2 message joins
-//! them and QoS 0 waits in the session queue (`deliver.rs`).
+//! is durable ([`ShardCore::release_gates`]) the frames leave in window order; an entry
+//! whose batch failed is dropped. Order per session is kept: while a session has unsent
+//! entries every later QoS 1/2 message joins them and QoS 0 waits in the session queue
+//! (`deliver.rs`).
 //!
-//! Other shards get a rule-2 message only once its ticket is durable: everything its
-//! routing put in the mesh outbox (the `Publish`es, `RetainSet`, shared-group forwards and
-//! the `DurableReq`s behind them) waits in [`Gates::mesh`], and so does everything a later
-//! PUBLISH of the same publisher sends to other shards, so its messages keep their order
-//! (5.0 §4.6). Released front to back; tickets only grow, so nothing waits behind a later
-//! ticket.
+//! `Qos2Received` is what makes a resend a duplicate after a crash, so it must never be
+//! durable before every copy is (a copy lost with it is a message acknowledged and never
+//! delivered: the outside test of issue 10 lost 18 that way). With copies only on this
+//! shard it is in the same batch as they are (atomic). With copies on other shards it is
+//! logged once they all reported them durable (`hold_qos2_commit`, `persist_ack.rs`), and
+//! the PUBREC waits for it. A crash between the two leaves copies without the record: the
+//! resend is routed again, a duplicate (ARCHITECTURE.md, "Known window").
 //!
 //! Not covered: a rule-2 message delivered at QoS 0 (a subscription's maximum QoS 0) is sent
 //! at once, and a retained rule-2 message is visible to new subscriptions before it is
