@@ -516,6 +516,6 @@ macro_rules! online_seeds {
 }
 
 online_seeds! {
-    online_kill9_sync: 1..=4, "sync";
-    online_kill9_batch: 5..=6, "batch:20";
+    online_kill9_sync: 1..=8, "sync";
+    online_kill9_batch: 9..=12, "batch:20";
 }
