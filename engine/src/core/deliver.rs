@@ -220,18 +220,7 @@ impl ShardCore {
         if let Some(p) = persist.as_deref_mut() {
             if let Some(ticket) = p.gate_for(s, msg, qos) {
                 // Sent once its records are durable (`persist_gate.rs`).
-                let packet_id = s.next_packet_id();
-                s.inflight_mut().push_back(Inflight {
-                    packet_id,
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                    sub_ids: sub_ids.into(),
-                    state: Awaiting::Unsent { ticket },
-                    group: group.cloned(),
-                });
-                p.note_gated(slot, ticket);
-                return;
+                return p.push_unsent(slot, s, queued(), ticket);
             }
         }
         if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
@@ -312,19 +301,7 @@ impl ShardCore {
             let ticket = persist.as_deref_mut().and_then(|p| p.gate_for(s, &front.msg, front.qos));
             let q = s.dequeue().expect("front exists");
             if let Some(ticket) = ticket {
-                let Queued { msg, qos, retain, sub_ids, group } = q;
-                let packet_id = s.next_packet_id();
-                let state = Awaiting::Unsent { ticket };
-                s.inflight_mut().push_back(Inflight {
-                    packet_id,
-                    msg,
-                    qos,
-                    retain,
-                    sub_ids,
-                    state,
-                    group,
-                });
-                persist.as_deref_mut().expect("gated").note_gated(slot, ticket);
+                persist.as_deref_mut().expect("gated").push_unsent(slot, s, q, ticket);
                 continue;
             }
             send_queued(s, c, conn, q, stats, actions, now_ms);

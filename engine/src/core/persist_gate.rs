@@ -45,7 +45,7 @@ use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::outgoing::{send_custom, OutPublish};
 use crate::core::persist::Persist;
-use crate::core::session::{Awaiting, Inflight, Session};
+use crate::core::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::ShardCore;
 
 /// Held sends of one shard. Shard-local.
@@ -73,8 +73,24 @@ impl Persist {
         gated.then(|| self.next_ticket())
     }
 
+    /// Puts `q` in `slot`'s window (packet id taken, `Delivered` logged with this batch),
+    /// its PUBLISH waiting for `ticket`.
+    pub(crate) fn push_unsent(
+        &mut self,
+        slot: SessionSlot,
+        s: &mut Session,
+        q: Queued,
+        ticket: u64,
+    ) {
+        let Queued { msg, qos, retain, sub_ids, group } = q;
+        let packet_id = s.next_packet_id();
+        let state = Awaiting::Unsent { ticket };
+        s.inflight_mut().push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });
+        self.note_gated(slot, ticket);
+    }
+
     /// `slot` got an unsent entry waiting for `ticket`.
-    pub(crate) fn note_gated(&mut self, slot: SessionSlot, ticket: u64) {
+    fn note_gated(&mut self, slot: SessionSlot, ticket: u64) {
         if self.gates.sessions.back() != Some(&(ticket, slot)) {
             self.gates.sessions.push_back((ticket, slot));
         }
