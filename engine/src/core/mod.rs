@@ -17,6 +17,7 @@ mod persist_ack;
 mod persist_diff;
 mod persist_gate;
 mod persist_restore;
+mod persist_will;
 mod publish;
 mod refusal;
 pub(crate) mod replay;

@@ -342,7 +342,7 @@ fn stored_record(
 
 /// The opaque `properties` blob of a `MessageStored`: a 5.0 PUBLISH carrying only the
 /// properties (the codec's own encoding, decoded again on recovery).
-fn encode_properties(p: &Properties) -> Vec<u8> {
+pub(crate) fn encode_properties(p: &Properties) -> Vec<u8> {
     let publish = Publish {
         dup: false,
         qos: QoS::AtMostOnce,
@@ -448,6 +448,7 @@ impl ShardCore {
         }
         let created = SessionCreated { client_id, expiry_secs, clean };
         p.emit(&mut self.sessions, Record::SessionCreated(created));
+        self.persist_will(slot, clean);
         if clean {
             self.persist_subscriptions(slot);
         }
