@@ -62,7 +62,7 @@ async fn a_persistent_sessions_will_survives_kill9() {
     // A marker from shard 0 after the wills were published there: anything published with
     // them arrives before it.
     let m_id = id_on_shard(&format!("{run}-marker"), 0, 2);
-    let mut m = V4::connect(broker.addr, &m_id, |_| {}).await;
+    let m = V4::connect(broker.addr, &m_id, |_| {}).await;
     m.client.publish(&topic, QoS::AtLeastOnce, false, "marker").await.expect("marker");
     let next = s.next_publish("the marker").await;
     assert_eq!(&next.payload[..], b"marker", "b's will was discarded by its DISCONNECT");
