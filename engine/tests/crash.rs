@@ -23,22 +23,23 @@
 //! directory as each kill left it.
 
 mod common;
+#[path = "common/crash_kit.rs"]
+mod crash_kit;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{id_on_shard, within, V4, V5};
+use crash_kit::{data_dir, Broker, Rng};
 use rumqttc::v5::mqttbytes::v5::Packet as P5;
 use rumqttc::QoS;
 use shardmq_codec::{decode, encode, ByteStr, Packet};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 /// Messages per publisher per round (at most: the kill comes first, after at most
 /// `KILL_AFTER_MAX` acknowledgements, so the publishers are still busy when it lands).
@@ -50,24 +51,6 @@ const KILL_AFTER_MAX: u64 = 600;
 const INFLIGHT: u16 = 48;
 /// After the last expected message, how long the subscribers wait for duplicates.
 const QUIET: Duration = Duration::from_millis(1500);
-
-/// A small seeded generator (splitmix64): reproducible kill moments and QoS choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 /// A message: (publisher index, sequence number).
 type Key = (u32, u64);
@@ -88,53 +71,6 @@ impl Acks {
     /// Every message the broker acknowledged (PUBACK, PUBREC or PUBCOMP).
     fn expected(&self) -> BTreeSet<Key> {
         self.completed.union(&self.received).copied().collect()
-    }
-}
-
-/// The broker as a child process.
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Broker {
-    /// Starts `shardmq --shards 2` on `dir` and waits for its `listening on ADDR` line.
-    async fn start(dir: &Path, durability: &str) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--durability", durability])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting target shardmq binary");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let addr = within("the broker's `listening on ADDR` line", async {
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => {
-                        if let Some(a) = line.strip_prefix("listening on ") {
-                            return a.trim().parse::<SocketAddr>().expect("an address");
-                        }
-                    }
-                    _ => panic!("shardmq exited before listening (data dir {})", dir.display()),
-                }
-            }
-        })
-        .await;
-        // Keep draining stdout so the broker never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Broker { child, addr }
-    }
-
-    /// SIGKILL, and reap the process.
-    async fn kill9(mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        let status = self.child.wait().await.expect("wait");
-        assert!(!status.success(), "the broker was killed, not exited: {status}");
     }
 }
 
@@ -479,14 +415,6 @@ fn snapshot(dir: &Path, n: u32) {
     if std::env::var_os("SHARDMQ_CRASH_SNAPSHOT").is_some() {
         copy(dir, &dir.with_extension(format!("killed-{n}")));
     }
-}
-
-/// A fresh data directory under the target directory.
-fn data_dir(run: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{run}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the data dir");
-    dir
 }
 
 async fn crash_test(seed: u64, durability: &str) {

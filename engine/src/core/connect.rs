@@ -270,6 +270,11 @@ impl ShardCore {
         let session = self.sessions.get_mut(slot);
         session.conn = None;
         let will = session.will.take().filter(|_| publish_will);
+        if will.is_none() {
+            // Discarded (normal DISCONNECT) or none: the log forgets it.
+            self.persist_will_cleared(slot);
+        }
+        let session = self.sessions.get_mut(slot);
         if session.expiry_secs == 0 {
             if let Some(will) = will {
                 self.publish_will(slot, *will, now);
@@ -310,6 +315,7 @@ impl ShardCore {
 
     /// Publishes a will as an ordinary message from the session.
     pub(crate) fn publish_will(&mut self, slot: SessionSlot, will: Will, now: Instant) {
+        self.persist_will_cleared(slot);
         let mut properties = will.properties;
         properties.will_delay_interval_secs = None;
         let properties = (!properties.is_empty()).then(|| Box::new(properties));

@@ -84,7 +84,7 @@ impl ShardCore {
             let s = sessions.get(slot);
             matches.push(Match {
                 slot,
-                direct: s.conn.filter(|_| s.queue().is_empty()),
+                direct: s.conn.filter(|_| s.queue().is_empty() && !s.has_unsent()),
                 qos: opts.qos.min(msg_qos),
                 retain_as_published: opts.retain_as_published,
                 sub_ids: sub.id.into_iter().collect(),
@@ -210,11 +210,18 @@ impl ShardCore {
         let c = conns.get_mut(conn).expect("online session without its connection");
         if !s.queue().is_empty()
             || (qos != QoS::AtMostOnce && s.inflight().len() >= window(limits, c))
+            || (qos == QoS::AtMostOnce && s.has_unsent())
         {
             if !enqueue(s, queued(), limits, logged, stats) {
                 refuse(stats);
             }
             return;
+        }
+        if let Some(p) = persist.as_deref_mut() {
+            if let Some(ticket) = p.gate_for(s, msg, qos) {
+                // Sent once its records are durable (`persist_gate.rs`).
+                return p.push_unsent(slot, s, queued(), ticket);
+            }
         }
         if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
             stats.messages_dropped += 1;
@@ -272,7 +279,7 @@ impl ShardCore {
     /// Sends queued messages while the window allows (after an acknowledgement, or when a
     /// session resumes). Messages that expired while queued are dropped [MQTT-3.3.2-5].
     pub(crate) fn pump_session(&mut self, slot: SessionSlot, now_ms: u64) {
-        let ShardCore { sessions, conns, stats, actions, config, .. } = self;
+        let ShardCore { sessions, conns, stats, actions, config, persist, .. } = self;
         let limits = &config.limits;
         let s = sessions.get_mut(slot);
         let Some(conn) = s.conn else { return };
@@ -287,7 +294,16 @@ impl ShardCore {
             if front.qos != QoS::AtMostOnce && s.inflight().len() >= window {
                 return;
             }
+            if front.qos == QoS::AtMostOnce && s.has_unsent() {
+                // Behind PUBLISHes waiting for durability (`persist_gate.rs`).
+                return;
+            }
+            let ticket = persist.as_deref_mut().and_then(|p| p.gate_for(s, &front.msg, front.qos));
             let q = s.dequeue().expect("front exists");
+            if let Some(ticket) = ticket {
+                persist.as_deref_mut().expect("gated").push_unsent(slot, s, q, ticket);
+                continue;
+            }
             send_queued(s, c, conn, q, stats, actions, now_ms);
         }
         if !s.replay().is_empty() {
@@ -328,6 +344,8 @@ impl ShardCore {
                         stats.messages_sent += 1;
                     }
                 }
+                // Sent once durable (`persist_gate.rs`), behind the resent ones.
+                Awaiting::Unsent { .. } => {}
                 Awaiting::PubComp if hold_pubrels => held_pubrels.push(i.packet_id),
                 Awaiting::PubComp => {
                     let r = pub_resp(i.packet_id, ReasonCode::SUCCESS);
@@ -374,7 +392,7 @@ impl ShardCore {
                 self.pump_session(slot, now_ms);
                 return;
             }
-            Some(i) if s.inflight()[i].state != Awaiting::PubAck => {
+            Some(i) if matches!(s.inflight()[i].state, Awaiting::PubRec | Awaiting::PubComp) => {
                 s.inflight_mut()[i].state = Awaiting::PubComp;
                 ReasonCode::SUCCESS
             }

@@ -135,6 +135,8 @@ pub(crate) struct Persist {
     wall_start_ms: u64,
     /// `CoreConfig::started_at`.
     started_at: Instant,
+    /// Sends held until their records are durable (`persist_gate.rs`).
+    pub(crate) gates: crate::core::persist_gate::Gates,
 }
 
 impl Persist {
@@ -164,6 +166,7 @@ impl Persist {
             forward_token: vec![0; usize::from(shard_count)],
             wall_start_ms: 0,
             started_at,
+            gates: Default::default(),
         }
     }
 
@@ -339,7 +342,7 @@ fn stored_record(
 
 /// The opaque `properties` blob of a `MessageStored`: a 5.0 PUBLISH carrying only the
 /// properties (the codec's own encoding, decoded again on recovery).
-fn encode_properties(p: &Properties) -> Vec<u8> {
+pub(crate) fn encode_properties(p: &Properties) -> Vec<u8> {
     let publish = Publish {
         dup: false,
         qos: QoS::AtMostOnce,
@@ -445,6 +448,7 @@ impl ShardCore {
         }
         let created = SessionCreated { client_id, expiry_secs, clean };
         p.emit(&mut self.sessions, Record::SessionCreated(created));
+        self.persist_will(slot, clean);
         if clean {
             self.persist_subscriptions(slot);
         }

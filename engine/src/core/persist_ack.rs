@@ -109,6 +109,9 @@ pub(crate) struct HeldAck {
     pub(crate) remote: Vec<(ShardId, u64)>,
     /// Refused before anything was stored (the log is full): send the failure reason.
     pub(crate) refused: bool,
+    /// A PUBREC whose `Qos2Received` is logged only once every copy is durable
+    /// (`persist_gate.rs`): then it waits for that record's batch.
+    pub(crate) commit: bool,
 }
 
 impl ShardCore {
@@ -117,6 +120,7 @@ impl ShardCore {
     pub fn handle_log_durable(&mut self, ticket: u64, now: Instant) {
         let Some(p) = self.persist.as_deref_mut() else { return };
         p.durable = p.durable.max(ticket);
+        self.release_gates(now);
         // SUBACKs first: the failures they look up are pruned by `release_held`.
         self.release_subacks(now);
         self.release_held(now);
@@ -163,11 +167,20 @@ impl ShardCore {
             if !p.held.iter().any(|h| h.ack.conn == ack.conn) {
                 return self.send_ack(ack, true, now);
             }
-            p.held.push_back(HeldAck { ticket: 0, ack, remote, refused });
+            p.held.push_back(HeldAck { ticket: 0, ack, remote, refused, commit: false });
             return;
         }
         let ticket = p.next_ticket();
-        p.held.push_back(HeldAck { ticket, ack, remote, refused });
+        p.held.push_back(HeldAck { ticket, ack, remote, refused, commit: false });
+    }
+
+    /// Holds the PUBREC of a persistent publisher's QoS 2 message routed to other shards:
+    /// once the batch being built and `remote` copies are durable, `Qos2Received` is logged
+    /// and the PUBREC waits for it too (`persist_gate.rs`).
+    pub(crate) fn hold_qos2_commit(&mut self, ack: Ack, remote: Vec<(ShardId, u64)>) {
+        let p = self.persist.as_deref_mut().expect("only with persistence");
+        let ticket = p.next_ticket();
+        p.held.push_back(HeldAck { ticket, ack, remote, refused: false, commit: true });
     }
 
     /// Takes the flag telling that a QoS 1/2 copy for a persistent session was refused
@@ -197,7 +210,13 @@ impl ShardCore {
         }
         let ticket = p.next_ticket();
         let ack = Ack { conn, slot, kind: AckKind::PubRel, id };
-        p.held.push_back(HeldAck { ticket, ack, remote: Vec::new(), refused: false });
+        p.held.push_back(HeldAck {
+            ticket,
+            ack,
+            remote: Vec::new(),
+            refused: false,
+            commit: false,
+        });
         true
     }
 
@@ -336,6 +355,15 @@ impl ShardCore {
             let failed = h.refused
                 || p.failed.contains(&h.ticket)
                 || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
+            if h.commit && !failed {
+                // Every copy is durable: now the record that makes a resend a duplicate.
+                let ack = h.ack;
+                let ticket = p.next_ticket();
+                let h = HeldAck { ticket, ack, remote: Vec::new(), refused: false, commit: false };
+                p.held.push_front(h);
+                self.log_qos2_received(ack.slot, ack.id);
+                break;
+            }
             self.send_ack(h.ack, failed, now);
         }
         self.release_refusals(now);

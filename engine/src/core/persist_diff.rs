@@ -94,6 +94,8 @@ pub(crate) struct SessionLog {
     /// Inbound QoS 2 ids whose PUBREC failed (0x97) while the client was away: still in
     /// `Session::qos2_in`, so a resend is not routed again, and answered with the failure.
     pub(crate) qos2_failed: Vec<shardmq_codec::PacketId>,
+    /// The log has a will for the session (`persist_will.rs`).
+    pub(crate) will_logged: bool,
 }
 
 impl SessionLog {

@@ -17,8 +17,9 @@
 //! the restart (the log does not know when the crash happened).
 //!
 //! A queued message delivered for a shared subscription keeps its group, so it goes back to
-//! the group if the member leaves. What the log does not keep: wills, and the Subscription
-//! Identifiers of queued messages (rebuilt from the session's subscriptions).
+//! the group if the member leaves. A logged will becomes a delayed will again
+//! (`persist_will.rs`). What the log does not keep: the Subscription Identifiers of queued
+//! messages (rebuilt from the session's subscriptions).
 //!
 //! Shard-local.
 
@@ -231,6 +232,9 @@ fn restore_session(
         *s.qos2_in_mut() = ss.qos2_inbound.iter().filter_map(|&pid| PacketId::new(pid)).collect();
     }
     s.plog = Some(Box::new(log));
+    if let Some(w) = &ss.will {
+        crate::core::persist_will::restore_will(&mut s, w, now);
+    }
     for (q, msg_id, ptr) in queued {
         s.restore_queued(q, QEntry::Logged { msg_id, ptr });
     }
@@ -282,7 +286,7 @@ fn message_from(
 }
 
 /// Reads the properties blob written by `persist::encode_properties`.
-fn decode_properties(blob: &[u8]) -> Option<Box<Properties>> {
+pub(crate) fn decode_properties(blob: &[u8]) -> Option<Box<Properties>> {
     if blob.is_empty() {
         return None;
     }

@@ -115,12 +115,13 @@ impl ShardCore {
             let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
         }
+        // A persistent publisher's QoS 2 message: logged as received only with every copy
+        // of it (`persist_gate.rs`), and sent to nobody here before that is durable.
+        let mut gate = false;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
-            self.sessions.get_mut(slot).qos2_in_mut().push(id);
-            let packet_id = id.get();
-            self.persist_session_record(slot, |client_id| {
-                Record::Qos2Received(Qos2Received { client_id, packet_id })
-            });
+            let s = self.sessions.get_mut(slot);
+            s.qos2_in_mut().push(id);
+            gate = self.persist.is_some() && s.plog.is_some();
         }
 
         let msg = Message {
@@ -132,12 +133,14 @@ impl ShardCore {
             origin: Origin { shard: self.shard, session: slot.0 },
             received_at_ms: self.uptime_ms(now),
         };
+        let msg = Arc::new(msg);
+        let gated = gate && self.gate_message(&msg).is_some();
         let mark = self.mesh_out.len();
         self.take_copy_refused();
         if packet_id.is_some() {
-            self.route_answered(Arc::new(msg), now);
+            self.route_answered(msg, now);
         } else {
-            self.publish_from_client(Arc::new(msg), now);
+            self.publish_from_client(msg, now);
         }
         if let Some(id) = packet_id {
             if self.take_copy_refused() {
@@ -150,8 +153,31 @@ impl ShardCore {
                 return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
             }
             let remote = self.request_remote_durability(mark);
+            if gated {
+                if remote.is_empty() {
+                    // Every copy is in this batch: `Qos2Received` joins them (atomic).
+                    self.log_qos2_received(slot, id);
+                } else {
+                    // Copies on other shards: logged once they reported them durable.
+                    let ack = Ack { conn, slot, kind: AckKind::PubRec, id };
+                    return self.hold_qos2_commit(ack, remote);
+                }
+            }
             self.ack_publish(conn, slot, p.qos, id, remote, now);
         }
+    }
+
+    /// Logs that `slot`'s inbound QoS 2 message `id` was received and routed: a resend is
+    /// a duplicate from now on, across a crash too [MQTT-4.3.3-9].
+    pub(crate) fn log_qos2_received(&mut self, slot: SessionSlot, id: PacketId) {
+        // Late (after other shards' answers) the flow may have ended with its session.
+        if !self.sessions.try_get_mut(slot).is_some_and(|s| s.qos2_in().contains(&id)) {
+            return;
+        }
+        let packet_id = id.get();
+        self.persist_session_record(slot, |client_id| {
+            Record::Qos2Received(Qos2Received { client_id, packet_id })
+        });
     }
 
     /// Applies an inbound Topic Alias: an empty `topic` is looked up, a non-empty one

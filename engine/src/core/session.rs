@@ -31,6 +31,10 @@ pub(crate) enum Awaiting {
     PubRec,
     /// PUBREL sent, waiting for PUBCOMP.
     PubComp,
+    /// In the window (packet id taken, `Delivered` logged for a persistent session), the
+    /// PUBLISH not sent yet: it leaves once the batch `ticket` is durable
+    /// (`persist_gate.rs`).
+    Unsent { ticket: u64 },
 }
 
 /// An outgoing QoS 1/2 message that was sent and is not yet fully acknowledged.
@@ -256,6 +260,12 @@ impl Session {
                 return id;
             }
         }
+    }
+
+    /// True if the window ends with entries whose PUBLISH waits for durability
+    /// (`persist_gate.rs`): later messages must wait behind them.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.inflight().back().is_some_and(|i| matches!(i.state, Awaiting::Unsent { .. }))
     }
 
     /// Index of the inflight entry with `id` (acks mostly arrive in order: the front).

@@ -168,6 +168,21 @@ records! {
     /// Unix epoch), unless it is resumed (`SessionCreated`) first. Recovery subtracts the
     /// downtime from the interval.
     16 => SessionOffline { client_id: String, expires_at_unix_ms: u64 }
+    /// The will of the session's connection (CONNECT), or a will waiting for its delay.
+    /// `properties` is the same opaque blob as a stored message's; `delay_secs` the Will
+    /// Delay Interval (5.0; 0: none).
+    17 => WillSet {
+        client_id: String,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+        properties: Vec<u8>,
+        delay_secs: u32,
+    }
+    /// The session has no will any more (published, or discarded by a normal DISCONNECT
+    /// [MQTT-3.1.2-10], or a new connection without one).
+    18 => WillCleared { client_id: String }
 }
 
 // Every archived body must fit the frame alignment, or zero-copy access would be misaligned.
@@ -220,6 +235,15 @@ impl Record {
             Record::SessionCreated(r) => check_client_id(&r.client_id),
             Record::SessionEnded(r) => check_client_id(&r.client_id),
             Record::SessionOffline(r) => check_client_id(&r.client_id),
+            Record::WillCleared(r) => check_client_id(&r.client_id),
+            Record::WillSet(w) => {
+                check_client_id(&w.client_id)?;
+                check_topic(&w.topic)?;
+                if w.qos > 2 {
+                    return Err(RecordError::Invalid("will QoS above 2 [MQTT-3.1.2-12]"));
+                }
+                Ok(())
+            }
             Record::SubscriptionAdded(SubscriptionAdded { client_id, filter, sub_id, .. }) => {
                 check_filter(client_id, filter)?;
                 // A Variable Byte Integer of 1 to 268,435,455 (5.0 §3.8.2.1.2); 0 is none.

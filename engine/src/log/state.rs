@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::record::{
     Acknowledged, Checkpoint, Delivered, MessageQueued, MessageStored, PubrelCompleted,
     PubrelPending, Qos2Received, Qos2Released, RetainedCleared, RetainedSet, SessionCreated,
-    SessionEnded, SessionOffline, SubscriptionAdded, SubscriptionRemoved,
+    SessionEnded, SessionOffline, SubscriptionAdded, SubscriptionRemoved, WillCleared, WillSet,
 };
 use super::Record;
 
@@ -63,6 +63,8 @@ pub struct SessionState {
     pub pubrel_pending: BTreeSet<u16>,
     /// Queued messages delivered for a shared subscription: msg id → `$share/...` group.
     pub groups: BTreeMap<u64, String>,
+    /// The session's will (published after a restart unless the session resumes first).
+    pub will: Option<WillSet>,
     /// Queue in order: position → entry.
     queue: BTreeMap<u64, QueueEntry>,
     /// msg_id → position in `queue`.
@@ -86,6 +88,7 @@ impl PartialEq for SessionState {
             && self.qos2_inbound == other.qos2_inbound
             && self.pubrel_pending == other.pubrel_pending
             && self.groups == other.groups
+            && self.will == other.will
             && self.queue.values().eq(other.queue.values())
     }
 }
@@ -252,6 +255,12 @@ impl LogState {
             Record::PubrelCompleted(PubrelCompleted { client_id, packet_id }) => {
                 self.session(kind, client_id)?.pubrel_pending.remove(packet_id);
             }
+            Record::WillSet(w) => {
+                self.session(kind, &w.client_id)?.will = Some(w.clone());
+            }
+            Record::WillCleared(WillCleared { client_id }) => {
+                self.session(kind, client_id)?.will = None;
+            }
             Record::RetainedSet(RetainedSet { topic, msg_id }) => {
                 let Some(msg) = self.messages.get_mut(msg_id) else {
                     return Err(fail(kind, format!("unknown msg id {msg_id}")));
@@ -354,6 +363,7 @@ impl LogState {
                     + s.queue.values().filter(|e| e.packet_id.is_some()).count()
                     + s.qos2_inbound.len()
                     + s.pubrel_pending.len()
+                    + usize::from(s.will.is_some())
             })
             .sum();
         (messages + sessions + self.retained.len()) as u64
@@ -415,12 +425,14 @@ fn session_records<'a>(
         let expires_at_unix_ms = s.expires_at_unix_ms;
         Record::SessionOffline(SessionOffline { client_id: c(), expires_at_unix_ms })
     });
+    let will = s.will.clone().map(Record::WillSet);
     std::iter::once(Record::SessionCreated(created))
         .chain(offline)
         .chain(subs)
         .chain(queue)
         .chain(qos2)
         .chain(pubrel)
+        .chain(will)
 }
 
 #[cfg(test)]
