@@ -35,7 +35,9 @@
 //!
 //! Shard-local: one [`Gates`] per shard, in its [`Persist`](super::persist::Persist).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::core::hash::Map;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,7 +54,7 @@ use crate::core::shard::ShardCore;
 #[derive(Debug, Default)]
 pub(crate) struct Gates {
     /// Rule-2 messages whose `Qos2Received` is not durable yet: address → ticket.
-    msgs: HashMap<usize, u64>,
+    msgs: Map<usize, u64>,
     /// Sessions with unsent entries, by ticket (in ticket order).
     sessions: VecDeque<(u64, SessionSlot)>,
     /// The rule-2 messages of `msgs` by ticket (keeps their addresses alive).
