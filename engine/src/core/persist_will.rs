@@ -63,10 +63,16 @@ fn will_record(client_id: &str, w: &Will) -> WillSet {
         payload: w.payload.to_vec(),
         qos: w.qos as u8,
         retain: w.retain,
-        properties: if w.properties.is_empty() {
-            Vec::new()
-        } else {
-            encode_properties(&w.properties)
+        properties: {
+            // Stored as a PUBLISH's properties, which cannot carry the Will Delay Interval
+            // (5.0 §3.1.3.2.2): that one is `delay_secs`.
+            let mut props = w.properties.clone();
+            props.will_delay_interval_secs = None;
+            if props.is_empty() {
+                Vec::new()
+            } else {
+                encode_properties(&props)
+            }
         },
         delay_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
     }
@@ -75,9 +81,10 @@ fn will_record(client_id: &str, w: &Will) -> WillSet {
 /// A recovered session's logged will becomes a delayed will, due `delay_secs` after `now`
 /// (the restart).
 pub(crate) fn restore_will(s: &mut Session, w: &WillSet, now: Instant) {
-    let properties = crate::core::persist_restore::decode_properties(&w.properties)
+    let mut properties = crate::core::persist_restore::decode_properties(&w.properties)
         .map(|p| *p)
         .unwrap_or_default();
+    properties.will_delay_interval_secs = (w.delay_secs > 0).then_some(w.delay_secs);
     let will = Will {
         topic: ByteStr::from(w.topic.as_str()),
         payload: Bytes::copy_from_slice(&w.payload),
