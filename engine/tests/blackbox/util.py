@@ -30,6 +30,15 @@ def is_mosquitto() -> bool:
     return BROKER == "mosquitto"
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of process `pid` in KiB (VmRSS in /proc/PID/status, Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
 def uid(prefix: str = "") -> str:
     """A short unique string (client ids, topic suffixes)."""
     return prefix + uuid.uuid4().hex[:10]
