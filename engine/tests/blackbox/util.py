@@ -197,6 +197,15 @@ class PahoClient:
         """Acknowledges a QoS 1/2 message (clients made with manual_ack=True)."""
         assert self.client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS
 
+    def expect_marker(self, marker_topic: str) -> None:
+        """Asserts that the next message is the marker: one published on `marker_topic` after
+        whatever must not arrive, on a path that keeps order with it (one publisher's
+        messages stay in order, MQTT 4.6), so a message that should not come would come
+        first."""
+        msg = self.get()
+        assert msg.topic == marker_topic, (f"{self.client_id}: unexpected message on "
+                                           f"{msg.topic} before the marker: {msg.payload!r}")
+
     def expect_nothing(self, duration: float = QUIET) -> None:
         try:
             msg = self.messages.get(timeout=duration)
