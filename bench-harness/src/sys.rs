@@ -142,7 +142,15 @@ pub fn available_cpus() -> usize {
 /// does not depend on the engine crate.
 #[path = "../../engine/src/cpu_list.rs"]
 mod cpu_list;
-pub use cpu_list::parse_cpu_list;
+
+/// Parses a CPU list such as `0`, `0,2` or `0-3,6` (the engine's parser); for the harness an
+/// empty list means "none given" and parses to no CPUs.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    cpu_list::parse_cpu_list(s)
+}
 
 #[cfg(test)]
 mod tests {
