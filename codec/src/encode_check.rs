@@ -4,8 +4,12 @@
 //! receiver would answer with (which names the spec rule).
 //!
 //! The checks are cheap: flags, list lengths, reason codes by packet type, property values;
-//! topic names and filters are scanned once (a PUBLISH topic: one pass over a few bytes); a
-//! payload is scanned only when its Payload Format Indicator says UTF-8.
+//! topic names and filters are scanned once (a PUBLISH topic with the decoder's
+//! word-at-a-time pass); a payload is scanned only when its Payload Format Indicator says
+//! UTF-8. Cost, `perf/benches/codec.rs` (PUBLISH, 39-byte topic, 256 per batch, loaded
+//! 2-core machine, 2026-12-07): `encode` 3.4 → 7.8 µs per batch for 16 B payloads (~17 ns per
+//! packet, nearly all the topic scan). The broker's outgoing PUBLISH path does not pay it: it
+//! uses `encode_publish_header` on topics it decoded (and so validated) itself.
 //!
 //! What is not re-checked: what the model's types already guarantee (`ByteStr` is UTF-8,
 //! `PacketId` is non-zero, `QoS` is 0–2) and the fan-out path's `encode_publish_header`,
@@ -119,8 +123,9 @@ fn check_publish(p: &Publish, v5: bool) -> Result<(), DecodeError> {
             return Err(DecodeError::TopicNameEmpty);
         }
     } else {
-        // [MQTT-3.3.2-2]: no wildcard characters in a topic name.
-        validate_topic_name(&p.topic)?;
+        // [MQTT-3.3.2-2]: no wildcard characters in a topic name (and no U+0000, [MQTT-1.5.4-2]).
+        // The decoder's word-at-a-time pass: this runs for every PUBLISH `encode` writes.
+        crate::primitives::validate_topic_name(p.topic.as_bytes())?;
     }
     check_props(props, v5)?;
     check_payload_format(props, &p.payload, v5)
