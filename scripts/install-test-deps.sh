@@ -41,9 +41,14 @@ fi
 # --- Python packages --------------------------------------------------------------------------
 PY="${PYTHON:-python3}"
 pip_specs=()
-"$PY" - <<'EOF' || pip_specs+=("paho-mqtt>=2,<3")
+# Silent probe: exit status 1 (no traceback) when paho-mqtt is missing or not 2.x.
+"$PY" - >/dev/null 2>&1 <<'EOF' || pip_specs+=("paho-mqtt>=2,<3")
 import importlib.metadata as m, sys
-sys.exit(0 if m.version("paho-mqtt").split(".")[0] == "2" else 1)
+try:
+    major = m.version("paho-mqtt").split(".")[0]
+except m.PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if major == "2" else 1)
 EOF
 "$PY" -c 'import pytest' >/dev/null 2>&1 || pip_specs+=("pytest")
 "$PY" -c 'import pytest_timeout' >/dev/null 2>&1 || pip_specs+=("pytest-timeout")

@@ -138,22 +138,18 @@ pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Parses a CPU list such as `0`, `0,2` or `0-3,6`.
+/// The engine's CPU-list parser (`0,2,4-7`), compiled from its one source file: the harness
+/// does not depend on the engine crate.
+#[path = "../../engine/src/cpu_list.rs"]
+mod cpu_list;
+
+/// Parses a CPU list such as `0`, `0,2` or `0-3,6` (the engine's parser); for the harness an
+/// empty list means "none given" and parses to no CPUs.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if let Some((a, b)) = part.split_once('-') {
-            let a: usize = a.parse().map_err(|_| format!("bad CPU range {part:?}"))?;
-            let b: usize = b.parse().map_err(|_| format!("bad CPU range {part:?}"))?;
-            if a > b {
-                return Err(format!("bad CPU range {part:?}"));
-            }
-            out.extend(a..=b);
-        } else {
-            out.push(part.parse().map_err(|_| format!("bad CPU {part:?}"))?);
-        }
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    cpu_list::parse_cpu_list(s)
 }
 
 #[cfg(test)]

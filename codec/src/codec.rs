@@ -218,7 +218,10 @@ fn atomically<T>(
 /// written; CONNACK codes go through [`crate::ReasonCode::to_v3_connack`]; SUBACK failure
 /// codes become 0x80; PUBACK..PUBCOMP, UNSUBACK and DISCONNECT drop their reason codes; a
 /// password without a user name is dropped. AUTH, and a PUBLISH with an empty topic, have no
-/// 3.1.1 form and return an error. On error `out` is unchanged.
+/// 3.1.1 form and return an error. A packet that breaks a rule its receiver enforces (a
+/// wildcard in a topic name, an empty SUBACK, a reason code the packet type does not have, …)
+/// returns [`EncodeError::Invalid`] with the error our decoder would give (`encode_check.rs`).
+/// On error `out` is unchanged.
 pub fn encode(
     packet: &Packet,
     version: ProtocolVersion,
@@ -229,6 +232,7 @@ pub fn encode(
         _ => version,
     };
     let t = packet.packet_type();
+    crate::encode_check::check(packet, version)?;
     let first = match packet {
         Packet::Publish(p) => {
             if p.qos != QoS::AtMostOnce && p.packet_id.is_none() {

@@ -298,4 +298,8 @@ pub enum EncodeError {
     /// PUBLISH with an empty topic for 3.1/3.1.1, which has no topic aliases.
     #[error("PUBLISH with an empty topic cannot be encoded before MQTT 5.0")]
     EmptyTopic,
+    /// The packet breaks a rule its receiver enforces (the error our own decoder would
+    /// return for it, which names the rule): `encode` never writes such a packet.
+    #[error("not encoded, the receiver would reject it: {0}")]
+    Invalid(DecodeError),
 }

@@ -38,6 +38,7 @@ mod auth;
 mod connack;
 mod connect;
 mod disconnect;
+mod encode_check;
 mod primitives;
 mod publish;
 mod pubresp;

@@ -75,11 +75,9 @@ fn publish_qos0_dup_is_never_emitted() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
-/// Ignored until the codec decides how encode treats invalid models (validate with
-/// `EncodeError`, `debug_assert!`, or document "the engine only encodes valid packets");
-/// see `codec/tests/BUGS_FOUND.md`. Run with `--ignored`.
+/// `encode` checks each of these (`codec/src/encode_check.rs`) and returns
+/// `EncodeError::Invalid`; see `codec/tests/BUGS_FOUND.md` §2.
 #[test]
-#[ignore = "encode does not validate models yet: see codec/tests/BUGS_FOUND.md"]
 fn encoder_never_emits_what_its_decoder_rejects() {
     use ProtocolVersion::{V3_1_1 as V311, V5};
     let cases: Vec<(&str, Packet, ProtocolVersion)> = vec![

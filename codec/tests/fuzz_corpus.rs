@@ -1,7 +1,7 @@
 //! The fuzz target's check (`tests/common/check.rs`, shared with `codec/fuzz`), run by plain
 //! cargo so CI exercises it without cargo-fuzz: over every recorded fixture, every single
-//! packet of them, any crash inputs saved under `codec/fuzz/regressions/`, and a few thousand
-//! deterministic pseudo-random mutations of them.
+//! packet of them, the fuzzer's minimised corpus and crash inputs saved under
+//! `codec/fuzz/regressions/`, and a few thousand deterministic pseudo-random mutations of them.
 
 mod common;
 
@@ -121,12 +121,21 @@ fn fixtures_and_their_packets() {
     assert!(total.exact > 0, "{total:?}");
 }
 
+/// The fuzzer's minimised corpus (`cargo fuzz cmin`) and any input that once failed, saved
+/// under `codec/fuzz/regressions/`. An empty or missing folder fails: the test would check
+/// nothing.
 #[test]
 fn saved_fuzzer_regressions() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    for (name, bytes) in read_dir_bins(&dir) {
-        run(&name, &bytes);
+    let inputs = read_dir_bins(&dir);
+    assert!(!inputs.is_empty(), "no saved fuzzer inputs in {}", dir.display());
+    let mut total = Stats::default();
+    for (name, bytes) in &inputs {
+        total.add(run(name, bytes));
     }
+    // A corpus the fuzzer kept reaches both outcomes; if not, it is not that corpus.
+    assert!(total.errors > 0 && total.packets > 0, "{} inputs: {total:?}", inputs.len());
+    eprintln!("{} saved fuzzer inputs: {total:?}", inputs.len());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::core::auth::AuthConfig;
 use crate::core::limits::Limits;
-use crate::log::persist_config::PersistConfig;
+use crate::log::settings::PersistConfig;
 
 #[path = "config_auth.rs"]
 mod auth;
@@ -236,36 +236,7 @@ pub fn usable_cpus() -> Vec<usize> {
     ids
 }
 
-/// Parses a CPU list such as `0,2,4-7` into sorted, distinct CPU numbers.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    let mut cpus = Vec::new();
-    if s.trim().is_empty() {
-        return Err("empty CPU list".into());
-    }
-    for part in s.split(',') {
-        let part = part.trim();
-        let num = |t: &str| -> Result<usize, String> {
-            t.trim().parse::<usize>().map_err(|_| format!("`{t}` is not a CPU number"))
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b {
-                    return Err(format!("range `{part}` is reversed"));
-                }
-                if b - a >= 4096 {
-                    return Err(format!("range `{part}` is too large"));
-                }
-                cpus.extend(a..=b);
-            }
-            None if part.is_empty() => return Err("empty item in CPU list".into()),
-            None => cpus.push(num(part)?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
+pub use crate::cpu_list::parse_cpu_list;
 
 fn parse_listen(items: &[String], key: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let mut out = Vec::with_capacity(items.len());
@@ -418,6 +389,11 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn cpu_list_formatting() {
+        assert_eq!(format_cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
+
     pub(super) fn parse_with(
         args: &[&str],
         file: &str,
@@ -471,18 +447,6 @@ mod tests {
         assert_eq!(c.limits.keep_alive_max_secs, 60);
         assert_eq!(c.limits.packet_size_max_bytes, 4096);
         assert_eq!(c.sys_interval_secs, 1);
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0,2,4-7").unwrap(), vec![0, 2, 4, 5, 6, 7]);
-        assert_eq!(parse_cpu_list(" 3 , 1-2,1").unwrap(), vec![1, 2, 3]);
-        assert!(parse_cpu_list("").unwrap_err().contains("empty"));
-        assert!(parse_cpu_list("1,,2").unwrap_err().contains("empty item"));
-        assert!(parse_cpu_list("5-2").unwrap_err().contains("reversed"));
-        assert!(parse_cpu_list("a").unwrap_err().contains("`a` is not a CPU number"));
-        assert!(parse_cpu_list("1-x").unwrap_err().contains("`x`"));
-        assert_eq!(format_cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     }
 
     #[test]

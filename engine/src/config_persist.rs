@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
-use crate::log::persist_config::{PersistConfig, DATA_DIR_DEFAULT};
+use crate::log::settings::{PersistConfig, DATA_DIR_DEFAULT};
 use crate::log::Durability;
 
 /// Persistence flags (flattened into the command line).

@@ -11,11 +11,16 @@
 //! - [`io`]: with the log's file io, the only code that uses glommio: listeners, connection
 //!   drivers, the cross-shard mesh, timers. Thin: read → decode → core → encode → write.
 //! - [`config`]: command line and TOML configuration; [`users_cmd`]: `shardmq users …`.
+//! - Test support, compiled only for tests and with the `test-support` feature (never in the
+//!   broker binary): `splitmix` (a seedable generator) and `log::workload`.
 //!
 //! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.
 
 pub mod config;
 pub mod core;
+pub mod cpu_list;
 pub mod io;
 pub mod log;
+#[cfg(any(test, feature = "test-support"))]
+pub mod splitmix;
 pub mod users_cmd;

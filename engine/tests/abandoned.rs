@@ -12,7 +12,7 @@ use common::{addr, broker_with, id_on_shard, shutdown, within, Raw, V4};
 use rumqttc::QoS as Q;
 use shardmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use shardmq_engine::io::BrokerHandle;
-use shardmq_engine::log::persist_config::PersistConfig;
+use shardmq_engine::log::settings::PersistConfig;
 use shardmq_engine::log::Durability;
 
 const QUEUE_MAX: usize = 200;

@@ -120,14 +120,14 @@ async fn publish(
         Some(Packet::ConnAck(a)) => assert_eq!(a.reason.0, 0, "{id} refused"),
         other => panic!("{id}: expected CONNACK, got {other:?}"),
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let topic = ByteStr::from(topic(&run, index).as_str());
     let (mut next, mut inflight, mut done) = (0u64, 0u16, 0u64);
     let mut ended = "all acknowledged".to_string();
     while done < MESSAGES_PER_PUBLISHER {
         out.clear();
         while inflight < INFLIGHT && next < MESSAGES_PER_PUBLISHER {
-            let qos = if rng.next() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+            let qos = if rng.next_u64() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
             let p = Packet::Publish(Publish {
                 dup: false,
                 qos: if qos == QoS::AtLeastOnce {
@@ -221,7 +221,7 @@ async fn crash_round(
         let index = round * 2 + u32::from(shard);
         let id = id_on_shard(&format!("{run}-pub{index}"), shard, 2);
         let (acks, run) = (Arc::clone(acks), run.to_string());
-        tasks.push(tokio::spawn(publish(broker.addr, run, id, index, rng.next(), acks)));
+        tasks.push(tokio::spawn(publish(broker.addr, run, id, index, rng.next_u64(), acks)));
     }
     within("the kill moment (acknowledgements)", async {
         loop {
@@ -418,7 +418,7 @@ fn snapshot(dir: &Path, n: u32) {
 }
 
 async fn crash_test(seed: u64, durability: &str) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let run = format!("s{seed}-{}", std::process::id());
     let dir = data_dir(&run);
     eprintln!("crash test: seed {seed}, durability {durability}, data dir {}", dir.display());

@@ -205,7 +205,7 @@ async fn publish(
         {
             let mut s = state.lock().unwrap();
             while s.inflight.len() < INFLIGHT && s.next < MESSAGES {
-                let qos = if rng.next() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                let qos = if rng.next_u64() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
                 let seq = s.next;
                 s.next += 1;
                 s.qos.insert(seq, qos);
@@ -367,7 +367,7 @@ impl Clients {
         }
         for (index, id, state) in &self.pubs {
             let (run, index, id, state) = (self.run.clone(), *index, id.clone(), Arc::clone(state));
-            let mut r = Rng(rng.next());
+            let mut r = Rng::new(rng.next_u64());
             tasks.push(tokio::spawn(async move {
                 publish(addr, &run, index, &id, &state, &mut r).await;
             }));
@@ -380,7 +380,7 @@ impl Clients {
 }
 
 async fn online_crash_test(seed: u64, durability: &str) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let run = format!("o{seed}-{}", std::process::id());
     let dir = data_dir(&run);
     eprintln!(
@@ -456,7 +456,7 @@ async fn online_crash_test(seed: u64, durability: &str) {
             clients.completed()
         );
         broker = Broker::start(&dir, durability).await;
-        tasks = clients.spawn(broker.addr, rng.next() % 2 == 0, &mut rng);
+        tasks = clients.spawn(broker.addr, rng.next_u64() % 2 == 0, &mut rng);
     }
     within("every subscriber to receive every publisher's marker", async {
         while !clients.all_markers() {

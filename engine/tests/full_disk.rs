@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{addr, broker_with, shutdown, within, Raw, V4};
 use rumqttc::QoS as Q;
 use shardmq_codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode};
-use shardmq_engine::log::persist_config::PersistConfig;
+use shardmq_engine::log::settings::PersistConfig;
 
 /// A tmpfs of a few MiB, unmounted on drop.
 struct Tmpfs {

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use rumqttc::QoS;
 use shardmq_codec::{ByteStr, Packet, ProtocolVersion, Publish};
@@ -69,19 +67,31 @@ async fn malformed_bytes_close_only_that_connection() {
 async fn connection_without_connect_is_closed_after_the_timeout() {
     let b = broker_with(2, |c| c.limits.connect_timeout_secs = 1);
     let a = addr(&b);
-    // Silent.
-    let mut silent = Raw::open(a).await;
+    // A client that does connect in time, on each shard, before the others are opened: it
+    // must stay connected past the timeout. Its (cancelled) deadline is earlier than those
+    // of the connections opened next, so their closing is the marker that the timeout has
+    // passed for it too.
+    let mut ok = Vec::new();
+    for shard in [0u16, 1] {
+        ok.push(Raw::connect(a, &id_on_shard("in-time", shard, 2), ProtocolVersion::V3_1_1).await);
+    }
+    // Silent ones (several, so that the kernel spreads them over both shards' listeners).
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(Raw::open(a).await);
+    }
     // Half a CONNECT.
     let mut half = Raw::open(a).await;
     let connect = half.encode(&Raw::connect_packet("half", ProtocolVersion::V3_1_1, true));
     half.send_bytes(&connect[..connect.len() / 2]).await;
-    assert!(silent.until_closed().await.is_empty());
+    for s in &mut silent {
+        assert!(s.until_closed().await.is_empty());
+    }
     assert!(half.until_closed().await.is_empty());
-    // A client that does connect in time stays connected past the timeout.
-    let mut ok = Raw::connect(a, "in-time", ProtocolVersion::V3_1_1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    ok.send(&Packet::PingReq).await;
-    assert_eq!(ok.recv().await, Some(Packet::PingResp));
+    for c in &mut ok {
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Some(Packet::PingResp), "connected in time: still served");
+    }
     shutdown(b).await;
 }
 
@@ -222,13 +232,15 @@ async fn a_thousand_subscribers_each_get_every_message_once_in_order() {
     for t in tasks {
         subs.push(within("every subscriber's messages", t).await.expect("subscriber task"));
     }
-    // No extra message arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for s in &mut subs {
-        let mut b = [0u8; 1];
-        use tokio::io::AsyncReadExt;
-        let r = tokio::time::timeout(Duration::from_millis(1), s.stream.read(&mut b)).await;
-        assert!(r.is_err(), "unexpected bytes after the last message");
+    // No extra message arrives: the next one is the marker published after the others.
+    publisher.client.publish("fan/t", QoS::AtMostOnce, false, "end").await.unwrap();
+    for (i, s) in subs.iter_mut().enumerate() {
+        match s.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..], b"end", "fan-{i}: extra message")
+            }
+            other => panic!("fan-{i}: expected the marker, got {other:?}"),
+        }
     }
     drop(subs);
     shutdown(b).await;

@@ -130,36 +130,37 @@ async fn messages_larger_than_the_clients_maximum_are_not_sent() {
 async fn shared_subscription_delivers_each_message_to_one_member() {
     let b = broker(SHARDS);
     let a = addr(&b);
+    // The publisher lives on the group's owner shard, so a job (owner -> member) and the
+    // plain marker that follows the jobs (same shard -> member) take the same FIFO path: a
+    // member has every job meant for it, and no duplicate, once it has the marker.
+    let owner =
+        shardmq_engine::core::shard::ShardCore::home_shard(b"$share/workers/jobs/+", SHARDS);
     let mut members = Vec::new();
     for i in 0..3u16 {
         let id = id_on_shard(&format!("share-m{i}"), i % SHARDS, SHARDS);
         let mut m = V5::connect(a, &id, |_| {}).await;
         m.subscribe("$share/workers/jobs/+", QoS::AtLeastOnce).await;
+        m.subscribe("jobs-done", QoS::AtLeastOnce).await;
         members.push(m);
     }
-    let publ = V5::connect(a, &id_on_shard("share-pub", 1, SHARDS), |_| {}).await;
+    let publ = V5::connect(a, &id_on_shard("share-pub", owner.0, SHARDS), |_| {}).await;
     for i in 0..30 {
         publ.client
             .publish("jobs/x", QoS::AtLeastOnce, false, format!("{i}"))
             .await
             .expect("queued");
     }
-    // Collect until every member has been quiet for a while (catches duplicates too).
+    publ.client.publish("jobs-done", QoS::AtLeastOnce, false, "done").await.expect("queued");
     let mut seen = Vec::new();
     for m in &mut members {
         let mut got = 0;
         loop {
-            let next = tokio::time::timeout(std::time::Duration::from_millis(500), m.events.recv());
-            match next.await {
-                Err(_) | Ok(None) => break,
-                Ok(Some(Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))))) => {
-                    let n: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
-                    seen.push(n);
-                    got += 1;
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("member failed: {e}"),
+            let p = next_publish(m, "a job or the marker").await;
+            if p.topic == "jobs-done" {
+                break;
             }
+            seen.push(std::str::from_utf8(&p.payload).unwrap().parse::<usize>().unwrap());
+            got += 1;
         }
         // Round-robin in join order: an even share each.
         assert_eq!(got, 10, "each member gets a third");

@@ -19,7 +19,7 @@ use shardmq_codec::{
     ByteStr, Packet, PacketId, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
 };
 use shardmq_engine::io::BrokerHandle;
-use shardmq_engine::log::persist_config::PersistConfig;
+use shardmq_engine::log::settings::PersistConfig;
 use shardmq_engine::log::Durability;
 
 /// A fresh data directory for one test.

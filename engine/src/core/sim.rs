@@ -26,27 +26,9 @@ use crate::core::shard::{ConnId, CoreConfig, GlobalStats, IoAction, ShardCore};
 #[path = "sim_persist.rs"]
 mod persist;
 
-/// splitmix64: small, seedable, good enough to shuffle interleavings.
-#[derive(Debug)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The simulator's generator (splitmix64), seeded as `seed ^ SEED_MIX`.
+pub(crate) use crate::splitmix::Rng;
+const SEED_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A simulated client: its connection, what it received, and whether it answers
 /// acknowledgements by itself.
@@ -164,7 +146,7 @@ impl Sim {
         let shards = (0..shard_count).map(|i| ShardCore::new(ShardId(i), config.clone())).collect();
         let n = usize::from(shard_count);
         Sim {
-            rng: Rng::new(seed),
+            rng: Rng::new(seed ^ SEED_MIX),
             now,
             shards,
             rings: (0..n * n).map(|_| VecDeque::new()).collect(),
@@ -484,7 +466,7 @@ impl Sim {
         for _ in 0..10_000_000 {
             let mut progress = false;
             let n = self.n();
-            let start = self.rng.below(n);
+            let start = self.rng.index(n);
             for i in 0..n {
                 progress |= self.drain_shard((start + i) % n);
             }
@@ -495,7 +477,7 @@ impl Sim {
                 .filter(|&i| !self.rings[i].is_empty() && !self.paused.contains(&(i / n, i % n)))
                 .collect();
             if !ready.is_empty() {
-                let i = ready[self.rng.below(ready.len())];
+                let i = ready[self.rng.index(ready.len())];
                 let msg = self.rings[i].pop_front().expect("non-empty");
                 self.shards[i % n].handle_mesh(ShardId((i / n) as u16), msg, self.now);
                 progress = true;

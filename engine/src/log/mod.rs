@@ -16,7 +16,8 @@
 //!   (start-up: read every segment with buffered std reads, truncate a torn tail, rebuild the
 //!   [`state::LogState`]). Only `file` and `compact` import glommio: they are this module's
 //!   part of the io layer (a tidy rule should allow glommio in exactly those two files).
-//! - [`workload`]: seeded generators of consistent record batches for tests and benchmarks.
+//! - `workload`: seeded generators of consistent record batches for tests (compiled only for
+//!   tests and with the `test-support` feature).
 //!
 //! What the engine calls: [`file::open_recovered`] at shard start (→ writer + recovered
 //! state), [`file::LogWriter::append_batch`] (→ seq), [`file::LogWriter::durable_seq`] /
@@ -125,13 +126,14 @@ pub mod ack;
 pub mod compact;
 pub mod file;
 pub mod perm;
-pub mod persist_config;
 pub mod record;
 pub mod recover;
 pub mod replay;
 pub mod segment;
 mod segment_file;
+pub mod settings;
 pub mod state;
+#[cfg(any(test, feature = "test-support"))]
 pub mod workload;
 
 use std::fmt;

@@ -1,5 +1,6 @@
 //! Seeded generators of consistent record batches, for the log's tests, fuzzers and
-//! benchmarks. Not used by the broker.
+//! benchmarks. Not used by the broker: compiled only for tests and with the `test-support`
+//! feature.
 
 use super::record::{
     Acknowledged, Delivered, MessageQueued, MessageStored, PubrelCompleted, PubrelPending,
@@ -8,36 +9,10 @@ use super::record::{
 };
 use super::state::LogState;
 use super::Record;
+pub use crate::splitmix::Rng;
 
-/// A small deterministic PRNG (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1A4_F87B)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+/// Mixed into a workload's seed, so it does not share a sequence with other users of [`Rng`].
+const SEED_MIX: u64 = 0x5DEE_CE66_D1A4_F87B;
 
 /// Generates batches of records that always fit the state built so far: the engine's
 /// traffic in miniature (sessions come and go, messages are stored, queued, delivered,
@@ -55,7 +30,7 @@ impl Workload {
     /// A workload over `clients` client ids with payloads of up to `payload_bytes_max` bytes.
     pub fn new(seed: u64, clients: u64, payload_bytes_max: u64) -> Workload {
         Workload {
-            rng: Rng::new(seed),
+            rng: Rng::new(seed ^ SEED_MIX),
             state: LogState::default(),
             next_msg_id: 1,
             clients,
@@ -72,7 +47,7 @@ impl Workload {
         state: LogState,
         next_msg_id: u64,
     ) -> Workload {
-        Workload { rng: Rng::new(seed), state, next_msg_id, clients, payload_bytes_max }
+        Workload { rng: Rng::new(seed ^ SEED_MIX), state, next_msg_id, clients, payload_bytes_max }
     }
 
     /// The msg id the next stored message gets.

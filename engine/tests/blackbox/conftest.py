@@ -193,6 +193,10 @@ def _start_mosquitto(extra: list[str], workdir: Path) -> _Running:
                 f"stderr:\n{last_err}", pytrace=False)
 
 
+# The broker process of each running test, by address (for `broker_pid`).
+_RUNNING: dict[BrokerAddr, _Running] = {}
+
+
 @pytest.fixture
 def broker(request, tmp_path_factory):
     """A broker process for this test only; yields (host, port); killed at teardown.
@@ -202,9 +206,11 @@ def broker(request, tmp_path_factory):
         extra += [str(a) for a in mark.args]
     workdir = tmp_path_factory.mktemp("broker")
     running = (_start_mosquitto if BROKER == "mosquitto" else _start_shardmq)(extra, workdir)
+    _RUNNING[running.addr] = running
     try:
         yield running.addr
     finally:
+        _RUNNING.pop(running.addr, None)
         died = running.proc.poll()
         if died is None:
             running.proc.terminate()
@@ -216,6 +222,12 @@ def broker(request, tmp_path_factory):
     if died is not None:
         pytest.fail(f"{BROKER} exited during the test with status {died}\n"
                     f"stderr:\n{_tail(running.stderr_path)}", pytrace=False)
+
+
+@pytest.fixture
+def broker_pid(broker) -> int:
+    """The process id of this test's broker (to read /proc/PID/status)."""
+    return _RUNNING[broker].proc.pid
 
 
 @pytest.fixture

@@ -451,6 +451,24 @@ class RawClient:
             return
         raise AssertionError(f"unexpected packet {p!r}")
 
+    def expect_nothing_before_pingresp(self) -> None:
+        """Asserts that nothing is pending for this connection: sends PINGREQ and requires
+        PINGRESP as the very next packet. The broker answers a connection's packets in order,
+        so whatever it had queued for it (a re-send, a queued message) comes first."""
+        assert not self.stash, f"unexpected packet {self.stash[0]!r}"
+        self.send(pingreq())
+        p = self.recv()
+        assert p.type == PINGRESP, f"unexpected packet before PINGRESP: {p!r}"
+
+    def is_open_after(self, poll_secs: float) -> bool:
+        """True if the broker has not closed the connection within `poll_secs` (a polling
+        step, never an assertion by itself); packets received meanwhile are kept."""
+        try:
+            self.stash.extend(self.wait_closed(poll_secs))
+        except AssertionError:
+            return True
+        return False
+
     def wait_closed(self, timeout: float = 5.0) -> list[Packet]:
         """Waits until the broker closes the connection; returns the packets received first.
         Raises AssertionError if it is still open at the deadline."""

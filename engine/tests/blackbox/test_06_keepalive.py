@@ -44,15 +44,25 @@ def test_silent_client_disconnected_and_will_published(raw, topic, version):
     assert p.payload == b"timed out"
 
 
+def busy_until_marker_closed(marker: m.RawClient, activity) -> None:
+    """Runs `activity` every 0.3 s until the broker closes `marker`, a silent connection
+    opened just after the one under test with the same (or a shorter) keep alive: once the
+    broker has dropped it, the one under test would have been dropped too if its activity
+    did not count."""
+    deadline = time.monotonic() + SILENT_DEADLINE_SECS
+    while marker.is_open_after(0.3):
+        assert time.monotonic() < deadline, "the silent marker connection was never closed"
+        activity()
+
+
 @V311_V5
 def test_pinging_client_stays_connected(raw, topic, version):
     """A client that sends PINGREQ well within its keep alive is never disconnected."""
     c = raw(version)
     c.connect_ok(uid("alive-"), keepalive=2)
-    end = time.monotonic() + 3.5
-    while time.monotonic() < end:
-        c.ping()
-        time.sleep(0.3)
+    marker = raw(version)
+    marker.connect_ok(uid("silent-"), keepalive=2)
+    busy_until_marker_closed(marker, c.ping)
     c.ping()
 
 
@@ -61,18 +71,20 @@ def test_any_packet_counts_as_activity(raw, topic, version):
     """Keep alive is reset by any control packet, not just PINGREQ (3.1.2.10)."""
     c = raw(version)
     c.connect_ok(uid("busy-"), keepalive=2)
-    end = time.monotonic() + 3.5
-    while time.monotonic() < end:
-        c.publish(f"{topic}/busy", b"x", qos=1)
-        time.sleep(0.3)
+    marker = raw(version)
+    marker.connect_ok(uid("silent-"), keepalive=2)
+    busy_until_marker_closed(marker, lambda: c.publish(f"{topic}/busy", b"x", qos=1))
     c.ping()
 
 
 def test_keepalive_zero_never_times_out(raw):
-    """Keep alive 0 turns the mechanism off (3.1.2.10); the connection survives idling."""
+    """Keep alive 0 turns the mechanism off (3.1.2.10); the connection survives idling past
+    the moment a keep alive 1 connection opened after it is dropped."""
     c = raw(4)
     c.connect_ok(uid("zero-"), keepalive=0)
-    time.sleep(3)
+    marker = raw(4)
+    marker.connect_ok(uid("silent-"), keepalive=1)
+    marker.wait_closed(timeout=SILENT_DEADLINE_SECS)
     c.ping()
 
 

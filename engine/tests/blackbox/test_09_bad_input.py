@@ -13,7 +13,7 @@ import time
 import pytest
 
 import mqttraw as m
-from util import VERSION_IDS, is_mosquitto, uid
+from util import VERSION_IDS, is_mosquitto, rss_kib, uid
 
 V311_V5 = pytest.mark.parametrize("version", [4, 5], ids=VERSION_IDS.get)
 
@@ -144,15 +144,33 @@ def test_packet_before_connect(raw, bystander, name, data):
     bystander.check()
 
 
-def test_oversized_remaining_length_declared(raw, bystander):
-    """A PUBLISH declaring 256 MB that never arrives: closed at once (over the packet size
-    limit) or later; either way nobody else notices. Only a bounded wait here."""
+# Body bytes sent after the 256 MB header: far more than the broker's packet limit, so a
+# broker that kept reading would hold them, and its resident memory would show it.
+OVERSIZED_BODY_BYTES = 32 * 1024 * 1024
+# What the broker's RSS may grow by meanwhile (its own buffers, the bystander's traffic).
+OVERSIZED_RSS_GROWTH_KIB_MAX = 12 * 1024
+
+
+@pytest.mark.broker_args("--max-packet-size", "1048576")
+def test_oversized_remaining_length_declared(raw, bystander, broker_pid):
+    """A PUBLISH declaring 256 MB, over the 1 MiB maximum packet size (5.0 §3.2.2.3.6: a
+    packet over the limit is an error): the broker closes the connection once it has read the
+    remaining length, without buffering the body. 32 MiB of body are sent; the broker's
+    resident memory must not grow by them. Nobody else notices."""
+    before_kib = rss_kib(broker_pid)
     c = connected(raw, 4)
     c.send(b"\x30\xff\xff\xff\x7f" + b"\x00\x03a/b")
+    chunk = bytes(64 * 1024)
     try:
-        c.wait_closed(2)
-    except AssertionError:
-        pass  # waiting for the body is allowed; the broker must not have buffered 256 MB
+        for _ in range(OVERSIZED_BODY_BYTES // len(chunk)):
+            c.sock.sendall(chunk)
+    except OSError:
+        pass  # the broker closed the connection: what it should do
+    assert c.wait_closed(10) == []
+    growth_kib = rss_kib(broker_pid) - before_kib
+    assert growth_kib < OVERSIZED_RSS_GROWTH_KIB_MAX, (
+        f"broker RSS grew by {growth_kib} KiB after a 256 MB declaration and "
+        f"{OVERSIZED_BODY_BYTES >> 20} MiB of body: it buffered the oversized packet")
     bystander.check()
 
 

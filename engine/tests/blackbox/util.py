@@ -30,6 +30,15 @@ def is_mosquitto() -> bool:
     return BROKER == "mosquitto"
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of process `pid` in KiB (VmRSS in /proc/PID/status, Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
 def uid(prefix: str = "") -> str:
     """A short unique string (client ids, topic suffixes)."""
     return prefix + uuid.uuid4().hex[:10]
@@ -187,6 +196,15 @@ class PahoClient:
     def ack(self, msg: mqtt.MQTTMessage) -> None:
         """Acknowledges a QoS 1/2 message (clients made with manual_ack=True)."""
         assert self.client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS
+
+    def expect_marker(self, marker_topic: str) -> None:
+        """Asserts that the next message is the marker: one published on `marker_topic` after
+        whatever must not arrive, on a path that keeps order with it (one publisher's
+        messages stay in order, MQTT 4.6), so a message that should not come would come
+        first."""
+        msg = self.get()
+        assert msg.topic == marker_topic, (f"{self.client_id}: unexpected message on "
+                                           f"{msg.topic} before the marker: {msg.payload!r}")
 
     def expect_nothing(self, duration: float = QUIET) -> None:
         try:

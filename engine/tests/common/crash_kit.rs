@@ -12,23 +12,9 @@ use tokio::process::{Child, Command};
 
 use crate::common::within;
 
-/// A small seeded generator (splitmix64): reproducible kill moments and QoS choices.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+/// Reproducible kill moments and QoS choices: the engine's splitmix64.
+#[allow(unused_imports)] // not every test that includes crash_kit uses it
+pub use shardmq_engine::splitmix::Rng;
 
 /// The broker as a child process.
 pub struct Broker {

@@ -198,22 +198,33 @@ impl V4 {
         }
     }
 
-    /// Asserts nothing is published to this client for `quiet`.
-    pub async fn assert_no_publish(&mut self, quiet: Duration) {
-        if let Some(p) = self.early.pop_front() {
-            panic!("unexpected PUBLISH {p:?}");
-        }
-        let deadline = tokio::time::Instant::now() + quiet;
+    /// Every PUBLISH that arrives before the marker, the first PUBLISH on `marker_topic`
+    /// (consumed, not returned). The caller sends the marker after whatever is being checked,
+    /// on a path that keeps order with it (MQTT keeps one publisher's messages in order per
+    /// topic, 4.6; shardmq also across topics of one publisher at one QoS), so whatever was
+    /// going to arrive has arrived when the marker does. Panics if the connection fails or
+    /// ends first, or if the marker does not come within [`WAIT`].
+    pub async fn publishes_before_marker(
+        &mut self,
+        marker_topic: &str,
+        what: &str,
+    ) -> Vec<rumqttc::Publish> {
+        let mut before = Vec::new();
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) => return,
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => {
-                    panic!("unexpected PUBLISH {p:?}")
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) | Ok(None) => return,
+            let p = self.next_publish(&format!("{what}: the marker on {marker_topic}")).await;
+            if p.topic == marker_topic {
+                return before;
             }
+            before.push(p);
         }
+    }
+
+    /// Asserts that the marker (see [`V4::publishes_before_marker`]) is the next PUBLISH:
+    /// nothing else was published to this client before it. Fails if the connection fails
+    /// or ends before the marker: a closed connection proves nothing.
+    pub async fn assert_no_publish_before_marker(&mut self, marker_topic: &str, what: &str) {
+        let before = self.publishes_before_marker(marker_topic, what).await;
+        assert!(before.is_empty(), "{what}: unexpected PUBLISH before the marker: {before:?}");
     }
 
     /// Sends DISCONNECT and waits for the event loop to end.

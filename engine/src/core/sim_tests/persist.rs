@@ -184,8 +184,8 @@ fn random_workloads_with_crashes_keep_the_log_consistent_and_lose_nothing_acknow
         for round in 0..6 {
             let sent_before = sent;
             for _ in 0..25 {
-                let i = sim.rng.below(subs.len());
-                match sim.rng.below(7) {
+                let i = sim.rng.index(subs.len());
+                match sim.rng.index(7) {
                     0 => sim.drop_conn(subs[i]),
                     1 if sim.clients[subs[i]].closed => {
                         sim.clients[subs[i]].auto_ack = true;
@@ -194,7 +194,7 @@ fn random_workloads_with_crashes_keep_the_log_consistent_and_lose_nothing_acknow
                     2 => sim.clients[subs[i]].auto_ack = !sim.clients[subs[i]].auto_ack,
                     _ => {
                         sent += 1;
-                        let qos = [Q1, Q2][sim.rng.below(2)];
+                        let qos = [Q1, Q2][sim.rng.index(2)];
                         sim.publish(p, &format!("w/{round}"), &format!("m{sent}"), qos, false);
                     }
                 }

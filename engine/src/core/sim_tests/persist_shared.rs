@@ -68,8 +68,8 @@ fn acknowledged_messages_reach_every_group_across_slow_logs_and_crashes() {
         };
         let mut sent = 0;
         for _ in 0..60 {
-            let shard = sim.rng.below(usize::from(n));
-            match sim.rng.below(10) {
+            let shard = sim.rng.index(usize::from(n));
+            match sim.rng.index(10) {
                 0 => sim.hold_durability(shard),
                 1 => sim.release_durability(shard),
                 2 => {
@@ -79,7 +79,7 @@ fn acknowledged_messages_reach_every_group_across_slow_logs_and_crashes() {
                     pubs.iter().for_each(|&p| sim.connect(p));
                 }
                 _ => {
-                    let i = sim.rng.below(pubs.len());
+                    let i = sim.rng.index(pubs.len());
                     sent += 1;
                     let payload = format!("m{sent}");
                     sim.publish(pubs[i], "r/x", &payload, Q1, false);

@@ -36,7 +36,7 @@ fn pubsub_across_shards_at_every_qos_exactly_once_in_order() {
                 let qos = [Q0, Q1, Q2][(i + k) % 3];
                 sim.publish(p, &format!("t/{k}"), &format!("{k}:{i}"), qos, false);
             }
-            if sim.rng.below(3) == 0 {
+            if sim.rng.index(3) == 0 {
                 sim.run();
             }
         }
