@@ -1,5 +1,5 @@
-//! Back-pressure (`core/tx_budget.rs`): a publisher that writes as fast as TCP takes, into a
-//! subscriber that reads more slowly than that but keeps reading, and one that stopped
+//! Back-pressure (`core/delivery/tx_budget.rs`): a publisher that writes as fast as TCP takes, into
+//! a subscriber that reads more slowly than that but keeps reading, and one that stopped
 //! reading. The reading one must get every message, in order (the broker holds the
 //! publisher's socket instead of dropping), and the stopped one must not hold anyone back:
 //! it is marked slow, its QoS 0 messages are dropped and counted.

@@ -1,4 +1,4 @@
-//! Wills across `kill -9` (issue 10, `core/persist_will.rs`): the will of a persistent
+//! Wills across `kill -9` (issue 10, `core/persist/will.rs`): the will of a persistent
 //! session whose connection the crash cut is published after the restart; a will discarded
 //! by a normal DISCONNECT before the crash is not. Real clients (rumqttc), the `shardmq`
 //! binary as a child process.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Names the sans-IO layers must not use.
 /// `RandomState` and `getrandom` are hidden randomness: the core's randomness is seeded from
-/// its configuration (`core/hash.rs`, `core/auth.rs`).
+/// its configuration (`core/hash.rs`, `core/auth/mod.rs`).
 const FORBIDDEN_IN_SANS_IO: &[&str] = &[
     "glommio",
     "io_uring",

@@ -26,9 +26,9 @@ use shardmq_codec::{
 };
 use shardmq_engine::core::auth::AuthConfig;
 use shardmq_engine::core::hash::HashKeys;
-use shardmq_engine::core::ids::ShardId;
+use shardmq_engine::core::ids::{ConnId, ShardId};
 use shardmq_engine::core::limits::Limits;
-use shardmq_engine::core::shard::{ConnId, CoreConfig, GlobalStats, IoAction, ShardCore};
+use shardmq_engine::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
 
 #[path = "support/cpu_time.rs"]
 mod cpu_time;

@@ -7,9 +7,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardmq_engine::core::ids::{SessionSlot, ShardId};
-use shardmq_engine::core::retained::RetainedStore;
-use shardmq_engine::core::route_index::RouteIndex;
-use shardmq_engine::core::trie::SubscriptionTrie;
+use shardmq_engine::core::routing::retained::RetainedStore;
+use shardmq_engine::core::routing::route_index::RouteIndex;
+use shardmq_engine::core::routing::trie::SubscriptionTrie;
 
 /// Subscriptions (or retained topics) in each benchmark's data set.
 const ENTRY_COUNT: u32 = 10_000;

@@ -1,7 +1,8 @@
 //! The core's inputs, dispatched: packets from clients (by connection phase), decode
 //! errors, closed sockets and messages from other shards, each handed to the file that owns
-//! the concept (`connect.rs`, `publish.rs`, `subscribe.rs`, `shared.rs`, `persist_ack.rs`, …).
-//! Split from `shard.rs`, which keeps the state and the output side of the io-facing API.
+//! the concept (`sessions/connect.rs`, `delivery/publish.rs`, `routing/subscribe.rs`,
+//! `routing/shared.rs`, `persist/ack.rs`, …). Split from `shard.rs`, which keeps the state and the
+//! output side of the io-facing API.
 //!
 //! Shard-local: methods of the shard's [`ShardCore`].
 
@@ -9,11 +10,11 @@ use std::time::Instant;
 
 use shardmq_codec::{DecodeError, Packet, PacketType, ProtocolVersion, ReasonCode};
 
-use crate::core::conn::Phase;
-use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::MeshMsg;
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
-use crate::core::subscribe::SubOptions;
+use crate::core::routing::subscribe::SubOptions;
+use crate::core::sessions::conn::Phase;
+use crate::core::shard::{CloseKind, ShardCore};
 
 impl ShardCore {
     /// A packet decoded from `conn`.
@@ -132,7 +133,7 @@ impl ShardCore {
                 let now_ms = self.uptime_ms(now);
                 self.take_copy_refused();
                 // `from` asks for this message's durability next: a copy that cannot be
-                // kept here fails it, and then no copy is sent here (`refusal.rs`).
+                // kept here fails it, and then no copy is sent here (`delivery/refusal.rs`).
                 self.set_answering(true);
                 self.deliver_local(&m, now_ms);
                 if !self.message_refused() {

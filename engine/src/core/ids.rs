@@ -21,3 +21,8 @@ impl fmt::Display for SessionSlot {
         write!(f, "session-{}", self.0)
     }
 }
+
+/// A connection, unique on its shard for the life of the process (never reused).
+/// Shard-local: meaningful only on the shard that issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);

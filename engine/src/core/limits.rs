@@ -29,7 +29,7 @@ pub struct Limits {
     /// refuse the PUBLISH (0x97 / disconnect) when the copy is for a persistent session.
     pub session_queue_full: QueueFullPolicy,
     /// Bytes of encoded frames waiting to be written on one connection before QoS 0 messages
-    /// to it are dropped (counted): the hard bound (`core/tx_budget.rs`).
+    /// to it are dropped (counted): the hard bound (`core/delivery/tx_budget.rs`).
     pub connection_tx_bytes_max: u64,
     /// Bytes waiting on one connection past which the shard stops reading PUBLISH packets
     /// from its clients until the queue is back under a quarter of this (back-pressure; a
@@ -37,7 +37,7 @@ pub struct Limits {
     /// messages to it are dropped while past it).
     pub connection_tx_bytes_pause: u64,
     /// Bytes waiting on all of a shard's connections past which the shard stops reading
-    /// PUBLISH packets until they are back under half of this (`core/tx_budget.rs`).
+    /// PUBLISH packets until they are back under half of this (`core/delivery/tx_budget.rs`).
     pub shard_tx_bytes_max: u64,
     /// Largest first packet (CONNECT) accepted from a connection that has not connected yet:
     /// an unauthenticated client cannot make the broker buffer more than this.

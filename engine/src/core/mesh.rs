@@ -35,6 +35,15 @@ pub struct Message {
     pub received_at_ms: u64,
 }
 
+/// True once `msg`'s Message Expiry Interval has passed at `now_ms` (broker uptime). A
+/// message without the property never expires.
+pub(crate) fn is_expired(msg: &Message, now_ms: u64) -> bool {
+    let Some(secs) = msg.properties.as_ref().and_then(|p| p.message_expiry_interval_secs) else {
+        return false;
+    };
+    now_ms.saturating_sub(msg.received_at_ms) >= u64::from(secs) * 1000
+}
+
 /// The publishing session, identified globally by its home shard and a shard-local slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin {
@@ -55,7 +64,7 @@ pub enum MeshMsg {
     /// and answer with [`MeshMsg::SubDeltaAck`] carrying the same `seq`.
     SubDelta {
         /// The topic filter. For a shared subscription it is the inner filter, and the sender
-        /// is the group's owner (see `shared.rs`).
+        /// is the group's owner (see `routing/shared.rs`).
         filter: ByteStr,
         /// Added or removed.
         added: bool,
@@ -88,7 +97,7 @@ pub enum MeshMsg {
     /// A session on the sender's shard joins (or, if already a member, updates its options
     /// in) the shared subscription `group` (`$share/{name}/{filter}`), whose owner is the
     /// receiver. The owner answers [`MeshMsg::SharedJoinAck`] with `token` once every shard
-    /// routes the filter to it (see `shared.rs`).
+    /// routes the filter to it (see `routing/shared.rs`).
     SharedJoin {
         /// The whole `$share/{name}/{filter}` string.
         group: ByteStr,
@@ -107,7 +116,7 @@ pub enum MeshMsg {
         /// Bytes handled, as counted by [`mesh_cost`].
         bytes: u64,
     },
-    /// The sender's own back-pressure state changed (`tx_budget.rs`): while any shard is
+    /// The sender's own back-pressure state changed (`delivery/tx_budget.rs`): while any shard is
     /// paused, every shard takes no PUBLISH from its clients, since routed messages would
     /// fill the paused shard's queues.
     Pressure {
@@ -166,7 +175,7 @@ pub enum MeshMsg {
     /// With persistence: the sender routed a QoS 1/2 message (or a retained update) to the
     /// receiver just before this, on the same ring. The receiver answers
     /// [`MeshMsg::DurableAck`] with `token` once everything it logged so far is durable, so
-    /// the sender acknowledges the PUBLISH only when every shard's copy is (`persist.rs`).
+    /// the sender acknowledges the PUBLISH only when every shard's copy is (`persist/mod.rs`).
     DurableReq {
         /// Sender-local, increasing per receiver; echoed in the ack.
         token: u64,

@@ -1,39 +1,25 @@
 //! The sans-IO core: plain state machines that take `now` as a parameter and return what to
 //! send. Nothing in this module imports glommio, touches a socket or reads a clock (enforced
 //! by the tidy test in `engine/tests/tidy.rs`).
+//!
+//! Folders by concept: `routing/` (who gets a message), `sessions/` (connections and sessions),
+//! `delivery/` (a message's way in and out), `persist/` (the core's side of the log), `auth/` (who
+//! may connect). At the top: `shard.rs` (`ShardCore`, the state every concept adds `impl ShardCore`
+//! blocks to), `dispatch.rs` (its inputs), `mesh.rs` (messages between shards), `hash.rs`,
+//! `ids.rs`, `limits.rs`, and the simulator (`sim.rs`).
 
 pub mod auth;
-pub(crate) mod conn;
-mod connect;
-pub(crate) mod deliver;
+pub mod delivery;
 mod dispatch;
 pub mod hash;
 pub mod ids;
 pub mod limits;
 pub mod mesh;
-pub(crate) mod outgoing;
 pub mod persist;
-mod persist_ack;
-mod persist_diff;
-mod persist_gate;
-mod persist_restore;
-mod persist_will;
-mod publish;
-mod refusal;
-pub(crate) mod replay;
-pub mod retained;
-pub mod route_index;
-pub(crate) mod session;
-mod session_index;
+pub mod routing;
+pub(crate) mod sessions;
 pub mod shard;
-pub(crate) mod shared;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod sim_tests;
-pub(crate) mod subscribe;
-mod timers;
-pub mod topic;
-pub mod trie;
-pub mod tx;
-pub mod tx_budget;

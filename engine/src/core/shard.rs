@@ -5,13 +5,13 @@
 //! then collects the outputs: bytes queued on connections ([`ShardCore::tx`]), actions
 //! ([`ShardCore::poll_action`]) and messages for other shards ([`ShardCore::drain_mesh_out`]).
 //!
-//! The behaviour is split by concept: `connect.rs` (CONNECT, takeover, sessions starting and
-//! ending, wills), `publish.rs` (inbound PUBLISH and its acknowledgements, routing, the
-//! retained store's replication), `deliver.rs` (fan-out to local sessions, encode-once,
-//! outbound windows and acknowledgements), `subscribe.rs` (SUBSCRIBE/UNSUBSCRIBE, routing
-//! deltas and the SUBACK gate), `timers.rs` (keep alive, expiry, will delay, `$SYS`),
-//! `dispatch.rs` (the inputs: packets by connection phase, decode errors, mesh messages).
-//! This file holds the state and the rest of the io-facing API.
+//! The behaviour is split by concept: `sessions/connect.rs` (CONNECT, takeover, sessions starting
+//! and ending, wills), `delivery/publish.rs` (inbound PUBLISH and its acknowledgements, routing,
+//! the retained store's replication), `delivery/deliver.rs` (fan-out to local sessions,
+//! encode-once, outbound windows and acknowledgements), `routing/subscribe.rs`
+//! (SUBSCRIBE/UNSUBSCRIBE, routing deltas and the SUBACK gate), `sessions/timers.rs` (keep alive,
+//! expiry, will delay, `$SYS`), `dispatch.rs` (the inputs: packets by connection phase, decode
+//! errors, mesh messages). This file holds the state and the rest of the io-facing API.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -23,26 +23,21 @@ use shardmq_codec::{encode, ByteStr, Disconnect, Packet, ProtocolVersion, Reason
 
 use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
-use crate::core::conn::{Conn, ConnTable, Phase};
-use crate::core::deliver::Fanout;
+use crate::core::delivery::deliver::Fanout;
+use crate::core::delivery::tx::TxQueue;
+use crate::core::delivery::tx_budget::TxBudget;
 use crate::core::hash::HashKeys;
-use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::limits::Limits;
 use crate::core::mesh::{MeshMsg, Message};
-use crate::core::retained::RetainedStore;
-use crate::core::route_index::RouteIndex;
-use crate::core::session::SessionTable;
-use crate::core::shared::SharedGroups;
-use crate::core::subscribe::{SubAckGate, SubOptions};
-use crate::core::topic::TopicLimits;
-use crate::core::trie::SubscriptionTrie;
-use crate::core::tx::TxQueue;
-use crate::core::tx_budget::TxBudget;
-
-/// A connection, unique on its shard for the life of the process (never reused).
-/// Shard-local: meaningful only on the shard that issued it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+use crate::core::routing::retained::RetainedStore;
+use crate::core::routing::route_index::RouteIndex;
+use crate::core::routing::shared::SharedGroups;
+use crate::core::routing::subscribe::{SubAckGate, SubOptions};
+use crate::core::routing::topic::TopicLimits;
+use crate::core::routing::trie::SubscriptionTrie;
+use crate::core::sessions::conn::{Conn, ConnTable, Phase};
+use crate::core::sessions::session::SessionTable;
 
 /// Read-only configuration every shard gets a copy of.
 #[derive(Debug, Clone)]
@@ -58,7 +53,7 @@ pub struct CoreConfig {
     pub stats: Arc<GlobalStats>,
     /// When the broker started (for `$SYS/broker/uptime` and message expiry).
     pub started_at: Instant,
-    /// Authentication and redirection (`auth.rs`).
+    /// Authentication and redirection (`auth/mod.rs`).
     pub auth: AuthConfig,
     /// Test-only fault injection: a PUBLISH to exactly this topic panics the shard, so the
     /// tests can check that a failing shard ends the process (`io::failfast`). Honoured in
@@ -94,7 +89,7 @@ pub struct ShardCounters {
     /// Connections asleep: no task, the socket in the shard's idle poller (written by the
     /// io layer, `io/idle.rs`).
     pub clients_sleeping: AtomicU64,
-    /// Connections marked slow consumers now (`tx_budget.rs`).
+    /// Connections marked slow consumers now (`delivery/tx_budget.rs`).
     pub clients_slow: AtomicU64,
     /// Bytes waiting in the shard's transmit queues now.
     pub tx_bytes_queued: AtomicU64,
@@ -175,27 +170,27 @@ pub struct ShardCore {
     pub(crate) routes: RouteIndex,
     /// Replica of the broker's retained messages.
     pub(crate) retained: RetainedStore<Arc<Message>>,
-    /// The shared-subscription groups this shard owns (`shared.rs`).
+    /// The shared-subscription groups this shard owns (`routing/shared.rs`).
     pub(crate) shared: SharedGroups,
     pub(crate) actions: VecDeque<IoAction>,
     pub(crate) mesh_out: Vec<(ShardId, MeshMsg)>,
     pub(crate) gate: SubAckGate,
     pub(crate) fanout: Fanout,
-    /// Retained messages still to send after SUBACKs (`replay.rs`).
-    pub(crate) replays: crate::core::replay::Replays,
+    /// Retained messages still to send after SUBACKs (`routing/replay.rs`).
+    pub(crate) replays: crate::core::routing::replay::Replays,
     pub(crate) stats: LocalStats,
     /// Counter for assigned client identifiers.
     pub(crate) assigned_ids: u64,
     pub(crate) next_scan_at: Option<Instant>,
     pub(crate) next_sys_at: Option<Instant>,
-    /// Persistence (`persist.rs`): `None` when everything stays in memory.
+    /// Persistence (`persist/mod.rs`): `None` when everything stays in memory.
     pub(crate) persist: Option<Box<crate::core::persist::Persist>>,
     /// Nonces of authentication exchanges.
     pub(crate) auth_rng: AuthRng,
     /// Plain-password checks: outcome cache and PBKDF2 budget (`auth/plain.rs`).
     pub(crate) password_checks: PasswordChecks,
     mesh_backlog: usize,
-    /// Queued outgoing bytes and the back-pressure they drive (`tx_budget.rs`).
+    /// Queued outgoing bytes and the back-pressure they drive (`delivery/tx_budget.rs`).
     pub(crate) tx_budget: Rc<TxBudget>,
     /// The pause state last told to the other shards (`MeshMsg::Pressure`).
     pressure_sent: bool,
@@ -321,7 +316,7 @@ impl ShardCore {
     /// True while this shard must take no PUBLISH from its clients: the io layer stops
     /// reading a socket whose next packet is a PUBLISH (TCP back-pressure), and keeps
     /// reading the others (acknowledgements, PINGREQ, …). Paused while this shard's queued
-    /// outgoing bytes are past their marks (`tx_budget.rs`), while another shard says the
+    /// outgoing bytes are past their marks (`delivery/tx_budget.rs`), while another shard says the
     /// same of its own (`MeshMsg::Pressure`: messages routed there would fill it), or while
     /// the io layer holds more than `mesh_outbox_messages_max` messages for full rings.
     pub fn publishing_paused(&self) -> bool {

@@ -18,10 +18,10 @@ use shardmq_codec::{
 };
 
 use crate::core::hash::{Map, Set};
-use crate::core::ids::ShardId;
+use crate::core::ids::{ConnId, ShardId};
 use crate::core::limits::Limits;
 use crate::core::mesh::MeshMsg;
-use crate::core::shard::{ConnId, CoreConfig, GlobalStats, IoAction, ShardCore};
+use crate::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
 
 #[path = "sim_persist.rs"]
 mod persist;

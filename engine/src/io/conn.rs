@@ -31,8 +31,9 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use shardmq_codec::{decode, encode, ConnAck, DecodeError, Packet, ProtocolVersion, ReasonCode};
 
+use crate::core::ids::ConnId;
 use crate::core::mesh::MeshMsg;
-use crate::core::shard::{ConnId, ShardCore};
+use crate::core::shard::ShardCore;
 
 use super::flush::{with_front_queue, write_out, Wrote, POKE_MISSES_MAX};
 use super::shard::{ConnSlot, PendingConn, ShardIo};
@@ -313,7 +314,7 @@ impl Driver {
     }
 
     /// True when the next packet in the buffer is a PUBLISH and the shard takes none now
-    /// (back-pressure, `core/tx_budget.rs`): it stays in the buffer and the socket is not
+    /// (back-pressure, `core/delivery/tx_budget.rs`): it stays in the buffer and the socket is not
     /// read until publishing resumes. Packets before it are handled; packets after it wait
     /// with it (TCP is one ordered stream).
     fn publish_held(&self) -> bool {
@@ -387,7 +388,7 @@ impl Driver {
         let closing = self.slot.close.get();
         if self.slot.blocked.get() || closing {
             let wrote = self.poll_write_all(cx);
-            // What went out may let paused publishers resume (`core/tx_budget.rs`).
+            // What went out may let paused publishers resume (`core/delivery/tx_budget.rs`).
             self.shard.relieve();
             match wrote {
                 Poll::Ready(Ok(())) => self.slot.blocked.set(false),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use glommio::timer::Timer;
 
-use crate::core::tx::TxQueue;
+use crate::core::delivery::tx::TxQueue;
 
 use super::shard::{ConnSlot, ShardIo};
 use super::signal::WakerSlot;
@@ -206,7 +206,7 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
             let Some(slot) = q.pop() else { break };
             flush_one(&shard, &slot);
         }
-        // What went out may let paused publishers resume (`core/tx_budget.rs`).
+        // What went out may let paused publishers resume (`core/delivery/tx_budget.rs`).
         shard.relieve();
         if !q.fifo.borrow().is_empty() {
             // Read what publishers sent meanwhile, so it is queued before the rest of the

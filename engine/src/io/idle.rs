@@ -50,7 +50,7 @@ use futures_lite::AsyncRead;
 use glommio::net::{TcpStream, UnixStream};
 use glommio::timer::Timer;
 
-use crate::core::shard::ConnId;
+use crate::core::ids::ConnId;
 
 use super::shard::{ConnSlot, ShardIo};
 use super::signal::WakerSlot;

@@ -10,7 +10,7 @@
 //!
 //! Disk use: past three quarters of the shard's cap the core refuses every new message
 //! record — QoS 1/2 PUBLISHes, copies for persistent sessions routed from other shards,
-//! retained messages (`core/persist_ack.rs`); the rest is headroom for the records that
+//! retained messages (`core/persist/ack.rs`); the rest is headroom for the records that
 //! shrink the log: acknowledgements, releases, session ends, retained clears. Past the soft
 //! cap with nothing to compact, the active segment is sealed so that compaction can fold
 //! what was appended to it. A batch refused at the cap itself is kept and retried, in

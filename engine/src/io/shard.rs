@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::core::ids::ShardId;
+use crate::core::ids::{ConnId, ShardId};
 use crate::core::mesh::MeshMsg;
-use crate::core::shard::{ConnId, IoAction, ShardCore};
+use crate::core::shard::{IoAction, ShardCore};
 
 use super::flush::{FlushQueue, PendingTx};
 use super::idle::IdlePoller;

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use shardmq_codec::{Auth, ByteStr, ConnAck, Connect, Packet, Properties, ReasonCode};
 
 use super::{AuthStep, ConnAuth};
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::ids::ConnId;
+use crate::core::shard::{CloseKind, ShardCore};
 
 /// The Authentication Method and final Authentication Data a successful CONNACK carries
 /// [MQTT-4.12.0-5].

@@ -11,9 +11,9 @@ use shardmq_codec::{
 use crate::core::auth::scram::{ScramClient, METHOD};
 use crate::core::auth::users::{Credential, UserDb};
 use crate::core::auth::{AuthConfig, Redirect};
-use crate::core::ids::ShardId;
+use crate::core::ids::{ConnId, ShardId};
 use crate::core::limits::Limits;
-use crate::core::shard::{ConnId, CoreConfig, GlobalStats, IoAction, ShardCore};
+use crate::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
 
 fn users() -> UserDb {
     let mut db = UserDb::default();

@@ -93,7 +93,7 @@ fn a_pubrec_that_failed_while_the_client_was_away_fails_again_on_resend() {
         sim.send(p, &Packet::Publish(publish.clone()));
         sim.run();
         // On the publisher's shard nothing leaves before the record is durable (on another
-        // shard a clean session gets it at once: `persist_gate.rs`).
+        // shard a clean session gets it at once: `persist/gate.rs`).
         let early = sim.clients[s].take_payloads();
         assert_eq!(early.is_empty(), n == 1, "n {n}: sent before durable: {early:?}");
         sim.drop_conn(p);
@@ -146,7 +146,7 @@ fn a_copy_for_a_persistent_session_on_a_full_shard_is_refused_with_0x97() {
             [ReasonCode::QUOTA_EXCEEDED]
         );
         // Decided before any copy was sent there: the clean subscriber on the full shard
-        // does not get the refused message either (`refusal.rs`).
+        // does not get the refused message either (`delivery/refusal.rs`).
         assert_eq!(sim.clients[live].take_payloads(), ["qos0"]);
 
         sim.shards[full].set_log_full(false);

@@ -10,7 +10,7 @@
 //! is routed to the new subscription.
 //!
 //! With persistence, the SUBACK and UNSUBACK of a persistent session also wait until the
-//! batch holding the subscription records is durable (`persist.rs`): a client told
+//! batch holding the subscription records is durable (`persist/mod.rs`): a client told
 //! "subscribed" finds the subscription again after a crash when the broker answers
 //! Session Present = 1 (5.0 §3.2.2.1.1, [MQTT-3.2.2-3]). They wait in the same queue, so a
 //! session's SUBACKs and UNSUBACKs leave in the order of its requests.
@@ -26,12 +26,11 @@ use shardmq_codec::{
     Unsubscribe,
 };
 
-use crate::core::ids::{SessionSlot, ShardId};
-use crate::core::mesh::{MeshMsg, Message};
-use crate::core::outgoing::is_expired;
-use crate::core::replay::Replay;
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
-use crate::core::shared::{is_shared, is_valid_shared};
+use crate::core::ids::{ConnId, SessionSlot, ShardId};
+use crate::core::mesh::{is_expired, MeshMsg, Message};
+use crate::core::routing::replay::Replay;
+use crate::core::routing::shared::{is_shared, is_valid_shared};
+use crate::core::shard::{CloseKind, ShardCore};
 
 /// A subscription as the shard's trie holds it: the SUBSCRIBE options and the 5.0
 /// Subscription Identifier, carried on every message the subscription matches
@@ -51,7 +50,7 @@ struct PendingSubAck {
     slot: SessionSlot,
     /// Every peer must have acked this sequence number.
     wait_seq: u64,
-    /// `SharedJoinAck`s still awaited from shared groups' owners (`shared.rs`).
+    /// `SharedJoinAck`s still awaited from shared groups' owners (`routing/shared.rs`).
     joins_waiting: u32,
     /// Names this SUBACK in those acks.
     token: u64,
@@ -118,7 +117,7 @@ impl ShardCore {
         let mut joins_waiting = 0u32;
         for (filter, opts) in sub.filters {
             let entry = SubOptions { opts, id: sub_id };
-            // Shared subscriptions (`shared.rs`) live with their group's owner, not in this
+            // Shared subscriptions (`routing/shared.rs`) live with their group's owner, not in this
             // shard's trie, and get no retained messages (5.0 §4.8.2).
             let shared = is_shared(&filter);
             let reason = if (shared && !is_valid_shared(&filter))
@@ -316,8 +315,8 @@ impl ShardCore {
             debug_assert!(p.joins_waiting > 0, "more join acks than joins");
             p.joins_waiting = p.joins_waiting.saturating_sub(1);
         } else {
-            // Recovery's joins (`persist_restore.rs`) have no SUBACK waiting.
-            let restored = token == crate::core::persist_restore::RESTORED_JOIN_TOKEN;
+            // Recovery's joins (`persist/restore.rs`) have no SUBACK waiting.
+            let restored = token == RESTORED_JOIN_TOKEN;
             debug_assert!(restored, "join ack {token} for no pending SUBACK");
         }
         self.release_subacks(now);
@@ -358,7 +357,7 @@ impl ShardCore {
                 self.retained.clear(&msg.topic);
             }
         }
-        // Paced by what the connection drains, not cut off at its bounds (`replay.rs`).
+        // Paced by what the connection drains, not cut off at its bounds (`routing/replay.rs`).
         let found = found
             .into_iter()
             .map(|(msg, entry)| Replay { msg, qos: entry.opts.qos, sub_id: entry.id })
@@ -366,3 +365,6 @@ impl ShardCore {
         self.start_replay(slot, found, now);
     }
 }
+
+/// The token of `SharedJoin`s sent by recovery: no SUBACK waits for their acknowledgement.
+pub(crate) const RESTORED_JOIN_TOKEN: u64 = 0;

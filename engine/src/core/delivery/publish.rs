@@ -19,11 +19,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardmq_codec::{ByteStr, Packet, PacketId, Publish, QoS, ReasonCode};
 
-use crate::core::deliver::pub_resp;
-use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::delivery::deliver::pub_resp;
+use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message, Origin};
 use crate::core::persist::{Ack, AckKind};
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::shard::{CloseKind, ShardCore};
 use crate::log::record::{Qos2Received, Qos2Released};
 use crate::log::Record;
 
@@ -110,13 +110,13 @@ impl ShardCore {
             // The retained store (5.0) or the owner's log cannot keep it: refuse it rather
             // than acknowledge what is not kept (0x97 Quota exceeded; 3.1.1 disconnects,
             // for the log only). QoS 0 goes on; its retained copy is dropped, counted,
-            // warned (`refusal.rs`).
+            // warned (`delivery/refusal.rs`).
             self.stats.messages_dropped += 1;
             let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
         }
         // A persistent publisher's QoS 2 message: logged as received only with every copy
-        // of it (`persist_gate.rs`), and sent to nobody here before that is durable.
+        // of it (`persist/gate.rs`), and sent to nobody here before that is durable.
         let mut gate = false;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
             let s = self.sessions.get_mut(slot);
@@ -146,7 +146,7 @@ impl ShardCore {
             if self.take_copy_refused() {
                 // A local persistent session could not keep its copy (the log is past its
                 // soft cap, or its queue is full under the `refuse` policy): decided before
-                // any copy was sent or routed (`refusal.rs`), and answered 0x97.
+                // any copy was sent or routed (`delivery/refusal.rs`), and answered 0x97.
                 debug_assert_eq!(self.mesh_out.len(), mark, "a refused message was routed");
                 let kind =
                     if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
@@ -207,7 +207,7 @@ impl ShardCore {
     /// The one place inbound PUBLISH acknowledgements (PUBACK, PUBREC) are emitted. With
     /// persistence they are held until the message's log records, and the copies of the
     /// shards in `remote`, are durable, and leave in the order they were produced, which is
-    /// packet-id order per connection [MQTT-4.6.0-2] [MQTT-4.6.0-3] (`persist.rs`).
+    /// packet-id order per connection [MQTT-4.6.0-2] [MQTT-4.6.0-3] (`persist/mod.rs`).
     fn ack_publish(
         &mut self,
         conn: ConnId,
@@ -273,7 +273,7 @@ impl ShardCore {
     ///
     /// This shard's subscribers come first: when the publisher waits for the answer and a
     /// local copy cannot be kept, the message is refused before anything else happens, so
-    /// it reaches nobody (`refusal.rs`).
+    /// it reaches nobody (`delivery/refusal.rs`).
     pub(crate) fn route_message(&mut self, msg: Arc<Message>, now: Instant) {
         let shards = self.routes.shards_for(&msg.topic);
         if shards.contains(self.shard) {
@@ -286,7 +286,7 @@ impl ShardCore {
             if self.message_refused() {
                 // A shared group's member here could not keep its copy (chosen after the
                 // check of `deliver_local`): no retained update, nothing routed on. Local
-                // subscribers may already have it (`refusal.rs`).
+                // subscribers may already have it (`delivery/refusal.rs`).
                 return;
             }
         }
@@ -332,7 +332,7 @@ impl ShardCore {
         if let Some(m) = msg.as_ref().filter(|_| self.log_full() && !is_sys_topic(&topic)) {
             // The log is past its soft cap: a new retained message is not stored (the rest
             // of the cap is for records that free space; clearing one is still accepted).
-            // QoS 1/2: the publisher gets 0x97 (`persist_ack.rs`); QoS 0: dropped, counted.
+            // QoS 1/2: the publisher gets 0x97 (`persist/ack.rs`); QoS 0: dropped, counted.
             self.stats.messages_dropped += 1;
             if m.qos == QoS::AtMostOnce {
                 let shard = self.shard;
@@ -344,7 +344,7 @@ impl ShardCore {
         }
         if !self.apply_retained(topic.clone(), msg.clone()) {
             // The store is full (`retained_bytes_max`, `retained_messages_max`): a QoS 1/2
-            // publisher was refused before routing (`refusal.rs`) unless an update of
+            // publisher was refused before routing (`delivery/refusal.rs`) unless an update of
             // another topic raced with it; a QoS 0 one is not told.
             let n = self.retained.refusals();
             if n.is_power_of_two() {

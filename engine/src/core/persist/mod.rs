@@ -9,9 +9,9 @@
 //!
 //! Where records come from:
 //! - session lifecycle, subscriptions, inbound QoS 2 state and retained messages are emitted
-//!   when they happen (`persist_connect`, `persist_subscriptions`, `publish.rs`);
+//!   when they happen (`persist_connect`, `persist_subscriptions`, `delivery/publish.rs`);
 //! - a persistent session's queue and in-flight window are compared with what the log
-//!   already knows ([`SessionLog`], `persist_diff.rs`) when the batch is cut: every session
+//!   already knows ([`SessionLog`], `persist/diff.rs`) when the batch is cut: every session
 //!   touched since the last batch is visited, so the fan-out code needs no hooks, and QoS 0 and
 //!   clean sessions cost nothing.
 //!
@@ -21,11 +21,17 @@
 //! routed to other shards also waits for each of them to report its own copy durable
 //! (`MeshMsg::DurableReq` / `DurableAck`): an acknowledged message survives `kill -9` and is
 //! delivered to every persistent session that matched it, on any shard — including a shared
-//! subscription's member on a third shard (the chained round trip of `persist_ack.rs`).
+//! subscription's member on a third shard (the chained round trip of `persist/ack.rs`).
 //! A persistent session's SUBACK and UNSUBACK wait for the batch holding its subscription
-//! records in the same way (`subscribe.rs`); CONNACK does not (see ARCHITECTURE.md).
+//! records in the same way (`routing/subscribe.rs`); CONNACK does not (see ARCHITECTURE.md).
 //!
 //! Shard-local: one [`Persist`] per shard, owned by its core.
+
+mod ack;
+pub(super) mod diff;
+mod gate;
+pub(super) mod restore;
+mod will;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -37,9 +43,9 @@ use shardmq_codec::{encode, ByteStr, Packet, Properties, ProtocolVersion, Publis
 use crate::core::hash::Map;
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::Message;
-use crate::core::session::{Session, SessionTable};
+use crate::core::routing::subscribe::SubOptions;
+use crate::core::sessions::session::{Session, SessionTable};
 use crate::core::shard::ShardCore;
-use crate::core::subscribe::SubOptions;
 use crate::log::ack::AckQueue;
 use crate::log::record::{
     MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SubscriptionAdded,
@@ -48,9 +54,9 @@ use crate::log::record::{
 use crate::log::state::SubscriptionState;
 use crate::log::Record;
 
-pub(crate) use crate::core::persist_ack::{Ack, AckKind};
-use crate::core::persist_ack::{ChainedReply, HeldAck};
-pub(crate) use crate::core::persist_diff::SessionLog;
+pub(crate) use crate::core::persist::ack::{Ack, AckKind};
+use crate::core::persist::ack::{ChainedReply, HeldAck};
+pub(crate) use crate::core::persist::diff::SessionLog;
 
 /// One batch of records for the io layer to append, numbered by `ticket`. It may be empty:
 /// then it stands for "everything appended so far" (something waits for that).
@@ -102,7 +108,7 @@ pub(crate) struct Persist {
     /// A publisher waits for the answer about the message being routed (a client's QoS 1/2
     /// PUBLISH here, or a peer's routed message, whose `DurableReq` follows): a copy that
     /// cannot be kept then fails the whole message before any copy is sent on this shard
-    /// (`refusal.rs`).
+    /// (`delivery/refusal.rs`).
     pub(crate) answering: bool,
     /// Per peer: a copy of a message it routed here was refused since its last
     /// `DurableReq`, which is then answered `ok: false` at once.
@@ -135,8 +141,8 @@ pub(crate) struct Persist {
     wall_start_ms: u64,
     /// `CoreConfig::started_at`.
     started_at: Instant,
-    /// Sends held until their records are durable (`persist_gate.rs`).
-    pub(crate) gates: crate::core::persist_gate::Gates,
+    /// Sends held until their records are durable (`persist/gate.rs`).
+    pub(crate) gates: crate::core::persist::gate::Gates,
 }
 
 impl Persist {
@@ -233,7 +239,7 @@ impl Persist {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
         let received_at_unix_ms = self.wall_ms_at(self.started_at).map_or(0, |start_ms| {
-            // The message's age counts across restarts (`persist_restore.rs`).
+            // The message's age counts across restarts (`persist/restore.rs`).
             start_ms + msg.received_at_ms
         });
         let rec = stored_record(id, msg, qos, retain, received_at_unix_ms);
@@ -399,7 +405,7 @@ impl ShardCore {
         let mut dirty = self.sessions.take_dirty();
         for &slot in &dirty {
             if let Some(s) = self.sessions.try_get_log(slot) {
-                crate::core::persist_diff::diff_session(p, s);
+                crate::core::persist::diff::diff_session(p, s);
             }
         }
         dirty.clear();

@@ -18,12 +18,13 @@
 //!
 //! A queued message delivered for a shared subscription keeps its group, so it goes back to
 //! the group if the member leaves. A logged will becomes a delayed will again
-//! (`persist_will.rs`). What the log does not keep: the Subscription Identifiers of queued
+//! (`persist/will.rs`). What the log does not keep: the Subscription Identifiers of queued
 //! messages (rebuilt from the session's subscriptions).
 //!
 //! Shard-local.
 
 use crate::core::hash::{KeyedState, Map};
+use crate::core::routing::subscribe::{SubOptions, RESTORED_JOIN_TOKEN};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,18 +36,14 @@ use shardmq_codec::{
 
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::{Message, Origin};
-use crate::core::persist_diff::{LoggedInflight, QEntry, SessionLog};
-use crate::core::session::{Awaiting, Inflight, Queued, Session};
+use crate::core::persist::diff::{LoggedInflight, QEntry, SessionLog};
+use crate::core::routing::shared::is_shared;
+use crate::core::routing::topic::filter_matches;
+use crate::core::sessions::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::{ShardCore, SCAN_INTERVAL};
-use crate::core::shared::is_shared;
-use crate::core::subscribe::SubOptions;
-use crate::core::topic::filter_matches;
 use crate::log::record::{MessageStored, SessionEnded};
 use crate::log::state::{LogState, SessionState};
 use crate::log::Record;
-
-/// The token of `SharedJoin`s sent by recovery: no SUBACK waits for their acknowledgement.
-pub(crate) const RESTORED_JOIN_TOKEN: u64 = 0;
 
 /// What recovery rebuilt (for the start-up log line).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -233,7 +230,7 @@ fn restore_session(
     }
     s.plog = Some(Box::new(log));
     if let Some(w) = &ss.will {
-        crate::core::persist_will::restore_will(&mut s, w, now);
+        crate::core::persist::will::restore_will(&mut s, w, now);
     }
     for (q, msg_id, ptr) in queued {
         s.restore_queued(q, QEntry::Logged { msg_id, ptr });

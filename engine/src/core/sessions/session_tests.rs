@@ -1,4 +1,4 @@
-//! Unit tests of `session.rs`.
+//! Unit tests of `sessions/session.rs`.
 
 use super::*;
 use bytes::Bytes;

@@ -11,15 +11,13 @@ use std::time::Instant;
 
 use shardmq_codec::{ByteStr, PacketId, QoS, Will};
 
-use crate::core::ids::SessionSlot;
+use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::limits::{Limits, QueueFullPolicy};
-use crate::core::mesh::Message;
-use crate::core::outgoing::is_expired;
-use crate::core::persist_diff::{QEntry, SessionLog};
-use crate::core::replay::Replay;
-use crate::core::session_index::SlotIndex;
-use crate::core::shard::ConnId;
-use crate::core::subscribe::SubOptions;
+use crate::core::mesh::{is_expired, Message};
+use crate::core::persist::diff::{QEntry, SessionLog};
+use crate::core::routing::replay::Replay;
+use crate::core::routing::subscribe::SubOptions;
+use crate::core::sessions::index::SlotIndex;
 
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow: the packet it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +31,7 @@ pub(crate) enum Awaiting {
     PubComp,
     /// In the window (packet id taken, `Delivered` logged for a persistent session), the
     /// PUBLISH not sent yet: it leaves once the batch `ticket` is durable
-    /// (`persist_gate.rs`).
+    /// (`persist/gate.rs`).
     Unsent { ticket: u64 },
 }
 
@@ -50,7 +48,7 @@ pub(crate) struct Inflight {
     pub(crate) sub_ids: Box<[u32]>,
     pub(crate) state: Awaiting,
     /// The shared subscription (`$share/{group}/{filter}`) it was delivered for, if any: a
-    /// session that ends hands such messages back to the group (`shared.rs`).
+    /// session that ends hands such messages back to the group (`routing/shared.rs`).
     pub(crate) group: Option<ByteStr>,
 }
 
@@ -104,7 +102,7 @@ struct Backlog {
     /// A will waiting for its delay after the connection ended.
     pending_will: Option<PendingWill>,
     /// Retained messages still to send after a SUBACK, paced by the connection
-    /// (`replay.rs`).
+    /// (`routing/replay.rs`).
     replay: VecDeque<Replay>,
 }
 
@@ -126,8 +124,8 @@ static NO_REPLAY: VecDeque<Replay> = VecDeque::new();
 /// One session. Shard-local: lives on its client id's home shard.
 ///
 /// One sits in a session table slot per client, connected or not, so its size counts for
-/// every idle connection (`conn.rs` pins it in a test): what only outstanding messages or a
-/// delayed will need is in the [`Backlog`], reached through accessors.
+/// every idle connection (`sessions/conn.rs` pins it in a test): what only outstanding messages or
+/// a delayed will need is in the [`Backlog`], reached through accessors.
 #[derive(Debug)]
 pub(crate) struct Session {
     /// Owned and exactly sized: a slice of the CONNECT read buffer would keep that whole
@@ -154,7 +152,7 @@ pub(crate) struct Session {
     pub(crate) fanout_epoch: u64,
     pub(crate) fanout_index: u32,
     /// What the log knows about this session: `Some` while it is persistent and the broker
-    /// persists (`persist.rs`).
+    /// persists (`persist/mod.rs`).
     pub(crate) plog: Option<Box<SessionLog>>,
 }
 
@@ -205,7 +203,7 @@ impl Session {
         self.backlog.as_deref().map_or(&NO_QUEUE, |b| &b.queue)
     }
 
-    /// Retained messages still to send after a SUBACK (`replay.rs`).
+    /// Retained messages still to send after a SUBACK (`routing/replay.rs`).
     pub(crate) fn replay(&self) -> &VecDeque<Replay> {
         self.backlog.as_deref().map_or(&NO_REPLAY, |b| &b.replay)
     }
@@ -263,7 +261,7 @@ impl Session {
     }
 
     /// True if the window ends with entries whose PUBLISH waits for durability
-    /// (`persist_gate.rs`): later messages must wait behind them.
+    /// (`persist/gate.rs`): later messages must wait behind them.
     pub(crate) fn has_unsent(&self) -> bool {
         self.inflight().back().is_some_and(|i| matches!(i.state, Awaiting::Unsent { .. }))
     }
@@ -569,7 +567,7 @@ fn client_id_of(slots: &[Option<Session>], i: u32) -> &str {
 }
 
 /// Every mutable borrow of a persistent session may change what the log must know: the
-/// session is visited when the next log batch is cut (`persist_diff.rs`). Other sessions cost
+/// session is visited when the next log batch is cut (`persist/diff.rs`). Other sessions cost
 /// one branch.
 fn mark_dirty(dirty: &mut Vec<SessionSlot>, slot: SessionSlot, s: &mut Session) {
     if let Some(log) = s.plog.as_deref_mut() {

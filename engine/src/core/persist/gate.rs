@@ -19,13 +19,13 @@
 //! is durable ([`ShardCore::release_gates`]) the frames leave in window order; an entry
 //! whose batch failed is dropped. Order per session is kept: while a session has unsent
 //! entries every later QoS 1/2 message joins them and QoS 0 waits in the session queue
-//! (`deliver.rs`).
+//! (`delivery/deliver.rs`).
 //!
 //! `Qos2Received` is what makes a resend a duplicate after a crash, so it must never be
 //! durable before every copy is (a copy lost with it is a message acknowledged and never
 //! delivered: the outside test of issue 10 lost 18 that way). With copies only on this
 //! shard it is in the same batch as they are (atomic). With copies on other shards it is
-//! logged once they all reported them durable (`hold_qos2_commit`, `persist_ack.rs`), and
+//! logged once they all reported them durable (`hold_qos2_commit`, `persist/ack.rs`), and
 //! the PUBREC waits for it. A crash between the two leaves copies without the record: the
 //! resend is routed again, a duplicate (ARCHITECTURE.md, "Known window").
 //!
@@ -33,7 +33,7 @@
 //! at once, and a retained rule-2 message is visible to new subscriptions before it is
 //! durable.
 //!
-//! Shard-local: one [`Gates`] per shard, in its [`Persist`](super::persist::Persist).
+//! Shard-local: one [`Gates`] per shard, in its [`Persist`](crate::core::persist::Persist).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -43,11 +43,11 @@ use std::time::Instant;
 
 use shardmq_codec::QoS;
 
+use crate::core::delivery::outgoing::{send_custom, OutPublish};
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
-use crate::core::outgoing::{send_custom, OutPublish};
 use crate::core::persist::Persist;
-use crate::core::session::{Awaiting, Inflight, Queued, Session};
+use crate::core::sessions::session::{Awaiting, Inflight, Queued, Session};
 use crate::core::shard::ShardCore;
 
 /// Held sends of one shard. Shard-local.

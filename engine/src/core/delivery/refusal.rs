@@ -6,7 +6,7 @@
 //!   clean sessions and topics nobody persistent subscribes to keep flowing);
 //! - a copy for a persistent session whose queue is full, under
 //!   `session_queue_full = "refuse"` (the default policies drop for that session only,
-//!   `deliver.rs`);
+//!   `delivery/deliver.rs`);
 //! - a new retained message the retained store cannot take (`retained_bytes_max`,
 //!   `retained_messages_max`), or whose topic's owner is this shard and its log is past its
 //!   soft cap.
@@ -15,7 +15,7 @@
 //! its retained store before routing: a refused message reaches nobody. A shard the
 //! message was routed to decides for its own subscribers before sending any copy: if one
 //! copy would be refused, none is sent there, and its `DurableAck` fails the PUBLISH
-//! (`persist_ack.rs`). What cannot be made atomic without a round trip before every
+//! (`persist/ack.rs`). What cannot be made atomic without a round trip before every
 //! delivery: subscribers on the publisher's shard and on other shards may already have the
 //! message when a third shard refuses it. See README "Persistence" for the bound.
 //!
@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use shardmq_codec::QoS;
 
-use crate::core::deliver::window;
+use crate::core::delivery::deliver::window;
+use crate::core::delivery::publish::is_sys_topic;
 use crate::core::ids::SessionSlot;
 use crate::core::limits::QueueFullPolicy;
 use crate::core::mesh::Message;
-use crate::core::publish::is_sys_topic;
 use crate::core::shard::ShardCore;
 
 impl ShardCore {

@@ -1,4 +1,4 @@
-//! Acknowledgements held until durable (see the [`persist`](super::persist) module): the
+//! Acknowledgements held until durable (see the [`persist`](crate::core::persist) module): the
 //! PUBACK/PUBREC/PUBCOMP queue of a shard, the durability round trips with other shards
 //! (`MeshMsg::DurableReq`/`DurableAck`), and the answers when the log cannot take a message.
 //!
@@ -9,7 +9,7 @@
 //! shard's replies never wait behind its clients' acknowledgements, which wait for other
 //! shards' replies: no cycle between shards.
 //!
-//! The second hop of shared subscriptions (`shared.rs`): a publisher's shard sends
+//! The second hop of shared subscriptions (`routing/shared.rs`): a publisher's shard sends
 //! *chained* requests. A shard that forwarded QoS 1/2 messages to members on other shards
 //! answers a chained request only once *plain* requests it sent behind those forwards are
 //! answered too. Chained answers wait only for plain ones, and plain ones only for their
@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use shardmq_codec::{Packet, PacketId, QoS, ReasonCode};
 
-use crate::core::deliver::pub_resp;
-use crate::core::ids::{SessionSlot, ShardId};
+use crate::core::delivery::deliver::pub_resp;
+use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::MeshMsg;
 use crate::core::persist::Persist;
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::shard::{CloseKind, ShardCore};
 use crate::log::LogSeq;
 
 /// Which acknowledgement a held entry sends.
@@ -110,7 +110,7 @@ pub(crate) struct HeldAck {
     /// Refused before anything was stored (the log is full): send the failure reason.
     pub(crate) refused: bool,
     /// A PUBREC whose `Qos2Received` is logged only once every copy is durable
-    /// (`persist_gate.rs`): then it waits for that record's batch.
+    /// (`persist/gate.rs`): then it waits for that record's batch.
     pub(crate) commit: bool,
 }
 
@@ -176,7 +176,7 @@ impl ShardCore {
 
     /// Holds the PUBREC of a persistent publisher's QoS 2 message routed to other shards:
     /// once the batch being built and `remote` copies are durable, `Qos2Received` is logged
-    /// and the PUBREC waits for it too (`persist_gate.rs`).
+    /// and the PUBREC waits for it too (`persist/gate.rs`).
     pub(crate) fn hold_qos2_commit(&mut self, ack: Ack, remote: Vec<(ShardId, u64)>) {
         let p = self.persist.as_deref_mut().expect("only with persistence");
         let ticket = p.next_ticket();
@@ -184,7 +184,7 @@ impl ShardCore {
     }
 
     /// Takes the flag telling that a QoS 1/2 copy for a persistent session was refused
-    /// (`deliver.rs`) since it was last taken.
+    /// (`delivery/deliver.rs`) since it was last taken.
     pub(crate) fn take_copy_refused(&mut self) -> bool {
         self.persist.as_deref_mut().is_some_and(|p| std::mem::take(&mut p.copy_refused))
     }

@@ -1,6 +1,6 @@
 //! The shard's budget for queued outgoing bytes, and the back-pressure it drives.
 //!
-//! Every connection's [`TxQueue`](crate::core::tx::TxQueue) reports what it holds to its
+//! Every connection's [`TxQueue`](crate::core::delivery::tx::TxQueue) reports what it holds to its
 //! shard's [`TxBudget`]. Two marks make the shard stop taking PUBLISH packets from its
 //! clients (the io layer stops reading a socket whose next packet is a PUBLISH, so TCP pushes
 //! back on the publisher), with hysteresis:
@@ -22,7 +22,7 @@
 //! It stops being slow once its queue is empty at a scan.
 //!
 //! Owned bytes (coalesced frames and headers) count as they are. A large payload shared by
-//! several queues (`tx.rs`) counts once towards the shard (its memory is one allocation)
+//! several queues (`delivery/tx.rs`) counts once towards the shard (its memory is one allocation)
 //! and a fixed 64 bytes towards each connection's marks, so a big message to many
 //! subscribers neither pauses publishers nor is dropped as if each copy were its own.
 //!
@@ -209,7 +209,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::tx::{SlowChange, TxQueue};
+    use crate::core::delivery::tx::{SlowChange, TxQueue};
 
     /// Marks small enough to reach with a few frames: pause a connection at 1000 bytes
     /// (resume at 250), hard bound 4000, shard pause at 8000 (resume at 4000).
@@ -422,6 +422,6 @@ mod tests {
         let mut iov = [std::io::IoSlice::new(&[]); 8];
         let n = q.io_slices(&mut iov);
         assert!(n >= 3, "210,000 bytes are several sealed chunks, not one buffer: {n}");
-        assert!(iov[0].len() <= crate::core::tx::TAIL_SEAL_BYTES + 70);
+        assert!(iov[0].len() <= crate::core::delivery::tx::TAIL_SEAL_BYTES + 70);
     }
 }

@@ -17,7 +17,7 @@
 use crate::core::hash::Map;
 use std::hash::Hash;
 
-use crate::core::topic::{
+use crate::core::routing::topic::{
     is_dollar_topic, split_first_level, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD,
 };
 
@@ -32,7 +32,7 @@ const INDEX_THRESHOLD: usize = 16;
 ///
 /// Shard-local: one per shard (and one inside each shard's [`RouteIndex`] replica).
 ///
-/// [`RouteIndex`]: crate::core::route_index::RouteIndex
+/// [`RouteIndex`]: crate::core::routing::route_index::RouteIndex
 #[derive(Debug)]
 pub struct SubscriptionTrie<K, V> {
     root: Node<K, V>,
@@ -386,8 +386,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::topic::filter_matches;
-    use crate::core::topic::strategies::{filter_strategy, topic_strategy};
+    use crate::core::routing::topic::filter_matches;
+    use crate::core::routing::topic::strategies::{filter_strategy, topic_strategy};
 
     /// Every `(key, filter)` the trie matches for `topic`, sorted.
     fn matches(trie: &SubscriptionTrie<u32, u32>, topic: &str) -> BTreeSet<(u32, String)> {

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode};
 
-use crate::core::conn::{Conn, Phase};
-use crate::core::ids::SessionSlot;
+use crate::core::delivery::outgoing::{push_frame, send_custom, LayoutCache, OutPublish};
+use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::limits::Limits;
-use crate::core::mesh::Message;
-use crate::core::outgoing::{is_expired, push_frame, send_custom, LayoutCache, OutPublish};
-use crate::core::session::{Awaiting, Inflight, Queued, Session, SessionTable};
-use crate::core::shard::{encode_onto, ConnId, IoAction, LocalStats, ShardCore};
+use crate::core::mesh::{is_expired, Message};
+use crate::core::sessions::conn::{Conn, Phase};
+use crate::core::sessions::session::{Awaiting, Inflight, Queued, Session, SessionTable};
+use crate::core::shard::{encode_onto, IoAction, LocalStats, ShardCore};
 
 /// One session matched by the message being fanned out (overlapping subscriptions
 /// collapsed: the highest QoS [MQTT-3.3.4-2], one copy [MQTT-3.3.5-1], every matching
@@ -135,11 +135,11 @@ impl ShardCore {
         let c = conns.get_mut(conn).expect("online session without its connection");
         let v5 = c.is_v5();
         if v5 && (c.client_topic_alias_max > 0 || !m.sub_ids.is_empty()) {
-            // Encoded per connection (`outgoing.rs`).
+            // Encoded per connection (`delivery/outgoing.rs`).
             return false;
         }
         if c.tx.drops_qos0() {
-            // A slow consumer, or the shard past its hard bound (`tx_budget.rs`): QoS 0 is
+            // A slow consumer, or the shard past its hard bound (`delivery/tx_budget.rs`): QoS 0 is
             // dropped rather than queued without bound.
             stats.messages_dropped += 1;
             return true;
@@ -180,7 +180,7 @@ impl ShardCore {
         let s = sessions.get_mut(slot);
         // A QoS 1/2 copy for a persistent session is logged. When the log is past its soft
         // cap, or the session's queue is full, it is refused, and the publisher is told
-        // (0x97): it was not acknowledged for a copy that is not kept (`persist_ack.rs`).
+        // (0x97): it was not acknowledged for a copy that is not kept (`persist/ack.rs`).
         let logged = qos != QoS::AtMostOnce && s.plog.is_some();
         let log_full = persist.as_deref().is_some_and(|p| p.full);
         let mut refuse = |stats: &mut LocalStats| {
@@ -219,7 +219,7 @@ impl ShardCore {
         }
         if let Some(p) = persist.as_deref_mut() {
             if let Some(ticket) = p.gate_for(s, msg, qos) {
-                // Sent once its records are durable (`persist_gate.rs`).
+                // Sent once its records are durable (`persist/gate.rs`).
                 return p.push_unsent(slot, s, queued(), ticket);
             }
         }
@@ -295,7 +295,7 @@ impl ShardCore {
                 return;
             }
             if front.qos == QoS::AtMostOnce && s.has_unsent() {
-                // Behind PUBLISHes waiting for durability (`persist_gate.rs`).
+                // Behind PUBLISHes waiting for durability (`persist/gate.rs`).
                 return;
             }
             let ticket = persist.as_deref_mut().and_then(|p| p.gate_for(s, &front.msg, front.qos));
@@ -307,7 +307,7 @@ impl ShardCore {
             send_queued(s, c, conn, q, stats, actions, now_ms);
         }
         if !s.replay().is_empty() {
-            // Retained messages after a SUBACK, paced by the window (`replay.rs`).
+            // Retained messages after a SUBACK, paced by the window (`routing/replay.rs`).
             self.poll_replay(slot, now_ms);
         }
     }
@@ -344,7 +344,7 @@ impl ShardCore {
                         stats.messages_sent += 1;
                     }
                 }
-                // Sent once durable (`persist_gate.rs`), behind the resent ones.
+                // Sent once durable (`persist/gate.rs`), behind the resent ones.
                 Awaiting::Unsent { .. } => {}
                 Awaiting::PubComp if hold_pubrels => held_pubrels.push(i.packet_id),
                 Awaiting::PubComp => {
@@ -526,8 +526,8 @@ mod tests {
     use shardmq_codec::{Properties, Publish};
 
     use super::*;
+    use crate::core::delivery::tx::COALESCE_MAX_BYTES;
     use crate::core::sim::{ConnectOpts, Sim};
-    use crate::core::tx::COALESCE_MAX_BYTES;
 
     const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
     const V5: ProtocolVersion = ProtocolVersion::V5;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardmq_codec::{ByteStr, QoS, ReasonCode};
 
-use crate::core::conn::Phase;
+use crate::core::delivery::tx::SlowChange;
 use crate::core::mesh::{Message, Origin};
+use crate::core::sessions::conn::Phase;
 use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
-use crate::core::tx::SlowChange;
 
 impl ShardCore {
     /// When the next timer work is due.
@@ -86,7 +86,7 @@ impl ShardCore {
                     // [MQTT-3.1.2-24]: nothing received for 1.5 × keep alive. Not while
                     // publishing is paused: the io layer then leaves a publisher's PUBLISH
                     // (and what follows it, PINGREQ included) unread, and a client we do not
-                    // read is not a silent one (`tx_budget.rs`).
+                    // read is not a silent one (`delivery/tx_budget.rs`).
                     let ka_ms = u64::from(c.keep_alive_secs) * 1500;
                     if ka_ms > 0 && now >= c.last_rx + Duration::from_millis(ka_ms) && !paused {
                         let kind = CloseKind::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));

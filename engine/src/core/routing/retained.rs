@@ -10,10 +10,10 @@
 
 use crate::core::hash::Map;
 
-use crate::core::topic::{
+use crate::core::routing::topic::{
     has_wildcard, split_first_level, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD,
 };
-use crate::core::trie::shrink_map;
+use crate::core::routing::trie::shrink_map;
 
 /// Retained values by topic name, with limits on the number of topics and on their bytes.
 ///
@@ -283,8 +283,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::topic::filter_matches;
-    use crate::core::topic::strategies::{filter_strategy, topic_strategy};
+    use crate::core::routing::topic::filter_matches;
+    use crate::core::routing::topic::strategies::{filter_strategy, topic_strategy};
 
     fn matching(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
         let mut out = BTreeSet::new();

@@ -5,11 +5,11 @@
 //! reference each) into the session's replay list, and sends from it only while the
 //! connection has room: nothing queued in the session, a free slot in the inflight window
 //! for a QoS 1/2 copy, and less than half of `connection_tx_bytes_pause` waiting to be
-//! written (and the shard's transmit budget would not drop a QoS 0 copy, `tx_budget.rs`). The rest waits, and goes on when acknowledgements free the window
-//! (`pump_session`) or, while any replay is pending, every [`REPLAY_POLL_INTERVAL`] (the
-//! writer drains the transmit queue meanwhile). So a replay never fills the session queue
-//! (where a full queue would drop) nor the transmit queue (where QoS 0 would drop), and
-//! every retained message is sent.
+//! written (and the shard's transmit budget would not drop a QoS 0 copy, `delivery/tx_budget.rs`).
+//! The rest waits, and goes on when acknowledgements free the window (`pump_session`) or, while any
+//! replay is pending, every [`REPLAY_POLL_INTERVAL`] (the writer drains the transmit queue
+//! meanwhile). So a replay never fills the session queue (where a full queue would drop) nor the
+//! transmit queue (where QoS 0 would drop), and every retained message is sent.
 //!
 //! The snapshot is what was retained at SUBSCRIBE; a message replaced or cleared meanwhile
 //! is still sent as it was. A replay left when the connection ends waits for the session to
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use shardmq_codec::QoS;
 
-use crate::core::deliver::window;
+use crate::core::delivery::deliver::window;
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::shard::ShardCore;

@@ -5,9 +5,9 @@
 //! what the socket took. Nothing is moved or reference-counted per write, and the coalescing
 //! buffer is reused from one write to the next.
 //!
-//! Each queue reports to its shard's [`TxBudget`] (back-pressure, `tx_budget.rs`): the bytes
-//! it owns (coalesced frames and headers) count as they are, a large payload shared with other
-//! queues counts once for the whole shard (however many subscribers queue it), and towards
+//! Each queue reports to its shard's [`TxBudget`] (back-pressure, `delivery/tx_budget.rs`): the
+//! bytes it owns (coalesced frames and headers) count as they are, a large payload shared with
+//! other queues counts once for the whole shard (however many subscribers queue it), and towards
 //! the connection's own marks (its *weight*) as a fixed [`SHARED_CHUNK_WEIGHT`]: a big message
 //! to many subscribers is one allocation, and must neither pause publishers nor be dropped as
 //! if every copy were its own.
@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::core::tx_budget::TxBudget;
+use crate::core::delivery::tx_budget::TxBudget;
 
 /// Frames smaller than this are copied into the coalescing buffer; larger ones are queued as
 /// shared chunks so a big payload is never copied per subscriber.
@@ -41,7 +41,7 @@ pub const SHARED_CHUNK_WEIGHT: usize = 64;
 mod flag {
     /// Counted in the budget's `over` (past the pause mark, not yet under the resume mark).
     pub const OVER: u8 = 1;
-    /// A slow consumer (`tx_budget.rs`): its bytes count as slow, QoS 0 to it is dropped
+    /// A slow consumer (`delivery/tx_budget.rs`): its bytes count as slow, QoS 0 to it is dropped
     /// sooner.
     pub const SLOW: u8 = 2;
     /// The socket took bytes since the last scan.
@@ -236,8 +236,8 @@ impl TxQueue {
     }
 
     /// True when a QoS 0 message for this connection is dropped instead of queued: the
-    /// queue is past its hard bound, or the shard's budget says so (`tx_budget.rs`). A queue
-    /// without a budget never drops.
+    /// queue is past its hard bound, or the shard's budget says so (`delivery/tx_budget.rs`). A
+    /// queue without a budget never drops.
     pub fn drops_qos0(&self) -> bool {
         match self.budget.as_deref() {
             Some(b) => b.drops_qos0(self.has(flag::SLOW), u64::from(self.weight)),

@@ -1,4 +1,4 @@
-//! The client id → session slot index of a [`crate::core::session::SessionTable`]: an
+//! The client id → session slot index of a [`crate::core::sessions::session::SessionTable`]: an
 //! open-addressing table of bare slot numbers; the key of a slot is read from its session.
 //!
 //! Why not a `HashMap<ByteStr, SessionSlot>`: its 40-byte entries cost ~90 B per session at

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use crate::core::ids::ShardId;
-use crate::core::trie::SubscriptionTrie;
+use crate::core::routing::trie::SubscriptionTrie;
 
 /// A set of shards, as a bitmask: at most [`ShardSet::CAPACITY`] shards.
 ///
@@ -221,8 +221,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::topic::filter_matches;
-    use crate::core::topic::strategies::{filter_strategy, topic_strategy};
+    use crate::core::routing::topic::filter_matches;
+    use crate::core::routing::topic::strategies::{filter_strategy, topic_strategy};
 
     #[test]
     fn shard_set_basics() {

@@ -14,11 +14,11 @@ use shardmq_codec::{
 };
 
 use crate::core::auth::exchange::AuthOk;
-use crate::core::conn::Phase;
-use crate::core::ids::SessionSlot;
+use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::mesh::{Message, Origin};
-use crate::core::session::{PendingWill, Session};
-use crate::core::shard::{CloseKind, ConnId, ShardCore};
+use crate::core::sessions::conn::Phase;
+use crate::core::sessions::session::{PendingWill, Session};
+use crate::core::shard::{CloseKind, ShardCore};
 
 impl ShardCore {
     /// CONNECT on a connection awaiting it.
@@ -332,7 +332,7 @@ impl ShardCore {
         self.publish_from_client(Arc::new(msg), now);
         // Nobody waits for a will's copies, but a shard that refuses one (its log is full)
         // answers the next `DurableReq` from here with the failure: ask now, so that answer
-        // is not taken for a later PUBLISH's (`persist_ack.rs`).
+        // is not taken for a later PUBLISH's (`persist/ack.rs`).
         self.request_remote_durability(mark);
         self.take_copy_refused();
     }

@@ -19,7 +19,7 @@ use shardmq_codec::{ByteStr, QoS, Will};
 
 use crate::core::ids::SessionSlot;
 use crate::core::persist::encode_properties;
-use crate::core::session::{PendingWill, Session};
+use crate::core::sessions::session::{PendingWill, Session};
 use crate::core::shard::ShardCore;
 use crate::log::record::{WillCleared, WillSet};
 use crate::log::Record;
@@ -81,7 +81,7 @@ fn will_record(client_id: &str, w: &Will) -> WillSet {
 /// A recovered session's logged will becomes a delayed will, due `delay_secs` after `now`
 /// (the restart).
 pub(crate) fn restore_will(s: &mut Session, w: &WillSet, now: Instant) {
-    let mut properties = crate::core::persist_restore::decode_properties(&w.properties)
+    let mut properties = crate::core::persist::restore::decode_properties(&w.properties)
         .map(|p| *p)
         .unwrap_or_default();
     properties.will_delay_interval_secs = (w.delay_secs > 0).then_some(w.delay_secs);

@@ -2,7 +2,7 @@
 //! outgoing PUBLISH differ between subscribers, and the slow path that builds such a frame:
 //! the remaining Message Expiry Interval, Subscription Identifiers and topic aliases (5.0).
 //!
-//! The fan-out fast path (`deliver.rs`) encodes a frame once per layout ([`LayoutCache`]:
+//! The fan-out fast path (`delivery/deliver.rs`) encodes a frame once per layout ([`LayoutCache`]:
 //! header, and the payload too when it is small enough to be copied) and copies it to every
 //! subscriber of that layout, patching only the packet id. The remaining expiry is the same
 //! for every subscriber of one fan-out (one `now`), so it lives in the cached frame. Subscription identifiers and topic aliases are per session or per
@@ -18,19 +18,11 @@ use shardmq_codec::{
     encode_publish_header, ByteStr, PacketId, Properties, ProtocolVersion, Publish, QoS,
 };
 
-use crate::core::conn::Conn;
+use crate::core::delivery::tx::COALESCE_MAX_BYTES;
+use crate::core::ids::ConnId;
 use crate::core::mesh::Message;
-use crate::core::shard::{ConnId, IoAction};
-use crate::core::tx::COALESCE_MAX_BYTES;
-
-/// True once `msg`'s Message Expiry Interval has passed at `now_ms` (broker uptime). A
-/// message without the property never expires.
-pub(crate) fn is_expired(msg: &Message, now_ms: u64) -> bool {
-    let Some(secs) = msg.properties.as_ref().and_then(|p| p.message_expiry_interval_secs) else {
-        return false;
-    };
-    now_ms.saturating_sub(msg.received_at_ms) >= u64::from(secs) * 1000
-}
+use crate::core::sessions::conn::Conn;
+use crate::core::shard::IoAction;
 
 /// The Message Expiry Interval to forward at `now_ms`: the received value minus the whole
 /// seconds the message waited in the broker [MQTT-3.3.2-6], at least 1 (a message already

@@ -17,8 +17,8 @@
 //! requeues reach the owner in the order they were made.
 //!
 //! **SUBACK.** The owner answers a join with `SharedJoinAck` only after every peer has acked
-//! the owner's routing deltas up to the join (the SUBACK gate of `subscribe.rs`, reused); the
-//! member's SUBACK waits for that ack as well as for its own deltas. So a PUBLISH made after
+//! the owner's routing deltas up to the join (the SUBACK gate of `routing/subscribe.rs`, reused);
+//! the member's SUBACK waits for that ack as well as for its own deltas. So a PUBLISH made after
 //! SUBACK, on any shard, reaches the group.
 //!
 //! **Delivery.** When a message reaches the owner (`route_message` locally, or
@@ -56,11 +56,11 @@ use shardmq_codec::{ByteStr, QoS};
 
 use crate::core::ids::{SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message};
-use crate::core::session::{Awaiting, Session};
+use crate::core::routing::subscribe::SubOptions;
+use crate::core::routing::topic::{split_shared, SHARED_PREFIX};
+use crate::core::routing::trie::SubscriptionTrie;
+use crate::core::sessions::session::{Awaiting, Session};
 use crate::core::shard::ShardCore;
-use crate::core::subscribe::SubOptions;
-use crate::core::topic::{split_shared, SHARED_PREFIX};
-use crate::core::trie::SubscriptionTrie;
 
 /// True if `filter` is a well-formed shared subscription: `$share/`, a non-empty share name
 /// without `+` or `#` [MQTT-4.8.2-1]/[MQTT-4.8.2-2], `/` and a non-empty filter. The codec
@@ -320,7 +320,7 @@ impl ShardCore {
             };
             self.mesh_out.push((m.shard, deliver));
             if qos != QoS::AtMostOnce {
-                // The publisher's acknowledgement also waits for this copy (`persist_ack.rs`).
+                // The publisher's acknowledgement also waits for this copy (`persist/ack.rs`).
                 self.note_shared_forward(m.shard);
             }
         }

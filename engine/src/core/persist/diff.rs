@@ -19,7 +19,7 @@ use shardmq_codec::{ByteStr, QoS};
 
 use crate::core::mesh::Message;
 use crate::core::persist::Persist;
-use crate::core::session::{Awaiting, Inflight, Queued, Session};
+use crate::core::sessions::session::{Awaiting, Inflight, Queued, Session};
 use crate::log::record::{
     Acknowledged, Delivered, MessageQueued, PubrelCompleted, PubrelPending, SessionCreated,
     SessionOffline,
@@ -94,7 +94,7 @@ pub(crate) struct SessionLog {
     /// Inbound QoS 2 ids whose PUBREC failed (0x97) while the client was away: still in
     /// `Session::qos2_in`, so a resend is not routed again, and answered with the failure.
     pub(crate) qos2_failed: Vec<shardmq_codec::PacketId>,
-    /// The log has a will for the session (`persist_will.rs`).
+    /// The log has a will for the session (`persist/will.rs`).
     pub(crate) will_logged: bool,
 }
 

@@ -9,11 +9,10 @@ use std::time::Instant;
 use shardmq_codec::{ByteStr, ProtocolVersion};
 
 use crate::core::auth::ConnAuth;
+use crate::core::delivery::tx::TxQueue;
+use crate::core::delivery::tx_budget::TxBudget;
 use crate::core::hash::Map;
-use crate::core::ids::SessionSlot;
-use crate::core::shard::ConnId;
-use crate::core::tx::TxQueue;
-use crate::core::tx_budget::TxBudget;
+use crate::core::ids::{ConnId, SessionSlot};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +193,11 @@ mod tests {
     /// Rarely used parts belong behind an `Option<Box<_>>` (like `aliases` and `auth`).
     #[test]
     fn per_connection_core_structs_stay_small() {
-        use crate::core::session::Session;
-        use crate::core::tx::TxQueue;
+        use crate::core::delivery::tx::TxQueue;
+        use crate::core::sessions::session::Session;
         use std::mem::size_of;
         // TxQueue: +16 bytes for the shard budget it reports to and its back-pressure flags
-        // (`tx_budget.rs`).
+        // (`delivery/tx_budget.rs`).
         assert!(size_of::<Conn>() <= 120, "Conn: {}", size_of::<Conn>());
         assert!(size_of::<Entry>() <= 128, "ConnTable entry: {}", size_of::<Entry>());
         assert!(size_of::<TxQueue>() <= 64, "TxQueue: {}", size_of::<TxQueue>());

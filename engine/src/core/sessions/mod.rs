@@ -1,0 +1,10 @@
+//! Sessions and connections: per-connection protocol state (`conn.rs`), CONNECT/CONNACK,
+//! takeover and wills (`connect.rs`), a session's state (`session.rs`), the client id ->
+//! session lookup (`index.rs`) and what runs on the clock (`timers.rs`: keep alive,
+//! expiry, will delay, `$SYS`).
+
+pub(crate) mod conn;
+mod connect;
+mod index;
+pub(crate) mod session;
+mod timers;
