@@ -214,10 +214,15 @@ mod tests {
     /// Marks small enough to reach with a few frames: pause a connection at 1000 bytes
     /// (resume at 250), hard bound 4000, shard pause at 8000 (resume at 4000).
     fn budget() -> Rc<TxBudget> {
+        budget_with_shard_bytes(8000)
+    }
+
+    /// The same connection marks with another shard budget.
+    fn budget_with_shard_bytes(shard_tx_bytes_max: u64) -> Rc<TxBudget> {
         let limits = Limits {
             connection_tx_bytes_pause: 1000,
             connection_tx_bytes_max: 4000,
-            shard_tx_bytes_max: 8000,
+            shard_tx_bytes_max,
             ..Limits::default()
         };
         Rc::new(TxBudget::new(&limits))
@@ -356,13 +361,7 @@ mod tests {
 
     #[test]
     fn a_large_payload_queued_for_many_counts_once() {
-        let limits = Limits {
-            connection_tx_bytes_pause: 1000,
-            connection_tx_bytes_max: 4000,
-            shard_tx_bytes_max: 1 << 20,
-            ..Limits::default()
-        };
-        let b = Rc::new(TxBudget::new(&limits));
+        let b = budget_with_shard_bytes(1 << 20);
         let payload = frame(100_000);
         let mut qs: Vec<TxQueue> = (0..50).map(|_| TxQueue::metered(b.clone())).collect();
         for q in &mut qs {
@@ -385,13 +384,7 @@ mod tests {
 
     #[test]
     fn a_slow_connection_holding_large_payloads_is_dropped_for() {
-        let limits = Limits {
-            connection_tx_bytes_pause: 1000,
-            connection_tx_bytes_max: 4000,
-            shard_tx_bytes_max: 1 << 20,
-            ..Limits::default()
-        };
-        let b = Rc::new(TxBudget::new(&limits));
+        let b = budget_with_shard_bytes(1 << 20);
         let mut q = TxQueue::metered(b.clone());
         let big = frame(100_000);
         q.push_parts(b"hd", &big);
