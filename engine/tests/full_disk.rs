@@ -135,7 +135,9 @@ async fn a_full_device_refuses_what_needs_logging_and_recovers_when_space_return
             let topic = format!("d/probe-{k}");
             let mut c = Raw::connect(a, &format!("probe-{k}"), ProtocolVersion::V5).await;
             c.send(&publish(&topic, 1, b"probe")).await;
-            match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            // How long to wait before calling a probe "waiting for space" decides nothing
+            // asserted: a waiting probe may still be answered either way (below).
+            match tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
                 Ok(p) => match reason_of(p, &topic) {
                     ReasonCode::SUCCESS => {
                         accepted.insert(topic);
@@ -164,8 +166,14 @@ async fn a_full_device_refuses_what_needs_logging_and_recovers_when_space_return
         }
     }
     for (mut c, topic) in waiting {
-        assert_eq!(reason_of(c.recv().await, &topic), ReasonCode::SUCCESS, "{topic} waited");
-        accepted.insert(topic);
+        // Accepted once space returned, or refused late (a slow answer, not a wait).
+        match reason_of(c.recv().await, &topic) {
+            ReasonCode::SUCCESS => {
+                accepted.insert(topic);
+            }
+            ReasonCode::QUOTA_EXCEEDED => {}
+            r => panic!("{topic}: {r:?}"),
+        }
     }
     let mut end = Raw::connect(a, "end", ProtocolVersion::V5).await;
     end.send(&publish("d/end", 1, b"end")).await;

@@ -19,6 +19,9 @@ use crate::core::mesh::{Message, Origin};
 use crate::core::sessions::conn::Phase;
 use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
 
+/// Slow consumers named in the log per scan; past this, one line says how many more.
+const SLOW_WARNINGS_PER_SCAN_MAX: usize = 8;
+
 impl ShardCore {
     /// When the next timer work is due.
     pub(crate) fn timers_deadline(&self) -> Option<Instant> {
@@ -53,12 +56,16 @@ impl ShardCore {
         let mut ids = Vec::new();
         self.conns.ids(&mut ids);
         let paused = self.publishing_paused();
+        let mut became_slow = 0usize;
         for id in ids {
             let Some(c) = self.conns.get_mut(id) else { continue };
             match c.tx.scan() {
                 SlowChange::None | SlowChange::Recovered => {}
                 SlowChange::BecameSlow => {
-                    if let Phase::Connected(slot) = c.phase {
+                    became_slow += 1;
+                    if became_slow > SLOW_WARNINGS_PER_SCAN_MAX {
+                        // Counted, and summed up after the scan.
+                    } else if let Phase::Connected(slot) = c.phase {
                         let client_id = &self.sessions.get(slot).client_id;
                         tracing::warn!(
                             shard = %self.shard,
@@ -94,6 +101,13 @@ impl ShardCore {
                     }
                 }
             }
+        }
+        if became_slow > SLOW_WARNINGS_PER_SCAN_MAX {
+            tracing::warn!(
+                shard = %self.shard,
+                more = became_slow - SLOW_WARNINGS_PER_SCAN_MAX,
+                "more slow consumers in this scan (see $SYS/broker/clients/slow)"
+            );
         }
         let now_ms = self.uptime_ms(now);
         let mut slots = Vec::new();
