@@ -367,9 +367,15 @@ impl ShardCore {
 
     /// PUBACK for an outgoing QoS 1 message.
     pub(crate) fn handle_puback(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
+        self.complete_inflight(slot, id, Awaiting::PubAck, now_ms);
+    }
+
+    /// Ends the flow of the in-flight message `id` if it awaited `last` (PUBACK or PUBCOMP),
+    /// and sends what the freed window allows.
+    fn complete_inflight(&mut self, slot: SessionSlot, id: PacketId, last: Awaiting, now_ms: u64) {
         let s = self.sessions.get_mut(slot);
         if let Some(i) = s.inflight_position(id) {
-            if s.inflight()[i].state == Awaiting::PubAck {
+            if s.inflight()[i].state == last {
                 s.inflight_mut().remove(i);
                 self.pump_session(slot, now_ms);
             }
@@ -411,13 +417,7 @@ impl ShardCore {
 
     /// PUBCOMP for an outgoing QoS 2 message.
     pub(crate) fn handle_pubcomp(&mut self, slot: SessionSlot, id: PacketId, now_ms: u64) {
-        let s = self.sessions.get_mut(slot);
-        if let Some(i) = s.inflight_position(id) {
-            if s.inflight()[i].state == Awaiting::PubComp {
-                s.inflight_mut().remove(i);
-                self.pump_session(slot, now_ms);
-            }
-        }
+        self.complete_inflight(slot, id, Awaiting::PubComp, now_ms);
     }
 
     /// Sends `msg` as a retained message (RETAIN = 1 [MQTT-3.3.1-8]) to a session that just
