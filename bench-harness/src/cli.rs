@@ -11,7 +11,8 @@ use crate::matrix::{named_matrix, select};
 use crate::report::{self, Report, RunResult, ScenarioReport};
 use crate::restart::{self, RestartParams};
 use crate::scenario::{self, Kind, Pace, Params, Settings};
-use crate::{headline, sys, table};
+use crate::spec::{Placement, PlacementMode};
+use crate::{headline, sys, table, tune};
 
 /// Load generator and side-by-side MQTT broker comparison for shardmq.
 #[derive(Debug, Parser)]
@@ -28,6 +29,12 @@ enum Cmd {
         /// Subscribers.
         #[arg(long, default_value_t = 100)]
         subscribers: u32,
+        /// shardmq with several shards: put every subscriber's session on the publisher's
+        /// shard (`local`) or spread them over every shard (`spread`), by choosing client
+        /// ids; the shard count is the number of --broker-cpus (or of usable CPUs with
+        /// --no-pin). Unset: ordinary client ids.
+        #[arg(long, value_parser = PlacementMode::parse)]
+        placement: Option<PlacementMode>,
         #[command(flatten)]
         load: LoadOpts,
         #[command(flatten)]
@@ -112,7 +119,9 @@ enum Cmd {
         /// 1→15,000 at 1 msg/s, fan-in 100→1, p2p QoS 1 and 2 at max rate and at 1,000
         /// msg/s, shared 10, 15,000 idle connections, 10,000 retained), `flood` (the fan-out
         /// shapes only), `smoke` (tiny) or `durability` (p2p 10 pairs QoS 1 and 2: run it
-        /// with e.g. `--brokers shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`).
+        /// with e.g. `--brokers shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`)
+        /// or `scaling` (fan-out 1→1000 with subscribers on the publisher's shard, then
+        /// spread over every shard: run it with two or more --broker-cpus).
         #[arg(long, default_value = "standard")]
         matrix: String,
         /// Only these rows: comma separated scenario kinds (`fanout,conn`) or parts of row
@@ -155,6 +164,48 @@ enum Cmd {
         timeout_secs: f64,
         #[command(flatten)]
         common: Common,
+    },
+    /// Proposes core layouts for this machine (shard count, CPUs for shards and for the
+    /// load generator, pinned or not, SMT siblings, NIC interrupt CPUs), runs a fan-out
+    /// against each at max rate and at a fixed rate, `--repeat` times with the layouts
+    /// taking turns, and ranks them; prints the winner's flags and config snippet.
+    Tune {
+        /// Subscribers of the fan-out.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u32,
+        /// The fixed rate (messages per second) at which p99 latency is measured.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Runs per layout and measurement.
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+        /// Warm-up before each measured window (seconds).
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        /// Each measured window (seconds).
+        #[arg(long, default_value_t = 3.0)]
+        duration_secs: f64,
+        /// Layouts to try, at most.
+        #[arg(long, default_value_t = 6)]
+        max_layouts: usize,
+        /// Only print the topology and the layouts that would be tried.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a bar chart of the results (default target/tune.svg).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// MQTT protocol level: 4 (3.1.1) or 5.
+        #[arg(long, default_value_t = 4)]
+        mqtt_version: u8,
+        /// shardmq binary (default: target/release/shardmq, then target/debug/shardmq).
+        #[arg(long)]
+        shardmq_bin: Option<PathBuf>,
+        /// Extra argument for shardmq (repeatable).
+        #[arg(long, allow_hyphen_values = true)]
+        shardmq_arg: Vec<String>,
     },
     /// Prints README's headline table (Markdown) from a saved results file, with the
     /// commit and the command that produced it.
@@ -296,6 +347,73 @@ pub fn main() -> Result<()> {
     let (params, common) = match cli.cmd {
         Cmd::Worker => return crate::worker::run_worker(),
         Cmd::Show { json, svg } => return show(&json, svg.as_deref()),
+        Cmd::Tune {
+            subscribers,
+            rate,
+            repeat,
+            warmup_secs,
+            duration_secs,
+            max_layouts,
+            dry_run,
+            json,
+            svg,
+            mqtt_version,
+            shardmq_bin,
+            shardmq_arg,
+        } => {
+            let p = tune::TuneParams {
+                subscribers: subscribers.max(1),
+                rate,
+                repeat: repeat.clamp(1, 100),
+                warmup_secs,
+                duration_secs,
+                mqtt_version,
+            };
+            crate::wire::protocol_version(mqtt_version)?;
+            let topo = crate::topology::Topology::read();
+            let (layouts, notes) = tune::candidates(&topo, max_layouts);
+            eprint!("{}", topo.describe());
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+            for (i, l) in layouts.iter().enumerate() {
+                let h = if l.harness_cpus.is_empty() {
+                    "not pinned".to_string()
+                } else {
+                    sys::format_cpu_list(&l.harness_cpus)
+                };
+                eprintln!(
+                    "layout {}: {} — shardmq {}; load generator: {h}",
+                    i + 1,
+                    l.name,
+                    l.flags()
+                );
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let base = BrokerOptions {
+                shardmq_bin,
+                shardmq_args: shardmq_arg,
+                mqtt_version,
+                queued_messages_max: 1_000_000,
+                ..BrokerOptions::default()
+            };
+            let report = tune::run(&p, layouts, &base, &topo, notes)?;
+            out(&tune::render(&report, &p));
+            let svg = svg.unwrap_or_else(|| PathBuf::from("target/tune.svg"));
+            if let Some(dir) = svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            tune::svg(&report, &svg)?;
+            eprintln!("wrote {}", svg.display());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            return Ok(());
+        }
         Cmd::Table { json } => {
             out(&headline::markdown(&load_report(&json)?));
             return Ok(());
@@ -343,8 +461,19 @@ pub fn main() -> Result<()> {
                 common.quiet,
             );
         }
-        Cmd::Fanout { subscribers, load, common } => {
-            (one(Kind::Fanout, subscribers, &load), common)
+        Cmd::Fanout { subscribers, placement, load, common } => {
+            let mut ps = one(Kind::Fanout, subscribers, &load);
+            if let Some(mode) = placement {
+                let shards = if common.no_pin {
+                    sys::available_cpus()
+                } else {
+                    sys::parse_cpu_list(&common.broker_cpus).map_err(|e| anyhow!(e))?.len()
+                };
+                for p in &mut ps {
+                    p.placement = Some(Placement { mode, shards: shards.max(1) as u16 });
+                }
+            }
+            (ps, common)
         }
         Cmd::Fanin { publishers, load, common } => (one(Kind::Fanin, publishers, &load), common),
         Cmd::P2p { pairs, load, common } => (one(Kind::P2p, pairs, &load), common),
@@ -515,6 +644,22 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
         bail!("--brokers is empty");
     }
     let repeat = c.repeat.unwrap_or(1).clamp(1, 100);
+    // A placement without a shard count (the `scaling` matrix) takes the broker's.
+    let shards = match sys::parse_cpu_list(&broker_cpus).map_err(|e| anyhow!(e))?.len() {
+        0 => sys::available_cpus(),
+        n => n,
+    };
+    let params: Vec<Params> = params
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            if let Some(pl) = p.placement.as_mut().filter(|pl| pl.shards == 0) {
+                pl.shards = shards as u16;
+            }
+            p
+        })
+        .collect();
+    let params = &params[..];
     let mut report = Report::new(&broker_cpus, &harness_cpus, c.mqtt_version);
     report.repeat = repeat;
     for p in params {

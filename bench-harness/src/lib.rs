@@ -29,6 +29,8 @@ pub mod scenario;
 pub mod spec;
 pub mod sys;
 pub mod table;
+pub mod topology;
 pub mod track;
+pub mod tune;
 pub mod wire;
 pub mod worker;

@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, Result};
 
-use crate::spec::{Kind, Pace, Params};
+use crate::spec::{Kind, Pace, Params, Placement, PlacementMode};
 
 fn with(kind: Kind, count: u32, qos: u8, pace: Pace) -> Params {
     let mut p = Params::new(kind, count);
@@ -84,7 +84,24 @@ pub fn named_matrix(name: &str) -> Result<Vec<Params>> {
             Ok(ps)
         }
         "durability" => Ok(vec![with(Kind::P2p, 10, 1, Max), with(Kind::P2p, 10, 2, Max)]),
-        other => Err(anyhow!("unknown matrix {other:?} (standard, flood, smoke, durability)")),
+        // Cross-shard cost: the same fan-out with every subscriber on the publisher's shard,
+        // then spread over every shard (run it with 2+ --broker-cpus; the shard count is
+        // filled in from them). CPU per delivered message comes from /proc, so it stays a
+        // fair per-message figure when the load generator shares the cores.
+        "scaling" => {
+            let mut ps = Vec::new();
+            for pace in [Fixed(200.0), Max] {
+                for mode in [PlacementMode::Local, PlacementMode::Spread] {
+                    let mut p = with(Kind::Fanout, 1000, 0, pace);
+                    p.placement = Some(Placement { mode, shards: 0 });
+                    ps.push(p);
+                }
+            }
+            Ok(ps)
+        }
+        other => {
+            Err(anyhow!("unknown matrix {other:?} (standard, flood, smoke, durability, scaling)"))
+        }
     }
 }
 

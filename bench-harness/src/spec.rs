@@ -93,6 +93,72 @@ pub struct Params {
     pub connect_concurrency: usize,
     /// conn: how long the connections idle before the broker's memory is read.
     pub settle_secs: f64,
+    /// shardmq with several shards: which shards the subscribers' sessions live on.
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+/// Where the subscribers' sessions live on a shardmq with several shards. shardmq homes a
+/// session on the shard `FNV-1a(client id) % shards` (`ShardCore::home_shard`), so choosing
+/// client ids chooses shards; other brokers see ordinary client ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Local or spread.
+    pub mode: PlacementMode,
+    /// The broker's shard count.
+    pub shards: u16,
+}
+
+/// See [`Placement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementMode {
+    /// Every subscriber on the first publisher's home shard: no message crosses shards.
+    Local,
+    /// Subscriber `i` on shard `i % shards`: every message crosses to every other shard.
+    Spread,
+}
+
+impl PlacementMode {
+    /// Parses `local` or `spread`.
+    pub fn parse(s: &str) -> Result<PlacementMode, String> {
+        match s {
+            "local" => Ok(PlacementMode::Local),
+            "spread" => Ok(PlacementMode::Spread),
+            _ => Err(format!("--placement {s:?}: `local` or `spread`")),
+        }
+    }
+
+    /// `local` or `spread`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlacementMode::Local => "local",
+            PlacementMode::Spread => "spread",
+        }
+    }
+}
+
+/// shardmq's home shard of a client id: FNV-1a of its bytes modulo the shard count. The
+/// same function as `ShardCore::home_shard` in engine/src/core/shard.rs (stable: the log
+/// depends on it), repeated here so that the harness needs no engine.
+pub fn home_shard(client_id: &[u8], shards: u16) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u16
+}
+
+/// The first client id `{base}` or `{base}-{k}` whose home shard is `shard`.
+fn id_on_shard(base: String, shard: u16, shards: u16) -> String {
+    if home_shard(base.as_bytes(), shards) == shard {
+        return base;
+    }
+    (0u32..)
+        .map(|k| format!("{base}-{k}"))
+        .find(|id| home_shard(id.as_bytes(), shards) == shard)
+        .expect("FNV-1a reaches every residue")
 }
 
 impl Params {
@@ -119,6 +185,7 @@ impl Params {
             // read nothing for 1–2 s to sleep and returns the freed pages at the next
             // one-second sweep (`engine/src/io/idle.rs`): up to ~3 s.
             settle_secs: 5.0,
+            placement: None,
         }
     }
 
@@ -150,7 +217,11 @@ impl Params {
         if self.kind == Kind::Retained {
             return format!("{shape} qos{} {}B", self.qos, self.payload_bytes);
         }
-        format!("{shape} qos{} {}B {rate}", self.qos, self.payload_bytes)
+        let placed = match self.placement {
+            Some(pl) => format!(" {} over {} shards", pl.mode.name(), pl.shards),
+            None => String::new(),
+        };
+        format!("{shape} qos{} {}B {rate}{placed}", self.qos, self.payload_bytes)
     }
 }
 
@@ -218,7 +289,19 @@ pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Res
     }
     let run = nonce();
     let prefix = format!("shardmq-bench/{run}");
-    let cid = |role: &str, i: u32| format!("bench-{run}-{role}{i}");
+    let plain_cid = |role: &str, i: u32| format!("bench-{run}-{role}{i}");
+    // With a placement, subscribers' ids are chosen for their home shard (publishers keep
+    // theirs: the first publisher's shard is where `local` puts everyone).
+    let cid = |role: &str, i: u32| match p.placement {
+        Some(pl) if role == "s" && pl.shards > 1 => {
+            let shard = match pl.mode {
+                PlacementMode::Local => home_shard(plain_cid("p", 0).as_bytes(), pl.shards),
+                PlacementMode::Spread => (i % u32::from(pl.shards)) as u16,
+            };
+            id_on_shard(plain_cid(role, i), shard, pl.shards)
+        }
+        _ => plain_cid(role, i),
+    };
     let sub =
         |group: u32, filter: String, deferred: bool| Role::Subscriber { group, filter, deferred };
     let publisher = |id: u32, topic: String| Role::Publisher {
@@ -336,5 +419,46 @@ mod tests {
         Pace::Fixed(20.0).apply(&mut p);
         assert_eq!((p.pace(), p.flood), (Pace::Fixed(20.0), false));
         assert_eq!(p.label(), "fanout 1→1000 qos0 64B 20/s per publisher");
+    }
+
+    #[test]
+    fn placement_picks_home_shards() {
+        // Known values of FNV-1a: "" is the offset basis.
+        assert_eq!(home_shard(b"", 7), (0xcbf2_9ce4_8422_2325u64 % 7) as u16);
+        assert_eq!(home_shard(b"anything", 1), 0);
+        let s = Settings { mqtt_version: 4, threads: 1, harness_cpus: Vec::new(), quiet: true };
+        let addr = "127.0.0.1:1".parse().unwrap();
+        for shards in [2u16, 3, 8] {
+            let mut p = Params::new(Kind::Fanout, 40);
+            p.placement = Some(Placement { mode: PlacementMode::Local, shards });
+            let spec = build_spec(&p, addr, &s).unwrap();
+            let (subs, publ): (Vec<_>, Vec<_>) =
+                spec.conns.iter().partition(|c| matches!(c.role, Role::Subscriber { .. }));
+            let home = home_shard(publ[0].client_id.as_bytes(), shards);
+            assert!(subs.iter().all(|c| home_shard(c.client_id.as_bytes(), shards) == home));
+
+            p.placement = Some(Placement { mode: PlacementMode::Spread, shards });
+            let spec = build_spec(&p, addr, &s).unwrap();
+            let mut per_shard = vec![0u32; usize::from(shards)];
+            for c in spec.conns.iter().filter(|c| matches!(c.role, Role::Subscriber { .. })) {
+                per_shard[usize::from(home_shard(c.client_id.as_bytes(), shards))] += 1;
+            }
+            let even = 40 / u32::from(shards);
+            assert!(per_shard.iter().all(|&n| n == even || n == even + 1), "{per_shard:?}");
+            assert!(p.label().ends_with(&format!("spread over {shards} shards")), "{}", p.label());
+        }
+    }
+
+    #[test]
+    fn same_home_shard_as_the_broker() {
+        for i in 0..200u32 {
+            let id = format!("bench-x-s{i}");
+            for shards in [2u16, 5] {
+                assert_eq!(
+                    home_shard(id.as_bytes(), shards),
+                    shardmq_engine::core::shard::ShardCore::home_shard(id.as_bytes(), shards).0,
+                );
+            }
+        }
     }
 }

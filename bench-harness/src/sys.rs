@@ -138,6 +138,35 @@ pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// The CPUs this process may run on (its affinity mask), sorted.
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut ids: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Writes CPUs as a list with ranges (`0-3,6`), the form `--cpus` and `taskset -c` take.
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if end > start { format!("{start}-{end}") } else { start.to_string() });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 /// The engine's CPU-list parser (`0,2,4-7`), compiled from its one source file: the harness
 /// does not depend on the engine crate.
 #[path = "../../engine/src/cpu_list.rs"]
@@ -155,6 +184,17 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_round_trip() {
+        assert_eq!(format_cpu_list(&[3, 0, 1, 2, 6]), "0-3,6");
+        assert_eq!(format_cpu_list(&[1]), "1");
+        assert_eq!(format_cpu_list(&[]), "");
+        assert_eq!(
+            parse_cpu_list(&format_cpu_list(&[0, 2, 4, 5, 6])).unwrap(),
+            vec![0, 2, 4, 5, 6]
+        );
+    }
 
     #[test]
     fn stat_with_spaces_in_comm() {
