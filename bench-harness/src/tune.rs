@@ -325,7 +325,7 @@ fn run_one(
 
 fn progress(done: usize, total: usize, what: &str) {
     let width = 24;
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
     let mut line = format!("\rtune [{bar}] {done}/{total} {what}");
     line.truncate(150);
