@@ -442,15 +442,6 @@ class RawClient:
             assert p.type == ptype, f"expected {NAMES[ptype]}, got {p!r}"
             return p
 
-    def expect_nothing(self, duration: float) -> None:
-        """Asserts that no packet arrives (and the connection stays open) for `duration`."""
-        assert not self.stash, f"unexpected packet {self.stash[0]!r}"
-        try:
-            p = self.recv(duration)
-        except TimeoutError:
-            return
-        raise AssertionError(f"unexpected packet {p!r}")
-
     def expect_nothing_before_pingresp(self) -> None:
         """Asserts that nothing is pending for this connection: sends PINGREQ and requires
         PINGRESP as the very next packet. The broker answers a connection's packets in order,

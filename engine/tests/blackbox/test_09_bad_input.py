@@ -233,4 +233,9 @@ def test_client_closing_mid_packet(raw, bystander, topic):
     time.sleep(0.2)
     c.close()
     bystander.check()
-    w.expect_nothing(0.5)
+    # Marker: a complete message on the same topic, published after the close, must be the
+    # next thing the subscriber gets (half a message delivered would come before it).
+    marker = connected(raw, 4)
+    marker.publish(f"{topic}/half", b"marker")
+    got = w.recv_publish()
+    assert got.payload == b"marker", got

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 import mqttraw as m
-from util import QUIET, WAIT, id_on_shard, is_mosquitto, props, uid
+from util import WAIT, id_on_shard, is_mosquitto, props, uid
 
 
 def pair(paho, sub_kw=None, pub_kw=None):
@@ -101,33 +101,46 @@ def test_unknown_topic_alias(paho, topic):
     first.publish("", b"still fine", 1, properties=alias_props(1))
 
 
-def test_broker_respects_client_receive_maximum(paho, topic):
+def test_broker_respects_client_receive_maximum(raw, paho, topic):
     """5.0 [MQTT-3.3.4-9]: the server MUST NOT send more unacknowledged QoS 1/2 PUBLISH
     packets than the client's Receive Maximum ("for which it has not received PUBACK,
     PUBCOMP, or PUBREC with a Reason Code of 128 or greater"): a QoS 2 message holds its slot
-    until PUBCOMP (paho sends PUBREC at once and PUBCOMP on `ack`). Acknowledging one
-    releases the next."""
-    sub, pub = pair(paho, sub_kw={"manual_ack": True,
-                                  "properties": props(PacketTypes.CONNECT, ReceiveMaximum=2)})
-    sub.subscribe(f"{topic}/q", 2)
+    until PUBCOMP. Acknowledging one releases the next. "Nothing more yet" is shown with a
+    marker: PINGRESP must be the very next packet after a PINGREQ (the broker answers a
+    connection in order, so anything sent over the window would come first)."""
+    sub = raw(5)
+    sub.connect_ok(id_on_shard("sub-", 0), props={m.PROP_RECEIVE_MAXIMUM: 2})
+    sub.subscribe([(f"{topic}/q", 2)])
+    pub = paho(5, client_id=id_on_shard("pub-", 1))
     for i in range(6):
         pub.publish(f"{topic}/q", b"%d" % i, 1 + i % 2)
-    window = sub.get_n(2)
-    assert [msg.payload for msg in window] == [b"0", b"1"]
-    sub.expect_nothing(QUIET)  # the spec demands that nothing more is sent yet
+    window = [sub.expect(m.PUBLISH), sub.expect(m.PUBLISH)]
+    assert [p.payload for p in window] == [b"0", b"1"]
+    sub.expect_nothing_before_pingresp()  # the spec demands that nothing more is sent yet
     if is_mosquitto():
         pytest.skip("Mosquitto 2.0.11 answers one PUBACK with two messages (one over the "
                     "window) and frees a QoS 2 slot at PUBREC")
-    got = [msg.payload for msg in window]
+
+    def complete(p) -> None:
+        if p.qos == 1:
+            sub.send(m.puback(p.pid, 5))
+            return
+        sub.send(m.pubrec(p.pid, 5))
+        rel = sub.expect(m.PUBREL)
+        assert rel.pid == p.pid, rel
+        sub.expect_nothing_before_pingresp()  # PUBREC alone does not free the slot
+        sub.send(m.pubcomp(p.pid, 5))
+
+    got = [p.payload for p in window]
     while len(got) < 6:
-        sub.ack(window.pop(0))
-        window.append(sub.get())
+        complete(window.pop(0))
+        window.append(sub.expect(m.PUBLISH))
         got.append(window[-1].payload)
         if len(got) < 6:
-            sub.expect_nothing(0.2)
+            sub.expect_nothing_before_pingresp()
     assert got == [b"%d" % i for i in range(6)]
-    for msg in window:
-        sub.ack(msg)
+    for p in window:
+        complete(p)
 
 
 def test_client_exceeding_broker_receive_maximum(raw, topic):
