@@ -7,7 +7,7 @@
 //! binary exits with status 2 on it.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -19,8 +19,12 @@ use crate::log::settings::PersistConfig;
 
 #[path = "config_auth.rs"]
 mod auth;
+#[path = "config_listen.rs"]
+mod listen;
 #[path = "config_persist.rs"]
 mod persist;
+
+pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
 
 /// Default `io_memory` per shard: small, so that a non-root user under an 8 MiB
 /// RLIMIT_MEMLOCK can run several shards (glommio registers this memory with io_uring).
@@ -33,9 +37,10 @@ pub const SHARDS_MAX: u16 = 1024;
 /// The resolved configuration of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Addresses to listen on (every shard listens on every one, SO_REUSEPORT). Port 0 picks a
+    /// Listeners (every shard listens on every one, SO_REUSEPORT), in configuration order:
+    /// a connection's [`crate::core::ConnInfo::listener`] indexes this list. Port 0 picks a
     /// free port, shared by all shards.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<ListenerConfig>,
     /// Number of shards (executor threads).
     pub shards: u16,
     /// CPU of each shard (`cpus[i]` for shard `i`) when pinning; `None` with `--no-pin`.
@@ -59,7 +64,7 @@ impl Config {
     /// default limits.
     pub fn local(shards: u16) -> Config {
         Config {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            listen: vec![ListenerConfig::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)))],
             shards,
             cpus: None,
             sys_interval_secs: 10,
@@ -142,9 +147,8 @@ struct Cli {
     /// TOML configuration file (same keys as the flags, limits in a `[limits]` table).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on (repeatable). Default 127.0.0.1:1883.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Vec<String>,
+    #[command(flatten)]
+    listen: listen::ListenArgs,
     /// Number of shards. Default: one per usable CPU (or per CPU in --cpus).
     #[arg(long, value_name = "N")]
     shards: Option<u16>,
@@ -203,6 +207,15 @@ struct FileConfig {
     redirect: Option<String>,
     limits: Option<Limits>,
     auth: Option<auth::FileAuth>,
+    // Listeners (`config_listen.rs`): the `--tls-*` keys for every TLS listener, and tables.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_client_auth: Option<String>,
+    tls_crl: Option<PathBuf>,
+    tls_identity_as_username: Option<bool>,
+    ws_origins: Option<Vec<String>>,
+    listener: Option<Vec<listen::ListenerTable>>,
 }
 
 impl FileConfig {
@@ -238,34 +251,10 @@ pub fn usable_cpus() -> Vec<usize> {
 
 pub use crate::cpu_list::parse_cpu_list;
 
-fn parse_listen(items: &[String], key: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let addr = item
-            .to_socket_addrs()
-            .map_err(|e| invalid(format!("{key} `{item}`: {e} (expected ADDR:PORT)")))?
-            .next()
-            .ok_or_else(|| invalid(format!("{key} `{item}`: resolves to no address")))?;
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    Ok(out)
-}
-
 /// Merges flags over the file over the defaults and checks everything. `usable` is the set
 /// of CPUs the process may run on.
 fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, ConfigError> {
-    let listen = if !cli.listen.is_empty() {
-        parse_listen(&cli.listen, "--listen")?
-    } else if let Some(l) = &file.listen {
-        if l.is_empty() {
-            return Err(invalid("listen: at least one address is required"));
-        }
-        parse_listen(l, "listen")?
-    } else {
-        vec![SocketAddr::from(([127, 0, 0, 1], 1883))]
-    };
+    let listen = listen::resolve_listeners(&cli, &file)?;
 
     let pin = !(cli.no_pin || file.no_pin.unwrap_or(false));
     let cpus_key = if cli.cpus.is_some() { "--cpus" } else { "cpus" };
@@ -413,7 +402,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.listen, vec![ListenerConfig::mqtt("127.0.0.1:1883".parse().unwrap())]);
         assert_eq!(c.shards, 4);
         assert_eq!(c.cpus, Some(vec![0, 1, 2, 3]));
         assert_eq!(c.sys_interval_secs, 10);

@@ -7,6 +7,10 @@ use common::*;
 use rumqttc::QoS;
 use shardmq_codec::{ByteStr, Packet, ProtocolVersion, Publish};
 
+fn mqtt(addr: &str) -> shardmq_engine::config::ListenerConfig {
+    shardmq_engine::config::ListenerConfig::mqtt(addr.parse().unwrap())
+}
+
 fn publish_packet(topic: &str, payload: &'static [u8]) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -134,12 +138,12 @@ async fn pipelined_packets_survive_the_handoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_accepts_and_shards_share_one_port() {
     let b = broker_with(2, |c| {
-        c.listen = vec!["127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()];
+        c.listen = vec![mqtt("127.0.0.1:0"), mqtt("127.0.0.1:0")];
     });
     let addrs = b.local_addrs().to_vec();
     assert_eq!(addrs.len(), 1, "duplicate addresses collapse to one listener");
     let b2 = broker_with(2, |c| {
-        c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        c.listen = vec![mqtt("127.0.0.1:0"), mqtt("[::1]:0")];
     });
     for (i, a) in b2.local_addrs().iter().enumerate() {
         assert_ne!(a.port(), 0);

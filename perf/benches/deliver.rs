@@ -29,6 +29,7 @@ use shardmq_engine::core::hash::HashKeys;
 use shardmq_engine::core::ids::{ConnId, ShardId};
 use shardmq_engine::core::limits::Limits;
 use shardmq_engine::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
+use shardmq_engine::core::ConnInfo;
 
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
@@ -58,7 +59,7 @@ fn setup(version: ProtocolVersion) -> (ShardCore, ConnId, Instant) {
     };
     let mut core = ShardCore::new(ShardId(0), config);
     let connect = |core: &mut ShardCore, id: String| {
-        let conn = core.open_connection(now).expect("connection slot");
+        let conn = core.open_connection(ConnInfo::default(), now).expect("connection slot");
         let c = Connect {
             protocol: version,
             clean_start: true,

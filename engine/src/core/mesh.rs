@@ -4,6 +4,7 @@
 //! to another arrive in the order they were sent: that is what keeps per-publisher ordering
 //! when a publisher and a subscriber live on different shards.
 
+use std::any::Any;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use shardmq_codec::{ByteStr, Properties, QoS, SubscriptionOptions};
 
 use crate::core::ids::ShardId;
+use crate::core::ConnInfo;
 
 /// An application message as routed between shards: built once on the publisher's shard,
 /// shared by reference count with every destination shard (payload never copied).
@@ -167,8 +169,14 @@ pub enum MeshMsg {
     Adopt {
         /// The TCP socket (a duplicate the sending shard made for this message).
         fd: OwnedFd,
-        /// Bytes already read from the socket, starting with CONNECT.
+        /// Bytes already read from the connection (after TLS and WebSocket framing),
+        /// starting with CONNECT.
         read_buf: Bytes,
+        /// The connection's network identity.
+        info: ConnInfo,
+        /// The io layer's transport state (TLS session, WebSocket framing) for a connection
+        /// that is not plain TCP: opaque to the core, it moves with the socket.
+        transport: Option<Box<dyn Any + Send>>,
     },
     /// Ask the receiver to stop (graceful shutdown).
     Shutdown,

@@ -19,6 +19,8 @@ pub mod persist;
 pub mod routing;
 pub(crate) mod sessions;
 pub mod shard;
+
+pub use sessions::conn_info::{ConnInfo, Transport};
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

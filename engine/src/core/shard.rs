@@ -37,6 +37,7 @@ use crate::core::routing::subscribe::{SubAckGate, SubOptions};
 use crate::core::routing::topic::TopicLimits;
 use crate::core::routing::trie::SubscriptionTrie;
 use crate::core::sessions::conn::{Conn, ConnTable, Phase};
+use crate::core::sessions::conn_info::ConnInfo;
 use crate::core::sessions::session::SessionTable;
 
 /// Read-only configuration every shard gets a copy of.
@@ -265,14 +266,20 @@ impl ShardCore {
         self.shard
     }
 
-    /// Registers a new socket whose first packet will be CONNECT. `None` when the shard's
+    /// Registers a new socket whose first packet will be CONNECT, with its network identity
+    /// (listener, transport, remote address, certificate subject). `None` when the shard's
     /// connection limit is reached (the io layer then refuses it).
-    pub fn open_connection(&mut self, now: Instant) -> Option<ConnId> {
+    pub fn open_connection(&mut self, info: ConnInfo, now: Instant) -> Option<ConnId> {
         if self.conns.len() >= self.config.limits.connections_per_shard_max as usize {
             return None;
         }
         self.next_scan_at.get_or_insert(now + SCAN_INTERVAL);
-        Some(self.conns.insert(Conn::new(now, self.tx_budget.clone())))
+        Some(self.conns.insert(Conn::new(now, self.tx_budget.clone(), info)))
+    }
+
+    /// The network identity `conn` was opened with, while it is open.
+    pub fn conn_info(&self, conn: ConnId) -> Option<&ConnInfo> {
+        Some(&self.conns.get(conn)?.info)
     }
 
     /// The protocol version negotiated on `conn` (its CONNECT's), if known: the version the

@@ -34,7 +34,7 @@ fn connect(id: &str) -> Packet {
 #[test]
 fn back_pressure_is_shared_with_the_other_shards() {
     let (mut core, now) = core(3);
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     let pause = core.config.limits.connection_tx_bytes_pause as usize;
     core.tx(conn).unwrap().push_copy(&vec![0u8; pause + 1]);
     assert!(core.publishing_paused(), "a connection past its pause mark");
@@ -71,7 +71,7 @@ fn home_shard_is_stable() {
 fn will_payload_not_utf8_is_refused_with_connack_0x99() {
     // 5.0 §3.1.3.2.3: CONNACK 0x99 (Payload format invalid), then close.
     let (mut core, now) = core(1);
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     core.handle_decode_error(conn, DecodeError::PayloadFormatInvalid, now);
     let mut out = Vec::new();
     core.tx(conn).unwrap().take_all(&mut out);
@@ -84,7 +84,7 @@ fn a_decode_error_without_a_disconnect_code_disconnects_with_0x82() {
     // A second CONNECT with an unknown protocol name maps to 0x84, which DISCONNECT cannot
     // carry (5.0 §3.14.2.1): 0x82, a second CONNECT being a Protocol Error [MQTT-3.1.0-2].
     let (mut core, now) = core(1);
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     let Packet::Connect(mut c) = connect("c") else { unreachable!() };
     c.protocol = ProtocolVersion::V5;
     core.handle_packet(conn, Packet::Connect(c), now);
@@ -99,7 +99,7 @@ fn a_decode_error_without_a_disconnect_code_disconnects_with_0x82() {
 #[test]
 fn one_flush_per_empty_to_non_empty_transition() {
     let (mut core, now) = core(1);
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     assert_eq!(core.protocol_version(conn), None);
     core.handle_packet(conn, connect("c"), now);
     assert_eq!(core.protocol_version(conn), Some(ProtocolVersion::V3_1_1));
@@ -116,7 +116,7 @@ fn one_flush_per_empty_to_non_empty_transition() {
 #[test]
 fn close_keeps_the_queue_readable_then_frees_it() {
     let (mut core, now) = core(1);
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     core.handle_packet(conn, connect("c"), now);
     core.handle_packet(conn, connect("c"), now); // [MQTT-3.1.0-2]
     assert_eq!(core.poll_action(), Some(IoAction::Flush(conn)));
@@ -143,6 +143,6 @@ fn mesh_backlog_pauses_reading() {
 fn deadlines_cover_sys_on_shard_zero_and_scans_while_busy() {
     let (mut core, now) = core(1);
     assert_eq!(core.next_deadline(), Some(now + Duration::from_secs(10)));
-    let _conn = core.open_connection(now).unwrap();
+    let _conn = core.open_connection(ConnInfo::default(), now).unwrap();
     assert_eq!(core.next_deadline(), Some(now + SCAN_INTERVAL));
 }

@@ -22,6 +22,7 @@ use crate::core::ids::{ConnId, ShardId};
 use crate::core::limits::Limits;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
+use crate::core::ConnInfo;
 
 #[path = "sim_persist.rs"]
 mod persist;
@@ -201,8 +202,14 @@ impl Sim {
     /// Opens a new connection for client `c` (replacing any previous one, which is left
     /// as it is: use `drop_conn` first to simulate a socket close).
     pub(crate) fn open(&mut self, c: usize) {
+        self.open_with(c, ConnInfo::default());
+    }
+
+    /// Like [`Sim::open`], with the connection's network identity (listener, transport,
+    /// certificate subject).
+    pub(crate) fn open_with(&mut self, c: usize, info: ConnInfo) {
         let shard = self.clients[c].shard;
-        let conn = self.shards[shard].open_connection(self.now).expect("connection accepted");
+        let conn = self.shards[shard].open_connection(info, self.now).expect("connection accepted");
         self.owners.insert((shard, conn), c);
         let cl = &mut self.clients[c];
         cl.conn = Some(conn);

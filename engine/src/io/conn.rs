@@ -17,6 +17,7 @@
 //! core's state. A connection idle for a second or two drops glommio's part and its task
 //! (`idle.rs`).
 
+use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -34,6 +35,7 @@ use shardmq_codec::{decode, encode, ConnAck, DecodeError, Packet, ProtocolVersio
 use crate::core::ids::ConnId;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::ShardCore;
+use crate::core::ConnInfo;
 
 use super::flush::{with_front_queue, write_out, Wrote, POKE_MISSES_MAX};
 use super::shard::{ConnSlot, PendingConn, ShardIo};
@@ -45,19 +47,26 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const VERSION_BEFORE_CONNECT: ProtocolVersion = ProtocolVersion::V3_1_1;
 
 /// Starts serving a socket accepted by this shard.
-pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream) {
+pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream, info: ConnInfo) {
     let _ = stream.set_nodelay(true);
     let shard = shard.clone();
-    glommio::spawn_local(greet(shard, stream, BytesMut::new(), false)).detach();
+    glommio::spawn_local(greet(shard, stream, BytesMut::new(), info, false)).detach();
 }
 
 /// Starts serving a socket another shard handed over with the bytes it read.
-pub(crate) fn spawn_adopted(shard: &Rc<ShardIo>, fd: OwnedFd, read_buf: Bytes) {
+pub(crate) fn spawn_adopted(
+    shard: &Rc<ShardIo>,
+    fd: OwnedFd,
+    read_buf: Bytes,
+    info: ConnInfo,
+    _transport: Option<Box<dyn Any + Send>>,
+) {
     // SAFETY: `fd` is an open TCP socket we own (the Adopt message's duplicate); ownership
     // moves to the stream here.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     let shard = shard.clone();
-    glommio::spawn_local(greet(shard, stream, BytesMut::from(&read_buf[..]), true)).detach();
+    let buf = BytesMut::from(&read_buf[..]);
+    glommio::spawn_local(greet(shard, stream, buf, info, true)).detach();
 }
 
 /// The first packet of a connection, and the bytes to hand over with it.
@@ -71,7 +80,13 @@ struct First {
 }
 
 /// The greeting task: waits for the first packet, then hands off or starts the [`Driver`].
-async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted: bool) {
+async fn greet(
+    shard: Rc<ShardIo>,
+    mut stream: TcpStream,
+    buf: BytesMut,
+    info: ConnInfo,
+    adopted: bool,
+) {
     let Some(first) = first_packet(&shard, &mut stream, buf).await else { return };
 
     // A CONNECT for a session homed on another shard: move the socket there.
@@ -86,7 +101,8 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
                     Ok(fd) => {
                         drop(stream);
                         let read_buf = first.read.freeze();
-                        shard.send_mesh(home, MeshMsg::Adopt { fd, read_buf });
+                        let msg = MeshMsg::Adopt { fd, read_buf, info, transport: None };
+                        shard.send_mesh(home, msg);
                         return;
                     }
                     Err(err) => {
@@ -97,7 +113,7 @@ async fn greet(shard: Rc<ShardIo>, mut stream: TcpStream, buf: BytesMut, adopted
         }
     }
 
-    let Some(conn) = shard.with_core(|core, now| core.open_connection(now)) else {
+    let Some(conn) = shard.with_core(|core, now| core.open_connection(info, now)) else {
         refuse_busy(stream, &first.packet).await;
         return;
     };

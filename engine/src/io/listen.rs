@@ -16,10 +16,62 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::config::ListenerConfig;
+use crate::core::{ConnInfo, Transport};
+
 /// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 1024;
 /// How long start-up waits for a port still held by a process that just died.
 const BIND_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// One listener as the shards serve it: its index in the configuration (what
+/// [`ConnInfo::listener`] holds), its bound address and its transport settings.
+/// Process-wide, immutable; each shard gets a clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Listener {
+    /// Index in `Config::listen` (after duplicates collapse, see [`unique`]).
+    pub(crate) index: u16,
+    /// The address (port 0 resolved).
+    pub(crate) addr: SocketAddr,
+    /// The transport of its connections.
+    pub(crate) transport: Transport,
+}
+
+impl Listener {
+    /// The listener `index` of the configuration, bound to `addr`. `Err` names the listener
+    /// and why it cannot be served.
+    pub(crate) fn new(
+        index: u16,
+        addr: SocketAddr,
+        config: ListenerConfig,
+    ) -> Result<Listener, String> {
+        if config.transport != Transport::Tcp {
+            return Err(format!(
+                "{}: {} listeners are not served yet",
+                config.url(),
+                config.transport
+            ));
+        }
+        Ok(Listener { index, addr, transport: config.transport })
+    }
+
+    /// The identity of a connection accepted here from `remote`.
+    pub(crate) fn conn_info(&self, remote: Option<SocketAddr>) -> ConnInfo {
+        ConnInfo { listener: self.index, transport: self.transport, remote, ..ConnInfo::default() }
+    }
+}
+
+/// The configured listeners without repeats (the configuration already collapses the same
+/// listener given twice; a `Config` built in code may not have).
+pub(super) fn unique(listeners: &[ListenerConfig]) -> Vec<ListenerConfig> {
+    let mut out: Vec<ListenerConfig> = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        if !out.contains(l) {
+            out.push(l.clone());
+        }
+    }
+    out
+}
 
 /// Resolves port 0 to a concrete free port shared by every shard, and checks fixed ports
 /// are not already served (SO_REUSEPORT would otherwise silently share them with another
@@ -30,12 +82,7 @@ pub(super) fn reserve_ports(
 ) -> Result<(Vec<SocketAddr>, Vec<Socket>), String> {
     let mut out = Vec::with_capacity(addrs.len());
     let mut reservations = Vec::new();
-    let mut seen = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        if seen.contains(&addr) {
-            continue;
-        }
-        seen.push(addr);
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         if addr.port() == 0 {

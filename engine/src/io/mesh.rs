@@ -151,11 +151,11 @@ pub(crate) async fn receive_task(
             _ => return,
         };
         match msg {
-            MeshMsg::Adopt { fd, read_buf } => {
+            MeshMsg::Adopt { fd, read_buf, info, transport } => {
                 if shard.stop.is_fired() {
                     continue; // `fd` is dropped: the socket closes.
                 }
-                super::conn::spawn_adopted(&shard, fd, read_buf);
+                super::conn::spawn_adopted(&shard, fd, read_buf, info, transport);
             }
             // Shutdown is driven by the broker-wide stop flag; the message is only a nudge.
             MeshMsg::Shutdown => {}
@@ -178,7 +178,12 @@ mod tests {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         // Only a bound on a hang: a socket left open fails the read instead.
         peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-        let msg = MeshMsg::Adopt { fd: ours.into(), read_buf: Bytes::from_static(b"\x10") };
+        let msg = MeshMsg::Adopt {
+            fd: ours.into(),
+            read_buf: Bytes::from_static(b"\x10"),
+            info: crate::core::ConnInfo::default(),
+            transport: None,
+        };
         drop(msg);
         let mut byte = [0u8; 1];
         assert_eq!(peer.read(&mut byte).unwrap(), 0, "EOF: the last descriptor was closed");

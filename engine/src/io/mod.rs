@@ -59,7 +59,16 @@ impl Broker {
         config.limits.validate().map_err(StartError)?;
         checks::preflight(config).map_err(StartError)?;
         let mut log_configs = persist::prepare_data_dir(config).map_err(StartError)?;
-        let (listen, reservations) = listen::reserve_ports(&config.listen).map_err(StartError)?;
+        let listeners = listen::unique(&config.listen);
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
+        let (listen, reservations) = listen::reserve_ports(&addrs).map_err(StartError)?;
+        let listeners: Vec<listen::Listener> = listeners
+            .into_iter()
+            .zip(&listen)
+            .enumerate()
+            .map(|(i, (config, addr))| listen::Listener::new(i as u16, *addr, config))
+            .collect::<Result<_, _>>()
+            .map_err(StartError)?;
 
         let n = config.shards;
         let stats =
@@ -105,7 +114,7 @@ impl Broker {
                 placement_cpu: config.cpus.as_ref().map(|c| c[usize::from(index)]),
                 io_memory_bytes: config.io_memory_bytes,
                 ring_depth: config.ring_depth,
-                listen: listen.clone(),
+                listen: listeners.clone(),
                 core_config: core_config.clone(),
                 mesh: mesh_clones[usize::from(index)].take(),
                 log_config: log_configs[usize::from(index)].take(),

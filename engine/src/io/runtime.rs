@@ -2,7 +2,6 @@
 //! run the accept, timer and mesh tasks, and shut down gracefully when the broker-wide stop
 //! flag is raised.
 
-use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -18,6 +17,7 @@ use crate::core::ids::ShardId;
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{CoreConfig, ShardCore};
 
+use super::listen::Listener;
 use super::mesh::{receive_task, retry_task, MeshIo};
 use super::persist;
 use super::shard::ShardIo;
@@ -37,7 +37,7 @@ pub(crate) struct ShardStart {
     pub(crate) placement_cpu: Option<usize>,
     pub(crate) io_memory_bytes: usize,
     pub(crate) ring_depth: usize,
-    pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) listen: Vec<super::listen::Listener>,
     pub(crate) core_config: CoreConfig,
     pub(crate) mesh: Option<MeshBuilder<MeshMsg, Full>>,
     /// This shard's log (`None` with `--in-memory`).
@@ -159,11 +159,11 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     };
 
     let mut listeners = Vec::with_capacity(start.listen.len());
-    for addr in &start.listen {
-        match super::listen::listener(*addr) {
+    for l in start.listen {
+        match super::listen::listener(l.addr) {
             // SAFETY: a bound, listening socket we own; ownership moves to the listener.
-            Ok(fd) => listeners.push(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }),
-            Err(e) => return fail(&mut guard, format!("cannot listen on {addr}: {e}")),
+            Ok(fd) => listeners.push((unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }, l)),
+            Err(e) => return fail(&mut guard, format!("cannot listen on {}: {e}", l.addr)),
         }
     }
 
@@ -205,8 +205,8 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(timer_task(shard.clone())).detach();
     glommio::spawn_local(super::flush::flush_task(shard.clone())).detach();
     glommio::spawn_local(super::idle::idle_task(shard.clone())).detach();
-    for l in listeners {
-        glommio::spawn_local(accept_task(shard.clone(), l)).detach();
+    for (socket, l) in listeners {
+        glommio::spawn_local(accept_task(shard.clone(), socket, l)).detach();
     }
     guard.done(Ok(index));
 
@@ -255,12 +255,15 @@ fn recover(core: &mut ShardCore, config: &LogConfig) -> Result<persist::LogIo, S
 }
 
 /// Accepts connections on one listener until shutdown.
-async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener) {
+async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener, config: Listener) {
     let mut last_error_log: Option<Instant> = None;
     loop {
         match shard.stop.unless_fired(listener.accept()).await {
             None => return,
-            Some(Ok(stream)) => super::conn::spawn_accepted(&shard, stream),
+            Some(Ok(stream)) => {
+                let info = config.conn_info(stream.peer_addr().ok());
+                super::conn::spawn_accepted(&shard, stream, info)
+            }
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off briefly rather than spin.
                 if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {

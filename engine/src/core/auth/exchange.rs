@@ -101,9 +101,23 @@ impl ShardCore {
     fn check_plain_credentials(
         &mut self,
         conn: ConnId,
-        connect: Connect,
+        mut connect: Connect,
         now: std::time::Instant,
     ) -> Option<Connect> {
+        let info = &self.conns.get(conn)?.info;
+        if info.identity_as_username {
+            // The listener maps the verified client certificate's subject CN to the user
+            // name and asks no password (like Mosquitto's `use_identity_as_username`).
+            // Without a certificate (an `optional` listener) there is no identity: 0x87
+            // Not authorized (3.1.1: return code 5).
+            let Some(cn) = info.cert_subject_cn.as_deref() else {
+                self.refuse_connect(conn, connect.protocol, ReasonCode::NOT_AUTHORIZED, now);
+                return None;
+            };
+            connect.username = Some(ByteStr::from(cn));
+            connect.password = None;
+            return Some(connect);
+        }
         let reason = match (&self.config.auth.users, &connect.username) {
             (Some(users), Some(name)) => {
                 let password = connect.password.as_deref().unwrap_or_default();

@@ -14,6 +14,7 @@ use crate::core::auth::{AuthConfig, Redirect};
 use crate::core::ids::{ConnId, ShardId};
 use crate::core::limits::Limits;
 use crate::core::shard::{CoreConfig, GlobalStats, IoAction, ShardCore};
+use crate::core::ConnInfo;
 
 fn users() -> UserDb {
     let mut db = UserDb::default();
@@ -107,7 +108,7 @@ fn auth_data(p: &Packet) -> (u8, Option<String>, Bytes) {
 /// Runs a SCRAM exchange to CONNACK; returns the connection and the client.
 fn scram_connect(core: &mut ShardCore, now: Instant, password: &str) -> (ConnId, Packet, bool) {
     let v5 = ProtocolVersion::V5;
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     let mut client = ScramClient::new("alice", password, "cnonce");
     core.handle_packet(conn, connect(v5, None, Some(METHOD), Some(client.client_first())), now);
     let (out, closed) = output(core, conn, v5);
@@ -151,7 +152,7 @@ fn other_packets_during_the_exchange_are_a_protocol_error() {
     let v5 = ProtocolVersion::V5;
     for packet in [Packet::PingReq, auth(0x19, METHOD, None), auth(0x18, "OTHER", None)] {
         let (mut core, now) = core();
-        let conn = core.open_connection(now).unwrap();
+        let conn = core.open_connection(ConnInfo::default(), now).unwrap();
         let first = ScramClient::new("alice", "x", "n").client_first();
         core.handle_packet(conn, connect(v5, None, Some(METHOD), Some(first)), now);
         output(&mut core, conn, v5);
@@ -179,7 +180,7 @@ fn unknown_method_and_plain_credentials() {
     ];
     for (version, user, method, want) in cases {
         let (mut core, now) = core();
-        let conn = core.open_connection(now).unwrap();
+        let conn = core.open_connection(ConnInfo::default(), now).unwrap();
         core.handle_packet(conn, connect(version, user, method, None), now);
         let (out, closed) = output(&mut core, conn, version);
         let Packet::ConnAck(a) = &out[0] else { panic!("{out:?}") };
@@ -234,7 +235,7 @@ fn reauthentication_protocol_errors() {
     }
     // [MQTT-4.12.0-7]: no method in CONNECT, no AUTH.
     let (mut core, now) = core();
-    let conn = core.open_connection(now).unwrap();
+    let conn = core.open_connection(ConnInfo::default(), now).unwrap();
     core.handle_packet(conn, connect(v5, Some(("alice", "wonderland")), None, None), now);
     output(&mut core, conn, v5);
     core.handle_packet(conn, auth(0x19, METHOD, None), now);
@@ -250,7 +251,7 @@ fn redirection_names_the_server_for_v5_and_is_server_unavailable_for_v311() {
         let (mut core, now) =
             core_with(AuthConfig { redirect: Some(redirect), ..AuthConfig::default() });
         for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
-            let conn = core.open_connection(now).unwrap();
+            let conn = core.open_connection(ConnInfo::default(), now).unwrap();
             core.handle_packet(conn, connect(version, None, None, None), now);
             let (out, closed) = output(&mut core, conn, version);
             let Packet::ConnAck(a) = &out[0] else { panic!("{out:?}") };
@@ -294,7 +295,7 @@ fn plain_password_checks_past_the_budget_get_server_busy() {
         (ProtocolVersion::V3_1_1, "nope"),
         (ProtocolVersion::V5, "wonderland"),
     ] {
-        let conn = core.open_connection(now).unwrap();
+        let conn = core.open_connection(ConnInfo::default(), now).unwrap();
         core.handle_packet(conn, connect(version, Some(("alice", password)), None, None), now);
         let (out, _) = output(&mut core, conn, version);
         let Packet::ConnAck(a) = &out[0] else { panic!("{out:?}") };
@@ -305,4 +306,37 @@ fn plain_password_checks_past_the_budget_get_server_busy() {
     // worked is answered from the cache.
     assert_eq!(codes, [0x00, 0x89, 3, 0x00]);
     assert_eq!(core.password_checks.derivations_count, 1);
+}
+
+/// `--tls-identity-as-username`: the certificate's CN is the user name, no password is
+/// checked (not even a wrong one against the users file); without a certificate, 0x87.
+#[test]
+fn identity_as_username_takes_the_certificate_cn_and_asks_no_password() {
+    let (mut core, now) = core();
+    let v5 = ProtocolVersion::V5;
+    let info = |cn: Option<&str>| ConnInfo {
+        transport: crate::core::Transport::Tls,
+        cert_subject_cn: cn.map(str::to_owned),
+        identity_as_username: true,
+        ..ConnInfo::default()
+    };
+    let conn = core.open_connection(info(Some("device-7")), now).unwrap();
+    core.handle_packet(conn, connect(v5, Some(("alice", "not-her-password")), None, None), now);
+    let (out, closed) = output(&mut core, conn, v5);
+    assert!(matches!(&out[..], [Packet::ConnAck(a)] if a.reason.0 == 0), "{out:?}");
+    assert!(!closed);
+    assert_eq!(core.conn_info(conn).unwrap().cert_subject_cn.as_deref(), Some("device-7"));
+
+    let conn = core.open_connection(info(None), now).unwrap();
+    core.handle_packet(conn, connect(v5, Some(("alice", "wonderland")), None, None), now);
+    let (out, closed) = output(&mut core, conn, v5);
+    assert!(matches!(&out[..], [Packet::ConnAck(a)] if a.reason.0 == 0x87), "{out:?}");
+    assert!(closed);
+
+    // Without the listener setting, a certificate changes nothing: the password is checked.
+    let plain = ConnInfo { identity_as_username: false, ..info(Some("alice")) };
+    let conn = core.open_connection(plain, now).unwrap();
+    core.handle_packet(conn, connect(v5, None, None, None), now);
+    let (out, _) = output(&mut core, conn, v5);
+    assert!(matches!(&out[..], [Packet::ConnAck(a)] if a.reason.0 == 0x87), "{out:?}");
 }

@@ -13,6 +13,7 @@ use crate::core::delivery::tx::TxQueue;
 use crate::core::delivery::tx_budget::TxBudget;
 use crate::core::hash::Map;
 use crate::core::ids::{ConnId, SessionSlot};
+use crate::core::sessions::conn_info::ConnInfo;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub(crate) struct Conn {
     /// Enhanced authentication (5.0): the method and any exchange in progress; `None` for a
     /// connection that did not name a method in CONNECT (most: kept out of line).
     pub(crate) auth: Option<Box<ConnAuth>>,
+    /// Listener, transport, remote address, certificate subject (`conn_info.rs`). Boxed:
+    /// read at CONNECT and by policy checks only, and an idle connection must stay small.
+    pub(crate) info: Box<ConnInfo>,
 }
 
 /// The topic alias mappings of one 5.0 connection, both directions. Aliases live and die
@@ -72,7 +76,7 @@ pub(crate) struct Aliases {
 
 impl Conn {
     /// A connection accepted at `now` that has not sent CONNECT yet.
-    pub(crate) fn new(now: Instant, budget: Rc<TxBudget>) -> Conn {
+    pub(crate) fn new(now: Instant, budget: Rc<TxBudget>, info: ConnInfo) -> Conn {
         Conn {
             phase: Phase::AwaitingConnect,
             version: None,
@@ -84,6 +88,7 @@ impl Conn {
             client_topic_alias_max: 0,
             aliases: None,
             auth: None,
+            info: Box::new(info),
         }
     }
 
@@ -184,7 +189,11 @@ mod tests {
     use super::*;
 
     fn conn(now: Instant) -> Conn {
-        Conn::new(now, Rc::new(TxBudget::new(&crate::core::limits::Limits::default())))
+        Conn::new(
+            now,
+            Rc::new(TxBudget::new(&crate::core::limits::Limits::default())),
+            ConnInfo::default(),
+        )
     }
 
     /// Memory per idle connection is a target (≤ 1 KB, issue 4). A failure here means a
@@ -198,8 +207,10 @@ mod tests {
         use std::mem::size_of;
         // TxQueue: +16 bytes for the shard budget it reports to and its back-pressure flags
         // (`delivery/tx_budget.rs`).
-        assert!(size_of::<Conn>() <= 120, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Entry>() <= 128, "ConnTable entry: {}", size_of::<Entry>());
+        // Conn: +8 bytes for the boxed `ConnInfo` (the box itself is ~64 bytes more per
+        // connection, in the allocator's 64-byte class).
+        assert!(size_of::<Conn>() <= 128, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Entry>() <= 136, "ConnTable entry: {}", size_of::<Entry>());
         assert!(size_of::<TxQueue>() <= 64, "TxQueue: {}", size_of::<TxQueue>());
         assert!(size_of::<Session>() <= 120, "Session: {}", size_of::<Session>());
         assert!(

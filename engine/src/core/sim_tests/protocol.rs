@@ -193,5 +193,5 @@ fn connect_timeout_and_connection_limit() {
     let c = sim.client(&sim.id_on("c", 0), V3);
     sim.connect(b);
     sim.connect(c);
-    assert!(sim.shards[0].open_connection(sim.now).is_none());
+    assert!(sim.shards[0].open_connection(crate::core::ConnInfo::default(), sim.now).is_none());
 }
