@@ -21,10 +21,13 @@ use crate::log::settings::PersistConfig;
 mod auth;
 #[path = "config_listen.rs"]
 mod listen;
+#[path = "config_ops.rs"]
+mod ops;
 #[path = "config_persist.rs"]
 mod persist;
 
 pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
+pub use ops::{check_log_level, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
 
 /// Default `io_memory` per shard: small, so that a non-root user under an 8 MiB
 /// RLIMIT_MEMLOCK can run several shards (glommio registers this memory with io_uring).
@@ -57,6 +60,8 @@ pub struct Config {
     pub persist: PersistConfig,
     /// Users, enhanced authentication methods, anonymous access, redirection.
     pub auth: AuthConfig,
+    /// Logging, the admin HTTP listener, and the command line a reload parses again.
+    pub ops: OpsConfig,
 }
 
 impl Config {
@@ -73,6 +78,7 @@ impl Config {
             limits: Limits::default(),
             persist: PersistConfig::in_memory(),
             auth: AuthConfig { rng_seed: auth::random_seed(), ..AuthConfig::default() },
+            ops: OpsConfig { log_level: LOG_LEVEL_DEFAULT.to_owned(), ..OpsConfig::default() },
         }
     }
 
@@ -87,12 +93,15 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(ConfigError::Usage)?;
+        let argv: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let cli = Cli::try_parse_from(&argv).map_err(ConfigError::Usage)?;
         let file = match &cli.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        resolve(cli, file, &usable_cpus())
+        let mut config = resolve(cli, file, &usable_cpus())?;
+        config.ops.argv = Some(argv);
+        Ok(config)
     }
 }
 
@@ -181,6 +190,8 @@ struct Cli {
     persist: persist::PersistArgs,
     #[command(flatten)]
     auth: auth::AuthArgs,
+    #[command(flatten)]
+    ops: ops::OpsArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -216,6 +227,10 @@ struct FileConfig {
     tls_identity_as_username: Option<bool>,
     ws_origins: Option<Vec<String>>,
     listener: Option<Vec<listen::ListenerTable>>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    http: Option<String>,
+    http_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -324,6 +339,7 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
 
     let auth = auth::resolve_auth(&cli, &file)?;
     let persist = persist::resolve_persist(&cli, &file)?;
+    let ops = ops::resolve_ops(&cli, &file)?;
     let mut limits = file.limits.unwrap_or_default();
     // Top-level shorthands in the file, then flags, override the [limits] table.
     if let Some(v) = cli.connect_timeout_secs.or(file.connect_timeout_secs) {
@@ -347,6 +363,7 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
         limits,
         auth,
         persist,
+        ops,
     })
 }
 

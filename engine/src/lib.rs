@@ -11,6 +11,8 @@
 //! - [`io`]: with the log's file io, the only code that uses glommio: listeners, connection
 //!   drivers, the cross-shard mesh, timers. Thin: read → decode → core → encode → write.
 //! - [`config`]: command line and TOML configuration; [`users_cmd`]: `shardmq users …`.
+//! - [`logging`] (the process's log and its in-memory ring) and [`reload`] (SIGHUP): process-wide,
+//!   outside the shards; they reach the shards through the control plane (`io::control`).
 //! - Test support, compiled only for tests and with the `test-support` feature (never in the
 //!   broker binary): `splitmix` (a seedable generator) and `log::workload`.
 //!
@@ -21,6 +23,8 @@ pub mod core;
 pub mod cpu_list;
 pub mod io;
 pub mod log;
+pub mod logging;
+pub mod reload;
 #[cfg(any(test, feature = "test-support"))]
 pub mod splitmix;
 pub mod users_cmd;

@@ -1,12 +1,14 @@
 //! The `shardmq` binary: parse the configuration, start the broker, print one
-//! `listening on ADDR` line per listener, and shut down gracefully on SIGINT/SIGTERM. A
-//! panic on any thread ends the process with exit code 101 (`io::failfast`).
+//! `listening on ADDR` line per listener, reload on SIGHUP (`reload.rs`), and shut down
+//! gracefully on SIGINT/SIGTERM. A panic on any thread ends the process with exit code 101
+//! (`io::failfast`).
 
 use std::io::Write;
 
 use anyhow::Context;
 use shardmq_engine::config::Config;
 use shardmq_engine::io::Broker;
+use shardmq_engine::reload::Reloader;
 
 /// mimalloc, with glommio's io_memory kept out of huge pages (see `io::alloc`).
 #[global_allocator]
@@ -25,17 +27,7 @@ fn main() {
     let config = Config::from_env().unwrap_or_else(|e| e.exit());
     // A shard that panics ends the process at once (see `io::failfast`).
     shardmq_engine::io::failfast::exit_on_panic();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // glommio logs an error when it probes a device for polled IO and the
-                // device says no (virtio disks); it then uses the ordinary ring: harmless.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,glommio::reactor=off")
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    shardmq_engine::logging::init(&config.ops.log_level, config.ops.log_format);
     if let Err(e) = run(&config) {
         eprintln!("shardmq: error: {e:#}");
         std::process::exit(1);
@@ -43,11 +35,12 @@ fn main() {
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Register the handlers before starting, so an early signal is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let broker = Broker::start(config)?;
+    let reloader = Reloader::new(config.clone(), broker.control());
     {
         let mut out = std::io::stdout().lock();
         for addr in broker.local_addrs() {
@@ -55,8 +48,18 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            let outcome = reloader.reload();
+            tracing::info!(
+                "SIGHUP: reload {} sent to the shards ({} errors)",
+                outcome.generation,
+                outcome.errors.len()
+            );
+            continue;
+        }
         tracing::info!("signal {sig}: shutting down");
+        break;
     }
     broker.shutdown();
     Ok(())

@@ -12,6 +12,7 @@
 pub mod alloc;
 pub mod checks;
 mod conn;
+pub mod control;
 pub mod failfast;
 mod flush;
 mod idle;
@@ -94,9 +95,18 @@ impl Broker {
         let mut mesh_clones: Vec<_> =
             (0..n).map(|_| mesh.clone()).collect::<Vec<Option<MeshBuilder<MeshMsg, Full>>>>();
 
+        let (control, control_ends) = control::control_plane(n)
+            .map_err(|e| StartError(format!("cannot create the control plane: {e}")))?;
+        let mut control_ends: Vec<_> = control_ends.into_iter().map(Some).collect();
+
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut handle =
-            BrokerHandle { addrs: listen.clone(), stop: Vec::new(), threads: Vec::new(), mesh };
+        let mut handle = BrokerHandle {
+            addrs: listen.clone(),
+            stop: Vec::new(),
+            threads: Vec::new(),
+            mesh,
+            control,
+        };
 
         for index in 0..n {
             let (made_tx, made_rx) = mpsc::channel();
@@ -119,6 +129,7 @@ impl Broker {
                 mesh: mesh_clones[usize::from(index)].take(),
                 log_config: log_configs[usize::from(index)].take(),
                 stop: theirs.into(),
+                control: control_ends[usize::from(index)].take().expect("one per shard"),
                 made: made_tx,
                 ready: ready_tx.clone(),
             };
@@ -206,12 +217,19 @@ pub struct BrokerHandle {
     threads: Vec<JoinHandle<Result<(), String>>>,
     /// Kept until every shard thread has exited (see the note in [`Broker::start`]).
     mesh: Option<MeshBuilder<MeshMsg, Full>>,
+    /// The sending side of the control plane.
+    control: control::Control,
 }
 
 impl BrokerHandle {
     /// The addresses the broker listens on (port 0 resolved), in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The control plane: requests to the shards from other threads.
+    pub fn control(&self) -> control::Control {
+        self.control.clone()
     }
 
     /// Graceful shutdown: stop accepting, send 5.0 clients DISCONNECT 0x8B, flush and close

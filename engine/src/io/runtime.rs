@@ -44,6 +44,8 @@ pub(crate) struct ShardStart {
     pub(crate) log_config: Option<LogConfig>,
     /// This shard's end of a socket pair: EOF on it means "shut down".
     pub(crate) stop: OwnedFd,
+    /// This shard's end of the control plane.
+    pub(crate) control: super::control::ControlEnd,
     /// Told once the executor exists (or could not be made).
     pub(crate) made: mpsc::Sender<Result<(), String>>,
     /// Told once the shard accepts on every listener (or failed to start).
@@ -205,6 +207,7 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(timer_task(shard.clone())).detach();
     glommio::spawn_local(super::flush::flush_task(shard.clone())).detach();
     glommio::spawn_local(super::idle::idle_task(shard.clone())).detach();
+    glommio::spawn_local(super::control::control_task(shard.clone(), start.control)).detach();
     for (socket, l) in listeners {
         glommio::spawn_local(accept_task(shard.clone(), socket, l)).detach();
     }

@@ -223,6 +223,8 @@ pub(crate) struct ShardIo {
     /// shard's `$SYS` counters every idle sweep).
     pub(crate) bytes_in: Cell<u64>,
     pub(crate) bytes_out: Cell<u64>,
+    /// Reloads applied (`control.rs`).
+    pub(crate) reloads: Cell<u64>,
     /// This shard's end of the mesh (absent with one shard).
     pub(crate) mesh: OnceCell<Rc<MeshIo>>,
     /// This shard's log (absent with `--in-memory`).
@@ -264,6 +266,7 @@ impl ShardIo {
             idle: IdlePoller::new()?,
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
+            reloads: Cell::new(0),
             mesh: OnceCell::new(),
             log: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),

@@ -1,0 +1,179 @@
+//! Reload: re-read the configuration and the files it names, and apply what can change
+//! while the broker runs. SIGHUP (`main.rs`) and `POST /api/v1/reload` both call
+//! [`Reloader::reload`], which calls [`build_reload`] once, applies the process-wide parts
+//! (the log filter) and broadcasts the result to every shard as
+//! [`ControlMsg::Reload`](crate::io::control::ControlMsg::Reload); each shard applies its
+//! own parts (`io/control.rs`).
+//!
+//! A part that fails to load keeps the old state; the error (file, line, reason) is
+//! reported. Keys that changed but need a restart are listed, not applied.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::io::control::{Control, ControlMsg};
+
+/// What a reload changes, built once and shared by every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// Counts reloads since start (1 for the first); set by [`Reloader::reload`].
+    pub generation: u64,
+    /// The log filter (`--log-level`), applied process-wide.
+    pub log_level: String,
+}
+
+/// Re-reads the configuration `config` came from (its command line and `--config` file)
+/// and the files it names. Returns the new state and the errors met (each one line: a part
+/// with an error keeps its old value), and lists in the errors nothing that merely needs a
+/// restart: see [`restart_needed`].
+pub fn build_reload(config: &Config) -> (Reload, Vec<String>) {
+    let mut errors = Vec::new();
+    let fresh = match reread(config) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            errors.push(e);
+            config.clone()
+        }
+    };
+    let reload = Reload { generation: 0, log_level: fresh.ops.log_level.clone() };
+    (reload, errors)
+}
+
+/// The configuration parsed again from its command line, or a copy when it was built in
+/// code.
+fn reread(config: &Config) -> Result<Config, String> {
+    match &config.ops.argv {
+        Some(argv) => Config::try_parse_from(argv.iter().cloned()).map_err(|e| e.to_string()),
+        None => Ok(config.clone()),
+    }
+}
+
+/// The keys of `fresh` that differ from the running `config` and only take effect after a
+/// restart.
+pub fn restart_needed(config: &Config, fresh: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check(config.listen != fresh.listen, "listen");
+    check(config.shards != fresh.shards, "shards");
+    check(config.cpus != fresh.cpus, "cpus");
+    check(config.sys_interval_secs != fresh.sys_interval_secs, "sys_interval_secs");
+    check(config.io_memory_bytes != fresh.io_memory_bytes, "io_memory_kib");
+    check(config.ring_depth != fresh.ring_depth, "ring_depth");
+    check(config.limits != fresh.limits, "limits");
+    check(config.persist != fresh.persist, "persistence (data_dir, durability, data_*)");
+    check(config.ops.log_format != fresh.ops.log_format, "log_format");
+    check(config.ops.http != fresh.ops.http, "http");
+    keys
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// The reload's generation.
+    pub generation: u64,
+    /// Errors met (the parts concerned keep their old state).
+    pub errors: Vec<String>,
+    /// Changed keys that need a restart to take effect.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Builds, applies and broadcasts reloads. One per broker, shared by the threads that may
+/// ask for a reload (outside the shards: it takes a mutex).
+#[derive(Debug)]
+pub struct Reloader {
+    /// The configuration the broker started with.
+    config: Config,
+    control: Control,
+    generation: AtomicU64,
+    /// The last reload sent, if any (for `GET /api/v1/config`).
+    last: Mutex<Option<Arc<Reload>>>,
+}
+
+impl Reloader {
+    /// A reloader for the broker started with `config`.
+    pub fn new(config: Config, control: Control) -> Reloader {
+        Reloader { config, control, generation: AtomicU64::new(0), last: Mutex::new(None) }
+    }
+
+    /// The configuration the broker started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Reloads: builds the new state, applies the process-wide parts, and queues the rest
+    /// for every shard (each applies it between two events; this does not wait for them).
+    pub fn reload(&self) -> ReloadOutcome {
+        // One reload at a time, so shards see generations in order.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut reload, mut errors) = build_reload(&self.config);
+        let restart = match reread(&self.config) {
+            Ok(fresh) => restart_needed(&self.config, &fresh),
+            Err(_) => Vec::new(),
+        };
+        reload.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Err(e) = crate::logging::set_level(&reload.log_level) {
+            tracing::debug!("reload: log level not changed: {e}");
+        }
+        let reload = Arc::new(reload);
+        for (shard, sent) in
+            self.control.send_all(|_| ControlMsg::Reload(reload.clone())).iter().enumerate()
+        {
+            if let Err(e) = sent {
+                errors.push(format!("shard {shard}: {e}"));
+            }
+        }
+        for e in &errors {
+            tracing::warn!("reload {}: {e}", reload.generation);
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "reload {}: changed but needs a restart: {}",
+                reload.generation,
+                restart.join(", ")
+            );
+        }
+        *last = Some(reload.clone());
+        ReloadOutcome { generation: reload.generation, errors, restart_needed: restart }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_built_in_code_reloads_as_itself() {
+        let c = Config::local(2);
+        let (r, errors) = build_reload(&c);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(r.log_level, c.ops.log_level);
+        assert!(restart_needed(&c, &c).is_empty());
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_old_state_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("shardmq-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.toml");
+        std::fs::write(&file, "log_level = \"info\"\nshards = 1\nno_pin = true\n").unwrap();
+        let argv = ["shardmq", "--config", file.to_str().unwrap()];
+        let c = Config::try_parse_from(argv).unwrap();
+        assert_eq!(c.ops.log_level, "info");
+        std::fs::write(&file, "log_level = \"debug\"\nshards = 2\nno_pin = true\n").unwrap();
+        let (r, errors) = build_reload(&c);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(r.log_level, "debug");
+        assert_eq!(restart_needed(&c, &reread(&c).unwrap()), vec!["shards"]);
+        std::fs::write(&file, "log_level = \"loud\"\nshards = 1\nno_pin = true\n").unwrap();
+        let (r, errors) = build_reload(&c);
+        assert_eq!(r.log_level, "info", "old state kept");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("log_level") && errors[0].contains("loud"), "{errors:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
