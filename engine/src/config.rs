@@ -62,6 +62,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging, the admin HTTP listener, and the command line a reload parses again.
     pub ops: OpsConfig,
+    /// Bridges to other brokers (`[[bridge]]` tables; `crate::bridge`).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
             persist: PersistConfig::in_memory(),
             auth: AuthConfig { rng_seed: auth::random_seed(), ..AuthConfig::default() },
             ops: OpsConfig { log_level: LOG_LEVEL_DEFAULT.to_owned(), ..OpsConfig::default() },
+            bridges: Vec::new(),
         }
     }
 
@@ -218,6 +221,7 @@ struct FileConfig {
     redirect: Option<String>,
     limits: Option<Limits>,
     auth: Option<auth::FileAuth>,
+    bridge: Option<Vec<crate::bridge::config::BridgeTable>>,
     // Listeners (`config_listen.rs`): the `--tls-*` keys for every TLS listener, and tables.
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -268,7 +272,7 @@ pub use crate::cpu_list::parse_cpu_list;
 
 /// Merges flags over the file over the defaults and checks everything. `usable` is the set
 /// of CPUs the process may run on.
-fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, ConfigError> {
+fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, ConfigError> {
     let listen = listen::resolve_listeners(&cli, &file)?;
 
     let pin = !(cli.no_pin || file.no_pin.unwrap_or(false));
@@ -340,6 +344,11 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
     let auth = auth::resolve_auth(&cli, &file)?;
     let persist = persist::resolve_persist(&cli, &file)?;
     let ops = ops::resolve_ops(&cli, &file)?;
+    let bridges = crate::bridge::config::resolve_all(file.bridge.take().unwrap_or_default())
+        .map_err(invalid)?;
+    if !bridges.is_empty() && !listen.iter().any(|l| l.transport == crate::core::Transport::Tcp) {
+        return Err(invalid("[[bridge]]: a bridge connects to this broker through a plain mqtt:// listener; add one (e.g. mqtt://127.0.0.1:0)"));
+    }
     let mut limits = file.limits.unwrap_or_default();
     // Top-level shorthands in the file, then flags, override the [limits] table.
     if let Some(v) = cli.connect_timeout_secs.or(file.connect_timeout_secs) {
@@ -364,6 +373,7 @@ fn resolve(cli: Cli, file: FileConfig, usable: &[usize]) -> Result<Config, Confi
         auth,
         persist,
         ops,
+        bridges,
     })
 }
 

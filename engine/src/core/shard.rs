@@ -103,13 +103,33 @@ pub struct ShardCounters {
 pub struct GlobalStats {
     /// One entry per shard, indexed by shard id.
     pub shards: Vec<ShardCounters>,
+    /// One entry per bridge, in configuration order (written by the bridge's threads).
+    pub bridges: Vec<Arc<BridgeCounters>>,
 }
 
 impl GlobalStats {
     /// Zeroed counters for `shard_count` shards.
     pub fn new(shard_count: u16) -> GlobalStats {
-        GlobalStats { shards: (0..shard_count).map(|_| ShardCounters::default()).collect() }
+        GlobalStats {
+            shards: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+            bridges: Vec::new(),
+        }
     }
+}
+
+/// One bridge's state, read by `$SYS` (`$SYS/broker/bridges/NAME/...`).
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// The bridge's name.
+    pub name: String,
+    /// 1 while both links are up.
+    pub connected: AtomicU64,
+    /// Messages forwarded to the remote broker.
+    pub forwarded_out: AtomicU64,
+    /// Messages forwarded from the remote broker.
+    pub forwarded_in: AtomicU64,
+    /// Connection attempts that failed.
+    pub connect_failures: AtomicU64,
 }
 
 /// What the io layer must do for the core, in order.

@@ -62,6 +62,9 @@ impl Broker {
         let mut log_configs = persist::prepare_data_dir(config).map_err(StartError)?;
         let listeners = listen::unique(&config.listen);
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
+        // Bridges connect to this broker through its first plain listener.
+        let plain_listener =
+            listeners.iter().position(|l| l.transport == crate::core::Transport::Tcp);
         let (listen, reservations) = listen::reserve_ports(&addrs).map_err(StartError)?;
         let listeners: Vec<listen::Listener> = listeners
             .into_iter()
@@ -72,8 +75,20 @@ impl Broker {
             .map_err(StartError)?;
 
         let n = config.shards;
-        let stats =
-            Arc::new(GlobalStats { shards: (0..n).map(|_| ShardCounters::default()).collect() });
+        let bridge_counters: Vec<Arc<crate::core::shard::BridgeCounters>> = config
+            .bridges
+            .iter()
+            .map(|b| {
+                Arc::new(crate::core::shard::BridgeCounters {
+                    name: b.name.clone(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let stats = Arc::new(GlobalStats {
+            shards: (0..n).map(|_| ShardCounters::default()).collect(),
+            bridges: bridge_counters.clone(),
+        });
         let core_config = CoreConfig {
             limits: config.limits.clone(),
             shard_count: n,
@@ -106,6 +121,7 @@ impl Broker {
             threads: Vec::new(),
             mesh,
             control,
+            bridges: None,
         };
 
         for index in 0..n {
@@ -175,6 +191,18 @@ impl Broker {
         }
         // Every shard listens now: the reservations can go.
         drop(reservations);
+        if let (false, Some(i)) = (config.bridges.is_empty(), plain_listener) {
+            let mut local = listen[i];
+            if local.ip().is_unspecified() {
+                local.set_ip(if local.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            handle.bridges =
+                Some(crate::bridge::Bridges::start(&config.bridges, local, &bridge_counters));
+        }
         Ok(handle)
     }
 }
@@ -219,6 +247,8 @@ pub struct BrokerHandle {
     mesh: Option<MeshBuilder<MeshMsg, Full>>,
     /// The sending side of the control plane.
     control: control::Control,
+    /// Running bridges (stopped before the shards).
+    bridges: Option<crate::bridge::Bridges>,
 }
 
 impl BrokerHandle {
@@ -241,6 +271,9 @@ impl BrokerHandle {
     }
 
     fn stop_and_join(&mut self) -> Vec<String> {
+        if let Some(mut b) = self.bridges.take() {
+            b.stop();
+        }
         self.stop.clear();
         let mut errors = Vec::new();
         for t in self.threads.drain(..) {

@@ -168,9 +168,23 @@ impl ShardCore {
             ("$SYS/broker/publish/pauses", totals[9].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
+        let mut entries: Vec<(ByteStr, String)> =
+            entries.into_iter().map(|(t, v)| (ByteStr::from_static(t), v)).collect();
+        for b in &self.config.stats.bridges {
+            for (what, v) in [
+                ("connected", &b.connected),
+                ("forwarded/out", &b.forwarded_out),
+                ("forwarded/in", &b.forwarded_in),
+                ("connect_failures", &b.connect_failures),
+            ] {
+                let topic = format!("$SYS/broker/bridges/{}/{what}", b.name);
+                entries
+                    .push((ByteStr::from(topic.as_str()), v.load(Ordering::Relaxed).to_string()));
+            }
+        }
         for (topic, value) in entries {
             let msg = Message {
-                topic: ByteStr::from_static(topic),
+                topic,
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,
