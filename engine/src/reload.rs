@@ -105,6 +105,17 @@ impl Reloader {
         &self.config
     }
 
+    /// Reloads so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The log level the last reload set, if any reload happened.
+    pub fn current_log_level(&self) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|r| r.log_level.clone())
+    }
+
     /// Reloads: builds the new state, applies the process-wide parts, and queues the rest
     /// for every shard (each applies it between two events; this does not wait for them).
     pub fn reload(&self) -> ReloadOutcome {

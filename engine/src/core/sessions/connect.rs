@@ -156,6 +156,7 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
+        self.ops.connected(version);
         self.persist_connect(slot, session_present);
 
         // Response Information (5.0 §3.2.2.3.15): only when asked for; a topic prefix the
@@ -232,6 +233,7 @@ impl ShardCore {
         if let Some(c) = self.conns.get_mut(conn) {
             c.version = Some(version);
         }
+        self.ops.refused(reason);
         let connack = ConnAck { session_present: false, reason, properties: None };
         self.send_packet(conn, &Packet::ConnAck(connack));
     }
