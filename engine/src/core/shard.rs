@@ -183,6 +183,8 @@ pub struct ShardCore {
     pub(crate) stats: LocalStats,
     /// Counters only metrics read (`admin/mod.rs`).
     pub(crate) ops: crate::core::admin::OpsCounters,
+    /// Warnings about misbehaving clients left in this window (`admin/conn_log.rs`).
+    pub(crate) warn_budget: crate::core::admin::conn_log::LogBudget,
     /// Counter for assigned client identifiers.
     pub(crate) assigned_ids: u64,
     pub(crate) next_scan_at: Option<Instant>,
@@ -234,6 +236,7 @@ impl ShardCore {
             replays: Default::default(),
             stats: LocalStats::default(),
             ops: Default::default(),
+            warn_budget: Default::default(),
             assigned_ids: 0,
             next_scan_at: None,
             next_sys_at,
@@ -462,6 +465,7 @@ impl ShardCore {
                 CloseKind::Abnormal(None) => DisconnectReason::ServerOther,
             };
             self.ops.disconnected(version, why);
+            self.log_disconnect(conn, why, now);
             let publish_will = kind != CloseKind::Normal;
             self.detach_session(slot, publish_will, now);
         }

@@ -63,18 +63,34 @@ impl Query {
     }
 }
 
+/// Bytes of an oversized body read (and dropped) before answering 413, so that the client,
+/// which usually sends the whole body before it reads, gets the answer rather than a reset.
+const BODY_DRAIN_BYTES_MAX: usize = 4 * BODY_BYTES_MAX;
+
 /// The request's body, at most [`BODY_BYTES_MAX`] bytes.
 pub(crate) async fn body(req: Request<Incoming>) -> Result<bytes::Bytes, Reply> {
-    let limited = http_body_util::Limited::new(req.into_body(), BODY_BYTES_MAX);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+    let mut incoming = req.into_body();
+    let mut out = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame
+            .map_err(|e| error(StatusCode::BAD_REQUEST, None, &format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= BODY_BYTES_MAX {
+            out.extend_from_slice(&data);
+        } else if seen > BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen > BODY_BYTES_MAX {
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             None,
             &format!("the body is larger than {BODY_BYTES_MAX} bytes"),
-        )),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, None, &format!("reading the body: {e}"))),
+        ));
     }
+    Ok(out.freeze())
 }
 
 /// Decodes a path segment (`%2F` → `/`); `field` names it in the error.

@@ -6,6 +6,7 @@
 //! these between two events, and every answer is bounded (a page size, a count limit).
 
 pub mod clients;
+pub(crate) mod conn_log;
 pub mod topics;
 
 use shardmq_codec::{ProtocolVersion, QoS, ReasonCode};
