@@ -52,6 +52,7 @@ sys.exit(0 if major == "2" else 1)
 EOF
 "$PY" -c 'import pytest' >/dev/null 2>&1 || pip_specs+=("pytest")
 "$PY" -c 'import pytest_timeout' >/dev/null 2>&1 || pip_specs+=("pytest-timeout")
+"$PY" -c 'import prometheus_client' >/dev/null 2>&1 || pip_specs+=("prometheus-client")
 if [ "${#pip_specs[@]}" -gt 0 ]; then
     log "installing ${pip_specs[*]} (pip)"
     if ! "$PY" -m pip --version >/dev/null 2>&1; then

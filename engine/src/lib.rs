@@ -22,6 +22,7 @@ pub mod bridge;
 pub mod config;
 pub mod core;
 pub mod cpu_list;
+pub mod http;
 pub mod io;
 pub mod log;
 pub mod logging;

@@ -7,8 +7,10 @@ use std::io::Write;
 
 use anyhow::Context;
 use shardmq_engine::config::Config;
+use shardmq_engine::http;
 use shardmq_engine::io::Broker;
 use shardmq_engine::reload::Reloader;
+use std::sync::Arc;
 
 /// mimalloc, with glommio's io_memory kept out of huge pages (see `io::alloc`).
 #[global_allocator]
@@ -40,11 +42,22 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let broker = Broker::start(config)?;
-    let reloader = Reloader::new(config.clone(), broker.control());
+    let reloader = Arc::new(Reloader::new(config.clone(), broker.control()));
+    let http = match config.ops.http {
+        Some(addr) => {
+            let token = config.ops.http_token_file.as_deref();
+            let started = http::start(addr, token, broker.control(), reloader.clone());
+            Some(started.map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         for addr in broker.local_addrs() {
             writeln!(out, "listening on {addr}")?;
+        }
+        if let Some(h) = &http {
+            writeln!(out, "http listening on {}", h.local_addr())?;
         }
         out.flush()?;
     }
@@ -60,6 +73,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         tracing::info!("signal {sig}: shutting down");
         break;
+    }
+    if let Some(h) = http {
+        h.shutdown();
     }
     broker.shutdown();
     Ok(())

@@ -105,15 +105,41 @@ impl Reloader {
         &self.config
     }
 
+    /// The start-up configuration, as a reload builds it without re-reading the command line.
+    fn config_without_argv(&self) -> Config {
+        let mut c = self.config.clone();
+        c.ops.argv = None;
+        c
+    }
+
+    /// Reloads so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The log level the last reload set, if any reload happened.
+    pub fn current_log_level(&self) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|r| r.log_level.clone())
+    }
+
     /// Reloads: builds the new state, applies the process-wide parts, and queues the rest
     /// for every shard (each applies it between two events; this does not wait for them).
     pub fn reload(&self) -> ReloadOutcome {
         // One reload at a time, so shards see generations in order.
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut reload, mut errors) = build_reload(&self.config);
-        let restart = match reread(&self.config) {
-            Ok(fresh) => restart_needed(&self.config, &fresh),
-            Err(_) => Vec::new(),
+        let (mut reload, mut errors, restart) = match reread(&self.config) {
+            Ok(fresh) => {
+                let (reload, errors) = build_reload(&self.config);
+                (reload, errors, restart_needed(&self.config, &fresh))
+            }
+            // The configuration itself does not parse: everything stays as it is now (the
+            // last reload's state, or the start-up one).
+            Err(e) => {
+                let (start, _) = build_reload(&self.config_without_argv());
+                let now = last.as_deref().cloned().unwrap_or(start);
+                (now, vec![e], Vec::new())
+            }
         };
         reload.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if let Err(e) = crate::logging::set_level(&reload.log_level) {

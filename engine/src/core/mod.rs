@@ -8,6 +8,7 @@
 //! blocks to), `dispatch.rs` (its inputs), `mesh.rs` (messages between shards), `hash.rs`,
 //! `ids.rs`, `limits.rs`, and the simulator (`sim.rs`).
 
+pub mod admin;
 pub mod auth;
 pub mod delivery;
 mod dispatch;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use shardmq_codec::{encode, ByteStr, Disconnect, Packet, ProtocolVersion, ReasonCode};
 
+use crate::core::admin::DisconnectReason;
 use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
 use crate::core::delivery::deliver::Fanout;
@@ -200,6 +201,10 @@ pub struct ShardCore {
     /// Retained messages still to send after SUBACKs (`routing/replay.rs`).
     pub(crate) replays: crate::core::routing::replay::Replays,
     pub(crate) stats: LocalStats,
+    /// Counters only metrics read (`admin/mod.rs`).
+    pub(crate) ops: crate::core::admin::OpsCounters,
+    /// Warnings about misbehaving clients left in this window (`admin/conn_log.rs`).
+    pub(crate) warn_budget: crate::core::admin::conn_log::LogBudget,
     /// Counter for assigned client identifiers.
     pub(crate) assigned_ids: u64,
     pub(crate) next_scan_at: Option<Instant>,
@@ -250,6 +255,8 @@ impl ShardCore {
             fanout: Fanout::default(),
             replays: Default::default(),
             stats: LocalStats::default(),
+            ops: Default::default(),
+            warn_budget: Default::default(),
             assigned_ids: 0,
             next_scan_at: None,
             next_sys_at,
@@ -419,6 +426,11 @@ impl ShardCore {
         }
     }
 
+    /// Bytes routed to other shards and not yet credited back, all peers together.
+    pub(crate) fn mesh_inflight_total(&self) -> u64 {
+        self.mesh_inflight.iter().sum()
+    }
+
     /// The shard's transmit budget (for counters).
     pub fn tx_budget(&self) -> &TxBudget {
         &self.tx_budget
@@ -452,7 +464,7 @@ impl ShardCore {
     /// layer to close (unless the socket is already gone, then the entry is freed now).
     pub(crate) fn close_conn(&mut self, conn: ConnId, kind: CloseKind, now: Instant) {
         let Some(c) = self.conns.get(conn) else { return };
-        let phase = c.phase;
+        let (phase, version) = (c.phase, c.version);
         if phase == Phase::Closing {
             if kind == CloseKind::SocketGone {
                 self.conns.remove(conn);
@@ -466,6 +478,14 @@ impl ShardCore {
         }
         if let Phase::Connected(slot) = phase {
             self.stats.clients_connected -= 1;
+            let why = match kind {
+                CloseKind::Normal => DisconnectReason::Client,
+                CloseKind::SocketGone => DisconnectReason::ConnectionLost,
+                CloseKind::Abnormal(Some(reason)) => DisconnectReason::Server(reason.0),
+                CloseKind::Abnormal(None) => DisconnectReason::ServerOther,
+            };
+            self.ops.disconnected(version, why);
+            self.log_disconnect(conn, why, now);
             let publish_will = kind != CloseKind::Normal;
             self.detach_session(slot, publish_will, now);
         }

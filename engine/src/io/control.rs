@@ -20,7 +20,11 @@ use futures_lite::AsyncReadExt;
 use glommio::net::UnixStream;
 use tokio::sync::oneshot;
 
+use crate::core::admin::clients::{ClientDetail, ClientQuery, ClientSummary, KickOutcome};
+use crate::core::admin::topics::{AdminPublish, RetainedRow, SubscriptionRow};
+use crate::core::admin::CoreStats;
 use crate::core::ids::ShardId;
+use crate::log::file::LogStats;
 use crate::reload::Reload;
 
 use super::shard::ShardIo;
@@ -35,6 +39,53 @@ pub enum ControlMsg {
     Reload(Arc<Reload>),
     /// Is the shard serving? Replies [`ControlReply::Done`].
     Ping,
+    /// The shard's counters. Replies [`ControlReply::Stats`].
+    Stats,
+    /// A page of the shard's clients. Replies [`ControlReply::Clients`].
+    ListClients(ClientQuery),
+    /// One client (send to its home shard). Replies [`ControlReply::Client`].
+    GetClient(String),
+    /// Disconnect a client (its home shard). Replies [`ControlReply::Kicked`].
+    Kick {
+        /// The client.
+        client_id: String,
+        /// End its session too.
+        discard_session: bool,
+    },
+    /// The shard's subscriptions with a filter starting with `prefix`, after the (client
+    /// id, filter) pair `after`. Replies [`ControlReply::Subscriptions`].
+    ListSubscriptions {
+        /// Filter prefix.
+        prefix: Option<String>,
+        /// The previous page's last row.
+        after: Option<(String, String)>,
+        /// Most rows.
+        limit: usize,
+    },
+    /// The shard's subscriptions matching a topic. Replies [`ControlReply::Subscriptions`].
+    Subscribers {
+        /// The topic name.
+        topic: String,
+        /// Most rows.
+        limit: usize,
+    },
+    /// Retained messages by topic prefix (any shard: each holds a replica). Replies
+    /// [`ControlReply::Retained`].
+    ListRetained {
+        /// Topic prefix.
+        prefix: Option<String>,
+        /// The previous page's last topic.
+        after: Option<String>,
+        /// Most rows.
+        limit: usize,
+    },
+    /// One retained message, with its payload. Replies [`ControlReply::Retained`].
+    GetRetained(String),
+    /// Clear a retained message (send to the topic's owner,
+    /// `ShardCore::home_shard(topic)`). Replies [`ControlReply::Cleared`].
+    ClearRetained(String),
+    /// Publish a message from the broker. Replies [`ControlReply::Done`].
+    Publish(Box<AdminPublish>),
 }
 
 /// A shard's answer.
@@ -42,6 +93,49 @@ pub enum ControlMsg {
 pub enum ControlReply {
     /// The request was carried out.
     Done,
+    /// The shard's counters.
+    Stats(Box<ShardStats>),
+    /// A page of clients.
+    Clients(Vec<ClientSummary>),
+    /// One client, if its session is here.
+    Client(Option<Box<ClientDetail>>),
+    /// What kicking did.
+    Kicked(KickOutcome),
+    /// Subscription rows.
+    Subscriptions(Vec<SubscriptionRow>),
+    /// Retained rows.
+    Retained(Vec<RetainedRow>),
+    /// Whether there was a retained message to clear.
+    Cleared(bool),
+}
+
+/// One shard's counters and sizes, copied in one go (O(1): a few dozen integers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// The shard.
+    pub shard: u16,
+    /// The core's counters.
+    pub core: CoreStats,
+    /// Connections asleep (no task; the socket in the shard's idle poller).
+    pub clients_sleeping: u64,
+    /// Bytes read from and written to this shard's sockets.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Messages for other shards waiting for room on a full mesh ring.
+    pub mesh_outbox_messages: u64,
+    /// Reloads applied.
+    pub reloads: u64,
+    /// The shard's log (`None` with `--in-memory`).
+    pub log: Option<LogSnapshot>,
+}
+
+/// A shard log's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogSnapshot {
+    /// The writer's counters (bytes written, fsyncs and their latency, compactions).
+    pub stats: LogStats,
+    /// Bytes of segment files on disk.
+    pub disk_bytes: u64,
 }
 
 /// Why a request got no reply.
@@ -205,10 +299,56 @@ pub(crate) async fn control_task(shard: Rc<ShardIo>, end: ControlEnd) {
 fn handle(shard: &ShardIo, msg: ControlMsg) -> ControlReply {
     match msg {
         ControlMsg::Ping => ControlReply::Done,
+        ControlMsg::Stats => ControlReply::Stats(Box::new(stats(shard))),
+        ControlMsg::ListClients(q) => {
+            ControlReply::Clients(shard.core.borrow().admin_list_clients(&q))
+        }
+        ControlMsg::GetClient(id) => {
+            ControlReply::Client(shard.core.borrow().admin_client(&id).map(Box::new))
+        }
+        ControlMsg::Kick { client_id, discard_session } => ControlReply::Kicked(
+            shard.with_core(|core, now| core.admin_kick(&client_id, discard_session, now)),
+        ),
+        ControlMsg::ListSubscriptions { prefix, after, limit } => ControlReply::Subscriptions(
+            shard.core.borrow().admin_subscriptions(prefix.as_deref(), after.as_ref(), limit),
+        ),
+        ControlMsg::Subscribers { topic, limit } => {
+            ControlReply::Subscriptions(shard.core.borrow().admin_subscribers(&topic, limit))
+        }
+        ControlMsg::ListRetained { prefix, after, limit } => ControlReply::Retained(
+            shard.core.borrow().admin_retained(prefix.as_deref(), after.as_deref(), limit),
+        ),
+        ControlMsg::GetRetained(topic) => ControlReply::Retained(
+            shard.core.borrow().admin_retained_one(&topic).into_iter().collect(),
+        ),
+        ControlMsg::ClearRetained(topic) => {
+            ControlReply::Cleared(shard.with_core(|core, _| core.admin_clear_retained(&topic)))
+        }
+        ControlMsg::Publish(p) => {
+            shard.with_core(|core, now| core.admin_publish(*p, now));
+            ControlReply::Done
+        }
         ControlMsg::Reload(reload) => {
             apply_reload(shard, &reload);
             ControlReply::Done
         }
+    }
+}
+
+fn stats(shard: &ShardIo) -> ShardStats {
+    ShardStats {
+        shard: shard.id.0,
+        core: shard.core.borrow().core_stats(),
+        clients_sleeping: shard.idle.asleep_count(),
+        bytes_received: shard.bytes_in.get(),
+        bytes_sent: shard.bytes_out.get(),
+        mesh_outbox_messages: shard.mesh.get().map_or(0, |m| m.backlog() as u64),
+        reloads: shard.reloads.get(),
+        log: shard
+            .log
+            .get()
+            .and_then(|l| l.stats())
+            .map(|(stats, disk_bytes)| LogSnapshot { stats, disk_bytes }),
     }
 }
 

@@ -97,6 +97,11 @@ impl IdlePoller {
         })
     }
 
+    /// Connections asleep now.
+    pub(crate) fn asleep_count(&self) -> u64 {
+        self.asleep.get()
+    }
+
     /// Moves a connection's socket here: duplicates `stream_fd` (the caller then drops the
     /// glommio stream, closing the original) and registers the duplicate. On error nothing
     /// changed and the connection stays awake.

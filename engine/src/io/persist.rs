@@ -85,6 +85,11 @@ impl LogIo {
         }
     }
 
+    /// The writer's counters and the log's size on disk (`None` once closed).
+    pub(crate) fn stats(&self) -> Option<(crate::log::file::LogStats, u64)> {
+        self.writer().map(|w| (w.stats(), w.disk_bytes()))
+    }
+
     fn writer(&self) -> Option<Rc<LogWriter>> {
         self.writer.borrow().clone()
     }

@@ -40,6 +40,8 @@ pub struct LogStats {
     pub bytes_written: u64,
     /// Compactions that rewrote segments.
     pub compactions: u64,
+    /// How long each fdatasync of a segment took.
+    pub fsync_latency: super::latency::LatencyHistogram,
 }
 
 #[derive(Debug)]
@@ -443,10 +445,13 @@ async fn write_chunk(
         file.write(&chunk.bytes).await?;
     }
     if sync {
+        let started = Instant::now();
         if let Err(e) = file.sync().await {
             file.reset(mark);
             return Err(e);
         }
+        let us = started.elapsed().as_micros() as u64;
+        inner.borrow_mut().stats.fsync_latency.record(us);
     }
     Ok(())
 }

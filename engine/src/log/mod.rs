@@ -125,6 +125,7 @@
 pub mod ack;
 pub mod compact;
 pub mod file;
+pub mod latency;
 pub mod perm;
 pub mod record;
 pub mod recover;

@@ -83,6 +83,7 @@ impl ShardCore {
             }
         };
         self.stats.messages_received += 1;
+        self.ops.received(p.qos);
 
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
             let inflight_in_max = usize::from(self.config.limits.inflight_in_max);

@@ -156,6 +156,13 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
+        self.ops.connected(version);
+        if tracing::enabled!(tracing::Level::INFO) {
+            let c = self.conns.get(conn).expect("connection being connected");
+            let remote = c.info.remote.map(|a| a.to_string()).unwrap_or_default();
+            let protocol = crate::core::admin::clients::protocol_label(version);
+            tracing::info!(shard = %self.shard, %client_id, %remote, %protocol, session_present, "client connected");
+        }
         self.persist_connect(slot, session_present);
 
         // Response Information (5.0 §3.2.2.3.15): only when asked for; a topic prefix the
@@ -231,6 +238,12 @@ impl ShardCore {
     ) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.version = Some(version);
+        }
+        self.ops.refused(reason);
+        if tracing::enabled!(tracing::Level::INFO) {
+            let remote = self.conns.get(conn).and_then(|c| c.info.remote);
+            let remote = remote.map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(shard = %self.shard, %remote, reason = %format!("0x{:02x}", reason.0), "connect refused");
         }
         let connack = ConnAck { session_present: false, reason, properties: None };
         self.send_packet(conn, &Packet::ConnAck(connack));

@@ -112,9 +112,12 @@ impl ShardCore {
         let now_ms = self.uptime_ms(now);
         let mut slots = Vec::new();
         self.sessions.slots(&mut slots);
+        let (mut queued_messages, mut queued_bytes) = (0, 0);
         for slot in slots {
             let Some(s) = self.sessions.try_get_mut(slot) else { continue };
             s.release_idle();
+            queued_messages += s.queue().len() as u64;
+            queued_bytes += s.queue_bytes();
             if s.conn.is_some() {
                 continue;
             }
@@ -130,6 +133,8 @@ impl ShardCore {
                 self.end_session(slot, now);
             }
         }
+        self.ops.queued_messages = queued_messages;
+        self.ops.queued_bytes = queued_bytes;
     }
 
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.

@@ -1,0 +1,267 @@
+//! The admin API under `/api/v1/` (JSON; described in `engine/openapi.yaml`): routing,
+//! query-string checks, and the endpoints that need no shard-side query: stats, config,
+//! reload, logs. Clients, subscriptions, topics and retained messages are in
+//! `api_clients.rs` and `api_topics.rs`.
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+
+use super::respond::{bad_field, error, json, Reply};
+use super::{gather_stats, HttpState, BODY_BYTES_MAX};
+use crate::config::Config;
+
+/// Lines `GET /api/v1/logs` returns at most.
+pub const LOG_LINES_PAGE_MAX: usize = 1000;
+
+/// A request's query string, decoded, with the keys the endpoint accepts.
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Decodes `req`'s query string; a key outside `allowed` (or given twice) is a 400.
+    pub(crate) fn parse(req: &Request<Incoming>, allowed: &[&str]) -> Result<Query, Reply> {
+        let raw = req.uri().query().unwrap_or("");
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                let known = if allowed.is_empty() { "none".into() } else { allowed.join(", ") };
+                return Err(bad_field(&k, &format!("unknown query parameter (accepted: {known})")));
+            }
+            if pairs.iter().any(|(seen, _)| *seen == k) {
+                return Err(bad_field(&k, "given more than once"));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Query(pairs))
+    }
+
+    /// The value of `key`, if given.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// `key` as an integer in `min..=max`, or `default` when absent.
+    pub(crate) fn number(&self, key: &str, min: u64, max: u64, default: u64) -> Result<u64, Reply> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(bad_field(key, &format!("must be an integer from {min} to {max}"))),
+            },
+        }
+    }
+
+    /// `key` as `true`/`false`, or `default` when absent.
+    pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, Reply> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(_) => Err(bad_field(key, "must be `true` or `false`")),
+        }
+    }
+}
+
+/// Bytes of an oversized body read (and dropped) before answering 413, so that the client,
+/// which usually sends the whole body before it reads, gets the answer rather than a reset.
+const BODY_DRAIN_BYTES_MAX: usize = 4 * BODY_BYTES_MAX;
+
+/// The request's body, at most [`BODY_BYTES_MAX`] bytes.
+pub(crate) async fn body(req: Request<Incoming>) -> Result<bytes::Bytes, Reply> {
+    let mut incoming = req.into_body();
+    let mut out = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame
+            .map_err(|e| error(StatusCode::BAD_REQUEST, None, &format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= BODY_BYTES_MAX {
+            out.extend_from_slice(&data);
+        } else if seen > BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen > BODY_BYTES_MAX {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            &format!("the body is larger than {BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(out.freeze())
+}
+
+/// Decodes a path segment (`%2F` → `/`); `field` names it in the error.
+pub(crate) fn segment(raw: &str, field: &str) -> Result<String, Reply> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| bad_field(field, "not valid UTF-8 once percent-decoded"))
+}
+
+fn not_allowed(allowed: &str) -> Reply {
+    error(StatusCode::METHOD_NOT_ALLOWED, None, &format!("allowed here: {allowed}"))
+}
+
+/// Routes a request under `/api/v1/`.
+pub(crate) async fn route(state: &HttpState, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_owned();
+    let rest = path.strip_prefix("/api/v1/").unwrap_or("");
+    let method = req.method().clone();
+    let (head, tail) = match rest.split_once('/') {
+        Some((h, t)) => (h, Some(t)),
+        None => (rest, None),
+    };
+    let r = match (head, tail) {
+        ("stats", None) => match method {
+            Method::GET => stats(state, &req).await,
+            _ => Err(not_allowed("GET")),
+        },
+        ("config", None) => match method {
+            Method::GET => Query::parse(&req, &[]).map(|_| config(state)),
+            _ => Err(not_allowed("GET")),
+        },
+        ("reload", None) => match method {
+            Method::POST => Query::parse(&req, &[]).map(|_| reload(state)),
+            _ => Err(not_allowed("POST")),
+        },
+        ("logs", None) => match method {
+            Method::GET => logs(&req),
+            _ => Err(not_allowed("GET")),
+        },
+        ("clients", _) => super::api_clients::route(state, req, tail).await,
+        ("subscriptions", None) | ("topics", Some(_)) | ("retained", _) | ("publish", None) => {
+            super::api_topics::route(state, req, head, tail).await
+        }
+        _ => Err(error(StatusCode::NOT_FOUND, None, &format!("no such endpoint: {path}"))),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+async fn stats(state: &HttpState, req: &Request<Incoming>) -> Result<Reply, Reply> {
+    Query::parse(req, &[])?;
+    let (stats, unanswered) = gather_stats(state).await;
+    let mut shards = Vec::new();
+    let mut total = [0u64; 9];
+    for s in &stats {
+        let c = &s.core;
+        let received: u64 = c.messages_received_by_qos.iter().sum();
+        let values = [
+            c.clients_connected,
+            c.sessions,
+            c.subscriptions,
+            received,
+            c.messages_sent,
+            c.messages_dropped,
+            s.bytes_received,
+            s.bytes_sent,
+            c.queued_messages,
+        ];
+        for (t, v) in total.iter_mut().zip(values) {
+            *t += v;
+        }
+        shards.push(json!({
+            "shard": s.shard,
+            "clients_connected": c.clients_connected,
+            "clients_sleeping": s.clients_sleeping,
+            "sessions": c.sessions,
+            "subscriptions": c.subscriptions,
+            "messages_received": received,
+            "messages_sent": c.messages_sent,
+            "messages_dropped": c.messages_dropped,
+            "bytes_received": s.bytes_received,
+            "bytes_sent": s.bytes_sent,
+            "queued_messages": c.queued_messages,
+            "queued_bytes": c.queued_bytes,
+            "mesh_outbox_messages": s.mesh_outbox_messages,
+            "log_disk_bytes": s.log.map(|l| l.disk_bytes),
+        }));
+    }
+    let retained = stats.first().map_or(0, |s| s.core.retained_messages);
+    let body = json!({
+        "clients_connected": total[0],
+        "sessions": total[1],
+        "subscriptions": total[2],
+        "messages_received": total[3],
+        "messages_sent": total[4],
+        "messages_dropped": total[5],
+        "bytes_received": total[6],
+        "bytes_sent": total[7],
+        "queued_messages": total[8],
+        "retained_messages": retained,
+        "reloads": state.reloader.generation(),
+        "shards_unanswered": unanswered,
+        "shards": shards,
+    });
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// The effective configuration, secrets left out.
+pub(crate) fn config_json(c: &Config) -> Value {
+    let a = &c.auth;
+    json!({
+        "listen": c.listen.iter().map(|l| l.url()).collect::<Vec<_>>(),
+        "shards": c.shards,
+        "cpus": c.cpus,
+        "sys_interval_secs": c.sys_interval_secs,
+        "io_memory_bytes": c.io_memory_bytes,
+        "ring_depth": c.ring_depth,
+        "limits": serde_json::to_value(&c.limits).unwrap_or(Value::Null),
+        "persistence": {
+            "data_dir": c.persist.data_dir.as_ref().map(|d| d.display().to_string()),
+            "durability": c.persist.durability.to_string(),
+            "data_max_bytes": c.persist.data_max_bytes,
+            "segment_size_bytes": c.persist.segment_size_bytes,
+            "skip_damaged": c.persist.skip_damaged,
+        },
+        "auth": {
+            "users_file": a.users.is_some(),
+            "allow_anonymous": a.allow_anonymous,
+            "methods": a.methods.iter().map(|m| m.name().to_owned()).collect::<Vec<_>>(),
+            "redirect": a.redirect.as_ref().map(|r| json!({
+                "server_reference": r.server_reference,
+                "permanent": r.permanent,
+            })),
+            "password_rounds_per_sec": a.password_rounds_per_sec,
+            "rng_seed": "<redacted>",
+        },
+        "log_level": c.ops.log_level,
+        "log_format": format!("{:?}", c.ops.log_format).to_lowercase(),
+        "http": c.ops.http.map(|a| a.to_string()),
+        "http_token_file": c.ops.http_token_file.as_ref().map(|_| "<redacted>"),
+    })
+}
+
+fn config(state: &HttpState) -> Reply {
+    let mut v = config_json(state.reloader.config());
+    if let Some(level) = state.reloader.current_log_level() {
+        v["log_level"] = Value::from(level);
+    }
+    json(StatusCode::OK, &v)
+}
+
+fn reload(state: &HttpState) -> Reply {
+    let outcome = state.reloader.reload();
+    let status = if outcome.errors.is_empty() { StatusCode::OK } else { StatusCode::CONFLICT };
+    json(
+        status,
+        &json!({
+            "generation": outcome.generation,
+            "errors": outcome.errors,
+            "restart_needed": outcome.restart_needed,
+        }),
+    )
+}
+
+fn logs(req: &Request<Incoming>) -> Result<Reply, Reply> {
+    let q = Query::parse(req, &["since", "limit"])?;
+    let since = q.number("since", 0, u64::MAX, 0)?;
+    let limit = q.number("limit", 1, LOG_LINES_PAGE_MAX as u64, 200)? as usize;
+    let lines = crate::logging::recent(since, limit);
+    let next = lines.last().map_or(since, |l| l.seq);
+    let lines: Vec<Value> =
+        lines.into_iter().map(|l| json!({ "seq": l.seq, "line": l.text })).collect();
+    Ok(json(StatusCode::OK, &json!({ "lines": lines, "next_since": next })))
+}
