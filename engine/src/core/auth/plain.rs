@@ -24,8 +24,65 @@ use std::time::Instant;
 use shardmq_codec::ReasonCode;
 use subtle::ConstantTimeEq;
 
+use super::passwd::PasswdFile;
 use super::scram::hmac;
 use super::users::{UserDb, ITERATIONS_MIN, PLAIN_ITERATIONS_MAX};
+
+/// Something plain passwords are checked against: the users file, Mosquitto's password file,
+/// or both.
+pub(crate) trait PlainVerifier {
+    /// The PBKDF2 rounds [`PlainVerifier::verify_password`] spends on `name` (at most
+    /// [`PLAIN_ITERATIONS_MAX`]).
+    fn plain_check_rounds(&self, name: &str) -> u32;
+    /// Whether `name` exists and `password` is its password.
+    fn verify_password(&self, name: &str, password: &[u8]) -> bool;
+}
+
+impl PlainVerifier for UserDb {
+    fn plain_check_rounds(&self, name: &str) -> u32 {
+        UserDb::plain_check_rounds(self, name)
+    }
+    fn verify_password(&self, name: &str, password: &[u8]) -> bool {
+        UserDb::verify_password(self, name, password)
+    }
+}
+
+impl PlainVerifier for PasswdFile {
+    fn plain_check_rounds(&self, name: &str) -> u32 {
+        PasswdFile::plain_check_rounds(self, name)
+    }
+    fn verify_password(&self, name: &str, password: &[u8]) -> bool {
+        PasswdFile::verify_password(self, name, password)
+    }
+}
+
+/// The password file and the users file together: a name is looked up in the password file
+/// first, then in the users file (the configuration refuses a name in both); an unknown name
+/// is refused after a typical entry's work in the users file (or the password file without one).
+pub(crate) struct Credentials<'a> {
+    pub(crate) passwd: Option<&'a PasswdFile>,
+    pub(crate) users: Option<&'a UserDb>,
+}
+
+impl Credentials<'_> {
+    fn pick(&self, name: &str) -> Option<&dyn PlainVerifier> {
+        match (self.passwd, self.users) {
+            (Some(p), _) if p.get(name).is_some() => Some(p),
+            (_, Some(u)) => Some(u),
+            (Some(p), None) => Some(p),
+            (None, None) => None,
+        }
+    }
+}
+
+impl PlainVerifier for Credentials<'_> {
+    fn plain_check_rounds(&self, name: &str) -> u32 {
+        self.pick(name).map_or(1, |v| v.plain_check_rounds(name))
+    }
+    fn verify_password(&self, name: &str, password: &[u8]) -> bool {
+        self.pick(name).is_some_and(|v| v.verify_password(name, password))
+    }
+}
 
 /// Users whose last good password is remembered, per shard.
 pub const GOOD_ENTRIES_MAX: usize = 4096;
@@ -90,9 +147,9 @@ impl PasswordChecks {
 
     /// Checks `name`'s `password` against `users`: `Ok` when it is right; 0x86 when it is
     /// wrong or the user unknown; 0x89 Server busy when the budget is spent.
-    pub(crate) fn check(
+    pub(crate) fn check<V: PlainVerifier + ?Sized>(
         &mut self,
-        users: &UserDb,
+        users: &V,
         name: &str,
         password: &[u8],
         now: Instant,
