@@ -20,6 +20,7 @@
 //! Process-wide: [`AuthConfig`] and the methods are immutable and shared by every shard;
 //! sessions ([`ConnAuth`]) are shard-local, owned by their connection.
 
+pub mod acl;
 pub mod passwd;
 pub mod plain;
 pub mod scram;
