@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
+use crate::core::auth::acl::Acl;
 use crate::core::auth::passwd::PasswdFile;
 use crate::core::auth::plain::{ROUNDS_PER_SEC_DEFAULT, ROUNDS_PER_SEC_MAX, ROUNDS_PER_SEC_MIN};
 use crate::core::auth::users::{UserDb, PLAIN_ITERATIONS_MAX};
@@ -30,6 +31,14 @@ pub(super) struct AuthArgs {
     /// file (a user must not be in both).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (`user`, `topic [read|write|readwrite|deny] FILTER`, `pattern` with
+    /// `%c`/`%u`): with one, what no line grants is denied. A malformed line stops start-up.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// What a 3.1.1 PUBLISH without write right gets: `ack` (acknowledged and dropped, as
+    /// Mosquitto does; the default) or `disconnect`. 5.0 QoS 1/2 always get 0x87.
+    #[arg(long, value_name = "ACTION")]
+    acl_deny_publish: Option<String>,
     /// Accept clients with neither a user name nor an authentication method. Default: true
     /// without a users file, false with one.
     #[arg(long, value_name = "BOOL")]
@@ -55,6 +64,8 @@ pub(super) struct AuthArgs {
 pub(super) struct FileAuth {
     users_file: Option<PathBuf>,
     password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    acl_deny_publish: Option<String>,
     allow_anonymous: Option<bool>,
     password_rounds_per_sec: Option<u32>,
 }
@@ -112,6 +123,29 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         check_disjoint(users, pw).map_err(invalid)?;
     }
     auth.passwd = passwd;
+    let acl_path =
+        args.acl_file.as_ref().map(|p| ("--acl-file", p)).or_else(|| {
+            file_auth.and_then(|a| a.acl_file.as_ref()).map(|p| ("[auth] acl_file", p))
+        });
+    if let Some((key, path)) = acl_path {
+        auth.acl = Some(Arc::new(load_acl_file(path).map_err(|e| invalid(format!("{key} {e}")))?));
+    }
+    let deny_key = if args.acl_deny_publish.is_some() {
+        "--acl-deny-publish"
+    } else {
+        "[auth] acl_deny_publish"
+    };
+    auth.acl_deny_publish_disconnect = match args
+        .acl_deny_publish
+        .as_deref()
+        .or(file_auth.and_then(|a| a.acl_deny_publish.as_deref()))
+    {
+        None | Some("ack") => false,
+        Some("disconnect") => true,
+        Some(other) => {
+            return Err(invalid(format!("{deny_key} `{other}`: expected `ack` or `disconnect`")))
+        }
+    };
     let rounds_key = if args.auth_password_rounds_per_sec.is_some() {
         "--auth-password-rounds-per-sec"
     } else {
@@ -158,6 +192,12 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
 pub(crate) fn load_password_file(path: &Path) -> Result<PasswdFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     PasswdFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads and parses a Mosquitto ACL file; the error starts with the path and names the line.
+pub(crate) fn load_acl_file(path: &Path) -> Result<Acl, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Acl::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A user defined in both the users file and the password file would have two passwords:

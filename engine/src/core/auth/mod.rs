@@ -36,6 +36,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use shardmq_codec::{Connect, ReasonCode};
 
+use self::acl::Acl;
 use self::passwd::PasswdFile;
 use self::users::UserDb;
 
@@ -106,6 +107,11 @@ pub struct AuthConfig {
     /// Mosquitto's password file (`passwd.rs`), if one is configured: checks plain CONNECT
     /// credentials beside (or instead of) the users file.
     pub passwd: Option<Arc<PasswdFile>>,
+    /// Mosquitto's ACL file (`acl.rs`), if one is configured: who may read and write what.
+    pub acl: Option<Arc<Acl>>,
+    /// A 3.1.1 PUBLISH without write right closes the connection (instead of being
+    /// acknowledged and dropped).
+    pub acl_deny_publish_disconnect: bool,
     /// Whether a CONNECT with neither a user name nor an Authentication Method is accepted.
     pub allow_anonymous: bool,
     /// The enhanced authentication methods offered, by name.
@@ -126,6 +132,8 @@ impl Default for AuthConfig {
         AuthConfig {
             users: None,
             passwd: None,
+            acl: None,
+            acl_deny_publish_disconnect: false,
             allow_anonymous: true,
             methods: Vec::new(),
             redirect: None,
@@ -141,6 +149,8 @@ impl PartialEq for AuthConfig {
     fn eq(&self, other: &AuthConfig) -> bool {
         self.users == other.users
             && self.passwd == other.passwd
+            && self.acl == other.acl
+            && self.acl_deny_publish_disconnect == other.acl_deny_publish_disconnect
             && self.allow_anonymous == other.allow_anonymous
             && self.redirect == other.redirect
             && self.password_rounds_per_sec == other.password_rounds_per_sec
@@ -160,6 +170,8 @@ impl AuthConfig {
         AuthConfig {
             users: Some(users),
             passwd: None,
+            acl: None,
+            acl_deny_publish_disconnect: false,
             allow_anonymous,
             methods: vec![Arc::new(scram)],
             redirect: None,

@@ -16,6 +16,7 @@ use shardmq_codec::{ByteStr, QoS, ReasonCode};
 
 use crate::core::delivery::tx::SlowChange;
 use crate::core::mesh::{Message, Origin};
+use crate::core::policy::Denial;
 use crate::core::sessions::conn::Phase;
 use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
 
@@ -135,7 +136,11 @@ impl ShardCore {
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
     fn publish_sys(&mut self, now: Instant) {
         let mut totals = [0u64; 10];
+        let mut denials = [0u64; Denial::COUNT];
         for s in &self.config.stats.shards {
+            for (t, v) in denials.iter_mut().zip(&s.denials) {
+                *t += v.load(Ordering::Relaxed);
+            }
             let values = [
                 &s.clients_connected,
                 &s.messages_received,
@@ -168,9 +173,14 @@ impl ShardCore {
             ("$SYS/broker/publish/pauses", totals[9].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
+        let denied = Denial::ALL
+            .iter()
+            .zip(denials)
+            .map(|(d, n)| (format!("$SYS/broker/denied/{}", d.name()), n.to_string()));
+        let entries = entries.into_iter().map(|(t, v)| (t.to_owned(), v)).chain(denied);
         for (topic, value) in entries {
             let msg = Message {
-                topic: ByteStr::from_static(topic),
+                topic: ByteStr::from(topic),
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,
