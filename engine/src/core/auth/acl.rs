@@ -11,14 +11,16 @@
 //! ```
 //!
 //! `topic [read|write|readwrite|deny] FILTER` (no access word: readwrite); `pattern` the same
-//! with `%c` (client id) and `%u` (user name) standing for a whole topic level; `#` starts a
-//! comment line. With an ACL file, what no line grants is denied; a matching `deny` wins over
+//! with `%c` (client id) and `%u` (user name) replaced by the client's values (a whole level,
+//! `devices/%c/#`, or inside one, `%c-state`, as Mosquitto does); `#` starts a comment line. With an ACL file, what no line grants is denied; a matching `deny` wins over
 //! every grant. A topic starting with `$` is matched only by rules whose first level is not a
 //! wildcard (as a subscription, [MQTT-4.7.2-1]), so `topic read #` does not grant `$SYS`.
 //!
-//! A placeholder whose value is missing (`%u` for an anonymous client) or could not be a single
-//! topic level (it contains `/`, `+` or `#`, or is empty) makes that pattern not apply to the
-//! client: a client id `a/b` cannot reach `devices/a/b/state` through `devices/%c/state`.
+//! A placeholder whose value is missing (`%u` for an anonymous client) or could not be part of
+//! a single topic level (it contains `/`, `+` or `#`, or is empty) makes that pattern not apply
+//! to the client: a client id `a/b` cannot reach `devices/a/b/state` through
+//! `devices/%c/state` (Mosquitto 2.0 substitutes the text, so client `a/b` writes into client
+//! `a`'s `devices/a/#`: a deliberate difference).
 //!
 //! Unlike Mosquitto, which ignores lines it does not understand, a line that is not a comment,
 //! `user`, `topic` or `pattern`, an unknown access word, or an invalid filter fails the load,
@@ -31,6 +33,8 @@
 //! topic.
 //!
 //! Process-wide: built at start-up (and on reload), read-only, shared by every shard.
+
+use std::borrow::Cow;
 
 use crate::core::hash::Map;
 use crate::core::routing::topic::{levels, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD};
@@ -61,6 +65,8 @@ enum Lvl {
     ClientId,
     /// `%u` (patterns only).
     User,
+    /// A level holding `%c` or `%u` among other text (patterns only), e.g. `%c-state`.
+    Template(Box<str>),
 }
 
 /// One `topic` or `pattern` line.
@@ -99,6 +105,7 @@ struct Node {
     plus: Option<Box<Node>>,
     client_id: Option<Box<Node>>,
     user: Option<Box<Node>>,
+    templates: Vec<(Box<str>, Node)>,
     /// Rules ending here.
     end: Bits,
     /// Rules ending with `#` here (they match this level's topic too: `a/#` matches `a`).
@@ -119,6 +126,16 @@ impl Node {
                 Lvl::Plus => node.plus.get_or_insert_with(Box::default),
                 Lvl::ClientId => node.client_id.get_or_insert_with(Box::default),
                 Lvl::User => node.user.get_or_insert_with(Box::default),
+                Lvl::Template(t) => {
+                    let i = match node.templates.iter().position(|(x, _)| x == t) {
+                        Some(i) => i,
+                        None => {
+                            node.templates.push((t.clone(), Node::default()));
+                            node.templates.len() - 1
+                        }
+                    };
+                    &mut node.templates[i].1
+                }
             };
         }
         node.end.add_rule(rule.grant);
@@ -162,7 +179,57 @@ impl Node {
                 n.collect(next, &mut rest.clone(), ident, false, out);
             }
         }
+        for (template, n) in &self.templates {
+            if template_matches(template, ident, t) {
+                n.collect(next, &mut rest.clone(), ident, false, out);
+            }
+        }
     }
+}
+
+/// Whether `template` (a level with `%c` / `%u` in it) with the client's values is `level`.
+/// False when a value it needs is missing or unusable.
+fn template_matches(template: &str, ident: &Ident<'_>, level: &str) -> bool {
+    let mut rest = level;
+    let mut t = template;
+    while !t.is_empty() {
+        let (value, skip) = if let Some(after) = t.strip_prefix("%c") {
+            (usable_value(Some(ident.client_id)), after)
+        } else if let Some(after) = t.strip_prefix("%u") {
+            (usable_value(ident.user), after)
+        } else {
+            let c = t.chars().next().expect("not empty");
+            let Some(r) = rest.strip_prefix(c) else { return false };
+            rest = r;
+            t = &t[c.len_utf8()..];
+            continue;
+        };
+        let Some(v) = value else { return false };
+        let Some(r) = rest.strip_prefix(v) else { return false };
+        rest = r;
+        t = skip;
+    }
+    rest.is_empty()
+}
+
+/// The text of a template level with the client's values in it.
+fn fill_template(template: &str, ident: &Ident<'_>) -> Option<String> {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut t = template;
+    while !t.is_empty() {
+        if let Some(after) = t.strip_prefix("%c") {
+            out.push_str(usable_value(Some(ident.client_id))?);
+            t = after;
+        } else if let Some(after) = t.strip_prefix("%u") {
+            out.push_str(usable_value(ident.user)?);
+            t = after;
+        } else {
+            let c = t.chars().next().expect("not empty");
+            out.push(c);
+            t = &t[c.len_utf8()..];
+        }
+    }
+    Some(out)
 }
 
 /// A placeholder's value when it can stand for one topic level.
@@ -232,6 +299,14 @@ fn parse_filter(filter: &str, placeholders: bool) -> Result<Box<[Lvl]>, String> 
             SINGLE_LEVEL_WILDCARD => Lvl::Plus,
             "%c" if placeholders => Lvl::ClientId,
             "%u" if placeholders => Lvl::User,
+            l if placeholders && (l.contains("%c") || l.contains("%u")) => {
+                if l.contains(['+', '#']) {
+                    return Err(format!(
+                        "`{filter}`: a wildcard must be a whole level [MQTT-4.7.1-2] [MQTT-4.7.1-3]"
+                    ));
+                }
+                Lvl::Template(l.into())
+            }
             l if l.contains(['+', '#']) => {
                 return Err(format!(
                     "`{filter}`: a wildcard must be a whole level [MQTT-4.7.1-2] [MQTT-4.7.1-3]"
@@ -349,6 +424,7 @@ impl Acl {
         for set in [self.own(ident), Some(&self.patterns)].into_iter().flatten() {
             for rule in &set.rules {
                 let Some(r) = substitute(&rule.levels, ident) else { continue };
+                let r: Vec<&str> = r.iter().map(|l| &**l).collect();
                 if rule.grant == 0 {
                     if covers(&r, &f) {
                         return Coverage::None;
@@ -377,14 +453,15 @@ impl Acl {
 
 /// A rule's levels with the client's values in place of placeholders; `None` when a
 /// placeholder has no usable value (the rule does not apply).
-fn substitute<'a>(rule: &'a [Lvl], ident: &Ident<'a>) -> Option<Vec<&'a str>> {
+fn substitute<'a>(rule: &'a [Lvl], ident: &Ident<'a>) -> Option<Vec<Cow<'a, str>>> {
     rule.iter()
         .map(|l| match l {
-            Lvl::Lit(s) => Some(&**s),
-            Lvl::Plus => Some(SINGLE_LEVEL_WILDCARD),
-            Lvl::Hash => Some(MULTI_LEVEL_WILDCARD),
-            Lvl::ClientId => usable_value(Some(ident.client_id)),
-            Lvl::User => usable_value(ident.user),
+            Lvl::Lit(s) => Some(Cow::Borrowed(&**s)),
+            Lvl::Plus => Some(Cow::Borrowed(SINGLE_LEVEL_WILDCARD)),
+            Lvl::Hash => Some(Cow::Borrowed(MULTI_LEVEL_WILDCARD)),
+            Lvl::ClientId => usable_value(Some(ident.client_id)).map(Cow::Borrowed),
+            Lvl::User => usable_value(ident.user).map(Cow::Borrowed),
+            Lvl::Template(t) => fill_template(t, ident).map(Cow::Owned),
         })
         .collect()
 }

@@ -56,8 +56,17 @@ fn grants_denies_and_patterns() {
     assert!(!acl.allows(&n, "devices/c4/temp", WRITE));
     assert!(acl.allows(&b, "users/bob smith/inbox", READ));
     assert!(!acl.allows(&n, "users/c3/inbox", READ), "%u needs a user name");
-    assert!(!acl.allows(&n, "xc3", WRITE), "%c inside a level is literal");
-    assert!(acl.allows(&n, "x%c", WRITE));
+    assert!(acl.allows(&n, "xc3", WRITE), "%c inside a level, as Mosquitto");
+    assert!(!acl.allows(&n, "xc4", WRITE));
+    assert!(!acl.allows(&n, "x%c", WRITE));
+    assert!(!acl.allows(&anon("a/b"), "xa/b", WRITE), "not with a `/` in the id");
+    assert_eq!(acl.read_coverage(&n, "xc3"), Coverage::None, "write only");
+    let t = Acl::parse("pattern read s/%u-%c/+\n").unwrap();
+    assert_eq!(t.read_coverage(&user("u", "c"), "s/u-c/x"), Coverage::Full);
+    assert_eq!(t.read_coverage(&user("u", "c"), "s/+/x"), Coverage::Partial);
+    assert!(t.allows(&user("u", "c"), "s/u-c/x", READ));
+    assert!(!t.allows(&user("u", "c"), "s/u-cc/x", READ));
+    assert!(!t.allows(&anon("c"), "s/-c/x", READ), "%u needs a user name");
     // Client ids that are not one level never fill a placeholder.
     for id in ["a/b", "+", "#", "a+", ""] {
         let i = anon(id);
@@ -140,6 +149,7 @@ fn malformed_lines_are_named() {
     assert!(e("topic\n").starts_with("line 1: `topic` needs a topic filter"));
     assert!(e("topic read a/#/b\n").contains("`#` must be the last level"));
     assert!(e("pattern read a+/b\n").contains("a wildcard must be a whole level"));
+    assert!(e("pattern read %c+/b\n").contains("a wildcard must be a whole level"));
     // What Mosquitto accepts, so do we.
     let acl = Acl::parse("  # indented comment\r\ntopic a/b\r\nuser  x y\ntopic read  sp ace\n");
     let acl = acl.unwrap();
