@@ -214,3 +214,84 @@ async fn the_owner_survives_a_restart() {
     }
     shutdown(b).await;
 }
+
+/// Writes `text` to `path` through a temporary file and a rename, as an editor would.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_judges_connected_clients_by_the_new_rules() {
+    use shardmq_engine::io::control::ControlMsg;
+    use shardmq_engine::reload::Reloader;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("acl-reload");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pw, acl) = (dir.join("passwd"), dir.join("acl"));
+    std::fs::write(&pw, PASSWD).unwrap();
+    let before = "user alice\ntopic read a/#\ntopic write b/#\nuser carol\ntopic readwrite #\n";
+    std::fs::write(&acl, before).unwrap();
+    let argv = [
+        "shardmq",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--acl-file",
+        acl.to_str().unwrap(),
+    ];
+    let config = Config::try_parse_from(argv).unwrap();
+    let b = shardmq_engine::io::Broker::start(&config).unwrap();
+    let a = addr(&b);
+    let reloader = Reloader::new(config.clone(), b.control());
+    let applied = || async {
+        // Control requests are handled in order: a Ping answered means the reload is in.
+        for r in b.control().ask_all(|_| ControlMsg::Ping).await {
+            r.expect("shard answers");
+        }
+    };
+    let mut alice =
+        V5::connect(a, &id_on_shard("alice-r", 1, SHARDS), as_user("alice", "wonderland")).await;
+    alice.subscribe("a/#", Q5::AtMostOnce).await;
+    let carol =
+        V5::connect(a, &id_on_shard("carol-r", 0, SHARDS), as_user("carol", "old style")).await;
+
+    // A bad file: refused with the file and line named; the old rules stay.
+    write_atomically(&acl, "user alice\ntopic raed a/x\n");
+    let out = reloader.reload();
+    applied().await;
+    assert!(
+        out.errors.iter().any(|e| e.contains("acl: line 2: access `raed`")),
+        "{:?}",
+        out.errors
+    );
+    carol.client.publish("a/y", Q5::AtMostOnce, false, "old rules").await.unwrap();
+    assert_eq!(alice.next_publish("a/y under the old rules").await.payload, "old rules");
+
+    // New rules: alice reads a/x only, writes nothing.
+    write_atomically(&acl, "user alice\ntopic read a/x\nuser carol\ntopic readwrite #\n");
+    let out = reloader.reload();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    applied().await;
+    carol.client.publish("a/y", Q5::AtMostOnce, false, "denied now").await.unwrap();
+    carol.client.publish("a/x", Q5::AtMostOnce, false, "marker").await.unwrap();
+    assert_eq!(alice.next_publish("the marker").await.payload, "marker", "a/y not delivered");
+    alice.client.publish("b/1", Q5::AtLeastOnce, false, "x").await.unwrap();
+    loop {
+        match alice.next_incoming("PUBACK").await.expect("connected") {
+            P5::PubAck(p) => {
+                assert_eq!(p.reason, PubAckReason::NotAuthorized, "judged by the new rules");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    alice.kill();
+    carol.kill();
+    shutdown(b).await;
+}

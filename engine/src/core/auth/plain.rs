@@ -178,6 +178,14 @@ impl PasswordChecks {
         }
     }
 
+    /// Forgets every remembered outcome (the credentials were reloaded). The budget stays.
+    pub(crate) fn forget(&mut self) {
+        self.good.clear();
+        self.good_order.clear();
+        self.bad.clear();
+        self.bad_order.clear();
+    }
+
     /// HMAC(tag key, len(name) ‖ name ‖ password): the length keeps ("ab", "c") and
     /// ("a", "bc") apart.
     fn tag(&self, name: &str, password: &[u8]) -> Tag {

@@ -7,5 +7,6 @@
 
 mod authorize;
 pub mod denial;
+mod reload;
 
 pub use denial::Denial;
