@@ -244,7 +244,8 @@ impl ShardCore {
                 &config.auth.rng_seed,
                 shard.0,
                 config.auth.password_rounds_per_sec,
-            ),
+            )
+            .with_per_key_share(crate::core::auth::plain::PER_KEY_SHARE),
             mesh_backlog: 0,
             tx_budget: Rc::new(TxBudget::new(&config.limits)),
             pressure_sent: false,

@@ -126,7 +126,9 @@ impl ShardCore {
                 let creds =
                     Credentials { passwd: auth.passwd.as_deref(), users: auth.users.as_deref() };
                 // 0x86 when wrong, 0x89 Server busy past the shard's PBKDF2 budget (`plain.rs`).
-                self.password_checks.check(&creds, name, password, now).err()
+                // The client's address (after PROXY protocol): its share of the budget.
+                let source = self.conns.get(conn).and_then(|c| c.info.remote).map(|a| a.ip());
+                self.password_checks.check_from(&creds, name, password, source, now).err()
             }
             (_, None) if !self.config.auth.allow_anonymous => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,
