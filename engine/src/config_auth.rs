@@ -5,11 +5,14 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Deserialize;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
+use crate::core::auth::acl::Acl;
+use crate::core::auth::passwd::PasswdFile;
 use crate::core::auth::plain::{ROUNDS_PER_SEC_DEFAULT, ROUNDS_PER_SEC_MAX, ROUNDS_PER_SEC_MIN};
 use crate::core::auth::users::{UserDb, PLAIN_ITERATIONS_MAX};
 use crate::core::auth::{AuthConfig, Redirect};
@@ -23,6 +26,19 @@ pub(super) struct AuthArgs {
     /// users (created with mode 0600 on first start).
     #[arg(long, value_name = "FILE")]
     auth_users_file: Option<PathBuf>,
+    /// Mosquitto password file (`mosquitto_passwd` format, `$7$` and `$6$` hashes): plain
+    /// user name/password CONNECTs are checked against it, beside or instead of the users
+    /// file (a user must not be in both).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (`user`, `topic [read|write|readwrite|deny] FILTER`, `pattern` with
+    /// `%c`/`%u`): with one, what no line grants is denied. A malformed line stops start-up.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// What a 3.1.1 PUBLISH without write right gets: `ack` (acknowledged and dropped, as
+    /// Mosquitto does; the default) or `disconnect`. 5.0 QoS 1/2 always get 0x87.
+    #[arg(long, value_name = "ACTION")]
+    acl_deny_publish: Option<String>,
     /// Accept clients with neither a user name nor an authentication method. Default: true
     /// without a users file, false with one.
     #[arg(long, value_name = "BOOL")]
@@ -47,6 +63,9 @@ pub(super) struct AuthArgs {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileAuth {
     users_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    acl_deny_publish: Option<String>,
     allow_anonymous: Option<bool>,
     password_rounds_per_sec: Option<u32>,
 }
@@ -60,6 +79,15 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
             file_auth.and_then(|a| a.users_file.as_ref()).map(|p| ("[auth] users_file", p))
         });
     let allow_anonymous = args.allow_anonymous.or(file_auth.and_then(|a| a.allow_anonymous));
+    let passwd_path = args.password_file.as_ref().map(|p| ("--password-file", p)).or_else(|| {
+        file_auth.and_then(|a| a.password_file.as_ref()).map(|p| ("[auth] password_file", p))
+    });
+    let passwd = match passwd_path {
+        Some((key, path)) => {
+            Some(Arc::new(load_password_file(path).map_err(|e| invalid(format!("{key} {e}")))?))
+        }
+        None => None,
+    };
     let mut auth = match users_path {
         Some((key, path)) => {
             let text = std::fs::read_to_string(path)
@@ -78,12 +106,45 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
             }
             AuthConfig::with_users(users, allow_anonymous.unwrap_or(false), random_seed())
         }
+        None if passwd.is_some() => AuthConfig {
+            allow_anonymous: allow_anonymous.unwrap_or(false),
+            rng_seed: random_seed(),
+            ..AuthConfig::default()
+        },
         None if allow_anonymous == Some(false) => {
             return Err(invalid(
-                "allow_anonymous false needs a users file (--auth-users-file or [auth] users_file)",
+                "allow_anonymous false needs a users file or a password file \
+                 (--auth-users-file, --password-file)",
             ));
         }
         None => AuthConfig { rng_seed: random_seed(), ..AuthConfig::default() },
+    };
+    if let (Some(users), Some(pw)) = (&auth.users, &passwd) {
+        check_disjoint(users, pw).map_err(invalid)?;
+    }
+    auth.passwd = passwd;
+    let acl_path =
+        args.acl_file.as_ref().map(|p| ("--acl-file", p)).or_else(|| {
+            file_auth.and_then(|a| a.acl_file.as_ref()).map(|p| ("[auth] acl_file", p))
+        });
+    if let Some((key, path)) = acl_path {
+        auth.acl = Some(Arc::new(load_acl_file(path).map_err(|e| invalid(format!("{key} {e}")))?));
+    }
+    let deny_key = if args.acl_deny_publish.is_some() {
+        "--acl-deny-publish"
+    } else {
+        "[auth] acl_deny_publish"
+    };
+    auth.acl_deny_publish_disconnect = match args
+        .acl_deny_publish
+        .as_deref()
+        .or(file_auth.and_then(|a| a.acl_deny_publish.as_deref()))
+    {
+        None | Some("ack") => false,
+        Some("disconnect") => true,
+        Some(other) => {
+            return Err(invalid(format!("{deny_key} `{other}`: expected `ack` or `disconnect`")))
+        }
     };
     let rounds_key = if args.auth_password_rounds_per_sec.is_some() {
         "--auth-password-rounds-per-sec"
@@ -125,6 +186,29 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         None => {}
     }
     Ok(auth)
+}
+
+/// Reads and parses a Mosquitto password file; the error starts with the path.
+pub(crate) fn load_password_file(path: &Path) -> Result<PasswdFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    PasswdFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads and parses a Mosquitto ACL file; the error starts with the path and names the line.
+pub(crate) fn load_acl_file(path: &Path) -> Result<Acl, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Acl::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A user defined in both the users file and the password file would have two passwords:
+/// refused.
+pub(crate) fn check_disjoint(users: &UserDb, passwd: &PasswdFile) -> Result<(), String> {
+    match passwd.names().find(|n| users.get(n).is_some()) {
+        Some(name) => {
+            Err(format!("user `{name}` is in both the users file and the password file: keep one"))
+        }
+        None => Ok(()),
+    }
 }
 
 /// The secret file beside a users file: `FILE.secret`.
@@ -262,6 +346,35 @@ mod tests {
         assert_eq!(parse_with(&[], file, &[0]).unwrap().auth.password_rounds_per_sec, 8192);
         let e = parse(&["--auth-password-rounds-per-sec", "10"]).unwrap_err();
         assert!(e.contains("--auth-password-rounds-per-sec 10: must be between"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn password_file_alone_or_beside_the_users_file_but_no_user_in_both() {
+        let dir = std::env::temp_dir().join(format!("shardmq-auth-passwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (users, pw) = (dir.join("users"), dir.join("passwd"));
+        let cred = Credential::derive(b"pw", b"salt", 4096);
+        std::fs::write(&users, UserDb::line("alice", &cred) + "\n").unwrap();
+        // `mosquitto_passwd -H sha512 -b FILE carol "old style"`.
+        let carol = "carol:$6$e+wnf2FVnip7JE98$GN4t0IFzExDwqoMYcw6HTbTQUWmxA3ES7zxljbQ6nygLJSAZptX\
+                     VtGAyEcZ3Yym95Ks0TYYM4XbEpxSj+dAdZw==\n";
+        std::fs::write(&pw, carol).unwrap();
+        let (users_s, pw_s) = (users.to_str().unwrap(), pw.to_str().unwrap());
+        let c = parse(&["--password-file", pw_s]).unwrap();
+        assert!(!c.auth.allow_anonymous, "a password file turns anonymous access off");
+        assert!(c.auth.authenticates() && c.auth.users.is_none());
+        assert_eq!(c.auth.passwd.as_ref().unwrap().len(), 1);
+        let c = parse(&["--password-file", pw_s, "--auth-users-file", users_s]).unwrap();
+        assert_eq!((c.auth.passwd.unwrap().len(), c.auth.users.unwrap().len()), (1, 1));
+        let file = format!("[auth]\npassword_file = {pw_s:?}\nallow_anonymous = true\n");
+        assert!(parse_with(&[], &file, &[0]).unwrap().auth.allow_anonymous);
+        std::fs::write(&pw, format!("{carol}alice:{}", &carol["carol:".len()..])).unwrap();
+        let e = parse(&["--password-file", pw_s, "--auth-users-file", users_s]).unwrap_err();
+        assert!(e.contains("user `alice` is in both"), "{e}");
+        std::fs::write(&pw, "alice:plain\n").unwrap();
+        let e = parse(&["--password-file", pw_s]).unwrap_err();
+        assert!(e.contains(&format!("--password-file {pw_s}: line 1:")), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -21,6 +21,10 @@ pub struct Reload {
     pub generation: u64,
     /// The log filter (`--log-level`), applied process-wide.
     pub log_level: String,
+    /// Password file, users file, anonymous access and ACL file, read again; each shard
+    /// swaps them in at once (`core/policy/reload.rs`). When one of the files cannot be
+    /// read, the configuration's re-reading fails and the running ones are sent back.
+    pub auth: crate::core::auth::AuthConfig,
 }
 
 /// Re-reads the configuration `config` came from (its command line and `--config` file)
@@ -36,7 +40,8 @@ pub fn build_reload(config: &Config) -> (Reload, Vec<String>) {
             config.clone()
         }
     };
-    let reload = Reload { generation: 0, log_level: fresh.ops.log_level.clone() };
+    let reload =
+        Reload { generation: 0, log_level: fresh.ops.log_level.clone(), auth: fresh.auth.clone() };
     (reload, errors)
 }
 

@@ -164,7 +164,12 @@ impl ShardCore {
                 self.apply_retained(topic, msg);
             }
             MeshMsg::SharedJoin { group, session, opts, sub_id, token } => {
-                self.join_group(&group, from, session, SubOptions { opts, id: sub_id });
+                self.join_group(
+                    &group,
+                    from,
+                    session,
+                    SubOptions { opts, id: sub_id, acl_check: false },
+                );
                 self.ack_shared_join(from, token);
             }
             MeshMsg::SharedJoinAck { token } => self.handle_shared_join_ack(token, now),

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod limits;
 pub mod mesh;
 pub mod persist;
+pub mod policy;
 pub mod routing;
 pub(crate) mod sessions;
 pub mod shard;

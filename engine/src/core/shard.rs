@@ -31,6 +31,7 @@ use crate::core::hash::HashKeys;
 use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::limits::Limits;
 use crate::core::mesh::{MeshMsg, Message};
+use crate::core::policy::Denial;
 use crate::core::routing::retained::RetainedStore;
 use crate::core::routing::route_index::RouteIndex;
 use crate::core::routing::shared::SharedGroups;
@@ -97,6 +98,8 @@ pub struct ShardCounters {
     pub tx_bytes_queued: AtomicU64,
     /// Times the shard paused its publishers (back-pressure), since start.
     pub publish_pauses: AtomicU64,
+    /// Policy denials by reason since start, indexed by [`Denial`] (`$SYS/broker/denied/…`).
+    pub denials: [AtomicU64; Denial::COUNT],
 }
 
 /// Counters of every shard. Process-wide; created once at start-up.
@@ -150,6 +153,8 @@ pub(crate) struct LocalStats {
     pub(crate) messages_received: u64,
     pub(crate) messages_sent: u64,
     pub(crate) messages_dropped: u64,
+    /// Policy denials by reason (`policy/denial.rs`), indexed by [`Denial`].
+    pub(crate) denials: [u64; Denial::COUNT],
 }
 
 /// How often the periodic scan (keep alive, connect timeout, session expiry, will delay,
@@ -266,7 +271,8 @@ impl ShardCore {
                 &config.auth.rng_seed,
                 shard.0,
                 config.auth.password_rounds_per_sec,
-            ),
+            )
+            .with_per_key_share(crate::core::auth::plain::PER_KEY_SHARE),
             mesh_backlog: 0,
             tx_budget: Rc::new(TxBudget::new(&config.limits)),
             pressure_sent: false,
@@ -515,6 +521,9 @@ impl ShardCore {
         slot.clients_slow.store(b.slow_conns(), Ordering::Relaxed);
         slot.tx_bytes_queued.store(b.bytes() + b.slow_bytes(), Ordering::Relaxed);
         slot.publish_pauses.store(b.pauses(), Ordering::Relaxed);
+        for (to, from) in slot.denials.iter().zip(self.stats.denials) {
+            to.store(from, Ordering::Relaxed);
+        }
     }
 }
 

@@ -356,5 +356,6 @@ fn stats(shard: &ShardIo) -> ShardStats {
 /// the thread that built it (`reload::Reloader`); what each shard owns is swapped here.
 fn apply_reload(shard: &ShardIo, reload: &Reload) {
     shard.reloads.set(shard.reloads.get() + 1);
+    shard.core.borrow_mut().apply_auth_reload(&reload.auth);
     tracing::info!(shard = shard.id.0, generation = reload.generation, "reload applied");
 }

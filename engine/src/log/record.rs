@@ -183,6 +183,11 @@ records! {
     /// The session has no will any more (published, or discarded by a normal DISCONNECT
     /// [MQTT-3.1.2-10], or a new connection without one).
     18 => WillCleared { client_id: String }
+    /// The identity the session belongs to (the user name its creator connected with;
+    /// `None`: anonymous). With authentication on, another user cannot take the session
+    /// over (`sessions/connect.rs`). Logs without it (older ones) leave the owner unknown:
+    /// the first client to resume the session claims it.
+    19 => SessionOwner { client_id: String, user: Option<String> }
 }
 
 // Every archived body must fit the frame alignment, or zero-copy access would be misaligned.
@@ -236,6 +241,7 @@ impl Record {
             Record::SessionEnded(r) => check_client_id(&r.client_id),
             Record::SessionOffline(r) => check_client_id(&r.client_id),
             Record::WillCleared(r) => check_client_id(&r.client_id),
+            Record::SessionOwner(r) => check_client_id(&r.client_id),
             Record::WillSet(w) => {
                 check_client_id(&w.client_id)?;
                 check_topic(&w.topic)?;

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::record::{
     Acknowledged, Checkpoint, Delivered, MessageQueued, MessageStored, PubrelCompleted,
     PubrelPending, Qos2Received, Qos2Released, RetainedCleared, RetainedSet, SessionCreated,
-    SessionEnded, SessionOffline, SubscriptionAdded, SubscriptionRemoved, WillCleared, WillSet,
+    SessionEnded, SessionOffline, SessionOwner, SubscriptionAdded, SubscriptionRemoved,
+    WillCleared, WillSet,
 };
 use super::Record;
 
@@ -65,6 +66,8 @@ pub struct SessionState {
     pub groups: BTreeMap<u64, String>,
     /// The session's will (published after a restart unless the session resumes first).
     pub will: Option<WillSet>,
+    /// Its owner's user name (`Some(None)`: anonymous), if the log recorded one.
+    pub owner: Option<Option<String>>,
     /// Queue in order: position → entry.
     queue: BTreeMap<u64, QueueEntry>,
     /// msg_id → position in `queue`.
@@ -261,6 +264,9 @@ impl LogState {
             Record::WillCleared(WillCleared { client_id }) => {
                 self.session(kind, client_id)?.will = None;
             }
+            Record::SessionOwner(SessionOwner { client_id, user }) => {
+                self.session(kind, client_id)?.owner = Some(user.clone());
+            }
             Record::RetainedSet(RetainedSet { topic, msg_id }) => {
                 let Some(msg) = self.messages.get_mut(msg_id) else {
                     return Err(fail(kind, format!("unknown msg id {msg_id}")));
@@ -426,7 +432,10 @@ fn session_records<'a>(
         Record::SessionOffline(SessionOffline { client_id: c(), expires_at_unix_ms })
     });
     let will = s.will.clone().map(Record::WillSet);
+    let owner =
+        s.owner.clone().map(|user| Record::SessionOwner(SessionOwner { client_id: c(), user }));
     std::iter::once(Record::SessionCreated(created))
+        .chain(owner)
         .chain(offline)
         .chain(subs)
         .chain(queue)

@@ -36,6 +36,9 @@ MOSQUITTO_KEYS = {
     "--max-packet-size": "max_packet_size",
     "--sys-interval-secs": "sys_interval",
     "--connect-timeout-secs": None,
+    "--password-file": "password_file",
+    "--acl-file": "acl_file",
+    "--allow-anonymous": "allow_anonymous",
 }
 
 # The fan-out test opens ~1,000 sockets in this process and the broker inherits the limit.

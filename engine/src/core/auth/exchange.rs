@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use shardmq_codec::{Auth, ByteStr, ConnAck, Connect, Packet, Properties, ReasonCode};
 
+use super::plain::Credentials;
 use super::{AuthStep, ConnAuth};
 use crate::core::ids::ConnId;
 use crate::core::shard::{CloseKind, ShardCore};
@@ -118,11 +119,16 @@ impl ShardCore {
             connect.password = None;
             return Some(connect);
         }
-        let reason = match (&self.config.auth.users, &connect.username) {
-            (Some(users), Some(name)) => {
+        let auth = &self.config.auth;
+        let reason = match (auth.authenticates(), &connect.username) {
+            (true, Some(name)) => {
                 let password = connect.password.as_deref().unwrap_or_default();
+                let creds =
+                    Credentials { passwd: auth.passwd.as_deref(), users: auth.users.as_deref() };
                 // 0x86 when wrong, 0x89 Server busy past the shard's PBKDF2 budget (`plain.rs`).
-                self.password_checks.check(users, name, password, now).err()
+                // The client's address (after PROXY protocol): its share of the budget.
+                let source = self.conns.get(conn).and_then(|c| c.info.remote).map(|a| a.ip());
+                self.password_checks.check_from(&creds, name, password, source, now).err()
             }
             (_, None) if !self.config.auth.allow_anonymous => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,

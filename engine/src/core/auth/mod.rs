@@ -20,6 +20,8 @@
 //! Process-wide: [`AuthConfig`] and the methods are immutable and shared by every shard;
 //! sessions ([`ConnAuth`]) are shard-local, owned by their connection.
 
+pub mod acl;
+pub mod passwd;
 pub mod plain;
 pub mod scram;
 pub mod users;
@@ -34,6 +36,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use shardmq_codec::{Connect, ReasonCode};
 
+use self::acl::Acl;
+use self::passwd::PasswdFile;
 use self::users::UserDb;
 
 /// One step of an authentication exchange, as decided by an [`AuthSession`].
@@ -100,6 +104,14 @@ pub struct AuthConfig {
     /// The users file, if one is configured: checks plain CONNECT credentials and backs
     /// SCRAM-SHA-256.
     pub users: Option<Arc<UserDb>>,
+    /// Mosquitto's password file (`passwd.rs`), if one is configured: checks plain CONNECT
+    /// credentials beside (or instead of) the users file.
+    pub passwd: Option<Arc<PasswdFile>>,
+    /// Mosquitto's ACL file (`acl.rs`), if one is configured: who may read and write what.
+    pub acl: Option<Arc<Acl>>,
+    /// A 3.1.1 PUBLISH without write right closes the connection (instead of being
+    /// acknowledged and dropped).
+    pub acl_deny_publish_disconnect: bool,
     /// Whether a CONNECT with neither a user name nor an Authentication Method is accepted.
     pub allow_anonymous: bool,
     /// The enhanced authentication methods offered, by name.
@@ -119,6 +131,9 @@ impl Default for AuthConfig {
     fn default() -> AuthConfig {
         AuthConfig {
             users: None,
+            passwd: None,
+            acl: None,
+            acl_deny_publish_disconnect: false,
             allow_anonymous: true,
             methods: Vec::new(),
             redirect: None,
@@ -133,6 +148,9 @@ impl PartialEq for AuthConfig {
     /// is not a setting).
     fn eq(&self, other: &AuthConfig) -> bool {
         self.users == other.users
+            && self.passwd == other.passwd
+            && self.acl == other.acl
+            && self.acl_deny_publish_disconnect == other.acl_deny_publish_disconnect
             && self.allow_anonymous == other.allow_anonymous
             && self.redirect == other.redirect
             && self.password_rounds_per_sec == other.password_rounds_per_sec
@@ -151,12 +169,20 @@ impl AuthConfig {
         let scram = scram::ScramSha256::new(users.clone());
         AuthConfig {
             users: Some(users),
+            passwd: None,
+            acl: None,
+            acl_deny_publish_disconnect: false,
             allow_anonymous,
             methods: vec![Arc::new(scram)],
             redirect: None,
             password_rounds_per_sec: plain::ROUNDS_PER_SEC_DEFAULT,
             rng_seed,
         }
+    }
+
+    /// True when clients are authenticated (a users file or a password file).
+    pub fn authenticates(&self) -> bool {
+        self.users.is_some() || self.passwd.is_some()
     }
 
     /// The method called `name`, if offered.

@@ -1,6 +1,7 @@
 //! The plain-password cache and budget: what is derived, what is answered from the cache, and
 //! what is refused as Server busy. Time is the `now` passed in; nothing here is timed.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -122,4 +123,38 @@ fn unknown_users_cost_the_same_derivation_as_known_ones() {
     assert_eq!(r, WRONG);
     assert_eq!(known, (1, 4096));
     assert_eq!(unknown, known, "one PBKDF2 of the file's most common count");
+}
+
+#[test]
+fn a_flood_from_one_address_spends_its_share_not_everybody_s_budget() {
+    let db = users();
+    // A shard budget of eight 4096-round checks a second; each address and each name may
+    // spend a quarter of it (two checks, the second overdrawing).
+    let mut checks = PasswordChecks::new(&[1; 32], 0, 8 * 4096).with_per_key_share(PER_KEY_SHARE);
+    let t0 = Instant::now();
+    let attacker: Option<IpAddr> = Some([10, 0, 0, 66].into());
+    let names = ["u1", "u2", "u3", "u4", "u5"];
+    let mut refused = 0;
+    for (i, name) in names.iter().enumerate() {
+        let pw = format!("guess {i}");
+        if checks.check_from(&db, name, pw.as_bytes(), attacker, t0) == BUSY {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3, "two derivations, then the address's share is spent");
+    assert_eq!(checks.share_refusals_count, 3);
+    // Another address logs in: the shard's budget was barely touched.
+    let other: Option<IpAddr> = Some([10, 0, 0, 7].into());
+    assert_eq!(checks.check_from(&db, "alice", b"wonderland", other, t0), Ok(()));
+    // Per user name too: guesses for bob from many addresses spend bob's share only.
+    for i in 0..3u8 {
+        let from: Option<IpAddr> = Some([10, 1, 0, i].into());
+        let r = checks.check_from(&db, "bob", format!("g{i}").as_bytes(), from, t0);
+        assert_eq!(r, if i < 2 { WRONG } else { BUSY }, "guess {i}");
+    }
+    let from: Option<IpAddr> = Some([10, 2, 0, 1].into());
+    assert_eq!(checks.check_from(&db, "alice", b"other guess", from, t0), WRONG);
+    // A second later the shares are back.
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(checks.check_from(&db, "bob", b"builder", attacker, t1), Ok(()));
 }

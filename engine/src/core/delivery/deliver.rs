@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode};
 
+use crate::core::auth::acl::{Ident, READ};
 use crate::core::delivery::outgoing::{push_frame, send_custom, LayoutCache, OutPublish};
 use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::limits::Limits;
 use crate::core::mesh::{is_expired, Message};
+use crate::core::policy::Denial;
 use crate::core::sessions::conn::{Conn, Phase};
 use crate::core::sessions::session::{Awaiting, Inflight, Queued, Session, SessionTable};
 use crate::core::shard::{encode_onto, IoAction, LocalStats, ShardCore};
@@ -59,7 +61,8 @@ impl ShardCore {
     /// Overlapping subscriptions of one session are collapsed in between, only when more
     /// than one filter matched.
     pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now_ms: u64) {
-        let ShardCore { trie, sessions, fanout, shard, .. } = self;
+        let ShardCore { trie, sessions, fanout, shard, config, stats, .. } = self;
+        let acl = config.auth.acl.as_deref();
         fanout.epoch += 1;
         let epoch = fanout.epoch;
         let matches = &mut fanout.matches;
@@ -78,6 +81,16 @@ impl ShardCore {
                 return;
             }
             debug_assert!(!filter.is_empty());
+            if sub.acl_check {
+                // A partly readable filter: this topic is checked (`policy/authorize.rs`).
+                let s = sessions.get(slot);
+                let ident = Ident { user: sessions.user(slot), client_id: &s.client_id };
+                if !acl.is_some_and(|acl| acl.allows(&ident, &msg.topic, READ)) {
+                    stats.denials[Denial::Deliver as usize] += 1;
+                    tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "denied: deliver");
+                    return;
+                }
+            }
             if *first_filter.get_or_insert(filter.as_ptr()) != filter.as_ptr() {
                 several_filters = true;
             }

@@ -19,10 +19,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardmq_codec::{ByteStr, Packet, PacketId, Publish, QoS, ReasonCode};
 
+use crate::core::auth::acl::WRITE;
 use crate::core::delivery::deliver::pub_resp;
 use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message, Origin};
 use crate::core::persist::{Ack, AckKind};
+use crate::core::policy::Denial;
 use crate::core::shard::{CloseKind, ShardCore};
 use crate::log::record::{Qos2Received, Qos2Released};
 use crate::log::Record;
@@ -84,6 +86,9 @@ impl ShardCore {
         };
         self.stats.messages_received += 1;
         self.ops.received(p.qos);
+        if !self.acl_allows(slot, &topic, WRITE) {
+            return self.deny_publish(conn, slot, p.qos, packet_id, &topic, now);
+        }
 
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, packet_id) {
             let inflight_in_max = usize::from(self.config.limits.inflight_in_max);
@@ -165,6 +170,38 @@ impl ShardCore {
                 }
             }
             self.ack_publish(conn, slot, p.qos, id, remote, now);
+        }
+    }
+
+    /// A PUBLISH without write right (`policy/authorize.rs`): counted and dropped. 5.0
+    /// QoS 1/2 get PUBACK/PUBREC 0x87 Not authorized (5.0 §3.4.2.1, §3.5.2.1; a PUBREC
+    /// failure ends the flow [MQTT-4.3.3-4]); 3.1.1 has no negative acknowledgement: the
+    /// message is acknowledged and dropped (as Mosquitto does), or, with
+    /// `acl_deny_publish = "disconnect"`, the connection is closed.
+    fn deny_publish(
+        &mut self,
+        conn: ConnId,
+        slot: SessionSlot,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        topic: &str,
+        now: Instant,
+    ) {
+        self.count_denial(Denial::Publish, slot, topic);
+        self.stats.messages_dropped += 1;
+        let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        if !v5 && self.config.auth.acl_deny_publish_disconnect {
+            return self.close_conn(conn, CloseKind::Abnormal(None), now);
+        }
+        let Some(id) = packet_id else { return };
+        let kind = if qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
+        let ack = Ack { conn, slot, kind, id };
+        if v5 {
+            self.hold_ack_or_refusal(ack, Vec::new(), Some(ReasonCode::NOT_AUTHORIZED), now);
+        } else {
+            // 3.1.1 QoS 2: PUBREC now; the PUBREL that follows finds no flow and still gets
+            // its PUBCOMP (`handle_pubrel`).
+            self.hold_ack(ack, Vec::new(), false, now);
         }
     }
 

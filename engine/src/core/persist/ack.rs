@@ -107,8 +107,9 @@ pub(crate) struct HeldAck {
     pub(crate) ack: Ack,
     /// Other shards that must report their copy durable: (shard, token).
     pub(crate) remote: Vec<(ShardId, u64)>,
-    /// Refused before anything was stored (the log is full): send the failure reason.
-    pub(crate) refused: bool,
+    /// Refused before anything was stored (the log is full: 0x97; not authorised: 0x87):
+    /// send this failure reason.
+    pub(crate) refused: Option<ReasonCode>,
     /// A PUBREC whose `Qos2Received` is logged only once every copy is durable
     /// (`persist/gate.rs`): then it waits for that record's batch.
     pub(crate) commit: bool,
@@ -157,21 +158,34 @@ impl ShardCore {
         refused: bool,
         now: Instant,
     ) {
+        let reason = refused.then_some(ReasonCode::QUOTA_EXCEEDED);
+        self.hold_ack_or_refusal(ack, remote, reason, now);
+    }
+
+    /// [`ShardCore::hold_ack`], refusing with `refused` (0x97 Quota exceeded, 0x87 Not
+    /// authorized) when it is set.
+    pub(crate) fn hold_ack_or_refusal(
+        &mut self,
+        ack: Ack,
+        remote: Vec<(ShardId, u64)>,
+        refused: Option<ReasonCode>,
+        now: Instant,
+    ) {
         let Some(p) = self.persist.as_deref_mut() else {
             return self.send_ack(ack, refused, now);
         };
-        if refused {
+        if refused.is_some() {
             // Nothing was logged: a refusal waits for no batch (which may be stalled at the
             // cap), only behind earlier answers on its connection [MQTT-4.6.0-2].
             debug_assert!(remote.is_empty(), "a refusal waits for no other shard");
             if !p.held.iter().any(|h| h.ack.conn == ack.conn) {
-                return self.send_ack(ack, true, now);
+                return self.send_ack(ack, refused, now);
             }
             p.held.push_back(HeldAck { ticket: 0, ack, remote, refused, commit: false });
             return;
         }
         let ticket = p.next_ticket();
-        p.held.push_back(HeldAck { ticket, ack, remote, refused, commit: false });
+        p.held.push_back(HeldAck { ticket, ack, remote, refused: None, commit: false });
     }
 
     /// Holds the PUBREC of a persistent publisher's QoS 2 message routed to other shards:
@@ -180,7 +194,7 @@ impl ShardCore {
     pub(crate) fn hold_qos2_commit(&mut self, ack: Ack, remote: Vec<(ShardId, u64)>) {
         let p = self.persist.as_deref_mut().expect("only with persistence");
         let ticket = p.next_ticket();
-        p.held.push_back(HeldAck { ticket, ack, remote, refused: false, commit: true });
+        p.held.push_back(HeldAck { ticket, ack, remote, refused: None, commit: true });
     }
 
     /// Takes the flag telling that a QoS 1/2 copy for a persistent session was refused
@@ -210,13 +224,7 @@ impl ShardCore {
         }
         let ticket = p.next_ticket();
         let ack = Ack { conn, slot, kind: AckKind::PubRel, id };
-        p.held.push_back(HeldAck {
-            ticket,
-            ack,
-            remote: Vec::new(),
-            refused: false,
-            commit: false,
-        });
+        p.held.push_back(HeldAck { ticket, ack, remote: Vec::new(), refused: None, commit: false });
         true
     }
 
@@ -352,14 +360,14 @@ impl ShardCore {
                 break;
             }
             let h = p.held.pop_front().expect("front exists");
-            let failed = h.refused
-                || p.failed.contains(&h.ticket)
+            let log_failed = p.failed.contains(&h.ticket)
                 || h.remote.iter().any(|(s, t)| p.peer_failed.contains(&(s.0, *t)));
-            if h.commit && !failed {
+            let failed = h.refused.or(log_failed.then_some(ReasonCode::QUOTA_EXCEEDED));
+            if h.commit && failed.is_none() {
                 // Every copy is durable: now the record that makes a resend a duplicate.
                 let ack = h.ack;
                 let ticket = p.next_ticket();
-                let h = HeldAck { ticket, ack, remote: Vec::new(), refused: false, commit: false };
+                let h = HeldAck { ticket, ack, remote: Vec::new(), refused: None, commit: false };
                 p.held.push_front(h);
                 self.log_qos2_received(ack.slot, ack.id);
                 break;
@@ -382,29 +390,31 @@ impl ShardCore {
     /// waiting (the order per connection is kept [MQTT-4.6.0-2]).
     fn release_refusals(&mut self, now: Instant) {
         let Some(p) = self.persist.as_deref_mut() else { return };
-        if !p.held.iter().any(|h| h.refused) {
+        if !p.held.iter().any(|h| h.refused.is_some()) {
             return;
         }
         let mut blocked = crate::core::hash::Set::default();
         let mut ready = Vec::new();
         p.held.retain(|h| {
-            if h.refused && !blocked.contains(&h.ack.conn) {
-                ready.push(h.ack);
+            if let Some(reason) = h.refused.filter(|_| !blocked.contains(&h.ack.conn)) {
+                ready.push((h.ack, reason));
                 return false;
             }
             blocked.insert(h.ack.conn);
             true
         });
-        for ack in ready {
-            self.send_ack(ack, true, now);
+        for (ack, reason) in ready {
+            self.send_ack(ack, Some(reason), now);
         }
     }
 
-    /// Sends an acknowledgement, or its failure form: 5.0 PUBACK/PUBREC 0x97 Quota exceeded
-    /// (5.0 §3.4.2.1, §3.5.2.1), which ends a QoS 2 flow [MQTT-4.3.3-4]; 3.1.1 has no negative
-    /// acknowledgement, so the connection is closed without one.
-    fn send_ack(&mut self, ack: Ack, failed: bool, now: Instant) {
+    /// Sends an acknowledgement, or its failure form: 5.0 PUBACK/PUBREC with the reason
+    /// (0x97 Quota exceeded, 0x87 Not authorized; 5.0 §3.4.2.1, §3.5.2.1), which ends a QoS 2
+    /// flow [MQTT-4.3.3-4]; 3.1.1 has no negative acknowledgement, so the connection is
+    /// closed without one.
+    fn send_ack(&mut self, ack: Ack, failure: Option<ReasonCode>, now: Instant) {
         let Ack { conn, slot, kind, id } = ack;
+        let failed = failure.is_some();
         if !self.conn_serves(conn, slot) {
             // The connection is gone: the client resends after reconnecting. A failed
             // PUBREC is remembered, so the resend of a message that was routed gets the
@@ -432,12 +442,13 @@ impl ShardCore {
         }
         let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
         if v5 && kind != AckKind::PubComp {
-            let r = pub_resp(id, ReasonCode::QUOTA_EXCEEDED);
+            let r = pub_resp(id, failure.unwrap_or(ReasonCode::QUOTA_EXCEEDED));
             let packet =
                 if kind == AckKind::PubAck { Packet::PubAck(r) } else { Packet::PubRec(r) };
             self.send_packet(conn, &packet);
         } else {
-            self.close_conn(conn, CloseKind::Abnormal(Some(ReasonCode::QUOTA_EXCEEDED)), now);
+            let reason = failure.unwrap_or(ReasonCode::QUOTA_EXCEEDED);
+            self.close_conn(conn, CloseKind::Abnormal(Some(reason)), now);
         }
     }
 }

@@ -48,8 +48,8 @@ use crate::core::sessions::session::{Session, SessionTable};
 use crate::core::shard::ShardCore;
 use crate::log::ack::AckQueue;
 use crate::log::record::{
-    MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SubscriptionAdded,
-    SubscriptionRemoved,
+    MessageStored, RetainedCleared, RetainedSet, SessionCreated, SessionEnded, SessionOwner,
+    SubscriptionAdded, SubscriptionRemoved,
 };
 use crate::log::state::SubscriptionState;
 use crate::log::Record;
@@ -452,8 +452,12 @@ impl ShardCore {
             plog.dirty = true;
             self.sessions.mark(slot);
         }
+        let user = self.sessions.user(slot).map(str::to_owned);
+        let owner = SessionOwner { client_id: client_id.clone(), user };
         let created = SessionCreated { client_id, expiry_secs, clean };
         p.emit(&mut self.sessions, Record::SessionCreated(created));
+        // Whose session it is (`sessions/connect.rs`), across restarts.
+        p.emit(&mut self.sessions, Record::SessionOwner(owner));
         self.persist_will(slot, clean);
         if clean {
             self.persist_subscriptions(slot);

@@ -98,8 +98,15 @@ impl ShardCore {
             let s = restore_session(client_id, ss, &msgs, now, wall_now_ms);
             let filters: Vec<(ByteStr, SubOptions)> = s.subs.clone();
             let slot = self.sessions.insert(s);
+            match &ss.owner {
+                Some(user) => self.sessions.set_user(slot, user.as_deref()),
+                None => self.sessions.set_owner_unknown(slot),
+            }
             for (filter, entry) in filters {
                 self.restore_subscription(slot, filter, entry);
+            }
+            if self.config.auth.acl.is_some() {
+                self.refresh_acl_coverage(slot);
             }
         }
         if done.sessions > 0 {
@@ -156,7 +163,10 @@ fn restore_session(
         .iter()
         .map(|(f, sub)| {
             let id = (sub.sub_id != 0).then_some(sub.sub_id);
-            (ByteStr::from(f.as_str()), SubOptions { opts: options_from_byte(sub.options), id })
+            (
+                ByteStr::from(f.as_str()),
+                SubOptions { opts: options_from_byte(sub.options), id, acl_check: false },
+            )
         })
         .collect();
     let mut log = SessionLog {

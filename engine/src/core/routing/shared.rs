@@ -345,6 +345,10 @@ impl ShardCore {
         if !member {
             return false;
         }
+        if !self.acl_allows_shared(slot, &msg.topic) {
+            // Taken by this member and not delivered, as Mosquitto does.
+            return true;
+        }
         self.fanout.layouts.reset();
         self.deliver_to_session(slot, msg, qos, retain, sub_id.as_slice(), Some(name), now_ms);
         true

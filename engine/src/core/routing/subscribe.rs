@@ -26,8 +26,10 @@ use shardmq_codec::{
     Unsubscribe,
 };
 
+use crate::core::auth::acl::{Coverage, READ};
 use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::{is_expired, MeshMsg, Message};
+use crate::core::policy::Denial;
 use crate::core::routing::replay::Replay;
 use crate::core::routing::shared::{is_shared, is_valid_shared};
 use crate::core::shard::{CloseKind, ShardCore};
@@ -40,6 +42,9 @@ pub(crate) struct SubOptions {
     pub(crate) opts: SubscriptionOptions,
     /// 1..=268,435,455 when the SUBSCRIBE carried one.
     pub(crate) id: Option<u32>,
+    /// The ACL grants part of the filter only: each delivered topic is checked
+    /// (`auth/acl.rs`, [`ShardCore::acl_coverage`]).
+    pub(crate) acl_check: bool,
 }
 
 /// A SUBACK (or UNSUBACK) waiting for routing-delta acknowledgements and for the log, with
@@ -116,14 +121,23 @@ impl ShardCore {
         let token = self.gate.last_token;
         let mut joins_waiting = 0u32;
         for (filter, opts) in sub.filters {
-            let entry = SubOptions { opts, id: sub_id };
+            let mut entry = SubOptions { opts, id: sub_id, acl_check: false };
             // Shared subscriptions (`routing/shared.rs`) live with their group's owner, not in this
             // shard's trie, and get no retained messages (5.0 §4.8.2).
             let shared = is_shared(&filter);
-            let reason = if (shared && !is_valid_shared(&filter))
-                || self.topic_limits.check(&filter).is_err()
-            {
+            let valid =
+                !(shared && !is_valid_shared(&filter)) && self.topic_limits.check(&filter).is_ok();
+            // Authorisation (`policy/authorize.rs`): a filter with no read right is refused
+            // (5.0 §3.9.3: 0x87 Not authorized); a partly readable one is checked per
+            // delivered topic; a fully readable one never again.
+            let coverage =
+                if valid { self.acl_read_coverage(slot, &filter) } else { Coverage::Full };
+            entry.acl_check = coverage == Coverage::Partial;
+            let reason = if !valid {
                 ReasonCode::TOPIC_FILTER_INVALID
+            } else if coverage == Coverage::None {
+                self.count_denial(Denial::Subscribe, slot, &filter);
+                ReasonCode::NOT_AUTHORIZED
             } else {
                 let session = self.sessions.get_mut(slot);
                 match session.sub_position(&filter) {
@@ -351,6 +365,18 @@ impl ShardCore {
                     found.push((msg.clone(), *entry));
                 }
             });
+        }
+        // A partly readable filter gets only the retained messages its client may read.
+        let mut denied = Vec::new();
+        found.retain(|(msg, entry)| {
+            let ok = !entry.acl_check || self.acl_allows(slot, &msg.topic, READ);
+            if !ok {
+                denied.push(msg.topic.clone());
+            }
+            ok
+        });
+        for topic in denied {
+            self.count_denial(Denial::Retained, slot, &topic);
         }
         for msg in expired {
             if self.retained.get(&msg.topic).is_some_and(|m| Arc::ptr_eq(m, &msg)) {

@@ -103,9 +103,29 @@ impl ShardCore {
         // closed after 1.5 × the cap).
         let keep_alive_secs = connect.keep_alive_secs.min(limits.keep_alive_max_secs);
 
+        // Who the client is: the identity its enhanced authentication established, else
+        // the CONNECT's user name (checked by `auth/exchange.rs` when authentication is on).
+        let user: Option<Box<str>> = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.auth.as_ref())
+            .and_then(|a| a.user.as_deref())
+            .or(connect.username.as_deref())
+            .map(Into::into);
+
         let existing = self.sessions.find(&client_id);
         if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
             return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
+        }
+        if let Some(slot) = existing.filter(|_| self.config.auth.authenticates()) {
+            // With authentication on, a session belongs to the identity that created it:
+            // another user (or an anonymous client) with its client id is refused, and takes
+            // over neither the session nor its live connection. 5.0: 0x87 Not authorized
+            // (§3.2.2.2); 3.1.1: return code 5, the codec's projection.
+            if self.sessions.owner_known(slot) && self.sessions.user(slot) != user.as_deref() {
+                self.count_denial(crate::core::policy::Denial::SessionOwner, slot, &client_id);
+                return self.refuse_connect(conn, version, ReasonCode::NOT_AUTHORIZED, now);
+            }
         }
 
         // Takeover [MQTT-3.1.4-3]: the existing connection is closed (5.0: DISCONNECT 0x8E),
@@ -131,6 +151,11 @@ impl ShardCore {
             }
         };
 
+        self.sessions.set_user(slot, user.as_deref());
+        if session_present && self.config.auth.acl.is_some() {
+            // The identity may differ from the last connection's (without authentication).
+            self.refresh_acl_coverage(slot);
+        }
         let session = self.sessions.get_mut(slot);
         session.conn = Some(conn);
         session.expiry_secs = expiry_secs;
@@ -314,6 +339,9 @@ impl ShardCore {
     /// Removes a session: its subscriptions (broadcasting routing deltas), its queues; a
     /// delayed will is published now (the session ended first).
     pub(crate) fn end_session(&mut self, slot: SessionSlot, now: Instant) {
+        // A delayed will is judged while the session (and its identity) is still there.
+        let will_topic = self.sessions.get(slot).pending_will().map(|pw| pw.will.topic.clone());
+        let will_allowed = will_topic.map(|t| self.will_allowed(slot, &t));
         let mut session = self.sessions.remove(slot);
         debug_assert!(session.conn.is_none(), "ending a session with a connection");
         for (filter, _) in &session.subs {
@@ -322,12 +350,34 @@ impl ShardCore {
         // After the leaves: the owner sees them first (FIFO rings) and picks another member.
         self.shared_requeue_session(&session, self.uptime_ms(now));
         if let Some(pw) = session.take_pending_will() {
-            self.publish_will(slot, *pw.will, now);
+            if will_allowed == Some(true) {
+                self.publish_will_authorised(slot, *pw.will, now);
+            }
         }
     }
 
-    /// Publishes a will as an ordinary message from the session.
+    /// Whether `slot`'s client may publish its will on `topic` (a will is checked when it
+    /// is published, like any PUBLISH); counts a denial.
+    fn will_allowed(&mut self, slot: SessionSlot, topic: &str) -> bool {
+        if self.acl_allows(slot, topic, crate::core::auth::acl::WRITE) {
+            return true;
+        }
+        self.count_denial(crate::core::policy::Denial::Will, slot, topic);
+        false
+    }
+
+    /// Publishes a will as an ordinary message from the live session `slot`, if its client
+    /// may write the will's topic.
     pub(crate) fn publish_will(&mut self, slot: SessionSlot, will: Will, now: Instant) {
+        if !self.will_allowed(slot, &will.topic) {
+            self.stats.messages_dropped += 1;
+            return self.persist_will_cleared(slot);
+        }
+        self.publish_will_authorised(slot, will, now);
+    }
+
+    /// Publishes a will that was checked.
+    fn publish_will_authorised(&mut self, slot: SessionSlot, will: Will, now: Instant) {
         self.persist_will_cleared(slot);
         let mut properties = will.properties;
         properties.will_delay_interval_secs = None;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use shardmq_codec::{ByteStr, PacketId, QoS, Will};
 
+use crate::core::hash::{Map, Set};
 use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::mesh::{is_expired, Message};
@@ -448,6 +449,14 @@ pub(crate) struct SessionTable {
     dirty: Vec<SessionSlot>,
     /// Persistent sessions removed since the log last looked (client id, log view).
     ended: Vec<(Box<str>, Box<SessionLog>)>,
+    /// The user name of each session that has one, by slot: the identity the ACL judges it
+    /// by and, with authentication on, its owner (`sessions/connect.rs`). Beside the
+    /// sessions rather than in them, so a session without one pays nothing; cleared with
+    /// the slot.
+    users: Map<u32, Box<str>>,
+    /// Sessions recovered from a log that did not record their owner: the next client to
+    /// connect claims them.
+    owner_unknown: Set<u32>,
 }
 
 impl SessionTable {
@@ -491,11 +500,45 @@ impl SessionTable {
         let removed = self.by_client_id.remove(key, |i| client_id_of(slots, i));
         assert_eq!(removed, Some(slot.0), "a session missing from the client id index");
         let mut s = self.slots[slot.0 as usize].take().expect("checked");
+        self.users.remove(&slot.0);
+        self.owner_unknown.remove(&slot.0);
         self.free.push(slot.0);
         if let Some(log) = s.plog.take() {
             self.ended.push((s.client_id.clone(), log));
         }
         s
+    }
+
+    /// The user name of the session in `slot` (`None`: anonymous).
+    pub(crate) fn user(&self, slot: SessionSlot) -> Option<&str> {
+        self.users.get(&slot.0).map(|u| &**u)
+    }
+
+    /// Sets the user name of the live session in `slot`.
+    pub(crate) fn set_user(&mut self, slot: SessionSlot, user: Option<&str>) {
+        debug_assert!(self.try_get(slot).is_some(), "user of a free slot");
+        self.owner_unknown.remove(&slot.0);
+        match user {
+            Some(u) if self.user(slot) != Some(u) => {
+                self.users.insert(slot.0, u.into());
+            }
+            Some(_) => {}
+            None => {
+                self.users.remove(&slot.0);
+            }
+        }
+    }
+
+    /// Marks the live session in `slot` as having no known owner (recovered from a log
+    /// without `SessionOwner`).
+    pub(crate) fn set_owner_unknown(&mut self, slot: SessionSlot) {
+        self.users.remove(&slot.0);
+        self.owner_unknown.insert(slot.0);
+    }
+
+    /// Whether the session in `slot` has a known owner ([`SessionTable::user`]).
+    pub(crate) fn owner_known(&self, slot: SessionSlot) -> bool {
+        !self.owner_unknown.contains(&slot.0)
     }
 
     /// The session in `slot`, which must be live (the slot came from the trie or a

@@ -16,6 +16,7 @@ use shardmq_codec::{ByteStr, QoS, ReasonCode};
 
 use crate::core::delivery::tx::SlowChange;
 use crate::core::mesh::{Message, Origin};
+use crate::core::policy::Denial;
 use crate::core::sessions::conn::Phase;
 use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
 
@@ -140,7 +141,11 @@ impl ShardCore {
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
     fn publish_sys(&mut self, now: Instant) {
         let mut totals = [0u64; 10];
+        let mut denials = [0u64; Denial::COUNT];
         for s in &self.config.stats.shards {
+            for (t, v) in denials.iter_mut().zip(&s.denials) {
+                *t += v.load(Ordering::Relaxed);
+            }
             let values = [
                 &s.clients_connected,
                 &s.messages_received,
@@ -173,8 +178,12 @@ impl ShardCore {
             ("$SYS/broker/publish/pauses", totals[9].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
-        let mut entries: Vec<(ByteStr, String)> =
-            entries.into_iter().map(|(t, v)| (ByteStr::from_static(t), v)).collect();
+        let denied = Denial::ALL
+            .iter()
+            .zip(denials)
+            .map(|(d, n)| (format!("$SYS/broker/denied/{}", d.name()), n.to_string()));
+        let mut entries: Vec<(String, String)> =
+            entries.into_iter().map(|(t, v)| (t.to_owned(), v)).chain(denied).collect();
         for b in &self.config.stats.bridges {
             for (what, v) in [
                 ("connected", &b.connected),
@@ -183,13 +192,12 @@ impl ShardCore {
                 ("connect_failures", &b.connect_failures),
             ] {
                 let topic = format!("$SYS/broker/bridges/{}/{what}", b.name);
-                entries
-                    .push((ByteStr::from(topic.as_str()), v.load(Ordering::Relaxed).to_string()));
+                entries.push((topic, v.load(Ordering::Relaxed).to_string()));
             }
         }
         for (topic, value) in entries {
             let msg = Message {
-                topic,
+                topic: ByteStr::from(topic),
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,

@@ -1,0 +1,46 @@
+//! The reasons a client is refused something by policy, each with a counter (shard-local in
+//! `LocalStats`, exported to `ShardCounters` and published as `$SYS/broker/denied/<name>`).
+
+/// Why something was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Denial {
+    /// A PUBLISH to a topic without write right.
+    Publish,
+    /// A SUBSCRIBE filter without any read right (SUBACK 0x87 / 0x80).
+    Subscribe,
+    /// A message not delivered: its topic is not readable through a partly granted filter.
+    Deliver,
+    /// A retained message not sent after SUBSCRIBE (same reason).
+    Retained,
+    /// A will not published: no write right on its topic.
+    Will,
+    /// A CONNECT refused: the session belongs to another user.
+    SessionOwner,
+}
+
+impl Denial {
+    /// Every reason, in counter order.
+    pub const ALL: [Denial; 6] = [
+        Denial::Publish,
+        Denial::Subscribe,
+        Denial::Deliver,
+        Denial::Retained,
+        Denial::Will,
+        Denial::SessionOwner,
+    ];
+    /// Number of reasons.
+    pub const COUNT: usize = Denial::ALL.len();
+
+    /// The name in `$SYS/broker/denied/<name>` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Denial::Publish => "publish",
+            Denial::Subscribe => "subscribe",
+            Denial::Deliver => "deliver",
+            Denial::Retained => "retained",
+            Denial::Will => "will",
+            Denial::SessionOwner => "session_owner",
+        }
+    }
+}
