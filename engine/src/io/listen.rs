@@ -12,12 +12,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ListenerConfig;
 use crate::core::{ConnInfo, Transport};
+
+use super::transport::tls::TlsMaterial;
+use super::transport::ws_handshake::WsSettings;
 
 /// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -26,7 +30,8 @@ const BIND_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One listener as the shards serve it: its index in the configuration (what
 /// [`ConnInfo::listener`] holds), its bound address and its transport settings.
-/// Process-wide, immutable; each shard gets a clone.
+/// Process-wide, immutable; each shard gets a clone (and builds its own TLS server
+/// configuration from the material, `ShardIo::tls_configs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Listener {
     /// Index in `Config::listen` (after duplicates collapse, see [`unique`]).
@@ -35,29 +40,58 @@ pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     /// The transport of its connections.
     pub(crate) transport: Transport,
+    /// Certificates and client-certificate policy (`mqtts`, `wss`).
+    pub(crate) tls: Option<TlsMaterial>,
+    /// The certificate's subject CN is the user name (`--tls-identity-as-username`).
+    pub(crate) identity_as_username: bool,
+    /// Path and origins (`ws`, `wss`).
+    pub(crate) ws: Option<Arc<WsSettings>>,
 }
 
 impl Listener {
-    /// The listener `index` of the configuration, bound to `addr`. `Err` names the listener
-    /// and why it cannot be served.
+    /// The listener `index` of the configuration, bound to `addr`: reads its TLS files.
+    /// `Err` names the listener and why it cannot be served.
     pub(crate) fn new(
         index: u16,
         addr: SocketAddr,
         config: ListenerConfig,
     ) -> Result<Listener, String> {
-        if config.transport != Transport::Tcp {
-            return Err(format!(
-                "{}: {} listeners are not served yet",
-                config.url(),
-                config.transport
-            ));
-        }
-        Ok(Listener { index, addr, transport: config.transport })
+        let tls = match &config.tls {
+            Some(tls) => {
+                // ALPN "mqtt" on mqtts (clients that offer other protocols only are refused,
+                // RFC 7301 §3.2); a browser's wss offers "http/1.1": none is selected there.
+                let alpn: &[&[u8]] =
+                    if config.transport == Transport::Tls { &[b"mqtt"] } else { &[] };
+                Some(TlsMaterial::load(tls, alpn).map_err(|e| format!("{}: {e}", config.url()))?)
+            }
+            None => None,
+        };
+        let ws = config.transport.is_websocket().then(|| {
+            Arc::new(WsSettings {
+                path: config.ws_path.clone(),
+                origins: config.ws_origins.clone(),
+            })
+        });
+        Ok(Listener {
+            index,
+            addr,
+            transport: config.transport,
+            identity_as_username: config.tls.as_ref().is_some_and(|t| t.identity_as_username),
+            tls,
+            ws,
+        })
     }
 
-    /// The identity of a connection accepted here from `remote`.
+    /// The identity of a connection accepted here from `remote` (the certificate subject is
+    /// filled in once the TLS handshake verified one).
     pub(crate) fn conn_info(&self, remote: Option<SocketAddr>) -> ConnInfo {
-        ConnInfo { listener: self.index, transport: self.transport, remote, ..ConnInfo::default() }
+        ConnInfo {
+            listener: self.index,
+            transport: self.transport,
+            remote,
+            cert_subject_cn: None,
+            identity_as_username: self.identity_as_username,
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod persist;
 mod runtime;
 mod shard;
 mod signal;
+mod transport;
 
 use std::fmt;
 use std::net::SocketAddr;
