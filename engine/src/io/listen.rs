@@ -82,6 +82,15 @@ impl Listener {
         })
     }
 
+    /// The listener as a URL (`ADDR:PORT` for plain MQTT, as it always was printed).
+    pub(crate) fn url(&self) -> String {
+        match &self.ws {
+            _ if self.transport == Transport::Tcp => self.addr.to_string(),
+            Some(ws) => format!("{}://{}{}", self.transport.scheme(), self.addr, ws.path),
+            None => format!("{}://{}", self.transport.scheme(), self.addr),
+        }
+    }
+
     /// The identity of a connection accepted here from `remote` (the certificate subject is
     /// filled in once the TLS handshake verified one).
     pub(crate) fn conn_info(&self, remote: Option<SocketAddr>) -> ConnInfo {
