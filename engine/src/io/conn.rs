@@ -354,7 +354,7 @@ impl Progress {
         match closing.stage {
             Stage::TlsHandshake => {
                 shard.count(|c| &c.tls_handshake_failures);
-                tracing::info!("{}: TLS handshake with {} refused: {why}", shard.id, remote(info));
+                tracing::warn!("{}: TLS handshake with {} refused: {why}", shard.id, remote(info));
             }
             Stage::Tls => {
                 tracing::info!("{}: TLS error from {}: {why}", shard.id, remote(info));
