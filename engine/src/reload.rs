@@ -21,6 +21,9 @@ pub struct Reload {
     pub generation: u64,
     /// The log filter (`--log-level`), applied process-wide.
     pub log_level: String,
+    /// TLS listeners' certificate, key, client CA and CRL, read again (`io/listen.rs`,
+    /// [`crate::io::reload_tls`]); each shard builds its own server configuration from them.
+    pub(crate) tls: crate::io::TlsReload,
 }
 
 /// Re-reads the configuration `config` came from (its command line and `--config` file)
@@ -36,7 +39,10 @@ pub fn build_reload(config: &Config) -> (Reload, Vec<String>) {
             config.clone()
         }
     };
-    let reload = Reload { generation: 0, log_level: fresh.ops.log_level.clone() };
+    // The running listeners' files (changing the listeners themselves needs a restart).
+    let (tls, tls_errors) = crate::io::reload_tls(config);
+    errors.extend(tls_errors);
+    let reload = Reload { generation: 0, log_level: fresh.ops.log_level.clone(), tls };
     (reload, errors)
 }
 

@@ -216,5 +216,6 @@ fn handle(shard: &ShardIo, msg: ControlMsg) -> ControlReply {
 /// the thread that built it (`reload::Reloader`); what each shard owns is swapped here.
 fn apply_reload(shard: &ShardIo, reload: &Reload) {
     shard.reloads.set(shard.reloads.get() + 1);
+    super::listen::apply_tls_reload(shard, &reload.tls);
     tracing::info!(shard = shard.id.0, generation = reload.generation, "reload applied");
 }

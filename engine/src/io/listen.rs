@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ListenerConfig;
+use crate::config::{Config, ListenerConfig};
 use crate::core::{ConnInfo, Transport};
 
+use super::shard::ShardIo;
 use super::transport::tls::TlsMaterial;
 use super::transport::ws_handshake::WsSettings;
 
@@ -104,9 +105,65 @@ impl Listener {
     }
 }
 
+/// The TLS files of every listener, read again for a reload: by listener index, the new
+/// material, or `None` (no TLS, or the files failed to load: the shards keep what they
+/// have). Process-wide, immutable; shared by every shard through the reload message.
+#[derive(Debug, Clone, Default)]
+pub struct TlsReload(pub(crate) Vec<Option<Arc<TlsMaterial>>>);
+
+impl PartialEq for TlsReload {
+    /// The same material (by identity: the files were read once per reload).
+    fn eq(&self, other: &TlsReload) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
+    }
+}
+
+impl Eq for TlsReload {}
+
+/// Reads the TLS files of `config`'s listeners again (SIGHUP, `reload.rs`): the new material
+/// by listener index, and one error line per listener whose files do not load (it keeps its
+/// old certificate: new handshakes go on with it).
+pub fn reload_tls(config: &Config) -> (TlsReload, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for l in unique(&config.listen) {
+        let material = l.tls.as_ref().and_then(|tls| {
+            let alpn: &[&[u8]] = if l.transport == Transport::Tls { &[b"mqtt"] } else { &[] };
+            match TlsMaterial::load(tls, alpn) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    errors.push(format!("{}: {e} (the old certificate stays in use)", l.url()));
+                    None
+                }
+            }
+        });
+        out.push(material);
+    }
+    (TlsReload(out), errors)
+}
+
+/// Applies a reload's TLS material on this shard: new handshakes use it; open connections
+/// keep the configuration they started with.
+pub(crate) fn apply_tls_reload(shard: &ShardIo, tls: &TlsReload) {
+    let mut configs = shard.tls_configs.borrow_mut();
+    for (index, material) in tls.0.iter().enumerate() {
+        let Some(material) = material else { continue };
+        match material.server_config() {
+            Ok(c) if index < configs.len() => configs[index] = Some(c),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{}: listener {index}: TLS not reloaded: {e}", shard.id),
+        }
+    }
+}
+
 /// The configured listeners without repeats (the configuration already collapses the same
 /// listener given twice; a `Config` built in code may not have).
-pub(super) fn unique(listeners: &[ListenerConfig]) -> Vec<ListenerConfig> {
+pub(crate) fn unique(listeners: &[ListenerConfig]) -> Vec<ListenerConfig> {
     let mut out: Vec<ListenerConfig> = Vec::with_capacity(listeners.len());
     for l in listeners {
         if !out.contains(l) {

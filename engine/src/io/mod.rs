@@ -24,6 +24,8 @@ mod shard;
 mod signal;
 mod transport;
 
+pub use listen::{reload_tls, TlsReload};
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;

@@ -225,3 +225,57 @@ def test_garbage_and_stalled_handshakes_are_closed(pki, running):
     finally:
         stalled.close()
         garbage.close()
+
+
+def _tls_connects(addr, ca) -> bool:
+    try:
+        c = tlsutil.paho(addr, transport="tls", ca=ca, connect=False)
+        try:
+            return c.connect_rc() == 0
+        finally:
+            c.stop()
+    except (ssl.SSLError, OSError):
+        return False
+
+
+@shardmq_only
+def test_sighup_reloads_the_certificate_and_keeps_connections(pki, running, tmp_path):
+    """SIGHUP: new handshakes use the new certificate (here from another CA), connections
+    made before stay; a bad key file on the next reload keeps the certificate in use and
+    logs why. (Mosquitto does not reload certificates.)"""
+    import signal
+    import time
+
+    second = Pki(tmp_path, "second", "/CN=second CA")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    for src, dst in zip(pki.issue("localhost", server=True), (cert, key)):
+        dst.write_bytes(src.read_bytes())
+    b = running((cert, key))
+    topic = f"reload/{uid()}"
+    old = tlsutil.paho(b.tls, transport="tls", ca=pki.ca)
+    try:
+        old.subscribe(topic, qos=1)
+        for src, dst in zip(second.issue("localhost", server=True), (cert, key)):
+            dst.write_bytes(src.read_bytes())
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT
+        while not _tls_connects(b.tls, second.ca):
+            assert time.monotonic() < deadline, f"the new certificate is not served\n{b.log()}"
+        assert not _tls_connects(b.tls, pki.ca), "the old certificate is still served"
+        new = tlsutil.paho(b.tls, transport="tls", ca=second.ca)
+        try:
+            new.publish(topic, b"after reload", qos=1)
+            assert old.get().payload == b"after reload", "the old connection stays"
+        finally:
+            new.stop()
+        # A bad key: the reload reports it and the current certificate stays.
+        key.write_text("not a key\n")
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT
+        while str(key) not in b.log():
+            assert time.monotonic() < deadline, f"no log line about {key}\n{b.log()}"
+            time.sleep(0.05)
+        assert "old certificate stays in use" in b.log()
+        assert _tls_connects(b.tls, second.ca)
+    finally:
+        old.stop()
