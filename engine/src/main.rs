@@ -1,7 +1,7 @@
 //! The `shardmq` binary: parse the configuration, start the broker, print one
-//! `listening on ADDR` line per listener, reload on SIGHUP (`reload.rs`), and shut down
-//! gracefully on SIGINT/SIGTERM. A panic on any thread ends the process with exit code 101
-//! (`io::failfast`).
+//! `listening on ADDR` (or `listening on URL`) line per listener, reload on SIGHUP
+//! (`reload.rs`), and shut down gracefully on SIGINT/SIGTERM. A panic on any thread ends the
+//! process with exit code 101 (`io::failfast`).
 
 use std::io::Write;
 
@@ -53,8 +53,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
     };
     {
         let mut out = std::io::stdout().lock();
-        for addr in broker.local_addrs() {
-            writeln!(out, "listening on {addr}")?;
+        // `listening on 127.0.0.1:1883` for plain MQTT, `listening on mqtts://…`,
+        // `ws://…/mqtt`, `wss://…/mqtt` for the others.
+        for url in broker.listener_urls() {
+            writeln!(out, "listening on {url}")?;
         }
         if let Some(h) = &http {
             writeln!(out, "http listening on {}", h.local_addr())?;

@@ -25,6 +25,9 @@ pub struct Reload {
     /// swaps them in at once (`core/policy/reload.rs`). When one of the files cannot be
     /// read, the configuration's re-reading fails and the running ones are sent back.
     pub auth: crate::core::auth::AuthConfig,
+    /// TLS listeners' certificate, key, client CA and CRL, read again (`io/listen.rs`,
+    /// [`crate::io::reload_tls`]); each shard builds its own server configuration from them.
+    pub(crate) tls: crate::io::TlsReload,
 }
 
 /// Re-reads the configuration `config` came from (its command line and `--config` file)
@@ -40,8 +43,15 @@ pub fn build_reload(config: &Config) -> (Reload, Vec<String>) {
             config.clone()
         }
     };
-    let reload =
-        Reload { generation: 0, log_level: fresh.ops.log_level.clone(), auth: fresh.auth.clone() };
+    // The running listeners' files (changing the listeners themselves needs a restart).
+    let (tls, tls_errors) = crate::io::reload_tls(config);
+    errors.extend(tls_errors);
+    let reload = Reload {
+        generation: 0,
+        log_level: fresh.ops.log_level.clone(),
+        auth: fresh.auth.clone(),
+        tls,
+    };
     (reload, errors)
 }
 

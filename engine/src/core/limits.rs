@@ -50,8 +50,12 @@ pub struct Limits {
     /// Largest keep alive a client may ask for; larger values are answered with Server Keep
     /// Alive (5.0) or capped (3.1.1).
     pub keep_alive_max_secs: u16,
-    /// Seconds a new connection may take to send CONNECT before it is closed.
+    /// Seconds a new connection may take to send CONNECT before it is closed (a TLS
+    /// handshake and a WebSocket upgrade count against it).
     pub connect_timeout_secs: u16,
+    /// TLS handshakes and WebSocket upgrades in progress per shard; connections past it are
+    /// closed at once (counted), so a handshake flood cannot starve established clients.
+    pub handshakes_per_shard_max: u32,
     /// Largest session expiry interval granted (seconds).
     pub session_expiry_max_secs: u32,
     /// Persistent sessions per shard (online or offline).
@@ -94,6 +98,7 @@ impl Default for Limits {
             retained_bytes_max: 512 * 1024 * 1024,
             keep_alive_max_secs: 3600,
             connect_timeout_secs: 10,
+            handshakes_per_shard_max: 256,
             session_expiry_max_secs: 7 * 24 * 3600,
             sessions_per_shard_max: 1_000_000,
             mesh_ring_capacity: 4096,
@@ -124,7 +129,7 @@ impl Limits {
     /// Checks every limit is non-zero and that related limits agree. Returns a message
     /// naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        let nonzero: [(&str, u64); 24] = [
+        let nonzero: [(&str, u64); 25] = [
             ("packet_size_max_bytes", self.packet_size_max_bytes.into()),
             ("connections_per_shard_max", self.connections_per_shard_max.into()),
             ("topic_levels_max", self.topic_levels_max.into()),
@@ -142,6 +147,7 @@ impl Limits {
             ("retained_bytes_max", self.retained_bytes_max),
             ("keep_alive_max_secs", self.keep_alive_max_secs.into()),
             ("connect_timeout_secs", self.connect_timeout_secs.into()),
+            ("handshakes_per_shard_max", self.handshakes_per_shard_max.into()),
             ("session_expiry_max_secs", self.session_expiry_max_secs.into()),
             ("sessions_per_shard_max", self.sessions_per_shard_max.into()),
             ("mesh_ring_capacity", self.mesh_ring_capacity.into()),

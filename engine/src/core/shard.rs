@@ -100,6 +100,18 @@ pub struct ShardCounters {
     pub publish_pauses: AtomicU64,
     /// Policy denials by reason since start, indexed by [`Denial`] (`$SYS/broker/denied/…`).
     pub denials: [AtomicU64; Denial::COUNT],
+    /// TLS handshakes completed, since start (written by the io layer).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes refused or failed (bad certificate, garbage, timeout), since start.
+    pub tls_handshake_failures: AtomicU64,
+    /// WebSocket upgrades accepted, since start.
+    pub ws_upgrades: AtomicU64,
+    /// WebSocket upgrades refused (HTTP 4xx) or abandoned, and connections closed for a bad
+    /// frame, since start.
+    pub ws_failures: AtomicU64,
+    /// Connections closed at once because `handshakes_per_shard_max` handshakes were in
+    /// progress, since start.
+    pub handshakes_refused_busy: AtomicU64,
 }
 
 /// Counters of every shard. Process-wide; created once at start-up.

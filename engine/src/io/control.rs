@@ -357,5 +357,6 @@ fn stats(shard: &ShardIo) -> ShardStats {
 fn apply_reload(shard: &ShardIo, reload: &Reload) {
     shard.reloads.set(shard.reloads.get() + 1);
     shard.core.borrow_mut().apply_auth_reload(&reload.auth);
+    super::listen::apply_tls_reload(shard, &reload.tls);
     tracing::info!(shard = shard.id.0, generation = reload.generation, "reload applied");
 }

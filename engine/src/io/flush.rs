@@ -34,6 +34,7 @@ use crate::core::delivery::tx::TxQueue;
 
 use super::shard::{ConnSlot, ShardIo};
 use super::signal::WakerSlot;
+use super::transport::TransportState;
 
 /// Connections written before the writer lets the reactor poll for io again. Smaller means
 /// publishers are read more often during a pass (more frames per send, more polls).
@@ -260,6 +261,9 @@ fn flush_one(shard: &ShardIo, slot: &Rc<ConnSlot>) {
 /// Writes what `slot` holds for a closing connection, then the core's queue for it, with
 /// non-blocking sends, until everything is written or the socket is full.
 pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
+    if let Some(t) = slot.transport.as_deref() {
+        return write_wrapped(shard, slot, &mut t.borrow_mut());
+    }
     if let Some(pending) = slot.pending.0.borrow_mut().as_mut() {
         let w = send_queue(slot.fd(), pending, &shard.bytes_out);
         if w != Wrote::All {
@@ -270,6 +274,63 @@ pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
     match core.tx(slot.conn) {
         Some(tx) => send_queue(slot.fd(), tx, &shard.bytes_out),
         None => Wrote::All,
+    }
+}
+
+/// [`write_out`] for a connection with a transport (TLS, WebSocket): what the transport
+/// owes the socket goes first; then queued MQTT frames (pending bytes first) are wrapped
+/// in batches of up to `WRAP_BATCH_BYTES` (one WebSocket frame, TLS records of up to 16 KiB)
+/// and sent, until everything is written or the socket is full.
+fn write_wrapped(shard: &ShardIo, slot: &ConnSlot, t: &mut TransportState) -> Wrote {
+    loop {
+        while !t.out_is_empty() {
+            match sendv(slot.fd(), &[IoSlice::new(t.out())]) {
+                Ok(sent) => {
+                    let full = sent < t.out().len();
+                    t.consume(sent);
+                    shard.bytes_out.set(shard.bytes_out.get() + sent as u64);
+                    if full {
+                        note_socket_full(shard, slot, true);
+                        return Wrote::Blocked;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    note_socket_full(shard, slot, true);
+                    return Wrote::Blocked;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Wrote::Failed,
+            }
+        }
+        {
+            let mut pending = slot.pending.0.borrow_mut();
+            if let Some(q) = pending.as_mut().filter(|q| !q.is_empty()) {
+                let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
+                let n = q.io_slices(&mut iov);
+                let taken = t.wrap(&iov[..n]);
+                q.consume(taken);
+                continue;
+            }
+        }
+        let mut core = shard.core.borrow_mut();
+        match core.tx(slot.conn) {
+            Some(tx) if !tx.is_empty() => {
+                let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
+                let n = tx.io_slices(&mut iov);
+                let taken = t.wrap(&iov[..n]);
+                tx.consume(taken);
+                tx.note_socket_full(false);
+            }
+            _ => return Wrote::All,
+        }
+    }
+}
+
+/// Tells the core's queue of `slot` whether its socket was found full (slow consumers,
+/// `core/delivery/tx_budget.rs`).
+fn note_socket_full(shard: &ShardIo, slot: &ConnSlot, full: bool) {
+    if let Some(tx) = shard.core.borrow_mut().tx(slot.conn) {
+        tx.note_socket_full(full);
     }
 }
 

@@ -12,12 +12,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ListenerConfig;
+use crate::config::{Config, ListenerConfig};
 use crate::core::{ConnInfo, Transport};
+
+use super::shard::ShardIo;
+use super::transport::tls::TlsMaterial;
+use super::transport::ws_handshake::WsSettings;
 
 /// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -26,7 +31,8 @@ const BIND_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One listener as the shards serve it: its index in the configuration (what
 /// [`ConnInfo::listener`] holds), its bound address and its transport settings.
-/// Process-wide, immutable; each shard gets a clone.
+/// Process-wide, immutable; each shard gets a clone (and builds its own TLS server
+/// configuration from the material, `ShardIo::tls_configs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Listener {
     /// Index in `Config::listen` (after duplicates collapse, see [`unique`]).
@@ -35,35 +41,129 @@ pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     /// The transport of its connections.
     pub(crate) transport: Transport,
+    /// Certificates and client-certificate policy (`mqtts`, `wss`).
+    pub(crate) tls: Option<TlsMaterial>,
+    /// The certificate's subject CN is the user name (`--tls-identity-as-username`).
+    pub(crate) identity_as_username: bool,
+    /// Path and origins (`ws`, `wss`).
+    pub(crate) ws: Option<Arc<WsSettings>>,
 }
 
 impl Listener {
-    /// The listener `index` of the configuration, bound to `addr`. `Err` names the listener
-    /// and why it cannot be served.
+    /// The listener `index` of the configuration, bound to `addr`: reads its TLS files.
+    /// `Err` names the listener and why it cannot be served.
     pub(crate) fn new(
         index: u16,
         addr: SocketAddr,
         config: ListenerConfig,
     ) -> Result<Listener, String> {
-        if config.transport != Transport::Tcp {
-            return Err(format!(
-                "{}: {} listeners are not served yet",
-                config.url(),
-                config.transport
-            ));
-        }
-        Ok(Listener { index, addr, transport: config.transport })
+        let tls = match &config.tls {
+            Some(tls) => {
+                // ALPN "mqtt" on mqtts (clients that offer other protocols only are refused,
+                // RFC 7301 §3.2); a browser's wss offers "http/1.1": none is selected there.
+                let alpn: &[&[u8]] =
+                    if config.transport == Transport::Tls { &[b"mqtt"] } else { &[] };
+                Some(TlsMaterial::load(tls, alpn).map_err(|e| format!("{}: {e}", config.url()))?)
+            }
+            None => None,
+        };
+        let ws = config.transport.is_websocket().then(|| {
+            Arc::new(WsSettings {
+                path: config.ws_path.clone(),
+                origins: config.ws_origins.clone(),
+            })
+        });
+        Ok(Listener {
+            index,
+            addr,
+            transport: config.transport,
+            identity_as_username: config.tls.as_ref().is_some_and(|t| t.identity_as_username),
+            tls,
+            ws,
+        })
     }
 
-    /// The identity of a connection accepted here from `remote`.
+    /// The listener as a URL (`ADDR:PORT` for plain MQTT, as it always was printed).
+    pub(crate) fn url(&self) -> String {
+        match &self.ws {
+            _ if self.transport == Transport::Tcp => self.addr.to_string(),
+            Some(ws) => format!("{}://{}{}", self.transport.scheme(), self.addr, ws.path),
+            None => format!("{}://{}", self.transport.scheme(), self.addr),
+        }
+    }
+
+    /// The identity of a connection accepted here from `remote` (the certificate subject is
+    /// filled in once the TLS handshake verified one).
     pub(crate) fn conn_info(&self, remote: Option<SocketAddr>) -> ConnInfo {
-        ConnInfo { listener: self.index, transport: self.transport, remote, ..ConnInfo::default() }
+        ConnInfo {
+            listener: self.index,
+            transport: self.transport,
+            remote,
+            cert_subject_cn: None,
+            identity_as_username: self.identity_as_username,
+        }
+    }
+}
+
+/// The TLS files of every listener, read again for a reload: by listener index, the new
+/// material, or `None` (no TLS, or the files failed to load: the shards keep what they
+/// have). Process-wide, immutable; shared by every shard through the reload message.
+#[derive(Debug, Clone, Default)]
+pub struct TlsReload(pub(crate) Vec<Option<Arc<TlsMaterial>>>);
+
+impl PartialEq for TlsReload {
+    /// The same material (by identity: the files were read once per reload).
+    fn eq(&self, other: &TlsReload) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
+    }
+}
+
+impl Eq for TlsReload {}
+
+/// Reads the TLS files of `config`'s listeners again (SIGHUP, `reload.rs`): the new material
+/// by listener index, and one error line per listener whose files do not load (it keeps its
+/// old certificate: new handshakes go on with it).
+pub fn reload_tls(config: &Config) -> (TlsReload, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for l in unique(&config.listen) {
+        let material = l.tls.as_ref().and_then(|tls| {
+            let alpn: &[&[u8]] = if l.transport == Transport::Tls { &[b"mqtt"] } else { &[] };
+            match TlsMaterial::load(tls, alpn) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    errors.push(format!("{}: {e} (the old certificate stays in use)", l.url()));
+                    None
+                }
+            }
+        });
+        out.push(material);
+    }
+    (TlsReload(out), errors)
+}
+
+/// Applies a reload's TLS material on this shard: new handshakes use it; open connections
+/// keep the configuration they started with.
+pub(crate) fn apply_tls_reload(shard: &ShardIo, tls: &TlsReload) {
+    let mut configs = shard.tls_configs.borrow_mut();
+    for (index, material) in tls.0.iter().enumerate() {
+        let Some(material) = material else { continue };
+        match material.server_config() {
+            Ok(c) if index < configs.len() => configs[index] = Some(c),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{}: listener {index}: TLS not reloaded: {e}", shard.id),
+        }
     }
 }
 
 /// The configured listeners without repeats (the configuration already collapses the same
 /// listener given twice; a `Config` built in code may not have).
-pub(super) fn unique(listeners: &[ListenerConfig]) -> Vec<ListenerConfig> {
+pub(crate) fn unique(listeners: &[ListenerConfig]) -> Vec<ListenerConfig> {
     let mut out: Vec<ListenerConfig> = Vec::with_capacity(listeners.len());
     for l in listeners {
         if !out.contains(l) {

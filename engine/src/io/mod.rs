@@ -22,6 +22,9 @@ mod persist;
 mod runtime;
 mod shard;
 mod signal;
+mod transport;
+
+pub use listen::{reload_tls, TlsReload};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -115,8 +118,10 @@ impl Broker {
         let mut control_ends: Vec<_> = control_ends.into_iter().map(Some).collect();
 
         let (ready_tx, ready_rx) = mpsc::channel();
+        let urls = listeners.iter().map(listen::Listener::url).collect();
         let mut handle = BrokerHandle {
             addrs: listen.clone(),
+            urls,
             stop: Vec::new(),
             threads: Vec::new(),
             mesh,
@@ -240,6 +245,7 @@ fn first_error(fallback: String, thread_errors: Vec<String>) -> StartError {
 #[derive(Debug)]
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
+    urls: Vec<String>,
     /// Our ends of the shards' stop sockets: dropping them stops the shards.
     stop: Vec<UnixStream>,
     threads: Vec<JoinHandle<Result<(), String>>>,
@@ -260,6 +266,13 @@ impl BrokerHandle {
     /// The control plane: requests to the shards from other threads.
     pub fn control(&self) -> control::Control {
         self.control.clone()
+    }
+
+    /// The listeners as URLs, in configuration order, like [`BrokerHandle::local_addrs`]:
+    /// `ADDR:PORT` for plain MQTT, `mqtts://ADDR:PORT`, `ws://ADDR:PORT/PATH`,
+    /// `wss://ADDR:PORT/PATH`.
+    pub fn listener_urls(&self) -> &[String] {
+        &self.urls
     }
 
     /// Graceful shutdown: stop accepting, send 5.0 clients DISCONNECT 0x8B, flush and close

@@ -160,6 +160,21 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         }
     };
 
+    // This shard's own TLS server configurations (session cache, ticket keys).
+    let mut tls_configs = Vec::with_capacity(start.listen.len());
+    for l in &start.listen {
+        let index = usize::from(l.index);
+        if tls_configs.len() <= index {
+            tls_configs.resize(index + 1, None);
+        }
+        if let Some(material) = &l.tls {
+            match material.server_config() {
+                Ok(c) => tls_configs[index] = Some(c),
+                Err(e) => return fail(&mut guard, format!("{}: {e}", l.addr)),
+            }
+        }
+    }
+    *shard.tls_configs.borrow_mut() = tls_configs;
     let mut listeners = Vec::with_capacity(start.listen.len());
     for l in start.listen {
         match super::listen::listener(l.addr) {
@@ -263,10 +278,7 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener, config: Listener
     loop {
         match shard.stop.unless_fired(listener.accept()).await {
             None => return,
-            Some(Ok(stream)) => {
-                let info = config.conn_info(stream.peer_addr().ok());
-                super::conn::spawn_accepted(&shard, stream, info)
-            }
+            Some(Ok(stream)) => super::conn::spawn_accepted(&shard, stream, &config),
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off briefly rather than spin.
                 if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {

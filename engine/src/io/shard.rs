@@ -5,19 +5,23 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustls::ServerConfig;
 
 use crate::core::ids::{ConnId, ShardId};
 use crate::core::mesh::MeshMsg;
-use crate::core::shard::{IoAction, ShardCore};
+use crate::core::shard::{IoAction, ShardCore, ShardCounters};
 
 use super::flush::{FlushQueue, PendingTx};
 use super::idle::IdlePoller;
 use super::mesh::MeshIo;
 use super::signal::{Signal, WakerSlot};
+use super::transport::TransportState;
 
 /// Bytes of the shard-wide read buffer every connection reads into before copying what it
 /// got into its own (initially empty) buffer: idle connections hold no read buffer.
@@ -70,6 +74,9 @@ pub(crate) struct ConnSlot {
     /// than retry every sweep.
     pub(crate) sleepless: Cell<bool>,
     waker: WakerSlot,
+    /// TLS / WebSocket layers (`transport/`); `None` for plain TCP, whose bytes go straight
+    /// from the core's queue to the socket.
+    pub(crate) transport: Option<Box<RefCell<TransportState>>>,
 }
 
 impl ConnSlot {
@@ -240,6 +247,13 @@ pub(crate) struct ShardIo {
     /// Set to wake the timer task early.
     timer_kick: Cell<bool>,
     timer_waker: WakerSlot,
+    /// This shard's TLS server configuration of each listener (by listener index; `None`
+    /// for listeners without TLS). Built on this shard: its own session cache and ticket
+    /// keys. A reload replaces entries; connections keep the configuration they started
+    /// with.
+    pub(crate) tls_configs: RefCell<Vec<Option<Arc<ServerConfig>>>>,
+    /// TLS handshakes and WebSocket upgrades in progress (`handshakes_per_shard_max`).
+    pub(crate) handshakes: Cell<u32>,
 }
 
 impl ShardIo {
@@ -275,7 +289,21 @@ impl ShardIo {
             timer_at: Cell::new(None),
             timer_kick: Cell::new(false),
             timer_waker: WakerSlot::default(),
+            tls_configs: RefCell::new(Vec::new()),
+            handshakes: Cell::new(0),
         })
+    }
+
+    /// Adds one to a counter of this shard's `$SYS` slot (rare events: handshakes).
+    pub(crate) fn count(&self, counter: impl FnOnce(&ShardCounters) -> &AtomicU64) {
+        let core = self.core.borrow();
+        let slot = &core.config().stats.shards[usize::from(self.id.0)];
+        counter(slot).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `handshakes_per_shard_max`.
+    pub(crate) fn handshakes_max(&self) -> u32 {
+        self.core.borrow().config().limits.handshakes_per_shard_max
     }
 
     pub(crate) fn shard_count(&self) -> u16 {
@@ -283,7 +311,12 @@ impl ShardIo {
     }
 
     /// Registers the io side of a connection the core just opened.
-    pub(crate) fn register(&self, conn: ConnId, fd: RawFd) -> Rc<ConnSlot> {
+    pub(crate) fn register(
+        &self,
+        conn: ConnId,
+        fd: RawFd,
+        transport: Option<Box<RefCell<TransportState>>>,
+    ) -> Rc<ConnSlot> {
         let slot = Rc::new(ConnSlot {
             conn,
             fd: Cell::new(fd),
@@ -302,6 +335,7 @@ impl ShardIo {
             wake_requested: Cell::new(false),
             sleepless: Cell::new(false),
             waker: WakerSlot::default(),
+            transport,
         });
         self.conns.borrow_mut().insert(slot.clone());
         slot

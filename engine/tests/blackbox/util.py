@@ -56,10 +56,11 @@ class PahoClient:
                  clean: bool = True, session_expiry: int | None = None,
                  keepalive: int = 60, will: tuple | None = None,
                  properties: Properties | None = None, will_properties: Properties | None = None,
-                 manual_ack: bool = False):
+                 manual_ack: bool = False, transport: str = "tcp"):
         """`properties`: 5.0 CONNECT properties (Session Expiry from `session_expiry` is
         added to them); `will_properties`: 5.0 will properties; `manual_ack`: QoS 1/2
-        messages are acknowledged only by `ack(msg)`."""
+        messages are acknowledged only by `ack(msg)`; `transport`: "tcp" or "websockets"
+        (path /mqtt; TLS is added with `self.client.tls_set`)."""
         self.host, self.port = broker
         self.properties = properties
         self.version = version
@@ -79,7 +80,9 @@ class PahoClient:
         kw = {"clean_session": clean} if version != 5 else {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=PAHO_VERSIONS[version], reconnect_on_failure=False,
-                                  manual_ack=manual_ack, **kw)
+                                  manual_ack=manual_ack, transport=transport, **kw)
+        if transport == "websockets":
+            self.client.ws_set_options(path="/mqtt")
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

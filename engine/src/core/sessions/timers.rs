@@ -140,7 +140,7 @@ impl ShardCore {
 
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
     fn publish_sys(&mut self, now: Instant) {
-        let mut totals = [0u64; 10];
+        let mut totals = [0u64; 15];
         let mut denials = [0u64; Denial::COUNT];
         for s in &self.config.stats.shards {
             for (t, v) in denials.iter_mut().zip(&s.denials) {
@@ -157,13 +157,18 @@ impl ShardCore {
                 &s.clients_slow,
                 &s.tx_bytes_queued,
                 &s.publish_pauses,
+                &s.tls_handshakes,
+                &s.tls_handshake_failures,
+                &s.ws_upgrades,
+                &s.ws_failures,
+                &s.handshakes_refused_busy,
             ];
             for (t, v) in totals.iter_mut().zip(values) {
                 *t += v.load(Ordering::Relaxed);
             }
         }
         let uptime_secs = now.saturating_duration_since(self.config.started_at).as_secs();
-        let entries: [(&'static str, String); 12] = [
+        let entries: [(&'static str, String); 17] = [
             ("$SYS/broker/version", format!("shardmq {}", env!("CARGO_PKG_VERSION"))),
             ("$SYS/broker/uptime", format!("{uptime_secs} seconds")),
             ("$SYS/broker/clients/connected", totals[0].to_string()),
@@ -176,6 +181,11 @@ impl ShardCore {
             ("$SYS/broker/clients/slow", totals[7].to_string()),
             ("$SYS/broker/load/bytes/queued", totals[8].to_string()),
             ("$SYS/broker/publish/pauses", totals[9].to_string()),
+            ("$SYS/broker/tls/handshakes", totals[10].to_string()),
+            ("$SYS/broker/tls/handshake_failures", totals[11].to_string()),
+            ("$SYS/broker/websocket/upgrades", totals[12].to_string()),
+            ("$SYS/broker/websocket/failures", totals[13].to_string()),
+            ("$SYS/broker/handshakes/refused_busy", totals[14].to_string()),
         ];
         let received_at_ms = self.uptime_ms(now);
         let denied = Denial::ALL
