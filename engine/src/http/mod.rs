@@ -207,7 +207,9 @@ fn authorize(state: &HttpState, peer: SocketAddr, req: &Request<Incoming>) -> Re
             "only loopback clients are served without --http-token-file",
         ));
     };
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+    // The console page itself holds no data (it asks for the token for its API calls), and
+    // a browser cannot send a bearer token when it navigates to it.
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/" | "/console") {
         return Ok(());
     }
     let presented = req
@@ -237,6 +239,7 @@ async fn handle(state: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(state).await,
         (&Method::GET, "/metrics") => metrics(state, &req).await,
+        (&Method::GET, "/" | "/console") => respond::console(),
         (_, p) if p.starts_with("/api/v1/") => api::route(state, req).await,
         (_, "/healthz" | "/readyz" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, None, "only GET is allowed here")

@@ -32,6 +32,18 @@ pub(crate) fn bad_field(field: &str, message: &str) -> Reply {
     error(StatusCode::BAD_REQUEST, Some(field), message)
 }
 
+/// The web console (engine/console/index.html, shipped in the binary): one page of plain
+/// HTML and JavaScript that loads nothing from anywhere but this listener's API.
+pub(crate) fn console() -> Reply {
+    const PAGE: &str = include_str!("../../console/index.html");
+    let mut r =
+        with_type(StatusCode::OK, Bytes::from_static(PAGE.as_bytes()), "text/html; charset=utf-8");
+    let csp = "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; \
+               style-src 'unsafe-inline'; img-src 'self' data:";
+    r.headers_mut().insert("content-security-policy", csp.parse().expect("valid"));
+    r
+}
+
 fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Reply {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
