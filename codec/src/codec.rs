@@ -154,11 +154,30 @@ pub fn peek_connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
     let name = rest.get(2..2 + name_len)?;
     let level = *rest.get(2 + name_len)?;
     match (name, level) {
-        (b"MQIsdp", 3) => Some(ProtocolVersion::V3_1),
-        (b"MQTT", 4) => Some(ProtocolVersion::V3_1_1),
+        (b"MQIsdp", 3 | 0x83) => Some(ProtocolVersion::V3_1),
+        (b"MQTT", 4 | 0x84) => Some(ProtocolVersion::V3_1_1),
         (b"MQTT", 5) => Some(ProtocolVersion::V5),
         _ => None,
     }
+}
+
+/// Whether `buf` starts with a CONNECT whose protocol level carries the bridge bit (0x80 on
+/// level 3 or 4: Mosquitto's `try_private`, a broker bridging in). Not in the specification;
+/// the broker then treats the client as a bridge (no echo of its own messages, retain flags
+/// kept as published).
+pub fn peek_connect_bridge(buf: &[u8]) -> bool {
+    if buf.first() != Some(&((PacketType::Connect as u8) << 4)) {
+        return false;
+    }
+    let Some(len_bytes) = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0) else {
+        return false;
+    };
+    let rest = &buf[(2 + len_bytes).min(buf.len())..];
+    let name_len = match rest {
+        [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return false,
+    };
+    matches!(rest.get(2 + name_len), Some(0x83 | 0x84))
 }
 
 /// The remaining length of `packet` encoded for `version`.

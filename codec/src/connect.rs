@@ -37,9 +37,12 @@ pub(crate) fn decode(mut r: Reader) -> Result<Connect, DecodeError> {
     if name != b"MQTT".as_slice() && name != b"MQIsdp".as_slice() {
         return Err(DecodeError::ProtocolNameInvalid);
     }
+    // Levels 0x83 / 0x84 are 3.1 / 3.1.1 with the high bit set: Mosquitto's private marker
+    // of a bridge (`try_private`), not in the specification. They decode as their version;
+    // `peek_connect_bridge` tells the broker it is a bridge.
     let protocol = match level {
-        3 => ProtocolVersion::V3_1,
-        4 => ProtocolVersion::V3_1_1,
+        3 | 0x83 => ProtocolVersion::V3_1,
+        4 | 0x84 => ProtocolVersion::V3_1_1,
         5 => ProtocolVersion::V5,
         _ => return Err(DecodeError::UnsupportedProtocolLevel { level }),
     };

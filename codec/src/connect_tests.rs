@@ -212,9 +212,22 @@ fn protocol_name_and_level() {
     );
     assert_decode_err(
         V3_1_1,
-        &body(b"MQTT", 0x83),
-        DecodeError::UnsupportedProtocolLevel { level: 0x83 },
+        &body(b"MQTT", 0x85),
+        DecodeError::UnsupportedProtocolLevel { level: 0x85 },
     );
+    // The bridge bit (Mosquitto's try_private) on 3.1 / 3.1.1 only.
+    assert_decode_err(V3_1_1, &body(b"MQTT", 0x83), DecodeError::ProtocolNameInvalid);
+    let bridged = body(b"MQTT", 0x84);
+    assert!(crate::peek_connect_bridge(&bridged));
+    assert_eq!(crate::peek_connect_version(&bridged), Some(V3_1_1));
+    let mut buf = bytes::BytesMut::from(&bridged[..]);
+    let limits = crate::Limits::default();
+    match crate::decode(&mut buf, &limits, V3_1_1) {
+        Ok(Some(crate::Packet::Connect(c))) => assert_eq!(c.protocol, V3_1_1),
+        other => panic!("{other:?}"),
+    }
+    assert!(!crate::peek_connect_bridge(&body(b"MQTT", 4)));
+    assert!(!crate::peek_connect_bridge(&body(b"MQTT", 5)));
     assert_eq!(
         DecodeError::UnsupportedProtocolLevel { level: 6 }.reason_code(),
         crate::ReasonCode::UNSUPPORTED_PROTOCOL_VERSION

@@ -47,7 +47,9 @@ mod subscribe;
 mod unsuback;
 mod unsubscribe;
 
-pub use codec::{decode, encode, encode_publish_header, encoded_len, peek_connect_version};
+pub use codec::{
+    decode, encode, encode_publish_header, encoded_len, peek_connect_bridge, peek_connect_version,
+};
 pub use error::{DecodeError, EncodeError};
 pub use primitives::VARINT_MAX;
 pub use properties::{Properties, PropertyContext, PropertyId, PropertyType};

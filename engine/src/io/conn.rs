@@ -152,6 +152,7 @@ async fn greet(
     if let Some(t) = &transport {
         info.cert_subject_cn = t.borrow().peer_cn();
     }
+    info.bridge = shardmq_codec::peek_connect_bridge(&first.read);
 
     // A CONNECT for a session homed on another shard: move the socket there.
     if !adopted && shard.shard_count() > 1 {

@@ -101,6 +101,7 @@ impl Listener {
             remote,
             cert_subject_cn: None,
             identity_as_username: self.identity_as_username,
+            bridge: false,
         }
     }
 }

@@ -335,3 +335,75 @@ def test_remote_refusing_the_credentials(net, tmp_path):
         m = edge_sub.get(timeout=WAIT * 2)
         if m.topic.endswith("connect_failures") and int(m.payload) >= 1:
             break
+
+
+def test_a_mosquitto_bridge_connecting_in(tmp_path):
+    """The other way round: a Mosquitto edge bridges *into* the broker under test with
+    `try_private true` (the bridge bit, protocol level 0x84). With a `both` rule nothing
+    loops (the central broker does not echo the bridge's own messages back to it), and a
+    message published retained at the centre reaches the edge with its retain flag (Retain
+    As Published), so the edge stores it."""
+    procs: list[Proc] = []
+    clients: list[PahoClient] = []
+    try:
+        cport = _free_port()
+        if BROKER == "mosquitto":
+            conf = tmp_path / "central.conf"
+            central = Proc("central", tmp_path, cport, lambda: mosquitto_conf(conf, cport, []))
+        else:
+            central = Proc("central", tmp_path, cport, lambda: [
+                _shardmq_bin(), "--listen", f"127.0.0.1:{cport}", "--in-memory",
+                "--shards", "2", "--no-pin"])
+        procs.append(central.start())
+        eport = _free_port()
+        econf = tmp_path / "edge.conf"
+        lines = ["connection in1", f"address 127.0.0.1:{cport}", "remote_clientid edge-in1",
+                 "try_private true", "cleansession false", "restart_timeout 1 2",
+                 "topic shared/# both 1", "topic probe/# both 1"]
+        edge = Proc("edge", tmp_path, eport, lambda: mosquitto_conf(econf, eport, lines))
+        procs.append(edge.start())
+
+        def client(p: Proc) -> PahoClient:
+            c = PahoClient(p.addr, version=4)
+            c.connect()
+            clients.append(c)
+            return c
+
+        edge_pub, central_pub = client(edge), client(central)
+        probe_c = client(central)
+        probe_c.subscribe("probe/out", 1)
+        link_up(edge_pub, "probe/out", probe_c)
+        probe_e = client(edge)
+        probe_e.subscribe("probe/in", 1)
+        link_up(central_pub, "probe/in", probe_e)
+
+        edge_sub, central_sub = client(edge), client(central)
+        edge_sub.subscribe("shared/#", 1)
+        central_sub.subscribe("shared/#", 1)
+        edge_pub.publish("shared/from-edge", b"e", 1)
+        central_pub.publish("shared/from-centre", b"c", 1, retain=True)
+        edge_pub.publish("shared/end", b"end", 1)
+        central_pub.publish("shared/end", b"end", 1)
+
+        def until_two_ends(c: PahoClient) -> list[str]:
+            topics, ends = [], 0
+            while ends < 2:
+                m = c.get()
+                if m.payload == b"end":
+                    ends += 1
+                else:
+                    topics.append(m.topic)
+            return sorted(topics)
+
+        assert until_two_ends(edge_sub) == ["shared/from-centre", "shared/from-edge"]
+        assert until_two_ends(central_sub) == ["shared/from-centre", "shared/from-edge"]
+        # The retained message published at the centre is retained at the edge too.
+        late = client(edge)
+        late.subscribe("shared/from-centre", 1)
+        m = late.get()
+        assert (m.topic, m.payload, m.retain) == ("shared/from-centre", b"c", True)
+    finally:
+        for c in clients:
+            c.stop()
+        for p in procs:
+            p.stop(signal.SIGKILL)

@@ -110,6 +110,10 @@ impl ShardCore {
         now: Instant,
     ) {
         let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
+        // Another broker's bridge (Mosquitto's bridge bit in CONNECT): as a 5.0 bridge would
+        // ask with No Local and Retain As Published, so nothing it sends comes back to it and
+        // retain flags cross as published.
+        let bridge = self.conns.get(conn).is_some_and(|c| c.info.bridge);
         // At most one Subscription Identifier per SUBSCRIBE (the decoder enforces it); it
         // applies to every filter of the packet (5.0 §3.8.2.1.2).
         let sub_id = sub.properties.as_ref().and_then(|p| p.subscription_identifiers.first());
@@ -122,6 +126,10 @@ impl ShardCore {
         let mut joins_waiting = 0u32;
         for (filter, opts) in sub.filters {
             let mut entry = SubOptions { opts, id: sub_id, acl_check: false };
+            if bridge {
+                entry.opts.no_local = true;
+                entry.opts.retain_as_published = true;
+            }
             // Shared subscriptions (`routing/shared.rs`) live with their group's owner, not in this
             // shard's trie, and get no retained messages (5.0 §4.8.2).
             let shared = is_shared(&filter);

@@ -80,6 +80,10 @@ pub struct ConnInfo {
     /// The listener maps the certificate's subject CN to the user name, asking no password
     /// (`--tls-identity-as-username`, like Mosquitto's `use_identity_as_username`).
     pub identity_as_username: bool,
+    /// The CONNECT carried Mosquitto's bridge bit (3.1.1 level | 0x80, `try_private`): the
+    /// client is another broker's bridge. Its subscriptions get No Local and Retain As
+    /// Published, so it is not sent back its own messages and retain flags cross intact.
+    pub bridge: bool,
 }
 
 impl ConnInfo {
