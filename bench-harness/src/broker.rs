@@ -84,6 +84,9 @@ pub struct BrokerOptions {
     pub connections_max: u64,
     /// How long start-up (recovery included) may take; 0: 15 s.
     pub start_timeout_secs: u64,
+    /// A bridge to this broker (its address) forwarding `shardmq-bench/#` out at this QoS
+    /// (shardmq: a `[[bridge]]` table; Mosquitto: a `connection`); rumqttd has none.
+    pub bridge_to: Option<(SocketAddr, u8)>,
 }
 
 impl BrokerOptions {
@@ -105,6 +108,8 @@ pub struct Broker {
     pub durability: String,
     /// The command line that started it.
     pub command: String,
+    /// Where subscribers connect when not here (the remote end of a bridge).
+    pub subscribers_at: Option<SocketAddr>,
     child: Option<Child>,
     dir: Option<PathBuf>,
 }
@@ -225,6 +230,7 @@ impl Broker {
             pid,
             durability: "unknown".into(),
             command: String::new(),
+            subscribers_at: None,
             child: None,
             dir: None,
         }
@@ -299,10 +305,16 @@ impl Broker {
             cmd.arg("--shards").arg(cpus.len().to_string()).arg("--cpus").arg(&opts.cpus);
         }
         let durability = shardmq_durability_args(&bin, opts, &dir, &mut cmd)?;
-        if !opts.shardmq_limits.is_empty() {
+        if !opts.shardmq_limits.is_empty() || opts.bridge_to.is_some() {
             let mut toml = String::from("[limits]\n");
             for (k, v) in &opts.shardmq_limits {
                 toml.push_str(&format!("{k} = {v}\n"));
+            }
+            if let Some((to, qos)) = opts.bridge_to {
+                toml.push_str(&format!(
+                    "[[bridge]]\nname = \"bench\"\naddress = \"mqtt://{to}\"\n\
+                     topics = [\"shardmq-bench/# out {qos}\"]\nreconnect_min_secs = 1\n"
+                ));
             }
             let conf = dir.join("shardmq.toml");
             fs::write(&conf, toml)?;
@@ -341,6 +353,7 @@ impl Broker {
             pid: Some(child.id()),
             durability,
             command,
+            subscribers_at: None,
             child: Some(child),
             dir: Some(dir),
         };
@@ -412,6 +425,14 @@ impl Broker {
              log_type warning\n",
             queued = opts.queued_messages_max.max(1000),
         );
+        let mut text = text;
+        if let Some((to, qos)) = opts.bridge_to {
+            // The same bridge as shardmq's: persistent at the remote, the bridge bit, out only.
+            text.push_str(&format!(
+                "connection bench\naddress {to}\ntopic shardmq-bench/# out {qos}\n\
+                 cleansession false\ntry_private true\nrestart_timeout 1 2\n"
+            ));
+        }
         fs::write(&conf, text)?;
         let mut cmd = pinned(&opts.cpus, &bin);
         cmd.arg("-c").arg(&conf);
@@ -472,6 +493,7 @@ impl Broker {
             pid: Some(child.id()),
             durability: durability.into(),
             command,
+            subscribers_at: None,
             child: Some(child),
             dir: Some(dir),
         })

@@ -165,6 +165,29 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// An edge broker bridging `shardmq-bench/#` out to a remote Mosquitto: a publisher on
+    /// the edge at a fixed rate, its subscriber on the remote; the edge's CPU per forwarded
+    /// message, rate and latency. Edges: shardmq (e.g. shardmq@sync) and mosquitto, taking
+    /// turns; the remote runs on the harness's CPUs.
+    Bridge {
+        /// QoS of the messages and of the bridge's topic rule.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Messages per second.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Payload size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        /// Warm-up before the measured window (seconds).
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        /// The measured window (seconds).
+        #[arg(long, default_value_t = 5.0)]
+        duration_secs: f64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Proposes core layouts for this machine (shard count, CPUs for shards and for the
     /// load generator, pinned or not, SMT siblings, NIC interrupt CPUs), runs a fan-out
     /// against each at max rate and at a fixed rate, `--repeat` times with the layouts
@@ -414,6 +437,37 @@ pub fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Cmd::Bridge { qos, rate, payload_bytes, warmup_secs, duration_secs, common } => {
+            let p = crate::bridge::BridgeParams {
+                qos,
+                rate,
+                payload_bytes,
+                warmup_secs,
+                duration_secs,
+                repeat: common.repeat.unwrap_or(3).clamp(1, 100),
+            };
+            crate::wire::qos(qos)?;
+            let broker_cpus = usable_cpus(&common.broker_cpus, common.no_pin, "broker")?;
+            let harness_cpus = usable_cpus(&common.harness_cpus, common.no_pin, "harness")?;
+            let settings = Settings {
+                mqtt_version: common.mqtt_version,
+                threads: common.threads.max(1),
+                harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
+                quiet: common.quiet,
+            };
+            let edges = parse_brokers(&common.brokers)?;
+            let base = common.broker_options(&broker_cpus);
+            let sr = crate::bridge::run(&p, &edges, &base, &harness_cpus, &settings)?;
+            out(&table::table(&sr));
+            if let Some(path) = &common.json {
+                let mut report = Report::new(&broker_cpus, &harness_cpus, common.mqtt_version);
+                report.repeat = p.repeat;
+                report.scenarios.push(sr);
+                report.write_json(path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            return Ok(());
+        }
         Cmd::Table { json } => {
             out(&headline::markdown(&load_report(&json)?));
             return Ok(());
@@ -602,6 +656,7 @@ impl Common {
             queued_messages_max: 1_000_000,
             connections_max: 1000,
             start_timeout_secs: 0,
+            bridge_to: None,
         }
     }
 }

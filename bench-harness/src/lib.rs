@@ -15,6 +15,7 @@
 //! What it deliberately does not do: reconnect (outside [`restart`]), TLS, WebSocket, or any
 //! timing assertion in tests (the smoke tests check correctness only).
 
+pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod durability;

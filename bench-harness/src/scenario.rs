@@ -21,7 +21,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs scenario `p` against `broker`.
 pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
-    let spec = build_spec(p, broker.addr, s)?;
+    let mut spec = build_spec(p, broker.addr, s)?;
+    spec.subscriber_broker = broker.subscribers_at;
     let total_conns = spec.conns.len();
     let mut progress = Progress::new(format!("[{}] {}", broker.name, p.label()), s.quiet);
     let rss_idle = broker.rss_kib();

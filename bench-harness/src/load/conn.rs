@@ -72,7 +72,11 @@ impl Reactor<'_> {
             // one address gives about 28,000 connections (ip_local_port_range).
             sock.bind(&SocketAddr::from((ip, 0)).into()).with_context(|| format!("bind {ip}"))?;
         }
-        match sock.connect(&self.spec.broker.into()) {
+        let to = match (&spec.role, self.spec.subscriber_broker) {
+            (crate::load::Role::Subscriber { .. }, Some(other)) => other,
+            _ => self.spec.broker,
+        };
+        match sock.connect(&to.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
             Err(e) => return Err(e.into()),

@@ -80,6 +80,9 @@ pub struct ConnSpec {
 pub struct LoadSpec {
     /// Broker address.
     pub broker: SocketAddr,
+    /// Where subscribers connect instead (the remote end of a bridge), if elsewhere.
+    #[serde(default)]
+    pub subscriber_broker: Option<SocketAddr>,
     /// MQTT protocol level: 3, 4 (3.1.1) or 5.
     pub mqtt_version: u8,
     /// QoS of PUBLISH and SUBSCRIBE.
@@ -328,6 +331,7 @@ mod tests {
     fn sent_in_300ms(flood: bool) -> u64 {
         let spec = LoadSpec {
             broker: sink_broker(),
+            subscriber_broker: None,
             mqtt_version: 4,
             qos: 0,
             payload_bytes: 64,

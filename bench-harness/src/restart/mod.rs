@@ -221,6 +221,7 @@ fn fill(
         .collect();
     let spec = LoadSpec {
         broker: broker.addr,
+        subscriber_broker: None,
         mqtt_version: p.mqtt_version,
         qos: 1,
         payload_bytes: p.payload_bytes,
