@@ -9,6 +9,7 @@
 //! topics = ["sensors/# out 1", "cmd/# in 1 \"\" edge1/"]
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -43,6 +44,20 @@ pub struct BridgeTable {
     local_username: Option<String>,
     local_password: Option<String>,
     inflight_max: Option<u16>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+}
+
+/// TLS to the remote broker (`mqtts://` addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeTls {
+    /// CA certificates (PEM) the remote's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// A client certificate chain (PEM), when the remote asks for one.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 /// One bridge, checked.
@@ -83,6 +98,8 @@ pub struct BridgeConfig {
     pub local_password: Option<String>,
     /// Unacknowledged QoS 1/2 messages per direction.
     pub inflight_max: u16,
+    /// TLS to the remote (every address is `mqtts://`), or none (every one is `mqtt://`).
+    pub tls: Option<BridgeTls>,
 }
 
 impl BridgeTable {
@@ -94,17 +111,20 @@ impl BridgeTable {
         }
         let err = |key: &str, why: String| format!("bridge {name:?}: {key}: {why}");
         let mut addresses = Vec::new();
+        let mut schemes = Vec::new();
         for a in self.address.iter().chain(self.addresses.iter().flatten()) {
-            let hostport = match a.split_once("://") {
-                None => a.as_str(),
-                Some(("mqtt" | "tcp", rest)) => rest,
+            let (tls, hostport) = match a.split_once("://") {
+                None => (false, a.as_str()),
+                Some(("mqtt" | "tcp", rest)) => (false, rest),
+                Some(("mqtts" | "ssl" | "tls", rest)) => (true, rest),
                 Some((scheme, _)) => {
                     return Err(err(
                         "address",
-                        format!("{a:?}: scheme {scheme}:// is not supported yet (mqtt:// only)"),
+                        format!("{a:?}: scheme {scheme}:// is not supported (mqtt://, mqtts://)"),
                     ))
                 }
             };
+            schemes.push(tls);
             if hostport.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(err("address", format!("{a:?}: expected mqtt://HOST:PORT")));
             }
@@ -113,6 +133,25 @@ impl BridgeTable {
         if addresses.is_empty() || addresses.len() > ADDRESSES_MAX {
             return Err(err("address", format!("1 to {ADDRESSES_MAX} addresses")));
         }
+        let tls = match (schemes.iter().all(|t| *t), schemes.iter().any(|t| *t)) {
+            (true, _) => match self.tls_ca_file {
+                Some(ca_file) => {
+                    if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+                        return Err(err("tls_cert_file", "needs tls_key_file (and back)".into()));
+                    }
+                    Some(BridgeTls {
+                        ca_file,
+                        cert_file: self.tls_cert_file,
+                        key_file: self.tls_key_file,
+                    })
+                }
+                None => return Err(err("tls_ca_file", "mqtts:// needs the remote's CA".into())),
+            },
+            (false, true) => {
+                return Err(err("address", "all mqtt:// or all mqtts://, not both".into()))
+            }
+            (false, false) => None,
+        };
         let protocol = match self.protocol.as_deref().unwrap_or("3.1.1") {
             "3.1.1" | "mqttv311" | "4" => ProtocolVersion::V3_1_1,
             "5" | "5.0" | "mqttv50" => ProtocolVersion::V5,
@@ -154,6 +193,7 @@ impl BridgeTable {
             local_username: self.local_username,
             local_password: self.local_password,
             inflight_max,
+            tls,
         })
     }
 }
@@ -207,8 +247,16 @@ mod tests {
         let base = "[[bridge]]\nname = \"b\"\ntopics = [\"a out 1\"]\n";
         let e = table(base).unwrap_err();
         assert!(e.contains("address"), "{e}");
+        let e = table(&format!("{base}address = \"ws://h:1\"\n")).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
         let e = table(&format!("{base}address = \"mqtts://h:1\"\n")).unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(e.contains("tls_ca_file"), "{e}");
+        let ok = table(&format!("{base}address = \"mqtts://h:1\"\ntls_ca_file = \"ca.pem\"\n"));
+        assert!(ok.unwrap()[0].tls.is_some());
+        let e =
+            table(&format!("{base}addresses = [\"mqtts://h:1\", \"h:2\"]\ntls_ca_file = \"c\"\n"))
+                .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
         let e = table(&format!("{base}address = \"h:1\"\nprotocol = \"6\"\n")).unwrap_err();
         assert!(e.contains("protocol"), "{e}");
         let e = table(&format!("{base}address = \"h:1\"\n{base}address = \"h:2\"\n")).unwrap_err();

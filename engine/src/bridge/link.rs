@@ -1,6 +1,6 @@
 //! One bridge's connection pair: a persistent MQTT 5.0 session at this broker (over
-//! loopback, to a plain `mqtt://` listener) and a session at the remote broker, with packets
-//! relayed between them.
+//! loopback, to a plain `mqtt://` listener) and a session at the remote broker (TCP or TLS),
+//! with packets relayed between them by one thread that polls both sockets.
 //!
 //! **Packet ids pass through unchanged.** A QoS 1/2 PUBLISH the local broker sends the bridge
 //! (id *p* in the local session's server-to-client space) goes to the remote broker with the
@@ -16,30 +16,37 @@
 //!   id, so a remote broker that keeps its session discards a QoS 2 duplicate by its id
 //!   ([MQTT-4.3.3-10]): exactly once across the bridge.
 //!
-//! The bridge's own SUBSCRIBEs use ids from the top of the range (65535 down), where a
-//! broker's own PUBLISH ids are least likely to be in flight.
+//! The bridge's own SUBSCRIBEs use id 65535, at the top of the range, where a broker's own
+//! PUBLISH ids are least likely to be in flight.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardmq_codec::{
-    decode, encode, ByteStr, Connect, Limits, Packet, PacketId, Properties, ProtocolVersion,
-    PubResp, Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
+    decode, encode, ByteStr, ConnAck, Connect, Limits, Packet, PacketId, Properties,
+    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
+    SubscriptionOptions,
 };
 
 use super::config::BridgeConfig;
+use super::tls::{self, Stream};
 use crate::core::shard::BridgeCounters;
 
-/// How long connecting (TCP and CONNACK) to either broker may take.
+/// How long connecting (TCP, TLS and CONNACK) to either broker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that cannot finish in this time (the peer stopped reading) ends the link.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest packet the bridge accepts from either broker.
 const PACKET_SIZE_MAX_BYTES: u32 = 16 * 1024 * 1024;
 /// Bytes read at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest poll, so that a stop request is noticed.
+const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// Which broker a socket leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,80 +55,87 @@ enum Side {
     Remote,
 }
 
-/// One side's connection: the socket (written under a lock by whichever reader relays to
-/// it), its protocol version and when it last sent or received.
-#[derive(Debug)]
+/// One side's connection and its bookkeeping.
 struct End {
     side: Side,
     version: ProtocolVersion,
-    write: Mutex<TcpStream>,
-    last_write: Mutex<Instant>,
-    last_read: Mutex<Instant>,
+    stream: Stream,
+    /// Bytes read and not yet decoded.
+    rbuf: BytesMut,
+    /// Bytes to write at the end of this round (several packets, one write).
+    wbuf: BytesMut,
+    last_write: Instant,
+    last_read: Instant,
 }
 
 impl End {
-    fn send(&self, p: &Packet) -> io::Result<()> {
-        let mut buf = BytesMut::new();
-        encode(p, self.version, &mut buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        self.write.lock().expect("bridge writer").write_all(&buf)?;
-        *self.last_write.lock().expect("bridge clock") = Instant::now();
+    fn queue(&mut self, p: &Packet) -> Result<(), String> {
+        encode(p, self.version, &mut self.wbuf).map_err(|e| e.to_string())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .write_all(&self.wbuf)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| format!("{:?} broker: {e}", self.side))?;
+        self.wbuf.clear();
+        self.last_write = Instant::now();
         Ok(())
     }
 
-    /// Sends PINGREQ when nothing was written for half the keep alive; fails when nothing
+    /// Queues PINGREQ when nothing was written for half the keep alive; fails when nothing
     /// was read for one and a half.
-    fn keep_alive(&self, keep_alive: Duration) -> io::Result<()> {
-        let now = Instant::now();
-        let read = *self.last_read.lock().expect("bridge clock");
-        if now.duration_since(read) > keep_alive + keep_alive / 2 {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{:?} broker silent for 1.5 x keep alive", self.side),
-            ));
+    fn keep_alive(&mut self, keep_alive: Duration, now: Instant) -> Result<(), String> {
+        if now.duration_since(self.last_read) > keep_alive + keep_alive / 2 {
+            return Err(format!("{:?} broker silent for 1.5 x keep alive", self.side));
         }
-        let wrote = *self.last_write.lock().expect("bridge clock");
-        if now.duration_since(wrote) >= keep_alive / 2 {
-            self.send(&Packet::PingReq)?;
+        if now.duration_since(self.last_write) >= keep_alive / 2 && self.wbuf.is_empty() {
+            self.queue(&Packet::PingReq)?;
         }
         Ok(())
     }
 }
 
-/// What [`Link::connect`] returns: the link, both sockets, and the bytes each side sent
-/// after its CONNACK.
-pub(super) struct Connected {
-    pub(super) link: Link,
-    pub(super) local: TcpStream,
-    pub(super) remote: TcpStream,
-    pub(super) local_buf: BytesMut,
-    pub(super) remote_buf: BytesMut,
-}
-
-/// A connected pair, relaying until one side fails or `stop` is raised.
+/// A connected pair.
 pub(super) struct Link {
     cfg: Arc<BridgeConfig>,
-    local: Arc<End>,
-    remote: Arc<End>,
+    local: End,
+    remote: End,
     counters: Arc<BridgeCounters>,
     /// QoS 2 PUBLISHes no rule forwarded (answered by the bridge itself), by side of origin.
-    unrouted: Mutex<(Vec<u16>, Vec<u16>)>,
+    unrouted: (Vec<u16>, Vec<u16>),
 }
 
-/// Opens TCP to `addr` and completes CONNECT/CONNACK.
+/// Opens `addr` (TCP, then TLS when `tls` is given) and completes CONNECT/CONNACK.
 fn open(
     addr: &str,
+    tls: Option<&tls::ClientTls>,
     connect: &Connect,
     bridge_bit: bool,
-) -> Result<(TcpStream, BytesMut, shardmq_codec::ConnAck), String> {
+    sockets: &Mutex<Vec<TcpStream>>,
+) -> Result<(Stream, BytesMut, ConnAck), String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let sock: SocketAddr = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr}: no address"))?;
-    let mut s =
+    let tcp =
         TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| e.to_string())?;
+    if let Ok(c) = tcp.try_clone() {
+        // The bridge's stop shuts these down, which ends any blocking read or write.
+        sockets.lock().expect("bridge sockets").push(c);
+    }
+    let mut stream = match tls {
+        Some(t) => t.connect(host, tcp).map_err(|e| format!("{addr}: TLS: {e}"))?,
+        None => Stream::Plain(tcp),
+    };
     let mut buf = BytesMut::new();
     encode(&Packet::Connect(Box::new(connect.clone())), connect.protocol, &mut buf)
         .map_err(|e| e.to_string())?;
@@ -131,17 +145,17 @@ fn open(
         let len_bytes = buf[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
         buf[1 + len_bytes + 6] |= 0x80;
     }
-    s.write_all(&buf).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.write_all(&buf).and_then(|()| stream.flush()).map_err(|e| format!("{addr}: {e}"))?;
     let mut rbuf = BytesMut::new();
     let limits = Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES };
+    let mut chunk = vec![0u8; 4096];
     loop {
         match decode(&mut rbuf, &limits, connect.protocol) {
             Ok(Some(Packet::ConnAck(ack))) => {
                 if ack.reason != ReasonCode::SUCCESS {
-                    return Err(format!("{addr}: CONNACK refused: {:?}", ack.reason));
+                    return Err(format!("{addr}: CONNACK refused: 0x{:02X}", ack.reason.0));
                 }
-                return Ok((s, rbuf, ack));
+                return Ok((stream, rbuf, ack));
             }
             Ok(Some(other)) => {
                 return Err(format!("{addr}: {:?} before CONNACK", other.packet_type()))
@@ -149,8 +163,7 @@ fn open(
             Ok(None) => {}
             Err(e) => return Err(format!("{addr}: {e}")),
         }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
+        match stream.read(&mut chunk) {
             Ok(0) => return Err(format!("{addr}: closed before CONNACK")),
             Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(format!("{addr}: waiting for CONNACK: {e}")),
@@ -165,9 +178,10 @@ impl Link {
         cfg: Arc<BridgeConfig>,
         local_addr: SocketAddr,
         addr: &str,
+        client_tls: Option<&tls::ClientTls>,
         counters: Arc<BridgeCounters>,
         sockets: &Mutex<Vec<TcpStream>>,
-    ) -> Result<Connected, String> {
+    ) -> Result<Link, String> {
         let v5 = cfg.protocol == ProtocolVersion::V5;
         let mut props = Properties::default();
         if v5 {
@@ -185,7 +199,8 @@ impl Link {
             properties: props,
         };
         let bridge_bit = !v5 && cfg.try_private;
-        let (remote, remote_buf, ack) = open(addr, &remote_connect, bridge_bit)?;
+        let (remote, remote_buf, ack) =
+            open(addr, client_tls, &remote_connect, bridge_bit, sockets)?;
         // Never more unacknowledged messages into the remote broker than it takes.
         let out_inflight = ack
             .properties
@@ -208,189 +223,176 @@ impl Link {
                 ..Properties::default()
             },
         };
-        let local_addr = local_addr.to_string();
-        let (local, local_buf, _) = open(&local_addr, &local_connect, false)?;
-        for s in [&remote, &local] {
-            if let Ok(c) = s.try_clone() {
-                sockets.lock().expect("bridge sockets").push(c);
-            }
-        }
-        let end = |side, version, s: &TcpStream| -> Result<Arc<End>, String> {
-            let now = Instant::now();
-            Ok(Arc::new(End {
-                side,
-                version,
-                write: Mutex::new(s.try_clone().map_err(|e| e.to_string())?),
-                last_write: Mutex::new(now),
-                last_read: Mutex::new(now),
-            }))
+        let (local, local_buf, _) =
+            open(&local_addr.to_string(), None, &local_connect, false, sockets)?;
+        let now = Instant::now();
+        let end = |side, version, stream, rbuf| End {
+            side,
+            version,
+            stream,
+            rbuf,
+            wbuf: BytesMut::new(),
+            last_write: now,
+            last_read: now,
         };
-        let link = Link {
-            local: end(Side::Local, ProtocolVersion::V5, &local)?,
-            remote: end(Side::Remote, cfg.protocol, &remote)?,
+        let mut link = Link {
+            local: end(Side::Local, ProtocolVersion::V5, local, local_buf),
+            remote: end(Side::Remote, cfg.protocol, remote, remote_buf),
             cfg,
             counters,
-            unrouted: Mutex::new((Vec::new(), Vec::new())),
+            unrouted: (Vec::new(), Vec::new()),
         };
-        link.subscribe().map_err(|e| format!("subscribing: {e}"))?;
-        Ok(Connected { link, local, remote, local_buf, remote_buf })
+        link.subscribe()?;
+        Ok(link)
     }
 
     /// SUBSCRIBE locally to the outgoing rules' filters and remotely to the incoming ones.
     /// No Local keeps what the bridge publishes on one side from coming back to it there;
     /// Retain As Published keeps retain flags as the publisher set them; retained messages
     /// are sent only for a new subscription (not again at every reconnect).
-    fn subscribe(&self) -> io::Result<()> {
+    fn subscribe(&mut self) -> Result<(), String> {
         let opts = |qos| SubscriptionOptions {
             qos,
             no_local: true,
             retain_as_published: true,
             retain_handling: RetainHandling::SendIfNew,
         };
-        let local: Vec<(ByteStr, SubscriptionOptions)> = self
-            .cfg
-            .topics
-            .iter()
-            .filter(|r| r.direction.outgoing())
-            .map(|r| (ByteStr::from(r.local_filter().as_str()), opts(r.qos)))
-            .collect();
-        let remote: Vec<(ByteStr, SubscriptionOptions)> = self
-            .cfg
-            .topics
-            .iter()
-            .filter(|r| r.direction.incoming())
-            .map(|r| (ByteStr::from(r.remote_filter().as_str()), opts(r.qos)))
-            .collect();
-        for (end, filters) in [(&self.local, local), (&self.remote, remote)] {
-            if filters.is_empty() {
-                continue;
+        let pick = |outgoing: bool| -> Vec<(ByteStr, SubscriptionOptions)> {
+            self.cfg
+                .topics
+                .iter()
+                .filter(|r| if outgoing { r.direction.outgoing() } else { r.direction.incoming() })
+                .map(|r| {
+                    let f = if outgoing { r.local_filter() } else { r.remote_filter() };
+                    (ByteStr::from(f.as_str()), opts(r.qos))
+                })
+                .collect()
+        };
+        let (local, remote) = (pick(true), pick(false));
+        let id = PacketId::new(u16::MAX).expect("non-zero");
+        for (end, filters) in [(&mut self.local, local), (&mut self.remote, remote)] {
+            if !filters.is_empty() {
+                end.queue(&Packet::Subscribe(Subscribe {
+                    packet_id: id,
+                    filters,
+                    properties: None,
+                }))?;
+                end.flush()?;
             }
-            let id = PacketId::new(u16::MAX).expect("non-zero");
-            end.send(&Packet::Subscribe(Subscribe { packet_id: id, filters, properties: None }))?;
         }
         Ok(())
     }
 
-    /// Relays until either side closes or fails, or `stop` is raised. `local_buf` and
-    /// `remote_buf` hold bytes read after each CONNACK.
-    pub(super) fn run(
-        self: Arc<Self>,
-        local: TcpStream,
-        remote: TcpStream,
-        local_buf: BytesMut,
-        remote_buf: BytesMut,
-        stop: &AtomicBool,
-    ) -> String {
+    /// Relays until either side closes or fails, or `stop` is raised; returns why it ended.
+    pub(super) fn run(mut self, stop: &AtomicBool) -> String {
         self.counters.connected.store(1, Ordering::Relaxed);
-        let other = {
-            let link = self.clone();
-            let remote2 = remote.try_clone();
-            std::thread::Builder::new().name(format!("bridge-{}-in", self.cfg.name)).spawn(
-                move || match remote2 {
-                    Ok(r) => link.read_loop(Side::Remote, r, remote_buf, stop_never()),
-                    Err(e) => e.to_string(),
-                },
-            )
-        };
-        let why = self.read_loop(Side::Local, local.try_clone().expect("clone"), local_buf, stop);
-        // Either side ending ends both.
-        let _ = local.shutdown(std::net::Shutdown::Both);
-        let _ = remote.shutdown(std::net::Shutdown::Both);
-        let why_in = match other {
-            Ok(h) => h.join().unwrap_or_else(|_| "remote reader panicked".into()),
-            Err(e) => e.to_string(),
-        };
+        let why = self.relay_loop(stop);
         self.counters.connected.store(0, Ordering::Relaxed);
         if stop.load(Ordering::Relaxed) {
             "stopped".into()
-        } else if why.contains("shut down") || why.contains("closed") {
-            why_in
         } else {
             why
         }
     }
 
-    /// Reads packets from `side` and relays them until the socket ends.
-    fn read_loop(
-        &self,
-        side: Side,
-        mut s: TcpStream,
-        mut buf: BytesMut,
-        stop: &AtomicBool,
-    ) -> String {
+    fn relay_loop(&mut self, stop: &AtomicBool) -> String {
         let keep_alive = Duration::from_secs(u64::from(self.cfg.keepalive_secs));
-        let _ = s.set_read_timeout(Some((keep_alive / 4).max(Duration::from_millis(200))));
-        let version = match side {
-            Side::Local => ProtocolVersion::V5,
-            Side::Remote => self.cfg.protocol,
-        };
         let limits = Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES };
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-        let mine = match side {
-            Side::Local => &self.local,
-            Side::Remote => &self.remote,
-        };
+        for end in [&mut self.local, &mut self.remote] {
+            // Reads wait in poll(2); the socket itself must not block a read that poll said
+            // is ready but TLS needs more of (the rest of a record comes soon after).
+            let _ = end.stream.tcp().set_read_timeout(Some(POLL_MAX));
+        }
         loop {
-            loop {
-                match decode(&mut buf, &limits, version) {
-                    Ok(Some(p)) => {
-                        if let Err(e) = self.relay(side, p) {
-                            return e;
+            // Everything decodable, relayed; then one write per side.
+            for side in [Side::Local, Side::Remote] {
+                loop {
+                    let end = match side {
+                        Side::Local => &mut self.local,
+                        Side::Remote => &mut self.remote,
+                    };
+                    match decode(&mut end.rbuf, &limits, end.version) {
+                        Ok(Some(p)) => {
+                            if let Err(e) = self.relay(side, p) {
+                                return e;
+                            }
                         }
+                        Ok(None) => break,
+                        Err(e) => return format!("{side:?} broker sent a bad packet: {e}"),
                     }
-                    Ok(None) => break,
-                    Err(e) => return format!("{side:?} broker sent a bad packet: {e}"),
                 }
             }
             if stop.load(Ordering::Relaxed) {
                 return "stopped".into();
             }
-            for end in [&self.local, &self.remote] {
-                if let Err(e) = end.keep_alive(keep_alive) {
-                    return e.to_string();
+            let now = Instant::now();
+            for end in [&mut self.local, &mut self.remote] {
+                if let Err(e) = end.keep_alive(keep_alive, now).and_then(|()| end.flush()) {
+                    return e;
                 }
             }
-            match s.read(&mut chunk) {
-                Ok(0) => return format!("{side:?} broker closed the connection"),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    *mine.last_read.lock().expect("bridge clock") = Instant::now();
+            // Plaintext TLS already decrypted is read without waiting.
+            let (l_ready, r_ready) = match crate::io::poll::readable2(
+                self.local.stream.tcp().as_raw_fd(),
+                self.remote.stream.tcp().as_raw_fd(),
+                self.local.stream.buffered(),
+                self.remote.stream.buffered(),
+                POLL_MAX,
+            ) {
+                Ok(r) => r,
+                Err(e) => return format!("poll: {e}"),
+            };
+            for (ready, end) in [(l_ready, &mut self.local), (r_ready, &mut self.remote)] {
+                if !ready {
+                    continue;
                 }
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) => return format!("{side:?} broker: {e}"),
+                match end.stream.read(&mut chunk) {
+                    Ok(0) => return format!("{:?} broker closed the connection", end.side),
+                    Ok(n) => {
+                        end.rbuf.extend_from_slice(&chunk[..n]);
+                        end.last_read = Instant::now();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => return format!("{:?} broker: {e}", end.side),
+                }
             }
         }
     }
 
     /// Handles one packet from `from`.
-    fn relay(&self, from: Side, p: Packet) -> Result<(), String> {
+    fn relay(&mut self, from: Side, p: Packet) -> Result<(), String> {
         let (src, dst) = match from {
-            Side::Local => (&self.local, &self.remote),
-            Side::Remote => (&self.remote, &self.local),
+            Side::Local => (&mut self.local, &mut self.remote),
+            Side::Remote => (&mut self.remote, &mut self.local),
         };
-        let io = |r: io::Result<()>| r.map_err(|e| format!("{:?} broker: {e}", dst.side));
         match p {
             Packet::Publish(publish) => {
-                let rule_topic = self.cfg.topics.iter().find_map(|r| match from {
+                let topic = self.cfg.topics.iter().find_map(|r| match from {
                     Side::Local => r.to_remote(publish.topic.as_str()),
                     Side::Remote => r.to_local(publish.topic.as_str()),
                 });
-                let Some(topic) = rule_topic else {
+                let Some(topic) = topic else {
                     // Matched a filter but no rule maps it (overlapping prefixes): answer it
                     // here so the sender's flow completes.
-                    return self.answer_unrouted(from, &publish).map_err(|e| e.to_string());
+                    return answer_unrouted(src, &mut self.unrouted, from, &publish);
                 };
-                let properties = (dst.version == ProtocolVersion::V5)
-                    .then(|| {
-                        publish.properties.map(|mut p| {
-                            p.topic_alias = None;
-                            p.subscription_identifiers.clear();
-                            p
-                        })
+                let properties = if dst.version == ProtocolVersion::V5 {
+                    publish.properties.map(|mut p| {
+                        p.topic_alias = None;
+                        p.subscription_identifiers.clear();
+                        p
                     })
-                    .flatten();
-                let fwd = Publish {
+                } else {
+                    None
+                };
+                dst.queue(&Packet::Publish(Publish {
                     dup: publish.dup,
                     qos: publish.qos,
                     retain: publish.retain,
@@ -398,88 +400,74 @@ impl Link {
                     packet_id: publish.packet_id,
                     payload: publish.payload,
                     properties,
-                };
-                io(dst.send(&Packet::Publish(fwd)))?;
+                }))?;
                 let n = match from {
                     Side::Local => &self.counters.forwarded_out,
                     Side::Remote => &self.counters.forwarded_in,
                 };
                 n.fetch_add(1, Ordering::Relaxed);
             }
-            Packet::PubAck(r) => io(dst.send(&Packet::PubAck(ack(r, dst.version))))?,
-            Packet::PubRec(r) => io(dst.send(&Packet::PubRec(ack(r, dst.version))))?,
+            Packet::PubAck(r) => dst.queue(&Packet::PubAck(ack(r, dst.version)))?,
+            Packet::PubRec(r) => dst.queue(&Packet::PubRec(ack(r, dst.version)))?,
             Packet::PubRel(r) => {
-                if self.take_unrouted(from, r.packet_id.get()) {
+                let list = match from {
+                    Side::Local => &mut self.unrouted.0,
+                    Side::Remote => &mut self.unrouted.1,
+                };
+                if let Some(i) = list.iter().position(|x| *x == r.packet_id.get()) {
+                    list.swap_remove(i);
                     let done = PubResp {
                         packet_id: r.packet_id,
                         reason: ReasonCode::SUCCESS,
                         properties: None,
                     };
-                    io(src.send(&Packet::PubComp(done)))?;
+                    src.queue(&Packet::PubComp(done))?;
                 } else {
-                    io(dst.send(&Packet::PubRel(ack(r, dst.version))))?;
+                    dst.queue(&Packet::PubRel(ack(r, dst.version)))?;
                 }
             }
-            Packet::PubComp(r) => io(dst.send(&Packet::PubComp(ack(r, dst.version))))?,
+            Packet::PubComp(r) => dst.queue(&Packet::PubComp(ack(r, dst.version)))?,
             Packet::SubAck(a) => {
                 for code in a.reasons.iter().filter(|c| c.is_error()) {
                     tracing::warn!(
-                        "bridge {}: the {:?} broker refused a subscription: {code:?}",
+                        "bridge {}: the {from:?} broker refused a subscription: 0x{:02X}",
                         self.cfg.name,
-                        from
+                        code.0
                     );
                 }
             }
             Packet::PingResp | Packet::UnsubAck(_) => {}
-            Packet::PingReq => src.send(&Packet::PingResp).map_err(|e| e.to_string())?,
+            Packet::PingReq => src.queue(&Packet::PingResp)?,
             Packet::Disconnect(d) => {
-                return Err(format!("{from:?} broker sent DISCONNECT {:?}", d.reason));
+                return Err(format!("{from:?} broker sent DISCONNECT 0x{:02X}", d.reason.0));
             }
-            other => {
-                return Err(format!("{from:?} broker sent {:?}", other.packet_type()));
-            }
+            other => return Err(format!("{from:?} broker sent {:?}", other.packet_type())),
         }
         Ok(())
     }
+}
 
-    /// Acknowledges a PUBLISH from `from` that no rule forwards.
-    fn answer_unrouted(&self, from: Side, p: &Publish) -> io::Result<()> {
-        let src = match from {
-            Side::Local => &self.local,
-            Side::Remote => &self.remote,
-        };
-        let Some(id) = p.packet_id else { return Ok(()) };
-        let resp = PubResp { packet_id: id, reason: ReasonCode::SUCCESS, properties: None };
-        match p.qos {
-            QoS::AtMostOnce => Ok(()),
-            QoS::AtLeastOnce => src.send(&Packet::PubAck(resp)),
-            QoS::ExactlyOnce => {
-                let mut u = self.unrouted.lock().expect("bridge unrouted");
-                let list = match from {
-                    Side::Local => &mut u.0,
-                    Side::Remote => &mut u.1,
-                };
-                if !list.contains(&id.get()) {
-                    list.push(id.get());
-                }
-                drop(u);
-                src.send(&Packet::PubRec(resp))
+/// Acknowledges a PUBLISH from `from` that no rule forwards.
+fn answer_unrouted(
+    src: &mut End,
+    unrouted: &mut (Vec<u16>, Vec<u16>),
+    from: Side,
+    p: &Publish,
+) -> Result<(), String> {
+    let Some(id) = p.packet_id else { return Ok(()) };
+    let resp = PubResp { packet_id: id, reason: ReasonCode::SUCCESS, properties: None };
+    match p.qos {
+        QoS::AtMostOnce => Ok(()),
+        QoS::AtLeastOnce => src.queue(&Packet::PubAck(resp)),
+        QoS::ExactlyOnce => {
+            let list = match from {
+                Side::Local => &mut unrouted.0,
+                Side::Remote => &mut unrouted.1,
+            };
+            if !list.contains(&id.get()) {
+                list.push(id.get());
             }
-        }
-    }
-
-    fn take_unrouted(&self, from: Side, id: u16) -> bool {
-        let mut u = self.unrouted.lock().expect("bridge unrouted");
-        let list = match from {
-            Side::Local => &mut u.0,
-            Side::Remote => &mut u.1,
-        };
-        match list.iter().position(|x| *x == id) {
-            Some(i) => {
-                list.swap_remove(i);
-                true
-            }
-            None => false,
+            src.queue(&Packet::PubRec(resp))
         }
     }
 }
@@ -491,10 +479,4 @@ fn ack(r: PubResp, to: ProtocolVersion) -> PubResp {
     } else {
         PubResp { packet_id: r.packet_id, reason: ReasonCode::SUCCESS, properties: None }
     }
-}
-
-/// The remote reader stops when its socket is shut down by the local reader (or fails).
-fn stop_never() -> &'static AtomicBool {
-    static NEVER: AtomicBool = AtomicBool::new(false);
-    &NEVER
 }

@@ -8,11 +8,12 @@
 //! messages is in that shard's log — bounded by the session limits
 //! (`session_queue_messages_max`, `session_queue_full`) like any session's.
 //!
-//! Not in the shards: the bridge threads are plain threads with blocking sockets, outside the
+//! Not in the shards: each bridge is a plain thread polling its two sockets, outside the
 //! thread-per-core executors, because a bridge carries one connection pair, not fan-out.
 
 pub mod config;
 mod link;
+mod tls;
 pub mod topics;
 
 use std::net::{SocketAddr, TcpStream};
@@ -102,10 +103,30 @@ fn run(
         let addr = &cfg.addresses[(attempt as usize) % cfg.addresses.len()];
         attempt += 1;
         let started = Instant::now();
-        match link::Link::connect(cfg.clone(), local, addr, counters.clone(), sockets) {
-            Ok(c) => {
+        let client_tls = match cfg.tls.as_ref().map(tls::ClientTls::load).transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("bridge {}: TLS files: {e}", cfg.name);
+                None
+            }
+        };
+        let connected = if cfg.tls.is_some() && client_tls.is_none() {
+            Err("no TLS configuration".to_string())
+        } else {
+            link::Link::connect(
+                cfg.clone(),
+                local,
+                addr,
+                client_tls.as_ref(),
+                counters.clone(),
+                sockets,
+            )
+        };
+        match connected {
+            Ok(l) => {
                 tracing::info!("bridge {}: connected to {addr}", cfg.name);
-                let why = Arc::new(c.link).run(c.local, c.remote, c.local_buf, c.remote_buf, stop);
+                let why = l.run(stop);
                 sockets.lock().expect("bridge sockets").clear();
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -117,6 +138,7 @@ fn run(
                 }
             }
             Err(e) => {
+                sockets.lock().expect("bridge sockets").clear();
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("bridge {}: {e}", cfg.name);
             }

@@ -19,6 +19,7 @@ mod idle;
 mod listen;
 mod mesh;
 mod persist;
+pub(crate) mod poll;
 mod runtime;
 mod shard;
 mod signal;

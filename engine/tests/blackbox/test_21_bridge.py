@@ -88,11 +88,12 @@ class Net:
         return self.remote.start()
 
     def start_edge(self, topics: list[str], protocol: str = "3.1.1", credentials=None,
-                   durable: bool = False) -> Proc:
+                   durable: bool = False, tls=None, remote_port: int | None = None) -> Proc:
+        """`tls`: (ca, cert, key) paths to reach the remote over TLS on `remote_port`."""
         port = _free_port()
         name = "b" + uid()[:6]
         self.bridge_name = name
-        remote = self.remote.port
+        remote = remote_port or self.remote.port
         if BROKER == "mosquitto":
             conf = self.tmp / "edge.conf"
             lines = [f"connection {name}", f"address 127.0.0.1:{remote}",
@@ -101,17 +102,24 @@ class Net:
                      "bridge_protocol_version " + ("mqttv50" if protocol == "5.0" else "mqttv311")]
             if credentials:
                 lines += [f"remote_username {credentials[0]}", f"remote_password {credentials[1]}"]
+            if tls:
+                lines += [f"bridge_cafile {tls[0]}", f"bridge_certfile {tls[1]}",
+                          f"bridge_keyfile {tls[2]}"]
             for t in topics:
                 lines.append("topic " + t)
             argv = lambda: mosquitto_conf(conf, port, lines)  # noqa: E731
         else:
             conf = self.tmp / "edge.toml"
             rules = ", ".join('"' + t.replace('"', '\\"') + '"' for t in topics)
+            scheme = "mqtts" if tls else "mqtt"
             text = (f'listen = ["127.0.0.1:{port}"]\nshards = 2\nno_pin = true\n'
                     f"sys_interval_secs = 1\n"
-                    f'[[bridge]]\nname = "{name}"\naddress = "mqtt://127.0.0.1:{remote}"\n'
+                    f'[[bridge]]\nname = "{name}"\naddress = "{scheme}://127.0.0.1:{remote}"\n'
                     f'protocol = "{protocol}"\ntopics = [{rules}]\nkeepalive_secs = 20\n'
                     f"reconnect_min_secs = 1\nreconnect_max_secs = 2\n")
+            if tls:
+                text += (f'tls_ca_file = "{tls[0]}"\ntls_cert_file = "{tls[1]}"\n'
+                         f'tls_key_file = "{tls[2]}"\n')
             if credentials:
                 text += f'username = "{credentials[0]}"\npassword = "{credentials[1]}"\n'
             conf.write_text(text)
@@ -407,3 +415,32 @@ def test_a_mosquitto_bridge_connecting_in(tmp_path):
             c.stop()
         for p in procs:
             p.stop(signal.SIGKILL)
+
+
+def test_tls_to_the_remote_with_a_client_certificate(net, tmp_path):
+    """`mqtts://` to a remote Mosquitto whose TLS listener requires a client certificate
+    from the test CA: messages cross both ways over TLS."""
+    from tlsutil import Pki
+
+    pki = Pki(tmp_path)
+    server_cert, server_key = pki.issue("localhost", server=True)
+    client_cert, client_key = pki.issue("edge-bridge")
+    tls_port = _free_port()
+    net.start_remote([f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca}",
+                      f"certfile {server_cert}", f"keyfile {server_key}",
+                      "require_certificate true"])
+    net.start_edge(["sec/# both 1"], tls=(pki.ca, client_cert, client_key),
+                   remote_port=tls_port)
+    remote_sub = net.client(net.remote, 4)
+    remote_sub.subscribe("sec/out", 1)
+    edge_pub = net.client(net.edge, 4)
+    link_up(edge_pub, "sec/out", remote_sub)
+    edge_sub = net.client(net.edge, 4)
+    edge_sub.subscribe("sec/in", 1)
+    remote_pub = net.client(net.remote, 4)
+    link_up(remote_pub, "sec/in", edge_sub)
+    for i in range(10):
+        edge_pub.publish("sec/out", b"%d" % i, 1)
+        remote_pub.publish("sec/in", b"%d" % i, 1)
+    assert [m.payload for m in remote_sub.get_n(10)] == [b"%d" % i for i in range(10)]
+    assert [m.payload for m in edge_sub.get_n(10)] == [b"%d" % i for i in range(10)]
