@@ -19,6 +19,7 @@
 //! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.
 
 pub mod bridge;
+pub mod check_config;
 pub mod config;
 pub mod core;
 pub mod cpu_list;
