@@ -28,6 +28,7 @@ pub mod io;
 pub mod log;
 pub mod logging;
 pub mod reload;
+pub mod sd_notify;
 #[cfg(any(test, feature = "test-support"))]
 pub mod splitmix;
 pub mod users_cmd;

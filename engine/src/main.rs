@@ -74,6 +74,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
+    if let Err(e) = shardmq_engine::sd_notify::notify("READY=1") {
+        tracing::warn!("cannot tell systemd the broker is ready: {e}");
+    }
     for sig in signals.forever() {
         if sig == SIGHUP {
             let outcome = reloader.reload();
@@ -87,6 +90,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: shutting down");
         break;
     }
+    let _ = shardmq_engine::sd_notify::notify("STOPPING=1");
     if let Some(h) = http {
         h.shutdown();
     }

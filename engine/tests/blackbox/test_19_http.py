@@ -85,9 +85,9 @@ class Running:
             time.sleep(0.05)
 
 
-def _start(workdir: Path, extra: list[str]) -> Running:
+def _start(workdir: Path, extra: list[str], http: str = "127.0.0.1:0") -> Running:
     cmd = [conftest._shardmq_bin(), "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin",
-           "--in-memory", "--http", "127.0.0.1:0", "--sys-interval-secs", "1", *extra]
+           "--in-memory", "--http", http, "--sys-interval-secs", "1", *extra]
     stderr_path = workdir / "stderr.log"
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     with open(stderr_path, "wb") as err:
@@ -355,7 +355,7 @@ def test_without_a_token_only_loopback_clients_are_served(tmp_path):
     ip = _non_loopback_ip()
     if ip is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    running = _start(tmp_path, ["--http", "0.0.0.0:0"])
+    running = _start(tmp_path, [], http="0.0.0.0:0")
     try:
         port = running.http.rsplit(":", 1)[1]
         assert running.request("GET", "/healthz")[0] == 200
@@ -376,17 +376,22 @@ def test_reload_through_the_api_and_sighup(tmp_path):
         out = running.json("POST", "/api/v1/reload")
         assert out == {"generation": 1, "errors": [], "restart_needed": []}
         assert running.total("shardmq_reloads_total") == 1
-        conf.write_text('log_level = "info"\nsys_interval_secs = 7\n')
+        conf.write_text('log_level = "info"\nring_depth = 64\n')
         running.proc.send_signal(signal.SIGHUP)
         running.wait_total("shardmq_reloads_total", 2)
         assert running.json("GET", "/api/v1/config")["log_level"] == "info"
+        again = running.json("POST", "/api/v1/reload")
+        assert again["restart_needed"] == ["ring_depth"], again
         conf.write_text('log_level = "loud"\n')
         bad = running.json("POST", "/api/v1/reload", expect=409)
-        assert bad["generation"] == 3
+        assert bad["generation"] == 4
         assert any("log_level" in e and "loud" in e for e in bad["errors"]), bad
         assert running.json("GET", "/api/v1/config")["log_level"] == "info"
     finally:
         running.proc.terminate()
         running.proc.wait(10)
     err = running.stderr_path.read_text()
-    assert "reload applied" in err and "sys_interval_secs" in err
+    # SIGHUP's reload (generation 2) applied on both shards, at the level it set.
+    assert "reload applied shard=0 generation=2" in err
+    assert "reload applied shard=1 generation=2" in err
+    assert "needs a restart: ring_depth" in err
