@@ -33,7 +33,7 @@ use super::shard::ShardIo;
 const BELL_READ_BYTES: usize = 64;
 
 /// A request for a shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ControlMsg {
     /// Apply a reload (`reload.rs`). Replies [`ControlReply::Done`].
     Reload(Arc<Reload>),
@@ -69,7 +69,7 @@ pub enum ControlMsg {
         /// Most rows.
         limit: usize,
     },
-    /// Retained messages by topic prefix (any shard: each holds a replica). Replies
+    /// Retained messages by topic prefix, of the topics the shard owns. Replies
     /// [`ControlReply::Retained`].
     ListRetained {
         /// Topic prefix.

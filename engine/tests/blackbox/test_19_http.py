@@ -249,7 +249,15 @@ def test_retained_messages_are_listed_read_and_deleted(http_broker, clients):
     pub = clients(4)
     pub.publish(topic, b"stuck", qos=1, retain=True)
     prefix = topic.rsplit("/", 1)[0]
-    listed = http_broker.json("GET", f"/api/v1/retained?prefix={urllib.parse.quote(prefix)}")
+    # The topic's owner shard sequences its retained message; the publisher's PUBACK may
+    # leave before the owner has it: wait for it to be listed.
+    deadline = time.monotonic() + WAIT
+    while True:
+        listed = http_broker.json("GET", f"/api/v1/retained?prefix={urllib.parse.quote(prefix)}")
+        if listed["retained"]:
+            break
+        assert time.monotonic() < deadline, "the retained message was never listed"
+        time.sleep(0.02)
     assert [r["topic"] for r in listed["retained"]] == [topic]
     one = http_broker.json("GET", f"/api/v1/retained/{topic}")
     assert one["payload"] == "stuck"
@@ -257,7 +265,8 @@ def test_retained_messages_are_listed_read_and_deleted(http_broker, clients):
         "cleared"] is True
     http_broker.json("GET", f"/api/v1/retained/{topic}", expect=404)
     # A new subscriber gets no retained message: the first message it sees is the marker.
-    sub = clients(4)
+    # It lives on the topic's owner shard, which cleared its copy before DELETE answered.
+    sub = clients(4, client_id=id_on_shard("rsub-", home_shard(topic)))
     sub.subscribe(f"{prefix}/#", 1)
     pub.publish(f"{prefix}/marker", b"m", qos=1)
     sub.expect_marker(f"{prefix}/marker")
