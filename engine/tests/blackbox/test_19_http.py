@@ -405,3 +405,28 @@ def test_reload_through_the_api_and_sighup(tmp_path):
     assert "reload applied shard=0 generation=2" in err
     assert "reload applied shard=1 generation=2" in err
     assert "needs a restart: ring_depth" in err
+
+
+def test_clients_are_filtered_by_user(tmp_path):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "secret-a"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "bob", "secret-b"], check=True)
+    running = _start(tmp_path, ["--password-file", str(passwd)])
+    made = []
+    try:
+        for user, shard in [("alice", 0), ("alice", 1), ("bob", 1)]:
+            c = PahoClient(running.mqtt, version=5, client_id=id_on_shard(f"{user}-", shard))
+            c.client.username_pw_set(user, f"secret-{user[0]}")
+            c.connect()
+            made.append(c)
+        alice = running.json("GET", "/api/v1/clients?user=alice")["clients"]
+        assert sorted(c["client_id"] for c in alice) == sorted(c.client_id for c in made[:2])
+        assert {c["user"] for c in alice} == {"alice"}
+        bob = running.json("GET", "/api/v1/clients?user=bob")["clients"]
+        assert [c["client_id"] for c in bob] == [made[2].client_id]
+        assert running.json("GET", "/api/v1/clients?user=carol")["clients"] == []
+    finally:
+        for c in made:
+            c.stop()
+        running.proc.terminate()
+        running.proc.wait(10)
