@@ -430,3 +430,39 @@ def test_clients_are_filtered_by_user(tmp_path):
             c.stop()
         running.proc.terminate()
         running.proc.wait(10)
+
+
+def test_reload_through_the_api_changes_acls_while_connected(tmp_path):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "secret-a"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "bob", "secret-b"], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic read acl/#\nuser bob\ntopic write acl/#\n")
+    running = _start(tmp_path, ["--password-file", str(passwd), "--acl-file", str(acl)])
+    made = []
+    try:
+        def connect(user, shard):
+            c = PahoClient(running.mqtt, version=5, client_id=id_on_shard(f"{user}-", shard))
+            c.client.username_pw_set(user, f"secret-{user[0]}")
+            c.connect()
+            made.append(c)
+            return c
+
+        sub, pub = connect("alice", 0), connect("bob", 1)
+        sub.subscribe("acl/#", 1)
+        pub.publish("acl/no/1", b"before", qos=1)
+        assert sub.get().payload == b"before"
+        acl.write_text("user alice\ntopic read acl/ok/#\nuser bob\ntopic write acl/#\n")
+        out = running.json("POST", "/api/v1/reload")
+        assert out["errors"] == [], out
+        # Still connected; acl/no/… is no longer readable: the marker comes first.
+        pub.publish("acl/no/2", b"denied", qos=1)
+        pub.publish("acl/ok/marker", b"m", qos=1)
+        sub.expect_marker("acl/ok/marker")
+        assert not sub.disconnected.is_set()
+        assert running.total("shardmq_denials_total", reason="deliver") >= 1
+    finally:
+        for c in made:
+            c.stop()
+        running.proc.terminate()
+        running.proc.wait(10)
