@@ -466,3 +466,36 @@ def test_reload_through_the_api_changes_acls_while_connected(tmp_path):
             c.stop()
         running.proc.terminate()
         running.proc.wait(10)
+
+
+@pytest.mark.broker_args("--log-format", "json", "--log-level", "info")
+def test_json_logs_carry_connects_and_disconnects(http_broker, clients):
+    c = clients(5, client_id=id_on_shard("json-", 1))
+    c.disconnect()
+    deadline = time.monotonic() + WAIT
+    while True:
+        events = [json.loads(l) for l in http_broker.stderr_path.read_text().splitlines() if l]
+        mine = [e for e in events if e.get("fields", {}).get("client_id") == c.client_id]
+        kinds = [e["fields"]["message"] for e in mine]
+        if "client disconnected" in kinds:
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+    connected = next(e for e in mine if e["fields"]["message"] == "client connected")
+    assert connected["level"] == "INFO" and connected["fields"]["protocol"] == "5.0"
+    assert connected["fields"]["remote"].startswith("127.0.0.1:")
+    gone = next(e for e in mine if e["fields"]["message"] == "client disconnected")
+    assert gone["fields"]["reason"] == "client"
+
+
+def test_check_config_names_the_key_at_fault(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('shards = 2\nno_pin = true\nhttp = "127.0.0.1:8080"\nlog_level = "info"\n')
+    out = subprocess.run([conftest._shardmq_bin(), "check-config", str(good)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0 and "ok" in out.stdout, out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('shards = 2\nno_pin = true\n[limits]\ninflight_out_max = 0\n')
+    out = subprocess.run([conftest._shardmq_bin(), "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 2 and "inflight_out_max" in out.stderr, out
