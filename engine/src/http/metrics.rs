@@ -223,6 +223,7 @@ pub fn render(stats: &[ShardStats], process: &ProcessInfo, format: Format) -> St
     w.per_shard_gauge(stats, "shardmq_clients_slow", "Connections marked slow consumers.", |s| {
         s.core.clients_slow
     });
+    w.per_shard_counter(stats, "shardmq_connects", "CONNECTs accepted.", |s| s.core.connects);
     w.family("shardmq_connects_refused", Kind::Counter, "CONNECTs refused, by reason code.");
     for s in stats {
         let shard = s.shard.to_string();

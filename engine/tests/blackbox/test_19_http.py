@@ -184,6 +184,7 @@ def test_metrics_move_with_traffic_on_both_shards(http_broker, clients):
     assert http_broker.total("shardmq_clients_connected", protocol="3.1.1", shard="1") >= 1
     assert http_broker.total("shardmq_subscriptions", shard="0") >= 1
     assert http_broker.total("shardmq_clients_connected_by_listener", listener="0") >= 2
+    assert http_broker.total("shardmq_connects_total") >= 2
     for i in range(10):
         pub.publish(f"{prefix}/{i}", b"x" * 100, qos=1)
     sub.get_n(10)

@@ -22,6 +22,8 @@ pub(crate) struct OpsCounters {
     pub(crate) connected_by_version: [u64; 3],
     /// Connected clients by listener (index into the configuration's listener list).
     pub(crate) connected_by_listener: Vec<u64>,
+    /// CONNECTs accepted since start.
+    pub(crate) connects: u64,
     /// PUBLISH packets received from clients, by QoS.
     pub(crate) received_by_qos: [u64; 3],
     /// CONNECTs refused, by CONNACK reason code (5.0 codes; 3.1.1 clients got the
@@ -77,6 +79,7 @@ pub(crate) fn version_index(v: ProtocolVersion) -> usize {
 impl OpsCounters {
     pub(crate) fn connected(&mut self, v: ProtocolVersion, listener: u16) {
         self.connected_by_version[version_index(v)] += 1;
+        self.connects += 1;
         let i = usize::from(listener);
         if i >= self.connected_by_listener.len() {
             self.connected_by_listener.resize(i + 1, 0);
@@ -135,6 +138,8 @@ pub struct CoreStats {
     pub messages_sent: u64,
     /// Messages dropped (any reason).
     pub messages_dropped: u64,
+    /// CONNECTs accepted.
+    pub connects: u64,
     /// CONNECTs refused, by reason code.
     pub connects_refused: Vec<(u8, u64)>,
     /// Disconnections of connected clients, by reason.
@@ -176,6 +181,7 @@ impl ShardCore {
             messages_received_by_qos: ops.received_by_qos,
             messages_sent: self.stats.messages_sent,
             messages_dropped: self.stats.messages_dropped,
+            connects: ops.connects,
             connects_refused: ops.connects_refused.clone(),
             disconnects: ops.disconnects.clone(),
             sessions: self.sessions.len() as u64,
