@@ -153,7 +153,8 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     version,
     about,
     after_help = "Users file: `echo PASSWORD | shardmq users add NAME --file FILE` \
-                  (and `shardmq users remove NAME --file FILE`)."
+                  (and `shardmq users remove NAME --file FILE`). Check a configuration \
+                  without starting: `shardmq check-config FILE`."
 )]
 struct Cli {
     /// TOML configuration file (same keys as the flags, limits in a `[limits]` table).

@@ -19,6 +19,7 @@
 //! What it deliberately does not do (yet): persistence (the per-shard log), TLS, WebSocket.
 
 pub mod bridge;
+pub mod check_config;
 pub mod config;
 pub mod core;
 pub mod cpu_list;
@@ -27,6 +28,7 @@ pub mod io;
 pub mod log;
 pub mod logging;
 pub mod reload;
+pub mod sd_notify;
 #[cfg(any(test, feature = "test-support"))]
 pub mod splitmix;
 pub mod users_cmd;

@@ -26,6 +26,17 @@ fn main() {
         }
         return;
     }
+    // `shardmq check-config FILE [FLAGS…]`: check a configuration, then exit.
+    if args.get(1).is_some_and(|a| a == "check-config") {
+        match shardmq_engine::check_config::run(&args[2..]) {
+            Ok(summary) => println!("{summary}"),
+            Err(e) => {
+                eprintln!("shardmq check-config: error: {e}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let config = Config::from_env().unwrap_or_else(|e| e.exit());
     // A shard that panics ends the process at once (see `io::failfast`).
     shardmq_engine::io::failfast::exit_on_panic();
@@ -63,6 +74,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
+    if let Err(e) = shardmq_engine::sd_notify::notify("READY=1") {
+        tracing::warn!("cannot tell systemd the broker is ready: {e}");
+    }
     for sig in signals.forever() {
         if sig == SIGHUP {
             let outcome = reloader.reload();
@@ -76,6 +90,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: shutting down");
         break;
     }
+    let _ = shardmq_engine::sd_notify::notify("STOPPING=1");
     if let Some(h) = http {
         h.shutdown();
     }

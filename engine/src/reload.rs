@@ -150,11 +150,14 @@ impl Reloader {
             }
             // The configuration itself does not parse: everything stays as it is now (the
             // last reload's state, or the start-up one).
-            Err(e) => {
-                let (start, _) = build_reload(&self.config_without_argv());
-                let now = last.as_deref().cloned().unwrap_or(start);
-                (now, vec![e], Vec::new())
-            }
+            Err(e) => match last.as_deref() {
+                Some(now) => (now.clone(), vec![e], Vec::new()),
+                None => {
+                    let (start, mut errors) = build_reload(&self.config_without_argv());
+                    errors.insert(0, e);
+                    (start, errors, Vec::new())
+                }
+            },
         };
         reload.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if let Err(e) = crate::logging::set_level(&reload.log_level) {

@@ -482,7 +482,7 @@ impl ShardCore {
     /// layer to close (unless the socket is already gone, then the entry is freed now).
     pub(crate) fn close_conn(&mut self, conn: ConnId, kind: CloseKind, now: Instant) {
         let Some(c) = self.conns.get(conn) else { return };
-        let (phase, version) = (c.phase, c.version);
+        let (phase, version, listener) = (c.phase, c.version, c.info.listener);
         if phase == Phase::Closing {
             if kind == CloseKind::SocketGone {
                 self.conns.remove(conn);
@@ -502,7 +502,7 @@ impl ShardCore {
                 CloseKind::Abnormal(Some(reason)) => DisconnectReason::Server(reason.0),
                 CloseKind::Abnormal(None) => DisconnectReason::ServerOther,
             };
-            self.ops.disconnected(version, why);
+            self.ops.disconnected(version, listener, why);
             self.log_disconnect(conn, why, now);
             let publish_will = kind != CloseKind::Normal;
             self.detach_session(slot, publish_will, now);

@@ -21,7 +21,11 @@ pub(crate) struct Query(Vec<(String, String)>);
 impl Query {
     /// Decodes `req`'s query string; a key outside `allowed` (or given twice) is a 400.
     pub(crate) fn parse(req: &Request<Incoming>, allowed: &[&str]) -> Result<Query, Reply> {
-        let raw = req.uri().query().unwrap_or("");
+        Query::from_raw(req.uri().query().unwrap_or(""), allowed)
+    }
+
+    /// Decodes a raw query string (what follows `?`).
+    pub(crate) fn from_raw(raw: &str, allowed: &[&str]) -> Result<Query, Reply> {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
             if !allowed.contains(&k.as_ref()) {
@@ -264,4 +268,53 @@ fn logs(req: &Request<Incoming>) -> Result<Reply, Reply> {
     let lines: Vec<Value> =
         lines.into_iter().map(|l| json!({ "seq": l.seq, "line": l.text })).collect();
     Ok(json(StatusCode::OK, &json!({ "lines": lines, "next_since": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(r: Reply) -> (u16, String) {
+        let status = r.status().as_u16();
+        let body = futures_lite::future::block_on(r.into_body().collect()).unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        (status, v["field"].as_str().unwrap_or("").to_owned())
+    }
+
+    #[test]
+    fn query_strings_are_decoded_and_checked() {
+        let q = Query::from_raw("prefix=a%2Fb&limit=5&after=x+y", &["prefix", "limit", "after"])
+            .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!(q.get("prefix"), Some("a/b"));
+        assert_eq!(q.get("after"), Some("x y"));
+        assert_eq!(q.number("limit", 1, 10, 3).unwrap_or(0), 5);
+        assert_eq!(q.number("absent", 1, 10, 3).unwrap_or(0), 3);
+        let Err(e) = q.number("limit", 6, 10, 7) else { panic!("out of range") };
+        assert_eq!(field_of(e), (400, "limit".into()));
+        let Err(e) = Query::from_raw("bogus=1", &["limit"]) else { panic!("unknown key") };
+        assert_eq!(field_of(e), (400, "bogus".into()));
+        let Err(e) = Query::from_raw("limit=1&limit=2", &["limit"]) else { panic!("repeated") };
+        assert_eq!(field_of(e), (400, "limit".into()));
+        let q = Query::from_raw("d=maybe", &["d"]).unwrap_or_else(|_| panic!("valid"));
+        let Err(e) = q.flag("d", false) else { panic!("not a flag") };
+        assert_eq!(field_of(e), (400, "d".into()));
+    }
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(segment("a%2Fb%20c", "topic").unwrap_or_default(), "a/b c");
+        let Err(e) = segment("%C3%28", "topic") else { panic!("bad UTF-8") };
+        assert_eq!(field_of(e), (400, "topic".into()));
+    }
+
+    #[test]
+    fn the_config_hides_secrets() {
+        let mut c = Config::local(2);
+        c.ops.http_token_file = Some("/etc/shardmq/token".into());
+        let v = config_json(&c);
+        assert_eq!(v["auth"]["rng_seed"], "<redacted>");
+        assert_eq!(v["http_token_file"], "<redacted>");
+        assert!(!v.to_string().contains("/etc/shardmq/token"));
+        assert_eq!(v["shards"], 2);
+    }
 }

@@ -13,7 +13,6 @@ use super::api_clients::{ask, ask_all, home};
 use super::respond::{bad_field, error, json, Reply};
 use super::{publish_body, HttpState};
 use crate::core::admin::topics::{RetainedRow, SubscriptionRow};
-use crate::core::ids::ShardId;
 use crate::core::routing::topic::TopicLimits;
 use crate::io::control::{ControlMsg, ControlReply};
 
@@ -173,11 +172,15 @@ async fn retained_list(state: &HttpState, req: &Request<Incoming>) -> Result<Rep
         after: q.get("after").map(str::to_owned),
         limit: limit + 1,
     };
-    // Every shard holds a replica of the store: shard 0's answers for all.
-    let mut rows = match ask(state, ShardId(0), msg).await? {
-        ControlReply::Retained(rows) => rows,
-        _ => return Err(unexpected()),
-    };
+    // Each shard answers for the topics it owns (its copy is the newest).
+    let mut rows = Vec::new();
+    for r in ask_all(state, |_| msg.clone()).await? {
+        match r {
+            ControlReply::Retained(part) => rows.extend(part),
+            _ => return Err(unexpected()),
+        }
+    }
+    rows.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next = rows.last().filter(|_| more).map(|r| r.topic.clone());

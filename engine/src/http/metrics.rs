@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::core::admin::AUTH_FAILURE_CODES;
+use crate::core::policy::denial::Denial;
 use crate::io::control::ShardStats;
 use crate::log::latency::{LatencyHistogram, BUCKETS_US};
 
@@ -47,6 +48,8 @@ pub struct ProcessInfo {
     pub reloads: u64,
     /// Shards that did not answer the scrape (their series are missing).
     pub shards_unanswered: u64,
+    /// The listeners' URLs, by index.
+    pub listener_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +200,20 @@ pub fn render(stats: &[ShardStats], process: &ProcessInfo, format: Format) -> St
             w.sample("shardmq_clients_connected", &labels, s.core.clients_by_version[i]);
         }
     }
+    w.family(
+        "shardmq_clients_connected_by_listener",
+        Kind::Gauge,
+        "Connected clients by listener (index and URL).",
+    );
+    for s in stats {
+        let shard = s.shard.to_string();
+        for (i, url) in process.listener_urls.iter().enumerate() {
+            let n = s.core.clients_by_listener.get(i).copied().unwrap_or(0);
+            let index = i.to_string();
+            let labels = [("shard", shard.as_str()), ("listener", &index), ("url", url)];
+            w.sample("shardmq_clients_connected_by_listener", &labels, n);
+        }
+    }
     w.per_shard_gauge(
         stats,
         "shardmq_clients_sleeping",
@@ -206,6 +223,7 @@ pub fn render(stats: &[ShardStats], process: &ProcessInfo, format: Format) -> St
     w.per_shard_gauge(stats, "shardmq_clients_slow", "Connections marked slow consumers.", |s| {
         s.core.clients_slow
     });
+    w.per_shard_counter(stats, "shardmq_connects", "CONNECTs accepted.", |s| s.core.connects);
     w.family("shardmq_connects_refused", Kind::Counter, "CONNECTs refused, by reason code.");
     for s in stats {
         let shard = s.shard.to_string();
@@ -238,6 +256,77 @@ pub fn render(stats: &[ShardStats], process: &ProcessInfo, format: Format) -> St
         for (why, n) in &s.core.disconnects {
             let labels = [("shard", shard.as_str()), ("reason", &why.label())];
             w.sample("shardmq_disconnects_total", &labels, *n);
+        }
+    }
+    w.family("shardmq_denials", Kind::Counter, "Policy (ACL, session owner) denials, by reason.");
+    for s in stats {
+        let shard = s.shard.to_string();
+        for (d, n) in Denial::ALL.iter().zip(s.core.denials) {
+            w.sample("shardmq_denials_total", &[("shard", &shard), ("reason", d.name())], n);
+        }
+    }
+    w.per_shard_counter(stats, "shardmq_tls_handshakes", "TLS handshakes completed.", |s| {
+        s.tls_handshakes
+    });
+    w.per_shard_counter(
+        stats,
+        "shardmq_tls_handshake_failures",
+        "TLS handshakes refused or failed (bad certificate, garbage, timeout).",
+        |s| s.tls_handshake_failures,
+    );
+    w.per_shard_counter(stats, "shardmq_ws_upgrades", "WebSocket upgrades accepted.", |s| {
+        s.ws_upgrades
+    });
+    w.per_shard_counter(
+        stats,
+        "shardmq_ws_failures",
+        "WebSocket upgrades refused or abandoned, and connections closed for a bad frame.",
+        |s| s.ws_failures,
+    );
+    w.per_shard_counter(
+        stats,
+        "shardmq_handshakes_refused_busy",
+        "Connections closed at once: too many handshakes in progress on the shard.",
+        |s| s.handshakes_refused_busy,
+    );
+    let bridges: Vec<_> = stats.iter().flat_map(|s| &s.bridges).collect();
+    if !bridges.is_empty() {
+        w.family(
+            "shardmq_bridge_connected",
+            Kind::Gauge,
+            "1 while both links of the bridge are up.",
+        );
+        for b in &bridges {
+            w.sample("shardmq_bridge_connected", &[("bridge", &b.name)], b.connected);
+        }
+        w.family(
+            "shardmq_bridge_forwarded",
+            Kind::Counter,
+            "Messages a bridge forwarded, by direction.",
+        );
+        for b in &bridges {
+            w.sample(
+                "shardmq_bridge_forwarded_total",
+                &[("bridge", &b.name), ("direction", "out")],
+                b.forwarded_out,
+            );
+            w.sample(
+                "shardmq_bridge_forwarded_total",
+                &[("bridge", &b.name), ("direction", "in")],
+                b.forwarded_in,
+            );
+        }
+        w.family(
+            "shardmq_bridge_connect_failures",
+            Kind::Counter,
+            "A bridge's failed connection attempts.",
+        );
+        for b in &bridges {
+            w.sample(
+                "shardmq_bridge_connect_failures_total",
+                &[("bridge", &b.name)],
+                b.connect_failures,
+            );
         }
     }
     w.family("shardmq_messages_received", Kind::Counter, "PUBLISH packets received, by QoS.");

@@ -8,6 +8,8 @@ fn two_shards() -> Vec<ShardStats> {
         connections: 3,
         clients_connected: 2,
         clients_by_version: [0, 1, 1],
+        clients_by_listener: vec![2],
+        denials: [1, 0, 0, 0, 0, 3],
         messages_received_by_qos: [5, 6, 7],
         messages_sent: 9,
         connects_refused: vec![(0x86, 2), (0x85, 1)],
@@ -28,13 +30,17 @@ fn two_shards() -> Vec<ShardStats> {
     vec![a, b]
 }
 
+fn process() -> ProcessInfo {
+    ProcessInfo { listener_urls: vec!["mqtt://x".into()], ..Default::default() }
+}
+
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }
 
 #[test]
 fn text_004_names_counters_with_total_and_has_no_eof() {
-    let text = render(&two_shards(), &ProcessInfo::default(), Format::Text004);
+    let text = render(&two_shards(), &process(), Format::Text004);
     let l = lines(&text);
     assert!(l.contains(&"# TYPE shardmq_messages_received_total counter"));
     assert!(l.contains(&"shardmq_messages_received_total{shard=\"0\",qos=\"2\"} 7"));
@@ -47,11 +53,15 @@ fn text_004_names_counters_with_total_and_has_no_eof() {
     // A replica on every shard: one value, not the sum.
     assert!(l.contains(&"shardmq_retained_messages 2"));
     assert!(!text.contains("# EOF"));
+    let url =
+        "shardmq_clients_connected_by_listener{shard=\"0\",listener=\"0\",url=\"mqtt://x\"} 2";
+    assert!(l.contains(&url), "{text}");
+    assert!(l.contains(&"shardmq_denials_total{shard=\"0\",reason=\"session_owner\"} 3"));
 }
 
 #[test]
 fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
-    let text = render(&two_shards(), &ProcessInfo::default(), Format::OpenMetrics);
+    let text = render(&two_shards(), &process(), Format::OpenMetrics);
     let l = lines(&text);
     assert!(l.contains(&"# TYPE shardmq_messages_received counter"));
     assert!(l.contains(&"shardmq_messages_received_total{shard=\"0\",qos=\"2\"} 7"));
@@ -61,7 +71,7 @@ fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
 #[test]
 fn every_sample_belongs_to_one_declared_family() {
     for format in [Format::Text004, Format::OpenMetrics] {
-        let text = render(&two_shards(), &ProcessInfo::default(), format);
+        let text = render(&two_shards(), &process(), format);
         let mut families = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -84,7 +94,7 @@ fn every_sample_belongs_to_one_declared_family() {
 
 #[test]
 fn the_fsync_histogram_is_cumulative_in_seconds() {
-    let text = render(&two_shards(), &ProcessInfo::default(), Format::Text004);
+    let text = render(&two_shards(), &process(), Format::Text004);
     let l = lines(&text);
     let name = "shardmq_log_fsync_duration_seconds";
     assert!(l.contains(&format!("{name}_bucket{{shard=\"0\",le=\"0.0001\"}} 0").as_str()));

@@ -287,6 +287,7 @@ async fn metrics(state: &HttpState, req: &Request<Incoming>) -> Reply {
         uptime_secs: state.started_at.elapsed().as_secs(),
         reloads: state.reloader.generation(),
         shards_unanswered: unanswered,
+        listener_urls: state.reloader.config().listen.iter().map(|l| l.url()).collect(),
     };
     let body = metrics::render(&stats, &process, format);
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -33,7 +33,7 @@ use super::shard::ShardIo;
 const BELL_READ_BYTES: usize = 64;
 
 /// A request for a shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ControlMsg {
     /// Apply a reload (`reload.rs`). Replies [`ControlReply::Done`].
     Reload(Arc<Reload>),
@@ -69,7 +69,7 @@ pub enum ControlMsg {
         /// Most rows.
         limit: usize,
     },
-    /// Retained messages by topic prefix (any shard: each holds a replica). Replies
+    /// Retained messages by topic prefix, of the topics the shard owns. Replies
     /// [`ControlReply::Retained`].
     ListRetained {
         /// Topic prefix.
@@ -125,8 +125,32 @@ pub struct ShardStats {
     pub mesh_outbox_messages: u64,
     /// Reloads applied.
     pub reloads: u64,
+    /// TLS handshakes completed and failed, WebSocket upgrades accepted and failed,
+    /// connections refused while too many handshakes were in progress (the io layer's
+    /// counters, `$SYS`'s source).
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
+    pub ws_upgrades: u64,
+    pub ws_failures: u64,
+    pub handshakes_refused_busy: u64,
+    /// Bridges (shard 0 reports them; empty elsewhere).
+    pub bridges: Vec<BridgeStats>,
     /// The shard's log (`None` with `--in-memory`).
     pub log: Option<LogSnapshot>,
+}
+
+/// One bridge's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Its name.
+    pub name: String,
+    /// 1 while both links are up.
+    pub connected: u64,
+    /// Messages forwarded to and from the remote broker.
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    /// Connection attempts that failed.
+    pub connect_failures: u64,
 }
 
 /// A shard log's counters.
@@ -336,9 +360,34 @@ fn handle(shard: &ShardIo, msg: ControlMsg) -> ControlReply {
 }
 
 fn stats(shard: &ShardIo) -> ShardStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    let core = shard.core.borrow();
+    let global = &core.config().stats;
+    let io = &global.shards[usize::from(shard.id.0)];
+    let bridges = if shard.id.0 == 0 {
+        global
+            .bridges
+            .iter()
+            .map(|b| BridgeStats {
+                name: b.name.clone(),
+                connected: b.connected.load(Relaxed),
+                forwarded_out: b.forwarded_out.load(Relaxed),
+                forwarded_in: b.forwarded_in.load(Relaxed),
+                connect_failures: b.connect_failures.load(Relaxed),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     ShardStats {
+        tls_handshakes: io.tls_handshakes.load(Relaxed),
+        tls_handshake_failures: io.tls_handshake_failures.load(Relaxed),
+        ws_upgrades: io.ws_upgrades.load(Relaxed),
+        ws_failures: io.ws_failures.load(Relaxed),
+        handshakes_refused_busy: io.handshakes_refused_busy.load(Relaxed),
+        bridges,
         shard: shard.id.0,
-        core: shard.core.borrow().core_stats(),
+        core: core.core_stats(),
         clients_sleeping: shard.idle.asleep_count(),
         bytes_received: shard.bytes_in.get(),
         bytes_sent: shard.bytes_out.get(),

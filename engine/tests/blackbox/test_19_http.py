@@ -85,9 +85,9 @@ class Running:
             time.sleep(0.05)
 
 
-def _start(workdir: Path, extra: list[str]) -> Running:
+def _start(workdir: Path, extra: list[str], http: str = "127.0.0.1:0") -> Running:
     cmd = [conftest._shardmq_bin(), "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin",
-           "--in-memory", "--http", "127.0.0.1:0", "--sys-interval-secs", "1", *extra]
+           "--in-memory", "--http", http, "--sys-interval-secs", "1", *extra]
     stderr_path = workdir / "stderr.log"
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     with open(stderr_path, "wb") as err:
@@ -183,6 +183,8 @@ def test_metrics_move_with_traffic_on_both_shards(http_broker, clients):
     assert per_shard["0"] >= 1
     assert http_broker.total("shardmq_clients_connected", protocol="3.1.1", shard="1") >= 1
     assert http_broker.total("shardmq_subscriptions", shard="0") >= 1
+    assert http_broker.total("shardmq_clients_connected_by_listener", listener="0") >= 2
+    assert http_broker.total("shardmq_connects_total") >= 2
     for i in range(10):
         pub.publish(f"{prefix}/{i}", b"x" * 100, qos=1)
     sub.get_n(10)
@@ -249,7 +251,15 @@ def test_retained_messages_are_listed_read_and_deleted(http_broker, clients):
     pub = clients(4)
     pub.publish(topic, b"stuck", qos=1, retain=True)
     prefix = topic.rsplit("/", 1)[0]
-    listed = http_broker.json("GET", f"/api/v1/retained?prefix={urllib.parse.quote(prefix)}")
+    # The topic's owner shard sequences its retained message; the publisher's PUBACK may
+    # leave before the owner has it: wait for it to be listed.
+    deadline = time.monotonic() + WAIT
+    while True:
+        listed = http_broker.json("GET", f"/api/v1/retained?prefix={urllib.parse.quote(prefix)}")
+        if listed["retained"]:
+            break
+        assert time.monotonic() < deadline, "the retained message was never listed"
+        time.sleep(0.02)
     assert [r["topic"] for r in listed["retained"]] == [topic]
     one = http_broker.json("GET", f"/api/v1/retained/{topic}")
     assert one["payload"] == "stuck"
@@ -257,7 +267,8 @@ def test_retained_messages_are_listed_read_and_deleted(http_broker, clients):
         "cleared"] is True
     http_broker.json("GET", f"/api/v1/retained/{topic}", expect=404)
     # A new subscriber gets no retained message: the first message it sees is the marker.
-    sub = clients(4)
+    # It lives on the topic's owner shard, which cleared its copy before DELETE answered.
+    sub = clients(4, client_id=id_on_shard("rsub-", home_shard(topic)))
     sub.subscribe(f"{prefix}/#", 1)
     pub.publish(f"{prefix}/marker", b"m", qos=1)
     sub.expect_marker(f"{prefix}/marker")
@@ -355,7 +366,7 @@ def test_without_a_token_only_loopback_clients_are_served(tmp_path):
     ip = _non_loopback_ip()
     if ip is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    running = _start(tmp_path, ["--http", "0.0.0.0:0"])
+    running = _start(tmp_path, [], http="0.0.0.0:0")
     try:
         port = running.http.rsplit(":", 1)[1]
         assert running.request("GET", "/healthz")[0] == 200
@@ -376,17 +387,116 @@ def test_reload_through_the_api_and_sighup(tmp_path):
         out = running.json("POST", "/api/v1/reload")
         assert out == {"generation": 1, "errors": [], "restart_needed": []}
         assert running.total("shardmq_reloads_total") == 1
-        conf.write_text('log_level = "info"\nsys_interval_secs = 7\n')
+        conf.write_text('log_level = "info"\nring_depth = 64\n')
         running.proc.send_signal(signal.SIGHUP)
         running.wait_total("shardmq_reloads_total", 2)
         assert running.json("GET", "/api/v1/config")["log_level"] == "info"
+        again = running.json("POST", "/api/v1/reload")
+        assert again["restart_needed"] == ["ring_depth"], again
         conf.write_text('log_level = "loud"\n')
         bad = running.json("POST", "/api/v1/reload", expect=409)
-        assert bad["generation"] == 3
+        assert bad["generation"] == 4
         assert any("log_level" in e and "loud" in e for e in bad["errors"]), bad
         assert running.json("GET", "/api/v1/config")["log_level"] == "info"
     finally:
         running.proc.terminate()
         running.proc.wait(10)
     err = running.stderr_path.read_text()
-    assert "reload applied" in err and "sys_interval_secs" in err
+    # SIGHUP's reload (generation 2) applied on both shards, at the level it set.
+    assert "reload applied shard=0 generation=2" in err
+    assert "reload applied shard=1 generation=2" in err
+    assert "needs a restart: ring_depth" in err
+
+
+def test_clients_are_filtered_by_user(tmp_path):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "secret-a"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "bob", "secret-b"], check=True)
+    running = _start(tmp_path, ["--password-file", str(passwd)])
+    made = []
+    try:
+        for user, shard in [("alice", 0), ("alice", 1), ("bob", 1)]:
+            c = PahoClient(running.mqtt, version=5, client_id=id_on_shard(f"{user}-", shard))
+            c.client.username_pw_set(user, f"secret-{user[0]}")
+            c.connect()
+            made.append(c)
+        alice = running.json("GET", "/api/v1/clients?user=alice")["clients"]
+        assert sorted(c["client_id"] for c in alice) == sorted(c.client_id for c in made[:2])
+        assert {c["user"] for c in alice} == {"alice"}
+        bob = running.json("GET", "/api/v1/clients?user=bob")["clients"]
+        assert [c["client_id"] for c in bob] == [made[2].client_id]
+        assert running.json("GET", "/api/v1/clients?user=carol")["clients"] == []
+    finally:
+        for c in made:
+            c.stop()
+        running.proc.terminate()
+        running.proc.wait(10)
+
+
+def test_reload_through_the_api_changes_acls_while_connected(tmp_path):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "secret-a"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "bob", "secret-b"], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic read acl/#\nuser bob\ntopic write acl/#\n")
+    running = _start(tmp_path, ["--password-file", str(passwd), "--acl-file", str(acl)])
+    made = []
+    try:
+        def connect(user, shard):
+            c = PahoClient(running.mqtt, version=5, client_id=id_on_shard(f"{user}-", shard))
+            c.client.username_pw_set(user, f"secret-{user[0]}")
+            c.connect()
+            made.append(c)
+            return c
+
+        sub, pub = connect("alice", 0), connect("bob", 1)
+        sub.subscribe("acl/#", 1)
+        pub.publish("acl/no/1", b"before", qos=1)
+        assert sub.get().payload == b"before"
+        acl.write_text("user alice\ntopic read acl/ok/#\nuser bob\ntopic write acl/#\n")
+        out = running.json("POST", "/api/v1/reload")
+        assert out["errors"] == [], out
+        # Still connected; acl/no/… is no longer readable: the marker comes first.
+        pub.publish("acl/no/2", b"denied", qos=1)
+        pub.publish("acl/ok/marker", b"m", qos=1)
+        sub.expect_marker("acl/ok/marker")
+        assert not sub.disconnected.is_set()
+        assert running.total("shardmq_denials_total", reason="deliver") >= 1
+    finally:
+        for c in made:
+            c.stop()
+        running.proc.terminate()
+        running.proc.wait(10)
+
+
+@pytest.mark.broker_args("--log-format", "json", "--log-level", "info")
+def test_json_logs_carry_connects_and_disconnects(http_broker, clients):
+    c = clients(5, client_id=id_on_shard("json-", 1))
+    c.disconnect()
+    deadline = time.monotonic() + WAIT
+    while True:
+        events = [json.loads(l) for l in http_broker.stderr_path.read_text().splitlines() if l]
+        mine = [e for e in events if e.get("fields", {}).get("client_id") == c.client_id]
+        kinds = [e["fields"]["message"] for e in mine]
+        if "client disconnected" in kinds:
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+    connected = next(e for e in mine if e["fields"]["message"] == "client connected")
+    assert connected["level"] == "INFO" and connected["fields"]["protocol"] == "5.0"
+    assert connected["fields"]["remote"].startswith("127.0.0.1:")
+    gone = next(e for e in mine if e["fields"]["message"] == "client disconnected")
+    assert gone["fields"]["reason"] == "client"
+
+
+def test_check_config_names_the_key_at_fault(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('shards = 2\nno_pin = true\nhttp = "127.0.0.1:8080"\nlog_level = "info"\n')
+    out = subprocess.run([conftest._shardmq_bin(), "check-config", str(good)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0 and "ok" in out.stdout, out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('shards = 2\nno_pin = true\n[limits]\ninflight_out_max = 0\n')
+    out = subprocess.run([conftest._shardmq_bin(), "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 2 and "inflight_out_max" in out.stderr, out

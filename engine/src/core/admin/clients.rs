@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use shardmq_codec::{ProtocolVersion, ReasonCode};
 
-use crate::core::ids::ConnId;
+use crate::core::ids::SessionSlot;
 use crate::core::sessions::conn::Phase;
 use crate::core::sessions::session::Session;
 use crate::core::shard::{CloseKind, ShardCore};
@@ -39,7 +39,8 @@ pub struct ClientSummary {
     pub remote: Option<String>,
     /// The listener it connected on (index into the configuration's listener list).
     pub listener: Option<u16>,
-    /// The user it authenticated as, when known.
+    /// The user its session belongs to (the CONNECT's user name, or the certificate's CN with
+    /// identity-as-username), when authentication gave one.
     pub user: Option<String>,
     /// Subscriptions held.
     pub subscriptions: usize,
@@ -108,13 +109,7 @@ pub fn protocol_label(v: ProtocolVersion) -> &'static str {
 }
 
 impl ShardCore {
-    /// The user a connection authenticated as, when the core knows it.
-    fn conn_user(&self, conn: ConnId) -> Option<&str> {
-        let c = self.conns.get(conn)?;
-        c.auth.as_ref().and_then(|a| a.user.as_deref())
-    }
-
-    fn summary(&self, s: &Session) -> ClientSummary {
+    fn summary(&self, slot: SessionSlot, s: &Session) -> ClientSummary {
         let conn = s.conn.and_then(|id| self.conns.get(id).map(|c| (id, c)));
         let connected = conn.is_some_and(|(_, c)| matches!(c.phase, Phase::Connected(_)));
         ClientSummary {
@@ -124,7 +119,7 @@ impl ShardCore {
             protocol: conn.and_then(|(_, c)| c.version).map(protocol_label),
             remote: conn.and_then(|(_, c)| c.info.remote).map(|a| a.to_string()),
             listener: conn.map(|(_, c)| c.info.listener),
-            user: conn.and_then(|(id, _)| self.conn_user(id)).map(str::to_owned),
+            user: self.sessions.user(slot).map(str::to_owned),
             subscriptions: s.subs.len(),
             queued_messages: s.queue().len(),
             inflight: s.inflight().len(),
@@ -145,10 +140,8 @@ impl ShardCore {
             {
                 continue;
             }
-            if let Some(user) = q.user.as_deref() {
-                if s.conn.and_then(|c| self.conn_user(c)) != Some(user) {
-                    continue;
-                }
+            if q.user.as_deref().is_some_and(|u| self.sessions.user(slot) != Some(u)) {
+                continue;
             }
             if best.len() == q.limit {
                 match best.peek() {
@@ -165,13 +158,17 @@ impl ShardCore {
         let mut page = best.into_sorted_vec();
         page.dedup();
         page.into_iter()
-            .map(|(_, slot)| self.summary(self.sessions.get(crate::core::ids::SessionSlot(slot))))
+            .map(|(_, slot)| {
+                let slot = SessionSlot(slot);
+                self.summary(slot, self.sessions.get(slot))
+            })
             .collect()
     }
 
     /// One client in detail, if its session lives here.
     pub fn admin_client(&self, client_id: &str) -> Option<ClientDetail> {
-        let s = self.sessions.get(self.sessions.find(client_id)?);
+        let slot = self.sessions.find(client_id)?;
+        let s = self.sessions.get(slot);
         let subscriptions = s
             .subs
             .iter()
@@ -186,7 +183,7 @@ impl ShardCore {
             .collect();
         let conn = s.conn.and_then(|c| self.conns.get(c));
         Some(ClientDetail {
-            summary: self.summary(s),
+            summary: self.summary(slot, s),
             subscriptions,
             queued_bytes: s.queue_bytes(),
             session_expiry_secs: s.expiry_secs,

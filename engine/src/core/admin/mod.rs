@@ -11,6 +11,7 @@ pub mod topics;
 
 use shardmq_codec::{ProtocolVersion, QoS, ReasonCode};
 
+use crate::core::policy::denial::Denial;
 use crate::core::shard::ShardCore;
 
 /// Counters that only metrics read. Shard-local: one per shard, plain integers (summed
@@ -19,6 +20,10 @@ use crate::core::shard::ShardCore;
 pub(crate) struct OpsCounters {
     /// Connected clients by protocol version (3.1, 3.1.1, 5.0).
     pub(crate) connected_by_version: [u64; 3],
+    /// Connected clients by listener (index into the configuration's listener list).
+    pub(crate) connected_by_listener: Vec<u64>,
+    /// CONNECTs accepted since start.
+    pub(crate) connects: u64,
     /// PUBLISH packets received from clients, by QoS.
     pub(crate) received_by_qos: [u64; 3],
     /// CONNECTs refused, by CONNACK reason code (5.0 codes; 3.1.1 clients got the
@@ -72,13 +77,27 @@ pub(crate) fn version_index(v: ProtocolVersion) -> usize {
 }
 
 impl OpsCounters {
-    pub(crate) fn connected(&mut self, v: ProtocolVersion) {
+    pub(crate) fn connected(&mut self, v: ProtocolVersion, listener: u16) {
         self.connected_by_version[version_index(v)] += 1;
+        self.connects += 1;
+        let i = usize::from(listener);
+        if i >= self.connected_by_listener.len() {
+            self.connected_by_listener.resize(i + 1, 0);
+        }
+        self.connected_by_listener[i] += 1;
     }
 
-    pub(crate) fn disconnected(&mut self, v: Option<ProtocolVersion>, why: DisconnectReason) {
+    pub(crate) fn disconnected(
+        &mut self,
+        v: Option<ProtocolVersion>,
+        listener: u16,
+        why: DisconnectReason,
+    ) {
         if let Some(v) = v {
             let n = &mut self.connected_by_version[version_index(v)];
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self.connected_by_listener.get_mut(usize::from(listener)) {
             *n = n.saturating_sub(1);
         }
         bump(&mut self.disconnects, why);
@@ -109,6 +128,8 @@ pub struct CoreStats {
     pub clients_connected: u64,
     /// Connected clients by protocol version: 3.1, 3.1.1, 5.0.
     pub clients_by_version: [u64; 3],
+    /// Connected clients by listener index.
+    pub clients_by_listener: Vec<u64>,
     /// Connections marked slow consumers now.
     pub clients_slow: u64,
     /// PUBLISH packets received, by QoS.
@@ -117,6 +138,8 @@ pub struct CoreStats {
     pub messages_sent: u64,
     /// Messages dropped (any reason).
     pub messages_dropped: u64,
+    /// CONNECTs accepted.
+    pub connects: u64,
     /// CONNECTs refused, by reason code.
     pub connects_refused: Vec<(u8, u64)>,
     /// Disconnections of connected clients, by reason.
@@ -140,6 +163,8 @@ pub struct CoreStats {
     pub mesh_inflight_bytes: u64,
     /// Filters in this shard's replica of the routing index.
     pub route_filters: u64,
+    /// Policy denials by reason, indexed like [`Denial::ALL`].
+    pub denials: [u64; Denial::COUNT],
 }
 
 impl ShardCore {
@@ -151,10 +176,12 @@ impl ShardCore {
             connections: self.conns.len() as u64,
             clients_connected: self.stats.clients_connected,
             clients_by_version: ops.connected_by_version,
+            clients_by_listener: ops.connected_by_listener.clone(),
             clients_slow: b.slow_conns(),
             messages_received_by_qos: ops.received_by_qos,
             messages_sent: self.stats.messages_sent,
             messages_dropped: self.stats.messages_dropped,
+            connects: ops.connects,
             connects_refused: ops.connects_refused.clone(),
             disconnects: ops.disconnects.clone(),
             sessions: self.sessions.len() as u64,
@@ -167,6 +194,7 @@ impl ShardCore {
             retained_bytes: self.retained.bytes() as u64,
             mesh_inflight_bytes: self.mesh_inflight_total(),
             route_filters: self.routes.len() as u64,
+            denials: self.stats.denials,
         }
     }
 }

@@ -128,8 +128,9 @@ impl ShardCore {
         rows
     }
 
-    /// Retained messages (this shard's replica) whose topic starts with `prefix`, in topic
-    /// order after `after` (exclusive), at most `limit`, without payloads.
+    /// Retained messages whose topic this shard owns ([`ShardCore::retain_owner`]: its copy
+    /// is the newest) and starts with `prefix`, in topic order after `after` (exclusive), at
+    /// most `limit`, without payloads.
     pub fn admin_retained(
         &self,
         prefix: Option<&str>,
@@ -138,7 +139,10 @@ impl ShardCore {
     ) -> Vec<RetainedRow> {
         let mut rows = Vec::new();
         self.retained.for_each(|topic, m| {
-            if prefix.is_some_and(|p| !topic.starts_with(p)) || after.is_some_and(|a| topic <= a) {
+            if prefix.is_some_and(|p| !topic.starts_with(p))
+                || after.is_some_and(|a| topic <= a)
+                || self.retain_owner(topic) != self.shard
+            {
                 return;
             }
             rows.push(RetainedRow {
