@@ -5,6 +5,8 @@
 #   - PyPI: paho-mqtt 2.x, pytest, pytest-timeout (for python3, whichever python3 is first on PATH);
 #   - Node: Debian's nodejs and npm when `node` / `npm` are missing, then MQTT.js at the version
 #     pinned in engine/tests/blackbox/js/package-lock.json (`npm ci`, only when the lock changed);
+#   - Debian's chromium and libnss3-tools, and puppeteer-core (npm ci in
+#     engine/tests/blackbox/browser) for the browser WebSocket test;
 #   - rustup components rustfmt and clippy.
 # The mosquitto package may start a system service on port 1883; the tests never use that port
 # (every broker they start listens on a free port), so it is stopped when we can but never matters.
@@ -90,6 +92,26 @@ if ! cmp -s "$JS_DIR/package-lock.json" "$JS_DIR/node_modules/.installed-package
     cp "$JS_DIR/package-lock.json" "$JS_DIR/node_modules/.installed-package-lock.json"
 else
     log "MQTT.js already installed ($JS_DIR/node_modules)"
+fi
+
+# --- A browser for the WebSocket test (engine/tests/blackbox/test_18_browser_ws.py) ----------------
+# Debian's chromium (puppeteer-core drives it; nothing downloads a browser of its own) and
+# certutil (libnss3-tools), which puts the test CA in the browser profile's trust store.
+browser_debs=()
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || browser_debs+=(chromium)
+command -v certutil >/dev/null 2>&1 || browser_debs+=(libnss3-tools)
+if [ "${#browser_debs[@]}" -gt 0 ]; then
+    log "installing ${browser_debs[*]} (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${browser_debs[@]}" >/dev/null
+fi
+BROWSER_DIR=engine/tests/blackbox/browser
+if [ -f "$BROWSER_DIR/package-lock.json" ] \
+    && ! cmp -s "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.installed-package-lock.json"; then
+    log "installing puppeteer-core (npm ci in $BROWSER_DIR)"
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+    cp "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.installed-package-lock.json"
 fi
 
 # --- Rust components --------------------------------------------------------------------------

@@ -155,7 +155,7 @@ pub(crate) async fn receive_task(
                 if shard.stop.is_fired() {
                     continue; // `fd` is dropped: the socket closes.
                 }
-                super::conn::spawn_adopted(&shard, fd, read_buf, info, transport);
+                super::greet::spawn_adopted(&shard, fd, read_buf, info, transport);
             }
             // Shutdown is driven by the broker-wide stop flag; the message is only a nudge.
             MeshMsg::Shutdown => {}

@@ -15,6 +15,7 @@ mod conn;
 pub mod control;
 pub mod failfast;
 mod flush;
+mod greet;
 mod idle;
 mod listen;
 mod mesh;

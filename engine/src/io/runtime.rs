@@ -278,7 +278,7 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener, config: Listener
     loop {
         match shard.stop.unless_fired(listener.accept()).await {
             None => return,
-            Some(Ok(stream)) => super::conn::spawn_accepted(&shard, stream, &config),
+            Some(Ok(stream)) => super::greet::spawn_accepted(&shard, stream, &config),
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off briefly rather than spin.
                 if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {

@@ -8,7 +8,10 @@
 //! connection handed to another shard inside the handoff message).
 
 use std::fmt;
-use std::net::SocketAddr;
+
+// The address types of the `core` library (the same types `std` re-exports): values only,
+// no sockets.
+use ::core::net::SocketAddr;
 
 /// The byte stream under MQTT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -235,7 +235,8 @@ fn websocket_over_tls_upgrades_then_frames() {
         )
         .unwrap();
     // A masked binary frame with PINGREQ, sent right behind the request.
-    c.writer().write_all(&[0x82, 0x82, 1, 2, 3, 4, 0xC0 ^ 1, 0x00 ^ 2]).unwrap();
+    // Payload C0 00 masked with 01 02 03 04.
+    c.writer().write_all(&[0x82, 0x82, 1, 2, 3, 4, 0xC1, 0x02]).unwrap();
     assert_eq!(pump(&mut c, &mut s, &mut mqtt), Ingest::Ok);
     assert!(!s.handshaking());
     assert_eq!(&mqtt[..], [0xC0, 0x00]);
