@@ -170,6 +170,18 @@ def link_up(pub: PahoClient, topic: str, sub: PahoClient) -> None:
         pass
 
 
+def seen_until_both_markers(c: PahoClient) -> list[str]:
+    """Topics `c` receives before two `end` markers (one from each side), sorted."""
+    topics, markers = [], 0
+    while markers < 2:
+        m = c.get()
+        if m.payload == b"end":
+            markers += 1
+        else:
+            topics.append(m.topic)
+    return sorted(topics)
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5.0"])
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_out_and_in_with_prefixes(net, qos, protocol):
@@ -220,16 +232,6 @@ def test_both_directions_without_a_loop(net):
     # Markers published after both: anything echoed back would arrive before them.
     edge_pub.publish("shared/end-edge", b"end", 1)
     remote_pub.publish("shared/end-remote", b"end", 1)
-
-    def seen_until_both_markers(c: PahoClient) -> list[str]:
-        topics, markers = [], 0
-        while markers < 2:
-            m = c.get()
-            if m.payload == b"end":
-                markers += 1
-            else:
-                topics.append(m.topic)
-        return sorted(topics)
 
     assert seen_until_both_markers(edge_sub) == ["shared/from-edge", "shared/from-remote"]
     assert seen_until_both_markers(remote_sub) == ["shared/from-edge", "shared/from-remote"]
@@ -393,18 +395,8 @@ def test_a_mosquitto_bridge_connecting_in(tmp_path):
         edge_pub.publish("shared/end", b"end", 1)
         central_pub.publish("shared/end", b"end", 1)
 
-        def until_two_ends(c: PahoClient) -> list[str]:
-            topics, ends = [], 0
-            while ends < 2:
-                m = c.get()
-                if m.payload == b"end":
-                    ends += 1
-                else:
-                    topics.append(m.topic)
-            return sorted(topics)
-
-        assert until_two_ends(edge_sub) == ["shared/from-centre", "shared/from-edge"]
-        assert until_two_ends(central_sub) == ["shared/from-centre", "shared/from-edge"]
+        assert seen_until_both_markers(edge_sub) == ["shared/from-centre", "shared/from-edge"]
+        assert seen_until_both_markers(central_sub) == ["shared/from-centre", "shared/from-edge"]
         # The retained message published at the centre is retained at the edge too.
         late = client(edge)
         late.subscribe("shared/from-centre", 1)
