@@ -16,8 +16,19 @@
 //!   id, so a remote broker that keeps its session discards a QoS 2 duplicate by its id
 //!   ([MQTT-4.3.3-10]): exactly once across the bridge.
 //!
-//! The bridge's own SUBSCRIBEs use id 65535, at the top of the range, where a broker's own
-//! PUBLISH ids are least likely to be in flight.
+//! Three rules keep the pass-through sound:
+//! - **Quotas.** Each side gets no more unacknowledged QoS 1/2 PUBLISHes than its CONNACK's
+//!   Receive Maximum (a 3.1.1 remote: `inflight_max`); beyond it the bridge holds them, in
+//!   order, until an acknowledgement frees a slot (bounded: [`HELD_MAX`]).
+//! - **The SUBSCRIBE id.** The bridge's own SUBSCRIBE uses id 65535; until its SUBACK arrives
+//!   nothing new is sent to that side, so no passed-through PUBLISH can carry the same id
+//!   [MQTT-2.2.1-3].
+//! - **A side that lost its session.** When one side answers CONNACK without its session
+//!   and the other with it, the surviving side may still hold QoS 2 ids of the lost one's
+//!   packet-id space (received, awaiting PUBREL) that the new session will reuse for new
+//!   messages, which would then be dropped as duplicates. The bridge releases them first: a
+//!   PUBREL for every id to the surviving side (answered PUBCOMP, 5.0 reason 0x92 for ids it
+//!   does not hold), whose PUBCOMPs it does not pass on.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -47,6 +58,8 @@ const PACKET_SIZE_MAX_BYTES: u32 = 16 * 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest poll, so that a stop request is noticed.
 const POLL_MAX: Duration = Duration::from_millis(250);
+/// PUBLISHes the bridge may hold for a side over its quota before it gives up the link.
+pub(super) const HELD_MAX: usize = 65_536;
 
 /// Which broker a socket leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +79,20 @@ struct End {
     wbuf: BytesMut,
     last_write: Instant,
     last_read: Instant,
+    /// Keep alive on this side (the server's, when its CONNACK sets one [MQTT-3.2.2-21]).
+    keep_alive: Duration,
+    /// Unacknowledged QoS 1/2 PUBLISHes sent to this side, and how many it takes.
+    inflight: usize,
+    quota: usize,
+    /// PUBLISHes waiting for a slot (or for the SUBACK), in order.
+    held: std::collections::VecDeque<Publish>,
+    /// Our SUBSCRIBE to this side is not answered yet.
+    awaiting_suback: bool,
+    /// Ids whose PUBREL the bridge passed on to this side: their PUBCOMPs go back; any other
+    /// PUBCOMP answers the bridge's own release of stale ids and is not passed on.
+    released: std::collections::HashSet<u16>,
+    /// The bridge released every id on this side (see the module docs).
+    releasing: bool,
 }
 
 impl End {
@@ -86,9 +113,49 @@ impl End {
         Ok(())
     }
 
+    /// Sends `p` now, or holds it while this side's quota is used up, an earlier PUBLISH is
+    /// held, or our SUBSCRIBE is unanswered.
+    fn publish(&mut self, p: Publish) -> Result<(), String> {
+        let counts = p.qos != QoS::AtMostOnce;
+        if self.awaiting_suback || !self.held.is_empty() || (counts && self.inflight >= self.quota) {
+            if self.held.len() >= HELD_MAX {
+                return Err(format!("{:?} broker: more than {HELD_MAX} messages held", self.side));
+            }
+            self.held.push_back(p);
+            return Ok(());
+        }
+        if counts {
+            self.inflight += 1;
+        }
+        self.queue(&Packet::Publish(p))
+    }
+
+    /// A flow towards this side ended: a slot is free; send what was held.
+    fn slot_freed(&mut self) -> Result<(), String> {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.send_held()
+    }
+
+    fn send_held(&mut self) -> Result<(), String> {
+        while !self.awaiting_suback {
+            let Some(front) = self.held.front() else { break };
+            let counts = front.qos != QoS::AtMostOnce;
+            if counts && self.inflight >= self.quota {
+                break;
+            }
+            let p = self.held.pop_front().expect("checked");
+            if counts {
+                self.inflight += 1;
+            }
+            self.queue(&Packet::Publish(p))?;
+        }
+        Ok(())
+    }
+
     /// Queues PINGREQ when nothing was written for half the keep alive; fails when nothing
     /// was read for one and a half.
-    fn keep_alive(&mut self, keep_alive: Duration, now: Instant) -> Result<(), String> {
+    fn keep_alive(&mut self, now: Instant) -> Result<(), String> {
+        let keep_alive = self.keep_alive;
         if now.duration_since(self.last_read) > keep_alive + keep_alive / 2 {
             return Err(format!("{:?} broker silent for 1.5 x keep alive", self.side));
         }
@@ -109,6 +176,20 @@ pub(super) struct Link {
     unrouted: (Vec<u16>, Vec<u16>),
 }
 
+/// Why [`open`] failed.
+enum OpenError {
+    /// The broker answered CONNACK with this reason.
+    Refused(ReasonCode),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<String> for OpenError {
+    fn from(s: String) -> OpenError {
+        OpenError::Other(s)
+    }
+}
+
 /// Opens `addr` (TCP, then TLS when `tls` is given) and completes CONNECT/CONNACK.
 fn open(
     addr: &str,
@@ -116,7 +197,7 @@ fn open(
     connect: &Connect,
     bridge_bit: bool,
     sockets: &Mutex<Vec<TcpStream>>,
-) -> Result<(Stream, BytesMut, ConnAck), String> {
+) -> Result<(Stream, BytesMut, ConnAck), OpenError> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let sock: SocketAddr = addr
         .to_socket_addrs()
@@ -153,20 +234,20 @@ fn open(
         match decode(&mut rbuf, &limits, connect.protocol) {
             Ok(Some(Packet::ConnAck(ack))) => {
                 if ack.reason != ReasonCode::SUCCESS {
-                    return Err(format!("{addr}: CONNACK refused: 0x{:02X}", ack.reason.0));
+                    return Err(OpenError::Refused(ack.reason));
                 }
                 return Ok((stream, rbuf, ack));
             }
             Ok(Some(other)) => {
-                return Err(format!("{addr}: {:?} before CONNACK", other.packet_type()))
+                return Err(format!("{addr}: {:?} before CONNACK", other.packet_type()).into())
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("{addr}: {e}")),
+            Err(e) => return Err(format!("{addr}: {e}").into()),
         }
         match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{addr}: closed before CONNACK")),
+            Ok(0) => return Err(format!("{addr}: closed before CONNACK").into()),
             Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("{addr}: waiting for CONNACK: {e}")),
+            Err(e) => return Err(format!("{addr}: waiting for CONNACK: {e}").into()),
         }
     }
 }
@@ -181,6 +262,7 @@ impl Link {
         client_tls: Option<&tls::ClientTls>,
         counters: Arc<BridgeCounters>,
         sockets: &Mutex<Vec<TcpStream>>,
+        stop: &AtomicBool,
     ) -> Result<Link, String> {
         let v5 = cfg.protocol == ProtocolVersion::V5;
         let mut props = Properties::default();
@@ -198,15 +280,36 @@ impl Link {
             password: cfg.password.as_ref().map(|p| Bytes::from(p.clone().into_bytes())),
             properties: props,
         };
+        let refused = |addr: &str, r: ReasonCode| format!("{addr}: CONNACK refused: 0x{:02X}", r.0);
         let bridge_bit = !v5 && cfg.try_private;
-        let (remote, remote_buf, ack) =
-            open(addr, client_tls, &remote_connect, bridge_bit, sockets)?;
+        let opened = open(addr, client_tls, &remote_connect, bridge_bit, sockets);
+        let (remote, remote_buf, ack) = match opened {
+            Ok(o) => o,
+            // A 3.1.1 broker that does not know the bridge bit refuses the level: connect as
+            // an ordinary client (as Mosquitto does), where a `both` rule may echo.
+            Err(OpenError::Refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)) if bridge_bit => {
+                tracing::warn!(
+                    "bridge {}: {addr} refuses the bridge bit (try_private); connecting as an \
+                     ordinary client, so a `both` rule may send messages back",
+                    cfg.name
+                );
+                if stop.load(Ordering::Relaxed) {
+                    return Err("stopped".into());
+                }
+                open(addr, client_tls, &remote_connect, false, sockets).map_err(|e| match e {
+                    OpenError::Refused(r) => refused(addr, r),
+                    OpenError::Other(s) => s,
+                })?
+            }
+            Err(OpenError::Refused(r)) => return Err(refused(addr, r)),
+            Err(OpenError::Other(s)) => return Err(s),
+        };
+        if stop.load(Ordering::Relaxed) {
+            return Err("stopped".into());
+        }
+        let remote_props = ack.properties.as_deref().cloned().unwrap_or_default();
         // Never more unacknowledged messages into the remote broker than it takes.
-        let out_inflight = ack
-            .properties
-            .as_ref()
-            .and_then(|p| p.receive_maximum)
-            .map_or(cfg.inflight_max, |rm| rm.min(cfg.inflight_max));
+        let remote_quota = remote_props.receive_maximum.map_or(cfg.inflight_max, |rm| rm.min(cfg.inflight_max));
 
         let local_connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -219,14 +322,25 @@ impl Link {
             properties: Properties {
                 // The broker caps it at its session_expiry_max_secs.
                 session_expiry_interval_secs: Some(u32::MAX),
-                receive_maximum: Some(out_inflight),
+                receive_maximum: Some(remote_quota),
+                maximum_packet_size: Some(PACKET_SIZE_MAX_BYTES),
                 ..Properties::default()
             },
         };
-        let (local, local_buf, _) =
-            open(&local_addr.to_string(), None, &local_connect, false, sockets)?;
+        let (local, local_buf, local_ack) =
+            open(&local_addr.to_string(), None, &local_connect, false, sockets).map_err(|e| {
+                match e {
+                    OpenError::Refused(r) => refused("this broker", r),
+                    OpenError::Other(s) => s,
+                }
+            })?;
+        let local_props = local_ack.properties.as_deref().cloned().unwrap_or_default();
         let now = Instant::now();
-        let end = |side, version, stream, rbuf| End {
+        let keep_alive = |props: &Properties| {
+            let secs = props.server_keep_alive_secs.unwrap_or(cfg.keepalive_secs);
+            Duration::from_secs(u64::from(secs.max(1)))
+        };
+        let end = |side, version, stream, rbuf, props: &Properties, quota: u16| End {
             side,
             version,
             stream,
@@ -234,16 +348,52 @@ impl Link {
             wbuf: BytesMut::new(),
             last_write: now,
             last_read: now,
+            keep_alive: keep_alive(props),
+            inflight: 0,
+            quota: usize::from(quota.max(1)),
+            held: Default::default(),
+            awaiting_suback: false,
+            released: Default::default(),
+            releasing: false,
         };
+        let local_quota = local_props.receive_maximum.unwrap_or(u16::MAX);
         let mut link = Link {
-            local: end(Side::Local, ProtocolVersion::V5, local, local_buf),
-            remote: end(Side::Remote, cfg.protocol, remote, remote_buf),
+            local: end(Side::Local, ProtocolVersion::V5, local, local_buf, &local_props, local_quota),
+            remote: end(Side::Remote, cfg.protocol, remote, remote_buf, &remote_props, remote_quota),
             cfg,
             counters,
             unrouted: (Vec::new(), Vec::new()),
         };
+        // A side that kept its session while the other lost its own: release the lost one's
+        // stale QoS 2 ids there (module docs).
+        match (local_ack.session_present, ack.session_present) {
+            (true, false) => link.release_all(Side::Local)?,
+            (false, true) => link.release_all(Side::Remote)?,
+            _ => {}
+        }
         link.subscribe()?;
         Ok(link)
+    }
+
+    /// Sends PUBREL for every packet id to `side` (see the module docs).
+    fn release_all(&mut self, side: Side) -> Result<(), String> {
+        tracing::info!(
+            "bridge {}: the {:?} broker kept its session and the other did not: releasing \
+             stale QoS 2 packet ids there",
+            self.cfg.name,
+            side
+        );
+        let end = match side {
+            Side::Local => &mut self.local,
+            Side::Remote => &mut self.remote,
+        };
+        end.releasing = true;
+        for id in 1..=u16::MAX {
+            let id = PacketId::new(id).expect("non-zero");
+            let rel = PubResp { packet_id: id, reason: ReasonCode::SUCCESS, properties: None };
+            end.queue(&Packet::PubRel(rel))?;
+        }
+        end.flush()
     }
 
     /// SUBSCRIBE locally to the outgoing rules' filters and remotely to the incoming ones.
@@ -296,7 +446,6 @@ impl Link {
     }
 
     fn relay_loop(&mut self, stop: &AtomicBool) -> String {
-        let keep_alive = Duration::from_secs(u64::from(self.cfg.keepalive_secs));
         let limits = Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES };
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
         for end in [&mut self.local, &mut self.remote] {
@@ -328,7 +477,7 @@ impl Link {
             }
             let now = Instant::now();
             for end in [&mut self.local, &mut self.remote] {
-                if let Err(e) = end.keep_alive(keep_alive, now).and_then(|()| end.flush()) {
+                if let Err(e) = end.keep_alive(now).and_then(|()| end.flush()) {
                     return e;
                 }
             }
@@ -379,8 +528,10 @@ impl Link {
                     Side::Remote => r.to_local(publish.topic.as_str()),
                 });
                 let Some(topic) = topic else {
-                    // Matched a filter but no rule maps it (overlapping prefixes): answer it
-                    // here so the sender's flow completes.
+                    // Matched a filter but no rule maps it (overlapping prefixes, or a
+                    // subscription left from an earlier configuration): answer it here so
+                    // the sender's flow completes, and count it.
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     return answer_unrouted(src, &mut self.unrouted, from, &publish);
                 };
                 let properties = if dst.version == ProtocolVersion::V5 {
@@ -392,7 +543,7 @@ impl Link {
                 } else {
                     None
                 };
-                dst.queue(&Packet::Publish(Publish {
+                dst.publish(Publish {
                     dup: publish.dup,
                     qos: publish.qos,
                     retain: publish.retain,
@@ -400,15 +551,27 @@ impl Link {
                     packet_id: publish.packet_id,
                     payload: publish.payload,
                     properties,
-                }))?;
+                })?;
                 let n = match from {
                     Side::Local => &self.counters.forwarded_out,
                     Side::Remote => &self.counters.forwarded_in,
                 };
                 n.fetch_add(1, Ordering::Relaxed);
             }
-            Packet::PubAck(r) => dst.queue(&Packet::PubAck(ack(r, dst.version)))?,
-            Packet::PubRec(r) => dst.queue(&Packet::PubRec(ack(r, dst.version)))?,
+            // Acknowledgements from `from` end flows towards `from` (free its slots) and go
+            // back to `dst`, where the PUBLISH came from.
+            Packet::PubAck(r) => {
+                src.slot_freed()?;
+                refused_ack(&self.counters, &self.cfg.name, &r, dst.version);
+                dst.queue(&Packet::PubAck(ack(r, dst.version)))?;
+            }
+            Packet::PubRec(r) => {
+                if r.reason.is_error() {
+                    src.slot_freed()?;
+                }
+                refused_ack(&self.counters, &self.cfg.name, &r, dst.version);
+                dst.queue(&Packet::PubRec(ack(r, dst.version)))?;
+            }
             Packet::PubRel(r) => {
                 let list = match from {
                     Side::Local => &mut self.unrouted.0,
@@ -423,10 +586,18 @@ impl Link {
                     };
                     src.queue(&Packet::PubComp(done))?;
                 } else {
+                    dst.released.insert(r.packet_id.get());
                     dst.queue(&Packet::PubRel(ack(r, dst.version)))?;
                 }
             }
-            Packet::PubComp(r) => dst.queue(&Packet::PubComp(ack(r, dst.version)))?,
+            Packet::PubComp(r) => {
+                let passed_on = src.released.remove(&r.packet_id.get());
+                if passed_on || !src.releasing {
+                    src.slot_freed()?;
+                    dst.queue(&Packet::PubComp(ack(r, dst.version)))?;
+                }
+                // Otherwise it answers the bridge's own release of a stale id: not passed on.
+            }
             Packet::SubAck(a) => {
                 for code in a.reasons.iter().filter(|c| c.is_error()) {
                     tracing::warn!(
@@ -435,6 +606,8 @@ impl Link {
                         code.0
                     );
                 }
+                src.awaiting_suback = false;
+                src.send_held()?;
             }
             Packet::PingResp | Packet::UnsubAck(_) => {}
             Packet::PingReq => src.queue(&Packet::PingResp)?,
@@ -444,6 +617,19 @@ impl Link {
             other => return Err(format!("{from:?} broker sent {:?}", other.packet_type())),
         }
         Ok(())
+    }
+}
+
+/// A 5.0 refusal (0x80 and above) passed to a 3.1.1 peer becomes a plain acknowledgement:
+/// that peer then drops the message. Counted and logged, so it is not silent.
+fn refused_ack(counters: &BridgeCounters, name: &str, r: &PubResp, to: ProtocolVersion) {
+    if r.reason.is_error() && to != ProtocolVersion::V5 {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            "bridge {name}: message {} refused with 0x{:02X}; the 3.1.1 peer gets a plain ack",
+            r.packet_id.get(),
+            r.reason.0
+        );
     }
 }
 

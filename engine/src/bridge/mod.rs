@@ -112,7 +112,7 @@ fn run(
             }
         };
         let connected = if cfg.tls.is_some() && client_tls.is_none() {
-            Err("no TLS configuration".to_string())
+            Err(None)
         } else {
             link::Link::connect(
                 cfg.clone(),
@@ -121,7 +121,9 @@ fn run(
                 client_tls.as_ref(),
                 counters.clone(),
                 sockets,
+                stop,
             )
+            .map_err(Some)
         };
         match connected {
             Ok(l) => {
@@ -132,24 +134,32 @@ fn run(
                     break;
                 }
                 tracing::warn!("bridge {}: link to {addr} ended: {why}", cfg.name);
-                // A link that held for a while starts the back-off again.
+                // A link that held for a while starts the back-off again, from the first
+                // address (the primary, as Mosquitto's default `round_robin false`).
                 if started.elapsed() > cfg.reconnect_max {
                     delay = cfg.reconnect_min;
+                    attempt = 0;
                 }
             }
-            Err(e) => {
+            Err(None) => {} // the TLS files, counted and logged above
+            Err(Some(e)) => {
                 sockets.lock().expect("bridge sockets").clear();
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("bridge {}: {e}", cfg.name);
             }
         }
-        let wait = jitter(delay, attempt);
+        let wait = jitter(delay, attempt ^ name_seed(&cfg.name));
         delay = (delay * 2).min(cfg.reconnect_max);
         match woken.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => break, // the broker is stopping
         }
     }
+}
+
+/// A number from the bridge's name, so bridges failing together do not retry in step.
+fn name_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// `d` ± 25 %, varied per attempt (so that many bridges do not reconnect in step).

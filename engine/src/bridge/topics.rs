@@ -59,6 +59,11 @@ impl TopicRule {
             Some((f, rest)) => (f.clone(), rest),
             None => return Err("empty topic rule".into()),
         };
+        // The bridge subscribes with No Local, which a shared subscription may not have
+        // [MQTT-3.8.3-4]; and a bridge forwards topics, not group shares.
+        if filter.starts_with("$share/") {
+            return Err("a bridge rule cannot be a shared subscription ($share/...)".into());
+        }
         let direction = match rest.first().map(String::as_str) {
             None | Some("out") => Direction::Out,
             Some("in") => Direction::In,
@@ -154,7 +159,9 @@ mod tests {
         let r = TopicRule::parse("cmd/+ in 1 \"\" site1/").unwrap();
         assert_eq!((r.local_prefix.as_str(), r.remote_prefix.as_str()), ("", "site1/"));
         assert_eq!(TopicRule::parse("a").unwrap().direction, Direction::Out);
-        for bad in ["", "a sideways 1", "a out 3", "a out 1 x", "a out 1 x/+ y", "a/#/b out 1"] {
+        for bad in
+            ["", "a sideways 1", "a out 3", "a out 1 x", "a out 1 x/+ y", "a/#/b out 1", "$share/g/a in 1"]
+        {
             assert!(TopicRule::parse(bad).is_err(), "{bad:?}");
         }
     }

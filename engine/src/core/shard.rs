@@ -146,6 +146,9 @@ pub struct BridgeCounters {
     pub forwarded_in: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
+    /// Messages the bridge acknowledged without forwarding (no rule maps the topic), or whose
+    /// refusal could not be told to a 3.1.1 peer.
+    pub dropped: AtomicU64,
 }
 
 /// What the io layer must do for the core, in order.

@@ -195,11 +195,44 @@ async fn serve(listener: StdTcpListener, state: Arc<HttpState>, mut stop: onesho
     }
 }
 
+/// Without a token, any web page open in a browser on this host can reach a loopback
+/// listener. Refused here: a `Host` that is a name other than `localhost` (DNS rebinding), an
+/// `Origin` other than this listener, and a POST whose body is not declared JSON (a
+/// cross-site form or `text/plain` fetch needs no CORS preflight; `application/json` does).
+fn same_host_only(req: &Request<Incoming>) -> Result<(), Reply> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(hyper::header::HOST).unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if !(name.is_empty() || name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()) {
+        return Err(error(StatusCode::FORBIDDEN, None, "Host must be localhost or an address"));
+    }
+    if let Some(origin) = header(hyper::header::ORIGIN) {
+        let ok = [format!("http://{host}"), format!("https://{host}")].iter().any(|o| o == origin);
+        if !ok {
+            return Err(error(StatusCode::FORBIDDEN, None, "cross-origin requests are refused"));
+        }
+    }
+    if req.method() == Method::POST
+        && !header(hyper::header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"))
+    {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            "POST needs Content-Type: application/json",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `req` may be served to `peer`: `Err` is the refusal.
 fn authorize(state: &HttpState, peer: SocketAddr, req: &Request<Incoming>) -> Result<(), Reply> {
     let Some(token) = &state.token else {
         if peer.ip().is_loopback() {
-            return Ok(());
+            return same_host_only(req);
         }
         return Err(error(
             StatusCode::FORBIDDEN,

@@ -39,8 +39,10 @@ pub(crate) fn console() -> Reply {
     let mut r =
         with_type(StatusCode::OK, Bytes::from_static(PAGE.as_bytes()), "text/html; charset=utf-8");
     let csp = "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; \
-               style-src 'unsafe-inline'; img-src 'self' data:";
+               style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; \
+               base-uri 'none'; form-action 'self'";
     r.headers_mut().insert("content-security-policy", csp.parse().expect("valid"));
+    r.headers_mut().insert("x-frame-options", "DENY".parse().expect("valid"));
     r
 }
 

@@ -44,6 +44,7 @@ class Running:
         hdrs = dict(headers or {})
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if body is not None or method == "POST":
             hdrs.setdefault("Content-Type", "application/json")
         tok = token if token is not None else self.token
         if tok:

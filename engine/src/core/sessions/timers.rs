@@ -200,6 +200,7 @@ impl ShardCore {
                 ("forwarded/out", &b.forwarded_out),
                 ("forwarded/in", &b.forwarded_in),
                 ("connect_failures", &b.connect_failures),
+                ("dropped", &b.dropped),
             ] {
                 let topic = format!("$SYS/broker/bridges/{}/{what}", b.name);
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
