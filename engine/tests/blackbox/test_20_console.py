@@ -70,6 +70,8 @@ def test_console_in_a_browser(tmp_path, with_token):
         victim = client(client_id=id_on_shard("kick-me-", 1), version=5)
         retained_topic = f"{topic}/ret/a"
         pub.publish(retained_topic, b"hello-retained", 1, retain=True)
+        hostile = f"{topic}/ret/<img src=x onerror=window.__xss=1>"
+        pub.publish(hostile, b"<script>window.__xss=1</script>", 1, retain=True)
         out = client(client_id=id_on_shard("cout-", 0))
         out.subscribe("console-pub/#", 1)
 
@@ -80,6 +82,8 @@ def test_console_in_a_browser(tmp_path, with_token):
             "kick": victim.client_id,
             "filter": f"{topic}/#",
             "retained": retained_topic,
+            "retained_prefix": f"{topic}/ret/",
+            "hostile": hostile,
             "retained_payload": "hello-retained",
             "publish_topic": "console-pub/x",
             "publish_payload": "from-the-browser",
@@ -90,6 +94,7 @@ def test_console_in_a_browser(tmp_path, with_token):
         steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         assert proc.returncode == 0, f"browser steps: {steps}\nstderr: {proc.stderr[-2000:]}"
         assert steps[-1] == {"step": "done"}, steps
+        assert any(s["step"] == "hostile_topic_is_text" for s in steps), steps
         overview = next(s for s in steps if s["step"] == "overview")
         assert overview["rate_max"] > 1 and overview["connections_max"] >= 2, overview
 
@@ -118,6 +123,8 @@ def test_console_page_loads_nothing_from_elsewhere(tmp_path):
         status, headers, body = running.request("GET", "/")
         assert status == 200 and headers["Content-Type"].startswith("text/html")
         assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY"
         page = body.decode()
         assert "<canvas" in page and "/api/v1/stats" in page
         for external in ["http://", "https://", "//cdn", "src=\"//"]:

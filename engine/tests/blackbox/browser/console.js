@@ -95,9 +95,17 @@ async function clickInRow(page, table, needle, label) {
 
     // Retained: browse, read, delete.
     await view(page, "retained");
-    await page.type("#ret-prefix", sc.retained);
+    await page.type("#ret-prefix", sc.retained_prefix || sc.retained);
     await page.click("#ret-form button[type=submit]");
     await waitText(page, "#ret-table", sc.retained);
+    if (sc.hostile) {
+      // A topic made of markup is shown as text: no element, no script ran.
+      await waitText(page, "#ret-table", sc.hostile);
+      const injected = await page.evaluate(
+        () => document.querySelectorAll("main img, main script").length + (window.__xss ? 1 : 0));
+      if (injected !== 0) throw new Error("markup from the API was rendered as HTML");
+      step("hostile_topic_is_text");
+    }
     await clickInRow(page, "#ret-table", sc.retained, "Read");
     await waitText(page, "#ret-detail", sc.retained_payload);
     await page.screenshot({ path: `${shots}/retained.png` });
