@@ -113,16 +113,17 @@ fn run_one(
 pub fn wait_bridge(edge: SocketAddr, remote: SocketAddr, timeout: Duration) -> Result<()> {
     let v = ProtocolVersion::V3_1_1;
     let deadline = Instant::now() + timeout;
+    let (mut sub_buf, mut pub_buf) = (Vec::new(), Vec::new());
     let mut sub = TcpStream::connect(remote).context("probe subscriber")?;
     sub.set_read_timeout(Some(Duration::from_millis(200)))?;
     sub.write_all(&wire::connect("shardmq-bench-probe-sub", v, 30)?)?;
-    wire::check_connack(&read_packet(&mut sub, v, deadline)?)?;
+    wire::check_connack(&read_packet_buf(&mut sub, &mut sub_buf, v, deadline)?)?;
     sub.write_all(&wire::subscribe(1, "shardmq-bench/probe", QoS::AtMostOnce, v)?)?;
-    wire::check_suback(&read_packet(&mut sub, v, deadline)?)?;
+    wire::check_suback(&read_packet_buf(&mut sub, &mut sub_buf, v, deadline)?)?;
     let mut publ = TcpStream::connect(edge).context("probe publisher")?;
     publ.set_read_timeout(Some(Duration::from_millis(200)))?;
     publ.write_all(&wire::connect("shardmq-bench-probe-pub", v, 30)?)?;
-    wire::check_connack(&read_packet(&mut publ, v, deadline)?)?;
+    wire::check_connack(&read_packet_buf(&mut publ, &mut pub_buf, v, deadline)?)?;
     let mut probe = BytesMut::new();
     let packet = Packet::Publish(Publish {
         dup: false,
@@ -139,7 +140,12 @@ pub fn wait_bridge(edge: SocketAddr, remote: SocketAddr, timeout: Duration) -> R
             bail!("the bridge did not come up within {timeout:?}");
         }
         publ.write_all(&probe)?;
-        match read_packet(&mut sub, v, Instant::now() + Duration::from_millis(300)) {
+        match read_packet_buf(
+            &mut sub,
+            &mut sub_buf,
+            v,
+            Instant::now() + Duration::from_millis(300),
+        ) {
             Ok(Packet::Publish(_)) => break,
             _ => continue,
         }
@@ -149,13 +155,20 @@ pub fn wait_bridge(edge: SocketAddr, remote: SocketAddr, timeout: Duration) -> R
     Ok(())
 }
 
-/// Reads one packet (blocking, with the socket's read timeout) before `deadline`.
-fn read_packet(s: &mut TcpStream, v: ProtocolVersion, deadline: Instant) -> Result<Packet> {
-    let mut buf = Vec::new();
+/// Reads one packet (blocking, with the socket's read timeout) before `deadline`; bytes after
+/// it stay in `buf` for the next call.
+fn read_packet_buf(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    v: ProtocolVersion,
+    deadline: Instant,
+) -> Result<Packet> {
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some((total, _)) = wire::split_frame(&buf).map_err(|e| anyhow!("{e}"))? {
-            return wire::decode_frame(&buf[..total], v);
+        if let Some((total, _)) = wire::split_frame(buf).map_err(|e| anyhow!("{e}"))? {
+            let p = wire::decode_frame(&buf[..total], v);
+            buf.drain(..total);
+            return p;
         }
         if Instant::now() > deadline {
             bail!("no packet in time");

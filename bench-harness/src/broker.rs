@@ -313,7 +313,8 @@ impl Broker {
             if let Some((to, qos)) = opts.bridge_to {
                 toml.push_str(&format!(
                     "[[bridge]]\nname = \"bench\"\naddress = \"mqtt://{to}\"\n\
-                     topics = [\"shardmq-bench/# out {qos}\"]\nreconnect_min_secs = 1\n"
+                     topics = [\"shardmq-bench/# out {qos}\"]\nreconnect_min_secs = 1\n\
+                     inflight_max = 1000\n"
                 ));
             }
             let conf = dir.join("shardmq.toml");

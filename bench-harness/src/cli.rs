@@ -717,54 +717,61 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
     let params = &params[..];
     let mut report = Report::new(&broker_cpus, &harness_cpus, c.mqtt_version);
     report.repeat = repeat;
-    for p in params {
-        let mut sr = ScenarioReport {
+    let mut reports: Vec<ScenarioReport> = params
+        .iter()
+        .map(|p| ScenarioReport {
             scenario: p.kind.name().into(),
             label: p.label(),
             params: p.clone(),
             results: Vec::new(),
-        };
-        // Interleaved: every broker once per round (A B C A B C ...), so that a slow drift
-        // of the machine touches every broker alike.
-        let rounds = (0..repeat).flat_map(|round| kinds.iter().map(move |k| (round, k)));
-        for (round, kind) in rounds {
-            let mut opts = c.broker_options(&broker_cpus);
-            opts.connections_max = u64::from(p.count) + 100;
-            let name = kind.as_ref().map(BrokerSpec::name).unwrap_or_else(|| "external".into());
-            let started = match (kind, c.broker_addr) {
-                (Some(spec), _) => {
-                    spec.apply(&mut opts);
-                    Broker::start(spec.kind, &opts).map(|mut b| {
-                        b.name.clone_from(&name);
-                        b
-                    })
+        })
+        .collect();
+    // Interleaved: every row and every broker once per round (rows R1 R2, brokers A B C:
+    // R1A R1B R1C R2A R2B R2C, then again), so that a slow drift of the machine touches
+    // every broker and every row alike (e.g. `local` and `spread` of the scaling matrix).
+    for round in 0..repeat {
+        for (p, sr) in params.iter().zip(reports.iter_mut()) {
+            for kind in &kinds {
+                let mut opts = c.broker_options(&broker_cpus);
+                opts.connections_max = u64::from(p.count) + 100;
+                let name = kind.as_ref().map(BrokerSpec::name).unwrap_or_else(|| "external".into());
+                let started = match (kind, c.broker_addr) {
+                    (Some(spec), _) => {
+                        spec.apply(&mut opts);
+                        Broker::start(spec.kind, &opts).map(|mut b| {
+                            b.name.clone_from(&name);
+                            b
+                        })
+                    }
+                    (None, Some(addr)) => Ok(Broker::external(addr, c.broker_pid)),
+                    (None, None) => unreachable!("no broker and no address"),
+                };
+                let mut result = match started {
+                    Err(e) => RunResult::failed(&name, format!("{e:#}")),
+                    Ok(mut b) => {
+                        let r = scenario::run(p, &mut b, &settings)
+                            .unwrap_or_else(|e| RunResult::failed(&name, format!("{e:#}")));
+                        b.stop();
+                        r
+                    }
+                };
+                result.repeat = round;
+                if let Some(e) = &result.error {
+                    eprintln!("{name} run {}: {}: {e}", round + 1, p.label());
                 }
-                (None, Some(addr)) => Ok(Broker::external(addr, c.broker_pid)),
-                (None, None) => unreachable!("no broker and no address"),
-            };
-            let result = match started {
-                Err(e) => RunResult::failed(&name, format!("{e:#}")),
-                Ok(mut b) => {
-                    let r = scenario::run(p, &mut b, &settings)
-                        .unwrap_or_else(|e| RunResult::failed(&name, format!("{e:#}")));
-                    b.stop();
-                    r
-                }
-            };
-            let mut result = result;
-            result.repeat = round;
-            if let Some(e) = &result.error {
-                eprintln!("{name} run {}: {}: {e}", round + 1, p.label());
+                sr.results.push(result);
             }
-            sr.results.push(result);
+            if round + 1 == repeat {
+                out(&table::table(sr));
+            }
         }
-        out(&table::table(&sr));
-        report.scenarios.push(sr);
-        // Written after every scenario so that partial results survive an interruption.
+        // Written after every round so that partial results survive an interruption.
         if let Some(path) = &c.json {
+            report.scenarios.clone_from(&reports);
             report.write_json(path)?;
         }
     }
+    report.scenarios = reports;
     if let Some(dir) = &c.save_results {
         let path = report.write_results(dir)?;
         eprintln!(

@@ -129,18 +129,23 @@ fn read_numa(allowed: &[usize]) -> Vec<Vec<usize>> {
     nodes.into_iter().map(|(_, c)| c).collect()
 }
 
-/// Names of network devices' interrupt lines (the last column of `/proc/interrupts`).
+/// Names of network devices' interrupt lines (the last column of `/proc/interrupts`):
+/// interface names (`eth0`, `ens5`, `enp3s0f1-TxRx-0`, ...) and drivers' queue names, matched
+/// at the start of the name so that e.g. `acpi-ged` or `i8042` are not taken for NICs.
 fn is_nic_line(name: &str) -> bool {
-    const NIC: [&str; 14] = [
-        "eth", "ens", "enp", "eno", "enx", "wlan", "wlp", "mlx", "ixgbe", "i40e", "ice", "bnxt",
-        "-TxRx", "virtio",
-    ];
+    const PREFIXES: [&str; 11] =
+        ["eth", "ens", "enp", "eno", "enx", "wlan", "wlp", "mlx", "ixgbe", "i40e", "bnxt"];
     let lower = name.to_ascii_lowercase();
     // virtio lines are NICs only for their input/output queues (not block devices).
-    if lower.contains("virtio") {
-        return lower.contains("input") || lower.contains("output");
+    if lower.starts_with("virtio") {
+        return lower.contains("-input") || lower.contains("-output");
     }
-    NIC.iter().any(|n| lower.contains(&n.to_ascii_lowercase()))
+    let iface = PREFIXES.iter().any(|p| {
+        lower.strip_prefix(p).is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit() || c == 'p' || c == 's')
+        })
+    });
+    iface || lower.starts_with("ice-") || lower.contains("-txrx-")
 }
 
 /// NIC interrupt counts per allowed CPU from the text of `/proc/interrupts`.
@@ -198,6 +203,8 @@ mod tests {
          26:          5          0          0   PCI-MSI 49155-edge      virtio1-req.0\n\
          30:          0          0       7000   PCI-MSI 52428-edge      eth1-TxRx-0\n\
         NMI:          0          0          0   Non-maskable interrupts\n";
+        assert!(!is_nic_line("acpi-ged") && !is_nic_line("i8042") && !is_nic_line("virtio1-req.0"));
+        assert!(is_nic_line("ens5") && is_nic_line("enp3s0f1-TxRx-0") && is_nic_line("mlx5_comp3"));
         let irqs = nic_irqs_from(text, &[0, 1, 2]);
         assert_eq!(irqs, vec![(0, 900_000), (1, 200_010), (2, 7000)]);
         let t = Topology { allowed: vec![0, 1, 2], nic_irqs: irqs, ..Topology::default() };

@@ -88,6 +88,26 @@ pub fn candidates(t: &Topology, max: usize) -> (Vec<Layout>, Vec<String>) {
     // take the NIC's interrupts (a loopback benchmark takes none, but a shard there would
     // compete with them in production), else the first.
     let irq = t.irq_heavy();
+    if cores.len() == 1 {
+        // One core with SMT threads (a common small VM): the load generator takes one thread,
+        // the broker the others, and then everything shared.
+        let core = &cores[0];
+        notes.push("one core: its SMT threads are split between broker and load generator".into());
+        add(Layout {
+            name: "1 shard per spare SMT thread".into(),
+            shards: (core.len() - 1) as u16,
+            broker_cpus: core[1..].to_vec(),
+            harness_cpus: vec![core[0]],
+        });
+        add(Layout {
+            name: "every thread, shared with the load generator".into(),
+            shards: core.len() as u16,
+            broker_cpus: core.clone(),
+            harness_cpus: Vec::new(),
+        });
+        out.truncate(max.max(1));
+        return (out, notes);
+    }
     let harness_count = (cores.len() / 4).max(1);
     let mut order: Vec<&Vec<usize>> = cores.iter().collect();
     order.sort_by_key(|c| (!c.iter().any(|cpu| irq.contains(cpu)), c[0]));
@@ -125,8 +145,8 @@ pub fn candidates(t: &Topology, max: usize) -> (Vec<Layout>, Vec<String>) {
             harness_cpus: harness.clone(),
         });
     }
-    if t.numa_nodes.len() > 1 {
-        if let Some(node) = t.numa_nodes.iter().find(|node| node.contains(&per_core[0])) {
+    if let (true, Some(first)) = (t.numa_nodes.len() > 1, per_core.first()) {
+        if let Some(node) = t.numa_nodes.iter().find(|node| node.contains(first)) {
             let local: Vec<usize> = per_core.iter().copied().filter(|c| node.contains(c)).collect();
             add(Layout {
                 name: "one NUMA node only".into(),
@@ -535,6 +555,15 @@ mod tests {
         }
         let (few, _) = candidates(&t, 2);
         assert_eq!(few.len(), 2);
+    }
+
+    #[test]
+    fn one_core_two_threads() {
+        let t = Topology { allowed: vec![0, 1], cores: vec![vec![0, 1]], ..Topology::default() };
+        let (ls, _) = candidates(&t, 8);
+        assert_eq!(ls[0].flags(), "--shards 1 --cpus 1");
+        assert_eq!(ls[0].harness_cpus, vec![0]);
+        assert_eq!(ls[1].shards, 2);
     }
 
     #[test]

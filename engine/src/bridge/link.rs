@@ -117,7 +117,8 @@ impl End {
     /// held, or our SUBSCRIBE is unanswered.
     fn publish(&mut self, p: Publish) -> Result<(), String> {
         let counts = p.qos != QoS::AtMostOnce;
-        if self.awaiting_suback || !self.held.is_empty() || (counts && self.inflight >= self.quota) {
+        if self.awaiting_suback || !self.held.is_empty() || (counts && self.inflight >= self.quota)
+        {
             if self.held.len() >= HELD_MAX {
                 return Err(format!("{:?} broker: more than {HELD_MAX} messages held", self.side));
             }
@@ -309,7 +310,8 @@ impl Link {
         }
         let remote_props = ack.properties.as_deref().cloned().unwrap_or_default();
         // Never more unacknowledged messages into the remote broker than it takes.
-        let remote_quota = remote_props.receive_maximum.map_or(cfg.inflight_max, |rm| rm.min(cfg.inflight_max));
+        let remote_quota =
+            remote_props.receive_maximum.map_or(cfg.inflight_max, |rm| rm.min(cfg.inflight_max));
 
         let local_connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -328,12 +330,12 @@ impl Link {
             },
         };
         let (local, local_buf, local_ack) =
-            open(&local_addr.to_string(), None, &local_connect, false, sockets).map_err(|e| {
-                match e {
+            open(&local_addr.to_string(), None, &local_connect, false, sockets).map_err(
+                |e| match e {
                     OpenError::Refused(r) => refused("this broker", r),
                     OpenError::Other(s) => s,
-                }
-            })?;
+                },
+            )?;
         let local_props = local_ack.properties.as_deref().cloned().unwrap_or_default();
         let now = Instant::now();
         let keep_alive = |props: &Properties| {
@@ -358,8 +360,22 @@ impl Link {
         };
         let local_quota = local_props.receive_maximum.unwrap_or(u16::MAX);
         let mut link = Link {
-            local: end(Side::Local, ProtocolVersion::V5, local, local_buf, &local_props, local_quota),
-            remote: end(Side::Remote, cfg.protocol, remote, remote_buf, &remote_props, remote_quota),
+            local: end(
+                Side::Local,
+                ProtocolVersion::V5,
+                local,
+                local_buf,
+                &local_props,
+                local_quota,
+            ),
+            remote: end(
+                Side::Remote,
+                cfg.protocol,
+                remote,
+                remote_buf,
+                &remote_props,
+                remote_quota,
+            ),
             cfg,
             counters,
             unrouted: (Vec::new(), Vec::new()),

@@ -159,7 +159,8 @@ fn run(
 
 /// A number from the bridge's name, so bridges failing together do not retry in step.
 fn name_seed(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// `d` ± 25 %, varied per attempt (so that many bridges do not reconnect in step).

@@ -159,9 +159,15 @@ mod tests {
         let r = TopicRule::parse("cmd/+ in 1 \"\" site1/").unwrap();
         assert_eq!((r.local_prefix.as_str(), r.remote_prefix.as_str()), ("", "site1/"));
         assert_eq!(TopicRule::parse("a").unwrap().direction, Direction::Out);
-        for bad in
-            ["", "a sideways 1", "a out 3", "a out 1 x", "a out 1 x/+ y", "a/#/b out 1", "$share/g/a in 1"]
-        {
+        for bad in [
+            "",
+            "a sideways 1",
+            "a out 3",
+            "a out 1 x",
+            "a out 1 x/+ y",
+            "a/#/b out 1",
+            "$share/g/a in 1",
+        ] {
             assert!(TopicRule::parse(bad).is_err(), "{bad:?}");
         }
     }
