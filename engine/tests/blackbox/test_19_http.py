@@ -284,6 +284,15 @@ def test_subscriptions_and_the_subscribers_of_a_topic(http_broker, clients):
     subs = http_broker.json("GET", f"/api/v1/subscriptions?filter={urllib.parse.quote(p)}")
     rows = {(r["client_id"], r["filter"], r["qos"]) for r in subs["subscriptions"]}
     assert rows == {(a.client_id, f"{p}/+/x", 1), (b.client_id, f"{p}/#", 0)}
+    first = http_broker.json("GET", f"/api/v1/subscriptions?filter={urllib.parse.quote(p)}&limit=1")
+    nxt = first["next"]
+    assert len(first["subscriptions"]) == 1 and nxt is not None
+    rest = http_broker.json("GET", f"/api/v1/subscriptions?filter={urllib.parse.quote(p)}&limit=1"
+                            f"&after_client={nxt['after_client']}"
+                            f"&after_filter={urllib.parse.quote(nxt['after_filter'], safe='')}")
+    assert rest["next"] is None
+    paged = first["subscriptions"] + rest["subscriptions"]
+    assert paged == sorted(subs["subscriptions"], key=lambda r: (r["client_id"], r["filter"]))
     who = http_broker.json("GET", f"/api/v1/topics/{p}/q/x/subscribers")
     assert {r["client_id"] for r in who["subscribers"]} == {a.client_id, b.client_id}
     who = http_broker.json("GET", f"/api/v1/topics/{urllib.parse.quote(p + '/q/y', safe='')}/subscribers")

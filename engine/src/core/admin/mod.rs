@@ -61,6 +61,36 @@ impl DisconnectReason {
     }
 }
 
+/// Keeps the `limit` smallest items offered (one page of a listing), building an item only
+/// when it would be kept: a listing walks everything but allocates only for its page.
+#[derive(Debug)]
+pub(crate) struct Smallest<T: Ord> {
+    heap: std::collections::BinaryHeap<T>,
+    limit: usize,
+}
+
+impl<T: Ord> Smallest<T> {
+    pub(crate) fn new(limit: usize) -> Smallest<T> {
+        Smallest { heap: std::collections::BinaryHeap::with_capacity(limit.min(1024) + 1), limit }
+    }
+
+    /// Offers a candidate: `beats(largest)` says whether it is smaller than the largest item
+    /// kept; `make` builds it.
+    pub(crate) fn offer(&mut self, beats: impl FnOnce(&T) -> bool, make: impl FnOnce() -> T) {
+        if self.heap.len() < self.limit {
+            self.heap.push(make());
+        } else if self.heap.peek().is_some_and(beats) {
+            self.heap.pop();
+            self.heap.push(make());
+        }
+    }
+
+    /// The kept items, smallest first.
+    pub(crate) fn into_sorted(self) -> Vec<T> {
+        self.heap.into_sorted_vec()
+    }
+}
+
 fn bump<K: PartialEq + Copy>(list: &mut Vec<(K, u64)>, key: K) {
     match list.iter_mut().find(|(k, _)| *k == key) {
         Some((_, n)) => *n += 1,
@@ -196,5 +226,30 @@ impl ShardCore {
             route_filters: self.routes.len() as u64,
             denials: self.stats.denials,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_keeps_a_page_and_builds_only_what_it_keeps() {
+        let mut page = Smallest::new(3);
+        let mut built = 0;
+        for n in [9, 4, 7, 1, 8, 2, 6] {
+            page.offer(
+                |top: &u32| n < *top,
+                || {
+                    built += 1;
+                    n
+                },
+            );
+        }
+        assert_eq!(page.into_sorted(), vec![1, 2, 4]);
+        assert_eq!(built, 5, "9, 4, 7 fill it; 1 and 2 replace; 8 and 6 are not built");
+        let mut none = Smallest::new(0);
+        none.offer(|_: &u32| true, || 1);
+        assert!(none.into_sorted().is_empty());
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardmq_codec::{ByteStr, Properties, QoS};
 
+use crate::core::admin::Smallest;
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::{Message, Origin};
 use crate::core::routing::topic::filter_matches;
@@ -54,6 +55,11 @@ pub struct AdminPublish {
     pub properties: Option<Box<Properties>>,
 }
 
+/// Whether the row (`client_id`, `filter`) sorts before `top`.
+fn beats<'a>(client_id: &'a str, filter: &'a str) -> impl FnOnce(&SubscriptionRow) -> bool + 'a {
+    move |top| (client_id, filter) < (top.client_id.as_str(), top.filter.as_str())
+}
+
 impl ShardCore {
     /// This shard's subscriptions whose filter starts with `filter_prefix`, ordered by
     /// (client id, filter), after `after` (exclusive), at most `limit`.
@@ -65,7 +71,7 @@ impl ShardCore {
     ) -> Vec<SubscriptionRow> {
         let mut slots = Vec::new();
         self.sessions.slots(&mut slots);
-        let mut rows = Vec::new();
+        let mut page = Smallest::new(limit);
         for slot in slots {
             let Some(s) = self.sessions.try_get(slot) else { continue };
             for (filter, o) in &s.subs {
@@ -76,32 +82,33 @@ impl ShardCore {
                 if after.is_some_and(|(c, f)| key <= (c.as_str(), f.as_str())) {
                     continue;
                 }
-                rows.push(SubscriptionRow {
-                    client_id: s.client_id.to_string(),
-                    filter: filter.to_string(),
-                    qos: o.opts.qos as u8,
-                    shard: self.shard.0,
-                });
+                page.offer(
+                    |top: &SubscriptionRow| key < (top.client_id.as_str(), top.filter.as_str()),
+                    || self.row(&s.client_id, filter, o.opts.qos),
+                );
             }
         }
-        rows.sort_unstable();
-        rows.truncate(limit);
-        rows
+        page.into_sorted()
+    }
+
+    fn row(&self, client_id: &str, filter: &str, qos: QoS) -> SubscriptionRow {
+        SubscriptionRow {
+            client_id: client_id.to_owned(),
+            filter: filter.to_owned(),
+            qos: qos as u8,
+            shard: self.shard.0,
+        }
     }
 
     /// The subscriptions on this shard that a PUBLISH to `topic` would reach, at most
     /// `limit` (shared subscriptions are listed as members; the broker delivers to one
     /// member per group).
     pub fn admin_subscribers(&self, topic: &str, limit: usize) -> Vec<SubscriptionRow> {
-        let mut rows = Vec::new();
+        let mut page = Smallest::new(limit);
         self.trie.for_each_match(topic, |slot: SessionSlot, o, filter| {
             if let Some(s) = self.sessions.try_get(slot) {
-                rows.push(SubscriptionRow {
-                    client_id: s.client_id.to_string(),
-                    filter: filter.to_owned(),
-                    qos: o.opts.qos as u8,
-                    shard: self.shard.0,
-                });
+                let make = || self.row(&s.client_id, filter, o.opts.qos);
+                page.offer(beats(&s.client_id, filter), make);
             }
         });
         let mut slots = Vec::new();
@@ -113,18 +120,13 @@ impl ShardCore {
                     continue;
                 };
                 if filter_matches(f, topic) {
-                    rows.push(SubscriptionRow {
-                        client_id: s.client_id.to_string(),
-                        filter: filter.to_string(),
-                        qos: o.opts.qos as u8,
-                        shard: self.shard.0,
-                    });
+                    let make = || self.row(&s.client_id, filter, o.opts.qos);
+                    page.offer(beats(&s.client_id, filter), make);
                 }
             }
         }
-        rows.sort_unstable();
+        let mut rows = page.into_sorted();
         rows.dedup();
-        rows.truncate(limit);
         rows
     }
 
@@ -137,7 +139,7 @@ impl ShardCore {
         after: Option<&str>,
         limit: usize,
     ) -> Vec<RetainedRow> {
-        let mut rows = Vec::new();
+        let mut page = Smallest::new(limit);
         self.retained.for_each(|topic, m| {
             if prefix.is_some_and(|p| !topic.starts_with(p))
                 || after.is_some_and(|a| topic <= a)
@@ -145,16 +147,19 @@ impl ShardCore {
             {
                 return;
             }
-            rows.push(RetainedRow {
-                topic: topic.to_owned(),
-                payload: None,
-                payload_bytes: m.payload.len(),
-                qos: m.qos as u8,
-            });
+            page.offer(
+                |top: &(String, usize, u8)| topic < top.0.as_str(),
+                || (topic.to_owned(), m.payload.len(), m.qos as u8),
+            );
         });
-        rows.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
-        rows.truncate(limit);
-        rows
+        let rows = page.into_sorted().into_iter();
+        rows.map(|(topic, payload_bytes, qos)| RetainedRow {
+            topic,
+            payload: None,
+            payload_bytes,
+            qos,
+        })
+        .collect()
     }
 
     /// The retained message of `topic`, with its payload.
