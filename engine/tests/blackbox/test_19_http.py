@@ -86,11 +86,13 @@ class Running:
             time.sleep(0.05)
 
 
-def _start(workdir: Path, extra: list[str], http: str = "127.0.0.1:0") -> Running:
+def _start(workdir: Path, extra: list[str], http: str = "127.0.0.1:0",
+           env_extra: dict | None = None) -> Running:
     cmd = [conftest._shardmq_bin(), "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin",
            "--in-memory", "--http", http, "--sys-interval-secs", "1", *extra]
     stderr_path = workdir / "stderr.log"
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    env.update(env_extra or {})
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
                                 cwd=workdir, env=env, preexec_fn=conftest._die_with_parent)
@@ -510,3 +512,25 @@ def test_check_config_names_the_key_at_fault(tmp_path):
     out = subprocess.run([conftest._shardmq_bin(), "check-config", str(bad)],
                          capture_output=True, text=True, timeout=WAIT)
     assert out.returncode == 2 and "inflight_out_max" in out.stderr, out
+
+
+def test_systemd_readiness_comes_after_the_listeners_open(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(WAIT)
+    running = _start(tmp_path, [], env_extra={"NOTIFY_SOCKET": path})
+    try:
+        assert sock.recv(64) == b"READY=1"
+        # Ready means serving: an MQTT client and /readyz both get answers.
+        c = PahoClient(running.mqtt, version=4)
+        c.connect()
+        c.stop()
+        assert running.request("GET", "/readyz")[0] == 200
+        running.proc.terminate()
+        assert sock.recv(64) == b"STOPPING=1"
+        running.proc.wait(10)
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        sock.close()
