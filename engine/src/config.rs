@@ -231,6 +231,7 @@ struct FileConfig {
     tls_crl: Option<PathBuf>,
     tls_identity_as_username: Option<bool>,
     ws_origins: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
     listener: Option<Vec<listen::ListenerTable>>,
     log_level: Option<String>,
     log_format: Option<String>,

@@ -49,6 +49,9 @@ pub struct ListenerConfig {
     pub ws_origins: Vec<String>,
     /// Certificate, key and client-certificate policy (`mqtts`/`wss` only).
     pub tls: Option<TlsConfig>,
+    /// Connections start with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// whose source address becomes the client's.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerConfig {
@@ -60,6 +63,7 @@ impl ListenerConfig {
             ws_path: String::new(),
             ws_origins: Vec::new(),
             tls: None,
+            proxy_protocol: false,
         }
     }
 
@@ -128,6 +132,10 @@ pub(super) struct ListenArgs {
     /// Origin a browser may open a WebSocket from (repeatable; default: any).
     #[arg(long, value_name = "ORIGIN")]
     ws_origin: Vec<String>,
+    /// Every --listen listener expects a PROXY protocol v1/v2 header first (behind a load
+    /// balancer; the header's source address becomes the client's).
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 impl ListenArgs {
@@ -148,6 +156,7 @@ pub(super) struct ListenerTable {
     tls_crl: Option<PathBuf>,
     tls_identity_as_username: Option<bool>,
     ws_origins: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
 }
 
 /// The flags, the file's top-level keys and its tables, merged into the listener list.
@@ -173,6 +182,8 @@ pub(super) fn resolve_listeners(
         } else {
             Some(args.ws_origin.clone())
         },
+        proxy_protocol: (args.proxy_protocol || top.proxy_protocol.unwrap_or(false))
+            .then_some(true),
     };
     let mut out: Vec<ListenerConfig> = Vec::new();
     let mut push = |key: &str, table: &ListenerTable| -> Result<(), ConfigError> {
@@ -274,9 +285,11 @@ fn listener(
     } else {
         None
     };
+    let proxy_protocol = table.proxy_protocol.or(defaults.proxy_protocol).unwrap_or(false);
     Ok(ListenerConfig {
         addr,
         transport,
+        proxy_protocol,
         ws_path: path,
         ws_origins: if transport.is_websocket() { ws_origins.unwrap_or_default() } else { vec![] },
         tls,
@@ -427,6 +440,11 @@ mod tests {
         assert_eq!(tls.key, PathBuf::from("other.key"));
         assert_eq!(tls.cert, PathBuf::from("c.pem"));
         assert!(tls.identity_as_username);
+        assert!(c.listen.iter().all(|l| !l.proxy_protocol));
+        let e = "[[listener]]\nurl = \"127.0.0.1:0\"\nproxy_protocol = true\n";
+        assert!(parse_with(&[], e, &[0]).unwrap().listen[0].proxy_protocol);
+        let c = parse(&["--listen", "127.0.0.1:0", "--proxy-protocol"]).unwrap();
+        assert!(c.listen[0].proxy_protocol);
         // A flag replaces the file's listeners.
         let c = parse_with(&["--listen", "127.0.0.1:0"], file, &[0]).unwrap();
         assert_eq!(c.listen.len(), 1);

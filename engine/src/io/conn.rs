@@ -79,7 +79,7 @@ pub(super) fn poll_read_into(
 /// Appends bytes read from the socket to `buf`, through the transport if there is one.
 /// `Ok(0)` means the stream ended; an `Err` carrying a [`Closing`] means the transport
 /// refused and wants its answer written before the close ([`transport_closing`]).
-fn take_in(
+pub(super) fn take_in(
     transport: Option<&RefCell<TransportState>>,
     raw: &[u8],
     buf: &mut BytesMut,

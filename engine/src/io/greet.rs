@@ -15,7 +15,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::AsyncWrite;
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use shardmq_codec::{decode, encode, ConnAck, DecodeError, Packet, ReasonCode};
 
@@ -24,11 +24,12 @@ use crate::core::shard::ShardCore;
 use crate::core::{ConnInfo, Transport};
 
 use super::conn::{
-    poll_read_into, spawn_driver, transport_closing, CLOSE_WRITE_TIMEOUT, VERSION_BEFORE_CONNECT,
+    poll_read_into, spawn_driver, take_in, transport_closing, CLOSE_WRITE_TIMEOUT,
+    VERSION_BEFORE_CONNECT,
 };
 use super::listen::Listener;
 use super::shard::{PendingConn, ShardIo};
-use super::transport::{Closing, Stage, TransportState};
+use super::transport::{proxy, Closing, Stage, TransportState};
 
 /// Starts serving a socket accepted by this shard on `listener`.
 pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream, listener: &Listener) {
@@ -63,7 +64,9 @@ pub(crate) fn spawn_accepted(shard: &Rc<ShardIo>, stream: TcpStream, listener: &
         }
     };
     let shard = shard.clone();
-    glommio::spawn_local(greet(shard, stream, BytesMut::new(), info, transport, false)).detach();
+    let proxy = listener.proxy_protocol;
+    glommio::spawn_local(greet(shard, stream, BytesMut::new(), info, transport, proxy, false))
+        .detach();
 }
 
 /// Starts serving a socket another shard handed over with the bytes it read (after its
@@ -88,7 +91,7 @@ pub(crate) fn spawn_adopted(
     };
     let shard = shard.clone();
     let buf = BytesMut::from(&read_buf[..]);
-    glommio::spawn_local(greet(shard, stream, buf, info, transport, true)).detach();
+    glommio::spawn_local(greet(shard, stream, buf, info, transport, false, true)).detach();
 }
 
 /// Holds one of the shard's `handshakes_per_shard_max` places while a connection is in a
@@ -126,9 +129,11 @@ async fn greet(
     buf: BytesMut,
     mut info: ConnInfo,
     transport: Option<Box<RefCell<TransportState>>>,
+    proxy: bool,
     adopted: bool,
 ) {
-    let first = first_packet(&shard, &mut stream, buf, transport.as_deref(), &info).await;
+    let first = first_packet(&shard, &mut stream, buf, transport.as_deref(), &mut info, proxy);
+    let first = first.await;
     let Some(first) = first else { return };
     if let Some(t) = &transport {
         info.cert_subject_cn = t.borrow().peer_cn();
@@ -217,10 +222,28 @@ async fn first_packet(
     stream: &mut TcpStream,
     mut buf: BytesMut,
     transport: Option<&RefCell<TransportState>>,
-    info: &ConnInfo,
+    info: &mut ConnInfo,
+    proxy: bool,
 ) -> Option<First> {
     let pending = Rc::new(PendingConn::default());
     shard.watch_connect_deadline(Instant::now() + shard.connect_timeout, &pending);
+    // Bytes read with the PROXY header that belong to what follows it.
+    let mut early = Vec::new();
+    if proxy {
+        match read_proxy_header(shard, stream, &pending).await {
+            Ok((source, rest)) => {
+                if source.is_some() {
+                    info.remote = source;
+                }
+                early = rest;
+            }
+            Err(why) => {
+                tracing::warn!("{}: PROXY header from {}: {why}", shard.id, remote(info));
+                return None;
+            }
+        }
+    }
+    let info: &ConnInfo = info;
     let mut place =
         transport.filter(|t| t.borrow().handshaking()).map(|_| HandshakePlace::take(shard));
     let mut progress = transport.map(|t| Progress::of(&t.borrow())).unwrap_or_default();
@@ -241,14 +264,18 @@ async fn first_packet(
                 return None;
             }
         }
-        let read = std::future::poll_fn(|cx| {
-            if pending.expired.get() || shard.stop.is_fired() {
-                return Poll::Ready(None);
-            }
-            pending.waker.set(cx.waker());
-            poll_read_into(cx, shard, stream, transport, &mut buf).map(Some)
-        })
-        .await;
+        let read = if early.is_empty() {
+            std::future::poll_fn(|cx| {
+                if pending.expired.get() || shard.stop.is_fired() {
+                    return Poll::Ready(None);
+                }
+                pending.waker.set(cx.waker());
+                poll_read_into(cx, shard, stream, transport, &mut buf).map(Some)
+            })
+            .await
+        } else {
+            Some(take_in(transport, &std::mem::take(&mut early), &mut buf))
+        };
         match read {
             Some(Ok(n)) if n > 0 => {}
             Some(Err(e)) => {
@@ -348,6 +375,41 @@ impl Progress {
 
 fn remote(info: &ConnInfo) -> String {
     info.remote.map_or_else(|| "an unknown address".to_owned(), |a| a.to_string())
+}
+
+/// Reads until the PROXY protocol header is complete (within the connect deadline): the
+/// source address it names (`None`: a LOCAL or UNKNOWN header) and the bytes after it.
+async fn read_proxy_header(
+    shard: &ShardIo,
+    stream: &mut TcpStream,
+    pending: &PendingConn,
+) -> Result<(Option<std::net::SocketAddr>, Vec<u8>), String> {
+    let mut raw = Vec::new();
+    loop {
+        match proxy::parse(&raw) {
+            Ok(Some(h)) => return Ok((h.source, raw.split_off(h.len))),
+            Ok(None) => {}
+            Err(why) => return Err(why.to_owned()),
+        }
+        let n = std::future::poll_fn(|cx| {
+            if pending.expired.get() || shard.stop.is_fired() {
+                return Poll::Ready(None);
+            }
+            pending.waker.set(cx.waker());
+            let mut scratch = shard.scratch.borrow_mut();
+            Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]).map(|r| {
+                let n = r.ok()?;
+                shard.bytes_in.set(shard.bytes_in.get() + n as u64);
+                raw.extend_from_slice(&scratch[..n]);
+                Some(n)
+            })
+        })
+        .await;
+        match n {
+            Some(n) if n > 0 => {}
+            _ => return Err("closed or timed out before the header was complete".to_owned()),
+        }
+    }
 }
 
 /// Writes everything the transport owes the socket, while the connect deadline has not

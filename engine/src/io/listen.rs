@@ -47,6 +47,8 @@ pub(crate) struct Listener {
     pub(crate) identity_as_username: bool,
     /// Path and origins (`ws`, `wss`).
     pub(crate) ws: Option<Arc<WsSettings>>,
+    /// Connections start with a PROXY protocol header (`transport/proxy.rs`).
+    pub(crate) proxy_protocol: bool,
 }
 
 impl Listener {
@@ -80,6 +82,7 @@ impl Listener {
             identity_as_username: config.tls.as_ref().is_some_and(|t| t.identity_as_username),
             tls,
             ws,
+            proxy_protocol: config.proxy_protocol,
         })
     }
 

@@ -279,3 +279,32 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(pki, running, tmp_
         assert _tls_connects(b.tls, second.ca)
     finally:
         old.stop()
+
+
+@shardmq_only
+def test_proxy_protocol_gives_the_client_address(pki, running):
+    """`--proxy-protocol`: a PROXY v1 or v2 header comes first and names the client; the
+    address shows where the broker reports one (a refused TLS handshake's log line). A
+    connection without a header is closed. (Mosquitto 2.0 has no PROXY protocol.)"""
+    import struct
+
+    b = running(pki.issue("localhost", server=True), extra=["--proxy-protocol"])
+    # v1 in front of TLS: garbage instead of a ClientHello is refused, logged with 10.9.8.7.
+    with socket.create_connection(tuple(b.tls), timeout=WAIT) as s:
+        s.sendall(b"PROXY TCP4 10.9.8.7 127.0.0.1 4444 8883\r\n" + b"\x10\x00garbage")
+        while s.recv(4096):
+            pass
+    # v2 in front of plain MQTT: the CONNECT behind it is served.
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    body = bytes([10, 6, 5, 4, 127, 0, 0, 1]) + struct.pack(">HH", 5555, 1883)
+    header = sig + bytes([0x21, 0x11]) + struct.pack(">H", len(body)) + body
+    with socket.create_connection(tuple(b.tcp), timeout=WAIT) as s:
+        s.sendall(header + b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        assert s.recv(4)[:1] == b"\x20", "CONNACK"
+    # No header: closed without an answer.
+    with socket.create_connection(tuple(b.tcp), timeout=WAIT) as s:
+        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        assert s.recv(4) == b""
+    log = b.log()
+    assert "TLS handshake with 10.9.8.7:4444 refused" in log, log
+    assert "PROXY header from" in log, log

@@ -17,6 +17,7 @@
 //! moved whole to another shard with the socket when the connection is handed off (it is
 //! `Send`: rustls's connection is).
 
+pub(crate) mod proxy;
 pub(crate) mod tls;
 pub(crate) mod ws;
 pub(crate) mod ws_handshake;
