@@ -349,7 +349,12 @@ impl Driver {
         if closing {
             if !self.slot.blocked.get() {
                 // Everything is written (`poll_write_all` empties the pending bytes and
-                // the core's queue).
+                // the core's queue). A transport ends its own way first: the WebSocket
+                // close frame and TLS close_notify go out before the FIN.
+                if self.slot.transport.as_ref().is_some_and(|t| t.borrow_mut().finish()) {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Event::Closed);
             }
             let timer = self.close_timer.get_or_insert_with(|| Timer::new(CLOSE_WRITE_TIMEOUT));

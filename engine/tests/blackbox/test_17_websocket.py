@@ -154,6 +154,22 @@ class WsRaw:
 CONNECT = mqttraw.connect("ws-raw-" + uid())
 
 
+@pytest.mark.skipif(is_mosquitto(), reason="shardmq-only: Mosquitto closes without a close frame")
+def test_the_broker_closes_with_a_close_frame(broker_ws):
+    """A DISCONNECT ends the WebSocket with a close frame (1000, RFC 6455 §5.5.1) before the
+    TCP close, so a browser sees a clean close, not 1006."""
+    c = WsRaw(broker_ws.ws)
+    try:
+        assert c.status == 101, c.response
+        c.send(frame(2, CONNECT))
+        assert c.mqtt_packets(1)[0].name == "CONNACK"
+        c.send(frame(2, mqttraw.disconnect()))
+        assert c.close_code() == 1000
+        assert c.at_eof()
+    finally:
+        c.close()
+
+
 def test_paho_over_ws_and_wss(broker_ws, pki):
     b = broker_ws
     topic = f"ws/{uid()}"

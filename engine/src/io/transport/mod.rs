@@ -306,6 +306,26 @@ impl TransportState {
         }
     }
 
+    /// The broker closes the connection (DISCONNECT, takeover, keep alive, shutdown): queues
+    /// a WebSocket close frame (1000, §5.5.1) and TLS close_notify, once. `true` when there is
+    /// something new to send before the FIN; `false` once done, or when a refusal already
+    /// sent its own close.
+    pub(crate) fn finish(&mut self) -> bool {
+        if std::mem::replace(&mut self.closing, true) {
+            return false;
+        }
+        if matches!(self.ws, WsLayer::Open(_)) {
+            let mut frame = Vec::with_capacity(4);
+            ws::control_frame(ws::OP_CLOSE, &ws::close_code::NORMAL.to_be_bytes(), &mut frame);
+            self.send_plain(&frame);
+        }
+        if let Some(t) = &mut self.tls {
+            t.send_close_notify();
+            drain_tls(t, &mut self.out);
+        }
+        !self.out_is_empty()
+    }
+
     /// Queues bytes above TLS (an HTTP answer, a WebSocket frame) for the socket.
     fn send_plain(&mut self, data: &[u8]) {
         if data.is_empty() {

@@ -30,7 +30,7 @@ pub(crate) mod close_code {
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
@@ -284,7 +284,7 @@ impl Deframer {
 }
 
 /// Appends an unmasked control frame (server to client, §5.1).
-fn control_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn control_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(payload.len() <= CONTROL_PAYLOAD_MAX);
     out.push(0x80 | opcode);
     out.push(payload.len() as u8);
