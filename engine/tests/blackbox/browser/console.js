@@ -10,11 +10,10 @@
 // failure prints {"error": ...} and exits 1. Every wait is for something on the page (a
 // marker), bounded by puppeteer's timeout, never a fixed sleep.
 "use strict";
-const puppeteer = require("puppeteer-core");
+const { launch, newPage, TIMEOUT_MS } = require("./chromium");
 
 const [url, shots, scenarioJson] = process.argv.slice(2);
 const sc = JSON.parse(scenarioJson || "{}");
-const TIMEOUT_MS = 20000;
 
 function step(name, extra) {
   console.log(JSON.stringify(Object.assign({ step: name }, extra || {})));
@@ -47,17 +46,10 @@ async function clickInRow(page, table, needle, label) {
 }
 
 (async () => {
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   try {
-    const page = await browser.newPage();
-    page.setDefaultTimeout(TIMEOUT_MS);
+    const [page, errors] = await newPage(browser);
     await page.setViewport({ width: 1280, height: 820 });
-    const errors = [];
-    page.on("pageerror", e => errors.push(String(e)));
     if (sc.token) {
       await page.evaluateOnNewDocument(t => sessionStorage.setItem("shardmq-token", t), sc.token);
     }

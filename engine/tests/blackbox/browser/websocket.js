@@ -12,22 +12,14 @@
 // bounded). Prints {"received": [...], "protocols": [...]} and exits 0, or {"error": ...} and
 // exits 1.
 "use strict";
-const puppeteer = require("puppeteer-core");
+const { launch, newPage, TIMEOUT_MS } = require("./chromium");
 
 const [pageUrl, wsUrl, wssUrl, topic] = process.argv.slice(2);
-const TIMEOUT_MS = 20000;
 
 (async () => {
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   try {
-    const page = await browser.newPage();
-    page.setDefaultTimeout(TIMEOUT_MS);
-    const errors = [];
-    page.on("pageerror", e => errors.push(String(e)));
+    const [page, errors] = await newPage(browser);
     await page.goto(pageUrl, { waitUntil: "load" });
     await page.waitForFunction(() => typeof mqtt !== "undefined");
     const result = await page.evaluate(async (wsUrl, wssUrl, topic, timeoutMs) => {
