@@ -447,14 +447,7 @@ pub fn main() -> Result<()> {
                 repeat: common.repeat.unwrap_or(3).clamp(1, 100),
             };
             crate::wire::qos(qos)?;
-            let broker_cpus = usable_cpus(&common.broker_cpus, common.no_pin, "broker")?;
-            let harness_cpus = usable_cpus(&common.harness_cpus, common.no_pin, "harness")?;
-            let settings = Settings {
-                mqtt_version: common.mqtt_version,
-                threads: common.threads.max(1),
-                harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
-                quiet: common.quiet,
-            };
+            let (broker_cpus, harness_cpus, settings) = common.placement()?;
             let edges = parse_brokers(&common.brokers)?;
             let base = common.broker_options(&broker_cpus);
             let sr = crate::bridge::run(&p, &edges, &base, &harness_cpus, &settings)?;
@@ -642,6 +635,19 @@ pub fn parse_brokers(list: &str) -> Result<Vec<BrokerSpec>> {
 
 impl Common {
     /// Broker options from the common flags (a variant in `--brokers` may override some).
+    /// The broker's and the harness's CPU lists (checked) and the run settings.
+    fn placement(&self) -> Result<(String, String, Settings)> {
+        let broker_cpus = usable_cpus(&self.broker_cpus, self.no_pin, "broker")?;
+        let harness_cpus = usable_cpus(&self.harness_cpus, self.no_pin, "harness")?;
+        let settings = Settings {
+            mqtt_version: self.mqtt_version,
+            threads: self.threads.max(1),
+            harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
+            quiet: self.quiet,
+        };
+        Ok((broker_cpus, harness_cpus, settings))
+    }
+
     fn broker_options(&self, broker_cpus: &str) -> BrokerOptions {
         BrokerOptions {
             cpus: broker_cpus.to_string(),
@@ -681,14 +687,7 @@ fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
     if params.is_empty() {
         bail!("no scenario selected");
     }
-    let broker_cpus = usable_cpus(&c.broker_cpus, c.no_pin, "broker")?;
-    let harness_cpus = usable_cpus(&c.harness_cpus, c.no_pin, "harness")?;
-    let settings = Settings {
-        mqtt_version: c.mqtt_version,
-        threads: c.threads.max(1),
-        harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
-        quiet: c.quiet,
-    };
+    let (broker_cpus, harness_cpus, settings) = c.placement()?;
     crate::wire::protocol_version(c.mqtt_version)?;
     let kinds: Vec<Option<BrokerSpec>> = if c.broker_addr.is_some() {
         vec![None]
