@@ -139,6 +139,13 @@ impl ShardCore {
                 );
             }
         }
+        // The broker-wide connection quota (`policy/quota.rs`), taken after a takeover gave
+        // the old connection's slot back: 0x97 Quota exceeded (3.1.1: return code 3).
+        if !self.config.auth.quotas.take_connection() {
+            self.stats.denials[crate::core::policy::Denial::ConnectionsMax as usize] += 1;
+            tracing::debug!(shard = %self.shard, %client_id, "denied: connections_max");
+            return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
+        }
         // The old connection's close may have ended the session (expiry 0).
         let existing = self.sessions.find(&client_id);
         let (slot, session_present) = match existing {
