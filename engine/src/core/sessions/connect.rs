@@ -117,7 +117,11 @@ impl ShardCore {
         if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
             return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
         }
-        if let Some(slot) = existing.filter(|_| self.config.auth.authenticates()) {
+        // Authentication is on with a password or users file, or on a listener that takes
+        // the user name from a verified client certificate.
+        let authenticated = self.config.auth.authenticates()
+            || self.conns.get(conn).is_some_and(|c| c.info.identity_as_username);
+        if let Some(slot) = existing.filter(|_| authenticated) {
             // With authentication on, a session belongs to the identity that created it:
             // another user (or an anonymous client) with its client id is refused, and takes
             // over neither the session nor its live connection. 5.0: 0x87 Not authorized
