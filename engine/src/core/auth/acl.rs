@@ -36,8 +36,8 @@
 
 use crate::core::routing::topic::{levels, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD};
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::core::hash::ConfigMap;
 
 /// The read right.
 pub const READ: u8 = 1;
@@ -48,27 +48,9 @@ pub const LINE_LENGTH_MAX_BYTES: usize = 65_536;
 /// The most rules (topic and pattern lines) a file may hold.
 pub const RULES_MAX: usize = 1_000_000;
 
-/// FNV-1a: the ACL's tables are built from the configuration and only looked up with what
-/// clients send (nothing a client sends is inserted), so a keyed hash buys nothing here and
-/// a short topic level hashes in a few nanoseconds.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-/// A table of the ACL (see [`Fnv`]).
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+/// The ACL's tables (see [`ConfigMap`]: built from the file, only looked up with what
+/// clients send).
+type Map<K, V> = ConfigMap<K, V>;
 
 /// Who is asking: the user name (absent for anonymous clients) and the client id.
 #[derive(Debug, Clone, Copy)]

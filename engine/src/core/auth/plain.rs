@@ -16,8 +16,8 @@
 //!
 //! Shard-local: one [`PasswordChecks`] per shard (the cache key is per shard too).
 
+use ::core::net::IpAddr;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 
 use crate::core::hash::{Map, Set};
 use std::time::Instant;

@@ -13,7 +13,7 @@
 //!
 //! Shard-local state; the settings are process-wide.
 
-use std::net::IpAddr;
+use ::core::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
