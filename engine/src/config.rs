@@ -25,6 +25,8 @@ mod listen;
 mod ops;
 #[path = "config_persist.rs"]
 mod persist;
+#[path = "config_policy.rs"]
+mod policy;
 
 pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
 pub use ops::{check_log_level, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
@@ -195,6 +197,8 @@ struct Cli {
     #[command(flatten)]
     auth: auth::AuthArgs,
     #[command(flatten)]
+    quotas: policy::QuotaArgs,
+    #[command(flatten)]
     ops: ops::OpsArgs,
 }
 
@@ -222,6 +226,7 @@ struct FileConfig {
     redirect: Option<String>,
     limits: Option<Limits>,
     auth: Option<auth::FileAuth>,
+    quotas: Option<policy::FileQuotas>,
     bridge: Option<Vec<crate::bridge::config::BridgeTable>>,
     // Listeners (`config_listen.rs`): the `--tls-*` keys for every TLS listener, and tables.
     tls_cert: Option<PathBuf>,
@@ -343,7 +348,8 @@ fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, C
         return Err(invalid(format!("{key} {ring_depth}: must be between 8 and 32768")));
     }
 
-    let auth = auth::resolve_auth(&cli, &file)?;
+    let mut auth = auth::resolve_auth(&cli, &file)?;
+    auth.quotas = policy::resolve_quotas(&cli, &file)?;
     let persist = persist::resolve_persist(&cli, &file)?;
     let ops = ops::resolve_ops(&cli, &file)?;
     let bridges = crate::bridge::config::resolve_all(file.bridge.take().unwrap_or_default())

@@ -235,6 +235,12 @@ pub struct ShardCore {
     pub(crate) auth_rng: AuthRng,
     /// Plain-password checks: outcome cache and PBKDF2 budget (`auth/plain.rs`).
     pub(crate) password_checks: PasswordChecks,
+    /// New connections per source address (`policy/quota.rs`).
+    pub(crate) connect_rates: crate::core::policy::quota::ConnectRates,
+    /// PUBLISH rate buckets of connections that published, when a publish quota is
+    /// configured (`policy/quota.rs`); an entry goes when its connection starts closing.
+    pub(crate) publish_rates:
+        crate::core::hash::Map<ConnId, crate::core::policy::quota::PublishRate>,
     mesh_backlog: usize,
     /// Queued outgoing bytes and the back-pressure they drive (`delivery/tx_budget.rs`).
     pub(crate) tx_budget: Rc<TxBudget>,
@@ -288,6 +294,8 @@ impl ShardCore {
                 config.auth.password_rounds_per_sec,
             )
             .with_per_key_share(crate::core::auth::plain::PER_KEY_SHARE),
+            connect_rates: Default::default(),
+            publish_rates: Default::default(),
             mesh_backlog: 0,
             tx_budget: Rc::new(TxBudget::new(&config.limits)),
             pressure_sent: false,
@@ -320,6 +328,16 @@ impl ShardCore {
     pub fn open_connection(&mut self, info: ConnInfo, now: Instant) -> Option<ConnId> {
         if self.conns.len() >= self.config.limits.connections_per_shard_max as usize {
             return None;
+        }
+        if let (Some(rate), Some(remote)) =
+            (self.config.auth.quotas.connections_per_sec_per_address, info.remote)
+        {
+            // `policy/quota.rs`: closed before CONNECT is read.
+            if !self.connect_rates.admit(remote.ip(), rate, now) {
+                self.stats.denials[Denial::ConnectRate as usize] += 1;
+                tracing::debug!(shard = %self.shard, %remote, "denied: connections_per_sec_per_address");
+                return None;
+            }
         }
         self.next_scan_at.get_or_insert(now + SCAN_INTERVAL);
         Some(self.conns.insert(Conn::new(now, self.tx_budget.clone(), info)))
@@ -484,6 +502,9 @@ impl ShardCore {
     /// close, ending the session if it does not outlive the connection) and tells the io
     /// layer to close (unless the socket is already gone, then the entry is freed now).
     pub(crate) fn close_conn(&mut self, conn: ConnId, kind: CloseKind, now: Instant) {
+        if !self.publish_rates.is_empty() {
+            self.publish_rates.remove(&conn);
+        }
         let Some(c) = self.conns.get(conn) else { return };
         let (phase, version, listener) = (c.phase, c.version, c.info.listener);
         if phase == Phase::Closing {
@@ -499,6 +520,7 @@ impl ShardCore {
         }
         if let Phase::Connected(slot) = phase {
             self.stats.clients_connected -= 1;
+            self.config.auth.quotas.release_connection();
             let why = match kind {
                 CloseKind::Normal => DisconnectReason::Client,
                 CloseKind::SocketGone => DisconnectReason::ConnectionLost,

@@ -370,6 +370,7 @@ impl LogState {
                     + s.qos2_inbound.len()
                     + s.pubrel_pending.len()
                     + usize::from(s.will.is_some())
+                    + usize::from(s.owner.is_some())
             })
             .sum();
         (messages + sessions + self.retained.len()) as u64

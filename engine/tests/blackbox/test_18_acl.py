@@ -66,6 +66,7 @@ topic readwrite bob/#
 
 user carol
 topic readwrite #
+topic read $SYS/broker/denied/#
 
 user dave
 topic write dave/out
@@ -332,6 +333,51 @@ def test_will_is_checked_when_published(broker):
         m.RawClient(broker.host, broker.port, version=m.V311).connect_ok(cid)
     got = [p.payload for p in _observe_until(obs, b"allowed-will")]
     assert b"denied-will" not in got, got
+
+
+@pytest.mark.skipif(BROKER != "shardmq", reason="shardmq's $SYS/broker/denied counters")
+@WITH_FILES
+def test_denials_are_counted_in_sys(broker):
+    """Each denial reason has a counter under `$SYS/broker/denied/`, readable through the ACL
+    like any topic; a denied PUBLISH moves `publish` (the change is the marker)."""
+    carol = raw_client(broker, "carol", uid("carol-"))
+    carol.subscribe([("$SYS/broker/denied/publish", 0)])
+    before = int(carol.recv_publish(WAIT).payload)
+    pub = raw_client(broker, None, "sys1")
+    pid = pub.pid()
+    pub.send(m.publish("public/x", b"denied", qos=1, pid=pid, version=m.V5))
+    assert pub.expect(m.PUBACK).code == 0x87
+    while True:  # Published every second: wait for a value past `before`.
+        p = carol.recv_publish(WAIT)
+        if int(p.payload) > before:
+            break
+    # Without a read right, the same counter is refused (alice reads clients/# only).
+    alice = raw_client(broker, "alice", uid("alice-"))
+    assert alice.subscribe([("$SYS/broker/denied/publish", 0)]).codes == [0x87]
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients missing")
+@WITH_FILES
+def test_mosquitto_clients_with_the_same_files(broker):
+    """mosquitto_pub / mosquitto_sub with the same files, 3.1.1 and 5.0: a denied QoS 1
+    publish from mosquitto_pub 3.1.1 completes (acknowledged, dropped) and is never stored;
+    the permitted one, retained, reaches mosquitto_sub 5.0 whenever it subscribes; a 5.0
+    mosquitto_sub without read right gets nothing but what it may read."""
+    base = ["-h", broker.host, "-p", str(broker.port), "-u", "alice", "-P", "wonderland"]
+    tag = uid()
+    denied = subprocess.run(["mosquitto_pub", *base, "-V", "mqttv311", "-q", "1", "-r",
+                             "-t", f"alice/private/{tag}", "-m", "denied"],
+                            capture_output=True, timeout=30)
+    assert denied.returncode == 0, denied
+    subprocess.run(["mosquitto_pub", *base, "-V", "mqttv5", "-q", "1", "-r", "-t",
+                    f"alice/{tag}", "-m", "allowed"], check=True, capture_output=True, timeout=30)
+    # `alice/#` is partly readable: only the permitted retained message comes.
+    sub = subprocess.run(["mosquitto_sub", *base, "-i", uid("msub-"), "-V", "mqttv5", "-t",
+                          "alice/#", "-C", "1", "-v", "-W", str(int(WAIT))],
+                         capture_output=True, timeout=30)
+    assert sub.stdout.decode().strip() == f"alice/{tag} allowed", sub
+    subprocess.run(["mosquitto_pub", *base, "-q", "1", "-r", "-n", "-t", f"alice/{tag}"],
+                   check=True, capture_output=True, timeout=30)
 
 
 @pytest.mark.skipif(BROKER != "shardmq", reason="shardmq: start-up check")

@@ -34,10 +34,10 @@
 //!
 //! Process-wide: built at start-up (and on reload), read-only, shared by every shard.
 
+use crate::core::routing::topic::{levels, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD};
 use std::borrow::Cow;
 
-use crate::core::hash::Map;
-use crate::core::routing::topic::{levels, MULTI_LEVEL_WILDCARD, SINGLE_LEVEL_WILDCARD};
+use crate::core::hash::ConfigMap;
 
 /// The read right.
 pub const READ: u8 = 1;
@@ -47,6 +47,10 @@ pub const WRITE: u8 = 2;
 pub const LINE_LENGTH_MAX_BYTES: usize = 65_536;
 /// The most rules (topic and pattern lines) a file may hold.
 pub const RULES_MAX: usize = 1_000_000;
+
+/// The ACL's tables (see [`ConfigMap`]: built from the file, only looked up with what
+/// clients send).
+type Map<K, V> = ConfigMap<K, V>;
 
 /// Who is asking: the user name (absent for anonymous clients) and the client id.
 #[derive(Debug, Clone, Copy)]

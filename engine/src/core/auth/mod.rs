@@ -112,6 +112,8 @@ pub struct AuthConfig {
     /// A 3.1.1 PUBLISH without write right closes the connection (instead of being
     /// acknowledged and dropped).
     pub acl_deny_publish_disconnect: bool,
+    /// Connection and publish quotas (`policy/quota.rs`); all off by default.
+    pub quotas: crate::core::policy::quota::Quotas,
     /// Whether a CONNECT with neither a user name nor an Authentication Method is accepted.
     pub allow_anonymous: bool,
     /// The enhanced authentication methods offered, by name.
@@ -134,6 +136,7 @@ impl Default for AuthConfig {
             passwd: None,
             acl: None,
             acl_deny_publish_disconnect: false,
+            quotas: Default::default(),
             allow_anonymous: true,
             methods: Vec::new(),
             redirect: None,
@@ -151,6 +154,7 @@ impl PartialEq for AuthConfig {
             && self.passwd == other.passwd
             && self.acl == other.acl
             && self.acl_deny_publish_disconnect == other.acl_deny_publish_disconnect
+            && self.quotas == other.quotas
             && self.allow_anonymous == other.allow_anonymous
             && self.redirect == other.redirect
             && self.password_rounds_per_sec == other.password_rounds_per_sec
@@ -172,6 +176,7 @@ impl AuthConfig {
             passwd: None,
             acl: None,
             acl_deny_publish_disconnect: false,
+            quotas: Default::default(),
             allow_anonymous,
             methods: vec![Arc::new(scram)],
             redirect: None,

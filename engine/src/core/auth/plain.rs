@@ -16,8 +16,8 @@
 //!
 //! Shard-local: one [`PasswordChecks`] per shard (the cache key is per shard too).
 
+use ::core::net::IpAddr;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 
 use crate::core::hash::{Map, Set};
 use std::time::Instant;
@@ -171,6 +171,7 @@ impl PasswordChecks {
 
     /// Checks `name`'s `password` against `users`: `Ok` when it is right; 0x86 when it is
     /// wrong or the user unknown; 0x89 Server busy when the budget is spent.
+    #[cfg(test)]
     pub(crate) fn check<V: PlainVerifier + ?Sized>(
         &mut self,
         users: &V,
@@ -208,7 +209,10 @@ impl PasswordChecks {
             (Some(b), Some(ip)) => b.has_room(ip, now),
             _ => true,
         };
-        let user_ok = self.per_user.as_mut().is_none_or(|b| b.has_room(name.to_owned(), now));
+        let user_ok = match &mut self.per_user {
+            Some(b) => b.has_room(name.to_owned(), now),
+            None => true,
+        };
         if !source_ok || !user_ok {
             self.share_refusals_count += 1;
             return Err(ReasonCode::SERVER_BUSY);

@@ -1,7 +1,7 @@
 //! The plain-password cache and budget: what is derived, what is answered from the cache, and
 //! what is refused as Server busy. Time is the `now` passed in; nothing here is timed.
 
-use std::net::IpAddr;
+use ::core::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::*;

@@ -24,6 +24,7 @@ use crate::core::delivery::deliver::pub_resp;
 use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message, Origin};
 use crate::core::persist::{Ack, AckKind};
+use crate::core::policy::quota::PublishRate;
 use crate::core::policy::Denial;
 use crate::core::shard::{CloseKind, ShardCore};
 use crate::log::record::{Qos2Received, Qos2Released};
@@ -48,6 +49,12 @@ impl ShardCore {
         #[cfg(debug_assertions)]
         if self.config().fault_panic_topic.as_ref().is_some_and(|t| *t == p.topic) {
             panic!("test-only fault: PUBLISH to {} (SHARDMQ_TEST_PANIC_TOPIC)", p.topic);
+        }
+        if !self.admit_publish_rate(conn, p.payload.len(), now) {
+            // Past the connection's PUBLISH quota (`policy/quota.rs`): 5.0 DISCONNECT 0x96
+            // Message rate too high; 3.1.1 has no way to say it: closed.
+            let kind = CloseKind::Abnormal(Some(ReasonCode::MESSAGE_RATE_TOO_HIGH));
+            return self.close_conn(conn, kind, now);
         }
         let mut properties = p.properties;
         let mut topic = p.topic;
@@ -171,6 +178,23 @@ impl ShardCore {
             }
             self.ack_publish(conn, slot, p.qos, id, remote, now);
         }
+    }
+
+    /// Counts a PUBLISH of `bytes` payload bytes against the connection's quotas; false
+    /// (counted as a denial) past one.
+    fn admit_publish_rate(&mut self, conn: ConnId, bytes: usize, now: Instant) -> bool {
+        let ShardCore { config, publish_rates, stats, .. } = self;
+        let q = &config.auth.quotas;
+        if q.publish_messages_per_sec.is_none() && q.publish_bytes_per_sec.is_none() {
+            return true;
+        }
+        let rate = publish_rates.entry(conn).or_insert_with(|| PublishRate::new(q));
+        if rate.admit(q, bytes, now) {
+            return true;
+        }
+        stats.denials[Denial::PublishRate as usize] += 1;
+        tracing::debug!(shard = %self.shard, ?conn, "denied: publish rate");
+        false
     }
 
     /// A PUBLISH without write right (`policy/authorize.rs`): counted and dropped. 5.0

@@ -17,17 +17,26 @@ pub enum Denial {
     Will,
     /// A CONNECT refused: the session belongs to another user.
     SessionOwner,
+    /// A connection closed: past its PUBLISH rate (messages or bytes a second).
+    PublishRate,
+    /// A CONNECT refused: the broker has `connections_max` clients.
+    ConnectionsMax,
+    /// A connection closed before CONNECT: its address opened too many this second.
+    ConnectRate,
 }
 
 impl Denial {
     /// Every reason, in counter order.
-    pub const ALL: [Denial; 6] = [
+    pub const ALL: [Denial; 9] = [
         Denial::Publish,
         Denial::Subscribe,
         Denial::Deliver,
         Denial::Retained,
         Denial::Will,
         Denial::SessionOwner,
+        Denial::PublishRate,
+        Denial::ConnectionsMax,
+        Denial::ConnectRate,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Denial::ALL.len();
@@ -41,6 +50,9 @@ impl Denial {
             Denial::Retained => "retained",
             Denial::Will => "will",
             Denial::SessionOwner => "session_owner",
+            Denial::PublishRate => "publish_rate",
+            Denial::ConnectionsMax => "connections_max",
+            Denial::ConnectRate => "connect_rate",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod authorize;
 pub mod denial;
+pub mod quota;
 mod reload;
 
 pub use denial::Denial;

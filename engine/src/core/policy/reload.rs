@@ -21,8 +21,11 @@ impl ShardCore {
         let acl_changed = self.config.auth.acl != fresh.acl;
         let seed = self.config.auth.rng_seed;
         let rounds = self.config.auth.password_rounds_per_sec;
+        // The live connection count is the running one, whatever the new settings.
+        let mut quotas = fresh.quotas.clone();
+        quotas.connected = self.config.auth.quotas.connected.clone();
         self.config.auth =
-            AuthConfig { rng_seed: seed, password_rounds_per_sec: rounds, ..fresh.clone() };
+            AuthConfig { rng_seed: seed, password_rounds_per_sec: rounds, quotas, ..fresh.clone() };
         self.password_checks.forget();
         if acl_changed {
             let mut slots = Vec::new();

@@ -134,7 +134,7 @@ impl ShardCore {
             // shard's trie, and get no retained messages (5.0 §4.8.2).
             let shared = is_shared(&filter);
             let valid =
-                !(shared && !is_valid_shared(&filter)) && self.topic_limits.check(&filter).is_ok();
+                (!shared || is_valid_shared(&filter)) && self.topic_limits.check(&filter).is_ok();
             // Authorisation (`policy/authorize.rs`): a filter with no read right is refused
             // (5.0 §3.9.3: 0x87 Not authorized); a partly readable one is checked per
             // delivered topic; a fully readable one never again.

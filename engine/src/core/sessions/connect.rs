@@ -117,7 +117,11 @@ impl ShardCore {
         if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
             return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
         }
-        if let Some(slot) = existing.filter(|_| self.config.auth.authenticates()) {
+        // Authentication is on with a password or users file, or on a listener that takes
+        // the user name from a verified client certificate.
+        let authenticated = self.config.auth.authenticates()
+            || self.conns.get(conn).is_some_and(|c| c.info.identity_as_username);
+        if let Some(slot) = existing.filter(|_| authenticated) {
             // With authentication on, a session belongs to the identity that created it:
             // another user (or an anonymous client) with its client id is refused, and takes
             // over neither the session nor its live connection. 5.0: 0x87 Not authorized
@@ -138,6 +142,13 @@ impl ShardCore {
                     now,
                 );
             }
+        }
+        // The broker-wide connection quota (`policy/quota.rs`), taken after a takeover gave
+        // the old connection's slot back: 0x97 Quota exceeded (3.1.1: return code 3).
+        if !self.config.auth.quotas.take_connection() {
+            self.stats.denials[crate::core::policy::Denial::ConnectionsMax as usize] += 1;
+            tracing::debug!(shard = %self.shard, %client_id, "denied: connections_max");
+            return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
         }
         // The old connection's close may have ended the session (expiry 0).
         let existing = self.sessions.find(&client_id);
