@@ -350,6 +350,7 @@ fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, C
 
     let mut auth = auth::resolve_auth(&cli, &file)?;
     auth.quotas = policy::resolve_quotas(&cli, &file)?;
+    auth.listener_allow_anonymous = listen.iter().map(|l| l.allow_anonymous).collect();
     let persist = persist::resolve_persist(&cli, &file)?;
     let ops = ops::resolve_ops(&cli, &file)?;
     let bridges = crate::bridge::config::resolve_all(file.bridge.take().unwrap_or_default())

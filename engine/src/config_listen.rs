@@ -52,6 +52,9 @@ pub struct ListenerConfig {
     /// Connections start with a PROXY protocol header (v1 or v2) from a load balancer,
     /// whose source address becomes the client's.
     pub proxy_protocol: bool,
+    /// Whether clients without credentials are accepted here; `None`: the broker-wide
+    /// `allow_anonymous` (`[[listener]]` tables only, like Mosquitto's per-listener setting).
+    pub allow_anonymous: Option<bool>,
 }
 
 impl ListenerConfig {
@@ -64,6 +67,7 @@ impl ListenerConfig {
             ws_origins: Vec::new(),
             tls: None,
             proxy_protocol: false,
+            allow_anonymous: None,
         }
     }
 
@@ -157,6 +161,7 @@ pub(super) struct ListenerTable {
     tls_identity_as_username: Option<bool>,
     ws_origins: Option<Vec<String>>,
     proxy_protocol: Option<bool>,
+    allow_anonymous: Option<bool>,
 }
 
 /// The flags, the file's top-level keys and its tables, merged into the listener list.
@@ -184,6 +189,7 @@ pub(super) fn resolve_listeners(
         },
         proxy_protocol: (args.proxy_protocol || top.proxy_protocol.unwrap_or(false))
             .then_some(true),
+        allow_anonymous: None,
     };
     let mut out: Vec<ListenerConfig> = Vec::new();
     let mut push = |key: &str, table: &ListenerTable| -> Result<(), ConfigError> {
@@ -293,6 +299,7 @@ fn listener(
         ws_path: path,
         ws_origins: if transport.is_websocket() { ws_origins.unwrap_or_default() } else { vec![] },
         tls,
+        allow_anonymous: table.allow_anonymous,
     })
 }
 

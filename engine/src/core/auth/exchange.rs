@@ -130,7 +130,11 @@ impl ShardCore {
                 let source = self.conns.get(conn).and_then(|c| c.info.remote).map(|a| a.ip());
                 self.password_checks.check_from(&creds, name, password, source, now).err()
             }
-            (_, None) if !self.config.auth.allow_anonymous => Some(ReasonCode::NOT_AUTHORIZED),
+            (_, None)
+                if !auth.anonymous_allowed_on(self.conns.get(conn).map(|c| c.info.listener)) =>
+            {
+                Some(ReasonCode::NOT_AUTHORIZED)
+            }
             _ => None,
         };
         match reason {
