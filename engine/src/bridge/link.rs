@@ -270,6 +270,9 @@ impl Link {
         if v5 {
             props.session_expiry_interval_secs = Some(cfg.session_expiry_secs);
             props.receive_maximum = Some(cfg.inflight_max);
+            // The remote must not send what the bridge cannot decode (it drops such a message
+            // instead [MQTT-3.1.2-25]); otherwise the link would end and repeat on it.
+            props.maximum_packet_size = Some(PACKET_SIZE_MAX_BYTES);
         }
         let remote_connect = Connect {
             protocol: cfg.protocol,
