@@ -57,7 +57,8 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let http = match config.ops.http {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();
-            let started = http::start(addr, token, broker.control(), reloader.clone());
+            let bridges = broker.bridge_counters();
+            let started = http::start(addr, token, broker.control(), reloader.clone(), bridges);
             Some(started.map_err(anyhow::Error::msg)?)
         }
         None => None,

@@ -61,6 +61,8 @@ pub struct HttpState {
     started_at: Instant,
     /// False once shutdown began: `/readyz` says 503.
     serving: AtomicBool,
+    /// The bridges' counters, in configuration order (`GET /api/v1/bridges`).
+    pub(crate) bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
 }
 
 /// The running HTTP listener. Dropping it (or [`HttpServer::shutdown`]) stops it.
@@ -124,6 +126,7 @@ pub fn start(
     token_file: Option<&Path>,
     control: Control,
     reloader: Arc<Reloader>,
+    bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
 ) -> Result<HttpServer, String> {
     let token = token_file.map(read_token).transpose()?;
     if token.is_none() {
@@ -141,6 +144,7 @@ pub fn start(
         token,
         started_at: Instant::now(),
         serving: AtomicBool::new(true),
+        bridges,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -129,6 +129,7 @@ impl Broker {
             mesh,
             control,
             bridges: None,
+            bridge_counters: bridge_counters.clone(),
         };
 
         for index in 0..n {
@@ -257,12 +258,20 @@ pub struct BrokerHandle {
     control: control::Control,
     /// Running bridges (stopped before the shards).
     bridges: Option<crate::bridge::Bridges>,
+    /// Each configured bridge's counters, in configuration order.
+    bridge_counters: Vec<Arc<crate::core::shard::BridgeCounters>>,
 }
 
 impl BrokerHandle {
     /// The addresses the broker listens on (port 0 resolved), in configuration order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Each configured bridge's counters (connected, forwarded, failures), in configuration
+    /// order: the admin API's `GET /api/v1/bridges`.
+    pub fn bridge_counters(&self) -> Vec<Arc<crate::core::shard::BridgeCounters>> {
+        self.bridge_counters.clone()
     }
 
     /// The control plane: requests to the shards from other threads.

@@ -88,7 +88,8 @@ class Net:
         return self.remote.start()
 
     def start_edge(self, topics: list[str], protocol: str = "3.1.1", credentials=None,
-                   durable: bool = False, tls=None, remote_port: int | None = None) -> Proc:
+                   durable: bool = False, tls=None, remote_port: int | None = None,
+                   http_port: int | None = None) -> Proc:
         """`tls`: (ca, cert, key) paths to reach the remote over TLS on `remote_port`."""
         port = _free_port()
         name = "b" + uid()[:6]
@@ -126,7 +127,8 @@ class Net:
             data = self.tmp / "edge-data"
             argv = lambda: ([_shardmq_bin(), "--config", str(conf)]  # noqa: E731
                             + (["--data-dir", str(data), "--durability", "sync"] if durable
-                               else ["--in-memory"]))
+                               else ["--in-memory"])
+                            + (["--http", f"127.0.0.1:{http_port}"] if http_port else []))
         self.edge = Proc("edge", self.tmp, port, argv)
         self.procs.append(self.edge)
         return self.edge.start()
@@ -487,3 +489,42 @@ def test_edge_that_lost_its_session_keeps_forwarding_qos2(net, protocol):
     while (m := remote_sub.get()).payload != b"end":
         got.append(m.payload)
     assert got == [b"b%d" % i for i in range(20)]
+
+
+def test_bridges_in_the_admin_api(net):
+    """`GET /api/v1/bridges` lists the bridge with where it goes and its counters, which move
+    as messages cross (shardmq's admin API; Mosquitto has none)."""
+    if is_mosquitto():
+        pytest.skip("shardmq's admin API")
+    import json
+    import urllib.error
+    import urllib.request
+
+    net.start_remote()
+    http_port = _free_port()
+    net.start_edge(["api/# out 1"], http_port=http_port)
+    remote_sub = net.client(net.remote, 4)
+    remote_sub.subscribe("api/#", 1)
+    edge_pub = net.client(net.edge, 4)
+    link_up(edge_pub, "api/probe", remote_sub)
+    for i in range(5):
+        edge_pub.publish("api/x", b"%d" % i, 1)
+    remote_sub.get_n(5)
+
+    def bridges() -> list:
+        # The HTTP listener opens right after the MQTT listeners: wait for it to answer.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/bridges",
+                                            timeout=WAIT) as r:
+                    return json.loads(r.read())["bridges"]
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the HTTP listener did not answer"
+                time.sleep(0.05)
+
+    [b] = bridges()
+    assert b["name"] == net.bridge_name and b["connected"] is True, b
+    assert b["addresses"] == [f"127.0.0.1:{net.remote.port}"] and b["protocol"] == "3.1.1", b
+    # Every probe and message above was forwarded before it reached the remote subscriber.
+    assert b["forwarded_out"] >= 7, b
