@@ -393,28 +393,6 @@ pub fn main() -> Result<()> {
                 mqtt_version,
             };
             crate::wire::protocol_version(mqtt_version)?;
-            let topo = crate::topology::Topology::read();
-            let (layouts, notes) = tune::candidates(&topo, max_layouts);
-            eprint!("{}", topo.describe());
-            for n in &notes {
-                eprintln!("note: {n}");
-            }
-            for (i, l) in layouts.iter().enumerate() {
-                let h = if l.harness_cpus.is_empty() {
-                    "not pinned".to_string()
-                } else {
-                    sys::format_cpu_list(&l.harness_cpus)
-                };
-                eprintln!(
-                    "layout {}: {} — shardmq {}; load generator: {h}",
-                    i + 1,
-                    l.name,
-                    l.flags()
-                );
-            }
-            if dry_run {
-                return Ok(());
-            }
             let base = BrokerOptions {
                 shardmq_bin,
                 shardmq_args: shardmq_arg,
@@ -422,18 +400,10 @@ pub fn main() -> Result<()> {
                 queued_messages_max: 1_000_000,
                 ..BrokerOptions::default()
             };
-            let report = tune::run(&p, layouts, &base, &topo, notes)?;
-            out(&tune::render(&report, &p));
             let svg = svg.unwrap_or_else(|| PathBuf::from("target/tune.svg"));
-            if let Some(dir) = svg.parent().filter(|d| !d.as_os_str().is_empty()) {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            tune::svg(&report, &svg)?;
-            eprintln!("wrote {}", svg.display());
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&report)?;
-                std::fs::write(&path, text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-                eprintln!("wrote {}", path.display());
+            let outputs = tune::Outputs { svg, json, dry_run };
+            if let Some(table) = tune::command(&p, max_layouts, &base, &outputs)? {
+                out(&table);
             }
             return Ok(());
         }

@@ -33,5 +33,6 @@ pub mod table;
 pub mod topology;
 pub mod track;
 pub mod tune;
+pub mod tune_svg;
 pub mod wire;
 pub mod worker;

@@ -10,7 +10,6 @@
 //! machine (this project's CI has 2 CPUs) the choice is limited and the table says so.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -352,6 +351,56 @@ fn progress(done: usize, total: usize, what: &str) {
     eprint!("{line}\x1b[K");
 }
 
+/// Where `tune` writes its results.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// The bar chart.
+    pub svg: std::path::PathBuf,
+    /// The results as JSON, if asked.
+    pub json: Option<std::path::PathBuf>,
+    /// Only print the topology and the layouts.
+    pub dry_run: bool,
+}
+
+/// `shardmq-bench tune`: reads the topology, prints it and the layouts (stderr), runs them
+/// unless `dry_run`, writes the SVG (and JSON), and returns the ranked table for stdout.
+pub fn command(
+    p: &TuneParams,
+    max_layouts: usize,
+    base: &BrokerOptions,
+    o: &Outputs,
+) -> Result<Option<String>> {
+    let topo = Topology::read();
+    let (layouts, notes) = candidates(&topo, max_layouts);
+    eprint!("{}", topo.describe());
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    for (i, l) in layouts.iter().enumerate() {
+        let h = if l.harness_cpus.is_empty() {
+            "not pinned".to_string()
+        } else {
+            format_cpu_list(&l.harness_cpus)
+        };
+        eprintln!("layout {}: {} — shardmq {}; load generator: {h}", i + 1, l.name, l.flags());
+    }
+    if o.dry_run {
+        return Ok(None);
+    }
+    let report = run(p, layouts, base, &topo, notes)?;
+    if let Some(dir) = o.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    crate::tune_svg::svg(&report, &o.svg)?;
+    eprintln!("wrote {}", o.svg.display());
+    if let Some(path) = &o.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(Some(render(&report, p)))
+}
+
 /// The ranked table, the winner's command line and config snippet.
 pub fn render(r: &TuneReport, p: &TuneParams) -> String {
     let mut s = String::new();
@@ -435,67 +484,6 @@ pub fn render(r: &TuneReport, p: &TuneParams) -> String {
         None => s.push_str("\nno layout ran cleanly: no recommendation\n"),
     }
     s
-}
-
-/// A horizontal bar chart of the median delivered rate per layout.
-pub fn svg(r: &TuneReport, path: &Path) -> Result<()> {
-    let bar_h = 28;
-    let left = 330;
-    let width = 900;
-    let height = 60 + bar_h * r.layouts.len() + 20;
-    let max = r
-        .layouts
-        .iter()
-        .filter_map(|l| l.delivered().map(|s| s.max))
-        .fold(0.0f64, f64::max)
-        .max(1.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"24\" font-size=\"16\">shardmq-bench tune: delivered msg/s at max rate \
-         (median, whisker: min–max)</text>\n"
-    );
-    let scale = (width - left - 40) as f64 / max;
-    for (i, l) in r.layouts.iter().enumerate() {
-        let y = 50 + i * bar_h;
-        let _ = writeln!(
-            s,
-            "<text x=\"10\" y=\"{}\">{}</text>",
-            y + 18,
-            xml_escape(&format!("{} ({})", l.layout.name, l.layout.flags()))
-        );
-        match (l.clean(), l.delivered()) {
-            (true, Some(d)) => {
-                let w = (d.median * scale) as usize;
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{left}\" y=\"{}\" width=\"{w}\" height=\"{}\" fill=\"{}\"/>\n\
-                     <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-                     <text x=\"{}\" y=\"{}\">{}</text>",
-                    y + 4,
-                    bar_h - 8,
-                    if i == 0 { "#2a7ab0" } else { "#9cc3dd" },
-                    left + (d.min * scale) as usize,
-                    left + (d.max * scale) as usize,
-                    y + bar_h / 2,
-                    y + bar_h / 2,
-                    left + w + 6,
-                    y + 18,
-                    report::thousands(d.median)
-                );
-            }
-            _ => {
-                let _ =
-                    writeln!(s, "<text x=\"{left}\" y=\"{}\" fill=\"#b00\">failed</text>", y + 18);
-            }
-        }
-    }
-    s.push_str("</svg>\n");
-    std::fs::write(path, s).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! Three rules keep the pass-through sound:
 //! - **Quotas.** Each side gets no more unacknowledged QoS 1/2 PUBLISHes than its CONNACK's
 //!   Receive Maximum (a 3.1.1 remote: `inflight_max`); beyond it the bridge holds them, in
-//!   order, until an acknowledgement frees a slot (bounded: [`HELD_MAX`]).
+//!   order, until an acknowledgement frees a slot (bounded: `side::HELD_MAX`).
 //! - **The SUBSCRIBE id.** The bridge's own SUBSCRIBE uses id 65535; until its SUBACK arrives
 //!   nothing new is sent to that side, so no passed-through PUBLISH can carry the same id
 //!   [MQTT-2.2.1-3].
@@ -30,8 +30,8 @@
 //!   PUBREL for every id to the surviving side (answered PUBCOMP, 5.0 reason 0x92 for ids it
 //!   does not hold), whose PUBCOMPs it does not pass on.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,133 +39,19 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardmq_codec::{
-    decode, encode, ByteStr, ConnAck, Connect, Limits, Packet, PacketId, Properties,
-    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
-    SubscriptionOptions,
+    decode, ByteStr, Connect, Limits, Packet, PacketId, Properties, ProtocolVersion, PubResp,
+    Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionOptions,
 };
 
 use super::config::BridgeConfig;
-use super::tls::{self, Stream};
+use super::side::{open, End, OpenError, Side, PACKET_SIZE_MAX_BYTES};
+use super::tls;
 use crate::core::shard::BridgeCounters;
 
-/// How long connecting (TCP, TLS and CONNACK) to either broker may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A write that cannot finish in this time (the peer stopped reading) ends the link.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest packet the bridge accepts from either broker.
-const PACKET_SIZE_MAX_BYTES: u32 = 16 * 1024 * 1024;
 /// Bytes read at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest poll, so that a stop request is noticed.
 const POLL_MAX: Duration = Duration::from_millis(250);
-/// PUBLISHes the bridge may hold for a side over its quota before it gives up the link.
-pub(super) const HELD_MAX: usize = 65_536;
-
-/// Which broker a socket leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Local,
-    Remote,
-}
-
-/// One side's connection and its bookkeeping.
-struct End {
-    side: Side,
-    version: ProtocolVersion,
-    stream: Stream,
-    /// Bytes read and not yet decoded.
-    rbuf: BytesMut,
-    /// Bytes to write at the end of this round (several packets, one write).
-    wbuf: BytesMut,
-    last_write: Instant,
-    last_read: Instant,
-    /// Keep alive on this side (the server's, when its CONNACK sets one [MQTT-3.2.2-21]).
-    keep_alive: Duration,
-    /// Unacknowledged QoS 1/2 PUBLISHes sent to this side, and how many it takes.
-    inflight: usize,
-    quota: usize,
-    /// PUBLISHes waiting for a slot (or for the SUBACK), in order.
-    held: std::collections::VecDeque<Publish>,
-    /// Our SUBSCRIBE to this side is not answered yet.
-    awaiting_suback: bool,
-    /// Ids whose PUBREL the bridge passed on to this side: their PUBCOMPs go back; any other
-    /// PUBCOMP answers the bridge's own release of stale ids and is not passed on.
-    released: std::collections::HashSet<u16>,
-    /// The bridge released every id on this side (see the module docs).
-    releasing: bool,
-}
-
-impl End {
-    fn queue(&mut self, p: &Packet) -> Result<(), String> {
-        encode(p, self.version, &mut self.wbuf).map_err(|e| e.to_string())
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .write_all(&self.wbuf)
-            .and_then(|()| self.stream.flush())
-            .map_err(|e| format!("{:?} broker: {e}", self.side))?;
-        self.wbuf.clear();
-        self.last_write = Instant::now();
-        Ok(())
-    }
-
-    /// Sends `p` now, or holds it while this side's quota is used up, an earlier PUBLISH is
-    /// held, or our SUBSCRIBE is unanswered.
-    fn publish(&mut self, p: Publish) -> Result<(), String> {
-        let counts = p.qos != QoS::AtMostOnce;
-        if self.awaiting_suback || !self.held.is_empty() || (counts && self.inflight >= self.quota)
-        {
-            if self.held.len() >= HELD_MAX {
-                return Err(format!("{:?} broker: more than {HELD_MAX} messages held", self.side));
-            }
-            self.held.push_back(p);
-            return Ok(());
-        }
-        if counts {
-            self.inflight += 1;
-        }
-        self.queue(&Packet::Publish(p))
-    }
-
-    /// A flow towards this side ended: a slot is free; send what was held.
-    fn slot_freed(&mut self) -> Result<(), String> {
-        self.inflight = self.inflight.saturating_sub(1);
-        self.send_held()
-    }
-
-    fn send_held(&mut self) -> Result<(), String> {
-        while !self.awaiting_suback {
-            let Some(front) = self.held.front() else { break };
-            let counts = front.qos != QoS::AtMostOnce;
-            if counts && self.inflight >= self.quota {
-                break;
-            }
-            let p = self.held.pop_front().expect("checked");
-            if counts {
-                self.inflight += 1;
-            }
-            self.queue(&Packet::Publish(p))?;
-        }
-        Ok(())
-    }
-
-    /// Queues PINGREQ when nothing was written for half the keep alive; fails when nothing
-    /// was read for one and a half.
-    fn keep_alive(&mut self, now: Instant) -> Result<(), String> {
-        let keep_alive = self.keep_alive;
-        if now.duration_since(self.last_read) > keep_alive + keep_alive / 2 {
-            return Err(format!("{:?} broker silent for 1.5 x keep alive", self.side));
-        }
-        if now.duration_since(self.last_write) >= keep_alive / 2 && self.wbuf.is_empty() {
-            self.queue(&Packet::PingReq)?;
-        }
-        Ok(())
-    }
-}
 
 /// A connected pair.
 pub(super) struct Link {
@@ -175,82 +61,6 @@ pub(super) struct Link {
     counters: Arc<BridgeCounters>,
     /// QoS 2 PUBLISHes no rule forwarded (answered by the bridge itself), by side of origin.
     unrouted: (Vec<u16>, Vec<u16>),
-}
-
-/// Why [`open`] failed.
-enum OpenError {
-    /// The broker answered CONNACK with this reason.
-    Refused(ReasonCode),
-    /// Anything else.
-    Other(String),
-}
-
-impl From<String> for OpenError {
-    fn from(s: String) -> OpenError {
-        OpenError::Other(s)
-    }
-}
-
-/// Opens `addr` (TCP, then TLS when `tls` is given) and completes CONNECT/CONNACK.
-fn open(
-    addr: &str,
-    tls: Option<&tls::ClientTls>,
-    connect: &Connect,
-    bridge_bit: bool,
-    sockets: &Mutex<Vec<TcpStream>>,
-) -> Result<(Stream, BytesMut, ConnAck), OpenError> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let sock: SocketAddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let tcp =
-        TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    tcp.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| e.to_string())?;
-    if let Ok(c) = tcp.try_clone() {
-        // The bridge's stop shuts these down, which ends any blocking read or write.
-        sockets.lock().expect("bridge sockets").push(c);
-    }
-    let mut stream = match tls {
-        Some(t) => t.connect(host, tcp).map_err(|e| format!("{addr}: TLS: {e}"))?,
-        None => Stream::Plain(tcp),
-    };
-    let mut buf = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect.clone())), connect.protocol, &mut buf)
-        .map_err(|e| e.to_string())?;
-    if bridge_bit {
-        // 3.1.1 with Mosquitto's `try_private`: protocol level | 0x80 announces a bridge.
-        // The level follows the fixed header and the protocol name (00 04 'M' 'Q' 'T' 'T').
-        let len_bytes = buf[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
-        buf[1 + len_bytes + 6] |= 0x80;
-    }
-    stream.write_all(&buf).and_then(|()| stream.flush()).map_err(|e| format!("{addr}: {e}"))?;
-    let mut rbuf = BytesMut::new();
-    let limits = Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES };
-    let mut chunk = vec![0u8; 4096];
-    loop {
-        match decode(&mut rbuf, &limits, connect.protocol) {
-            Ok(Some(Packet::ConnAck(ack))) => {
-                if ack.reason != ReasonCode::SUCCESS {
-                    return Err(OpenError::Refused(ack.reason));
-                }
-                return Ok((stream, rbuf, ack));
-            }
-            Ok(Some(other)) => {
-                return Err(format!("{addr}: {:?} before CONNACK", other.packet_type()).into())
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("{addr}: {e}").into()),
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{addr}: closed before CONNACK").into()),
-            Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("{addr}: waiting for CONNACK: {e}").into()),
-        }
-    }
 }
 
 impl Link {

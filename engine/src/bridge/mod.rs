@@ -13,6 +13,7 @@
 
 pub mod config;
 mod link;
+mod side;
 mod tls;
 pub mod topics;
 
