@@ -55,6 +55,13 @@ pub struct Origin {
     pub session: u32,
 }
 
+impl Origin {
+    /// A message published on another node of the cluster: no session of this node
+    /// published it (so No Local never suppresses it), and it is never sent on to other
+    /// nodes.
+    pub const REMOTE: Origin = Origin { shard: ShardId(u16::MAX), session: u32::MAX };
+}
+
 /// One message between shards.
 #[derive(Debug)]
 pub enum MeshMsg {

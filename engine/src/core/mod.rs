@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod delivery;
 mod dispatch;
 pub mod hash;

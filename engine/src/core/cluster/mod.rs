@@ -1,0 +1,217 @@
+//! The cluster as a shard's core sees it: which other nodes want which messages, and the
+//! messages it exchanges with the node's cluster runtime (`engine/src/cluster/`, a thread
+//! outside the shards that owns membership and the links to other nodes).
+//!
+//! A shard talks to the runtime with [`ClusterOut`] (queued by the core, drained by the io
+//! layer, sent on one channel shared by the node's shards) and hears from it through
+//! [`ClusterIn`] (delivered by the control plane, `io/control.rs`). Nothing here does IO.
+
+pub mod routes;
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use shardmq_codec::ByteStr;
+
+use crate::core::ids::ShardId;
+use crate::core::mesh::Message;
+
+pub use routes::NodeRouteIndex;
+
+/// A node of the cluster (`--node-id`), 0 to [`NodeSet::CAPACITY`] − 1.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct NodeId(pub u16);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node{}", self.0)
+    }
+}
+
+/// A set of nodes, as a bitmask of at most [`NodeSet::CAPACITY`] nodes. Plain `Copy` data.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NodeSet(pub u64);
+
+impl NodeSet {
+    /// The largest number of nodes a cluster can have.
+    pub const CAPACITY: usize = 64;
+    /// The empty set.
+    pub const EMPTY: NodeSet = NodeSet(0);
+
+    /// True if the set holds no node.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// Number of nodes in the set.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    /// True if `node` is in the set.
+    pub fn contains(self, node: NodeId) -> bool {
+        node.0 < 64 && self.0 & (1 << node.0) != 0
+    }
+    /// Adds `node` (ids past the capacity are ignored); true if it was not in the set.
+    pub fn insert(&mut self, node: NodeId) -> bool {
+        if node.0 >= 64 {
+            return false;
+        }
+        let had = self.contains(node);
+        self.0 |= 1 << node.0;
+        !had
+    }
+    /// Removes `node`; true if it was in the set.
+    pub fn remove(&mut self, node: NodeId) -> bool {
+        let had = self.contains(node);
+        if had {
+            self.0 &= !(1 << node.0);
+        }
+        had
+    }
+    /// The nodes, lowest id first.
+    pub fn iter(self) -> impl Iterator<Item = NodeId> {
+        (0..64u16).filter(move |i| self.0 & (1 << i) != 0).map(NodeId)
+    }
+}
+
+impl fmt::Debug for NodeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// From a shard to the node's cluster runtime. Sent as `(ShardId, ClusterOut)`: the runtime
+/// answers the sending shard where an answer is due.
+#[derive(Debug, Clone)]
+pub enum ClusterOut {
+    /// A message published on this node (never one that came from another node, never a
+    /// `$SYS` topic). `nodes` are the other nodes whose routes match its topic; the runtime
+    /// sends one copy to each of them and, when `msg.retain` is set, to every live peer (each
+    /// node keeps a full replica of the retained store). The runtime answers
+    /// [`ClusterIn::Credit`] with [`crate::core::mesh::mesh_cost`] of the message once it is
+    /// written to every link or dropped (a link that is down drops it, counted).
+    Publish {
+        /// Destination nodes (never this node).
+        nodes: NodeSet,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// `filter` entered (`added`) or left this shard's set of local filters (the same
+    /// change `MeshMsg::SubDelta` tells the other shards). The runtime folds the shards'
+    /// changes into the node's set, tells every peer when the node's set changes, and answers
+    /// [`ClusterIn::FilterAck`] with `seq` once every live peer holds the change (at once
+    /// when there is no live peer): the SUBACK waits for it, so a message published on any
+    /// node after SUBACK reaches the new subscription.
+    Filter {
+        /// The topic filter (a shared subscription's inner filter, as on the mesh).
+        filter: ByteStr,
+        /// Added or removed.
+        added: bool,
+        /// The shard's delta sequence number (increasing per shard).
+        seq: u64,
+    },
+    /// A client connected to this shard (after CONNACK was decided). The runtime registers
+    /// the client id with its owner node; a connection with the same id elsewhere in the
+    /// cluster is taken over (the older one gets [`ClusterIn::Kick`]).
+    Connected {
+        /// The client id.
+        client_id: ByteStr,
+        /// Names this connection on this shard (increasing per shard).
+        token: u64,
+    },
+    /// The connection named by `token` ended.
+    Disconnected {
+        /// The client id.
+        client_id: ByteStr,
+        /// As in `Connected`.
+        token: u64,
+    },
+}
+
+/// From the node's cluster runtime to one shard.
+#[derive(Debug, Clone)]
+pub enum ClusterIn {
+    /// A message published on node `from`: delivered to this node's subscribers (and stored if
+    /// retained), never sent on to other nodes. `msg.origin` is `Origin::REMOTE`.
+    Publish {
+        /// The node it was published on.
+        from: NodeId,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// Node `node` gained (`added`) or lost its last subscriber of `filter`. Sent to every
+    /// shard (each keeps a replica of the node route index).
+    Route {
+        /// The node.
+        node: NodeId,
+        /// The filter.
+        filter: ByteStr,
+        /// Added or removed.
+        added: bool,
+    },
+    /// Forget every route of `node`: it left or failed, or its link is being re-synchronised
+    /// (its full set of routes follows as `Route` messages). Sent to every shard.
+    NodeDown(NodeId),
+    /// Every live peer holds this shard's filter changes up to `seq`.
+    FilterAck {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+    /// The runtime is done with this many bytes (`mesh_cost`) of this shard's
+    /// `ClusterOut::Publish` messages.
+    Credit {
+        /// Bytes handled.
+        bytes: u64,
+    },
+    /// The client id connected later on another node: end this connection (5.0 DISCONNECT
+    /// 0x8E, Session taken over) and its session, if `token` still names it.
+    Kick {
+        /// The client id.
+        client_id: ByteStr,
+        /// The connection, as in `ClusterOut::Connected`.
+        token: u64,
+    },
+}
+
+/// Delivers [`ClusterIn`] messages to shards (implemented by the control plane).
+pub trait ShardSink: Send + Sync {
+    /// Queues `msgs` for `shard`, in order.
+    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>);
+    /// The node's shard count.
+    fn shard_count(&self) -> u16;
+}
+
+/// The cluster runtime's counters, read by `$SYS` (`$SYS/broker/cluster/...`) and the admin
+/// API. Written by the runtime's threads only.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// This node's id.
+    pub node_id: AtomicU64,
+    /// Live members, this node included.
+    pub members: AtomicU64,
+    /// Links to peers that are up.
+    pub links_up: AtomicU64,
+    /// Messages sent to other nodes (one per destination node).
+    pub messages_out: AtomicU64,
+    /// Messages received from other nodes.
+    pub messages_in: AtomicU64,
+    /// Bytes written on node links.
+    pub bytes_out: AtomicU64,
+    /// Bytes read from node links.
+    pub bytes_in: AtomicU64,
+    /// Messages not sent because the destination's link was down or its queue full.
+    pub messages_dropped: AtomicU64,
+    /// Routes (node, filter) this node holds for its peers.
+    pub remote_routes: AtomicU64,
+    /// Connections this node ended because the client id connected on another node.
+    pub takeovers: AtomicU64,
+}
+
+/// What a shard's core needs to know of the cluster (`CoreConfig::cluster`).
+#[derive(Debug, Clone)]
+pub struct ClusterCore {
+    /// This node.
+    pub node: NodeId,
+    /// The runtime's counters (shard 0 publishes them in `$SYS`).
+    pub counters: Arc<ClusterCounters>,
+}
