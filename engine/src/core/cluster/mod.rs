@@ -173,6 +173,13 @@ pub enum ClusterIn {
     },
 }
 
+/// Carries [`ClusterOut`] messages from the shards to the runtime (implemented by the
+/// runtime; held by every shard's io layer).
+pub trait ClusterTx: Send + Sync {
+    /// Queues `msg` from `shard`. Never blocks (the shard's byte window bounds what is queued).
+    fn send(&self, shard: ShardId, msg: ClusterOut);
+}
+
 /// Delivers [`ClusterIn`] messages to shards (implemented by the control plane).
 pub trait ShardSink: Send + Sync {
     /// Queues `msgs` for `shard`, in order.
