@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod checks;
+mod cluster;
 mod conn;
 pub mod control;
 pub mod failfast;
@@ -103,6 +104,7 @@ impl Broker {
             auth: config.auth.clone(),
             fault_panic_topic: fault_panic_topic(),
             hash_keys: random_hash_keys(),
+            cluster: None,
         };
         let mesh = (n > 1).then(|| {
             MeshBuilder::<MeshMsg, Full>::full(
@@ -118,6 +120,9 @@ impl Broker {
         let (control, control_ends) = control::control_plane(n)
             .map_err(|e| StartError(format!("cannot create the control plane: {e}")))?;
         let mut control_ends: Vec<_> = control_ends.into_iter().map(Some).collect();
+
+        // The cluster runtime (`cluster/`) reaches the shards through the control plane.
+        let cluster_line: Option<cluster::ClusterLine> = None;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let urls = listeners.iter().map(listen::Listener::url).collect();
@@ -154,6 +159,7 @@ impl Broker {
                 log_config: log_configs[usize::from(index)].take(),
                 stop: theirs.into(),
                 control: control_ends[usize::from(index)].take().expect("one per shard"),
+                cluster: cluster_line.clone(),
                 made: made_tx,
                 ready: ready_tx.clone(),
             };

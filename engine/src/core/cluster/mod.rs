@@ -7,6 +7,7 @@
 //! [`ClusterIn`] (delivered by the control plane, `io/control.rs`). Nothing here does IO.
 
 pub mod routes;
+pub(crate) mod shard_side;
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -222,3 +223,7 @@ pub struct ClusterCore {
     /// The runtime's counters (shard 0 publishes them in `$SYS`).
     pub counters: Arc<ClusterCounters>,
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod shard_tests;

@@ -268,11 +268,13 @@ impl ShardCore {
 
     /// Tells every other shard that `filter` entered or left this shard's set.
     pub(crate) fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
-        if self.config.shard_count == 1 {
+        if self.config.shard_count == 1 && self.cluster.is_none() {
             return;
         }
         self.gate.last_seq += 1;
         let seq = self.gate.last_seq;
+        // The other nodes too (`cluster/shard_side.rs`): a SUBACK waits for their ack.
+        self.cluster_filter(filter, added, seq);
         for i in 0..self.config.shard_count {
             let shard = ShardId(i);
             if shard != self.shard {
@@ -301,6 +303,7 @@ impl ShardCore {
     fn suback_ready(&self, p: &PendingSubAck) -> bool {
         p.joins_waiting == 0
             && self.gate.all_acked(p.wait_seq, self.shard)
+            && self.cluster_acked(p.wait_seq)
             && self.log_ticket_done(p.ticket)
     }
 

@@ -192,6 +192,7 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
+        self.cluster_connected(conn, &client_id);
         let listener = self.conns.get(conn).map_or(0, |c| c.info.listener);
         self.ops.connected(version, listener);
         if tracing::enabled!(tracing::Level::INFO) {
