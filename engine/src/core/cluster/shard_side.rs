@@ -22,6 +22,7 @@ use crate::core::delivery::publish::is_sys_topic;
 use crate::core::hash::Map;
 use crate::core::ids::ConnId;
 use crate::core::mesh::{mesh_cost, Message, Origin};
+use crate::core::routing::shared::is_shared;
 use crate::core::shard::{CloseKind, ShardCore};
 
 use super::{ClusterCore, ClusterIn, ClusterOut, NodeId, NodeRouteIndex};
@@ -37,7 +38,9 @@ pub(crate) struct ClusterState {
     pub(crate) out: Vec<ClusterOut>,
     /// Bytes (`mesh_cost`) handed to the runtime and not yet credited.
     pub(crate) inflight: u64,
-    /// The highest filter delta sequence number every live peer holds.
+    /// The last filter change's sequence number (`ClusterOut::Filter`).
+    pub(crate) last_seq: u64,
+    /// The highest filter change sequence number every live peer holds.
     pub(crate) acked: u64,
     /// The last connection token handed out.
     last_token: u64,
@@ -53,6 +56,7 @@ impl ClusterState {
             routes: NodeRouteIndex::new(),
             out: Vec::new(),
             inflight: 0,
+            last_seq: 0,
             acked: 0,
             last_token: 0,
             conns: Map::default(),
@@ -76,11 +80,32 @@ impl ShardCore {
         c.out.push(ClusterOut::Publish { nodes, msg: msg.clone() });
     }
 
-    /// `filter` entered or left this shard's set (delta `seq`): the runtime tells the nodes.
-    pub(crate) fn cluster_filter(&mut self, filter: &ByteStr, added: bool, seq: u64) {
+    /// A shared group's owner picked `node` for `msg`.
+    pub(crate) fn cluster_forward_shared(
+        &mut self,
+        node: NodeId,
+        group: ByteStr,
+        msg: &Arc<Message>,
+    ) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        c.inflight += mesh_cost(msg);
+        c.out.push(ClusterOut::PublishShared { node, group, msg: msg.clone() });
+    }
+
+    /// `filter` entered or left this shard's set: the runtime tells the nodes. For a shared
+    /// group, `filter` is the whole `$share/{name}/{filter}`: the nodes route the group's
+    /// messages to one node each, not the inner filter to every node with a member.
+    pub(crate) fn cluster_filter(&mut self, filter: &ByteStr, added: bool) {
         if let Some(c) = self.cluster.as_deref_mut() {
+            c.last_seq += 1;
+            let seq = c.last_seq;
             c.out.push(ClusterOut::Filter { filter: filter.clone(), added, seq });
         }
+    }
+
+    /// The sequence number of this shard's last filter change (0 outside a cluster).
+    pub(crate) fn cluster_seq(&self) -> u64 {
+        self.cluster.as_deref().map_or(0, |c| c.last_seq)
     }
 
     /// True when every live peer node holds this shard's filter changes up to `seq` (always
@@ -132,20 +157,34 @@ impl ShardCore {
                 debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
                 self.route_message(msg, now);
             }
+            ClusterIn::PublishShared { from, group, msg } => {
+                debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
+                if is_shared(&group) {
+                    // To the group's owner here, which keeps it on this node.
+                    self.shared_requeue(group, msg, self.uptime_ms(now));
+                }
+            }
             ClusterIn::Route { node, filter, added } => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
-                if node != c.node {
+                if node == c.node {
+                    return;
+                }
+                if is_shared(&filter) {
+                    self.group_remote(&filter, node, added);
+                } else {
                     c.routes.apply(node, &filter, added);
                 }
             }
             ClusterIn::NodeDown(node) => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
                 c.routes.remove_node(node);
+                self.groups_forget_node(node);
             }
             ClusterIn::FilterAck { seq } => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
                 c.acked = c.acked.max(seq);
                 self.release_subacks(now);
+                self.release_join_acks();
             }
             ClusterIn::Credit { bytes } => {
                 let c = self.cluster.as_deref_mut().expect("checked above");

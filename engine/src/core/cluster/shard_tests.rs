@@ -105,6 +105,15 @@ impl Cluster {
                 self.inflight[node] -= cost;
                 self.tell_shard(node, shard, ClusterIn::Credit { bytes: cost });
             }
+            ClusterOut::PublishShared { node: to, group, msg } => {
+                let cost = mesh_cost(&msg);
+                let copy = Arc::new(Message { origin: Origin::REMOTE, ..(*msg).clone() });
+                let to = usize::from(to.0);
+                let dest = ShardId(shard.0 % self.nodes[to].shards.len() as u16);
+                let from = NodeId(node as u16);
+                self.tell_shard(to, dest, ClusterIn::PublishShared { from, group, msg: copy });
+                self.tell_shard(node, shard, ClusterIn::Credit { bytes: cost });
+            }
             ClusterOut::Filter { filter, added, seq } => {
                 let count = self.filters[node].entry(filter.to_string()).or_insert(0);
                 let before = *count;
@@ -316,4 +325,61 @@ fn a_node_that_goes_down_loses_its_routes_and_messages_from_others_are_not_forwa
     cl.run();
     assert_eq!(cl.nodes[0].clients[local].take_payloads(), vec!["hello"]);
     assert_eq!(cl.nodes[1].clients[s].take_payloads(), vec!["hello"], "exactly once");
+}
+
+#[test]
+fn a_shared_group_across_nodes_gets_each_message_once() {
+    let mut cl = Cluster::new(3, 2);
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    let m1 = cl.nodes[1].client("m1", V5);
+    cl.nodes[1].connect(m1);
+    let m2 = cl.nodes[2].client("m2", V5);
+    cl.nodes[2].connect(m2);
+    let m2b = cl.nodes[2].client("m2b", V5);
+    cl.nodes[2].connect(m2b);
+    cl.run();
+    for (node, c) in [(1, m1), (2, m2), (2, m2b)] {
+        let reasons = cl.subscribe(node, c, &[("$share/g/s/#", QoS::AtLeastOnce)]);
+        assert_eq!(reasons, vec![ReasonCode::GRANTED_QOS_1]);
+    }
+    for i in 0..30 {
+        cl.nodes[0].publish(p, "s/x", &format!("m{i}"), QoS::AtLeastOnce, false);
+    }
+    cl.run();
+    let mut got = cl.nodes[1].clients[m1].take_payloads();
+    let from1 = got.len();
+    got.extend(cl.nodes[2].clients[m2].take_payloads());
+    got.extend(cl.nodes[2].clients[m2b].take_payloads());
+    got.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each message once, cluster-wide");
+    assert!(from1 > 0 && from1 < 30, "both nodes serve the group: node 1 got {from1}");
+    // Node 1's member leaves: everything goes to node 2.
+    cl.nodes[1].unsubscribe(m1, &["$share/g/s/#"]);
+    cl.run();
+    for i in 0..10 {
+        cl.nodes[0].publish(p, "s/x", &format!("n{i}"), QoS::AtMostOnce, false);
+    }
+    cl.run();
+    assert!(cl.nodes[1].clients[m1].take_payloads().is_empty());
+    let n2 = cl.nodes[2].clients[m2].take_payloads().len()
+        + cl.nodes[2].clients[m2b].take_payloads().len();
+    assert_eq!(n2, 10);
+    // A publisher on a node with members shares with the other node too.
+    let q = cl.nodes[2].client("pub2", V5);
+    cl.nodes[2].connect(q);
+    cl.run();
+    let r1 = cl.subscribe(1, m1, &[("$share/g/s/#", QoS::AtLeastOnce)]);
+    assert_eq!(r1, vec![ReasonCode::GRANTED_QOS_1]);
+    for i in 0..9 {
+        cl.nodes[2].publish(q, "s/y", &format!("o{i}"), QoS::AtMostOnce, false);
+    }
+    cl.run();
+    let a = cl.nodes[1].clients[m1].take_payloads().len();
+    let b = cl.nodes[2].clients[m2].take_payloads().len()
+        + cl.nodes[2].clients[m2b].take_payloads().len();
+    assert_eq!(a + b, 9);
+    assert!(a > 0, "node 1's member gets a share of node 2's messages");
 }
