@@ -239,6 +239,13 @@ pub(crate) fn config_json(c: &Config) -> Value {
         "log_format": format!("{:?}", c.ops.log_format).to_lowercase(),
         "http": c.ops.http.map(|a| a.to_string()),
         "http_token_file": c.ops.http_token_file.as_ref().map(|_| "<redacted>"),
+        "cluster": c.cluster.as_ref().map(|s| json!({
+            "node_id": s.node_id.0,
+            "listen": s.listen.to_string(),
+            "advertise": s.advertise.to_string(),
+            "seeds": s.seeds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "link_queue_bytes_max": s.link_queue_bytes_max,
+        })),
     })
 }
 
