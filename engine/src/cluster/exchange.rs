@@ -31,10 +31,8 @@ impl NodeMachine {
                 self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
                 let msg = wire::publish_message(publish, age_ms, self.uptime_ms(now));
                 let shard = ShardId(origin_shard % self.shard_count);
-                self.effects.push_back(Effect::ToShard {
-                    shard,
-                    msg: ClusterIn::Publish { from, msg },
-                });
+                self.effects
+                    .push_back(Effect::ToShard { shard, msg: ClusterIn::Publish { from, msg } });
             }
             // Routes and registrations from a node that is not live here are ignored and not
             // acknowledged: when it comes back up, this node asks for all of them (Resync).
@@ -47,11 +45,8 @@ impl NodeMachine {
             Frame::Route { seq, added, filter } => {
                 let p = self.peers.get_mut(&from).expect("live");
                 p.seq_in = p.seq_in.max(seq);
-                let changed = if added {
-                    p.routes.insert(filter.clone())
-                } else {
-                    p.routes.remove(&filter)
-                };
+                let changed =
+                    if added { p.routes.insert(filter.clone()) } else { p.routes.remove(&filter) };
                 if changed {
                     self.to_every_shard(ClusterIn::Route { node: from, filter, added });
                 }
@@ -138,10 +133,8 @@ impl NodeMachine {
                 // for every destination and credited back at once.
                 let dropped = NodeSet(nodes.0 | dest.0).len() as u64;
                 self.counters.messages_dropped.fetch_add(dropped, Ordering::Relaxed);
-                self.effects.push_back(Effect::ToShard {
-                    shard,
-                    msg: ClusterIn::Credit { bytes: cost },
-                });
+                self.effects
+                    .push_back(Effect::ToShard { shard, msg: ClusterIn::Credit { bytes: cost } });
             }
         }
     }
@@ -238,12 +231,7 @@ impl NodeMachine {
         if at == self.id {
             self.registry.unregister(&client_id, &conn);
         } else {
-            let frame = Frame::Unregister {
-                stamp: conn.stamp,
-                client_id,
-                shard: shard.0,
-                token,
-            };
+            let frame = Frame::Unregister { stamp: conn.stamp, client_id, shard: shard.0, token };
             self.send(at, &frame);
         }
     }

@@ -12,3 +12,8 @@ mod routes;
 
 #[cfg(test)]
 mod sim;
+
+// The threads and sockets that drive the machine (helper "runtime").
+mod link;
+mod net;
+pub mod runtime;

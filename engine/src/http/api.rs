@@ -139,6 +139,13 @@ pub(crate) async fn route(state: &HttpState, req: Request<Incoming>) -> Reply {
             Method::GET => Query::parse(&req, &[]).map(|_| bridges(state)),
             _ => Err(not_allowed("GET")),
         },
+        ("cluster", None) => match method {
+            Method::GET => match Query::parse(&req, &[]) {
+                Ok(_) => Ok(super::api_cluster::cluster(state).await),
+                Err(e) => Err(e),
+            },
+            _ => Err(not_allowed("GET")),
+        },
         ("clients", _) => super::api_clients::route(state, req, tail).await,
         ("subscriptions", None) | ("topics", Some(_)) | ("retained", _) | ("publish", None) => {
             super::api_topics::route(state, req, head, tail).await
