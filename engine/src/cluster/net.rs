@@ -239,9 +239,14 @@ fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared
             match wire::split_frame(&mut buf) {
                 Ok(Some(frame)) => {
                     // The machine drops a frame it cannot decode; the link that sent it
-                    // is closed here (checked on this thread, off the main loop).
-                    if let Err(e) = wire::decode(&frame) {
-                        break 'conn format!("malformed frame: {e}");
+                    // is closed here (checked on this thread, off the main loop). A Hello
+                    // comes first and only first.
+                    match wire::decode(&frame) {
+                        Ok(f) if matches!(f, wire::Frame::Hello { .. }) != first => {
+                            break 'conn format!("malformed frame: {}", wire::WireError::NotHello);
+                        }
+                        Ok(_) => {}
+                        Err(e) => break 'conn format!("malformed frame: {e}"),
                     }
                     if first {
                         first = false;
