@@ -26,11 +26,17 @@ pub fn run(args: &[OsString]) -> Result<String, String> {
         crate::http::read_token(path)?;
     }
     Ok(format!(
-        "{}: ok ({} shards, {} listeners, {})",
+        "{}: ok ({} shards, {} listeners, {}{})",
         std::path::Path::new(file).display(),
         config.shards,
         config.listen.len(),
         config.ops.http.map_or("no HTTP listener".into(), |a| format!("HTTP on {a}")),
+        config.cluster.as_ref().map_or(String::new(), |c| format!(
+            ", cluster node {} on {} with {} seeds",
+            c.node_id.0,
+            c.listen,
+            c.seeds.len()
+        )),
     ))
 }
 
@@ -62,5 +68,12 @@ mod tests {
         let e = check("bogus = 1\n").unwrap_err();
         assert!(e.contains("bogus") && e.contains("line 1"), "{e}");
         assert!(run(&[]).unwrap_err().contains("usage"));
+        let ok = check(
+            "[cluster]\nnode_id = 3\nlisten = \"127.0.0.1:7000\"\nseeds = [\"127.0.0.2:7000\"]\n",
+        )
+        .unwrap();
+        assert!(ok.contains("cluster node 3 on 127.0.0.1:7000 with 1 seeds"), "{ok}");
+        let e = check("[cluster]\nnode_id = 64\nlisten = \"127.0.0.1:7000\"\n").unwrap_err();
+        assert!(e.contains("cluster.node_id 64"), "{e}");
     }
 }

@@ -19,6 +19,8 @@ use crate::log::settings::PersistConfig;
 
 #[path = "config_auth.rs"]
 mod auth;
+#[path = "config_cluster.rs"]
+mod cluster;
 #[path = "config_listen.rs"]
 mod listen;
 #[path = "config_ops.rs"]
@@ -28,6 +30,7 @@ mod persist;
 #[path = "config_policy.rs"]
 mod policy;
 
+pub use cluster::{ClusterSettings, LINK_QUEUE_BYTES_DEFAULT};
 pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
 pub use ops::{check_log_level, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
 
@@ -66,6 +69,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Bridges to other brokers (`[[bridge]]` tables; `crate::bridge`).
     pub bridges: Vec<crate::bridge::BridgeConfig>,
+    /// This node's cluster settings (`--node-id`, `[cluster]`); `None`: no cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
@@ -84,6 +89,7 @@ impl Config {
             auth: AuthConfig { rng_seed: auth::random_seed(), ..AuthConfig::default() },
             ops: OpsConfig { log_level: LOG_LEVEL_DEFAULT.to_owned(), ..OpsConfig::default() },
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -200,6 +206,8 @@ struct Cli {
     quotas: policy::QuotaArgs,
     #[command(flatten)]
     ops: ops::OpsArgs,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -242,6 +250,7 @@ struct FileConfig {
     log_format: Option<String>,
     http: Option<String>,
     http_token_file: Option<PathBuf>,
+    cluster: Option<cluster::FileCluster>,
 }
 
 impl FileConfig {
@@ -353,6 +362,7 @@ fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, C
     auth.listener_allow_anonymous = listen.iter().map(|l| l.allow_anonymous).collect();
     let persist = persist::resolve_persist(&cli, &file)?;
     let ops = ops::resolve_ops(&cli, &file)?;
+    let cluster = cluster::resolve_cluster(&cli, &file)?;
     let bridges = crate::bridge::config::resolve_all(file.bridge.take().unwrap_or_default())
         .map_err(invalid)?;
     if !bridges.is_empty() && !listen.iter().any(|l| l.transport == crate::core::Transport::Tcp) {
@@ -383,6 +393,7 @@ fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, C
         persist,
         ops,
         bridges,
+        cluster,
     })
 }
 

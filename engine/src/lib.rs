@@ -20,6 +20,7 @@
 
 pub mod bridge;
 pub mod check_config;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod cpu_list;

@@ -58,7 +58,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();
             let bridges = broker.bridge_counters();
-            let started = http::start(addr, token, broker.control(), reloader.clone(), bridges);
+            // The cluster runtime's view, once `Broker` starts one (issue #16).
+            let cluster = None;
+            let started =
+                http::start(addr, token, broker.control(), reloader.clone(), bridges, cluster);
             Some(started.map_err(anyhow::Error::msg)?)
         }
         None => None,

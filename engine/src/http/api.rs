@@ -139,6 +139,13 @@ pub(crate) async fn route(state: &HttpState, req: Request<Incoming>) -> Reply {
             Method::GET => Query::parse(&req, &[]).map(|_| bridges(state)),
             _ => Err(not_allowed("GET")),
         },
+        ("cluster", None) => match method {
+            Method::GET => match Query::parse(&req, &[]) {
+                Ok(_) => Ok(super::api_cluster::cluster(state).await),
+                Err(e) => Err(e),
+            },
+            _ => Err(not_allowed("GET")),
+        },
         ("clients", _) => super::api_clients::route(state, req, tail).await,
         ("subscriptions", None) | ("topics", Some(_)) | ("retained", _) | ("publish", None) => {
             super::api_topics::route(state, req, head, tail).await
@@ -239,6 +246,13 @@ pub(crate) fn config_json(c: &Config) -> Value {
         "log_format": format!("{:?}", c.ops.log_format).to_lowercase(),
         "http": c.ops.http.map(|a| a.to_string()),
         "http_token_file": c.ops.http_token_file.as_ref().map(|_| "<redacted>"),
+        "cluster": c.cluster.as_ref().map(|s| json!({
+            "node_id": s.node_id.0,
+            "listen": s.listen.to_string(),
+            "advertise": s.advertise.to_string(),
+            "seeds": s.seeds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "link_queue_bytes_max": s.link_queue_bytes_max,
+        })),
     })
 }
 

@@ -15,6 +15,7 @@
 
 mod api;
 mod api_clients;
+mod api_cluster;
 mod api_topics;
 pub mod metrics;
 pub mod publish_body;
@@ -63,6 +64,8 @@ pub struct HttpState {
     serving: AtomicBool,
     /// The bridges' counters, in configuration order (`GET /api/v1/bridges`).
     pub(crate) bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    /// The cluster runtime's view (`GET /api/v1/cluster`); `None` without a cluster.
+    pub(crate) cluster: Option<crate::cluster::runtime::ClusterView>,
 }
 
 /// The running HTTP listener. Dropping it (or [`HttpServer::shutdown`]) stops it.
@@ -127,6 +130,7 @@ pub fn start(
     control: Control,
     reloader: Arc<Reloader>,
     bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    cluster: Option<crate::cluster::runtime::ClusterView>,
 ) -> Result<HttpServer, String> {
     let token = token_file.map(read_token).transpose()?;
     if token.is_none() {
@@ -145,6 +149,7 @@ pub fn start(
         started_at: Instant::now(),
         serving: AtomicBool::new(true),
         bridges,
+        cluster,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()

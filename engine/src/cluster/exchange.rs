@@ -1,0 +1,309 @@
+//! The node machine's exchanges with its shards and its peers: published messages, the
+//! route exchange and its acknowledgements, client-id registration and takeover. (The
+//! machine's state and its membership side are in `node.rs`.)
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmq_codec::ByteStr;
+
+use crate::core::cluster::{ClusterIn, NodeId, NodeSet};
+use crate::core::ids::ShardId;
+use crate::core::mesh::{mesh_cost, Message};
+
+use super::node::{Effect, NodeMachine};
+use super::registry::{owner, Conn, Registered};
+use super::routes::PendingAck;
+use super::wire::{self, Frame};
+
+impl NodeMachine {
+    /// A peer's frame, decoded.
+    pub(super) fn on_frame(&mut self, from: NodeId, frame: Frame, now: Instant) {
+        let live = self.peers.get(&from).is_some_and(|p| p.live);
+        match frame {
+            Frame::Hello { .. } => {
+                // Only the first frame of a connection is a Hello; the runtime checks that.
+            }
+            Frame::Publish { origin_shard, age_ms, publish } => {
+                // A message is delivered even from a node this node thinks is down: it was
+                // published, and a subscriber asked for it.
+                self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                let msg = wire::publish_message(publish, age_ms, self.uptime_ms(now));
+                let shard = ShardId(origin_shard % self.shard_count);
+                self.effects
+                    .push_back(Effect::ToShard { shard, msg: ClusterIn::Publish { from, msg } });
+            }
+            // Routes and registrations from a node that is not live here are ignored and not
+            // acknowledged: when it comes back up, this node asks for all of them (Resync).
+            Frame::Route { .. }
+            | Frame::RoutesReset { .. }
+            | Frame::RoutesDone { .. }
+            | Frame::Register { .. }
+            | Frame::Unregister { .. }
+                if !live => {}
+            Frame::Route { seq, added, filter } => {
+                let p = self.peers.get_mut(&from).expect("live");
+                p.seq_in = p.seq_in.max(seq);
+                let changed =
+                    if added { p.routes.insert(filter.clone()) } else { p.routes.remove(&filter) };
+                if changed {
+                    self.to_every_shard(ClusterIn::Route { node: from, filter, added });
+                }
+                self.send(from, &Frame::RouteAck { seq });
+                self.update_counters();
+            }
+            Frame::RoutesReset { seq } => {
+                let p = self.peers.get_mut(&from).expect("live");
+                p.seq_in = p.seq_in.max(seq);
+                p.routes.clear();
+                p.synced = true;
+                self.to_every_shard(ClusterIn::NodeDown(from));
+                self.update_counters();
+            }
+            Frame::RoutesDone { seq } => {
+                let p = self.peers.get_mut(&from).expect("live");
+                p.seq_in = p.seq_in.max(seq);
+                self.send(from, &Frame::RouteAck { seq });
+            }
+            Frame::RouteAck { seq } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.acked = p.acked.max(seq);
+                }
+                self.release_acks();
+            }
+            Frame::Resync => {
+                if live {
+                    self.send_snapshot(from);
+                    self.send_registrations(from);
+                }
+            }
+            Frame::Register { stamp, client_id, shard, token } => {
+                self.clock.observe(self.uptime_ms(now), stamp.ms);
+                let conn = Conn { node: from, shard: ShardId(shard), token, stamp };
+                self.register_here(&client_id, conn);
+            }
+            Frame::Unregister { stamp, client_id, shard, token } => {
+                self.clock.observe(self.uptime_ms(now), stamp.ms);
+                let conn = Conn { node: from, shard: ShardId(shard), token, stamp };
+                self.registry.unregister(&client_id, &conn);
+            }
+            Frame::Kick { stamp, client_id, shard, token } => {
+                self.clock.observe(self.uptime_ms(now), stamp.ms);
+                self.kick_local(&client_id, ShardId(shard), token);
+            }
+        }
+    }
+
+    /// A shard's published message.
+    pub(super) fn on_publish(
+        &mut self,
+        shard: ShardId,
+        nodes: NodeSet,
+        msg: Arc<Message>,
+        now: Instant,
+    ) {
+        let cost = mesh_cost(&msg);
+        let mut reachable = NodeSet::EMPTY;
+        for (n, p) in &self.peers {
+            if p.live && p.link_up {
+                reachable.insert(*n);
+            }
+        }
+        // Retained messages go to every live peer: each node keeps the whole retained store.
+        let wanted = if msg.retain { reachable } else { nodes };
+        let dest = NodeSet(wanted.0 & reachable.0);
+        let missed = NodeSet(nodes.0 & !dest.0).len() as u64;
+        let frame = if dest.is_empty() {
+            None
+        } else {
+            let age_ms = self.uptime_ms(now).saturating_sub(msg.received_at_ms);
+            wire::encode_publish(&msg, shard, age_ms)
+        };
+        match frame {
+            Some(frame) => {
+                let n = dest.len() as u64;
+                self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+                self.counters.bytes_out.fetch_add(n * frame.len() as u64, Ordering::Relaxed);
+                self.counters.messages_dropped.fetch_add(missed, Ordering::Relaxed);
+                self.effects.push_back(Effect::Publish { nodes: dest, frame, shard, cost });
+            }
+            None => {
+                // No destination left, or a message too large for a frame: it is dropped
+                // for every destination and credited back at once.
+                let dropped = NodeSet(nodes.0 | dest.0).len() as u64;
+                self.counters.messages_dropped.fetch_add(dropped, Ordering::Relaxed);
+                self.effects
+                    .push_back(Effect::ToShard { shard, msg: ClusterIn::Credit { bytes: cost } });
+            }
+        }
+    }
+
+    /// A shard's filter change: fold it, tell the peers if the node's set changed, and hold
+    /// the shard's acknowledgement until they acknowledged.
+    pub(super) fn on_filter(&mut self, shard: ShardId, filter: ByteStr, added: bool, seq: u64) {
+        if self.filters.apply(shard, &filter, added) {
+            self.route_seq += 1;
+            let frame = Frame::Route { seq: self.route_seq, added, filter };
+            for node in self.up_peers() {
+                self.send(node, &frame);
+            }
+        }
+        self.pending.push(PendingAck { shard, shard_seq: seq, needed: self.route_seq });
+        self.release_acks();
+    }
+
+    /// The live peers whose link is up.
+    fn up_peers(&self) -> Vec<NodeId> {
+        self.peers.iter().filter(|(_, p)| p.live && p.link_up).map(|(n, _)| *n).collect()
+    }
+
+    /// Answers the shards' filter changes every live peer with an up link acknowledged.
+    pub(super) fn release_acks(&mut self) {
+        let acked_min = self
+            .peers
+            .values()
+            .filter(|p| p.live && p.link_up)
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(u64::MAX);
+        for p in self.pending.release(acked_min) {
+            self.effects.push_back(Effect::ToShard {
+                shard: p.shard,
+                msg: ClusterIn::FilterAck { seq: p.shard_seq },
+            });
+        }
+    }
+
+    /// Sends `node` this node's whole set of filters: `RoutesReset`, one `Route` per filter,
+    /// `RoutesDone` (acknowledged like a change).
+    pub(super) fn send_snapshot(&mut self, node: NodeId) {
+        self.route_seq += 1;
+        let seq = self.route_seq;
+        self.send(node, &Frame::RoutesReset { seq });
+        let filters: Vec<ByteStr> = self.filters.iter().cloned().collect();
+        for filter in filters {
+            self.send(node, &Frame::Route { seq, added: true, filter });
+        }
+        self.send(node, &Frame::RoutesDone { seq });
+    }
+
+    /// Sends `node` a Register for every local connection it owns.
+    pub(super) fn send_registrations(&mut self, node: NodeId) {
+        let mut frames = Vec::new();
+        for (client_id, conns) in &self.registry.local {
+            for (c, at) in conns {
+                if *at == node {
+                    frames.push(Frame::Register {
+                        stamp: c.stamp,
+                        client_id: client_id.clone(),
+                        shard: c.shard.0,
+                        token: c.token,
+                    });
+                }
+            }
+        }
+        for f in frames {
+            self.send(node, &f);
+        }
+    }
+
+    /// A client connected on one of this node's shards.
+    pub(super) fn on_connected(
+        &mut self,
+        shard: ShardId,
+        client_id: ByteStr,
+        token: u64,
+        now: Instant,
+    ) {
+        let stamp = self.clock.stamp(self.uptime_ms(now), self.id);
+        let conn = Conn { node: self.id, shard, token, stamp };
+        let at = owner(client_id.as_bytes(), self.live_nodes());
+        self.registry.add_local(&client_id, conn, at);
+        self.register_at(&client_id, conn, at);
+    }
+
+    /// A connection on one of this node's shards ended.
+    pub(super) fn on_disconnected(&mut self, shard: ShardId, client_id: ByteStr, token: u64) {
+        let Some((conn, at)) = self.registry.remove_local(&client_id, shard, token) else {
+            return;
+        };
+        if at == self.id {
+            self.registry.unregister(&client_id, &conn);
+        } else {
+            let frame = Frame::Unregister { stamp: conn.stamp, client_id, shard: shard.0, token };
+            self.send(at, &frame);
+        }
+    }
+
+    /// Registers `conn` with the owner `at` (this node, or a frame to it).
+    fn register_at(&mut self, client_id: &ByteStr, conn: Conn, at: NodeId) {
+        if at == self.id {
+            self.register_here(client_id, conn);
+        } else {
+            let frame = Frame::Register {
+                stamp: conn.stamp,
+                client_id: client_id.clone(),
+                shard: conn.shard.0,
+                token: conn.token,
+            };
+            // If the link is down, the registration is sent when it comes up.
+            self.send(at, &frame);
+        }
+    }
+
+    /// As the owner: records `conn` and ends the older connection of the id, if any.
+    fn register_here(&mut self, client_id: &ByteStr, conn: Conn) {
+        let victim = match self.registry.register(client_id, conn) {
+            Registered::Recorded => return,
+            Registered::Kick(old) => old,
+            Registered::KickNew(new) => new,
+        };
+        if victim.node == self.id {
+            self.kick_local(client_id, victim.shard, victim.token);
+        } else {
+            let frame = Frame::Kick {
+                stamp: victim.stamp,
+                client_id: client_id.clone(),
+                shard: victim.shard.0,
+                token: victim.token,
+            };
+            self.send(victim.node, &frame);
+        }
+    }
+
+    /// Ends this node's connection (shard, token) of `client_id`, if it still exists.
+    fn kick_local(&mut self, client_id: &ByteStr, shard: ShardId, token: u64) {
+        if self.registry.remove_local(client_id, shard, token).is_none() {
+            return;
+        }
+        self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+        self.effects.push_back(Effect::ToShard {
+            shard,
+            msg: ClusterIn::Kick { client_id: client_id.clone(), token },
+        });
+    }
+
+    /// After a membership change: registers every local connection whose owner changed with
+    /// its new owner, and forgets the owned entries of ids this node no longer owns.
+    pub(super) fn reassign_owners(&mut self) {
+        let live: Vec<NodeId> = self.live_nodes().collect();
+        let mut moves = Vec::new();
+        for (client_id, conns) in &mut self.registry.local {
+            let now_owner = owner(client_id.as_bytes(), live.iter().copied());
+            for (c, at) in conns.iter_mut() {
+                if *at != now_owner {
+                    *at = now_owner;
+                    moves.push((client_id.clone(), *c, now_owner));
+                }
+            }
+        }
+        for (client_id, conn, at) in moves {
+            self.register_at(&client_id, conn, at);
+        }
+        let me = self.id;
+        self.registry
+            .owned
+            .retain(|client_id, _| owner(client_id.as_bytes(), live.iter().copied()) == me);
+    }
+}

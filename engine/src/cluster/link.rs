@@ -1,0 +1,343 @@
+//! Outgoing node links: one writer thread per peer node, fed by a queue bounded in bytes.
+//!
+//! The writer dials the peer from this node's listen IP (the source address rule in
+//! `runtime.rs`), writes the Hello frame, tells the main loop the link is up, then writes
+//! whatever is queued. A failed or stalled write ([`WRITE_TIMEOUT`]) ends the connection:
+//! the queue is emptied (its messages counted as dropped), the main loop hears the link is
+//! down, and the writer dials again after a back-off, until the link is hung up.
+//!
+//! Credit: a published message's frame is queued on several links with one [`CreditGuard`]
+//! shared between them; when the last link has written or dropped it the guard's `Drop`
+//! adds its cost to the shard's pending credit ([`CreditPool`]), which the main loop hands
+//! to the shard as `ClusterIn::Credit`. So every message is credited exactly once.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::runtime::Event;
+use crate::core::cluster::{ClusterCounters, NodeId};
+use crate::core::ids::ShardId;
+
+/// A write that makes no progress for this long ends the link.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a dial may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before dialling again after a failure; doubled up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between dials.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Most frames written in one vectored write.
+const BATCH_FRAMES_MAX: usize = 256;
+
+/// Per-shard credit not yet handed back, shared by the main loop and every guard.
+#[derive(Debug)]
+pub(crate) struct CreditPool {
+    pending: Vec<AtomicU64>,
+    /// True while the main loop has been told (one `Event::Credit` until it collects).
+    flagged: AtomicBool,
+    events: Sender<Event>,
+}
+
+impl CreditPool {
+    pub(crate) fn new(shard_count: u16, events: Sender<Event>) -> CreditPool {
+        CreditPool {
+            pending: (0..shard_count.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            flagged: AtomicBool::new(false),
+            events,
+        }
+    }
+
+    fn add(&self, shard: ShardId, bytes: u64) {
+        let slot = usize::from(shard.0) % self.pending.len();
+        self.pending[slot].fetch_add(bytes, Relaxed);
+        if !self.flagged.swap(true, Relaxed) {
+            // The main loop may be gone at shutdown; the credit does not matter then.
+            let _ = self.events.send(Event::Credit);
+        }
+    }
+
+    /// Takes every shard's pending credit (called by the main loop on `Event::Credit`).
+    pub(crate) fn collect(&self, mut each: impl FnMut(ShardId, u64)) {
+        self.flagged.store(false, Relaxed);
+        for (i, p) in self.pending.iter().enumerate() {
+            let bytes = p.swap(0, Relaxed);
+            if bytes > 0 {
+                each(ShardId(i as u16), bytes);
+            }
+        }
+    }
+}
+
+/// Credits `cost` bytes to `shard` when the last clone is dropped.
+#[derive(Debug)]
+pub(crate) struct CreditGuard {
+    pub(crate) pool: Arc<CreditPool>,
+    pub(crate) shard: ShardId,
+    pub(crate) cost: u64,
+}
+
+impl Drop for CreditGuard {
+    fn drop(&mut self) {
+        self.pool.add(self.shard, self.cost);
+    }
+}
+
+/// One queued frame; `credit` is set for a published message.
+#[derive(Debug)]
+struct Item {
+    frame: Bytes,
+    credit: Option<Arc<CreditGuard>>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// A connection is up and its Hello written: frames are accepted.
+    connected: bool,
+    /// The link was hung up: the writer writes what is queued and ends.
+    closed: bool,
+    /// A control frame could not be queued: the writer drops the connection (the peer
+    /// state is re-synchronised when it comes back).
+    reset: bool,
+}
+
+/// The queue between the main loop and one writer thread, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct LinkQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    bytes_max: usize,
+}
+
+impl LinkQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The main loop's handle on one outgoing link.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) addr: SocketAddr,
+    /// Names this writer among the links to the same node (events of older ones are stale).
+    pub(crate) serial: u64,
+    queue: Arc<LinkQueue>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<ClusterCounters>,
+}
+
+/// What a writer thread needs besides its queue.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkContext {
+    /// This node's listen address: outgoing links bind its IP (port 0) before `connect`.
+    pub(crate) listen: SocketAddr,
+    pub(crate) events: Sender<Event>,
+    pub(crate) counters: Arc<ClusterCounters>,
+    pub(crate) queue_bytes_max: usize,
+}
+
+impl Link {
+    /// Starts the writer thread of a link to `node` at `addr`, opening with `hello`.
+    pub(crate) fn open(
+        ctx: &LinkContext,
+        node: NodeId,
+        addr: SocketAddr,
+        serial: u64,
+        hello: Bytes,
+    ) -> std::io::Result<Link> {
+        let queue = Arc::new(LinkQueue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            bytes_max: ctx.queue_bytes_max,
+        });
+        let writer = Writer { ctx: ctx.clone(), node, addr, serial, hello, queue: queue.clone() };
+        let thread = std::thread::Builder::new()
+            .name(format!("shardmq-cluster-out-{}", node.0))
+            .spawn(move || writer.run())?;
+        Ok(Link { addr, serial, queue, thread: Some(thread), counters: ctx.counters.clone() })
+    }
+
+    /// Queues a control frame. One that does not fit resets the connection.
+    pub(crate) fn send(&self, frame: Bytes) {
+        let mut q = self.queue.lock();
+        if !q.connected || q.closed {
+            return;
+        }
+        if q.bytes + frame.len() > self.queue.bytes_max.saturating_mul(2) {
+            q.reset = true;
+        } else {
+            q.bytes += frame.len();
+            q.items.push_back(Item { frame, credit: None });
+        }
+        self.queue.ready.notify_one();
+    }
+
+    /// Queues a published message's frame; false (counted as dropped) when the link is
+    /// down or its queue full.
+    pub(crate) fn publish(&self, frame: Bytes, credit: &Arc<CreditGuard>) -> bool {
+        let mut q = self.queue.lock();
+        if !q.connected || q.closed || q.bytes + frame.len() > self.queue.bytes_max {
+            drop(q);
+            self.counters.messages_dropped.fetch_add(1, Relaxed);
+            return false;
+        }
+        q.bytes += frame.len();
+        q.items.push_back(Item { frame, credit: Some(credit.clone()) });
+        self.queue.ready.notify_one();
+        true
+    }
+
+    /// Hangs up: the writer writes what is queued (within its write timeout) and ends.
+    /// Returns the thread to join.
+    pub(crate) fn hang_up(mut self) -> Option<JoinHandle<()>> {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        self.queue.ready.notify_all();
+        drop(q);
+        self.thread.take()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
+struct Writer {
+    ctx: LinkContext,
+    node: NodeId,
+    addr: SocketAddr,
+    serial: u64,
+    hello: Bytes,
+    queue: Arc<LinkQueue>,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if self.queue.lock().closed {
+                return;
+            }
+            match self.connect() {
+                Ok(stream) => {
+                    backoff = BACKOFF_MIN;
+                    let why = self.serve(&stream);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    let dropped = {
+                        let mut q = self.queue.lock();
+                        q.connected = false;
+                        q.reset = false;
+                        q.bytes = 0;
+                        std::mem::take(&mut q.items)
+                    };
+                    let lost = dropped.iter().filter(|i| i.credit.is_some()).count();
+                    self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
+                    drop(dropped);
+                    let _ = self.ctx.events.send(Event::LinkDown(self.node, self.serial));
+                    match why {
+                        Ok(()) => return, // hung up, queue written
+                        Err(e) => tracing::info!(
+                            "cluster: link to {} at {} lost: {e}",
+                            self.node,
+                            self.addr
+                        ),
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("cluster: cannot reach {} at {}: {e}", self.node, self.addr)
+                }
+            }
+            // Wait before dialling again; a hang-up cuts the wait short.
+            let q = self.queue.lock();
+            let (q, _) = self
+                .queue
+                .ready
+                .wait_timeout_while(q, backoff, |q| !q.closed)
+                .unwrap_or_else(|e| e.into_inner());
+            if q.closed {
+                return;
+            }
+            drop(q);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Dials from the listen IP (port 0) and writes the Hello.
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        let socket =
+            Socket::new(Domain::for_address(self.addr), Type::STREAM, Some(Protocol::TCP))?;
+        // The source address rule: peers (and partition tests) tell nodes apart by source IP.
+        socket.bind(&SocketAddr::new(self.ctx.listen.ip(), 0).into())?;
+        socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
+        let mut stream: TcpStream = socket.into();
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        stream.write_all(&self.hello)?;
+        // The machine counts the frames it makes; the Hello is made here.
+        self.ctx.counters.bytes_out.fetch_add(self.hello.len() as u64, Relaxed);
+        let mut q = self.queue.lock();
+        q.connected = true;
+        drop(q);
+        let _ = self.ctx.events.send(Event::LinkUp(self.node, self.serial));
+        Ok(stream)
+    }
+
+    /// Writes queued frames until the link is hung up (`Ok`, after writing what is queued)
+    /// or a write fails.
+    fn serve(&self, mut stream: &TcpStream) -> std::io::Result<()> {
+        let mut batch: Vec<Item> = Vec::with_capacity(BATCH_FRAMES_MAX);
+        loop {
+            {
+                let q = self.queue.lock();
+                let mut q = self
+                    .queue
+                    .ready
+                    .wait_while(q, |q| q.items.is_empty() && !q.closed && !q.reset)
+                    .unwrap_or_else(|e| e.into_inner());
+                if q.reset {
+                    return Err(std::io::Error::other("queue overflow, re-synchronising"));
+                }
+                if q.items.is_empty() {
+                    return Ok(()); // closed and written
+                }
+                let n = q.items.len().min(BATCH_FRAMES_MAX);
+                batch.extend(q.items.drain(..n));
+                let bytes: usize = batch.iter().map(|i| i.frame.len()).sum();
+                q.bytes -= bytes;
+            }
+            let mut slices: Vec<IoSlice<'_>> =
+                batch.iter().map(|i| IoSlice::new(&i.frame)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match stream.write_vectored(rest) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // Counted as sent by the machine; some of it never left.
+                        let lost = batch.iter().filter(|i| i.credit.is_some()).count();
+                        self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            drop(slices);
+            // Dropping the items drops their credit guards' clones.
+            batch.clear();
+        }
+    }
+}

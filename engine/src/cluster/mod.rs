@@ -1,0 +1,19 @@
+//! The node's cluster runtime: membership, node links and the messages between the shards
+//! and the other nodes. `node` is the sans-IO state machine (foca for membership, the route
+//! exchange, the client-id registry), `wire` the node link's frames.
+
+pub mod node;
+pub mod wire;
+
+mod exchange;
+mod members;
+mod registry;
+mod routes;
+
+#[cfg(test)]
+mod sim;
+
+// The threads and sockets that drive the machine (helper "runtime").
+mod link;
+mod net;
+pub mod runtime;

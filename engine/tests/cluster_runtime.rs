@@ -1,0 +1,304 @@
+//! The cluster runtime (`engine/src/cluster/runtime.rs`) with real sockets: two or three
+//! nodes in one process on 127.0.0.1 (port 0), each with a fake `ShardSink` that records
+//! what the runtime hands to its shards.
+//!
+//! Every wait is for a marker (a message that must arrive, a status that must be reached),
+//! with a generous deadline as the failure guard; nothing sleeps and then asserts.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardmq_codec::{ByteStr, QoS};
+use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
+use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
+use shardmq_engine::cluster::wire::{Frame, PROTOCOL_VERSION};
+use shardmq_engine::config::ClusterSettings;
+use shardmq_engine::core::cluster::{
+    ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeSet, ShardSink,
+};
+use shardmq_engine::core::ids::ShardId;
+use shardmq_engine::core::mesh::{mesh_cost, Message, Origin};
+
+/// The failure guard of every wait (membership takes a few gossip rounds).
+const PATIENCE: Duration = Duration::from_secs(30);
+const SHARDS: u16 = 2;
+
+/// Records every `ClusterIn` with its shard, in order.
+struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
+
+impl ShardSink for Recorder {
+    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
+        let tx = self.0.lock().unwrap();
+        for m in msgs {
+            let _ = tx.send((shard, m));
+        }
+    }
+    fn shard_count(&self) -> u16 {
+        SHARDS
+    }
+}
+
+struct Node {
+    id: NodeId,
+    rt: ClusterRuntime,
+    inbox: Receiver<(ShardId, ClusterIn)>,
+    counters: Arc<ClusterCounters>,
+}
+
+impl Node {
+    fn start(id: u16, seeds: &[SocketAddr]) -> Node {
+        let (tx, inbox) = mpsc::channel();
+        let counters = Arc::new(ClusterCounters::default());
+        let settings =
+            ClusterSettings::new(NodeId(id), "127.0.0.1:0".parse().unwrap(), seeds.to_vec());
+        let sink = Arc::new(Recorder(Mutex::new(tx)));
+        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
+        Node { id: NodeId(id), rt, inbox, counters }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.rt.local_addr()
+    }
+
+    /// The next `ClusterIn` for which `pick` says yes; the others are returned in order.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        mut pick: impl FnMut(ShardId, &ClusterIn) -> Option<T>,
+    ) -> (T, Vec<(ShardId, ClusterIn)>) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut others = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok((shard, m)) => match pick(shard, &m) {
+                    Some(t) => return (t, others),
+                    None => others.push((shard, m)),
+                },
+                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; got {others:?}", self.id),
+            }
+        }
+    }
+
+    /// Waits until the status satisfies `ok`.
+    fn wait_status(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = self.rt.status().expect("the main loop answers");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not {what} within {PATIENCE:?}: {s:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until this node sees exactly `peers` alive with links up.
+    fn wait_converged(&self, peers: &[NodeId]) {
+        self.wait_status("converged", |s| {
+            let others: Vec<_> = s.members.iter().filter(|m| m.node != self.id).collect();
+            others.len() == peers.len()
+                && others.iter().all(|m| {
+                    peers.contains(&m.node)
+                        && m.state == MemberState::Alive
+                        && m.link == LinkState::Up
+                })
+        });
+    }
+}
+
+/// Two nodes, B joining through A, converged.
+fn pair(a_id: u16, b_id: u16) -> (Node, Node) {
+    let a = Node::start(a_id, &[]);
+    let b = Node::start(b_id, &[a.addr()]);
+    a.wait_converged(&[b.id]);
+    b.wait_converged(&[a.id]);
+    (a, b)
+}
+
+fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        origin: Origin { shard: ShardId(1), session: 3 },
+        received_at_ms: 0,
+    })
+}
+
+/// `filter` added on `from`'s shard 0, seq `seq`: every shard of `to` holds the route, and
+/// `from`'s shard 0 gets the FilterAck.
+fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) {
+    let tx = from.rt.tx();
+    tx.send(ShardId(0), ClusterOut::Filter { filter: ByteStr::from(filter), added: true, seq });
+    let mut shards_with_route = Vec::new();
+    while shards_with_route.len() < usize::from(SHARDS) {
+        let (shard, _) = to.wait_for("Route", |shard, m| match m {
+            ClusterIn::Route { node, filter: f, added: true }
+                if *node == from.id && f.as_str() == filter =>
+            {
+                Some(shard)
+            }
+            _ => None,
+        });
+        assert!(!shards_with_route.contains(&shard), "one Route per shard");
+        shards_with_route.push(shard);
+    }
+    let (shard, _) = from.wait_for("FilterAck", |shard, m| match m {
+        ClusterIn::FilterAck { seq: s } if *s == seq => Some(shard),
+        _ => None,
+    });
+    assert_eq!(shard, ShardId(0), "the ack goes to the shard that asked");
+}
+
+#[test]
+fn membership_converges_and_links_come_up() {
+    let a = Node::start(1, &[]);
+    let b = Node::start(2, &[a.addr()]);
+    let c = Node::start(3, &[b.addr(), a.addr()]);
+    a.wait_converged(&[b.id, c.id]);
+    b.wait_converged(&[a.id, c.id]);
+    let s = c.wait_status("converged", |s| {
+        s.members.len() == 3 && s.members.iter().all(|m| m.state == MemberState::Alive)
+    });
+    assert_eq!(s.node, c.id);
+    assert_eq!(s.members[0].node, c.id, "this node first");
+    assert_eq!(s.members[0].link, LinkState::SelfNode);
+    assert_eq!(s.members[0].addr, c.addr());
+    c.wait_converged(&[a.id, b.id]);
+    assert_eq!(a.counters.members.load(Relaxed), 3);
+    assert_eq!(a.counters.links_up.load(Relaxed), 2);
+    assert_eq!(a.counters.node_id.load(Relaxed), 1);
+    // A graceful stop: the others hear it leave (not by failure detection) and drop it.
+    c.rt.stop();
+    a.wait_status("without node 3", |s| {
+        s.members.iter().all(|m| m.node != NodeId(3) || m.state == MemberState::Down)
+    });
+    a.wait_for("NodeDown(3)", |_, m| matches!(m, ClusterIn::NodeDown(NodeId(3))).then_some(()));
+}
+
+#[test]
+fn a_filter_becomes_a_route_on_the_peer_and_is_acknowledged() {
+    let (a, b) = pair(11, 12);
+    add_filter(&a, &b, "sensors/+/temp", 1);
+    add_filter(&b, &a, "#", 1);
+    assert_eq!(b.counters.remote_routes.load(Relaxed), 1);
+}
+
+#[test]
+fn a_publish_crosses_and_is_credited_exactly_once() {
+    let (a, b) = pair(21, 22);
+    add_filter(&a, &b, "t/+", 1);
+    let tx = b.rt.tx();
+    // Two messages of different cost: the second's credit is the marker that no second
+    // credit of the first came before it.
+    let first = message("t/1", b"hello");
+    let second = message("t/2", b"a longer payload");
+    assert_ne!(mesh_cost(&first), mesh_cost(&second));
+    let to_a = NodeSet(1 << a.id.0);
+    tx.send(ShardId(1), ClusterOut::Publish { nodes: to_a, msg: first.clone() });
+    let (got, _) = a.wait_for("Publish", |shard, m| match m {
+        ClusterIn::Publish { from, msg } => Some((shard, *from, msg.clone())),
+        _ => None,
+    });
+    // All of one origin shard's messages go to the same shard: origin_shard % shard_count.
+    assert_eq!(got.0, ShardId(1));
+    assert_eq!(got.1, b.id);
+    assert_eq!(got.2.topic, first.topic);
+    assert_eq!(got.2.payload, first.payload);
+    assert_eq!(got.2.qos, QoS::AtLeastOnce);
+    assert_eq!(got.2.origin, Origin::REMOTE);
+    let credit = |want: u64| {
+        move |shard: ShardId, m: &ClusterIn| match m {
+            ClusterIn::Credit { bytes } if *bytes == want => Some(shard),
+            _ => None,
+        }
+    };
+    let (shard, _) = b.wait_for("first Credit", credit(mesh_cost(&first)));
+    assert_eq!(shard, ShardId(1), "credited to the publishing shard");
+    tx.send(ShardId(1), ClusterOut::Publish { nodes: to_a, msg: second.clone() });
+    let (_, between) = b.wait_for("second Credit", credit(mesh_cost(&second)));
+    let extra: Vec<_> =
+        between.iter().filter(|(_, m)| matches!(m, ClusterIn::Credit { .. })).collect();
+    assert!(extra.is_empty(), "a message credited twice: {extra:?}");
+    a.wait_for("second Publish", |_, m| match m {
+        ClusterIn::Publish { msg, .. } if msg.topic == second.topic => Some(()),
+        _ => None,
+    });
+    assert!(b.counters.messages_out.load(Relaxed) >= 2);
+    assert!(a.counters.messages_in.load(Relaxed) >= 2);
+}
+
+/// Opens a raw connection to `node`'s link listener and writes `bytes`; true when the node
+/// then closes it (EOF or reset) — the wait is for that, bounded by the read timeout.
+fn closed_after(node: &Node, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(node.addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false, // the node never writes on an incoming link
+        Err(e) => {
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        }
+    }
+}
+
+#[test]
+fn a_malformed_frame_closes_only_its_link() {
+    let (a, b) = pair(31, 32);
+    let hello = |node: u16| {
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node: NodeId(node),
+            boot_id: 1,
+            shard_count: 1,
+            clock_ms: 0,
+        }
+        .encode()
+        .unwrap()
+    };
+    // Garbage instead of a Hello; a frame longer than the limit; an unknown kind after a
+    // good Hello; a second Hello; a Hello of another protocol version.
+    let mut unknown_kind = hello(40).to_vec();
+    unknown_kind.extend_from_slice(&[0, 0, 0, 1, 0xEE]);
+    let mut two_hellos = hello(41).to_vec();
+    two_hellos.extend_from_slice(&hello(41));
+    let other_version = Frame::Hello {
+        version: PROTOCOL_VERSION + 1,
+        node: NodeId(42),
+        boot_id: 1,
+        shard_count: 1,
+        clock_ms: 0,
+    }
+    .encode()
+    .unwrap();
+    let cases: [(&str, Vec<u8>); 7] = [
+        ("the node's own id", hello(a.id.0).to_vec()),
+        ("garbage", b"\x00\x00\x00\x05hello".to_vec()),
+        ("oversized", vec![0xFF, 0xFF, 0xFF, 0xFF]),
+        ("empty", vec![0, 0, 0, 0]),
+        ("unknown kind", unknown_kind),
+        ("second Hello", two_hellos),
+        ("other version", other_version.to_vec()),
+    ];
+    for (what, bytes) in &cases {
+        assert!(closed_after(&a, bytes), "{what}: the link stays open");
+    }
+    // The link between A and B is untouched: a filter still round-trips both ways.
+    a.wait_converged(&[b.id]);
+    add_filter(&b, &a, "still/works", 1);
+    add_filter(&a, &b, "still/works/too", 1);
+}
