@@ -383,3 +383,18 @@ fn a_shared_group_across_nodes_gets_each_message_once() {
     assert_eq!(a + b, 9);
     assert!(a > 0, "node 1's member gets a share of node 2's messages");
 }
+
+#[test]
+fn assigned_client_ids_name_the_node_so_nodes_never_take_each_others_clients() {
+    let mut cl = Cluster::new(2, 1);
+    let a = cl.nodes[0].client("", V5);
+    let ack = cl.nodes[0].connect_with(a, Default::default());
+    let b = cl.nodes[1].client("", V5);
+    let ack_b = cl.nodes[1].connect_with(b, Default::default());
+    cl.run();
+    let id_a = ack.properties.and_then(|p| p.assigned_client_identifier).expect("assigned");
+    let id_b = ack_b.properties.and_then(|p| p.assigned_client_identifier).expect("assigned");
+    assert_ne!(id_a, id_b);
+    assert!(id_a.starts_with("shardmq-n0-"), "{id_a}");
+    assert!(!cl.nodes[0].clients[a].closed && !cl.nodes[1].clients[b].closed);
+}
