@@ -46,6 +46,9 @@ pub(crate) struct ClusterState {
     last_token: u64,
     /// Connected connections: client id and token.
     conns: Map<ConnId, (ByteStr, u64)>,
+    /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
+    /// group's inner filter shares the shard route index's count, not this one).
+    subs: Map<ByteStr, u32>,
 }
 
 impl ClusterState {
@@ -60,6 +63,7 @@ impl ClusterState {
             acked: 0,
             last_token: 0,
             conns: Map::default(),
+            subs: Map::default(),
         }
     }
 }
@@ -90,6 +94,32 @@ impl ShardCore {
         let Some(c) = self.cluster.as_deref_mut() else { return };
         c.inflight += mesh_cost(msg);
         c.out.push(ClusterOut::PublishShared { node, group, msg: msg.clone() });
+    }
+
+    /// One ordinary subscription to `filter` more (`added`) or less on this shard: the first
+    /// and the last are told to the nodes.
+    pub(crate) fn cluster_sub(&mut self, filter: &ByteStr, added: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        let changed = if added {
+            let n = c.subs.entry(ByteStr::from(filter.as_str())).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match c.subs.get_mut(filter) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    c.subs.remove(filter);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed {
+            self.cluster_filter(filter, added);
+        }
     }
 
     /// `filter` entered or left this shard's set: the runtime tells the nodes. For a shared

@@ -398,3 +398,29 @@ fn assigned_client_ids_name_the_node_so_nodes_never_take_each_others_clients() {
     assert!(id_a.starts_with("shardmq-n0-"), "{id_a}");
     assert!(!cl.nodes[0].clients[a].closed && !cl.nodes[1].clients[b].closed);
 }
+
+#[test]
+fn a_subscription_next_to_a_shared_group_of_the_same_filter_is_routed_too() {
+    // The group's owner shard routes the inner filter for the group; an ordinary subscriber
+    // of the same filter on that shard must still be announced to the other nodes.
+    let mut cl = Cluster::new(2, 1);
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    let m = cl.nodes[1].client("member", V5);
+    cl.nodes[1].connect(m);
+    let s = cl.nodes[1].client("plain", V5);
+    cl.nodes[1].connect(s);
+    cl.run();
+    cl.subscribe(1, m, &[("$share/g/a/#", QoS::AtMostOnce)]);
+    cl.subscribe(1, s, &[("a/#", QoS::AtMostOnce)]);
+    cl.nodes[0].publish(p, "a/b", "x", QoS::AtMostOnce, false);
+    cl.run();
+    assert_eq!(cl.nodes[1].clients[s].take_payloads(), vec!["x"]);
+    assert_eq!(cl.nodes[1].clients[m].take_payloads(), vec!["x"]);
+    cl.nodes[1].unsubscribe(s, &["a/#"]);
+    cl.run();
+    cl.nodes[0].publish(p, "a/b", "y", QoS::AtMostOnce, false);
+    cl.run();
+    assert!(cl.nodes[1].clients[s].take_payloads().is_empty());
+    assert_eq!(cl.nodes[1].clients[m].take_payloads(), vec!["y"], "the group still gets it");
+}

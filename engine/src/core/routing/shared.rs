@@ -258,7 +258,7 @@ impl ShardCore {
         self.shared.trie.insert(inner, id, ());
         if self.routes.add(inner, self.shard) {
             // This node's shards only: the nodes learn of the group itself (`join_group`).
-            self.broadcast_delta_shards(&ByteStr::from(inner), true);
+            self.broadcast_delta(&ByteStr::from(inner), true);
         }
         id
     }
@@ -298,7 +298,7 @@ impl ShardCore {
         self.shared.by_name.remove(&group.name);
         self.shared.trie.remove(&group.filter, id);
         if self.routes.remove(&group.filter, self.shard) {
-            self.broadcast_delta_shards(&group.filter, false);
+            self.broadcast_delta(&group.filter, false);
         }
     }
 

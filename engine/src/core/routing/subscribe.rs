@@ -181,6 +181,7 @@ impl ShardCore {
                             if opts.retain_handling != RetainHandling::DoNotSend {
                                 retained.push((filter.clone(), entry));
                             }
+                            self.cluster_sub(&filter, true);
                             if self.routes.add(&filter, self.shard) {
                                 self.broadcast_delta(&filter, true);
                             }
@@ -267,20 +268,18 @@ impl ShardCore {
         if is_shared(filter) {
             return self.shared_unsubscribe(slot, filter, self.uptime_ms(now));
         }
-        if self.trie.remove(filter, slot).is_some() && self.routes.remove(filter, self.shard) {
+        if self.trie.remove(filter, slot).is_none() {
+            return;
+        }
+        self.cluster_sub(filter, false);
+        if self.routes.remove(filter, self.shard) {
             self.broadcast_delta(filter, false);
         }
     }
 
-    /// Tells every other shard, and the other nodes of a cluster (`cluster/shard_side.rs`),
-    /// that `filter` entered or left this shard's set.
+    /// Tells every other shard that `filter` entered or left this shard's set. (The other
+    /// nodes of a cluster count subscriptions apart: `cluster/shard_side.rs`.)
     pub(crate) fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
-        self.cluster_filter(filter, added);
-        self.broadcast_delta_shards(filter, added);
-    }
-
-    /// Tells every other shard (only) that `filter` entered or left this shard's set.
-    pub(crate) fn broadcast_delta_shards(&mut self, filter: &ByteStr, added: bool) {
         if self.config.shard_count == 1 {
             return;
         }
