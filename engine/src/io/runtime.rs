@@ -286,7 +286,7 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener, config: Listener
             Some(Ok(stream)) => super::greet::spawn_accepted(&shard, stream, &config),
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off briefly rather than spin.
-                if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     tracing::warn!("{}: accept failed: {e}", shard.id);
                     last_error_log = Some(Instant::now());
                 }

@@ -141,7 +141,7 @@ impl ShardCore {
     /// True when every live peer node holds this shard's filter changes up to `seq` (always
     /// true outside a cluster).
     pub(crate) fn cluster_acked(&self, seq: u64) -> bool {
-        self.cluster.as_deref().map_or(true, |c| c.acked >= seq)
+        self.cluster.as_deref().is_none_or(|c| c.acked >= seq)
     }
 
     /// True while the bytes handed to the runtime are past the window.
@@ -232,7 +232,7 @@ impl ShardCore {
         let Some(slot) = self.sessions.find(client_id) else { return };
         let conn = self.sessions.get(slot).conn;
         if let Some(conn) = conn {
-            if c.conns.get(&conn).map_or(true, |(_, t)| *t != token) {
+            if c.conns.get(&conn).is_none_or(|(_, t)| *t != token) {
                 // A newer connection on this node: the kick was for one already gone.
                 return;
             }
