@@ -298,7 +298,7 @@ impl Writer {
 
     /// Writes queued frames until the link is hung up (`Ok`, after writing what is queued)
     /// or a write fails.
-    fn serve(&self, mut stream: &TcpStream) -> std::io::Result<()> {
+    fn serve(&self, stream: &TcpStream) -> std::io::Result<()> {
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH_FRAMES_MAX);
         loop {
             {
@@ -319,25 +319,93 @@ impl Writer {
                 let bytes: usize = batch.iter().map(|i| i.frame.len()).sum();
                 q.bytes -= bytes;
             }
-            let mut slices: Vec<IoSlice<'_>> =
-                batch.iter().map(|i| IoSlice::new(&i.frame)).collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                match stream.write_vectored(rest) {
-                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // Counted as sent by the machine; some of it never left.
-                        let lost = batch.iter().filter(|i| i.credit.is_some()).count();
-                        self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
-                        return Err(e);
-                    }
-                }
+            if let Err(e) = write_frames(stream, &batch) {
+                // Counted as sent by the machine; some of it never left.
+                let lost = batch.iter().filter(|i| i.credit.is_some()).count();
+                self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
+                return Err(e);
             }
-            drop(slices);
             // Dropping the items drops their credit guards' clones.
             batch.clear();
+        }
+    }
+}
+
+/// Writes every frame of `batch`, vectored (the frames' `Bytes` are not copied), going on
+/// after partial writes (a blocking socket returns one when its write timeout passes).
+fn write_frames(mut out: impl Write, batch: &[Item]) -> std::io::Result<()> {
+    let (mut first, mut offset) = (0usize, 0usize);
+    while first < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, item)| IoSlice::new(if i == 0 { &item.frame[offset..] } else { &item.frame }))
+            .collect();
+        let mut n = match out.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // Skip what was written: whole frames, then part of one.
+        while first < batch.len() && n >= batch[first].frame.len() - offset {
+            n -= batch[first].frame.len() - offset;
+            first += 1;
+            offset = 0;
+        }
+        offset += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `step` bytes per call, across buffers, like a socket under pressure.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let mut left = self.step + self.calls % 3; // vary where writes end
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_go_on_where_they_stopped() {
+        let batch: Vec<Item> = (0..200usize)
+            .map(|i| {
+                let len = 1 + (i * 7919) % 300;
+                Item { frame: Bytes::from(vec![(i % 251) as u8; len]), credit: None }
+            })
+            .collect();
+        let want: Vec<u8> = batch.iter().flat_map(|i| i.frame.iter().copied()).collect();
+        for step in [1, 7, 64, 1000, want.len()] {
+            let mut t = Trickle { got: Vec::new(), step, calls: 0 };
+            write_frames(&mut t, &batch).unwrap();
+            assert!(t.got == want, "step {step}: the bytes differ");
         }
     }
 }
