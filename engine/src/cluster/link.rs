@@ -144,6 +144,8 @@ pub(crate) struct LinkContext {
     pub(crate) events: Sender<Event>,
     pub(crate) counters: Arc<ClusterCounters>,
     pub(crate) queue_bytes_max: usize,
+    /// [`WRITE_TIMEOUT`] (shorter in tests).
+    pub(crate) write_timeout: Duration,
 }
 
 impl Link {
@@ -285,7 +287,7 @@ impl Writer {
         socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
         let mut stream: TcpStream = socket.into();
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        stream.set_write_timeout(Some(self.ctx.write_timeout))?;
         stream.write_all(&self.hello)?;
         // The machine counts the frames it makes; the Hello is made here.
         self.ctx.counters.bytes_out.fetch_add(self.hello.len() as u64, Relaxed);
@@ -361,6 +363,7 @@ fn write_frames(mut out: impl Write, batch: &[Item]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::Receiver;
 
     /// Takes at most `step` bytes per call, across buffers, like a socket under pressure.
     struct Trickle {
@@ -391,6 +394,99 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    fn context(queue_bytes_max: usize, write_timeout: Duration) -> (LinkContext, Receiver<Event>) {
+        let (events, rx) = std::sync::mpsc::channel();
+        let ctx = LinkContext {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            events,
+            counters: Arc::new(ClusterCounters::default()),
+            queue_bytes_max,
+            write_timeout,
+        };
+        (ctx, rx)
+    }
+
+    /// The next event that `pick` takes, within a generous failure guard.
+    fn wait<T>(rx: &Receiver<Event>, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ev = rx.recv_timeout(left).expect("the awaited event");
+            if let Some(t) = pick(ev) {
+                return t;
+            }
+        }
+    }
+
+    /// Every shard's pending credit, summed.
+    fn credited(pool: &CreditPool) -> u64 {
+        let mut total = 0;
+        pool.collect(|_, b| total += b);
+        total
+    }
+
+    #[test]
+    fn a_message_for_a_link_that_is_down_is_dropped_counted_and_credited_once() {
+        // A port nobody listens on: the writer keeps failing to dial.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (ctx, rx) = context(1 << 20, WRITE_TIMEOUT);
+        let pool = Arc::new(CreditPool::new(2, ctx.events.clone()));
+        let link = Link::open(&ctx, NodeId(5), addr, 1, Bytes::from_static(b"hello")).unwrap();
+        let guard = Arc::new(CreditGuard { pool: pool.clone(), shard: ShardId(1), cost: 77 });
+        assert!(!link.publish(Bytes::from_static(b"frame"), &guard));
+        assert_eq!(ctx.counters.messages_dropped.load(Relaxed), 1);
+        assert_eq!(credited(&pool), 0, "not before the last holder lets go");
+        drop(guard);
+        wait(&rx, |ev| matches!(ev, Event::Credit).then_some(()));
+        let mut got = Vec::new();
+        pool.collect(|shard, bytes| got.push((shard, bytes)));
+        assert_eq!(got, vec![(ShardId(1), 77)]);
+        assert_eq!(credited(&pool), 0, "once");
+        link.hang_up().unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn a_stalled_link_is_closed_and_everything_it_held_is_credited_once() {
+        // A peer that accepts and never reads: the kernel's buffers fill, then the queue.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (ctx, rx) = context(1 << 20, Duration::from_millis(300));
+        let pool = Arc::new(CreditPool::new(1, ctx.events.clone()));
+        let link =
+            Link::open(&ctx, NodeId(6), listener.local_addr().unwrap(), 9, Bytes::new()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        wait(&rx, |ev| matches!(ev, Event::LinkUp(NodeId(6), 9)).then_some(()));
+        let frame = Bytes::from(vec![7u8; 64 * 1024]);
+        let guard = Arc::new(CreditGuard { pool: pool.clone(), shard: ShardId(0), cost: 1 });
+        // Publish until the writer gives up: the kernel's buffers fill, then the queue (a
+        // publish is refused), then the stalled write passes its timeout and the link goes
+        // down. Between publishes, wait a little for that marker.
+        let (mut accepted, mut refused) = (0u64, 0u64);
+        let mut told = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "the stalled link stays up");
+            if link.publish(frame.clone(), &guard) {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+            assert!(accepted < 100_000, "the queue is unbounded");
+            match rx.recv_timeout(Duration::from_millis(if refused > 0 { 50 } else { 0 })) {
+                Ok(Event::LinkDown(NodeId(6), 9)) => break,
+                Ok(Event::Credit) => told = true,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        assert!(refused >= 1, "the queue filled before the link went down");
+        assert!(accepted * 64 * 1024 > 1 << 20);
+        // Every queued copy was dropped with the connection; the test's clone is the last.
+        assert!(!told && credited(&pool) == 0, "credited before every copy was let go");
+        drop(guard);
+        assert_eq!(credited(&pool), 1, "credited once");
+        assert!(ctx.counters.messages_dropped.load(Relaxed) > refused, "queued copies count");
+        drop(link);
     }
 
     #[test]

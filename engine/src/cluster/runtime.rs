@@ -166,6 +166,7 @@ pub fn start(
             events: events.clone(),
             counters: counters.clone(),
             queue_bytes_max: settings.link_queue_bytes_max,
+            write_timeout: super::link::WRITE_TIMEOUT,
         },
         net: net.clone(),
         links: HashMap::new(),
