@@ -58,8 +58,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();
             let bridges = broker.bridge_counters();
-            // The cluster runtime's view, once `Broker` starts one (issue #16).
-            let cluster = None;
+            let cluster = broker.cluster_view();
             let started =
                 http::start(addr, token, broker.control(), reloader.clone(), bridges, cluster);
             Some(started.map_err(anyhow::Error::msg)?)

@@ -72,7 +72,7 @@ async fn flood_reaches_a_reading_subscriber_whole(shards: u16) {
                     let seq = seq_of(&p.payload);
                     assert_eq!(seq, next, "the reading subscriber lost or reordered messages");
                     next += 1;
-                    if next % 64 == 0 {
+                    if next.is_multiple_of(64) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
@@ -113,7 +113,7 @@ async fn flood_reaches_a_reading_subscriber_whole(shards: u16) {
             Some(Packet::Publish(p)) if &*p.topic == "flood/end" => break,
             Some(Packet::Publish(p)) => {
                 let seq = seq_of(&p.payload);
-                assert!(last.map_or(true, |l| seq > l), "stalled: {seq} after {last:?}");
+                assert!(last.is_none_or(|l| seq > l), "stalled: {seq} after {last:?}");
                 last = Some(seq);
                 received += 1;
             }

@@ -127,7 +127,8 @@ async fn publish(
     while done < MESSAGES_PER_PUBLISHER {
         out.clear();
         while inflight < INFLIGHT && next < MESSAGES_PER_PUBLISHER {
-            let qos = if rng.next_u64() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+            let qos =
+                if rng.next_u64().is_multiple_of(2) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
             let p = Packet::Publish(Publish {
                 dup: false,
                 qos: if qos == QoS::AtLeastOnce {

@@ -205,7 +205,11 @@ async fn publish(
         {
             let mut s = state.lock().unwrap();
             while s.inflight.len() < INFLIGHT && s.next < MESSAGES {
-                let qos = if rng.next_u64() % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                let qos = if rng.next_u64().is_multiple_of(2) {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
                 let seq = s.next;
                 s.next += 1;
                 s.qos.insert(seq, qos);
@@ -456,7 +460,7 @@ async fn online_crash_test(seed: u64, durability: &str) {
             clients.completed()
         );
         broker = Broker::start(&dir, durability).await;
-        tasks = clients.spawn(broker.addr, rng.next_u64() % 2 == 0, &mut rng);
+        tasks = clients.spawn(broker.addr, rng.next_u64().is_multiple_of(2), &mut rng);
     }
     within("every subscriber to receive every publisher's marker", async {
         while !clients.all_markers() {

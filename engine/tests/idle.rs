@@ -169,7 +169,7 @@ async fn a_sleeping_subscriber_whose_socket_fills_is_woken_to_write() {
             Some(Packet::Publish(p)) if &*p.topic == "fill/end" => break,
             Some(Packet::Publish(p)) => {
                 let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
-                assert!(last.map_or(true, |l| seq > l), "{seq} after {last:?}");
+                assert!(last.is_none_or(|l| seq > l), "{seq} after {last:?}");
                 last = Some(seq);
                 received += 1;
             }

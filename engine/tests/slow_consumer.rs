@@ -56,7 +56,7 @@ async fn a_subscriber_that_does_not_read_is_bounded_and_others_are_served() {
             break;
         }
         let seq = seq_of(&p.payload);
-        assert!(last.map_or(true, |l| seq > l), "fast: {seq} after {last:?}");
+        assert!(last.is_none_or(|l| seq > l), "fast: {seq} after {last:?}");
         last = Some(seq);
     }
 
@@ -69,7 +69,7 @@ async fn a_subscriber_that_does_not_read_is_bounded_and_others_are_served() {
             Some(Packet::Publish(p)) if &*p.topic == "slow/end" => break,
             Some(Packet::Publish(p)) => {
                 let seq = seq_of(&p.payload);
-                assert!(last.map_or(true, |l| seq > l), "slow: {seq} after {last:?}");
+                assert!(last.is_none_or(|l| seq > l), "slow: {seq} after {last:?}");
                 last = Some(seq);
                 received += 1;
             }

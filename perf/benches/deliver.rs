@@ -56,6 +56,7 @@ fn setup(version: ProtocolVersion) -> (ShardCore, ConnId, Instant) {
         auth: AuthConfig::default(),
         fault_panic_topic: None,
         hash_keys: HashKeys::from_seed(1),
+        cluster: None,
     };
     let mut core = ShardCore::new(ShardId(0), config);
     let connect = |core: &mut ShardCore, id: String| {

@@ -34,6 +34,13 @@ impl NodeMachine {
                 self.effects
                     .push_back(Effect::ToShard { shard, msg: ClusterIn::Publish { from, msg } });
             }
+            Frame::PublishShared { origin_shard, age_ms, group, publish } => {
+                self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                let msg = wire::publish_message(publish, age_ms, self.uptime_ms(now));
+                let shard = ShardId(origin_shard % self.shard_count);
+                let msg = ClusterIn::PublishShared { from, group, msg };
+                self.effects.push_back(Effect::ToShard { shard, msg });
+            }
             // Routes and registrations from a node that is not live here are ignored and not
             // acknowledged: when it comes back up, this node asks for all of them (Resync).
             Frame::Route { .. }
@@ -133,6 +140,37 @@ impl NodeMachine {
                 // for every destination and credited back at once.
                 let dropped = NodeSet(nodes.0 | dest.0).len() as u64;
                 self.counters.messages_dropped.fetch_add(dropped, Ordering::Relaxed);
+                self.effects
+                    .push_back(Effect::ToShard { shard, msg: ClusterIn::Credit { bytes: cost } });
+            }
+        }
+    }
+
+    /// A shard's message for one member of the shared group `group` on `node`: sent there
+    /// only; dropped (counted, credited) if that node is not reachable now.
+    pub(super) fn on_publish_shared(
+        &mut self,
+        shard: ShardId,
+        node: NodeId,
+        group: ByteStr,
+        msg: Arc<Message>,
+        now: Instant,
+    ) {
+        let cost = mesh_cost(&msg);
+        let reachable = self.peers.get(&node).is_some_and(|p| p.live && p.link_up);
+        let age_ms = self.uptime_ms(now).saturating_sub(msg.received_at_ms);
+        let frame =
+            reachable.then(|| wire::encode_publish_shared(&msg, &group, shard, age_ms)).flatten();
+        match frame {
+            Some(frame) => {
+                self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                let mut nodes = NodeSet::EMPTY;
+                nodes.insert(node);
+                self.effects.push_back(Effect::Publish { nodes, frame, shard, cost });
+            }
+            None => {
+                self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 self.effects
                     .push_back(Effect::ToShard { shard, msg: ClusterIn::Credit { bytes: cost } });
             }

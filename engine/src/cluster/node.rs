@@ -373,6 +373,9 @@ impl NodeMachine {
         self.last_now = now;
         match msg {
             ClusterOut::Publish { nodes, msg } => self.on_publish(shard, nodes, msg, now),
+            ClusterOut::PublishShared { node, group, msg } => {
+                self.on_publish_shared(shard, node, group, msg, now)
+            }
             ClusterOut::Filter { filter, added, seq } => self.on_filter(shard, filter, added, seq),
             ClusterOut::Connected { client_id, token } => {
                 self.on_connected(shard, client_id, token, now)

@@ -109,6 +109,18 @@ pub enum Frame {
         /// The message as a 5.0 PUBLISH (packet id 1 for QoS > 0: it names nothing).
         publish: Publish,
     },
+    /// A message published on the sending node for one member of the shared group `group`
+    /// on the receiver (the sender's group owner picked the receiver).
+    PublishShared {
+        /// As in `Publish`.
+        origin_shard: u16,
+        /// As in `Publish`.
+        age_ms: u32,
+        /// The whole `$share/{name}/{filter}`.
+        group: ByteStr,
+        /// As in `Publish`.
+        publish: Publish,
+    },
     /// The sender's node-level set of filters gained or lost `filter`.
     Route {
         /// The sender's route sequence number (increasing per link).
@@ -182,6 +194,7 @@ const KIND_REGISTER: u8 = 7;
 const KIND_UNREGISTER: u8 = 8;
 const KIND_KICK: u8 = 9;
 const KIND_RESYNC: u8 = 10;
+const KIND_PUBLISH_SHARED: u8 = 11;
 
 /// Cuts the next whole frame (kind byte and body, without the length prefix) from the front
 /// of `buf`. `Ok(None)`: not all of it is buffered yet (nothing consumed). The declared
@@ -226,6 +239,14 @@ impl Frame {
                 let packet = Packet::Publish(publish.clone());
                 shardmq_codec::encode(&packet, ProtocolVersion::V5, &mut out).ok()?;
             }
+            Frame::PublishShared { origin_shard, age_ms, group, publish } => {
+                out.put_u8(KIND_PUBLISH_SHARED);
+                out.put_u16(*origin_shard);
+                out.put_u32(*age_ms);
+                put_str(&mut out, group)?;
+                let packet = Packet::Publish(publish.clone());
+                shardmq_codec::encode(&packet, ProtocolVersion::V5, &mut out).ok()?;
+            }
             Frame::Route { seq, added, filter } => {
                 out.put_u8(KIND_ROUTE);
                 out.put_u64(*seq);
@@ -267,7 +288,26 @@ impl Frame {
 /// A Publish frame for `msg` published on `origin_shard`, `age_ms` after it was received
 /// (length prefix included; `None` if it would be past the frame limit).
 pub fn encode_publish(msg: &Message, origin_shard: ShardId, age_ms: u64) -> Option<Bytes> {
-    let publish = Publish {
+    let age_ms = u32::try_from(age_ms).unwrap_or(u32::MAX);
+    Frame::Publish { origin_shard: origin_shard.0, age_ms, publish: as_publish(msg) }.encode()
+}
+
+/// A PublishShared frame for `msg` and the group `group` (as [`encode_publish`]).
+pub fn encode_publish_shared(
+    msg: &Message,
+    group: &ByteStr,
+    origin_shard: ShardId,
+    age_ms: u64,
+) -> Option<Bytes> {
+    let age_ms = u32::try_from(age_ms).unwrap_or(u32::MAX);
+    let group = group.clone();
+    let publish = as_publish(msg);
+    Frame::PublishShared { origin_shard: origin_shard.0, age_ms, group, publish }.encode()
+}
+
+/// `msg` as the 5.0 PUBLISH a Publish frame carries.
+fn as_publish(msg: &Message) -> Publish {
+    Publish {
         dup: false,
         qos: msg.qos,
         retain: msg.retain,
@@ -276,9 +316,7 @@ pub fn encode_publish(msg: &Message, origin_shard: ShardId, age_ms: u64) -> Opti
         packet_id: (msg.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("1 is non-zero")),
         payload: msg.payload.clone(),
         properties: msg.properties.clone(),
-    };
-    let age_ms = u32::try_from(age_ms).unwrap_or(u32::MAX);
-    Frame::Publish { origin_shard: origin_shard.0, age_ms, publish }.encode()
+    }
 }
 
 /// The message a decoded Publish frame carries, as this node's shards route it: origin
@@ -394,9 +432,10 @@ pub fn decode(frame: &[u8]) -> Result<Frame, WireError> {
             r.finish("Hello")?;
             f
         }
-        KIND_PUBLISH => {
+        KIND_PUBLISH | KIND_PUBLISH_SHARED => {
             let origin_shard = r.u16("origin shard")?;
             let age_ms = r.u32("age")?;
+            let group = if kind == KIND_PUBLISH_SHARED { Some(r.str("group")?) } else { None };
             let mut packet = BytesMut::from(r.buf);
             let limits = Limits { packet_size_max_bytes: FRAME_SIZE_MAX_BYTES as u32 };
             let publish = match shardmq_codec::decode(&mut packet, &limits, ProtocolVersion::V5) {
@@ -412,7 +451,10 @@ pub fn decode(frame: &[u8]) -> Result<Frame, WireError> {
                 // A topic alias means nothing between nodes [MQTT-3.3.2-8]: one is never sent.
                 return Err(WireError::Invalid("empty topic"));
             }
-            Frame::Publish { origin_shard, age_ms, publish }
+            match group {
+                Some(group) => Frame::PublishShared { origin_shard, age_ms, group, publish },
+                None => Frame::Publish { origin_shard, age_ms, publish },
+            }
         }
         KIND_ROUTE => {
             let f = Frame::Route {

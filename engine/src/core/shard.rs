@@ -67,6 +67,8 @@ pub struct CoreConfig {
     /// The keys of every hash table of the core (`hash.rs`): random in the broker (drawn by
     /// the io layer at start-up), derived from the seed in the simulator.
     pub hash_keys: HashKeys,
+    /// The cluster this node is in (`core/cluster/`); `None` for a single node.
+    pub cluster: Option<crate::core::cluster::ClusterCore>,
 }
 
 /// Per-shard counters, shared read-only across shards for `$SYS` (each shard writes its own).
@@ -252,6 +254,8 @@ pub struct ShardCore {
     mesh_inflight: Vec<u64>,
     /// Per other shard: bytes of its messages handled here and not yet credited back.
     mesh_credit_due: Vec<u64>,
+    /// The shard's side of the cluster (`cluster/shard_side.rs`); `None` for a single node.
+    pub(crate) cluster: Option<Box<crate::core::cluster::shard_side::ClusterState>>,
 }
 
 impl ShardCore {
@@ -302,6 +306,10 @@ impl ShardCore {
             peers_paused: vec![false; usize::from(config.shard_count)],
             mesh_inflight: vec![0; usize::from(config.shard_count)],
             mesh_credit_due: vec![0; usize::from(config.shard_count)],
+            cluster: config
+                .cluster
+                .as_ref()
+                .map(|c| Box::new(crate::core::cluster::shard_side::ClusterState::new(c))),
             config,
         }
     }
@@ -398,6 +406,7 @@ impl ShardCore {
             || self.peers_paused.iter().any(|p| *p)
             || self.mesh_inflight.iter().any(|b| *b >= window)
             || self.mesh_backlog >= self.config.limits.mesh_outbox_messages_max as usize
+            || self.cluster_paused()
     }
 
     /// True when this shard's own pause state differs from what the other shards were
@@ -519,6 +528,7 @@ impl ShardCore {
             }
         }
         if let Phase::Connected(slot) = phase {
+            self.cluster_disconnected(conn);
             self.stats.clients_connected -= 1;
             self.config.auth.quotas.release_connection();
             let why = match kind {

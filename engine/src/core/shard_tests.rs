@@ -14,6 +14,7 @@ fn core(shard_count: u16) -> (ShardCore, Instant) {
         auth: AuthConfig::default(),
         fault_panic_topic: None,
         hash_keys: HashKeys::default(),
+        cluster: None,
     };
     (ShardCore::new(ShardId(0), config), now)
 }

@@ -131,6 +131,16 @@ impl Sim {
     }
 
     pub(crate) fn with_limits(shard_count: u16, seed: u64, limits: Limits) -> Sim {
+        Sim::with_cluster(shard_count, seed, limits, None)
+    }
+
+    /// A simulated node of a cluster (`core/cluster/`): the test plays the runtime.
+    pub(crate) fn with_cluster(
+        shard_count: u16,
+        seed: u64,
+        limits: Limits,
+        cluster: Option<crate::core::cluster::ClusterCore>,
+    ) -> Sim {
         limits.validate().expect("valid limits");
         let now = Instant::now();
         let stats = Arc::new(GlobalStats::new(shard_count));
@@ -143,6 +153,7 @@ impl Sim {
             auth: crate::core::auth::AuthConfig::default(),
             fault_panic_topic: None,
             hash_keys: crate::core::hash::HashKeys::from_seed(seed),
+            cluster,
         };
         let shards = (0..shard_count).map(|i| ShardCore::new(ShardId(i), config.clone())).collect();
         let n = usize::from(shard_count);

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::core::admin::clients::{ClientDetail, ClientQuery, ClientSummary, KickOutcome};
 use crate::core::admin::topics::{AdminPublish, RetainedRow, SubscriptionRow};
 use crate::core::admin::CoreStats;
+use crate::core::cluster::{ClusterIn, ShardSink};
 use crate::core::ids::ShardId;
 use crate::log::file::LogStats;
 use crate::reload::Reload;
@@ -86,6 +87,9 @@ pub enum ControlMsg {
     ClearRetained(String),
     /// Publish a message from the broker. Replies [`ControlReply::Done`].
     Publish(Box<AdminPublish>),
+    /// Messages from the node's cluster runtime, in order (`core/cluster/`). Replies
+    /// [`ControlReply::Done`] (the runtime does not wait for it).
+    Cluster(Vec<ClusterIn>),
 }
 
 /// A shard's answer.
@@ -356,6 +360,31 @@ fn handle(shard: &ShardIo, msg: ControlMsg) -> ControlReply {
             apply_reload(shard, &reload);
             ControlReply::Done
         }
+        ControlMsg::Cluster(msgs) => {
+            shard.with_core(|core, now| {
+                for m in msgs {
+                    core.handle_cluster(m, now);
+                }
+            });
+            ControlReply::Done
+        }
+    }
+}
+
+/// The cluster runtime reaches the shards through the control plane: one request per batch.
+impl ShardSink for Control {
+    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Err(e) = Control::send(self, shard, ControlMsg::Cluster(msgs)) {
+            // Only at shutdown: the shard is gone, and so is what the messages were for.
+            tracing::debug!(%e, "cluster messages for a shard that is gone");
+        }
+    }
+
+    fn shard_count(&self) -> u16 {
+        Control::shard_count(self)
     }
 }
 

@@ -169,7 +169,7 @@ impl PendingTx {
     }
 
     fn is_empty(&self) -> bool {
-        self.0.borrow().as_ref().map_or(true, |q| q.is_empty())
+        self.0.borrow().as_ref().is_none_or(|q| q.is_empty())
     }
 }
 
@@ -227,7 +227,7 @@ pub(crate) async fn flush_task(shard: Rc<ShardIo>) {
             let fair = fair_until.is_some_and(|t| now < t);
             let hot = if fair { 0 } else { q.poke_hot() };
             if now - polled_at >= REACTOR_POLL_INTERVAL
-                || (hot == 0 && batches % POLL_EVERY_BATCHES == 0)
+                || (hot == 0 && batches.is_multiple_of(POLL_EVERY_BATCHES))
             {
                 Timer::new(Duration::from_micros(1)).await;
                 polled_at = Instant::now();

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod checks;
+mod cluster;
 mod conn;
 pub mod control;
 pub mod failfast;
@@ -94,6 +95,10 @@ impl Broker {
             shards: (0..n).map(|_| ShardCounters::default()).collect(),
             bridges: bridge_counters.clone(),
         });
+        let cluster_counters = config
+            .cluster
+            .as_ref()
+            .map(|_| Arc::new(crate::core::cluster::ClusterCounters::default()));
         let core_config = CoreConfig {
             limits: config.limits.clone(),
             shard_count: n,
@@ -103,6 +108,9 @@ impl Broker {
             auth: config.auth.clone(),
             fault_panic_topic: fault_panic_topic(),
             hash_keys: random_hash_keys(),
+            cluster: config.cluster.as_ref().zip(cluster_counters.clone()).map(|(s, counters)| {
+                crate::core::cluster::ClusterCore { node: s.node_id, counters }
+            }),
         };
         let mesh = (n > 1).then(|| {
             MeshBuilder::<MeshMsg, Full>::full(
@@ -119,6 +127,27 @@ impl Broker {
             .map_err(|e| StartError(format!("cannot create the control plane: {e}")))?;
         let mut control_ends: Vec<_> = control_ends.into_iter().map(Some).collect();
 
+        // The cluster runtime (`cluster/`) reaches the shards through the control plane; the
+        // shards reach it through its channel. Started first: it only queues for the shards
+        // until they run.
+        let cluster_runtime = match (&config.cluster, cluster_counters) {
+            (Some(settings), Some(counters)) => {
+                let sink: Arc<dyn crate::core::cluster::ShardSink> = Arc::new(control.clone());
+                let started = crate::cluster::runtime::start(
+                    settings.clone(),
+                    sink,
+                    counters,
+                    core_config.started_at,
+                    n,
+                );
+                Some(started.map_err(|e| {
+                    StartError(format!("cannot start the cluster on {}: {e}", settings.listen))
+                })?)
+            }
+            _ => None,
+        };
+        let cluster_line = cluster_runtime.as_ref().map(|r| cluster::ClusterLine(r.tx()));
+
         let (ready_tx, ready_rx) = mpsc::channel();
         let urls = listeners.iter().map(listen::Listener::url).collect();
         let mut handle = BrokerHandle {
@@ -130,6 +159,7 @@ impl Broker {
             control,
             bridges: None,
             bridge_counters: bridge_counters.clone(),
+            cluster: cluster_runtime,
         };
 
         for index in 0..n {
@@ -154,6 +184,7 @@ impl Broker {
                 log_config: log_configs[usize::from(index)].take(),
                 stop: theirs.into(),
                 control: control_ends[usize::from(index)].take().expect("one per shard"),
+                cluster: cluster_line.clone(),
                 made: made_tx,
                 ready: ready_tx.clone(),
             };
@@ -260,6 +291,9 @@ pub struct BrokerHandle {
     bridges: Option<crate::bridge::Bridges>,
     /// Each configured bridge's counters, in configuration order.
     bridge_counters: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    /// The cluster runtime (`None` for a single node); leaves the cluster before the shards
+    /// stop.
+    cluster: Option<crate::cluster::runtime::ClusterRuntime>,
 }
 
 impl BrokerHandle {
@@ -272,6 +306,16 @@ impl BrokerHandle {
     /// order: the admin API's `GET /api/v1/bridges`.
     pub fn bridge_counters(&self) -> Vec<Arc<crate::core::shard::BridgeCounters>> {
         self.bridge_counters.clone()
+    }
+
+    /// The cluster runtime's view for the admin API (`None` for a single node).
+    pub fn cluster_view(&self) -> Option<crate::cluster::runtime::ClusterView> {
+        self.cluster.as_ref().map(|c| c.view())
+    }
+
+    /// The address the cluster runtime is bound to (port 0 resolved), if in a cluster.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().map(|c| c.local_addr())
     }
 
     /// The control plane: requests to the shards from other threads.
@@ -297,6 +341,9 @@ impl BrokerHandle {
     fn stop_and_join(&mut self) -> Vec<String> {
         if let Some(mut b) = self.bridges.take() {
             b.stop();
+        }
+        if let Some(c) = self.cluster.take() {
+            c.stop();
         }
         self.stop.clear();
         let mut errors = Vec::new();

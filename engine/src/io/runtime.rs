@@ -46,6 +46,8 @@ pub(crate) struct ShardStart {
     pub(crate) stop: OwnedFd,
     /// This shard's end of the control plane.
     pub(crate) control: super::control::ControlEnd,
+    /// The node's cluster runtime (`None` for a single node).
+    pub(crate) cluster: Option<super::cluster::ClusterLine>,
     /// Told once the executor exists (or could not be made).
     pub(crate) made: mpsc::Sender<Result<(), String>>,
     /// Told once the shard accepts on every listener (or failed to start).
@@ -175,6 +177,9 @@ async fn shard_main(start: ShardStart) -> Result<(), String> {
         }
     }
     *shard.tls_configs.borrow_mut() = tls_configs;
+    if let Some(line) = start.cluster {
+        shard.cluster.set(line).expect("cluster line set once");
+    }
     let mut listeners = Vec::with_capacity(start.listen.len());
     for l in start.listen {
         match super::listen::listener(l.addr) {
@@ -281,7 +286,7 @@ async fn accept_task(shard: Rc<ShardIo>, listener: TcpListener, config: Listener
             Some(Ok(stream)) => super::greet::spawn_accepted(&shard, stream, &config),
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off briefly rather than spin.
-                if last_error_log.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     tracing::warn!("{}: accept failed: {e}", shard.id);
                     last_error_log = Some(Instant::now());
                 }

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustls::ServerConfig;
 
+use crate::core::cluster::ClusterOut;
 use crate::core::ids::{ConnId, ShardId};
 use crate::core::mesh::MeshMsg;
 use crate::core::shard::{IoAction, ShardCore, ShardCounters};
 
+use super::cluster::ClusterLine;
 use super::flush::{FlushQueue, PendingTx};
 use super::idle::IdlePoller;
 use super::mesh::MeshIo;
@@ -237,6 +239,9 @@ pub(crate) struct ShardIo {
     /// This shard's log (absent with `--in-memory`).
     pub(crate) log: OnceCell<Rc<super::persist::LogIo>>,
     mesh_out: RefCell<Vec<(ShardId, MeshMsg)>>,
+    /// The node's cluster runtime (absent for a single node).
+    pub(crate) cluster: OnceCell<ClusterLine>,
+    cluster_out: RefCell<Vec<ClusterOut>>,
     /// Graceful shutdown has begun.
     pub(crate) stop: Signal,
     /// Connections waiting for their first packet, by deadline. Deadlines are pushed in
@@ -284,6 +289,8 @@ impl ShardIo {
             mesh: OnceCell::new(),
             log: OnceCell::new(),
             mesh_out: RefCell::new(Vec::new()),
+            cluster: OnceCell::new(),
+            cluster_out: RefCell::new(Vec::new()),
             stop: Signal::default(),
             connect_deadlines: RefCell::new(VecDeque::new()),
             timer_at: Cell::new(None),
@@ -543,6 +550,15 @@ impl ShardIo {
                 None => out.clear(),
             }
         }
+        drop(out);
+        let mut out = self.cluster_out.borrow_mut();
+        core.drain_cluster_out(&mut out);
+        if let Some(line) = self.cluster.get() {
+            for msg in out.drain(..) {
+                line.0.send(self.id, msg);
+            }
+        }
+        out.clear();
         if let Some(deadline) = core.next_deadline() {
             self.nudge_timer(deadline);
         }

@@ -113,7 +113,7 @@ async fn fold(
                 reason: e.to_string(),
             })?;
             folded += 1;
-            if folded % FOLD_YIELD_RECORDS == 0 {
+            if folded.is_multiple_of(FOLD_YIELD_RECORDS) {
                 glommio::yield_if_needed().await;
             }
         }

@@ -306,7 +306,7 @@ pub struct Frame<'a> {
 impl Frame<'_> {
     /// Decodes and validates the body.
     pub fn record(&self) -> Result<Record, RecordError> {
-        let record = if (self.body.as_ptr() as usize) % FRAME_ALIGN_BYTES == 0 {
+        let record = if (self.body.as_ptr() as usize).is_multiple_of(FRAME_ALIGN_BYTES) {
             Record::deserialize_body(self.kind, self.body)?
         } else {
             // rkyv needs aligned bytes: copy a misaligned body into an aligned buffer.

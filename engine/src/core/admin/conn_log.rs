@@ -30,7 +30,7 @@ impl LogBudget {
     /// the last one, returns their count too (to be reported once).
     pub(crate) fn take(&mut self, now: Instant) -> (bool, u64) {
         let mut reported = 0;
-        if self.window_start.map_or(true, |s| now >= s + WARN_WINDOW) {
+        if self.window_start.is_none_or(|s| now >= s + WARN_WINDOW) {
             self.window_start = Some(now);
             self.written = 0;
             reported = std::mem::take(&mut self.suppressed);

@@ -34,6 +34,7 @@ fn core_with(auth: AuthConfig) -> (ShardCore, Instant) {
         auth,
         fault_panic_topic: None,
         hash_keys: crate::core::hash::HashKeys::default(),
+        cluster: None,
     };
     (ShardCore::new(ShardId(0), config), now)
 }

@@ -7,6 +7,7 @@
 //! [`ClusterIn`] (delivered by the control plane, `io/control.rs`). Nothing here does IO.
 
 pub mod routes;
+pub(crate) mod shard_side;
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -96,6 +97,17 @@ pub enum ClusterOut {
         /// The message.
         msg: Arc<Message>,
     },
+    /// A message published on this node for the shared group `group`
+    /// (`$share/{name}/{filter}`), whose owner shard here picked `node` (which has members)
+    /// for it: one member cluster-wide gets each message. Credited like `Publish`.
+    PublishShared {
+        /// The node that serves the group this time.
+        node: NodeId,
+        /// The whole `$share/{name}/{filter}`.
+        group: ByteStr,
+        /// The message.
+        msg: Arc<Message>,
+    },
     /// `filter` entered (`added`) or left this shard's set of local filters (the same
     /// change `MeshMsg::SubDelta` tells the other shards). The runtime folds the shards'
     /// changes into the node's set, tells every peer when the node's set changes, and answers
@@ -139,8 +151,20 @@ pub enum ClusterIn {
         /// The message.
         msg: Arc<Message>,
     },
-    /// Node `node` gained (`added`) or lost its last subscriber of `filter`. Sent to every
-    /// shard (each keeps a replica of the node route index).
+    /// A message published on node `from` for one member of the shared group `group` on this
+    /// node (`ClusterOut::PublishShared`): handed to the group's owner shard here, which
+    /// gives it to a local member (or drops it, counted, if none is left).
+    PublishShared {
+        /// The node it was published on.
+        from: NodeId,
+        /// The whole `$share/{name}/{filter}`.
+        group: ByteStr,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// Node `node` gained (`added`) or lost its last subscriber of `filter` (for a shared
+    /// group: its last member of `$share/{name}/{filter}`). Sent to every shard (each keeps
+    /// a replica of the node route index; a group's owner shard keeps the group's nodes).
     Route {
         /// The node.
         node: NodeId,
@@ -222,3 +246,7 @@ pub struct ClusterCore {
     /// The runtime's counters (shard 0 publishes them in `$SYS`).
     pub counters: Arc<ClusterCounters>,
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod shard_tests;

@@ -561,7 +561,7 @@ mod tests {
         let filters = ["#", "t/#", "t/+", "t/x", "+/x"];
         let subs: Vec<Vec<(&str, QoS)>> = (1..32usize)
             .map(|set| {
-                let qos = |j: usize| if (set * 7 + j) % 3 == 0 { Q1 } else { Q0 };
+                let qos = |j: usize| if (set * 7 + j).is_multiple_of(3) { Q1 } else { Q0 };
                 (0..5).filter(|j| set & (1 << j) != 0).map(|j| (filters[j], qos(j))).collect()
             })
             .collect();

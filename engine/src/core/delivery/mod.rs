@@ -9,7 +9,7 @@
 
 pub(crate) mod deliver;
 pub(crate) mod outgoing;
-mod publish;
+pub(crate) mod publish;
 mod refusal;
 pub mod tx;
 pub mod tx_budget;

@@ -355,6 +355,7 @@ impl ShardCore {
         if msg.retain {
             self.update_retained(&msg);
         }
+        self.cluster_forward(&msg);
         for shard in shards.iter() {
             if shard != self.shard {
                 self.note_routed(shard, &msg);

@@ -290,7 +290,7 @@ impl ShardCore {
 
     /// True once every other shard answered every durability request of this shard.
     pub fn persist_settled(&self) -> bool {
-        self.persist.as_ref().map_or(true, |p| p.peer_acked == p.peer_sent)
+        self.persist.as_ref().is_none_or(|p| p.peer_acked == p.peer_sent)
     }
 
     /// `MeshMsg::DurableReq` from `from`: answer once everything logged so far is durable

@@ -132,6 +132,7 @@ impl ShardCore {
             return;
         }
         self.trie.insert(&filter, slot, entry);
+        self.cluster_sub(&filter, true);
         if self.routes.add(&filter, self.shard) {
             self.broadcast_delta(&filter, true);
         }

@@ -116,7 +116,7 @@ impl ShardCore {
 
     /// Continues every pending replay (the timer, every [`REPLAY_POLL_INTERVAL`]).
     pub(crate) fn continue_replays(&mut self, now: Instant) {
-        if !self.replays.deadline(now).is_some_and(|at| now >= at) {
+        if self.replays.deadline(now).is_none_or(|at| now < at) {
             return;
         }
         let now_ms = self.uptime_ms(now);

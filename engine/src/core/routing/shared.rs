@@ -54,8 +54,9 @@ use std::sync::Arc;
 
 use shardmq_codec::{ByteStr, QoS};
 
+use crate::core::cluster::{NodeId, NodeSet};
 use crate::core::ids::{SessionSlot, ShardId};
-use crate::core::mesh::{MeshMsg, Message};
+use crate::core::mesh::{MeshMsg, Message, Origin};
 use crate::core::routing::subscribe::SubOptions;
 use crate::core::routing::topic::{split_shared, SHARED_PREFIX};
 use crate::core::routing::trie::SubscriptionTrie;
@@ -96,8 +97,12 @@ struct Group {
     filter: ByteStr,
     /// In join order.
     members: Vec<Member>,
-    /// Index of the member to pick next (modulo the member count).
+    /// Index of the member to pick next (modulo the member count, plus the nodes in
+    /// `remote`: each counts as one member).
     next: usize,
+    /// Other nodes of the cluster with members (`core/cluster/`): the group lives while it
+    /// has members here or there.
+    remote: NodeSet,
 }
 
 /// The shared-subscription groups this shard owns.
@@ -207,37 +212,93 @@ impl ShardCore {
         e: SubOptions,
     ) {
         debug_assert_eq!(self.shared_owner(name), self.shard, "join on a non-owner");
-        let id = match self.shared.by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let (_, inner) = split_shared(name).expect("validated shared filter");
-                // Own the bytes: the name may be a slice of a read buffer.
-                let name = ByteStr::from(name.as_str());
-                let filter = ByteStr::from(inner);
-                let group = Group { name: name.clone(), filter, members: Vec::new(), next: 0 };
-                let id = match self.shared.free.pop() {
-                    Some(id) => {
-                        self.shared.groups[id as usize] = Some(group);
-                        id
-                    }
-                    None => {
-                        let id = u32::try_from(self.shared.groups.len()).expect("group count");
-                        self.shared.groups.push(Some(group));
-                        id
-                    }
-                };
-                self.shared.by_name.insert(name, id);
-                self.shared.trie.insert(inner, id, ());
-                if self.routes.add(inner, self.shard) {
-                    self.broadcast_delta(&ByteStr::from(inner), true);
-                }
-                id
-            }
-        };
+        let id = self.ensure_group(name);
         let group = self.shared.group_mut(id);
         match group.members.iter_mut().find(|m| m.shard == shard && m.session == session) {
             Some(m) => m.entry = e,
-            None => group.members.push(Member { shard, session, entry: e }),
+            None => {
+                group.members.push(Member { shard, session, entry: e });
+                if group.members.len() == 1 {
+                    // The node's first member: the other nodes send it the group's share.
+                    let name = group.name.clone();
+                    self.cluster_filter(&name, true);
+                }
+            }
+        }
+    }
+
+    /// On the owner: the group `name`, created (and its inner filter routed here) if new.
+    fn ensure_group(&mut self, name: &ByteStr) -> u32 {
+        if let Some(&id) = self.shared.by_name.get(name) {
+            return id;
+        }
+        let (_, inner) = split_shared(name).expect("validated shared filter");
+        // Own the bytes: the name may be a slice of a read buffer.
+        let name = ByteStr::from(name.as_str());
+        let filter = ByteStr::from(inner);
+        let group = Group {
+            name: name.clone(),
+            filter,
+            members: Vec::new(),
+            next: 0,
+            remote: NodeSet::EMPTY,
+        };
+        let id = match self.shared.free.pop() {
+            Some(id) => {
+                self.shared.groups[id as usize] = Some(group);
+                id
+            }
+            None => {
+                let id = u32::try_from(self.shared.groups.len()).expect("group count");
+                self.shared.groups.push(Some(group));
+                id
+            }
+        };
+        self.shared.by_name.insert(name, id);
+        self.shared.trie.insert(inner, id, ());
+        if self.routes.add(inner, self.shard) {
+            // This node's shards only: the nodes learn of the group itself (`join_group`).
+            self.broadcast_delta(&ByteStr::from(inner), true);
+        }
+        id
+    }
+
+    /// On the owner: `node` gained its first (`added`) or lost its last member of the group
+    /// `name` (`ClusterIn::Route` for `$share/...`).
+    pub(crate) fn group_remote(&mut self, name: &ByteStr, node: NodeId, added: bool) {
+        if !is_valid_shared(name) || self.shared_owner(name) != self.shard {
+            return;
+        }
+        if added {
+            let id = self.ensure_group(name);
+            self.shared.group_mut(id).remote.insert(node);
+        } else if let Some(&id) = self.shared.by_name.get(name) {
+            self.shared.group_mut(id).remote.remove(node);
+            self.drop_group_if_empty(id);
+        }
+    }
+
+    /// On the owner: `node` left the cluster; its members of every group go with it.
+    pub(crate) fn groups_forget_node(&mut self, node: NodeId) {
+        let ids: Vec<u32> = self.shared.by_name.values().copied().collect();
+        for id in ids {
+            self.shared.group_mut(id).remote.remove(node);
+            self.drop_group_if_empty(id);
+        }
+    }
+
+    /// Removes group `id` and its route once it has no member here nor on another node.
+    fn drop_group_if_empty(&mut self, id: u32) {
+        let group = self.shared.group_mut(id);
+        if !group.members.is_empty() || !group.remote.is_empty() {
+            return;
+        }
+        let group = self.shared.groups[id as usize].take().expect("live group id");
+        self.shared.free.push(id);
+        self.shared.by_name.remove(&group.name);
+        self.shared.trie.remove(&group.filter, id);
+        if self.routes.remove(&group.filter, self.shard) {
+            self.broadcast_delta(&group.filter, false);
         }
     }
 
@@ -256,18 +317,17 @@ impl ShardCore {
         if !group.members.is_empty() {
             return;
         }
-        let group = self.shared.groups[id as usize].take().expect("live group id");
-        self.shared.free.push(id);
-        self.shared.by_name.remove(name);
-        self.shared.trie.remove(&group.filter, id);
-        if self.routes.remove(&group.filter, self.shard) {
-            self.broadcast_delta(&group.filter, false);
-        }
+        // The node's last member: the other nodes stop sending it the group's share.
+        let name = group.name.clone();
+        self.cluster_filter(&name, false);
+        self.drop_group_if_empty(id);
     }
 
     /// On the owner: gives `msg` to one member of every group whose filter matches it.
     pub(crate) fn deliver_shared(&mut self, msg: &Arc<Message>, now_ms: u64) {
-        if self.shared.by_name.is_empty() {
+        if self.shared.by_name.is_empty() || msg.origin == Origin::REMOTE {
+            // A message from another node reaches a group here only as that node's pick
+            // (`ClusterIn::PublishShared`): its owner chose one node for it.
             return;
         }
         let mut matched = std::mem::take(&mut self.shared.matched);
@@ -279,15 +339,25 @@ impl ShardCore {
         self.shared.matched = matched;
     }
 
-    /// On the owner: the next member of group `id` gets `msg`. False if the group has no
-    /// member left.
+    /// On the owner: the next member of group `id` gets `msg` — here, or on another node of
+    /// the cluster (each such node counts as one member; a message from another node stays
+    /// here). False if the group has no member left.
     fn dispatch_to_group(&mut self, id: u32, msg: &Arc<Message>, now_ms: u64) -> bool {
+        let local_only = msg.origin == Origin::REMOTE;
         let group = self.shared.group_mut(id);
-        if group.members.is_empty() {
+        let remote = if local_only { 0 } else { group.remote.len() };
+        let slots = group.members.len() + remote;
+        if slots == 0 {
             return false;
         }
-        let i = group.next % group.members.len();
+        let i = group.next % slots;
         group.next = i + 1;
+        if i >= group.members.len() {
+            let node = group.remote.iter().nth(i - group.members.len()).expect("a remote slot");
+            let group = group.name.clone();
+            self.cluster_forward_shared(node, group, msg);
+            return true;
+        }
         let m = group.members[i];
         let name = group.name.clone();
         let qos = m.entry.opts.qos.min(msg.qos);
@@ -374,7 +444,7 @@ impl ShardCore {
     }
 
     /// Gives `msg` back to group `name` for another member (through its owner).
-    fn shared_requeue(&mut self, name: ByteStr, msg: Arc<Message>, now_ms: u64) {
+    pub(crate) fn shared_requeue(&mut self, name: ByteStr, msg: Arc<Message>, now_ms: u64) {
         let owner = self.shared_owner(&name);
         if owner == self.shard {
             self.handle_shared_requeue(&name, &msg, now_ms);

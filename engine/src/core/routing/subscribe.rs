@@ -59,6 +59,9 @@ struct PendingSubAck {
     joins_waiting: u32,
     /// Names this SUBACK in those acks.
     token: u64,
+    /// The cluster runtime must hold this shard's filter changes up to here
+    /// (`cluster/shard_side.rs`; 0 outside a cluster).
+    cluster_seq: u64,
     /// The log batch holding the subscription records (0: nothing logged, no wait).
     ticket: u64,
     /// The SUBACK or UNSUBACK.
@@ -80,8 +83,9 @@ pub(crate) struct SubAckGate {
     /// The last SUBSCRIBE token handed out (for `SharedJoinAck`).
     last_token: u64,
     /// As a shared group's owner: `SharedJoinAck`s (to shard, token) waiting for every peer
-    /// to ack this shard's deltas up to the sequence number, in join order.
-    join_acks: VecDeque<(u64, ShardId, u64)>,
+    /// to ack this shard's deltas up to the sequence number (and the cluster runtime up to
+    /// the cluster sequence number), in join order.
+    join_acks: VecDeque<(u64, u64, ShardId, u64)>,
 }
 
 impl SubAckGate {
@@ -177,6 +181,7 @@ impl ShardCore {
                             if opts.retain_handling != RetainHandling::DoNotSend {
                                 retained.push((filter.clone(), entry));
                             }
+                            self.cluster_sub(&filter, true);
                             if self.routes.add(&filter, self.shard) {
                                 self.broadcast_delta(&filter, true);
                             }
@@ -192,6 +197,7 @@ impl ShardCore {
             conn,
             slot,
             wait_seq: self.gate.last_seq,
+            cluster_seq: self.cluster_seq(),
             joins_waiting,
             token,
             ticket: self.log_wait_ticket(slot),
@@ -240,6 +246,7 @@ impl ShardCore {
             conn,
             slot,
             wait_seq: 0,
+            cluster_seq: 0,
             joins_waiting: 0,
             token: 0,
             ticket,
@@ -261,12 +268,17 @@ impl ShardCore {
         if is_shared(filter) {
             return self.shared_unsubscribe(slot, filter, self.uptime_ms(now));
         }
-        if self.trie.remove(filter, slot).is_some() && self.routes.remove(filter, self.shard) {
+        if self.trie.remove(filter, slot).is_none() {
+            return;
+        }
+        self.cluster_sub(filter, false);
+        if self.routes.remove(filter, self.shard) {
             self.broadcast_delta(filter, false);
         }
     }
 
-    /// Tells every other shard that `filter` entered or left this shard's set.
+    /// Tells every other shard that `filter` entered or left this shard's set. (The other
+    /// nodes of a cluster count subscriptions apart: `cluster/shard_side.rs`.)
     pub(crate) fn broadcast_delta(&mut self, filter: &ByteStr, added: bool) {
         if self.config.shard_count == 1 {
             return;
@@ -288,8 +300,13 @@ impl ShardCore {
         debug_assert!(seq >= *acked, "delta acks out of order from {from}");
         *acked = (*acked).max(seq);
         self.release_subacks(now);
-        while let Some(&(wait_seq, to, token)) = self.gate.join_acks.front() {
-            if !self.gate.all_acked(wait_seq, self.shard) {
+        self.release_join_acks();
+    }
+
+    /// Sends the `SharedJoinAck`s whose deltas every peer (and every node) acknowledged.
+    pub(crate) fn release_join_acks(&mut self) {
+        while let Some(&(wait_seq, cluster_seq, to, token)) = self.gate.join_acks.front() {
+            if !self.gate.all_acked(wait_seq, self.shard) || !self.cluster_acked(cluster_seq) {
                 break;
             }
             self.gate.join_acks.pop_front();
@@ -301,6 +318,7 @@ impl ShardCore {
     fn suback_ready(&self, p: &PendingSubAck) -> bool {
         p.joins_waiting == 0
             && self.gate.all_acked(p.wait_seq, self.shard)
+            && self.cluster_acked(p.cluster_seq)
             && self.log_ticket_done(p.ticket)
     }
 
@@ -324,10 +342,14 @@ impl ShardCore {
     /// has acked this shard's deltas so far (including one the join may have caused).
     pub(crate) fn ack_shared_join(&mut self, from: ShardId, token: u64) {
         let wait_seq = self.gate.last_seq;
-        if self.gate.join_acks.is_empty() && self.gate.all_acked(wait_seq, self.shard) {
+        let cluster_seq = self.cluster_seq();
+        if self.gate.join_acks.is_empty()
+            && self.gate.all_acked(wait_seq, self.shard)
+            && self.cluster_acked(cluster_seq)
+        {
             self.mesh_out.push((from, MeshMsg::SharedJoinAck { token }));
         } else {
-            self.gate.join_acks.push_back((wait_seq, from, token));
+            self.gate.join_acks.push_back((wait_seq, cluster_seq, from, token));
         }
     }
 

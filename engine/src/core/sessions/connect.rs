@@ -192,6 +192,7 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
+        self.cluster_connected(conn, &client_id);
         let listener = self.conns.get(conn).map_or(0, |c| c.info.listener);
         self.ops.connected(version, listener);
         if tracing::enabled!(tracing::Level::INFO) {
@@ -239,11 +240,19 @@ impl ShardCore {
     }
 
     /// A client id no session uses whose home shard is this shard, so that a later CONNECT
-    /// with it (5.0, after a Session Expiry Interval > 0) is routed back here.
+    /// with it (5.0, after a Session Expiry Interval > 0) is routed back here. In a cluster
+    /// it names the node too: ids are unique cluster-wide, and another node's assigned id
+    /// must not take over this one's client.
     fn assign_client_id(&mut self) -> ByteStr {
+        let node = self.config.cluster.as_ref().map(|c| format!("n{}-", c.node.0));
         loop {
             self.assigned_ids += 1;
-            let candidate = format!("shardmq-{}-{:x}", self.shard.0, self.assigned_ids);
+            let candidate = format!(
+                "shardmq-{}{}-{:x}",
+                node.as_deref().unwrap_or(""),
+                self.shard.0,
+                self.assigned_ids
+            );
             if Self::home_shard(candidate.as_bytes(), self.config.shard_count) == self.shard {
                 let id = ByteStr::from(candidate);
                 if self.sessions.find(&id).is_none() {

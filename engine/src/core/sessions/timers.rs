@@ -206,6 +206,24 @@ impl ShardCore {
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
             }
         }
+        if let Some(c) = &self.config.cluster {
+            let k = &c.counters;
+            for (what, v) in [
+                ("node_id", &k.node_id),
+                ("members", &k.members),
+                ("links/up", &k.links_up),
+                ("messages/out", &k.messages_out),
+                ("messages/in", &k.messages_in),
+                ("bytes/out", &k.bytes_out),
+                ("bytes/in", &k.bytes_in),
+                ("messages/dropped", &k.messages_dropped),
+                ("routes/remote", &k.remote_routes),
+                ("takeovers", &k.takeovers),
+            ] {
+                let topic = format!("$SYS/broker/cluster/{what}");
+                entries.push((topic, v.load(Ordering::Relaxed).to_string()));
+            }
+        }
         for (topic, value) in entries {
             let msg = Message {
                 topic: ByteStr::from(topic),

@@ -159,7 +159,7 @@ impl TransportState {
 
     /// The TLS handshake is done (or there is no TLS).
     pub(crate) fn tls_established(&self) -> bool {
-        self.tls.as_ref().map_or(true, |t| !t.is_handshaking())
+        self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
     }
 
     /// The subject CN of the client certificate the TLS handshake verified, if any.

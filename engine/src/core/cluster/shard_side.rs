@@ -1,0 +1,249 @@
+//! A shard's side of the cluster: what it tells the node's cluster runtime
+//! ([`ClusterOut`]) and what it does with what the runtime tells it ([`ClusterIn`]).
+//!
+//! - A message published on this node is sent, once per destination node, to the nodes
+//!   whose routes match its topic (and to every node when it is retained: each node keeps the
+//!   whole retained store). Messages that came from another node are never sent on.
+//! - The shard's filter changes (the same ones `MeshMsg::SubDelta` carries) go to the
+//!   runtime, and a SUBACK also waits for the runtime's `FilterAck`.
+//! - Bytes handed to the runtime count against a window like the mesh's: past it, the shard
+//!   stops reading PUBLISH until the runtime credits them back.
+//! - Each connection is registered; a `Kick` for it (its client id connected later on another
+//!   node) ends it with 0x8E, Session taken over [MQTT-3.1.4-3], and ends its session.
+//!
+//! Shard-local: one [`ClusterState`] per shard, `None` when the node is not in a cluster.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmq_codec::{ByteStr, ReasonCode};
+
+use crate::core::delivery::publish::is_sys_topic;
+use crate::core::hash::Map;
+use crate::core::ids::ConnId;
+use crate::core::mesh::{mesh_cost, Message, Origin};
+use crate::core::routing::shared::is_shared;
+use crate::core::shard::{CloseKind, ShardCore};
+
+use super::{ClusterCore, ClusterIn, ClusterOut, NodeId, NodeRouteIndex};
+
+/// A shard's cluster state.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    /// This node.
+    pub(crate) node: NodeId,
+    /// Replica of the other nodes' routes.
+    pub(crate) routes: NodeRouteIndex,
+    /// Messages for the runtime, drained by the io layer.
+    pub(crate) out: Vec<ClusterOut>,
+    /// Bytes (`mesh_cost`) handed to the runtime and not yet credited.
+    pub(crate) inflight: u64,
+    /// The last filter change's sequence number (`ClusterOut::Filter`).
+    pub(crate) last_seq: u64,
+    /// The highest filter change sequence number every live peer holds.
+    pub(crate) acked: u64,
+    /// The last connection token handed out.
+    last_token: u64,
+    /// Connected connections: client id and token.
+    conns: Map<ConnId, (ByteStr, u64)>,
+    /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
+    /// group's inner filter shares the shard route index's count, not this one).
+    subs: Map<ByteStr, u32>,
+}
+
+impl ClusterState {
+    /// A shard's state in the cluster described by `core`.
+    pub(crate) fn new(core: &ClusterCore) -> ClusterState {
+        ClusterState {
+            node: core.node,
+            routes: NodeRouteIndex::new(),
+            out: Vec::new(),
+            inflight: 0,
+            last_seq: 0,
+            acked: 0,
+            last_token: 0,
+            conns: Map::default(),
+            subs: Map::default(),
+        }
+    }
+}
+
+impl ShardCore {
+    /// Sends a message published on this node to the other nodes that want it (called by
+    /// `route_message` once the local checks passed).
+    pub(crate) fn cluster_forward(&mut self, msg: &Arc<Message>) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        if msg.origin == Origin::REMOTE || is_sys_topic(&msg.topic) {
+            return;
+        }
+        let nodes = c.routes.nodes_for(&msg.topic);
+        if nodes.is_empty() && !msg.retain {
+            return;
+        }
+        c.inflight += mesh_cost(msg);
+        c.out.push(ClusterOut::Publish { nodes, msg: msg.clone() });
+    }
+
+    /// A shared group's owner picked `node` for `msg`.
+    pub(crate) fn cluster_forward_shared(
+        &mut self,
+        node: NodeId,
+        group: ByteStr,
+        msg: &Arc<Message>,
+    ) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        c.inflight += mesh_cost(msg);
+        c.out.push(ClusterOut::PublishShared { node, group, msg: msg.clone() });
+    }
+
+    /// One ordinary subscription to `filter` more (`added`) or less on this shard: the first
+    /// and the last are told to the nodes.
+    pub(crate) fn cluster_sub(&mut self, filter: &ByteStr, added: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        let changed = if added {
+            let n = c.subs.entry(ByteStr::from(filter.as_str())).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match c.subs.get_mut(filter) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    c.subs.remove(filter);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed {
+            self.cluster_filter(filter, added);
+        }
+    }
+
+    /// `filter` entered or left this shard's set: the runtime tells the nodes. For a shared
+    /// group, `filter` is the whole `$share/{name}/{filter}`: the nodes route the group's
+    /// messages to one node each, not the inner filter to every node with a member.
+    pub(crate) fn cluster_filter(&mut self, filter: &ByteStr, added: bool) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.last_seq += 1;
+            let seq = c.last_seq;
+            c.out.push(ClusterOut::Filter { filter: filter.clone(), added, seq });
+        }
+    }
+
+    /// The sequence number of this shard's last filter change (0 outside a cluster).
+    pub(crate) fn cluster_seq(&self) -> u64 {
+        self.cluster.as_deref().map_or(0, |c| c.last_seq)
+    }
+
+    /// True when every live peer node holds this shard's filter changes up to `seq` (always
+    /// true outside a cluster).
+    pub(crate) fn cluster_acked(&self, seq: u64) -> bool {
+        self.cluster.as_deref().is_none_or(|c| c.acked >= seq)
+    }
+
+    /// True while the bytes handed to the runtime are past the window.
+    pub(crate) fn cluster_paused(&self) -> bool {
+        self.cluster
+            .as_deref()
+            .is_some_and(|c| c.inflight >= self.config.limits.mesh_inflight_bytes_max)
+    }
+
+    /// `conn` connected as `client_id`: registered cluster-wide.
+    pub(crate) fn cluster_connected(&mut self, conn: ConnId, client_id: &str) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        c.last_token += 1;
+        let token = c.last_token;
+        let client_id = ByteStr::from(client_id);
+        c.conns.insert(conn, (client_id.clone(), token));
+        c.out.push(ClusterOut::Connected { client_id, token });
+    }
+
+    /// A connected `conn` closed.
+    pub(crate) fn cluster_disconnected(&mut self, conn: ConnId) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        if let Some((client_id, token)) = c.conns.remove(&conn) {
+            c.out.push(ClusterOut::Disconnected { client_id, token });
+        }
+    }
+
+    /// Moves the messages for the cluster runtime into `out`.
+    pub fn drain_cluster_out(&mut self, out: &mut Vec<ClusterOut>) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            out.append(&mut c.out);
+        }
+    }
+
+    /// A message from the node's cluster runtime.
+    pub fn handle_cluster(&mut self, msg: ClusterIn, now: Instant) {
+        if self.cluster.is_none() {
+            debug_assert!(false, "cluster message on a node outside a cluster");
+            return;
+        }
+        match msg {
+            ClusterIn::Publish { from, msg } => {
+                debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
+                self.route_message(msg, now);
+            }
+            ClusterIn::PublishShared { from, group, msg } => {
+                debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
+                if is_shared(&group) {
+                    // To the group's owner here, which keeps it on this node.
+                    self.shared_requeue(group, msg, self.uptime_ms(now));
+                }
+            }
+            ClusterIn::Route { node, filter, added } => {
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                if node == c.node {
+                    return;
+                }
+                if is_shared(&filter) {
+                    self.group_remote(&filter, node, added);
+                } else {
+                    c.routes.apply(node, &filter, added);
+                }
+            }
+            ClusterIn::NodeDown(node) => {
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                c.routes.remove_node(node);
+                self.groups_forget_node(node);
+            }
+            ClusterIn::FilterAck { seq } => {
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                c.acked = c.acked.max(seq);
+                self.release_subacks(now);
+                self.release_join_acks();
+            }
+            ClusterIn::Credit { bytes } => {
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                debug_assert!(c.inflight >= bytes, "credit {bytes} for {} in flight", c.inflight);
+                c.inflight = c.inflight.saturating_sub(bytes);
+            }
+            ClusterIn::Kick { client_id, token } => self.cluster_kick(&client_id, token, now),
+        }
+    }
+
+    /// The client id connected later on another node: end this connection and its session
+    /// (the newer connection's node holds the client id now), if `token` still names it.
+    fn cluster_kick(&mut self, client_id: &str, token: u64, now: Instant) {
+        let Some(c) = self.cluster.as_deref() else { return };
+        let Some(slot) = self.sessions.find(client_id) else { return };
+        let conn = self.sessions.get(slot).conn;
+        if let Some(conn) = conn {
+            if c.conns.get(&conn).is_none_or(|(_, t)| *t != token) {
+                // A newer connection on this node: the kick was for one already gone.
+                return;
+            }
+            // [MQTT-3.1.4-3]: the existing connection is closed; 5.0 gets 0x8E first.
+            let kind = CloseKind::Abnormal(Some(ReasonCode::SESSION_TAKEN_OVER));
+            self.close_conn(conn, kind, now);
+        }
+        // A detached persistent session ends too: the client's session is on the other node.
+        if let Some(slot) = self.sessions.find(client_id) {
+            self.end_session(slot, now);
+        }
+        tracing::info!(shard = %self.shard, %client_id, "client id connected on another node: taken over");
+    }
+}
