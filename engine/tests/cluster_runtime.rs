@@ -52,10 +52,13 @@ struct Node {
 
 impl Node {
     fn start(id: u16, seeds: &[SocketAddr]) -> Node {
+        Node::start_on(id, "127.0.0.1:0", seeds)
+    }
+
+    fn start_on(id: u16, listen: &str, seeds: &[SocketAddr]) -> Node {
         let (tx, inbox) = mpsc::channel();
         let counters = Arc::new(ClusterCounters::default());
-        let settings =
-            ClusterSettings::new(NodeId(id), "127.0.0.1:0".parse().unwrap(), seeds.to_vec());
+        let settings = ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
         let sink = Arc::new(Recorder(Mutex::new(tx)));
         let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
         Node { id: NodeId(id), rt, inbox, counters }
@@ -301,4 +304,51 @@ fn a_malformed_frame_closes_only_its_link() {
     a.wait_converged(&[b.id]);
     add_filter(&b, &a, "still/works", 1);
     add_filter(&a, &b, "still/works/too", 1);
+}
+
+/// Established TCP connections (local, remote) from /proc/net/tcp (IPv4).
+fn tcp_connections() -> Vec<(SocketAddr, SocketAddr)> {
+    let parse = |hex: &str| -> SocketAddr {
+        let (ip, port) = hex.split_once(':').unwrap();
+        let ip = u32::from_str_radix(ip, 16).unwrap().to_le_bytes();
+        SocketAddr::from((ip, u16::from_str_radix(port, 16).unwrap()))
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(3) == Some(&"01")).then(|| (parse(f[1]), parse(f[2])))
+        })
+        .collect()
+}
+
+#[test]
+fn the_source_address_is_the_listen_address() {
+    // Datagrams: a seed that is only a UDP socket sees the node's announcements come from
+    // the node's listen address, port included.
+    let seed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    seed.set_read_timeout(Some(PATIENCE)).unwrap();
+    let x = Node::start_on(51, "127.0.0.52:0", &[seed.local_addr().unwrap()]);
+    let mut buf = [0u8; 2048];
+    let (_, from) = seed.recv_from(&mut buf).expect("an announcement to the seed");
+    assert_eq!(from, x.addr());
+    // Links: each node's outgoing connection to the other leaves from its listen IP.
+    let a = Node::start_on(53, "127.0.0.53:0", &[]);
+    let b = Node::start_on(54, "127.0.0.54:0", &[a.addr()]);
+    a.wait_converged(&[b.id]);
+    b.wait_converged(&[a.id]);
+    let links = tcp_connections();
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let sources: Vec<SocketAddr> =
+            links.iter().filter(|(_, remote)| *remote == to.addr()).map(|(l, _)| *l).collect();
+        assert!(!sources.is_empty(), "no link to {}: {links:?}", to.id);
+        assert!(
+            sources.iter().all(|s| s.ip() == from.addr().ip() && s.port() != from.addr().port()),
+            "links to {} from {sources:?}, not from {}'s listen IP",
+            to.id,
+            from.id
+        );
+    }
 }

@@ -144,6 +144,8 @@ pub(crate) struct LinkContext {
     pub(crate) events: Sender<Event>,
     pub(crate) counters: Arc<ClusterCounters>,
     pub(crate) queue_bytes_max: usize,
+    /// [`WRITE_TIMEOUT`] (shorter in tests).
+    pub(crate) write_timeout: Duration,
 }
 
 impl Link {
@@ -285,7 +287,7 @@ impl Writer {
         socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
         let mut stream: TcpStream = socket.into();
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        stream.set_write_timeout(Some(self.ctx.write_timeout))?;
         stream.write_all(&self.hello)?;
         // The machine counts the frames it makes; the Hello is made here.
         self.ctx.counters.bytes_out.fetch_add(self.hello.len() as u64, Relaxed);
@@ -298,7 +300,7 @@ impl Writer {
 
     /// Writes queued frames until the link is hung up (`Ok`, after writing what is queued)
     /// or a write fails.
-    fn serve(&self, mut stream: &TcpStream) -> std::io::Result<()> {
+    fn serve(&self, stream: &TcpStream) -> std::io::Result<()> {
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH_FRAMES_MAX);
         loop {
             {
@@ -319,25 +321,187 @@ impl Writer {
                 let bytes: usize = batch.iter().map(|i| i.frame.len()).sum();
                 q.bytes -= bytes;
             }
-            let mut slices: Vec<IoSlice<'_>> =
-                batch.iter().map(|i| IoSlice::new(&i.frame)).collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                match stream.write_vectored(rest) {
-                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // Counted as sent by the machine; some of it never left.
-                        let lost = batch.iter().filter(|i| i.credit.is_some()).count();
-                        self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
-                        return Err(e);
-                    }
-                }
+            if let Err(e) = write_frames(stream, &batch) {
+                // Counted as sent by the machine; some of it never left.
+                let lost = batch.iter().filter(|i| i.credit.is_some()).count();
+                self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
+                return Err(e);
             }
-            drop(slices);
             // Dropping the items drops their credit guards' clones.
             batch.clear();
+        }
+    }
+}
+
+/// Writes every frame of `batch`, vectored (the frames' `Bytes` are not copied), going on
+/// after partial writes (a blocking socket returns one when its write timeout passes).
+fn write_frames(mut out: impl Write, batch: &[Item]) -> std::io::Result<()> {
+    let (mut first, mut offset) = (0usize, 0usize);
+    while first < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, item)| IoSlice::new(if i == 0 { &item.frame[offset..] } else { &item.frame }))
+            .collect();
+        let mut n = match out.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // Skip what was written: whole frames, then part of one.
+        while first < batch.len() && n >= batch[first].frame.len() - offset {
+            n -= batch[first].frame.len() - offset;
+            first += 1;
+            offset = 0;
+        }
+        offset += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::Receiver;
+
+    /// Takes at most `step` bytes per call, across buffers, like a socket under pressure.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let mut left = self.step + self.calls % 3; // vary where writes end
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn context(queue_bytes_max: usize, write_timeout: Duration) -> (LinkContext, Receiver<Event>) {
+        let (events, rx) = std::sync::mpsc::channel();
+        let ctx = LinkContext {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            events,
+            counters: Arc::new(ClusterCounters::default()),
+            queue_bytes_max,
+            write_timeout,
+        };
+        (ctx, rx)
+    }
+
+    /// The next event that `pick` takes, within a generous failure guard.
+    fn wait<T>(rx: &Receiver<Event>, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ev = rx.recv_timeout(left).expect("the awaited event");
+            if let Some(t) = pick(ev) {
+                return t;
+            }
+        }
+    }
+
+    /// Every shard's pending credit, summed.
+    fn credited(pool: &CreditPool) -> u64 {
+        let mut total = 0;
+        pool.collect(|_, b| total += b);
+        total
+    }
+
+    #[test]
+    fn a_message_for_a_link_that_is_down_is_dropped_counted_and_credited_once() {
+        // A port nobody listens on: the writer keeps failing to dial.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (ctx, rx) = context(1 << 20, WRITE_TIMEOUT);
+        let pool = Arc::new(CreditPool::new(2, ctx.events.clone()));
+        let link = Link::open(&ctx, NodeId(5), addr, 1, Bytes::from_static(b"hello")).unwrap();
+        let guard = Arc::new(CreditGuard { pool: pool.clone(), shard: ShardId(1), cost: 77 });
+        assert!(!link.publish(Bytes::from_static(b"frame"), &guard));
+        assert_eq!(ctx.counters.messages_dropped.load(Relaxed), 1);
+        assert_eq!(credited(&pool), 0, "not before the last holder lets go");
+        drop(guard);
+        wait(&rx, |ev| matches!(ev, Event::Credit).then_some(()));
+        let mut got = Vec::new();
+        pool.collect(|shard, bytes| got.push((shard, bytes)));
+        assert_eq!(got, vec![(ShardId(1), 77)]);
+        assert_eq!(credited(&pool), 0, "once");
+        link.hang_up().unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn a_stalled_link_is_closed_and_everything_it_held_is_credited_once() {
+        // A peer that accepts and never reads: the kernel's buffers fill, then the queue.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (ctx, rx) = context(1 << 20, Duration::from_millis(300));
+        let pool = Arc::new(CreditPool::new(1, ctx.events.clone()));
+        let link =
+            Link::open(&ctx, NodeId(6), listener.local_addr().unwrap(), 9, Bytes::new()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        wait(&rx, |ev| matches!(ev, Event::LinkUp(NodeId(6), 9)).then_some(()));
+        let frame = Bytes::from(vec![7u8; 64 * 1024]);
+        let guard = Arc::new(CreditGuard { pool: pool.clone(), shard: ShardId(0), cost: 1 });
+        // Publish until the writer gives up: the kernel's buffers fill, then the queue (a
+        // publish is refused), then the stalled write passes its timeout and the link goes
+        // down. Between publishes, wait a little for that marker.
+        let (mut accepted, mut refused) = (0u64, 0u64);
+        let mut told = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "the stalled link stays up");
+            if link.publish(frame.clone(), &guard) {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+            assert!(accepted < 100_000, "the queue is unbounded");
+            match rx.recv_timeout(Duration::from_millis(if refused > 0 { 50 } else { 0 })) {
+                Ok(Event::LinkDown(NodeId(6), 9)) => break,
+                Ok(Event::Credit) => told = true,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        assert!(refused >= 1, "the queue filled before the link went down");
+        assert!(accepted * 64 * 1024 > 1 << 20);
+        // Every queued copy was dropped with the connection; the test's clone is the last.
+        assert!(!told && credited(&pool) == 0, "credited before every copy was let go");
+        drop(guard);
+        assert_eq!(credited(&pool), 1, "credited once");
+        assert!(ctx.counters.messages_dropped.load(Relaxed) > refused, "queued copies count");
+        drop(link);
+    }
+
+    #[test]
+    fn partial_writes_go_on_where_they_stopped() {
+        let batch: Vec<Item> = (0..200usize)
+            .map(|i| {
+                let len = 1 + (i * 7919) % 300;
+                Item { frame: Bytes::from(vec![(i % 251) as u8; len]), credit: None }
+            })
+            .collect();
+        let want: Vec<u8> = batch.iter().flat_map(|i| i.frame.iter().copied()).collect();
+        for step in [1, 7, 64, 1000, want.len()] {
+            let mut t = Trickle { got: Vec::new(), step, calls: 0 };
+            write_frames(&mut t, &batch).unwrap();
+            assert!(t.got == want, "step {step}: the bytes differ");
         }
     }
 }

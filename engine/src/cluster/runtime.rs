@@ -166,10 +166,12 @@ pub fn start(
             events: events.clone(),
             counters: counters.clone(),
             queue_bytes_max: settings.link_queue_bytes_max,
+            write_timeout: super::link::WRITE_TIMEOUT,
         },
         net: net.clone(),
         links: HashMap::new(),
         link_serial: 0,
+        retired: Vec::new(),
         incoming: HashMap::new(),
         batches: vec![Vec::new(); usize::from(shard_count.max(1))],
         stopping: false,
@@ -285,6 +287,8 @@ struct MainLoop {
     net: Arc<NetShared>,
     links: HashMap<NodeId, Link>,
     link_serial: u64,
+    /// Writers of hung-up links, finishing what was queued (joined at stop).
+    retired: Vec<JoinHandle<()>>,
     incoming: HashMap<u64, Incoming>,
     /// Messages for each shard gathered during one turn.
     batches: Vec<Vec<ClusterIn>>,
@@ -421,8 +425,7 @@ impl MainLoop {
                 Effect::Hangup { node } => {
                     if let Some(link) = self.links.remove(&node) {
                         tracing::info!("cluster: hanging up the link to {node}");
-                        // The writer writes what is queued and ends on its own.
-                        drop(link.hang_up());
+                        self.retire(link);
                     }
                 }
                 Effect::Send { node, frame } => {
@@ -458,7 +461,7 @@ impl MainLoop {
             return; // already dialled; its writer keeps reconnecting
         }
         if let Some(old) = self.links.remove(&node) {
-            drop(old.hang_up());
+            self.retire(old);
         }
         self.link_serial += 1;
         match Link::open(&self.link_ctx, node, addr, self.link_serial, self.machine.hello()) {
@@ -467,6 +470,12 @@ impl MainLoop {
             }
             Err(e) => tracing::warn!("cluster: cannot start the link to {node}: {e}"),
         }
+    }
+
+    /// Hangs `link` up: its writer writes what is queued and ends.
+    fn retire(&mut self, link: Link) {
+        self.retired.retain(|t| !t.is_finished());
+        self.retired.extend(link.hang_up());
     }
 
     fn flush_batches(&mut self) {
@@ -479,8 +488,9 @@ impl MainLoop {
 
     /// After `leave`: its datagrams and frames are out; close every link and connection.
     fn finish(mut self) {
-        let writers: Vec<JoinHandle<()>> =
+        let mut writers: Vec<JoinHandle<()>> =
             self.links.drain().filter_map(|(_, l)| l.hang_up()).collect();
+        writers.append(&mut self.retired);
         for (_, inc) in self.incoming.drain() {
             let _ = inc.stream.shutdown(Shutdown::Both);
         }
