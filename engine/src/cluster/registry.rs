@@ -174,12 +174,7 @@ mod tests {
     use super::*;
 
     fn conn(node: u16, token: u64, ms: u64) -> Conn {
-        Conn {
-            node: NodeId(node),
-            shard: ShardId(0),
-            token,
-            stamp: Stamp { ms, counter: 0, node },
-        }
+        Conn { node: NodeId(node), shard: ShardId(0), token, stamp: Stamp { ms, counter: 0, node } }
     }
 
     #[test]

@@ -73,15 +73,15 @@ pub(crate) struct PendingAcks {
 impl PendingAcks {
     /// Queues one.
     pub fn push(&mut self, p: PendingAck) {
-        debug_assert!(self.queue.back().is_none_or(|b| b.needed <= p.needed));
+        debug_assert!(self.queue.back().map_or(true, |b| b.needed <= p.needed));
         self.queue.push_back(p);
     }
 
-    /// Removes and returns the waiting acknowledgements with `needed <= acked_min` (the
-    /// smallest acknowledged sequence number over the peers that must acknowledge).
-    pub fn release(&mut self, acked_min: u64) -> Vec<PendingAck> {
+    /// Removes and returns the waiting acknowledgements with `needed <= threshold` (the
+    /// smallest acknowledged sequence number over the peers that must still acknowledge).
+    pub fn release(&mut self, threshold: u64) -> Vec<PendingAck> {
         let mut out = Vec::new();
-        while self.queue.front().is_some_and(|p| p.needed <= acked_min) {
+        while self.queue.front().is_some_and(|p| p.needed <= threshold) {
             out.extend(self.queue.pop_front());
         }
         out

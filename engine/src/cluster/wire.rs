@@ -363,11 +363,7 @@ impl<'a> Reader<'a> {
         ByteStr::from_bytes(Bytes::copy_from_slice(b)).ok_or(WireError::Invalid(what))
     }
     fn stamp(&mut self) -> Result<Stamp, WireError> {
-        Ok(Stamp {
-            ms: self.u64("stamp")?,
-            counter: self.u32("stamp")?,
-            node: self.u16("stamp")?,
-        })
+        Ok(Stamp { ms: self.u64("stamp")?, counter: self.u32("stamp")?, node: self.u16("stamp")? })
     }
     fn finish(self, kind: &'static str) -> Result<(), WireError> {
         if self.buf.is_empty() {
