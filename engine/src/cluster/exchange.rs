@@ -57,26 +57,55 @@ impl NodeMachine {
                 if !live => {}
             Frame::Route { seq, added, filter } => {
                 let p = self.peers.get_mut(&from).expect("live");
-                p.seq_in = p.seq_in.max(seq);
+                if let Some(staging) = p.staging.as_mut() {
+                    // Part of a snapshot: applied as a whole at RoutesDone.
+                    if added {
+                        staging.insert(filter);
+                    } else {
+                        staging.remove(&filter);
+                    }
+                    return;
+                }
                 let changed =
                     if added { p.routes.insert(filter.clone()) } else { p.routes.remove(&filter) };
-                if changed {
-                    self.tell_every_shard(ClusterIn::Route { node: from, filter, added });
+                // Acknowledged only once this node holds the peer's whole set (a snapshot
+                // since the peer came up): an acknowledgement covers every earlier change.
+                let synced = p.synced;
+                if synced {
+                    p.seq_in = p.seq_in.max(seq);
                 }
-                self.send(from, &Frame::RouteAck { seq });
+                if changed {
+                    self.send_every_shard(ClusterIn::Route { node: from, filter, added });
+                }
+                if synced {
+                    self.send(from, &Frame::RouteAck { seq });
+                }
                 self.update_counters();
             }
-            Frame::RoutesReset { seq } => {
+            Frame::RoutesReset { .. } => {
                 let p = self.peers.get_mut(&from).expect("live");
-                p.seq_in = p.seq_in.max(seq);
-                p.routes.clear();
-                p.synced = true;
-                self.tell_every_shard(ClusterIn::NodeDown(from));
-                self.update_counters();
+                p.staging = Some(Default::default());
             }
             Frame::RoutesDone { seq } => {
                 let p = self.peers.get_mut(&from).expect("live");
+                // Without a staged snapshot (its start came before the peer was up here),
+                // this is not a whole set: the Resync this node sent brings one.
+                let Some(new) = p.staging.take() else { return };
+                p.synced = true;
                 p.seq_in = p.seq_in.max(seq);
+                // The shards get the difference, not a reset: a route both in the old and
+                // the new set never disappears, so no message to it is missed while the
+                // snapshot is applied.
+                let gone: Vec<ByteStr> = p.routes.difference(&new).cloned().collect();
+                let came: Vec<ByteStr> = new.difference(&p.routes).cloned().collect();
+                p.routes = new;
+                for filter in gone {
+                    self.send_every_shard(ClusterIn::Route { node: from, filter, added: false });
+                }
+                for filter in came {
+                    self.send_every_shard(ClusterIn::Route { node: from, filter, added: true });
+                }
+                self.update_counters();
                 self.send(from, &Frame::RouteAck { seq });
             }
             Frame::RouteAck { seq } => {
@@ -202,16 +231,19 @@ impl NodeMachine {
         self.peers.iter().filter(|(_, p)| p.live && p.link_up).map(|(n, _)| *n).collect()
     }
 
-    /// Answers the shards' filter changes every live peer with an up link acknowledged.
+    /// Answers the shards' filter changes every live peer with an up link acknowledged. A
+    /// change that arrived when the route sequence number was `needed` is held by peer `p`
+    /// once `p` acknowledged `needed` or later (its frames arrive in order), or everything
+    /// sent to it (it never saw a sequence number that late: snapshots to other peers).
     pub(super) fn release_acks(&mut self) {
-        let acked_min = self
+        let threshold = self
             .peers
             .values()
-            .filter(|p| p.live && p.link_up)
+            .filter(|p| p.live && p.link_up && p.acked < p.sent)
             .map(|p| p.acked)
             .min()
             .unwrap_or(u64::MAX);
-        for p in self.pending.release(acked_min) {
+        for p in self.pending.release(threshold) {
             self.effects.push_back(Effect::ToShard {
                 shard: p.shard,
                 msg: ClusterIn::FilterAck { seq: p.shard_seq },
@@ -312,7 +344,11 @@ impl NodeMachine {
                 shard: victim.shard.0,
                 token: victim.token,
             };
-            self.send(victim.node, &frame);
+            if !self.send(victim.node, &frame) {
+                if let Some(p) = self.peers.get_mut(&victim.node) {
+                    p.unsent_kicks.push(frame);
+                }
+            }
         }
     }
 

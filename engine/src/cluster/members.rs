@@ -14,11 +14,21 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
-use foca::{Config, Identity, Notification, OwnedNotification, PeriodicParams, Runtime, Timer};
+use foca::{
+    Config, Foca, Identity, NoCustomBroadcast, Notification, OwnedNotification, PeriodicParams,
+    PostcardCodec, Runtime, Timer,
+};
 
-use crate::core::cluster::NodeId;
+use crate::core::cluster::{ClusterIn, NodeId, NodeSet};
 
-use super::node::Effect;
+use super::node::{Effect, NodeMachine, Peer};
+
+/// How often a node that knows no live peer announces itself to its seeds again (so a node
+/// started before its seeds, or cut off from everyone, finds the cluster).
+pub(crate) const SEED_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The machine's foca.
+pub(crate) type Swim = Foca<Member, PostcardCodec, SplitMix, NoCustomBroadcast>;
 
 /// One incarnation of a node, as foca knows it.
 #[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
@@ -157,5 +167,127 @@ impl Runtime<Member> for FocaIo<'_> {
 
     fn submit_after(&mut self, event: Timer<Member>, after: Duration) {
         self.timers.push(self.now + after, event);
+    }
+}
+
+/// Membership changes, as foca reports them.
+impl NodeMachine {
+    pub(super) fn announce_to_seeds(&mut self, now: Instant) {
+        self.seed_announce_at = now + SEED_ANNOUNCE_INTERVAL;
+        if self.peers.values().any(|p| p.live) {
+            return;
+        }
+        for addr in self.seeds.clone() {
+            // A seed is known by its address only; foca accepts an announce addressed to
+            // any identity with the receiver's address.
+            let dst = Member { node: u16::MAX, addr, boot_id: 0 };
+            self.with_foca(now, |foca, io| foca.announce(dst, io));
+        }
+    }
+
+    /// Calls into foca, then applies the membership changes it reported.
+    pub(super) fn with_foca(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut Swim, &mut FocaIo<'_>) -> Result<(), foca::Error>,
+    ) {
+        let mut io = FocaIo {
+            now,
+            timers: &mut self.timers,
+            effects: &mut self.effects,
+            notes: &mut self.notes,
+            datagram_bytes: 0,
+        };
+        // A datagram foca refuses (malformed, from ourselves, too big) changes nothing.
+        let _ = f(&mut self.foca, &mut io);
+        let notes = std::mem::take(&mut self.notes);
+        for n in notes {
+            self.on_notification(n, now);
+        }
+    }
+
+    fn on_notification(&mut self, n: OwnedNotification<Member>, now: Instant) {
+        match n {
+            OwnedNotification::MemberUp(m) => self.member_up(m, now),
+            OwnedNotification::MemberDown(m) => self.member_down(&m),
+            OwnedNotification::Rename(old, new) => {
+                // A new incarnation (a restart, or a rejoin after being declared down) has
+                // lost or may have lost what the old one told us: treat it as the old one
+                // going down and, if active, the new one coming up.
+                self.member_down(&old);
+                if self.foca.iter_members().any(|m| m.id() == &new) {
+                    self.member_up(new, now);
+                }
+            }
+            OwnedNotification::Rejoin(_)
+            | OwnedNotification::Active
+            | OwnedNotification::Idle
+            | OwnedNotification::Defunct => {}
+        }
+    }
+
+    pub(super) fn member_up(&mut self, m: Member, _now: Instant) {
+        let node = m.id();
+        if node == self.id || (node.0 as usize) >= NodeSet::CAPACITY {
+            // Another process with our id (a configuration error), or an id out of range.
+            return;
+        }
+        if let Some(p) = self.peers.get(&node) {
+            if p.live && p.member == m {
+                return;
+            }
+            if p.live {
+                let old = p.member.clone();
+                self.member_down(&old);
+            }
+        }
+        let addr = m.addr;
+        self.peers.insert(
+            node,
+            Peer {
+                member: m,
+                live: true,
+                link_up: false,
+                acked: 0,
+                sent: 0,
+                seq_in: 0,
+                synced: false,
+                routes: Default::default(),
+                staging: None,
+                unsent_kicks: Vec::new(),
+            },
+        );
+        self.effects.push_back(Effect::Dial { node, addr });
+        self.membership_changed();
+    }
+
+    pub(super) fn member_down(&mut self, m: &Member) {
+        let node = m.id();
+        let Some(p) = self.peers.get_mut(&node) else { return };
+        if p.member != *m || !p.live {
+            return;
+        }
+        p.live = false;
+        p.link_up = false;
+        p.acked = 0;
+        p.sent = 0;
+        p.seq_in = 0;
+        p.synced = false;
+        p.routes.clear();
+        p.staging = None;
+        p.unsent_kicks.clear();
+        self.effects.push_back(Effect::Hangup { node });
+        self.send_every_shard(ClusterIn::NodeDown(node));
+        self.registry.forget_node(node);
+        self.membership_changed();
+    }
+
+    /// After a peer came up or went down: acknowledgements it held back may be due, and
+    /// client ids may have a new owner.
+    fn membership_changed(&mut self) {
+        self.release_acks();
+        self.release_claims(self.last_now);
+        self.reassign_owners();
+        self.update_counters();
     }
 }

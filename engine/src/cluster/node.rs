@@ -29,19 +29,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use foca::{Foca, OwnedNotification, PostcardCodec};
 
 use crate::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeSet};
 use crate::core::ids::ShardId;
 
-use super::members::{foca_config, FocaIo, Member, SplitMix, Timers};
+use super::members::{foca_config, Member, SplitMix, Swim, Timers};
 use super::registry::{Clock, Registry};
 use super::routes::{LocalFilters, PendingAcks};
 use super::wire::{self, Frame, WireError, PROTOCOL_VERSION};
-
-/// How often a node that knows no live peer announces itself to its seeds again (so a node
-/// started before its seeds, or cut off from everyone, finds the cluster).
-const SEED_ANNOUNCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the machine needs to start.
 #[derive(Debug, Clone)]
@@ -195,12 +191,19 @@ pub(super) struct Peer {
     pub link_up: bool,
     /// The largest route sequence number it acknowledged (this node's sequence numbers).
     pub acked: u64,
+    /// The largest route sequence number sent to it (the sequence numbers are this node's,
+    /// shared by all peers: a snapshot to one peer uses one no other peer sees).
+    pub sent: u64,
     /// The largest route sequence number of its own it sent us (acknowledged back).
     pub seq_in: u64,
     /// This node holds its routes and registrations (its snapshot since it came up).
     pub synced: bool,
     /// Its node-level filters, as its Route frames told (a mirror of what every shard holds).
     pub routes: std::collections::BTreeSet<shardmq_codec::ByteStr>,
+    /// A snapshot being received (between `RoutesReset` and `RoutesDone`).
+    pub staging: Option<std::collections::BTreeSet<shardmq_codec::ByteStr>>,
+    /// Kick frames that could not be sent (the link was down), sent when it comes up.
+    pub unsent_kicks: Vec<Frame>,
 }
 
 /// One node's cluster state machine (see the module documentation).
@@ -210,7 +213,7 @@ pub struct NodeMachine {
     pub(super) shard_count: u16,
     pub(super) started_at: Instant,
     pub(super) counters: Arc<ClusterCounters>,
-    pub(super) foca: Foca<Member, PostcardCodec, SplitMix, NoCustomBroadcast>,
+    pub(super) foca: Swim,
     pub(super) timers: Timers,
     pub(super) notes: Vec<OwnedNotification<Member>>,
     pub(super) effects: VecDeque<Effect>,
@@ -318,7 +321,7 @@ impl NodeMachine {
         let seq_in = p.seq_in;
         let synced = p.synced;
         self.send_snapshot(node);
-        if seq_in > 0 {
+        if synced && seq_in > 0 {
             // Acknowledgements sent while the link was down were lost.
             self.send(node, &Frame::RouteAck { seq: seq_in });
         }
@@ -326,6 +329,10 @@ impl NodeMachine {
             self.send(node, &Frame::Resync);
         }
         self.send_registrations(node);
+        let kicks = self.peers.get_mut(&node).map(|p| std::mem::take(&mut p.unsent_kicks));
+        for k in kicks.unwrap_or_default() {
+            self.send(node, &k);
+        }
         self.update_counters();
     }
 
@@ -445,6 +452,30 @@ impl NodeMachine {
         }
     }
 
+    /// For the simulation's failure messages: the route sequence number and each peer's
+    /// (live, link up, acknowledged).
+    #[cfg(test)]
+    pub(super) fn ack_state(&self) -> (u64, Vec<(NodeId, bool, bool, u64)>) {
+        let peers = self.peers.iter().map(|(n, p)| (*n, p.live, p.link_up, p.acked)).collect();
+        (self.route_seq, peers)
+    }
+
+    /// For the simulation's failure messages: what this node knows of `node`.
+    #[cfg(test)]
+    pub(super) fn peer_debug(&self, node: NodeId) -> String {
+        match self.peers.get(&node) {
+            None => "unknown".into(),
+            Some(p) => format!(
+                "local {:?} live {} link {} acked {} sent {} seq_in {} synced {} staging {:?} routes {:?} member {:?}",
+                self.filters.iter().collect::<Vec<_>>(),
+                p.live,
+                p.link_up,
+                p.acked,
+                p.sent, p.seq_in, p.synced, p.staging, p.routes, p.member
+            ),
+        }
+    }
+
     /// This node's uptime in ms at `now`.
     pub(super) fn uptime_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.started_at).as_millis())
@@ -456,15 +487,20 @@ impl NodeMachine {
         std::iter::once(self.id).chain(self.peers.iter().filter(|(_, p)| p.live).map(|(n, _)| *n))
     }
 
-    /// Encodes and queues `frame` for `node` (dropped if the link is down).
-    pub(super) fn send(&mut self, node: NodeId, frame: &Frame) {
+    /// Encodes and queues `frame` for `node`; false (and dropped) if the link is down.
+    pub(super) fn send(&mut self, node: NodeId, frame: &Frame) -> bool {
         if !self.peers.get(&node).is_some_and(|p| p.link_up) {
-            return;
+            return false;
         }
-        if let Some(bytes) = frame.encode() {
-            self.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            self.effects.push_back(Effect::Send { node, frame: bytes });
+        if let Frame::Route { seq, .. } | Frame::RoutesDone { seq } = frame {
+            if let Some(p) = self.peers.get_mut(&node) {
+                p.sent = p.sent.max(*seq);
+            }
         }
+        let Some(bytes) = frame.encode() else { return false };
+        self.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.effects.push_back(Effect::Send { node, frame: bytes });
+        true
     }
 
     fn count_in(&self, len: usize) {
@@ -473,126 +509,10 @@ impl NodeMachine {
     }
 
     /// Sends `ToShard` with `msg` to every shard.
-    pub(super) fn tell_every_shard(&mut self, msg: ClusterIn) {
+    pub(super) fn send_every_shard(&mut self, msg: ClusterIn) {
         for s in 0..self.shard_count {
             self.effects.push_back(Effect::ToShard { shard: ShardId(s), msg: msg.clone() });
         }
-    }
-
-    fn announce_to_seeds(&mut self, now: Instant) {
-        self.seed_announce_at = now + SEED_ANNOUNCE_INTERVAL;
-        if self.peers.values().any(|p| p.live) {
-            return;
-        }
-        for addr in self.seeds.clone() {
-            // A seed is known by its address only; foca accepts an announce addressed to
-            // any identity with the receiver's address.
-            let dst = Member { node: u16::MAX, addr, boot_id: 0 };
-            self.with_foca(now, |foca, io| foca.announce(dst, io));
-        }
-    }
-
-    /// Calls into foca, then applies the membership changes it reported.
-    fn with_foca(
-        &mut self,
-        now: Instant,
-        f: impl FnOnce(
-            &mut Foca<Member, PostcardCodec, SplitMix, NoCustomBroadcast>,
-            &mut FocaIo<'_>,
-        ) -> Result<(), foca::Error>,
-    ) {
-        let mut io = FocaIo {
-            now,
-            timers: &mut self.timers,
-            effects: &mut self.effects,
-            notes: &mut self.notes,
-            datagram_bytes: 0,
-        };
-        // A datagram foca refuses (malformed, from ourselves, too big) changes nothing.
-        let _ = f(&mut self.foca, &mut io);
-        let notes = std::mem::take(&mut self.notes);
-        for n in notes {
-            self.on_notification(n, now);
-        }
-    }
-
-    fn on_notification(&mut self, n: OwnedNotification<Member>, now: Instant) {
-        match n {
-            OwnedNotification::MemberUp(m) => self.member_up(m, now),
-            OwnedNotification::MemberDown(m) => self.member_down(&m),
-            OwnedNotification::Rename(old, new) => {
-                // A new incarnation (a restart, or a rejoin after being declared down) has
-                // lost or may have lost what the old one told us: treat it as the old one
-                // going down and, if active, the new one coming up.
-                self.member_down(&old);
-                if self.foca.iter_members().any(|m| m.id() == &new) {
-                    self.member_up(new, now);
-                }
-            }
-            OwnedNotification::Rejoin(_)
-            | OwnedNotification::Active
-            | OwnedNotification::Idle
-            | OwnedNotification::Defunct => {}
-        }
-    }
-
-    fn member_up(&mut self, m: Member, _now: Instant) {
-        let node = m.id();
-        if node == self.id || (node.0 as usize) >= NodeSet::CAPACITY {
-            // Another process with our id (a configuration error), or an id out of range.
-            return;
-        }
-        if let Some(p) = self.peers.get(&node) {
-            if p.live && p.member == m {
-                return;
-            }
-            if p.live {
-                let old = p.member.clone();
-                self.member_down(&old);
-            }
-        }
-        let addr = m.addr;
-        self.peers.insert(
-            node,
-            Peer {
-                member: m,
-                live: true,
-                link_up: false,
-                acked: 0,
-                seq_in: 0,
-                synced: false,
-                routes: Default::default(),
-            },
-        );
-        self.effects.push_back(Effect::Dial { node, addr });
-        self.membership_changed();
-    }
-
-    fn member_down(&mut self, m: &Member) {
-        let node = m.id();
-        let Some(p) = self.peers.get_mut(&node) else { return };
-        if p.member != *m || !p.live {
-            return;
-        }
-        p.live = false;
-        p.link_up = false;
-        p.acked = 0;
-        p.seq_in = 0;
-        p.synced = false;
-        p.routes.clear();
-        self.effects.push_back(Effect::Hangup { node });
-        self.tell_every_shard(ClusterIn::NodeDown(node));
-        self.registry.forget_node(node);
-        self.membership_changed();
-    }
-
-    /// After a peer came up or went down: acknowledgements it held back may be due, and
-    /// client ids may have a new owner.
-    fn membership_changed(&mut self) {
-        self.release_acks();
-        self.release_claims(self.last_now);
-        self.reassign_owners();
-        self.update_counters();
     }
 
     /// Stores the counters derived from the state.

@@ -77,11 +77,11 @@ impl PendingAcks {
         self.queue.push_back(p);
     }
 
-    /// Removes and returns the waiting acknowledgements with `needed <= acked_min` (the
-    /// smallest acknowledged sequence number over the peers that must acknowledge).
-    pub fn release(&mut self, acked_min: u64) -> Vec<PendingAck> {
+    /// Removes and returns the waiting acknowledgements with `needed <= threshold` (the
+    /// smallest acknowledged sequence number over the peers that must still acknowledge).
+    pub fn release(&mut self, threshold: u64) -> Vec<PendingAck> {
         let mut out = Vec::new();
-        while self.queue.front().is_some_and(|p| p.needed <= acked_min) {
+        while self.queue.front().is_some_and(|p| p.needed <= threshold) {
             out.extend(self.queue.pop_front());
         }
         out
