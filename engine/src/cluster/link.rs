@@ -290,6 +290,7 @@ impl Writer {
         socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
         let mut stream: TcpStream = socket.into();
         stream.set_nodelay(true)?;
+        super::net::keepalive(&stream)?;
         stream.set_write_timeout(Some(self.ctx.write_timeout))?;
         stream.write_all(&self.hello)?;
         // The machine counts the frames it makes; the Hello is made here.
