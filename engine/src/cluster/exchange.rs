@@ -41,6 +41,12 @@ impl NodeMachine {
                 let msg = ClusterIn::PublishShared { from, group, msg };
                 self.effects.push_back(Effect::ToShard { shard, msg });
             }
+            Frame::ClaimReq { shard, token, client_id } => {
+                self.on_claim_req(from, shard, token, client_id)
+            }
+            Frame::ClaimReply { shard, token, session } => {
+                self.on_claim_reply(from, shard, token, session, now)
+            }
             // Routes and registrations from a node that is not live here are ignored and not
             // acknowledged: when it comes back up, this node asks for all of them (Resync).
             Frame::Route { .. }
@@ -55,7 +61,7 @@ impl NodeMachine {
                 let changed =
                     if added { p.routes.insert(filter.clone()) } else { p.routes.remove(&filter) };
                 if changed {
-                    self.to_every_shard(ClusterIn::Route { node: from, filter, added });
+                    self.tell_every_shard(ClusterIn::Route { node: from, filter, added });
                 }
                 self.send(from, &Frame::RouteAck { seq });
                 self.update_counters();
@@ -65,7 +71,7 @@ impl NodeMachine {
                 p.seq_in = p.seq_in.max(seq);
                 p.routes.clear();
                 p.synced = true;
-                self.to_every_shard(ClusterIn::NodeDown(from));
+                self.tell_every_shard(ClusterIn::NodeDown(from));
                 self.update_counters();
             }
             Frame::RoutesDone { seq } => {

@@ -5,6 +5,7 @@
 pub mod node;
 pub mod wire;
 
+pub mod claims;
 mod exchange;
 mod members;
 mod registry;

@@ -222,6 +222,8 @@ pub struct NodeMachine {
     pub(super) clock: Clock,
     pub(super) last_now: Instant,
     pub(super) seed_announce_at: Instant,
+    /// Claims of persistent sessions waiting for peers (`claims.rs`).
+    pub(super) claims: super::claims::Claims,
 }
 
 impl std::fmt::Debug for NodeMachine {
@@ -235,7 +237,7 @@ impl NodeMachine {
     pub fn new(s: NodeSettings, now: Instant) -> NodeMachine {
         assert!((s.id.0 as usize) < NodeSet::CAPACITY, "node id checked by the configuration");
         let me = Member { node: s.id.0, addr: s.advertise, boot_id: s.boot_id };
-        let rng = SplitMix(s.rng_seed ^ 0x636c_7573_7465_72);
+        let rng = SplitMix(s.rng_seed ^ 0x0063_6c75_7374_6572);
         let foca = Foca::new(me, foca_config(), rng, PostcardCodec);
         s.counters.node_id.store(u64::from(s.id.0), Ordering::Relaxed);
         let seeds = s.seeds.iter().copied().filter(|a| *a != s.advertise).collect();
@@ -257,6 +259,7 @@ impl NodeMachine {
             clock: Clock::default(),
             last_now: now,
             seed_announce_at: now,
+            claims: Default::default(),
         };
         m.update_counters();
         m.announce_to_seeds(now);
@@ -292,14 +295,16 @@ impl NodeMachine {
         if now >= self.seed_announce_at {
             self.announce_to_seeds(now);
         }
+        self.release_claims(now);
     }
 
     /// When [`NodeMachine::handle_timer`] is next due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        Some(match self.timers.next_deadline() {
+        let t = match self.timers.next_deadline() {
             Some(t) => t.min(self.seed_announce_at),
             None => self.seed_announce_at,
-        })
+        };
+        Some(self.claims.next_deadline().map_or(t, |c| c.min(t)))
     }
 
     /// The outgoing link to `node` connected (its Hello written).
@@ -333,6 +338,7 @@ impl NodeMachine {
         }
         p.link_up = false;
         self.release_acks();
+        self.release_claims(now);
         self.update_counters();
     }
 
@@ -375,6 +381,10 @@ impl NodeMachine {
             ClusterOut::Publish { nodes, msg } => self.on_publish(shard, nodes, msg, now),
             ClusterOut::PublishShared { node, group, msg } => {
                 self.on_publish_shared(shard, node, group, msg, now)
+            }
+            ClusterOut::Claim { client_id, token } => self.on_claim(shard, client_id, token, now),
+            ClusterOut::Export { to, shard: asker, token, session } => {
+                self.on_export(to, asker, token, session, now)
             }
             ClusterOut::Filter { filter, added, seq } => self.on_filter(shard, filter, added, seq),
             ClusterOut::Connected { client_id, token } => {
@@ -463,7 +473,7 @@ impl NodeMachine {
     }
 
     /// Sends `ToShard` with `msg` to every shard.
-    pub(super) fn to_every_shard(&mut self, msg: ClusterIn) {
+    pub(super) fn tell_every_shard(&mut self, msg: ClusterIn) {
         for s in 0..self.shard_count {
             self.effects.push_back(Effect::ToShard { shard: ShardId(s), msg: msg.clone() });
         }
@@ -571,7 +581,7 @@ impl NodeMachine {
         p.synced = false;
         p.routes.clear();
         self.effects.push_back(Effect::Hangup { node });
-        self.to_every_shard(ClusterIn::NodeDown(node));
+        self.tell_every_shard(ClusterIn::NodeDown(node));
         self.registry.forget_node(node);
         self.membership_changed();
     }
@@ -580,6 +590,7 @@ impl NodeMachine {
     /// client ids may have a new owner.
     fn membership_changed(&mut self) {
         self.release_acks();
+        self.release_claims(self.last_now);
         self.reassign_owners();
         self.update_counters();
     }

@@ -121,6 +121,25 @@ pub enum Frame {
         /// As in `Publish`.
         publish: Publish,
     },
+    /// The sender's shard `shard` holds a CONNECT for `client_id` (Clean Start = 0): send
+    /// the session if the receiver has it (`claims.rs`).
+    ClaimReq {
+        /// The asking shard.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The client id.
+        client_id: ByteStr,
+    },
+    /// The answer to `ClaimReq`: the session (`claims::encode_session`), or none.
+    ClaimReply {
+        /// The asking shard.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The session.
+        session: Option<Bytes>,
+    },
     /// The sender's node-level set of filters gained or lost `filter`.
     Route {
         /// The sender's route sequence number (increasing per link).
@@ -195,6 +214,8 @@ const KIND_UNREGISTER: u8 = 8;
 const KIND_KICK: u8 = 9;
 const KIND_RESYNC: u8 = 10;
 const KIND_PUBLISH_SHARED: u8 = 11;
+const KIND_CLAIM_REQ: u8 = 12;
+const KIND_CLAIM_REPLY: u8 = 13;
 
 /// Cuts the next whole frame (kind byte and body, without the length prefix) from the front
 /// of `buf`. `Ok(None)`: not all of it is buffered yet (nothing consumed). The declared
@@ -246,6 +267,21 @@ impl Frame {
                 put_str(&mut out, group)?;
                 let packet = Packet::Publish(publish.clone());
                 shardmq_codec::encode(&packet, ProtocolVersion::V5, &mut out).ok()?;
+            }
+            Frame::ClaimReq { shard, token, client_id } => {
+                out.put_u8(KIND_CLAIM_REQ);
+                out.put_u16(*shard);
+                out.put_u64(*token);
+                put_str(&mut out, client_id)?;
+            }
+            Frame::ClaimReply { shard, token, session } => {
+                out.put_u8(KIND_CLAIM_REPLY);
+                out.put_u16(*shard);
+                out.put_u64(*token);
+                out.put_u8(u8::from(session.is_some()));
+                if let Some(body) = session {
+                    out.put_slice(body);
+                }
             }
             Frame::Route { seq, added, filter } => {
                 out.put_u8(KIND_ROUTE);
@@ -358,12 +394,15 @@ fn put_client(
 }
 
 /// Reads fields from a frame body; every read checks the length first.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub(super) fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+    pub(super) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if self.buf.len() < n {
             return Err(WireError::Truncated(what));
         }
@@ -371,31 +410,31 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+    pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
+    pub(super) fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+    pub(super) fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub(super) fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
+    pub(super) fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(WireError::Invalid(what)),
         }
     }
-    fn str(&mut self, what: &'static str) -> Result<ByteStr, WireError> {
+    pub(super) fn str(&mut self, what: &'static str) -> Result<ByteStr, WireError> {
         let len = self.u16(what)? as usize;
         let b = self.take(len, what)?;
         ByteStr::from_bytes(Bytes::copy_from_slice(b)).ok_or(WireError::Invalid(what))
@@ -403,7 +442,7 @@ impl<'a> Reader<'a> {
     fn stamp(&mut self) -> Result<Stamp, WireError> {
         Ok(Stamp { ms: self.u64("stamp")?, counter: self.u32("stamp")?, node: self.u16("stamp")? })
     }
-    fn finish(self, kind: &'static str) -> Result<(), WireError> {
+    pub(super) fn finish(self, kind: &'static str) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
@@ -455,6 +494,25 @@ pub fn decode(frame: &[u8]) -> Result<Frame, WireError> {
                 Some(group) => Frame::PublishShared { origin_shard, age_ms, group, publish },
                 None => Frame::Publish { origin_shard, age_ms, publish },
             }
+        }
+        KIND_CLAIM_REQ => {
+            let f = Frame::ClaimReq {
+                shard: r.u16("claim shard")?,
+                token: r.u64("claim token")?,
+                client_id: r.str("claim client id")?,
+            };
+            r.finish("ClaimReq")?;
+            f
+        }
+        KIND_CLAIM_REPLY => {
+            let shard = r.u16("claim shard")?;
+            let token = r.u64("claim token")?;
+            let present = r.bool("claim session")?;
+            let session = present.then(|| Bytes::copy_from_slice(r.buf));
+            if !present && !r.buf.is_empty() {
+                return Err(WireError::Trailing("ClaimReply"));
+            }
+            Frame::ClaimReply { shard, token, session }
         }
         KIND_ROUTE => {
             let f = Frame::Route {

@@ -25,11 +25,16 @@ impl ShardCore {
             c.last_rx = now;
         }
         let authenticating = c.auth.is_some();
-        match c.phase {
+        let phase = c.phase;
+        match phase {
             Phase::Closing => {}
             // An enhanced authentication exchange before CONNACK (`auth/exchange.rs`).
             Phase::AwaitingConnect if authenticating => {
                 self.handle_packet_authenticating(conn, packet, now)
+            }
+            // A CONNECT waiting for its session from another node (`cluster/moves.rs`).
+            Phase::AwaitingConnect if self.cluster_connect_held(conn) => {
+                self.cluster_hold_packet(conn, packet, now)
             }
             Phase::AwaitingConnect => match packet {
                 Packet::Connect(connect) => self.handle_connect(conn, *connect, now),

@@ -516,6 +516,9 @@ impl ShardCore {
         }
         let Some(c) = self.conns.get(conn) else { return };
         let (phase, version, listener) = (c.phase, c.version, c.info.listener);
+        if phase == Phase::AwaitingConnect {
+            self.cluster_held_closed(conn);
+        }
         if phase == Phase::Closing {
             if kind == CloseKind::SocketGone {
                 self.conns.remove(conn);

@@ -6,6 +6,7 @@
 //! layer, sent on one channel shared by the node's shards) and hears from it through
 //! [`ClusterIn`] (delivered by the control plane, `io/control.rs`). Nothing here does IO.
 
+pub mod moves;
 pub mod routes;
 pub(crate) mod shard_side;
 
@@ -18,6 +19,7 @@ use shardmq_codec::ByteStr;
 use crate::core::ids::ShardId;
 use crate::core::mesh::Message;
 
+pub use moves::{ExportedMsg, ExportedSub, SessionExport};
 pub use routes::NodeRouteIndex;
 
 /// A node of the cluster (`--node-id`), 0 to [`NodeSet::CAPACITY`] − 1.
@@ -131,6 +133,27 @@ pub enum ClusterOut {
         /// Names this connection on this shard (increasing per shard).
         token: u64,
     },
+    /// A CONNECT with Clean Start = 0 for `client_id`, which has no session here, waits:
+    /// the runtime asks every live peer for the session (`ClusterIn::Claim` on the id's home
+    /// shard there) and answers [`ClusterIn::Claimed`] with `token` once each answered or
+    /// went down (at once when there is no live peer).
+    Claim {
+        /// The client id.
+        client_id: ByteStr,
+        /// Names the claim on this shard.
+        token: u64,
+    },
+    /// The answer to `ClusterIn::Claim`: the session, taken out of this node, or `None`.
+    Export {
+        /// The node that asked.
+        to: NodeId,
+        /// Its shard that asked.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The session.
+        session: Option<Box<SessionExport>>,
+    },
     /// The connection named by `token` ended.
     Disconnected {
         /// The client id.
@@ -186,6 +209,26 @@ pub enum ClusterIn {
     Credit {
         /// Bytes handled.
         bytes: u64,
+    },
+    /// Node `from` holds a CONNECT for `client_id` (Clean Start = 0): end its connection
+    /// here and send the session there (`ClusterOut::Export`). Sent to the id's home shard.
+    Claim {
+        /// The node that asks.
+        from: NodeId,
+        /// Its shard that asks.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The client id.
+        client_id: ByteStr,
+    },
+    /// Every live peer answered this shard's claim `token`: the sessions they sent (none,
+    /// usually one; more after a netsplit, merged).
+    Claimed {
+        /// The claim token.
+        token: u64,
+        /// The sessions.
+        sessions: Vec<SessionExport>,
     },
     /// The client id connected later on another node: end this connection (5.0 DISCONNECT
     /// 0x8E, Session taken over) and its session, if `token` still names it.

@@ -46,6 +46,10 @@ pub(crate) struct ClusterState {
     last_token: u64,
     /// Connected connections: client id and token.
     conns: Map<ConnId, (ByteStr, u64)>,
+    /// The last claim token handed out (`moves.rs`).
+    pub(crate) last_claim: u64,
+    /// CONNECTs waiting for their session from other nodes, by claim token.
+    pub(crate) held: Map<u64, super::moves::HeldConnect>,
     /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
     /// group's inner filter shares the shard route index's count, not this one).
     subs: Map<ByteStr, u32>,
@@ -64,6 +68,8 @@ impl ClusterState {
             last_token: 0,
             conns: Map::default(),
             subs: Map::default(),
+            last_claim: 0,
+            held: Map::default(),
         }
     }
 }
@@ -222,6 +228,10 @@ impl ShardCore {
                 c.inflight = c.inflight.saturating_sub(bytes);
             }
             ClusterIn::Kick { client_id, token } => self.cluster_kick(&client_id, token, now),
+            ClusterIn::Claim { from, shard, token, client_id } => {
+                self.cluster_export(from, shard, token, &client_id, now)
+            }
+            ClusterIn::Claimed { token, sessions } => self.cluster_claimed(token, sessions, now),
         }
     }
 

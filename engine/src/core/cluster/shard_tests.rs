@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use shardmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 
-use crate::core::cluster::{ClusterCore, ClusterCounters, ClusterIn, ClusterOut, NodeId};
+use crate::core::cluster::{
+    ClusterCore, ClusterCounters, ClusterIn, ClusterOut, NodeId, SessionExport,
+};
 use crate::core::hash::Map;
 use crate::core::ids::ShardId;
 use crate::core::limits::Limits;
@@ -15,6 +17,9 @@ use crate::core::sim::Sim;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+/// A claim's nodes still to answer and the sessions received.
+type OpenClaim = (Vec<usize>, Vec<SessionExport>);
 
 /// Nodes and the test runtime between them.
 struct Cluster {
@@ -28,6 +33,8 @@ struct Cluster {
     held_acks: Vec<(usize, ShardId, u64)>,
     /// Bytes handed to the runtime and credited back, per node.
     inflight: Vec<u64>,
+    /// Open claims: (node, shard, token) → nodes still to answer, sessions received.
+    claims: Map<(usize, u16, u64), OpenClaim>,
 }
 
 impl Cluster {
@@ -49,6 +56,7 @@ impl Cluster {
             hold_acks: false,
             held_acks: Vec::new(),
             inflight: vec![0; n],
+            claims: Map::default(),
         }
     }
 
@@ -148,6 +156,42 @@ impl Cluster {
                         let kick = ClusterIn::Kick { client_id, token: old_token };
                         self.tell_shard(old_node, old_shard, kick);
                     }
+                }
+            }
+            ClusterOut::Claim { client_id, token } => {
+                let others: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != node).collect();
+                if others.is_empty() {
+                    self.tell_shard(node, shard, ClusterIn::Claimed { token, sessions: vec![] });
+                    return;
+                }
+                self.claims.insert((node, shard.0, token), (others.clone(), Vec::new()));
+                for to in others {
+                    let n = self.nodes[to].shards.len() as u16;
+                    let home = crate::core::shard::ShardCore::home_shard(client_id.as_bytes(), n);
+                    let from = NodeId(node as u16);
+                    let claim = ClusterIn::Claim {
+                        from,
+                        shard: shard.0,
+                        token,
+                        client_id: client_id.clone(),
+                    };
+                    self.tell_shard(to, home, claim);
+                }
+            }
+            ClusterOut::Export { to, shard: asker, token, session } => {
+                let to = usize::from(to.0);
+                // Through the wire format, as between real nodes.
+                let session = session.map(|s| {
+                    let body = crate::cluster::claims::encode_session(&s, 0);
+                    crate::cluster::claims::decode_session(&body, 0).expect("decodes")
+                });
+                let key = (to, asker, token);
+                let (waiting, got) = self.claims.get_mut(&key).expect("an open claim");
+                waiting.retain(|&n| n != node);
+                got.extend(session);
+                if waiting.is_empty() {
+                    let (_, sessions) = self.claims.remove(&key).expect("listed");
+                    self.tell_shard(to, ShardId(asker), ClusterIn::Claimed { token, sessions });
                 }
             }
             ClusterOut::Disconnected { client_id, token } => {
@@ -423,4 +467,97 @@ fn a_subscription_next_to_a_shared_group_of_the_same_filter_is_routed_too() {
     cl.run();
     assert!(cl.nodes[1].clients[s].take_payloads().is_empty());
     assert_eq!(cl.nodes[1].clients[m].take_payloads(), vec!["y"], "the group still gets it");
+}
+
+/// CONNECT through the cluster (its CONNACK may wait for other nodes); the CONNACK.
+fn connect_persistent(cl: &mut Cluster, node: usize, c: usize) -> shardmq_codec::ConnAck {
+    let sim = &mut cl.nodes[node];
+    sim.open(c);
+    let cli = &sim.clients[c];
+    let mut properties = shardmq_codec::Properties::default();
+    if cli.version == V5 {
+        properties.session_expiry_interval_secs = Some(3600);
+    }
+    let connect = shardmq_codec::Connect {
+        protocol: cli.version,
+        clean_start: false,
+        keep_alive_secs: 0,
+        client_id: cli.id.as_str().into(),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    };
+    sim.send(c, &Packet::Connect(Box::new(connect)));
+    cl.run();
+    let packets = &mut cl.nodes[node].clients[c].packets;
+    let i = packets.iter().position(|p| matches!(p, Packet::ConnAck(_))).expect("CONNACK");
+    match packets.remove(i) {
+        Packet::ConnAck(a) => a,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_persistent_session_moves_with_its_subscriptions_and_queued_messages() {
+    for version in [V5, V311] {
+        let mut cl = Cluster::new(3, 2);
+        let p = cl.nodes[2].client("pub", V5);
+        cl.nodes[2].connect(p);
+        let a = cl.nodes[0].client("mover", version);
+        assert!(!connect_persistent(&mut cl, 0, a).session_present);
+        cl.subscribe(0, a, &[("q/#", QoS::AtLeastOnce)]);
+        cl.nodes[0].drop_conn(a);
+        cl.run();
+        for i in 0..3 {
+            cl.nodes[2].publish(p, "q/x", &format!("m{i}"), QoS::AtLeastOnce, false);
+        }
+        cl.run();
+        // The client comes back on node 1: the session moves there, queue and all.
+        let b = cl.nodes[1].client("mover", version);
+        let ack = connect_persistent(&mut cl, 1, b);
+        assert!(ack.session_present, "{version:?}: Session Present after the move");
+        assert_eq!(cl.nodes[1].clients[b].take_payloads(), vec!["m0", "m1", "m2"]);
+        // Its subscription moved too: node 2 routes to node 1 now, and node 0 has nothing.
+        cl.nodes[2].publish(p, "q/y", "after", QoS::AtLeastOnce, false);
+        cl.run();
+        assert_eq!(cl.nodes[1].clients[b].take_payloads(), vec!["after"]);
+        let old_home = cl.nodes[0].home("mover");
+        assert!(cl.nodes[0].shards[old_home].sessions.find("mover").is_none());
+    }
+}
+
+#[test]
+fn an_online_session_moves_with_its_unacknowledged_messages_and_the_old_connection_gets_0x8e() {
+    let mut cl = Cluster::new(2, 1);
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    let a = cl.nodes[0].client("mover", V5);
+    connect_persistent(&mut cl, 0, a);
+    cl.subscribe(0, a, &[("t", QoS::AtLeastOnce)]);
+    cl.nodes[0].clients[a].auto_ack = false;
+    cl.nodes[0].publish(p, "t", "unacked", QoS::AtLeastOnce, false);
+    cl.run();
+    assert_eq!(cl.nodes[0].clients[a].take_payloads(), vec!["unacked"]);
+    let b = cl.nodes[1].client("mover", V5);
+    let ack = connect_persistent(&mut cl, 1, b);
+    assert!(ack.session_present);
+    let old = &mut cl.nodes[0].clients[a];
+    assert!(old.closed);
+    let reason = old.take_packets().into_iter().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason),
+        _ => None,
+    });
+    assert_eq!(reason, Some(ReasonCode::SESSION_TAKEN_OVER));
+    // Sent again on the new node (at least once).
+    assert_eq!(cl.nodes[1].clients[b].take_payloads(), vec!["unacked"]);
+}
+
+#[test]
+fn a_persistent_connect_with_no_session_anywhere_starts_one() {
+    let mut cl = Cluster::new(2, 1);
+    let a = cl.nodes[1].client("fresh", V5);
+    let ack = connect_persistent(&mut cl, 1, a);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
 }

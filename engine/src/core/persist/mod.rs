@@ -30,7 +30,7 @@
 mod ack;
 pub(super) mod diff;
 mod gate;
-pub(super) mod restore;
+pub(crate) mod restore;
 mod will;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -370,12 +370,16 @@ pub(crate) fn encode_properties(p: &Properties) -> Vec<u8> {
 /// layout), and the Subscription Identifier, which deliveries after a restart still carry
 /// [MQTT-3.3.4-3].
 pub(crate) fn subscription_state(s: &SubOptions) -> SubscriptionState {
-    let o = &s.opts;
-    let options = (o.qos as u8)
+    SubscriptionState { options: options_byte(&s.opts), sub_id: s.id.unwrap_or(0) }
+}
+
+/// Subscription options as one byte (the 5.0 wire layout; `restore::options_from_byte`
+/// reads it back).
+pub(crate) fn options_byte(o: &shardmq_codec::SubscriptionOptions) -> u8 {
+    (o.qos as u8)
         | (u8::from(o.no_local) << 2)
         | (u8::from(o.retain_as_published) << 3)
-        | ((o.retain_handling as u8) << 4);
-    SubscriptionState { options, sub_id: s.id.unwrap_or(0) }
+        | ((o.retain_handling as u8) << 4)
 }
 
 impl ShardCore {

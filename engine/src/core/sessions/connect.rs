@@ -29,7 +29,11 @@ impl ShardCore {
         // Redirection and authentication (`auth/exchange.rs`): an enhanced authentication
         // holds the CONNECT and calls `accept_connect` once its AUTH exchange succeeds.
         if let Some((connect, auth)) = self.authenticate_connect(conn, connect, now) {
-            self.accept_connect(conn, connect, auth, now);
+            // In a cluster, a persistent session may be on another node: it moves here
+            // before CONNACK (`cluster/moves.rs`).
+            if let Some((connect, auth)) = self.cluster_hold_connect(conn, connect, auth) {
+                self.accept_connect(conn, connect, auth, now);
+            }
         }
     }
 

@@ -406,6 +406,15 @@ impl Session {
         dropped as u64
     }
 
+    /// Removes and returns every message the session holds for its client: the sent,
+    /// unacknowledged ones, then the queued ones, in delivery order (the session moves to
+    /// another node: `cluster/moves.rs`).
+    pub(crate) fn take_messages(&mut self) -> (VecDeque<Inflight>, VecDeque<Queued>) {
+        let Some(b) = self.backlog.as_deref_mut() else { return Default::default() };
+        b.queue_bytes = 0;
+        (std::mem::take(&mut b.inflight), std::mem::take(&mut b.queue))
+    }
+
     /// Removes and returns the queued messages delivered for the shared subscription
     /// `group`, in order (the session left the group: they go to another member).
     pub(crate) fn take_group_queued(&mut self, group: &str) -> Vec<Queued> {

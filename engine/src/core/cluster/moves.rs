@@ -1,0 +1,308 @@
+//! A persistent session moving between nodes.
+//!
+//! A CONNECT with Clean Start = 0 (3.1.1: Clean Session = 0) for a client id that has no
+//! session on this node is held while the node asks every other node for the session
+//! ([`ClusterOut::Claim`]). A node that has it ends its connection (5.0 DISCONNECT 0x8E,
+//! Session taken over [MQTT-3.1.4-3]), takes the session's subscriptions and the messages it
+//! holds for the client out, ends it there and answers with them ([`ClusterOut::Export`]).
+//! When every live node has answered ([`ClusterIn::Claimed`]), this node re-creates the
+//! session (subscriptions as a live SUBSCRIBE makes them, messages queued in their order)
+//! and then answers the CONNECT, with Session Present = 1 [MQTT-3.2.2-2]. Packets the
+//! client sent behind its CONNECT wait with it (bounded).
+//!
+//! What moves: subscriptions (options, Subscription Identifier), the sent-but-unacknowledged
+//! QoS 1 and QoS 2 messages (before PUBREC) and the queue, in that order; they are sent again
+//! under new packet ids (a QoS 1 duplicate is allowed; a QoS 2 message whose PUBREC was lost
+//! on the way may arrive twice, the one case where "exactly once" is not kept). What does not:
+//! the packet ids of messages past PUBREC (the client has them; its PUBCOMP finds no id and
+//! is answered as such) and inbound QoS 2 ids awaiting PUBREL (the message was routed on the
+//! old node; the client's PUBREL is answered 0x92). Shard-local.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmq_codec::{ByteStr, Connect, Packet, QoS, SubscriptionOptions};
+
+use crate::core::auth::exchange::AuthOk;
+use crate::core::ids::{ConnId, SessionSlot};
+use crate::core::mesh::Message;
+use crate::core::routing::shared::is_shared;
+use crate::core::routing::subscribe::{SubOptions, RESTORED_JOIN_TOKEN};
+use crate::core::sessions::session::{Awaiting, Session};
+use crate::core::shard::{CloseKind, ShardCore};
+
+use super::{ClusterOut, NodeId};
+
+/// Packets a client may send behind a CONNECT that waits for its session; past it the
+/// connection is closed.
+pub(crate) const HELD_PACKETS_MAX: usize = 64;
+
+/// A session on its way to another node.
+#[derive(Debug, Clone)]
+pub struct SessionExport {
+    /// The client id.
+    pub client_id: ByteStr,
+    /// Its Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// Its subscriptions.
+    pub subs: Vec<ExportedSub>,
+    /// The messages it held for the client, in delivery order.
+    pub messages: Vec<ExportedMsg>,
+}
+
+/// One subscription of a moving session.
+#[derive(Debug, Clone)]
+pub struct ExportedSub {
+    /// The filter as subscribed (`$share/...` for a shared one).
+    pub filter: ByteStr,
+    /// Its options.
+    pub opts: SubscriptionOptions,
+    /// Its Subscription Identifier.
+    pub sub_id: Option<u32>,
+}
+
+/// One message a moving session held for its client.
+#[derive(Debug, Clone)]
+pub struct ExportedMsg {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// The QoS it is delivered at.
+    pub qos: QoS,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Its Subscription Identifiers.
+    pub sub_ids: Box<[u32]>,
+    /// The shared subscription it was delivered for.
+    pub group: Option<ByteStr>,
+}
+
+/// A CONNECT waiting for its session to arrive from other nodes.
+#[derive(Debug)]
+pub(crate) struct HeldConnect {
+    pub(crate) conn: ConnId,
+    connect: Connect,
+    auth: Option<AuthOk>,
+    /// Packets the client sent after the CONNECT.
+    packets: Vec<Packet>,
+    /// The connection closed while waiting (its id may be reused: never answer it then).
+    closed: bool,
+}
+
+impl ShardCore {
+    /// Holds `connect` while the other nodes are asked for its session, if that is needed:
+    /// a cluster, Clean Start = 0, a client id, no session of it here. Gives the CONNECT
+    /// back if it is not held.
+    pub(crate) fn cluster_hold_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Connect,
+        auth: Option<AuthOk>,
+    ) -> Option<(Connect, Option<AuthOk>)> {
+        let wanted = self.cluster.is_some()
+            && !connect.clean_start
+            && !connect.client_id.is_empty()
+            && self.sessions.find(&connect.client_id).is_none();
+        if !wanted {
+            return Some((connect, auth));
+        }
+        let c = self.cluster.as_deref_mut().expect("checked");
+        c.last_claim += 1;
+        let token = c.last_claim;
+        let client_id = ByteStr::from(connect.client_id.as_str());
+        c.held
+            .insert(token, HeldConnect { conn, connect, auth, packets: Vec::new(), closed: false });
+        c.out.push(ClusterOut::Claim { client_id, token });
+        None
+    }
+
+    /// True if `conn`'s CONNECT waits for its session.
+    pub(crate) fn cluster_connect_held(&self, conn: ConnId) -> bool {
+        self.cluster
+            .as_deref()
+            .is_some_and(|c| c.held.values().any(|h| h.conn == conn && !h.closed))
+    }
+
+    /// `conn` closed: a CONNECT of it that waits is never answered.
+    pub(crate) fn cluster_held_closed(&mut self, conn: ConnId) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            for h in c.held.values_mut().filter(|h| h.conn == conn) {
+                h.closed = true;
+            }
+        }
+    }
+
+    /// A packet behind a held CONNECT: kept for when it is answered (bounded).
+    pub(crate) fn cluster_hold_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        let Some(h) = c.held.values_mut().find(|h| h.conn == conn && !h.closed) else { return };
+        if h.packets.len() >= HELD_PACKETS_MAX {
+            tracing::debug!(shard = %self.shard, "too many packets behind a held CONNECT");
+            self.close_conn(conn, CloseKind::Abnormal(None), now);
+            return;
+        }
+        h.packets.push(packet);
+    }
+
+    /// The other nodes answered the claim `token`: re-create what they sent, then answer the
+    /// CONNECT (if its connection is still there) and the packets behind it.
+    pub(crate) fn cluster_claimed(
+        &mut self,
+        token: u64,
+        sessions: Vec<SessionExport>,
+        now: Instant,
+    ) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        let Some(held) = c.held.remove(&token) else { return };
+        let moved = !sessions.is_empty();
+        for s in sessions {
+            self.import_session(s, now);
+        }
+        if held.closed {
+            // The client went away meanwhile: a moved session waits here, offline.
+            if moved {
+                if let Some(slot) = self.sessions.find(&held.connect.client_id) {
+                    self.detach_imported(slot, now);
+                }
+            }
+            return;
+        }
+        self.accept_connect(held.conn, held.connect, held.auth, now);
+        for p in held.packets {
+            self.handle_packet(held.conn, p, now);
+        }
+    }
+
+    /// Another node asks for `client_id`'s session: end its connection here, take it out,
+    /// end it, and answer with it (or with nothing).
+    pub(crate) fn cluster_export(
+        &mut self,
+        from: NodeId,
+        shard: u16,
+        token: u64,
+        client_id: &str,
+        now: Instant,
+    ) {
+        let session = self.export_session(client_id, now);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.out.push(ClusterOut::Export {
+                to: from,
+                shard,
+                token,
+                session: session.map(Box::new),
+            });
+        }
+    }
+
+    fn export_session(&mut self, client_id: &str, now: Instant) -> Option<SessionExport> {
+        let slot = self.sessions.find(client_id)?;
+        if let Some(conn) = self.sessions.get(slot).conn {
+            // [MQTT-3.1.4-3]: the existing connection is closed; 5.0 gets 0x8E first.
+            let kind = CloseKind::Abnormal(Some(shardmq_codec::ReasonCode::SESSION_TAKEN_OVER));
+            self.close_conn(conn, kind, now);
+        }
+        // The close may have ended it (a session that ends with its connection).
+        let slot = self.sessions.find(client_id)?;
+        let session = self.sessions.get_mut(slot);
+        let (inflight, queued) = session.take_messages();
+        let export = SessionExport {
+            client_id: ByteStr::from(client_id),
+            expiry_secs: session.expiry_secs,
+            subs: session
+                .subs
+                .iter()
+                .map(|(filter, e)| ExportedSub {
+                    filter: filter.clone(),
+                    opts: e.opts,
+                    sub_id: e.id,
+                })
+                .collect(),
+            messages: exported_messages(inflight, queued),
+        };
+        self.end_session(slot, now);
+        tracing::info!(shard = %self.shard, %client_id, messages = export.messages.len(), "session moved to another node");
+        Some(export)
+    }
+
+    /// Re-creates a session sent by another node (merged into one already here).
+    fn import_session(&mut self, e: SessionExport, now: Instant) {
+        let slot = match self.sessions.find(&e.client_id) {
+            Some(slot) => slot,
+            None => self.sessions.insert(Session::new(&e.client_id)),
+        };
+        self.sessions.get_mut(slot).expiry_secs = e.expiry_secs;
+        for sub in e.subs {
+            let session = self.sessions.get_mut(slot);
+            if session.sub_position(&sub.filter).is_some() {
+                continue;
+            }
+            let entry = SubOptions { opts: sub.opts, id: sub.sub_id, acl_check: false };
+            session.subs.push((sub.filter.clone(), entry));
+            self.import_subscription(slot, sub.filter, entry);
+        }
+        if self.config.auth.acl.is_some() {
+            self.refresh_acl_coverage(slot);
+        }
+        let now_ms = self.uptime_ms(now);
+        for m in e.messages {
+            self.deliver_to_session(
+                slot,
+                &m.msg,
+                m.qos,
+                m.retain,
+                &m.sub_ids,
+                m.group.as_ref(),
+                now_ms,
+            );
+        }
+    }
+
+    /// One subscription of a moved session, as a live SUBSCRIBE makes it (no SUBACK waits).
+    fn import_subscription(&mut self, slot: SessionSlot, filter: ByteStr, entry: SubOptions) {
+        if is_shared(&filter) {
+            self.shared_subscribe(slot, &filter, entry, RESTORED_JOIN_TOKEN);
+            return;
+        }
+        self.trie.insert(&filter, slot, entry);
+        self.cluster_sub(&filter, true);
+        if self.routes.add(&filter, self.shard) {
+            self.broadcast_delta(&filter, true);
+        }
+    }
+
+    /// A moved session whose client left before it arrived: offline, expiring as usual.
+    fn detach_imported(&mut self, slot: SessionSlot, now: Instant) {
+        let s = self.sessions.get_mut(slot);
+        if s.expiry_secs == 0 {
+            self.end_session(slot, now);
+            return;
+        }
+        let expiry = std::time::Duration::from_secs(u64::from(s.expiry_secs));
+        s.expires_at = Some(now + expiry);
+        self.next_scan_at.get_or_insert(now + crate::core::shard::SCAN_INTERVAL);
+        self.persist_connect(slot, true);
+    }
+}
+
+/// The messages of a session's backlog to send again: unacknowledged ones before PUBREC,
+/// then the queue.
+fn exported_messages(
+    inflight: VecDeque<crate::core::sessions::session::Inflight>,
+    queued: VecDeque<crate::core::sessions::session::Queued>,
+) -> Vec<ExportedMsg> {
+    let sent = inflight.into_iter().filter(|i| i.state != Awaiting::PubComp).map(|i| ExportedMsg {
+        msg: i.msg,
+        qos: i.qos,
+        retain: i.retain,
+        sub_ids: i.sub_ids,
+        group: i.group,
+    });
+    let waiting = queued.into_iter().map(|q| ExportedMsg {
+        msg: q.msg,
+        qos: q.qos,
+        retain: q.retain,
+        sub_ids: q.sub_ids,
+        group: q.group,
+    });
+    sent.chain(waiting).collect()
+}
