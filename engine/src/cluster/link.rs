@@ -35,6 +35,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between dials.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often an idle link checks that its peer has not closed it (the peer never writes on
+/// it, so nothing else would tell until the next write).
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Most frames written in one vectored write.
 const BATCH_FRAMES_MAX: usize = 256;
 
@@ -287,6 +290,7 @@ impl Writer {
         socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
         let mut stream: TcpStream = socket.into();
         stream.set_nodelay(true)?;
+        super::net::keepalive(&stream)?;
         stream.set_write_timeout(Some(self.ctx.write_timeout))?;
         stream.write_all(&self.hello)?;
         // The machine counts the frames it makes; the Hello is made here.
@@ -304,12 +308,20 @@ impl Writer {
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH_FRAMES_MAX);
         loop {
             {
-                let q = self.queue.lock();
-                let mut q = self
-                    .queue
-                    .ready
-                    .wait_while(q, |q| q.items.is_empty() && !q.closed && !q.reset)
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut q = self.queue.lock();
+                while q.items.is_empty() && !q.closed && !q.reset {
+                    let (next, waited) = self
+                        .queue
+                        .ready
+                        .wait_timeout(q, IDLE_CHECK)
+                        .unwrap_or_else(|e| e.into_inner());
+                    q = next;
+                    if waited.timed_out() && q.items.is_empty() {
+                        drop(q);
+                        peer_still_there(stream)?;
+                        q = self.queue.lock();
+                    }
+                }
                 if q.reset {
                     return Err(std::io::Error::other("queue overflow, re-synchronising"));
                 }
@@ -330,6 +342,22 @@ impl Writer {
             // Dropping the items drops their credit guards' clones.
             batch.clear();
         }
+    }
+}
+
+/// Fails if the peer closed `stream` (or reset it): the peer never writes on a link, so a
+/// readable socket means end of stream or an error.
+fn peer_still_there(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let r = stream.peek(&mut [0u8; 1]);
+    stream.set_nonblocking(false)?;
+    match r {
+        Ok(0) => {
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the peer"))
+        }
+        Ok(_) => Err(std::io::Error::other("the peer wrote on a link (it never should)")),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -487,6 +515,27 @@ mod tests {
         assert_eq!(credited(&pool), 1, "credited once");
         assert!(ctx.counters.messages_dropped.load(Relaxed) > refused, "queued copies count");
         drop(link);
+    }
+
+    #[test]
+    fn an_idle_link_closed_by_its_peer_goes_down_and_is_dialled_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (ctx, rx) = context(1 << 20, WRITE_TIMEOUT);
+        let hello = Bytes::from_static(b"HELLO");
+        let link = Link::open(&ctx, NodeId(7), listener.local_addr().unwrap(), 3, hello).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        wait(&rx, |ev| matches!(ev, Event::LinkUp(NodeId(7), 3)).then_some(()));
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+        assert_eq!(&got, b"HELLO");
+        // Nothing is queued: only the idle check can notice the peer is gone.
+        drop(peer);
+        wait(&rx, |ev| matches!(ev, Event::LinkDown(NodeId(7), 3)).then_some(()));
+        let (mut again, _) = listener.accept().unwrap();
+        wait(&rx, |ev| matches!(ev, Event::LinkUp(NodeId(7), 3)).then_some(()));
+        std::io::Read::read_exact(&mut again, &mut got).unwrap();
+        assert_eq!(&got, b"HELLO", "a new connection starts with the Hello again");
+        link.hang_up().unwrap().join().unwrap();
     }
 
     #[test]

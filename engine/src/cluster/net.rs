@@ -32,6 +32,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Incoming connections open at once (a peer has one; the rest are dialled twice during a
 /// reconnect, or strangers).
 pub const INCOMING_MAX: usize = 2 * crate::core::cluster::NodeSet::CAPACITY + 16;
+/// Idle time before a link's first keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the UDP thread looks at the stop flag.
 const UDP_POLL: Duration = Duration::from_millis(200);
 /// Bytes a reader asks the kernel for at a time.
@@ -188,6 +192,17 @@ pub(crate) fn spawn_accept(
     })
 }
 
+/// TCP keepalive on a node link, so a peer that vanished without closing (a netsplit, a
+/// host gone) ends the connection within about [`KEEPALIVE_IDLE`] + 3 × [`KEEPALIVE_INTERVAL`]
+/// even when nothing is written on it.
+pub(crate) fn keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
+}
+
 /// Ends a blocking `accept` at stop by connecting to the listener.
 pub(crate) fn wake(listener_addr: SocketAddr) {
     let mut to = listener_addr;
@@ -203,6 +218,7 @@ pub(crate) fn wake(listener_addr: SocketAddr) {
 fn start_reader(stream: TcpStream, peer: SocketAddr, net: &Arc<NetShared>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    keepalive(&stream)?;
     let conn = net.next_conn.fetch_add(1, Relaxed);
     let handle = stream.try_clone()?;
     net.incoming.fetch_add(1, Relaxed);
