@@ -288,7 +288,7 @@ impl Sim {
         // Rounded up: a deadline inside a millisecond is due at its end.
         let since = d.saturating_duration_since(self.base);
         let at = (since.as_nanos().div_ceil(1_000_000) as u64).max(self.now_ms);
-        if self.timer_at[i].map_or(true, |t| at < t) {
+        if self.timer_at[i].is_none_or(|t| at < t) {
             self.timer_at[i] = Some(at);
             self.push(at, Event::Timer { node: i, at });
         }
