@@ -202,6 +202,18 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_keys_need_a_restart() {
+        use crate::config::ClusterSettings;
+        use crate::core::cluster::NodeId;
+        let c = Config::local(1);
+        let mut fresh = c.clone();
+        let listen = "127.0.0.1:7000".parse().unwrap();
+        fresh.cluster = Some(ClusterSettings::new(NodeId(1), listen, Vec::new()));
+        let keys = restart_needed(&c, &fresh);
+        assert!(keys.len() == 1 && keys[0].starts_with("cluster"), "{keys:?}");
+    }
+
+    #[test]
     fn a_bad_file_keeps_the_old_state_and_says_why() {
         let dir = std::env::temp_dir().join(format!("shardmq-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
