@@ -118,15 +118,19 @@ impl ShardCore {
 
     /// True if `conn`'s CONNECT waits for its session.
     pub(crate) fn cluster_connect_held(&self, conn: ConnId) -> bool {
-        self.cluster
-            .as_deref()
-            .is_some_and(|c| c.held.values().any(|h| h.conn == conn && !h.closed))
+        self.cluster.as_deref().is_some_and(|c| {
+            c.held
+                .values()
+                .chain(c.routing.iter().map(|(_, h)| h))
+                .any(|h| h.conn == conn && !h.closed)
+        })
     }
 
     /// `conn` closed: a CONNECT of it that waits is never answered.
     pub(crate) fn cluster_held_closed(&mut self, conn: ConnId) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            for h in c.held.values_mut().filter(|h| h.conn == conn) {
+            let routing = c.routing.iter_mut().map(|(_, h)| h);
+            for h in c.held.values_mut().chain(routing).filter(|h| h.conn == conn) {
                 h.closed = true;
             }
         }
@@ -135,7 +139,9 @@ impl ShardCore {
     /// A packet behind a held CONNECT: kept for when it is answered (bounded).
     pub(crate) fn cluster_hold_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
-        let Some(h) = c.held.values_mut().find(|h| h.conn == conn && !h.closed) else { return };
+        let routing = c.routing.iter_mut().map(|(_, h)| h);
+        let held = c.held.values_mut().chain(routing).find(|h| h.conn == conn && !h.closed);
+        let Some(h) = held else { return };
         if h.packets.len() >= HELD_PACKETS_MAX {
             tracing::debug!(shard = %self.shard, "too many packets behind a held CONNECT");
             self.close_conn(conn, CloseKind::Abnormal(None), now);
@@ -158,6 +164,47 @@ impl ShardCore {
         for s in sessions {
             self.import_session(s, now);
         }
+        if moved {
+            // Answer once every shard and node routes the moved subscriptions here, as a
+            // SUBACK waits (a message published after CONNACK must reach them).
+            let wait = (self.gate_seq(), self.cluster_seq());
+            if !self.moved_routes_acked(wait) {
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.routing.push((wait, held));
+                }
+                return;
+            }
+        }
+        self.answer_held(held, moved, now);
+    }
+
+    /// Answers the held CONNECTs whose moved subscriptions every shard and node now route.
+    pub(crate) fn release_moved_connects(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        if c.routing.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut c.routing);
+        let mut still = Vec::new();
+        for (wait, held) in waiting {
+            if self.moved_routes_acked(wait) {
+                self.answer_held(held, true, now);
+            } else {
+                still.push((wait, held));
+            }
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.routing.extend(still);
+        }
+    }
+
+    fn moved_routes_acked(&self, (mesh_seq, cluster_seq): (u64, u64)) -> bool {
+        self.gate_acked(mesh_seq) && self.cluster_acked(cluster_seq)
+    }
+
+    /// Answers a held CONNECT (and the packets behind it), or, if its client left, keeps a
+    /// moved session offline.
+    fn answer_held(&mut self, held: HeldConnect, moved: bool, now: Instant) {
         if held.closed {
             // The client went away meanwhile: a moved session waits here, offline.
             if moved {

@@ -50,6 +50,9 @@ pub(crate) struct ClusterState {
     pub(crate) last_claim: u64,
     /// CONNECTs waiting for their session from other nodes, by claim token.
     pub(crate) held: Map<u64, super::moves::HeldConnect>,
+    /// CONNECTs whose moved session is here, waiting until every shard and node routes its
+    /// subscriptions here: (mesh delta seq, cluster seq) to wait for.
+    pub(crate) routing: Vec<((u64, u64), super::moves::HeldConnect)>,
     /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
     /// group's inner filter shares the shard route index's count, not this one).
     subs: Map<ByteStr, u32>,
@@ -70,6 +73,7 @@ impl ClusterState {
             subs: Map::default(),
             last_claim: 0,
             held: Map::default(),
+            routing: Vec::new(),
         }
     }
 }

@@ -561,3 +561,43 @@ fn a_persistent_connect_with_no_session_anywhere_starts_one() {
     assert_eq!(ack.reason, ReasonCode::SUCCESS);
     assert!(!ack.session_present);
 }
+
+#[test]
+fn a_moved_session_is_answered_once_the_nodes_route_its_subscriptions() {
+    let mut cl = Cluster::new(3, 2);
+    let p = cl.nodes[2].client("pub", V5);
+    cl.nodes[2].connect(p);
+    let a = cl.nodes[0].client("mover", V5);
+    connect_persistent(&mut cl, 0, a);
+    cl.subscribe(0, a, &[("w/#", QoS::AtLeastOnce)]);
+    cl.nodes[0].drop_conn(a);
+    cl.run();
+    cl.hold_acks = true;
+    let b = cl.nodes[1].client("mover", V5);
+    let sim = &mut cl.nodes[1];
+    sim.open(b);
+    let mut properties = shardmq_codec::Properties::default();
+    properties.session_expiry_interval_secs = Some(60);
+    let connect = shardmq_codec::Connect {
+        protocol: V5,
+        clean_start: false,
+        keep_alive_secs: 0,
+        client_id: "mover".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    };
+    sim.send(b, &Packet::Connect(Box::new(connect)));
+    cl.run();
+    let acked = |cl: &Cluster| {
+        cl.nodes[1].clients[b].packets.iter().any(|p| matches!(p, Packet::ConnAck(_)))
+    };
+    assert!(!acked(&cl), "no CONNACK before the other nodes route the moved subscription");
+    cl.hold_acks = false;
+    cl.release_acks();
+    assert!(acked(&cl));
+    cl.nodes[2].publish(p, "w/1", "right after", QoS::AtLeastOnce, false);
+    cl.run();
+    assert_eq!(cl.nodes[1].clients[b].take_payloads(), vec!["right after"]);
+}

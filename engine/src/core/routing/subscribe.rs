@@ -322,8 +322,19 @@ impl ShardCore {
             && self.log_ticket_done(p.ticket)
     }
 
+    /// The sequence number of this shard's last routing delta to the other shards.
+    pub(crate) fn gate_seq(&self) -> u64 {
+        self.gate.last_seq
+    }
+
+    /// True when every other shard acknowledged this shard's deltas up to `seq`.
+    pub(crate) fn gate_acked(&self, seq: u64) -> bool {
+        self.gate.all_acked(seq, self.shard)
+    }
+
     /// Sends the SUBACKs and UNSUBACKs at the front of the queue that are ready.
     pub(crate) fn release_subacks(&mut self, now: Instant) {
+        self.release_moved_connects(now);
         while let Some(front) = self.gate.pending.front() {
             if !self.suback_ready(front) {
                 break;
