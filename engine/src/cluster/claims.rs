@@ -74,6 +74,10 @@ impl NodeMachine {
         now: Instant,
     ) {
         let uptime = self.uptime_ms(now);
+        if session.as_deref().is_some_and(|s| s.was_connected) {
+            // The connection ended here because its client id connected on `to`.
+            self.counters.takeovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let body = session.as_deref().map(|s| encode_session(s, uptime));
         if session.is_some() && !self.peers.get(&to).is_some_and(|p| p.link_up) {
             tracing::warn!(node = %to, "cluster: a session moving to a node whose link is down is lost");
@@ -226,7 +230,7 @@ pub fn decode_session(body: &[u8], uptime_ms: u64) -> Result<SessionExport, Wire
         messages.push(ExportedMsg { msg, qos, retain, sub_ids: sub_ids.into(), group });
     }
     r.finish("session")?;
-    Ok(SessionExport { client_id, expiry_secs, subs, messages })
+    Ok(SessionExport { client_id, expiry_secs, subs, messages, was_connected: false })
 }
 
 fn put_str(out: &mut BytesMut, s: &ByteStr) {

@@ -277,7 +277,8 @@ pub struct ClusterCounters {
     pub messages_dropped: AtomicU64,
     /// Routes (node, filter) this node holds for its peers.
     pub remote_routes: AtomicU64,
-    /// Connections this node ended because the client id connected on another node.
+    /// Connections this node ended because the client id connected on another node (a kick,
+    /// or the session moving there).
     pub takeovers: AtomicU64,
 }
 

@@ -49,6 +49,9 @@ pub struct SessionExport {
     pub subs: Vec<ExportedSub>,
     /// The messages it held for the client, in delivery order.
     pub messages: Vec<ExportedMsg>,
+    /// Its client was connected on the exporting node (which closed it with 0x8E). Not sent
+    /// on the wire.
+    pub was_connected: bool,
 }
 
 /// One subscription of a moving session.
@@ -243,6 +246,7 @@ impl ShardCore {
 
     fn export_session(&mut self, client_id: &str, now: Instant) -> Option<SessionExport> {
         let slot = self.sessions.find(client_id)?;
+        let was_connected = self.sessions.get(slot).conn.is_some();
         if let Some(conn) = self.sessions.get(slot).conn {
             // [MQTT-3.1.4-3]: the existing connection is closed; 5.0 gets 0x8E first.
             let kind = CloseKind::Abnormal(Some(shardmq_codec::ReasonCode::SESSION_TAKEN_OVER));
@@ -265,6 +269,7 @@ impl ShardCore {
                 })
                 .collect(),
             messages: exported_messages(inflight, queued),
+            was_connected,
         };
         self.end_session(slot, now);
         tracing::info!(shard = %self.shard, %client_id, messages = export.messages.len(), "session moved to another node");

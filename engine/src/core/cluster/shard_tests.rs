@@ -576,10 +576,8 @@ fn a_moved_session_is_answered_once_the_nodes_route_its_subscriptions() {
     let b = cl.nodes[1].client("mover", V5);
     let sim = &mut cl.nodes[1];
     sim.open(b);
-    let properties = shardmq_codec::Properties {
-        session_expiry_interval_secs: Some(60),
-        ..Default::default()
-    };
+    let properties =
+        shardmq_codec::Properties { session_expiry_interval_secs: Some(60), ..Default::default() };
     let connect = shardmq_codec::Connect {
         protocol: V5,
         clean_start: false,
