@@ -115,6 +115,10 @@ pub(super) struct Sim {
     pub seeds: Vec<SocketAddr>,
     pub publishes: u64,
     pub published: Vec<Published>,
+    /// Publish from a random other node the moment a subscription is acknowledged (the
+    /// hardest case for the no-loss rule).
+    pub publish_after_ack: bool,
+    queued_publishes: Vec<(usize, String)>,
     /// (Publish effects + direct credits) seen, to check one answer per publish.
     pub publish_answers: u64,
 }
@@ -151,6 +155,8 @@ impl Sim {
             seeds: (0..n.min(3)).map(addr).collect(),
             publishes: 0,
             published: Vec::new(),
+            publish_after_ack: false,
+            queued_publishes: Vec::new(),
             publish_answers: 0,
         }
     }
@@ -368,6 +374,11 @@ impl Sim {
                             let gens = (0..self.nodes.len())
                                 .map(|a| self.links.get(&(a, i)).map_or(0, |l| l.gen))
                                 .collect();
+                            if self.publish_after_ack {
+                                let from = self.rng.index(self.nodes.len());
+                                let topic = f.replace(['+', '#'], "x");
+                                self.queued_publishes.push((from, topic));
+                            }
                             let model = &mut self.nodes[i].shards[shard.0 as usize];
                             model.acked_at.insert(f, Acked { at_ms: now_ms, waited, gens });
                         }
@@ -408,6 +419,9 @@ impl Sim {
             self.now_ms = self.now_ms.max(at);
             let e = self.events.remove(&n).expect("queued event");
             self.handle(e);
+            for (from, topic) in std::mem::take(&mut self.queued_publishes) {
+                self.publish(from, 0, &topic, false);
+            }
         }
         self.now_ms = until_ms;
     }

@@ -242,6 +242,7 @@ fn fifty_nodes_converge_after_random_failures() {
     for seed in [1u64, 2] {
         let mut sim = Sim::new(50, seed);
         sim.loss_permille = 20;
+        sim.publish_after_ack = true;
         start_all(&mut sim, 10_000);
         assert_converged(&sim);
         churn(&mut sim, 70_000, &Churn { kills: true, partitions: true });
@@ -274,6 +275,7 @@ fn no_message_is_lost_after_an_acknowledged_subscription() {
     for seed in [3u64, 4, 5] {
         let mut sim = Sim::new(8, seed);
         sim.loss_permille = 50;
+        sim.publish_after_ack = true;
         start_all(&mut sim, 5_000);
         churn(&mut sim, 40_000, &Churn { kills: false, partitions: false });
         settle(&mut sim, 5_000);
