@@ -52,6 +52,15 @@ fn every_kind() -> Vec<Frame> {
         Frame::Register { stamp, client_id: ByteStr::from_static("c1"), shard: 1, token: 42 },
         Frame::Unregister { stamp, client_id: ByteStr::from_static("c1"), shard: 1, token: 42 },
         Frame::Kick { stamp, client_id: ByteStr::from_static("ü"), shard: 0, token: 1 },
+        Frame::PublishShared {
+            origin_shard: 1,
+            age_ms: 3,
+            group: ByteStr::from_static("$share/g/a/#"),
+            publish: publish(QoS::AtLeastOnce, false, true),
+        },
+        Frame::ClaimReq { shard: 2, token: 5, client_id: ByteStr::from_static("c") },
+        Frame::ClaimReply { shard: 2, token: 5, session: None },
+        Frame::ClaimReply { shard: 2, token: 6, session: Some(Bytes::from_static(b"\x01\x02")) },
     ]
 }
 
@@ -217,7 +226,7 @@ proptest! {
     /// A valid frame with one byte changed never panics either, and a frame that decodes
     /// re-encodes to the same bytes.
     #[test]
-    fn mutated_frames_never_panic(i in 0usize..12, at in any::<usize>(), byte in any::<u8>()) {
+    fn mutated_frames_never_panic(i in 0usize..16, at in any::<usize>(), byte in any::<u8>()) {
         let good = every_kind()[i].encode().unwrap();
         let mut body = good[LENGTH_PREFIX_BYTES..].to_vec();
         let at = at % body.len();
