@@ -12,7 +12,7 @@ use crate::core::cluster::{ClusterIn, NodeId, NodeSet};
 use crate::core::ids::ShardId;
 use crate::core::mesh::{mesh_cost, Message};
 
-use super::node::{Effect, NodeMachine};
+use super::node::{Effect, NodeMachine, KICKS_KEPT};
 use super::registry::{owner, Conn, Registered};
 use super::routes::PendingAck;
 use super::wire::{self, Frame};
@@ -344,10 +344,12 @@ impl NodeMachine {
                 shard: victim.shard.0,
                 token: victim.token,
             };
-            if !self.send(victim.node, &frame) {
-                if let Some(p) = self.peers.get_mut(&victim.node) {
-                    p.unsent_kicks.push(frame);
+            self.send(victim.node, &frame);
+            if let Some(p) = self.peers.get_mut(&victim.node) {
+                if p.kicks.len() == KICKS_KEPT {
+                    p.kicks.pop_front();
                 }
+                p.kicks.push_back(frame);
             }
         }
     }

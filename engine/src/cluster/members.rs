@@ -254,7 +254,7 @@ impl NodeMachine {
                 synced: false,
                 routes: Default::default(),
                 staging: None,
-                unsent_kicks: Vec::new(),
+                kicks: VecDeque::new(),
             },
         );
         self.effects.push_back(Effect::Dial { node, addr });
@@ -275,7 +275,7 @@ impl NodeMachine {
         p.synced = false;
         p.routes.clear();
         p.staging = None;
-        p.unsent_kicks.clear();
+        p.kicks.clear();
         self.effects.push_back(Effect::Hangup { node });
         self.send_every_shard(ClusterIn::NodeDown(node));
         self.registry.forget_node(node);

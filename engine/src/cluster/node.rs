@@ -39,6 +39,9 @@ use super::registry::{Clock, Registry};
 use super::routes::{LocalFilters, PendingAcks};
 use super::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 
+/// Kicks kept per peer to send again when its link comes up (`Peer::kicks`).
+pub(super) const KICKS_KEPT: usize = 1024;
+
 /// What the machine needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -202,8 +205,10 @@ pub(super) struct Peer {
     pub routes: std::collections::BTreeSet<shardmq_codec::ByteStr>,
     /// A snapshot being received (between `RoutesReset` and `RoutesDone`).
     pub staging: Option<std::collections::BTreeSet<shardmq_codec::ByteStr>>,
-    /// Kick frames that could not be sent (the link was down), sent when it comes up.
-    pub unsent_kicks: Vec<Frame>,
+    /// The last kicks sent to it (at most [`KICKS_KEPT`]), sent again when the link comes
+    /// up: one written on a link that then broke may never have arrived. A kick names one
+    /// connection, so a repeated one does nothing.
+    pub kicks: VecDeque<Frame>,
 }
 
 /// One node's cluster state machine (see the module documentation).
@@ -329,8 +334,9 @@ impl NodeMachine {
             self.send(node, &Frame::Resync);
         }
         self.send_registrations(node);
-        let kicks = self.peers.get_mut(&node).map(|p| std::mem::take(&mut p.unsent_kicks));
-        for k in kicks.unwrap_or_default() {
+        let kicks: Vec<Frame> =
+            self.peers.get(&node).map(|p| p.kicks.iter().cloned().collect()).unwrap_or_default();
+        for k in kicks {
             self.send(node, &k);
         }
         self.update_counters();

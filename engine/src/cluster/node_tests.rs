@@ -323,6 +323,11 @@ fn the_later_connection_of_a_client_id_takes_over() {
     m.handle_frame(PEER, &reg.encode().unwrap()[4..], now);
     let kicks = frames_to(&drain(&mut m), PEER);
     assert!(matches!(&kicks[..], [Frame::Kick { token: 10, shard: 1, .. }]), "{kicks:?}");
+    // It may have been lost with the link: sent again when the link comes back.
+    m.link_down(PEER, now);
+    m.link_up(PEER, now);
+    let again = frames_to(&drain(&mut m), PEER);
+    assert!(again.iter().any(|f| matches!(f, Frame::Kick { token: 10, .. })), "{again:?}");
 
     // An id the peer owns is registered there; a Kick frame from it ends the connection.
     let theirs = id_owned_by(PEER);
