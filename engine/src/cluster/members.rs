@@ -23,8 +23,9 @@ use crate::core::cluster::{ClusterIn, NodeId, NodeSet};
 
 use super::node::{Effect, NodeMachine, Peer};
 
-/// How often a node that knows no live peer announces itself to its seeds again (so a node
-/// started before its seeds, or cut off from everyone, finds the cluster).
+/// How often a node announces itself again to each seed that is not a live member (so a
+/// node started before its seeds, a restarted seed, or two sides of a netsplit that forgot
+/// each other find the cluster again). Nothing is sent while every seed is live.
 pub(crate) const SEED_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The machine's foca.
@@ -174,10 +175,13 @@ impl Runtime<Member> for FocaIo<'_> {
 impl NodeMachine {
     pub(super) fn announce_to_seeds(&mut self, now: Instant) {
         self.seed_announce_at = now + SEED_ANNOUNCE_INTERVAL;
-        if self.peers.values().any(|p| p.live) {
-            return;
-        }
-        for addr in self.seeds.clone() {
+        let lost: Vec<SocketAddr> = self
+            .seeds
+            .iter()
+            .copied()
+            .filter(|a| !self.peers.values().any(|p| p.live && p.member.addr == *a))
+            .collect();
+        for addr in lost {
             // A seed is known by its address only; foca accepts an announce addressed to
             // any identity with the receiver's address.
             let dst = Member { node: u16::MAX, addr, boot_id: 0 };

@@ -341,3 +341,18 @@ fn a_client_id_connecting_on_another_node_takes_over() {
         .sum();
     assert_eq!(takeovers, 20);
 }
+
+#[test]
+fn sides_find_each_other_after_a_long_netsplit() {
+    // Longer than foca keeps down members: each side forgets the other, and only the seeds
+    // (all on one side here) bring them together again.
+    let mut sim = Sim::new(10, 11);
+    start_all(&mut sim, 5_000);
+    sim.filter(8, 0, "a/#", true);
+    sim.partition((0..10).map(|i| u8::from(i >= 5)).collect());
+    sim.run_until(300_000);
+    assert_eq!(sim.view(9).len(), 5, "the sides saw each other fail");
+    sim.heal();
+    sim.run_until(330_000);
+    assert_converged(&sim);
+}
