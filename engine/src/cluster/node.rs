@@ -87,8 +87,8 @@ pub enum Effect {
         /// The peer.
         node: NodeId,
     },
-    /// Write one encoded frame (length prefix included) on the link to `node`; dropped if
-    /// that link is down.
+    /// Write encoded frames (each with its length prefix: usually one, a run of them for a
+    /// route snapshot) on the link to `node`; dropped if that link is down.
     Send {
         /// The peer.
         node: NodeId,

@@ -45,11 +45,17 @@ fn drain(m: &mut NodeMachine) -> Vec<Effect> {
 fn frames_to(effects: &[Effect], node: NodeId) -> Vec<Frame> {
     effects
         .iter()
-        .filter_map(|e| match e {
+        .flat_map(|e| match e {
             Effect::Send { node: n, frame } if *n == node => {
-                Some(wire::decode(&frame[wire::LENGTH_PREFIX_BYTES..]).unwrap())
+                let mut buf = bytes::BytesMut::from(&frame[..]);
+                let frames: Vec<Frame> =
+                    std::iter::from_fn(|| wire::split_frame(&mut buf).unwrap())
+                        .map(|f| wire::decode(&f).unwrap())
+                        .collect();
+                assert!(buf.is_empty(), "a Send holds whole frames");
+                frames
             }
-            _ => None,
+            _ => Vec::new(),
         })
         .collect()
 }
@@ -355,4 +361,29 @@ fn a_bad_hello_is_refused() {
     let ack = Frame::RouteAck { seq: 1 }.encode().unwrap();
     assert_eq!(m.handle_hello(&ack[4..]), Err(WireError::NotHello));
     assert_eq!(m.handle_hello(&[]), Err(WireError::Empty));
+}
+
+#[test]
+fn a_large_snapshot_goes_in_batches_of_whole_frames() {
+    let (mut m, now) = machine();
+    for i in 0..10_000u64 {
+        let f = ByteStr::from_bytes(Bytes::from(format!("sensors/{i}/+"))).unwrap();
+        m.handle_shard(ShardId(0), ClusterOut::Filter { filter: f, added: true, seq: i + 1 }, now);
+    }
+    drain(&mut m);
+    up_without_drain(&mut m, PEER, now);
+    let effects = drain(&mut m);
+    let sends = effects.iter().filter(|e| matches!(e, Effect::Send { .. })).count();
+    assert!(sends < 10, "{sends} sends for 10,000 filters");
+    let frames = frames_to(&effects, PEER);
+    assert!(matches!(frames.first(), Some(Frame::RoutesReset { .. })));
+    let routes = frames.iter().filter(|f| matches!(f, Frame::Route { added: true, .. })).count();
+    assert_eq!(routes, 10_000);
+    assert!(frames.iter().any(|f| matches!(f, Frame::RoutesDone { .. })));
+}
+
+fn up_without_drain(m: &mut NodeMachine, node: NodeId, now: Instant) {
+    m.member_up(peer(node), now);
+    drain(m);
+    m.link_up(node, now);
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use shardmq_codec::{ByteStr, QoS};
 
 use crate::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeRouteIndex};
@@ -23,7 +23,7 @@ use crate::core::mesh::{mesh_cost, Message, Origin};
 use crate::splitmix::Rng;
 
 use super::node::{Effect, LinkState, MemberState, NodeMachine, NodeSettings};
-use super::wire::LENGTH_PREFIX_BYTES;
+use super::wire::{split_frame, LENGTH_PREFIX_BYTES};
 
 /// Shards per simulated node.
 pub(super) const SHARDS: u16 = 2;
@@ -437,9 +437,11 @@ impl Sim {
                     return;
                 }
                 let id = self.nodes[from].id;
-                self.with_machine(to, |m, now| {
-                    m.handle_frame(id, &frame[LENGTH_PREFIX_BYTES..], now)
-                });
+                let mut buf = BytesMut::from(&frame[..]);
+                while let Some(f) = split_frame(&mut buf).expect("our own frames") {
+                    self.with_machine(to, |m, now| m.handle_frame(id, &f, now));
+                }
+                assert!(buf.is_empty(), "a Send holds whole frames");
             }
             Event::Connect { from, to } => {
                 self.links.entry((from, to)).or_default().connecting = false;
