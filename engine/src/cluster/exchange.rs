@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use shardmq_codec::ByteStr;
 
 use crate::core::cluster::{ClusterIn, NodeId, NodeSet};
@@ -16,6 +17,9 @@ use super::node::{Effect, NodeMachine, KICKS_KEPT};
 use super::registry::{owner, Conn, Registered};
 use super::routes::PendingAck;
 use super::wire::{self, Frame};
+
+/// A snapshot's frames are handed to the link in runs of about this many bytes.
+const SNAPSHOT_BATCH_BYTES: usize = 64 * 1024;
 
 impl NodeMachine {
     /// A peer's frame, decoded.
@@ -256,12 +260,28 @@ impl NodeMachine {
     pub(super) fn send_snapshot(&mut self, node: NodeId) {
         self.route_seq += 1;
         let seq = self.route_seq;
-        self.send(node, &Frame::RoutesReset { seq });
-        let filters: Vec<ByteStr> = self.filters.iter().cloned().collect();
-        for filter in filters {
-            self.send(node, &Frame::Route { seq, added: true, filter });
+        let Some(p) = self.peers.get_mut(&node).filter(|p| p.link_up) else { return };
+        p.sent = p.sent.max(seq);
+        // The frames go in batches (a node may hold 100,000 filters): each `Send` is a run
+        // of whole frames, which the link writes as they are.
+        let mut chunks = Vec::new();
+        let mut batch = BytesMut::new();
+        let reset = Frame::RoutesReset { seq }.encode().expect("a small frame");
+        batch.extend_from_slice(&reset);
+        for filter in self.filters.iter() {
+            let f = Frame::Route { seq, added: true, filter: filter.clone() };
+            // A filter is at most 65,535 bytes: its frame always encodes.
+            batch.extend_from_slice(&f.encode().expect("a filter fits a frame"));
+            if batch.len() >= SNAPSHOT_BATCH_BYTES {
+                chunks.push(batch.split().freeze());
+            }
         }
-        self.send(node, &Frame::RoutesDone { seq });
+        batch.extend_from_slice(&Frame::RoutesDone { seq }.encode().expect("a small frame"));
+        chunks.push(batch.freeze());
+        for frame in chunks {
+            self.counters.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            self.effects.push_back(Effect::Send { node, frame });
+        }
     }
 
     /// Sends `node` a Register for every local connection it owns.

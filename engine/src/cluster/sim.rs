@@ -23,7 +23,7 @@ use crate::core::mesh::{mesh_cost, Message, Origin};
 use crate::splitmix::Rng;
 
 use super::node::{Effect, LinkState, MemberState, NodeMachine, NodeSettings};
-use super::wire::{split_frame, LENGTH_PREFIX_BYTES};
+use super::wire::{decode, split_frame, LENGTH_PREFIX_BYTES};
 
 /// Shards per simulated node.
 pub(super) const SHARDS: u16 = 2;
@@ -439,7 +439,9 @@ impl Sim {
                 let id = self.nodes[from].id;
                 let mut buf = BytesMut::from(&frame[..]);
                 while let Some(f) = split_frame(&mut buf).expect("our own frames") {
-                    self.with_machine(to, |m, now| m.handle_frame(id, &f, now));
+                    // As the runtime does: decoded once (by its reader), then handed over.
+                    let frame = decode(&f).expect("our own frames decode");
+                    self.with_machine(to, |m, now| m.handle_decoded(id, frame, f.len(), now));
                 }
                 assert!(buf.is_empty(), "a Send holds whole frames");
             }
