@@ -356,3 +356,26 @@ fn sides_find_each_other_after_a_long_netsplit() {
     sim.run_until(330_000);
     assert_converged(&sim);
 }
+
+#[test]
+fn a_quickly_restarted_node_replaces_its_old_incarnation() {
+    // Restarted before its peers noticed the failure: its links come back to a process that
+    // knows nothing, and its peers must drop what the old process told them.
+    let mut sim = Sim::new(6, 12);
+    start_all(&mut sim, 5_000);
+    sim.filter(3, 0, "old/#", true);
+    sim.filter(1, 1, "keep/+", true);
+    sim.run_until(6_000);
+    assert_converged(&sim);
+    sim.kill(3);
+    sim.run_until(6_100);
+    sim.start(3);
+    sim.filter(3, 1, "new/#", true);
+    sim.run_until(40_000);
+    assert_converged(&sim);
+    for i in [0usize, 1, 2, 4, 5] {
+        let routes = &sim.nodes[i].shards[0].routes[&NodeId(3)];
+        assert_eq!(routes.iter().collect::<Vec<_>>(), ["new/#"], "node {i}");
+    }
+    assert!(sim.nodes[3].shards[0].routes[&NodeId(1)].contains("keep/+"));
+}
