@@ -403,9 +403,11 @@ def test_partition_and_heal(fresh_cluster, topic):
     (["--node-id", "64", "--cluster-listen", "127.0.0.11:0"], "node"),
     (["--node-id", "1", "--cluster-listen", "not-an-address"], "cluster"),
     (["--node-id", "1", "--cluster-listen", "127.0.0.11:0", "--cluster-seeds", "nowhere"], "seed"),
+    (["--cluster-listen", "127.0.0.11:7000"], "node-id"),
 ])
 def test_bad_cluster_flags_refused(tmp_path, args, word):
-    """A node id past 63 or an unparsable address stops start-up with a message naming it."""
+    """A node id past 63, an unparsable address or a cluster flag without --node-id stops
+    start-up with a message naming it."""
     cmd = [_shardmq_bin(), "--listen", "127.0.0.1:0", "--in-memory", "--no-pin", *args]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=WAIT * 2)
     text = (r.stdout + r.stderr).decode(errors="replace")
