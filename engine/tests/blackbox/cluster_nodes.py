@@ -141,8 +141,11 @@ def alive_ids(status: dict) -> set[int]:
 
 
 def view_is(status: dict, me: int, expected: set[int]) -> bool:
-    """`status` (node `me`'s) shows exactly `expected` alive, with a link up to each of them."""
+    """`status` (node `me`'s) shows exactly `expected` alive, with a link up to each of them,
+    and every other member it lists declared down (not merely suspected)."""
     if alive_ids(status) != expected:
+        return False
+    if any(m["state"] != "down" for m in status["members"] if m["node_id"] not in expected):
         return False
     links = {m["node_id"]: m["link"] for m in status["members"]}
     return all(links.get(n) == ("self" if n == me else "up") for n in expected)

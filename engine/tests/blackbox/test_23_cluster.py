@@ -315,8 +315,7 @@ def test_sigkill_node_mid_stream_and_rejoin(fresh_cluster, topic):
     sub_c2.subscribe(topic, 1)
     first = int(sub_c2.get().payload)
     sent = stream.stop()
-    marker = cl.client(cl.a, 5)
-    marker.publish(topic, b"end", 1)
+    stream.pub.publish(topic, b"end", 1)  # the same publisher: it comes after the stream
     got_b += numbers_until_end(sub_b)
     assert got_b == list(range(sent)), f"B missed or repeated messages: {_gaps(got_b, sent)}"
     got_c = [first] + numbers_until_end(sub_c2)
@@ -379,8 +378,9 @@ def test_partition_and_heal(fresh_cluster, topic):
     cl.wait_view(cl.nodes.values(), ALL)
     # Messages published on one side during the split may reach the other late (QoS 1 kept
     # for a session); probes are what the wait is for.
-    wait_route(pa, f"{topic}/probe-a", [sa, sb, sc], stale={b"side A"})
-    wait_route(pb, f"{topic}/probe-b", [sa, sb, sc], stale={b"side B"})
+    stale = {b"side A", b"side B"}
+    wait_route(pa, f"{topic}/probe-a", [sa, sb, sc], stale=stale)
+    wait_route(pb, f"{topic}/probe-b", [sa, sb, sc], stale=stale)
     pa.publish(f"{topic}/y", b"after A", 1)
     pb.publish(f"{topic}/y", b"after B", 1)
     for s in (sa, sb, sc):
