@@ -85,10 +85,12 @@ pub struct LinkRun {
     pub copies_per_published: f64,
 }
 
-/// The JSON `cluster --json` writes.
+/// The JSON `cluster --json` writes: a report as every command's (`shardmq-bench show`
+/// reads it), plus the link and join figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterReport {
     /// The fan-out runs (one node and the cluster, interleaved) as in every report.
+    #[serde(flatten)]
     pub report: Report,
     /// Link traffic of each cluster run.
     pub links: Vec<LinkRun>,
