@@ -54,6 +54,9 @@ pub struct ClusterArgs {
     /// The measured window (seconds).
     #[arg(long, default_value_t = 10.0)]
     pub duration_secs: f64,
+    /// Longest wait for late messages after the window (seconds).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_secs: f64,
     /// Distinct filters subscribed on node 1 of a two-node cluster before a third node joins
     /// (0: no join measurement).
     #[arg(long, default_value_t = 100_000)]
@@ -241,6 +244,7 @@ pub fn command(
     Pace::Fixed(a.rate).apply(&mut params);
     params.warmup_secs = a.warmup_secs;
     params.duration_secs = a.duration_secs;
+    params.drain_secs = a.drain_secs;
     let mut sr = ScenarioReport {
         scenario: "cluster".into(),
         label: format!("cluster fan-out over {} nodes: {}", a.nodes, params.label()),
