@@ -55,7 +55,7 @@ class Node:
 
     def argv(self, seeds: list[str]) -> list[str]:
         return [_shardmq_bin(), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                "--shards", "2", "--no-pin", "--sys-interval-secs", "1",
+                "--shards", "2", "--no-pin", "--sys-interval-secs", "1", "--log-level", "info",
                 "--data-dir", str(self.workdir / "data"), "--durability", "none",
                 "--node-id", str(self.id),
                 "--cluster-listen", f"{self.ip}:{self.real_port}",

@@ -409,7 +409,9 @@ def test_partition_and_heal(fresh_cluster, topic):
 
     closed, got = wait_one_closed([x_a, x_b], CONVERGE_SECS)
     survivor = x_b if closed is x_a else x_a
-    assert [(p.type, p.code) for p in got] == [(m.DISCONNECT, 0x8E)], got
+    where = "A (the earlier CONNECT)" if closed is x_a else "B (the later CONNECT)"
+    assert [(p.type, p.code) for p in got] == [(m.DISCONNECT, 0x8E)], (
+        f"the connection on {where} was closed after the heal with {got}, not DISCONNECT 0x8E")
     # The survivor stays: a round trip through the cluster, then it still answers.
     survivor.ping()
     pa.publish(f"{topic}/z", b"settled", 1)
