@@ -9,12 +9,16 @@
 //!   `compare`);
 //! - what crossed the node links per published message: the change of every node's
 //!   `bytes_out` and `messages_out` (`GET /api/v1/cluster`) over the whole run divided by the
-//!   messages published (route and keep-alive frames of the run included);
+//!   messages published (route and keep-alive frames of the run included), and the bytes per
+//!   copy while messages flowed (counters sampled every 250 ms: set-up and idle traffic
+//!   left out);
 //! - the time a node joining a cluster that holds `--join-subscriptions` filters takes to see
 //!   the members and to hold every route ([`crate::cluster_join`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -87,6 +91,10 @@ pub struct LinkRun {
     /// `messages_out / published` (nodes other than the publisher's with a subscriber: the
     /// expected value is `nodes - 1`).
     pub copies_per_published: f64,
+    /// Link bytes per message copy while messages flowed: the change of `bytes_out` over the
+    /// change of `messages_out` between the samples (every 250 ms) at 10 % and 90 % of the
+    /// run's copies, so set-up (routes) and idle traffic are left out.
+    pub bytes_per_copy_marginal: Option<f64>,
 }
 
 /// The JSON `cluster --json` writes: a report as every command's (`shardmq-bench show`
@@ -339,10 +347,11 @@ fn run_fanout(
     let before = counters(&cluster)?;
     let spread: Vec<SocketAddr> = cluster.iter().map(|n| n.broker.addr).collect();
     let others: Vec<u32> = cluster[1..].iter().filter_map(|n| n.broker.pid).collect();
-    let first = &mut cluster[0].broker;
-    first.subscribers_spread = spread;
-    first.extra_pids = others;
-    let result = scenario::run(params, first, settings);
+    cluster[0].broker.subscribers_spread = spread;
+    cluster[0].broker.extra_pids = others;
+    let sampler = Sampler::start(cluster.iter().map(|n| n.http).collect());
+    let result = scenario::run(params, &mut cluster[0].broker, settings);
+    let samples = sampler.stop();
     let after = counters(&cluster);
     let mut dead = Vec::new();
     for n in &mut cluster {
@@ -367,15 +376,59 @@ fn run_fanout(
         messages_dropped: delta(2),
         bytes_per_published: delta(0) as f64 / published as f64,
         copies_per_published: delta(1) as f64 / published as f64,
+        bytes_per_copy_marginal: marginal(&samples),
     };
     Ok((r, Some(link)))
 }
 
+/// Polls the nodes' link counters every 250 ms on a thread of its own.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<[u64; 3]>>,
+}
+
+impl Sampler {
+    fn start(https: Vec<SocketAddr>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(c) = counters_at(&https) {
+                    out.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            out
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<[u64; 3]> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Bytes per copy between the samples at 10 % and 90 % of the copies (see [`LinkRun`]).
+fn marginal(samples: &[[u64; 3]]) -> Option<f64> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    let total = last[1].saturating_sub(first[1]);
+    let from = samples.iter().find(|s| s[1] - first[1] >= total / 10)?;
+    let to = samples.iter().rev().find(|s| s[1] - first[1] <= total * 9 / 10)?;
+    let copies = to[1].checked_sub(from[1]).filter(|&c| c > 0)?;
+    Some(to[0].saturating_sub(from[0]) as f64 / copies as f64)
+}
+
 /// Sums over the nodes of bytes_out, messages_out, messages_dropped.
 fn counters(nodes: &[Node]) -> Result<[u64; 3]> {
+    counters_at(&nodes.iter().map(|n| n.http).collect::<Vec<_>>())
+}
+
+fn counters_at(https: &[SocketAddr]) -> Result<[u64; 3]> {
     let mut sum = [0u64; 3];
-    for n in nodes {
-        let st = n.status()?;
+    for &http in https {
+        let st = http_get_json(http, "/api/v1/cluster")?;
         for (i, name) in ["bytes_out", "messages_out", "messages_dropped"].iter().enumerate() {
             sum[i] += st["counters"][name].as_u64().ok_or_else(|| anyhow!("no {name}: {st}"))?;
         }
@@ -386,18 +439,20 @@ fn counters(nodes: &[Node]) -> Result<[u64; 3]> {
 fn links_table(links: &[LinkRun]) -> String {
     let mut out = String::from(
         "\nnode links (whole run, every node's GET /api/v1/cluster counters summed):\n\
-         run  published  bytes_out  messages_out  dropped  bytes/published  copies/published\n",
+         run  published  bytes_out  messages_out  dropped  bytes/published  copies/published  \
+         bytes/copy (while flowing)\n",
     );
     for l in links {
         out.push_str(&format!(
-            "{:>3}  {:>9}  {:>9}  {:>12}  {:>7}  {:>15.1}  {:>16.3}\n",
+            "{:>3}  {:>9}  {:>9}  {:>12}  {:>7}  {:>15.1}  {:>16.3}  {:>26}\n",
             l.repeat + 1,
             l.published,
             l.bytes_out,
             l.messages_out,
             l.messages_dropped,
             l.bytes_per_published,
-            l.copies_per_published
+            l.copies_per_published,
+            l.bytes_per_copy_marginal.map_or("-".into(), |b| format!("{b:.1}"))
         ));
     }
     let mut b: Vec<f64> = links.iter().map(|l| l.bytes_per_published).collect();
