@@ -123,11 +123,15 @@ class Node:
                 self.proc.wait()
         return died
 
-    def cluster_status(self) -> dict:
-        """`GET /api/v1/cluster`, parsed."""
-        with urllib.request.urlopen(self.http + "/api/v1/cluster", timeout=WAIT) as r:
+    def get_json(self, path: str) -> dict:
+        """`GET path` on the admin API, parsed (an HTTP error raises)."""
+        with urllib.request.urlopen(self.http + path, timeout=WAIT) as r:
             assert r.status == 200, r.status
             return json.loads(r.read())
+
+    def cluster_status(self) -> dict:
+        """`GET /api/v1/cluster`, parsed."""
+        return self.get_json("/api/v1/cluster")
 
     def counter(self, name: str) -> int:
         return int(self.cluster_status()["counters"][name])
