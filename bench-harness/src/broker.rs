@@ -17,8 +17,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::bins::{find_in_path, workspace_target};
 use crate::sys;
 
+pub use crate::bins::{find_mosquitto, find_rumqttd, find_shardmq};
 use crate::durability::shardmq_durability_args;
 pub use crate::durability::{BrokerSpec, BATCH_MS_DEFAULT, MOSQUITTO_AUTOSAVE_SECS};
 
@@ -110,63 +112,12 @@ pub struct Broker {
     pub command: String,
     /// Where subscribers connect when not here (the remote end of a bridge).
     pub subscribers_at: Option<SocketAddr>,
+    /// Subscribers spread round robin over these instead (the nodes of a cluster).
+    pub subscribers_spread: Vec<SocketAddr>,
+    /// Other processes measured with this one (a cluster's other nodes): CPU and RSS add up.
+    pub extra_pids: Vec<u32>,
     child: Option<Child>,
     dir: Option<PathBuf>,
-}
-
-/// The workspace's `target/` directory, from this crate's location at build time.
-fn workspace_target() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
-}
-
-/// Finds the shardmq binary: next to this executable, then `target/release`, `target/debug`.
-pub fn find_shardmq(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        // Absolute: the broker runs with its run directory as the working directory.
-        return p.canonicalize().ok();
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("shardmq"));
-            // Integration tests run from target/<profile>/deps.
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join("shardmq"));
-            }
-        }
-    }
-    candidates.push(workspace_target().join("release").join("shardmq"));
-    candidates.push(workspace_target().join("debug").join("shardmq"));
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-/// Finds Mosquitto: explicit, `/usr/sbin/mosquitto`, then `PATH`.
-pub fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return p.canonicalize().ok();
-    }
-    let sbin = PathBuf::from("/usr/sbin/mosquitto");
-    if sbin.is_file() {
-        return Some(sbin);
-    }
-    find_in_path("mosquitto")
-}
-
-/// Finds rumqttd: explicit, `bench-harness/.peers/bin/rumqttd`, then `PATH`.
-pub fn find_rumqttd(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return p.canonicalize().ok();
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers").join("bin").join("rumqttd");
-    if local.is_file() {
-        return Some(local);
-    }
-    find_in_path("rumqttd")
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the broker binds it right after).
@@ -231,6 +182,8 @@ impl Broker {
             durability: "unknown".into(),
             command: String::new(),
             subscribers_at: None,
+            subscribers_spread: Vec::new(),
+            extra_pids: Vec::new(),
             child: None,
             dir: None,
         }
@@ -340,7 +293,8 @@ impl Broker {
                     use std::io::Write;
                     let _ = writeln!(out, "{line}");
                 }
-                if let Some(rest) = line.split("listening on ").nth(1) {
+                // A prefix match: `http listening on` (an --http listener) is not MQTT's.
+                if let Some(rest) = line.strip_prefix("listening on ") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     if let (Ok(a), Some(tx)) = (addr.parse::<SocketAddr>(), tx.take()) {
                         let _ = tx.send(a);
@@ -355,6 +309,8 @@ impl Broker {
             durability,
             command,
             subscribers_at: None,
+            subscribers_spread: Vec::new(),
+            extra_pids: Vec::new(),
             child: Some(child),
             dir: Some(dir),
         };
@@ -495,6 +451,8 @@ impl Broker {
             durability: durability.into(),
             command,
             subscribers_at: None,
+            subscribers_spread: Vec::new(),
+            extra_pids: Vec::new(),
             child: Some(child),
             dir: Some(dir),
         })
@@ -549,19 +507,28 @@ impl Broker {
         out
     }
 
-    /// CPU time so far, µs (None when the pid is unknown or gone).
+    /// CPU time so far, µs, of the broker and its `extra_pids` (None when a pid is unknown
+    /// or gone).
     pub fn cpu_us(&self) -> Option<u64> {
-        self.pid.and_then(|p| sys::proc_cpu_us(p).ok())
+        self.sum(|p| sys::proc_cpu_us(p).ok())
     }
 
-    /// Resident memory, KiB.
+    /// Resident memory, KiB (with `extra_pids`).
     pub fn rss_kib(&self) -> Option<u64> {
-        self.pid.and_then(|p| sys::proc_rss_kib(p).ok())
+        self.sum(|p| sys::proc_rss_kib(p).ok())
+    }
+
+    fn sum(&self, f: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+        let mut total = f(self.pid?)?;
+        for &p in &self.extra_pids {
+            total += f(p)?;
+        }
+        Some(total)
     }
 
     /// Highest resident memory since the process started (`VmHWM`), KiB.
     pub fn rss_peak_kib(&self) -> Option<u64> {
-        self.pid.and_then(|p| sys::proc_status_kib(p, "VmHWM:").ok())
+        self.sum(|p| sys::proc_status_kib(p, "VmHWM:").ok())
     }
 
     /// Whether a started broker is still running (an external one is assumed to be).

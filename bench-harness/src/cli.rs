@@ -165,6 +165,15 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Cross-node fan-out (1 publisher on node 1, subscribers spread over the nodes of a
+    /// cluster on this machine) against the same on one node; bytes on the node links per
+    /// message; how long a node joining 100,000 subscriptions takes to converge.
+    Cluster {
+        #[command(flatten)]
+        args: crate::cluster::ClusterArgs,
+        #[command(flatten)]
+        common: Common,
+    },
     /// An edge broker bridging `shardmq-bench/#` out to a remote Mosquitto: a publisher on
     /// the edge at a fixed rate, its subscriber on the remote; the edge's CPU per forwarded
     /// message, rate and latency. Edges: shardmq (e.g. shardmq@sync) and mosquitto, taking
@@ -430,6 +439,14 @@ pub fn main() -> Result<()> {
                 eprintln!("wrote {}", path.display());
             }
             return Ok(());
+        }
+        Cmd::Cluster { args, common } => {
+            let (broker_cpus, harness_cpus, settings) = common.placement()?;
+            let base = common.broker_options(&broker_cpus);
+            let repeat = common.repeat.unwrap_or(3).clamp(1, 100);
+            let cpus = (broker_cpus.as_str(), harness_cpus.as_str());
+            let json = common.json.as_deref();
+            return crate::cluster::command(&args, &base, cpus, &settings, repeat, json);
         }
         Cmd::Table { json } => {
             out(&headline::markdown(&load_report(&json)?));

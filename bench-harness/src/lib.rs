@@ -15,9 +15,12 @@
 //! What it deliberately does not do: reconnect (outside [`restart`]), TLS, WebSocket, or any
 //! timing assertion in tests (the smoke tests check correctness only).
 
+mod bins;
 pub mod bridge;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
+pub mod cluster_join;
 pub mod durability;
 pub mod headline;
 pub mod load;

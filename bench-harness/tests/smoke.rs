@@ -283,3 +283,31 @@ fn restart_with_2000_stored_messages_loses_none() {
     assert_eq!(r["lost"].as_u64(), Some(0), "{test}: {r}");
     assert_eq!(r["session_present"].as_bool(), Some(true), "{test}: {r}");
 }
+
+#[test]
+fn cluster_of_3_delivers_everything_one_copy_per_node() {
+    // Three nodes against one, tiny: every message reaches every subscriber on every node,
+    // two copies per published message cross the links (to the two other nodes), and a
+    // third node joining 2,000 subscriptions converges.
+    let test = "cluster";
+    if broker_name() != "shardmq" {
+        eprintln!("SKIPPED {test}: shardmq's cluster only");
+        return;
+    }
+    let mut args = vec!["cluster", "--subscribers", "6", "--repeat", "1"];
+    args.extend(["--join-subscriptions", "2000", "--shardmq-durability", "in-memory"]);
+    args.extend(TINY);
+    let Some(report) = run_with(test, &args, &broker_args()) else { return };
+    let results = report["scenarios"][0]["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{test}: one node and the cluster: {report}");
+    for r in results {
+        assert_correct(test, r, 0);
+    }
+    let link = &report["links"][0];
+    let copies = link["copies_per_published"].as_f64().expect("copies_per_published");
+    assert!((copies - 2.0).abs() < 0.01, "{test}: one copy per other node: {link}");
+    assert_eq!(link["messages_dropped"].as_u64(), Some(0), "{test}: {link}");
+    let join = &report["join"][0];
+    assert_eq!(join["subscriptions"].as_u64(), Some(2000), "{test}: {report}");
+    assert!(join["routes_secs"].as_f64().is_some_and(|s| s > 0.0), "{test}: {join}");
+}

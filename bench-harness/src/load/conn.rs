@@ -72,7 +72,11 @@ impl Reactor<'_> {
             // one address gives about 28,000 connections (ip_local_port_range).
             sock.bind(&SocketAddr::from((ip, 0)).into()).with_context(|| format!("bind {ip}"))?;
         }
+        let spread = &self.spec.subscriber_brokers;
         let to = match (&spec.role, self.spec.subscriber_broker) {
+            (crate::load::Role::Subscriber { group, .. }, _) if !spread.is_empty() => {
+                spread[*group as usize % spread.len()]
+            }
             (crate::load::Role::Subscriber { .. }, Some(other)) => other,
             _ => self.spec.broker,
         };

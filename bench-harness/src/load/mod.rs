@@ -83,6 +83,10 @@ pub struct LoadSpec {
     /// Where subscribers connect instead (the remote end of a bridge), if elsewhere.
     #[serde(default)]
     pub subscriber_broker: Option<SocketAddr>,
+    /// Subscribers spread over these instead, by delivery group, round robin (a cluster's
+    /// nodes); empty: not spread.
+    #[serde(default)]
+    pub subscriber_brokers: Vec<SocketAddr>,
     /// MQTT protocol level: 3, 4 (3.1.1) or 5.
     pub mqtt_version: u8,
     /// QoS of PUBLISH and SUBSCRIBE.
@@ -332,6 +336,7 @@ mod tests {
         let spec = LoadSpec {
             broker: sink_broker(),
             subscriber_broker: None,
+            subscriber_brokers: Vec::new(),
             mqtt_version: 4,
             qos: 0,
             payload_bytes: 64,

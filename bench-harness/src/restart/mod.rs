@@ -222,6 +222,7 @@ fn fill(
     let spec = LoadSpec {
         broker: broker.addr,
         subscriber_broker: None,
+        subscriber_brokers: Vec::new(),
         mqtt_version: p.mqtt_version,
         qos: 1,
         payload_bytes: p.payload_bytes,

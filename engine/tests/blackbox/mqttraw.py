@@ -455,9 +455,12 @@ class RawClient:
         """True if the broker has not closed the connection within `poll_secs` (a polling
         step, never an assertion by itself); packets received meanwhile are kept."""
         try:
-            self.stash.extend(self.wait_closed(poll_secs))
+            # Not `self.stash.extend(self.wait_closed(...))`: wait_closed replaces self.stash,
+            # so the list looked up first would be a stale one and the packets would be lost.
+            got = self.wait_closed(poll_secs)
         except AssertionError:
             return True
+        self.stash.extend(got)
         return False
 
     def wait_closed(self, timeout: float = 5.0) -> list[Packet]:
@@ -478,6 +481,9 @@ class RawClient:
         except MalformedError:
             raise
         except TimeoutError:
+            # Still open: what arrived stays for the next expect()/wait_closed() (a poll by
+            # is_open_after must not lose a packet that came just before the close).
+            self.stash = got + self.stash
             raise AssertionError(
                 f"broker did not close the connection within {timeout} s (received {got})"
             ) from None
