@@ -196,8 +196,9 @@ pub enum ClusterIn {
         /// Added or removed.
         added: bool,
     },
-    /// Forget every route of `node`: it left or failed, or its link is being re-synchronised
-    /// (its full set of routes follows as `Route` messages). Sent to every shard.
+    /// Forget every route of `node`: it left or failed (a re-synchronised link sends the
+    /// difference as `Route` messages instead, so a route held before and after never
+    /// disappears). Sent to every shard.
     NodeDown(NodeId),
     /// Every live peer holds this shard's filter changes up to `seq`.
     FilterAck {
