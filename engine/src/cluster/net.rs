@@ -257,13 +257,14 @@ fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared
                     // The machine drops a frame it cannot decode; the link that sent it
                     // is closed here (checked on this thread, off the main loop). A Hello
                     // comes first and only first.
-                    match wire::decode(&frame) {
+                    let decoded = match wire::decode(&frame) {
                         Ok(f) if matches!(f, wire::Frame::Hello { .. }) != first => {
                             break 'conn format!("malformed frame: {}", wire::WireError::NotHello);
                         }
-                        Ok(_) => {}
+                        // Decoded once, here: the main loop takes the frame as it is.
+                        Ok(f) => (!first).then_some(f),
                         Err(e) => break 'conn format!("malformed frame: {e}"),
-                    }
+                    };
                     if first {
                         first = false;
                         // Past the Hello, a link may be quiet as long as it likes.
@@ -272,7 +273,7 @@ fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared
                     if !net.budget.acquire(frame.len(), &net.stop) {
                         break 'conn "stopping".into();
                     }
-                    if net.events.send(Event::Frame { conn, frame }).is_err() {
+                    if net.events.send(Event::Frame { conn, frame, decoded }).is_err() {
                         break 'conn "stopping".into();
                     }
                 }

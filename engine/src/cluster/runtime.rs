@@ -29,6 +29,7 @@ use bytes::Bytes;
 use super::link::{CreditGuard, CreditPool, Link, LinkContext};
 use super::net::{self, NetShared};
 use super::node::{ClusterStatus, Effect, NodeMachine, NodeSettings};
+use super::wire;
 use crate::config::ClusterSettings;
 use crate::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, ClusterTx, NodeId, ShardSink};
 use crate::core::ids::ShardId;
@@ -52,7 +53,15 @@ pub(crate) enum Event {
     /// An incoming connection (before any of its frames).
     Accepted { conn: u64, peer: SocketAddr, stream: TcpStream },
     /// A frame read on incoming connection `conn` (without its length prefix).
-    Frame { conn: u64, frame: Bytes },
+    Frame {
+        /// The incoming connection.
+        conn: u64,
+        /// The frame's bytes (kind and body).
+        frame: Bytes,
+        /// The frame, decoded once on the reader thread (`None` for the Hello, which the
+        /// machine checks itself).
+        decoded: Option<wire::Frame>,
+    },
     /// Incoming connection `conn` ended.
     Closed { conn: u64 },
     /// The outgoing link to a node (the writer named by the serial) is up: Hello written.
@@ -340,8 +349,8 @@ impl MainLoop {
             Event::Accepted { conn, peer, stream } => {
                 self.incoming.insert(conn, Incoming { peer, node: None, stream });
             }
-            Event::Frame { conn, frame } => {
-                self.frame(conn, &frame, now);
+            Event::Frame { conn, frame, decoded } => {
+                self.frame(conn, &frame, decoded, now);
                 self.net.budget.release(frame.len());
             }
             Event::Closed { conn } => {
@@ -376,12 +385,15 @@ impl MainLoop {
     }
 
     /// A frame on an incoming connection: its Hello first, then the peer's frames.
-    fn frame(&mut self, conn: u64, frame: &[u8], now: Instant) {
+    fn frame(&mut self, conn: u64, frame: &[u8], decoded: Option<wire::Frame>, now: Instant) {
         let Some(inc) = self.incoming.get_mut(&conn) else {
             return; // closed by the main loop already; the reader is ending
         };
         if let Some(node) = inc.node {
-            self.machine.handle_frame(node, frame, now);
+            match decoded {
+                Some(f) => self.machine.handle_decoded(node, f, frame.len(), now),
+                None => self.machine.handle_frame(node, frame, now),
+            }
             return;
         }
         match self.machine.handle_hello(frame) {
