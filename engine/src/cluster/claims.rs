@@ -108,16 +108,24 @@ impl NodeMachine {
         now: Instant,
     ) {
         let uptime = self.uptime_ms(now);
-        let Some(open) = self.claims.open.get_mut(&(shard, token)) else { return };
-        open.waiting.retain(|n| *n != from);
-        if let Some(body) = session {
-            match decode_session(&body, uptime) {
-                Ok(s) => open.sessions.push(s),
-                Err(e) => {
-                    tracing::warn!(node = %from, "cluster: a moved session did not decode: {e}")
-                }
+        let session = session.and_then(|body| match decode_session(&body, uptime) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(node = %from, "cluster: a moved session did not decode: {e}");
+                None
             }
-        }
+        });
+        let Some(open) = self.claims.open.get_mut(&(shard, token)) else {
+            // A late answer (the claim timed out or its peer's link went down): the session
+            // left its node, so it is handed over anyway, to be kept offline.
+            if let Some(s) = session.filter(|_| shard < self.shard_count) {
+                let msg = ClusterIn::Claimed { token, sessions: vec![s] };
+                self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+            }
+            return;
+        };
+        open.waiting.retain(|n| *n != from);
+        open.sessions.extend(session);
         self.release_claims(now);
     }
 

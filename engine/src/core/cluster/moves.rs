@@ -27,16 +27,21 @@ use shardmq_codec::{ByteStr, Connect, Packet, QoS, SubscriptionOptions};
 use crate::core::auth::exchange::AuthOk;
 use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::mesh::Message;
-use crate::core::routing::shared::is_shared;
+use crate::core::routing::shared::{is_shared, is_valid_shared};
 use crate::core::routing::subscribe::{SubOptions, RESTORED_JOIN_TOKEN};
-use crate::core::sessions::session::{Awaiting, Session};
+use crate::core::routing::topic::split_shared;
+use crate::core::sessions::session::{Awaiting, Queued, Session};
 use crate::core::shard::{CloseKind, ShardCore};
+use shardmq_codec::topic::validate_topic_filter;
 
 use super::{ClusterOut, NodeId};
 
 /// Packets a client may send behind a CONNECT that waits for its session; past it the
 /// connection is closed.
 pub(crate) const HELD_PACKETS_MAX: usize = 64;
+
+/// Bytes of PUBLISH payloads and topics held behind such a CONNECT; past it, closed.
+pub(crate) const HELD_BYTES_MAX: usize = 1 << 20;
 
 /// A session on its way to another node.
 #[derive(Debug, Clone)]
@@ -90,6 +95,8 @@ pub(crate) struct HeldConnect {
     packets: Vec<Packet>,
     /// The connection closed while waiting (its id may be reused: never answer it then).
     closed: bool,
+    /// Payload and topic bytes of the PUBLISH packets in `packets`.
+    held_bytes: usize,
 }
 
 impl ShardCore {
@@ -113,10 +120,29 @@ impl ShardCore {
         c.last_claim += 1;
         let token = c.last_claim;
         let client_id = ByteStr::from(connect.client_id.as_str());
-        c.held
-            .insert(token, HeldConnect { conn, connect, auth, packets: Vec::new(), closed: false });
+        c.held.insert(
+            token,
+            HeldConnect { conn, connect, auth, packets: Vec::new(), closed: false, held_bytes: 0 },
+        );
         c.out.push(ClusterOut::Claim { client_id, token });
         None
+    }
+
+    /// A newer CONNECT for `client_id` arrived: an older one still waiting for its session
+    /// is dropped (closed without CONNACK, as a takeover would close it [MQTT-3.1.4-3]), so
+    /// it never takes over from the newer one when its session arrives.
+    pub(crate) fn cluster_supersede_held(&mut self, client_id: &str, now: Instant) {
+        let Some(c) = self.cluster.as_deref() else { return };
+        let older: Vec<ConnId> = c
+            .held
+            .values()
+            .chain(c.routing.iter().map(|(_, h)| h))
+            .filter(|h| !h.closed && h.connect.client_id.as_str() == client_id)
+            .map(|h| h.conn)
+            .collect();
+        for conn in older {
+            self.close_conn(conn, CloseKind::Abnormal(None), now);
+        }
     }
 
     /// True if `conn`'s CONNECT waits for its session.
@@ -145,11 +171,16 @@ impl ShardCore {
         let routing = c.routing.iter_mut().map(|(_, h)| h);
         let held = c.held.values_mut().chain(routing).find(|h| h.conn == conn && !h.closed);
         let Some(h) = held else { return };
-        if h.packets.len() >= HELD_PACKETS_MAX {
-            tracing::debug!(shard = %self.shard, "too many packets behind a held CONNECT");
+        let bytes = match &packet {
+            Packet::Publish(p) => p.payload.len() + p.topic.len(),
+            _ => 0,
+        };
+        if h.packets.len() >= HELD_PACKETS_MAX || h.held_bytes + bytes > HELD_BYTES_MAX {
+            tracing::debug!(shard = %self.shard, "too much sent behind a held CONNECT");
             self.close_conn(conn, CloseKind::Abnormal(None), now);
             return;
         }
+        h.held_bytes += bytes;
         h.packets.push(packet);
     }
 
@@ -162,9 +193,30 @@ impl ShardCore {
         now: Instant,
     ) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
-        let Some(held) = c.held.remove(&token) else { return };
+        let Some(held) = c.held.remove(&token) else {
+            // No CONNECT waits (a late answer, or the claim was given up): keep what came as
+            // an offline session rather than lose it.
+            for s in sessions {
+                self.import_offline(s, now);
+            }
+            return;
+        };
+        let live = |core: &ShardCore, id: &str| {
+            core.sessions.find(id).is_some_and(|slot| core.sessions.get(slot).conn.is_some())
+        };
+        if held.closed && live(self, &held.connect.client_id) {
+            // A newer connection of the client has a session here now: it chose it.
+            for s in &sessions {
+                tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a moved session arrived after a newer connection: dropped");
+            }
+            return;
+        }
         let moved = !sessions.is_empty();
         for s in sessions {
+            if s.client_id.as_str() != held.connect.client_id.as_str() {
+                tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a moved session for another client id: dropped");
+                continue;
+            }
             self.import_session(s, now);
         }
         if moved {
@@ -255,6 +307,12 @@ impl ShardCore {
         // The close may have ended it (a session that ends with its connection).
         let slot = self.sessions.find(client_id)?;
         let session = self.sessions.get_mut(slot);
+        // The session goes on elsewhere: a delayed will is not published [MQTT-3.1.3-9]
+        // (a will without delay was published at the close, as for a local takeover).
+        if session.take_pending_will().is_some() {
+            self.persist_will_cleared(slot);
+        }
+        let session = self.sessions.get_mut(slot);
         let (inflight, queued) = session.take_messages();
         let export = SessionExport {
             client_id: ByteStr::from(client_id),
@@ -283,12 +341,29 @@ impl ShardCore {
             None => self.sessions.insert(Session::new(&e.client_id)),
         };
         self.sessions.get_mut(slot).expiry_secs = e.expiry_secs;
+        let subs_max = self.config.limits.subscriptions_per_session_max as usize;
         for sub in e.subs {
-            let session = self.sessions.get_mut(slot);
-            if session.sub_position(&sub.filter).is_some() {
+            // Another node's data: checked as a SUBSCRIBE's filter is [MQTT-4.7.1-1..3],
+            // [MQTT-4.8.2-1..2], with this broker's topic limits and per-session maximum.
+            let shared = is_shared(&sub.filter);
+            let valid = if shared {
+                is_valid_shared(&sub.filter)
+                    && split_shared(&sub.filter)
+                        .is_some_and(|(_, f)| validate_topic_filter(f, false).is_ok())
+            } else {
+                validate_topic_filter(&sub.filter, false).is_ok()
+            };
+            if !valid || self.topic_limits.check(&sub.filter).is_err() {
+                tracing::warn!(shard = %self.shard, filter = %sub.filter, "a moved session's filter is not valid here: dropped");
                 continue;
             }
-            let entry = SubOptions { opts: sub.opts, id: sub.sub_id, acl_check: false };
+            let session = self.sessions.get_mut(slot);
+            if session.sub_position(&sub.filter).is_some() || session.subs.len() >= subs_max {
+                continue;
+            }
+            // A Subscription Identifier of 0 is a protocol error (5.0 §3.8.2.1.2).
+            let id = sub.sub_id.filter(|&i| i != 0);
+            let entry = SubOptions { opts: sub.opts, id, acl_check: false };
             session.subs.push((sub.filter.clone(), entry));
             self.import_subscription(slot, sub.filter, entry);
         }
@@ -296,7 +371,21 @@ impl ShardCore {
             self.refresh_acl_coverage(slot);
         }
         let now_ms = self.uptime_ms(now);
+        let fresh = self.sessions.get(slot).plog.is_none();
         for m in e.messages {
+            if fresh {
+                // Accepted on the other node: no queue limit drops them here (the oldest,
+                // the unacknowledged ones, would go first).
+                let q = Queued {
+                    msg: m.msg,
+                    qos: m.qos,
+                    retain: m.retain,
+                    sub_ids: m.sub_ids,
+                    group: m.group,
+                };
+                self.sessions.get_mut(slot).append_moved(q);
+                continue;
+            }
             self.deliver_to_session(
                 slot,
                 &m.msg,
@@ -306,6 +395,26 @@ impl ShardCore {
                 m.group.as_ref(),
                 now_ms,
             );
+        }
+    }
+
+    /// A moved session no CONNECT waits for: kept offline, unless a connection of its client
+    /// is live here (then it is dropped: that connection chose its session).
+    fn import_offline(&mut self, s: SessionExport, now: Instant) {
+        let home = Self::home_shard(s.client_id.as_bytes(), self.config.shard_count);
+        if home != self.shard {
+            return;
+        }
+        if let Some(slot) = self.sessions.find(&s.client_id) {
+            if self.sessions.get(slot).conn.is_some() {
+                tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a late moved session for a connected client: dropped");
+                return;
+            }
+        }
+        let client_id = s.client_id.clone();
+        self.import_session(s, now);
+        if let Some(slot) = self.sessions.find(&client_id) {
+            self.detach_imported(slot, now);
         }
     }
 
@@ -325,6 +434,10 @@ impl ShardCore {
     /// A moved session whose client left before it arrived: offline, expiring as usual.
     fn detach_imported(&mut self, slot: SessionSlot, now: Instant) {
         let s = self.sessions.get_mut(slot);
+        if s.conn.is_some() {
+            // Another connection of the client took it meanwhile.
+            return;
+        }
         if s.expiry_secs == 0 {
             self.end_session(slot, now);
             return;

@@ -206,7 +206,9 @@ impl ShardCore {
             }
             ClusterIn::Route { node, filter, added } => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
-                if node == c.node {
+                // Another node's data: past this broker's topic limits (levels, length) a
+                // filter is refused like a client's; syntax is checked where it is applied.
+                if node == c.node || self.topic_limits.check(&filter).is_err() {
                     return;
                 }
                 if is_shared(&filter) {

@@ -601,3 +601,95 @@ fn a_moved_session_is_answered_once_the_nodes_route_its_subscriptions() {
     cl.run();
     assert_eq!(cl.nodes[1].clients[b].take_payloads(), vec!["right after"]);
 }
+
+#[test]
+fn a_newer_connection_during_a_move_keeps_the_session_and_nothing_panics() {
+    let mut cl = Cluster::new(2, 1);
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    let a = cl.nodes[0].client("racer", V5);
+    connect_persistent(&mut cl, 0, a);
+    cl.subscribe(0, a, &[("r/#", QoS::AtLeastOnce)]);
+    cl.nodes[0].drop_conn(a);
+    cl.run();
+    // c1 on node 1: its session arrives, but the CONNACK waits for the route acks.
+    cl.hold_acks = true;
+    let c1 = cl.nodes[1].client("racer", V5);
+    let sim = &mut cl.nodes[1];
+    sim.open(c1);
+    let connect = shardmq_codec::Connect {
+        protocol: V5,
+        clean_start: false,
+        keep_alive_secs: 0,
+        client_id: "racer".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    sim.send(c1, &Packet::Connect(Box::new(connect.clone())));
+    cl.run();
+    // The client gives up on c1 and connects again (Session Expiry 0): it takes the session.
+    cl.nodes[1].drop_conn(c1);
+    let c2 = cl.nodes[1].client("racer", V5);
+    let sim = &mut cl.nodes[1];
+    sim.open(c2);
+    sim.send(c2, &Packet::Connect(Box::new(connect)));
+    cl.run();
+    cl.hold_acks = false;
+    cl.release_acks();
+    let ack = cl.nodes[1].clients[c2].packets.iter().find_map(|p| match p {
+        Packet::ConnAck(a) => Some(a.clone()),
+        _ => None,
+    });
+    assert!(ack.expect("c2's CONNACK").session_present);
+    cl.nodes[0].publish(p, "r/1", "to c2", QoS::AtLeastOnce, false);
+    cl.run();
+    assert_eq!(cl.nodes[1].clients[c2].take_payloads(), vec!["to c2"]);
+}
+
+#[test]
+fn a_moving_session_does_not_publish_its_delayed_will() {
+    let mut cl = Cluster::new(2, 1);
+    let w = cl.nodes[1].client("watcher", V5);
+    cl.nodes[1].connect(w);
+    cl.subscribe(1, w, &[("will/#", QoS::AtMostOnce)]);
+    let a = cl.nodes[0].client("willing", V5);
+    let sim = &mut cl.nodes[0];
+    sim.open(a);
+    let will = shardmq_codec::Will {
+        topic: "will/x".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: shardmq_codec::Properties {
+            will_delay_interval_secs: Some(60),
+            ..Default::default()
+        },
+    };
+    let connect = shardmq_codec::Connect {
+        protocol: V5,
+        clean_start: false,
+        keep_alive_secs: 0,
+        client_id: "willing".into(),
+        will: Some(will),
+        username: None,
+        password: None,
+        properties: shardmq_codec::Properties {
+            session_expiry_interval_secs: Some(300),
+            ..Default::default()
+        },
+    };
+    sim.send(a, &Packet::Connect(Box::new(connect)));
+    cl.run();
+    cl.nodes[0].drop_conn(a);
+    cl.run();
+    let b = cl.nodes[1].client("willing", V5);
+    assert!(connect_persistent(&mut cl, 1, b).session_present);
+    // Marker: a message published after the move reaches the watcher; the will never did.
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    cl.nodes[0].publish(p, "will/marker", "marker", QoS::AtMostOnce, false);
+    cl.run();
+    assert_eq!(cl.nodes[1].clients[w].take_payloads(), vec!["marker"]);
+}

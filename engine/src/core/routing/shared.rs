@@ -266,7 +266,11 @@ impl ShardCore {
     /// On the owner: `node` gained its first (`added`) or lost its last member of the group
     /// `name` (`ClusterIn::Route` for `$share/...`).
     pub(crate) fn group_remote(&mut self, name: &ByteStr, node: NodeId, added: bool) {
-        if !is_valid_shared(name) || self.shared_owner(name) != self.shard {
+        // Another node's data: the inner filter is checked as a SUBSCRIBE's would be
+        // [MQTT-4.7.1-1..3] before it reaches the tries.
+        let inner_ok = split_shared(name)
+            .is_some_and(|(_, f)| shardmq_codec::topic::validate_topic_filter(f, false).is_ok());
+        if !is_valid_shared(name) || !inner_ok || self.shared_owner(name) != self.shard {
             return;
         }
         if added {

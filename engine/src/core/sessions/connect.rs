@@ -30,7 +30,9 @@ impl ShardCore {
         // holds the CONNECT and calls `accept_connect` once its AUTH exchange succeeds.
         if let Some((connect, auth)) = self.authenticate_connect(conn, connect, now) {
             // In a cluster, a persistent session may be on another node: it moves here
-            // before CONNACK (`cluster/moves.rs`).
+            // before CONNACK (`cluster/moves.rs`); an older CONNECT still waiting for it
+            // gives way to this one.
+            self.cluster_supersede_held(&connect.client_id, now);
             if let Some((connect, auth)) = self.cluster_hold_connect(conn, connect, auth) {
                 self.accept_connect(conn, connect, auth, now);
             }

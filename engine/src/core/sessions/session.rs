@@ -337,6 +337,16 @@ impl Session {
         b.queue.push_back(q);
     }
 
+    /// Appends a message of a session that moved here from another node (no limits: it was
+    /// accepted there). Only for a session the log does not hold yet (its entries are
+    /// logged when it becomes persistent).
+    pub(crate) fn append_moved(&mut self, q: Queued) {
+        debug_assert!(self.plog.is_none(), "a moved message for a logged session");
+        let b = self.backlog_mut();
+        b.queue_bytes += q.size_bytes();
+        b.queue.push_back(q);
+    }
+
     /// Removes the queue's first entry.
     pub(crate) fn dequeue(&mut self) -> Option<Queued> {
         let b = self.backlog.as_deref_mut()?;
