@@ -405,6 +405,8 @@ impl NodeMachine {
                 self.on_publish_shared(shard, node, group, msg, now)
             }
             ClusterOut::Claim { client_id, token } => self.on_claim(shard, client_id, token, now),
+            // The runtime's inbound budget (`runtime.rs`); nothing for the machine.
+            ClusterOut::Handled { .. } => {}
             ClusterOut::Export { to, shard: asker, token, session } => {
                 self.on_export(to, asker, token, session, now)
             }

@@ -15,7 +15,7 @@
 //! address and every outgoing link binds the listen IP (port 0) before `connect`, so a peer
 //! (or a partition test's proxy) can tell nodes apart by source IP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
@@ -183,6 +183,7 @@ pub fn start(
         retired: Vec::new(),
         incoming: HashMap::new(),
         batches: vec![Vec::new(); usize::from(shard_count.max(1))],
+        inbound: vec![VecDeque::new(); usize::from(shard_count.max(1))],
         stopping: false,
     };
     let udp_thread = net::spawn_udp(udp, net.clone())?;
@@ -301,6 +302,9 @@ struct MainLoop {
     incoming: HashMap<u64, Incoming>,
     /// Messages for each shard gathered during one turn.
     batches: Vec<Vec<ClusterIn>>,
+    /// Per shard: the frame sizes of the peers' messages handed to it and not yet handled
+    /// (`ClusterOut::Handled`), in order; they hold their share of the inbound budget.
+    inbound: Vec<VecDeque<usize>>,
     stopping: bool,
 }
 
@@ -341,6 +345,14 @@ impl MainLoop {
     fn handle(&mut self, ev: Event) {
         let now = Instant::now();
         match ev {
+            Event::Shard(shard, ClusterOut::Handled { messages }) => {
+                // The shard took these messages: their frames leave the inbound budget.
+                if let Some(q) = self.inbound.get_mut(usize::from(shard.0)) {
+                    let n = usize::try_from(messages).unwrap_or(usize::MAX).min(q.len());
+                    let bytes: usize = q.drain(..n).sum();
+                    self.net.budget.release(bytes);
+                }
+            }
             Event::Shard(shard, msg) => self.machine.handle_shard(shard, msg, now),
             Event::Datagram(data) => {
                 self.machine.handle_datagram(&data, now);
@@ -350,8 +362,21 @@ impl MainLoop {
                 self.incoming.insert(conn, Incoming { peer, node: None, stream });
             }
             Event::Frame { conn, frame, decoded } => {
-                self.frame(conn, &frame, decoded, now);
-                self.net.budget.release(frame.len());
+                // A message for a shard keeps its share of the inbound budget until that
+                // shard says it handled it (`ClusterOut::Handled`): receive-side
+                // back-pressure. Every other frame is done with here.
+                let shard = match &decoded {
+                    Some(wire::Frame::Publish { origin_shard, .. })
+                    | Some(wire::Frame::PublishShared { origin_shard, .. }) => {
+                        Some(usize::from(*origin_shard) % self.inbound.len())
+                    }
+                    _ => None,
+                };
+                let handed = self.frame(conn, &frame, decoded, now);
+                match shard.filter(|_| handed) {
+                    Some(s) => self.inbound[s].push_back(frame.len()),
+                    None => self.net.budget.release(frame.len()),
+                }
             }
             Event::Closed { conn } => {
                 self.incoming.remove(&conn);
@@ -384,17 +409,24 @@ impl MainLoop {
         }
     }
 
-    /// A frame on an incoming connection: its Hello first, then the peer's frames.
-    fn frame(&mut self, conn: u64, frame: &[u8], decoded: Option<wire::Frame>, now: Instant) {
+    /// A frame on an incoming connection: its Hello first, then the peer's frames. True if
+    /// the machine took it as a peer's frame.
+    fn frame(
+        &mut self,
+        conn: u64,
+        frame: &[u8],
+        decoded: Option<wire::Frame>,
+        now: Instant,
+    ) -> bool {
         let Some(inc) = self.incoming.get_mut(&conn) else {
-            return; // closed by the main loop already; the reader is ending
+            return false; // closed by the main loop already; the reader is ending
         };
         if let Some(node) = inc.node {
             match decoded {
                 Some(f) => self.machine.handle_decoded(node, f, frame.len(), now),
                 None => self.machine.handle_frame(node, frame, now),
             }
-            return;
+            return true;
         }
         match self.machine.handle_hello(frame) {
             Ok(node) => {
@@ -416,6 +448,7 @@ impl MainLoop {
                 self.close_incoming(conn, "bad Hello");
             }
         }
+        false
     }
 
     fn close_incoming(&mut self, conn: u64, why: &str) {

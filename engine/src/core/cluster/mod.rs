@@ -154,6 +154,14 @@ pub enum ClusterOut {
         /// The session.
         session: Option<Box<SessionExport>>,
     },
+    /// This shard handled this many `ClusterIn::Publish` / `PublishShared` messages (in
+    /// order): the runtime releases their frames' share of its inbound budget, so a peer
+    /// cannot publish faster than this node's shards take its messages (receive-side
+    /// back-pressure: past the budget the link's reader stops reading).
+    Handled {
+        /// Messages handled since the last `Handled`.
+        messages: u64,
+    },
     /// The connection named by `token` ended.
     Disconnected {
         /// The client id.

@@ -53,6 +53,8 @@ pub(crate) struct ClusterState {
     /// CONNECTs whose moved session is here, waiting until every shard and node routes its
     /// subscriptions here: (mesh delta seq, cluster seq) to wait for.
     pub(crate) routing: Vec<((u64, u64), super::moves::HeldConnect)>,
+    /// `ClusterIn::Publish`/`PublishShared` handled and not yet reported (`Handled`).
+    pub(crate) handled: u64,
     /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
     /// group's inner filter shares the shard route index's count, not this one).
     subs: Map<ByteStr, u32>,
@@ -74,6 +76,7 @@ impl ClusterState {
             last_claim: 0,
             held: Map::default(),
             routing: Vec::new(),
+            handled: 0,
         }
     }
 }
@@ -179,10 +182,14 @@ impl ShardCore {
         }
     }
 
-    /// Moves the messages for the cluster runtime into `out`.
+    /// Moves the messages for the cluster runtime into `out` (with one `Handled` for the
+    /// other nodes' messages handled since the last call).
     pub fn drain_cluster_out(&mut self, out: &mut Vec<ClusterOut>) {
         if let Some(c) = self.cluster.as_deref_mut() {
             out.append(&mut c.out);
+            if c.handled > 0 {
+                out.push(ClusterOut::Handled { messages: std::mem::take(&mut c.handled) });
+            }
         }
     }
 
@@ -195,10 +202,12 @@ impl ShardCore {
         match msg {
             ClusterIn::Publish { from, msg } => {
                 debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
+                self.cluster.as_deref_mut().expect("checked above").handled += 1;
                 self.route_message(msg, now);
             }
             ClusterIn::PublishShared { from, group, msg } => {
                 debug_assert_eq!(msg.origin, Origin::REMOTE, "a message from {from}");
+                self.cluster.as_deref_mut().expect("checked above").handled += 1;
                 if is_shared(&group) {
                     // To the group's owner here, which keeps it on this node.
                     self.shared_requeue(group, msg, self.uptime_ms(now));

@@ -35,6 +35,10 @@ struct Cluster {
     inflight: Vec<u64>,
     /// Open claims: (node, shard, token) → nodes still to answer, sessions received.
     claims: Map<(usize, u16, u64), OpenClaim>,
+    /// Other nodes' messages each node's shards reported handled.
+    handled: Vec<u64>,
+    /// Other nodes' messages handed to each node.
+    handed: Vec<u64>,
 }
 
 impl Cluster {
@@ -57,6 +61,8 @@ impl Cluster {
             held_acks: Vec::new(),
             inflight: vec![0; n],
             claims: Map::default(),
+            handled: vec![0; n],
+            handed: vec![0; n],
         }
     }
 
@@ -107,6 +113,7 @@ impl Cluster {
                         let copy = Arc::new(Message { origin: Origin::REMOTE, ..(*msg).clone() });
                         let dest = ShardId(shard.0 % self.nodes[to].shards.len() as u16);
                         let from = NodeId(node as u16);
+                        self.handed[to] += 1;
                         self.tell_shard(to, dest, ClusterIn::Publish { from, msg: copy });
                     }
                 }
@@ -119,6 +126,7 @@ impl Cluster {
                 let to = usize::from(to.0);
                 let dest = ShardId(shard.0 % self.nodes[to].shards.len() as u16);
                 let from = NodeId(node as u16);
+                self.handed[to] += 1;
                 self.tell_shard(to, dest, ClusterIn::PublishShared { from, group, msg: copy });
                 self.tell_shard(node, shard, ClusterIn::Credit { bytes: cost });
             }
@@ -194,6 +202,7 @@ impl Cluster {
                     self.tell_shard(to, ShardId(asker), ClusterIn::Claimed { token, sessions });
                 }
             }
+            ClusterOut::Handled { messages } => self.handled[node] += messages,
             ClusterOut::Disconnected { client_id, token } => {
                 let key = client_id.to_string();
                 if self.registry.get(&key).is_some_and(|e| e.0 == node && e.2 == token) {
@@ -255,6 +264,9 @@ fn a_message_reaches_subscribers_on_other_nodes_once_per_node_in_order() {
     // One copy per node: node 2 has two subscribers, and its shards got 20 messages from
     // node 0, not 40 (mesh publishes on node 2 carry them between its own shards only).
     assert_eq!(cl.inflight[0], 0, "every byte handed to the runtime was credited back");
+    // Receive side: every message handed to a node is reported handled, once.
+    assert_eq!(cl.handed, cl.handled);
+    assert_eq!(cl.handled[1], 20);
     // A topic nobody outside node 0 wants never leaves it.
     cl.nodes[0].publish(p, "other", "x", QoS::AtMostOnce, false);
     cl.run();
