@@ -1,7 +1,8 @@
 //! `shardmq check-config FILE [FLAGS…]`: checks a configuration without starting the broker.
 //!
 //! Parses the file (and any flags given after it) exactly as start-up would, then loads what
-//! a reload loads (`reload::build_reload`) and the HTTP token file. The first problem is one
+//! a reload loads (`reload::build_reload`), the HTTP token file and the cluster's link TLS
+//! files. The first problem is one
 //! line naming the key (or file) and the reason; the binary exits non-zero on it. It does not
 //! bind ports or probe the machine (io_uring, locked memory): start-up does that.
 
@@ -24,6 +25,9 @@ pub fn run(args: &[OsString]) -> Result<String, String> {
     }
     if let Some(path) = &config.ops.http_token_file {
         crate::http::read_token(path)?;
+    }
+    if let Some(files) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+        crate::cluster::tls::NodeTls::load(files)?;
     }
     Ok(format!(
         "{}: ok ({} shards, {} listeners, {}{})",

@@ -30,7 +30,7 @@ mod persist;
 #[path = "config_policy.rs"]
 mod policy;
 
-pub use cluster::{ClusterSettings, LINK_QUEUE_BYTES_DEFAULT};
+pub use cluster::{ClusterSettings, ClusterTls, LINK_QUEUE_BYTES_DEFAULT};
 pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
 pub use ops::{check_log_level, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
 

@@ -1,8 +1,11 @@
 //! The cluster flags and the `[cluster]` table (a child module of `config`): this node's id,
 //! the address its node links and membership gossip use, and the nodes it joins through.
 //! No `--node-id` means no cluster: the broker runs alone, as without these keys.
+//! `--cluster-tls-cert`, `--cluster-tls-key` and `--cluster-tls-ca` (all three or none) put
+//! node links under mutual TLS (`cluster/tls.rs`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 use clap::Args;
 use serde::Deserialize;
@@ -30,6 +33,21 @@ pub struct ClusterSettings {
     /// Bound on the bytes queued for one outgoing link (default
     /// [`LINK_QUEUE_BYTES_DEFAULT`]); a full queue drops and counts `messages_dropped`.
     pub link_queue_bytes_max: usize,
+    /// Mutual TLS on node links; `None`: plain TCP. The files are read when the runtime
+    /// starts (`cluster::tls::NodeTls::load`).
+    pub tls: Option<ClusterTls>,
+}
+
+/// The PEM files of a node's link TLS: this node's certificate chain and key (presented both
+/// when it dials and when it is dialled) and the CA every peer's certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// This node's certificate chain (`--cluster-tls-cert`).
+    pub cert: PathBuf,
+    /// Its private key (`--cluster-tls-key`).
+    pub key: PathBuf,
+    /// The CA certificates peers' certificates are checked against (`--cluster-tls-ca`).
+    pub ca: PathBuf,
 }
 
 impl ClusterSettings {
@@ -42,6 +60,7 @@ impl ClusterSettings {
             advertise: listen,
             seeds,
             link_queue_bytes_max: LINK_QUEUE_BYTES_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -64,6 +83,16 @@ pub(super) struct ClusterArgs {
     /// The address peers reach this node at (default: --cluster-listen).
     #[arg(long, value_name = "IP:PORT")]
     cluster_advertise: Option<String>,
+    /// This node's certificate chain (PEM) for TLS on node links; needs --cluster-tls-key
+    /// and --cluster-tls-ca. Without the three, node links are plain TCP.
+    #[arg(long, value_name = "FILE")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --cluster-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    cluster_tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) every peer node's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    cluster_tls_ca: Option<PathBuf>,
 }
 
 /// The `[cluster]` table.
@@ -74,6 +103,9 @@ pub(super) struct FileCluster {
     listen: Option<String>,
     seeds: Option<Vec<String>>,
     advertise: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 /// The cluster settings from the flags, else the `[cluster]` table; `None` without a node id.
@@ -100,6 +132,7 @@ pub(super) fn resolve_cluster(
         (None, Some(list)) => Some((list.clone(), "cluster.seeds")),
         (None, None) => None,
     };
+    let tls = resolve_tls(a, f)?;
     let (node_id, id_key) = match (a.node_id, f.and_then(|f| f.node_id)) {
         (Some(n), _) => (n, "--node-id"),
         (None, Some(n)) => (n, "cluster.node_id"),
@@ -108,6 +141,7 @@ pub(super) fn resolve_cluster(
                 listen.as_ref().map(|l| l.1),
                 advertise.as_ref().map(|l| l.1),
                 seeds.as_ref().map(|s| s.1),
+                tls.as_ref().map(|t| t.1),
             ];
             if let Some(key) = given.into_iter().flatten().next() {
                 return Err(invalid(format!(
@@ -174,8 +208,69 @@ pub(super) fn resolve_cluster(
     Ok(Some(ClusterSettings {
         advertise,
         seeds: seed_addrs,
+        tls: tls.map(|t| t.0),
         ..ClusterSettings::new(NodeId(node_id), listen, Vec::new())
     }))
+}
+
+/// The link TLS files from the flags, else the table (each file on its own): all three or
+/// none. `Some` holds the files and the first key given, to name in errors.
+fn resolve_tls(
+    a: &ClusterArgs,
+    f: Option<&FileCluster>,
+) -> Result<Option<(ClusterTls, &'static str)>, ConfigError> {
+    let pick = |flag: &Option<PathBuf>, key: Option<&PathBuf>, names: (&'static str, &'static str)| {
+        match (flag, key) {
+            (Some(p), _) => Some((p.clone(), names.0)),
+            (None, Some(p)) => Some((p.clone(), names.1)),
+            (None, None) => None,
+        }
+    };
+    let cert = pick(
+        &a.cluster_tls_cert,
+        f.and_then(|f| f.tls_cert.as_ref()),
+        ("--cluster-tls-cert", "cluster.tls_cert"),
+    );
+    let key = pick(
+        &a.cluster_tls_key,
+        f.and_then(|f| f.tls_key.as_ref()),
+        ("--cluster-tls-key", "cluster.tls_key"),
+    );
+    let ca = pick(
+        &a.cluster_tls_ca,
+        f.and_then(|f| f.tls_ca.as_ref()),
+        ("--cluster-tls-ca", "cluster.tls_ca"),
+    );
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => {
+            for (path, name) in [&cert, &key, &ca] {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(format!("{name}: an empty file name")));
+                }
+            }
+            let first = cert.1;
+            Ok(Some((ClusterTls { cert: cert.0, key: key.0, ca: ca.0 }, first)))
+        }
+        (cert, key, ca) => {
+            let given = [&cert, &key, &ca].into_iter().flatten().map(|g| g.1);
+            let given: Vec<&str> = given.collect();
+            let missing: Vec<&str> = [
+                (cert.is_none(), "--cluster-tls-cert"),
+                (key.is_none(), "--cluster-tls-key"),
+                (ca.is_none(), "--cluster-tls-ca"),
+            ]
+            .into_iter()
+            .filter_map(|(m, name)| m.then_some(name))
+            .collect();
+            Err(invalid(format!(
+                "{}: TLS on node links needs --cluster-tls-cert, --cluster-tls-key and \
+                 --cluster-tls-ca together (or cluster.tls_cert, tls_key, tls_ca); missing {}",
+                given.join(", "),
+                missing.join(", ")
+            )))
+        }
+    }
 }
 
 /// An `IP:PORT` with a port other than 0 (peers must be able to find it).
@@ -266,5 +361,42 @@ mod tests {
         let e = parse_with(&[], "[cluster]\nnode_id = 99\nlisten = \"127.0.0.1:1\"\n", &[0])
             .unwrap_err();
         assert!(e.contains("cluster.node_id 99"), "{e}");
+    }
+
+    #[test]
+    fn link_tls_takes_all_three_files_or_none() {
+        let base = ["--node-id", "1", "--cluster-listen", "127.0.0.1:7000"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        assert_eq!(with(&[]).unwrap().cluster.unwrap().tls, None);
+        let all = ["--cluster-tls-cert", "n.pem", "--cluster-tls-key", "n.key"];
+        let s = with(&[all[0], all[1], all[2], all[3], "--cluster-tls-ca", "ca.pem"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        let want = ClusterTls { cert: "n.pem".into(), key: "n.key".into(), ca: "ca.pem".into() };
+        assert_eq!(s.tls, Some(want.clone()));
+        // Two of three: the error names what was given and what is missing.
+        let e = with(&all).unwrap_err();
+        assert!(e.contains("--cluster-tls-cert") && e.contains("missing --cluster-tls-ca"), "{e}");
+        let e = with(&["--cluster-tls-ca", "ca.pem"]).unwrap_err();
+        assert!(e.contains("missing --cluster-tls-cert, --cluster-tls-key"), "{e}");
+        let e = with(&[all[0], "", all[2], all[3], "--cluster-tls-ca", "c"]).unwrap_err();
+        assert!(e.contains("--cluster-tls-cert: an empty file name"), "{e}");
+        // Without a cluster the flags are refused.
+        let e = parse(&["--cluster-tls-ca", "ca.pem"]).unwrap_err();
+        assert!(e.contains("--cluster-tls-ca") && e.contains("--node-id"), "{e}");
+        // The table, and a flag overriding one of its files.
+        let file = "[cluster]\nnode_id = 2\nlisten = \"127.0.0.1:7000\"\ntls_cert = \"n.pem\"\n\
+                    tls_key = \"n.key\"\ntls_ca = \"ca.pem\"\n";
+        let s = parse_with(&[], file, &[0]).unwrap().cluster.unwrap();
+        assert_eq!(s.tls, Some(want));
+        let s = parse_with(&["--cluster-tls-ca", "other.pem"], file, &[0]).unwrap();
+        assert_eq!(s.cluster.unwrap().tls.unwrap().ca, PathBuf::from("other.pem"));
+        let e = parse_with(&[], "[cluster]\nnode_id = 2\ntls_key = \"k\"\n", &[0]).unwrap_err();
+        assert!(e.contains("cluster.tls_key") && e.contains("missing"), "{e}");
     }
 }

@@ -84,7 +84,7 @@ pub fn restart_needed(config: &Config, fresh: &Config) -> Vec<&'static str> {
     check(config.ops.log_format != fresh.ops.log_format, "log_format");
     check(config.ops.http != fresh.ops.http, "http");
     check(config.ops.http_token_file != fresh.ops.http_token_file, "http_token_file");
-    check(config.cluster != fresh.cluster, "cluster (node_id, listen, seeds, advertise)");
+    check(config.cluster != fresh.cluster, "cluster (node_id, listen, seeds, advertise, tls_*)");
     keys
 }
 

@@ -1,7 +1,7 @@
 //! Outgoing node links: one writer thread per peer node, fed by a queue bounded in bytes.
 //!
 //! The writer dials the peer from this node's listen IP (the source address rule in
-//! `runtime.rs`), writes the Hello frame, tells the main loop the link is up, then writes
+//! `runtime.rs`), with link TLS runs the client handshake (`tls.rs`), writes the Hello frame, tells the main loop the link is up, then writes
 //! whatever is queued. A failed or stalled write ([`WRITE_TIMEOUT`]) ends the connection:
 //! the queue is emptied (its messages counted as dropped), the main loop hears the link is
 //! down, and the writer dials again after a back-off, until the link is hung up.
@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -24,6 +24,8 @@ use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::runtime::Event;
+use super::stream::OutStream;
+use super::tls::NodeTls;
 use crate::core::cluster::{ClusterCounters, NodeId};
 use crate::core::ids::ShardId;
 
@@ -149,6 +151,8 @@ pub(crate) struct LinkContext {
     pub(crate) queue_bytes_max: usize,
     /// [`WRITE_TIMEOUT`] (shorter in tests).
     pub(crate) write_timeout: Duration,
+    /// Link TLS: the writer is the client. `None`: plain TCP.
+    pub(crate) tls: Option<Arc<NodeTls>>,
 }
 
 impl Link {
@@ -238,10 +242,10 @@ impl Writer {
                 return;
             }
             match self.connect() {
-                Ok(stream) => {
+                Ok(mut stream) => {
                     backoff = BACKOFF_MIN;
-                    let why = self.serve(&stream);
-                    let _ = stream.shutdown(Shutdown::Both);
+                    let why = self.serve(&mut stream);
+                    stream.close(why.is_ok());
                     let dropped = {
                         let mut q = self.queue.lock();
                         q.connected = false;
@@ -281,17 +285,22 @@ impl Writer {
         }
     }
 
-    /// Dials from the listen IP (port 0) and writes the Hello.
-    fn connect(&self) -> std::io::Result<TcpStream> {
+    /// Dials from the listen IP (port 0), runs the TLS handshake if any, writes the Hello.
+    fn connect(&self) -> std::io::Result<OutStream> {
         let socket =
             Socket::new(Domain::for_address(self.addr), Type::STREAM, Some(Protocol::TCP))?;
         // The source address rule: peers (and partition tests) tell nodes apart by source IP.
         socket.bind(&SocketAddr::new(self.ctx.listen.ip(), 0).into())?;
         socket.connect_timeout(&self.addr.into(), CONNECT_TIMEOUT)?;
-        let mut stream: TcpStream = socket.into();
-        stream.set_nodelay(true)?;
-        super::net::keepalive(&stream)?;
-        stream.set_write_timeout(Some(self.ctx.write_timeout))?;
+        let tcp: TcpStream = socket.into();
+        tcp.set_nodelay(true)?;
+        super::net::keepalive(&tcp)?;
+        tcp.set_write_timeout(Some(self.ctx.write_timeout))?;
+        let mut stream = match &self.ctx.tls {
+            None => OutStream::Plain(tcp),
+            // Up only once the peer accepted this node's certificate.
+            Some(tls) => OutStream::Tls(Box::new(tls.connect(tcp, self.addr, CONNECT_TIMEOUT)?)),
+        };
         stream.write_all(&self.hello)?;
         // The machine counts the frames it makes; the Hello is made here.
         self.ctx.counters.bytes_out.fetch_add(self.hello.len() as u64, Relaxed);
@@ -304,7 +313,7 @@ impl Writer {
 
     /// Writes queued frames until the link is hung up (`Ok`, after writing what is queued)
     /// or a write fails.
-    fn serve(&self, stream: &TcpStream) -> std::io::Result<()> {
+    fn serve(&self, stream: &mut OutStream) -> std::io::Result<()> {
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH_FRAMES_MAX);
         loop {
             {
@@ -318,7 +327,7 @@ impl Writer {
                     q = next;
                     if waited.timed_out() && q.items.is_empty() {
                         drop(q);
-                        peer_still_there(stream)?;
+                        stream.peer_still_there()?;
                         q = self.queue.lock();
                     }
                 }
@@ -333,7 +342,7 @@ impl Writer {
                 let bytes: usize = batch.iter().map(|i| i.frame.len()).sum();
                 q.bytes -= bytes;
             }
-            if let Err(e) = write_frames(stream, &batch) {
+            if let Err(e) = write_frames(&mut *stream, &batch) {
                 // Counted as sent by the machine; some of it never left.
                 let lost = batch.iter().filter(|i| i.credit.is_some()).count();
                 self.ctx.counters.messages_dropped.fetch_add(lost as u64, Relaxed);
@@ -342,22 +351,6 @@ impl Writer {
             // Dropping the items drops their credit guards' clones.
             batch.clear();
         }
-    }
-}
-
-/// Fails if the peer closed `stream` (or reset it): the peer never writes on a link, so a
-/// readable socket means end of stream or an error.
-fn peer_still_there(stream: &TcpStream) -> std::io::Result<()> {
-    stream.set_nonblocking(true)?;
-    let r = stream.peek(&mut [0u8; 1]);
-    stream.set_nonblocking(false)?;
-    match r {
-        Ok(0) => {
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the peer"))
-        }
-        Ok(_) => Err(std::io::Error::other("the peer wrote on a link (it never should)")),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -432,6 +425,7 @@ mod tests {
             counters: Arc::new(ClusterCounters::default()),
             queue_bytes_max,
             write_timeout,
+            tls: None,
         };
         (ctx, rx)
     }

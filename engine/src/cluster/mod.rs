@@ -18,3 +18,5 @@ mod sim;
 mod link;
 mod net;
 pub mod runtime;
+mod stream;
+pub(crate) mod tls;

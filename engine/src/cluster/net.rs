@@ -2,6 +2,8 @@
 //! dial, both bound to `--cluster-listen` (one port), the UDP receive thread, the accept
 //! thread and one reader thread per incoming link.
 //!
+//! With link TLS a reader first runs the server handshake (`tls.rs`), requiring a client
+//! certificate from the cluster CA; a failed handshake closes the connection (logged).
 //! A reader cuts frames with `wire::split_frame` (the declared length is checked against
 //! `FRAME_SIZE_MAX_BYTES` before the body is buffered) and hands them to the main loop in
 //! order; a malformed frame, a read error or the peer closing ends that connection only.
@@ -21,6 +23,8 @@ use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::runtime::Event;
+use super::stream::InStream;
+use super::tls::NodeTls;
 use super::wire;
 
 /// Bytes of frames and datagrams handed to the main loop and not yet handled.
@@ -95,10 +99,12 @@ pub(crate) struct NetShared {
     pub(crate) incoming: AtomicU64,
     next_conn: AtomicU64,
     readers: Mutex<Vec<JoinHandle<()>>>,
+    /// Link TLS: readers are servers. `None`: plain TCP.
+    tls: Option<Arc<NodeTls>>,
 }
 
 impl NetShared {
-    pub(crate) fn new(events: Sender<Event>) -> NetShared {
+    pub(crate) fn new(events: Sender<Event>, tls: Option<Arc<NodeTls>>) -> NetShared {
         NetShared {
             events,
             budget: InboundBudget::new(INBOUND_BYTES_MAX),
@@ -106,6 +112,7 @@ impl NetShared {
             incoming: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             readers: Mutex::new(Vec::new()),
+            tls,
         }
     }
 
@@ -216,7 +223,10 @@ pub(crate) fn wake(listener_addr: SocketAddr) {
 }
 
 fn start_reader(stream: TcpStream, peer: SocketAddr, net: &Arc<NetShared>) -> std::io::Result<()> {
+    // The TLS handshake and the Hello must come within this; past the Hello, none.
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    // A reader writes only a TLS handshake, its accept and alerts.
+    stream.set_write_timeout(Some(super::link::WRITE_TIMEOUT))?;
     stream.set_nodelay(true)?;
     keepalive(&stream)?;
     let conn = net.next_conn.fetch_add(1, Relaxed);
@@ -246,7 +256,19 @@ fn start_reader(stream: TcpStream, peer: SocketAddr, net: &Arc<NetShared>) -> st
     }
 }
 
-fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared) {
+fn read_link(stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared) {
+    let mut stream = match &net.tls {
+        None => InStream::Plain(stream),
+        Some(tls) => match tls.accept(stream, peer) {
+            Ok(s) => InStream::Tls(Box::new(s)),
+            Err(_) => {
+                // Logged and closed by `accept`; this peer never gets a link.
+                net.incoming.fetch_sub(1, Relaxed);
+                let _ = net.events.send(Event::Closed { conn });
+                return;
+            }
+        },
+    };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut first = true;
     let why: String = 'conn: loop {
@@ -268,7 +290,7 @@ fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared
                     if first {
                         first = false;
                         // Past the Hello, a link may be quiet as long as it likes.
-                        let _ = stream.set_read_timeout(None);
+                        let _ = stream.tcp().set_read_timeout(None);
                     }
                     if !net.budget.acquire(frame.len(), &net.stop) {
                         break 'conn "stopping".into();
@@ -306,7 +328,7 @@ fn read_link(mut stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared
     if !net.stop.load(Relaxed) {
         tracing::info!("cluster: link from {peer} ended: {why}");
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = stream.tcp().shutdown(Shutdown::Both);
     net.incoming.fetch_sub(1, Relaxed);
     let _ = net.events.send(Event::Closed { conn });
 }

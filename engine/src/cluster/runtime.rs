@@ -11,6 +11,9 @@
 //! - the **accept thread** and one **reader thread** per incoming link (`net.rs`).
 //! - one **writer thread** per outgoing link (`link.rs`).
 //!
+//! With link TLS (`tls.rs`) writers are TLS clients and readers TLS servers; the files are
+//! read here, before anything is bound, so a bad one stops start-up.
+//!
 //! The source address rule: every datagram leaves from the socket bound to the listen
 //! address and every outgoing link binds the listen IP (port 0) before `connect`, so a peer
 //! (or a partition test's proxy) can tell nodes apart by source IP.
@@ -29,6 +32,7 @@ use bytes::Bytes;
 use super::link::{CreditGuard, CreditPool, Link, LinkContext};
 use super::net::{self, NetShared};
 use super::node::{ClusterStatus, Effect, NodeMachine, NodeSettings};
+use super::tls::NodeTls;
 use super::wire;
 use crate::config::ClusterSettings;
 use crate::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, ClusterTx, NodeId, ShardSink};
@@ -86,6 +90,7 @@ pub struct ClusterRuntime {
     main: Option<JoinHandle<()>>,
     udp: Option<JoinHandle<()>>,
     accept: Option<JoinHandle<()>>,
+    tls: Option<Arc<NodeTls>>,
 }
 
 /// What the shards' io layers hold: `send` queues on the main loop's channel, never blocks.
@@ -136,6 +141,10 @@ pub fn start(
     started_at: Instant,
     shard_count: u16,
 ) -> io::Result<ClusterRuntime> {
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(NodeTls::load(files).map_err(io::Error::other)?)),
+        None => None,
+    };
     let (listener, udp) = net::bind(settings.listen)?;
     let local_addr = listener.local_addr()?;
     let mut advertise = settings.advertise;
@@ -143,7 +152,7 @@ pub fn start(
         advertise.set_port(local_addr.port());
     }
     let (events, inbox) = mpsc::channel();
-    let net = Arc::new(NetShared::new(events.clone()));
+    let net = Arc::new(NetShared::new(events.clone(), tls.clone()));
     counters.node_id.store(u64::from(settings.node_id.0), Relaxed);
     let boot_id = boot_id();
     let mut seed = [0u8; 8];
@@ -176,6 +185,7 @@ pub fn start(
             counters: counters.clone(),
             queue_bytes_max: settings.link_queue_bytes_max,
             write_timeout: super::link::WRITE_TIMEOUT,
+            tls: tls.clone(),
         },
         net: net.clone(),
         links: HashMap::new(),
@@ -192,9 +202,11 @@ pub fn start(
         .name("shardmq-cluster".into())
         .spawn(move || main_loop.run())?;
     tracing::info!(
-        "cluster: node {} listening on {local_addr} (advertised {advertise}), seeds {:?}",
+        "cluster: node {} listening on {local_addr} (advertised {advertise}), seeds {:?}, \
+         links {}",
         settings.node_id.0,
-        settings.seeds
+        settings.seeds,
+        if tls.is_some() { "over mutual TLS" } else { "over plain TCP" }
     );
     let view = ClusterView { node: settings.node_id, events: events.clone(), counters };
     Ok(ClusterRuntime {
@@ -205,6 +217,7 @@ pub fn start(
         main: Some(main),
         udp: Some(udp_thread),
         accept: Some(accept),
+        tls,
     })
 }
 
@@ -222,6 +235,11 @@ impl ClusterRuntime {
     /// Members and links now (`None` if the main loop does not answer in time).
     pub fn status(&self) -> Option<ClusterStatus> {
         self.view.status()
+    }
+
+    /// Link TLS handshakes that failed so far, as client and as server (0 without TLS).
+    pub fn tls_handshakes_failed(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.handshakes_failed())
     }
 
     /// The address the node links and gossip are bound to (port 0 resolved).
