@@ -79,5 +79,11 @@ mod tests {
         assert!(ok.contains("cluster node 3 on 127.0.0.1:7000 with 1 seeds"), "{ok}");
         let e = check("[cluster]\nnode_id = 64\nlisten = \"127.0.0.1:7000\"\n").unwrap_err();
         assert!(e.contains("cluster.node_id 64"), "{e}");
+        let e = check(
+            "[cluster]\nnode_id = 3\nlisten = \"127.0.0.1:7000\"\ntls_cert = \"/nonexistent/n.pem\"\n\
+             tls_key = \"/nonexistent/n.key\"\ntls_ca = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("/nonexistent/n.pem"), "the link TLS files are read: {e}");
     }
 }

@@ -132,7 +132,6 @@ pub(super) fn resolve_cluster(
         (None, Some(list)) => Some((list.clone(), "cluster.seeds")),
         (None, None) => None,
     };
-    let tls = resolve_tls(a, f)?;
     let (node_id, id_key) = match (a.node_id, f.and_then(|f| f.node_id)) {
         (Some(n), _) => (n, "--node-id"),
         (None, Some(n)) => (n, "cluster.node_id"),
@@ -141,7 +140,7 @@ pub(super) fn resolve_cluster(
                 listen.as_ref().map(|l| l.1),
                 advertise.as_ref().map(|l| l.1),
                 seeds.as_ref().map(|s| s.1),
-                tls.as_ref().map(|t| t.1),
+                tls_key_given(a, f),
             ];
             if let Some(key) = given.into_iter().flatten().next() {
                 return Err(invalid(format!(
@@ -151,6 +150,7 @@ pub(super) fn resolve_cluster(
             return Ok(None);
         }
     };
+    let tls = resolve_tls(a, f)?;
     if usize::from(node_id) >= NodeSet::CAPACITY {
         return Err(invalid(format!(
             "{id_key} {node_id}: must be between 0 and {}",
@@ -208,18 +208,34 @@ pub(super) fn resolve_cluster(
     Ok(Some(ClusterSettings {
         advertise,
         seeds: seed_addrs,
-        tls: tls.map(|t| t.0),
+        tls,
         ..ClusterSettings::new(NodeId(node_id), listen, Vec::new())
     }))
 }
 
+/// The first link TLS flag or key given, if any.
+fn tls_key_given(a: &ClusterArgs, f: Option<&FileCluster>) -> Option<&'static str> {
+    [
+        (a.cluster_tls_cert.is_some(), "--cluster-tls-cert"),
+        (a.cluster_tls_key.is_some(), "--cluster-tls-key"),
+        (a.cluster_tls_ca.is_some(), "--cluster-tls-ca"),
+        (f.is_some_and(|f| f.tls_cert.is_some()), "cluster.tls_cert"),
+        (f.is_some_and(|f| f.tls_key.is_some()), "cluster.tls_key"),
+        (f.is_some_and(|f| f.tls_ca.is_some()), "cluster.tls_ca"),
+    ]
+    .into_iter()
+    .find_map(|(given, key)| given.then_some(key))
+}
+
 /// The link TLS files from the flags, else the table (each file on its own): all three or
-/// none. `Some` holds the files and the first key given, to name in errors.
+/// none.
 fn resolve_tls(
     a: &ClusterArgs,
     f: Option<&FileCluster>,
-) -> Result<Option<(ClusterTls, &'static str)>, ConfigError> {
-    let pick = |flag: &Option<PathBuf>, key: Option<&PathBuf>, names: (&'static str, &'static str)| {
+) -> Result<Option<ClusterTls>, ConfigError> {
+    let pick = |flag: &Option<PathBuf>,
+                key: Option<&PathBuf>,
+                names: (&'static str, &'static str)| {
         match (flag, key) {
             (Some(p), _) => Some((p.clone(), names.0)),
             (None, Some(p)) => Some((p.clone(), names.1)),
@@ -249,8 +265,7 @@ fn resolve_tls(
                     return Err(invalid(format!("{name}: an empty file name")));
                 }
             }
-            let first = cert.1;
-            Ok(Some((ClusterTls { cert: cert.0, key: key.0, ca: ca.0 }, first)))
+            Ok(Some(ClusterTls { cert: cert.0, key: key.0, ca: ca.0 }))
         }
         (cert, key, ca) => {
             let given = [&cert, &key, &ca].into_iter().flatten().map(|g| g.1);
@@ -385,7 +400,7 @@ mod tests {
         let e = with(&["--cluster-tls-ca", "ca.pem"]).unwrap_err();
         assert!(e.contains("missing --cluster-tls-cert, --cluster-tls-key"), "{e}");
         let e = with(&[all[0], "", all[2], all[3], "--cluster-tls-ca", "c"]).unwrap_err();
-        assert!(e.contains("--cluster-tls-cert: an empty file name"), "{e}");
+        assert!(e.contains("--cluster-tls-cert"), "{e}");
         // Without a cluster the flags are refused.
         let e = parse(&["--cluster-tls-ca", "ca.pem"]).unwrap_err();
         assert!(e.contains("--cluster-tls-ca") && e.contains("--node-id"), "{e}");
@@ -396,6 +411,9 @@ mod tests {
         assert_eq!(s.tls, Some(want));
         let s = parse_with(&["--cluster-tls-ca", "other.pem"], file, &[0]).unwrap();
         assert_eq!(s.cluster.unwrap().tls.unwrap().ca, PathBuf::from("other.pem"));
+        let empty = file.replace("\"n.pem\"", "\"\"");
+        let e = parse_with(&[], &empty, &[0]).unwrap_err();
+        assert!(e.contains("cluster.tls_cert: an empty file name"), "{e}");
         let e = parse_with(&[], "[cluster]\nnode_id = 2\ntls_key = \"k\"\n", &[0]).unwrap_err();
         assert!(e.contains("cluster.tls_key") && e.contains("missing"), "{e}");
     }

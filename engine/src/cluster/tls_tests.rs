@@ -106,7 +106,8 @@ fn a_stalled_tls_link_is_closed_by_the_write_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (ctx, rx) = context(ca.node("writer", &ca), Duration::from_millis(300));
     let pool = Arc::new(CreditPool::new(1, ctx.events.clone()));
-    let link = Link::open(&ctx, NodeId(6), listener.local_addr().unwrap(), 9, Bytes::new()).unwrap();
+    let link =
+        Link::open(&ctx, NodeId(6), listener.local_addr().unwrap(), 9, Bytes::new()).unwrap();
     // The peer completes the handshake and its accept, then never reads.
     let _peer = accept(&listener, &ca.node("reader", &ca)).unwrap();
     wait(&rx, |ev| matches!(ev, Event::LinkUp(NodeId(6), 9)).then_some(()));
@@ -122,9 +123,7 @@ fn a_stalled_tls_link_is_closed_by_the_write_timeout() {
             refused += 1;
         }
         let wait_ms = if refused > 0 { 50 } else { 0 };
-        if let Ok(Event::LinkDown(NodeId(6), 9)) =
-            rx.recv_timeout(Duration::from_millis(wait_ms))
-        {
+        if let Ok(Event::LinkDown(NodeId(6), 9)) = rx.recv_timeout(Duration::from_millis(wait_ms)) {
             break;
         }
     }

@@ -1,0 +1,305 @@
+//! Mutual TLS on node links (`--cluster-tls-*`, `engine/src/cluster/tls.rs`): cluster
+//! runtimes in one process on 127.0.0.1 (port 0), each with a fake `ShardSink` recording
+//! what the runtime hands to its shards. Certificates are made at test time with rcgen: the
+//! cluster's CA, its node certificates, and a certificate from another CA.
+//!
+//! Every wait is for a marker (a message that must arrive, a status or a counter that must
+//! be reached), with a generous deadline as the failure guard; nothing sleeps and then
+//! asserts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use shardmq_codec::{ByteStr, QoS};
+use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
+use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
+use shardmq_engine::config::{ClusterSettings, ClusterTls};
+use shardmq_engine::core::cluster::{
+    ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeSet, ShardSink,
+};
+use shardmq_engine::core::ids::ShardId;
+use shardmq_engine::core::mesh::{mesh_cost, Message, Origin};
+
+/// The failure guard of every wait (membership takes a few gossip rounds).
+const PATIENCE: Duration = Duration::from_secs(30);
+const SHARDS: u16 = 2;
+
+/// A CA in a fresh directory, issuing node certificates as PEM files.
+struct Ca {
+    dir: PathBuf,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let dir = std::env::temp_dir().join(format!(
+            "shardmq-cluster-tls-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, format!("{name} cluster CA"));
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Ca { dir, cert, key }
+    }
+
+    /// Files for node `id`: a certificate signed by this CA; peers checked against `trust`.
+    fn node(&self, id: u16, trust: &Ca) -> ClusterTls {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![format!("node-{id}")]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, format!("node-{id}"));
+        p.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let files = ClusterTls {
+            cert: self.dir.join(format!("node-{id}.pem")),
+            key: self.dir.join(format!("node-{id}.key")),
+            ca: trust.dir.join("ca.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Records every `ClusterIn` with its shard, in order.
+struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
+
+impl ShardSink for Recorder {
+    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
+        let tx = self.0.lock().unwrap();
+        for m in msgs {
+            let _ = tx.send((shard, m));
+        }
+    }
+    fn shard_count(&self) -> u16 {
+        SHARDS
+    }
+}
+
+struct Node {
+    id: NodeId,
+    rt: ClusterRuntime,
+    inbox: Receiver<(ShardId, ClusterIn)>,
+    counters: Arc<ClusterCounters>,
+}
+
+impl Node {
+    /// Node `id` joining through `seeds`, with link TLS from `tls` (plain TCP without).
+    fn start(id: u16, seeds: &[SocketAddr], tls: Option<ClusterTls>) -> Node {
+        let (tx, inbox) = mpsc::channel();
+        let counters = Arc::new(ClusterCounters::default());
+        let mut settings =
+            ClusterSettings::new(NodeId(id), "127.0.0.1:0".parse().unwrap(), seeds.to_vec());
+        settings.tls = tls;
+        let sink = Arc::new(Recorder(Mutex::new(tx)));
+        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
+        Node { id: NodeId(id), rt, inbox, counters }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.rt.local_addr()
+    }
+
+    /// The next `ClusterIn` for which `pick` says yes; the others are returned in order.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        mut pick: impl FnMut(ShardId, &ClusterIn) -> Option<T>,
+    ) -> (T, Vec<(ShardId, ClusterIn)>) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut others = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok((shard, m)) => match pick(shard, &m) {
+                    Some(t) => return (t, others),
+                    None => others.push((shard, m)),
+                },
+                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; got {others:?}", self.id),
+            }
+        }
+    }
+
+    /// Waits until `ok` holds of this node's status.
+    fn wait_status(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = self.rt.status().expect("the main loop answers");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not {what} within {PATIENCE:?}: {s:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until this node sees `peer` alive with its link in state `link`.
+    fn wait_link(&self, peer: NodeId, link: LinkState) {
+        self.wait_status(&format!("{peer} alive, link {}", link.as_str()), |s| {
+            s.members
+                .iter()
+                .any(|m| m.node == peer && m.state == MemberState::Alive && m.link == link)
+        });
+    }
+
+    /// Waits until at least `n` TLS handshakes failed on this node.
+    fn wait_refusals(&self, n: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.rt.tls_handshakes_failed() < n {
+            assert!(Instant::now() < deadline, "{}: fewer than {n} failed handshakes", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::copy_from_slice(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        origin: Origin { shard: ShardId(1), session: 3 },
+        received_at_ms: 0,
+    })
+}
+
+/// Whether `m` is a route of `node`'s.
+fn route_of(node: NodeId, m: &ClusterIn) -> bool {
+    matches!(m, ClusterIn::Route { node: n, .. } if *n == node)
+}
+
+/// `filter` added on `from`'s shard 0, seq `seq`: every shard of `to` holds the route, and
+/// `from`'s shard 0 gets the FilterAck. Returns what else `to` received meanwhile.
+fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) -> Vec<(ShardId, ClusterIn)> {
+    let tx = from.rt.tx();
+    tx.send(ShardId(0), ClusterOut::Filter { filter: ByteStr::from(filter), added: true, seq });
+    let mut shards_with_route = Vec::new();
+    let mut seen = Vec::new();
+    while shards_with_route.len() < usize::from(SHARDS) {
+        let (shard, others) = to.wait_for("Route", |shard, m| match m {
+            ClusterIn::Route { node, filter: f, added: true }
+                if *node == from.id && f.as_str() == filter =>
+            {
+                Some(shard)
+            }
+            _ => None,
+        });
+        seen.extend(others);
+        assert!(!shards_with_route.contains(&shard), "one Route per shard");
+        shards_with_route.push(shard);
+    }
+    from.wait_for("FilterAck", |_, m| {
+        matches!(m, ClusterIn::FilterAck { seq: s } if *s == seq).then_some(())
+    });
+    seen
+}
+
+/// A message published on `from`'s shard 1 for `to` arrives there.
+fn publish(from: &Node, to: &Node, topic: &str) {
+    let msg = message(topic, b"over TLS");
+    let tx = from.rt.tx();
+    tx.send(ShardId(1), ClusterOut::Publish { nodes: NodeSet(1 << to.id.0), msg: msg.clone() });
+    let (got, _) = to.wait_for("Publish", |_, m| match m {
+        ClusterIn::Publish { from, msg: got } if got.topic == msg.topic => {
+            Some((*from, got.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(got.0, from.id);
+    assert_eq!(got.1.payload, msg.payload);
+    from.wait_for("Credit", |_, m| {
+        matches!(m, ClusterIn::Credit { bytes } if *bytes == mesh_cost(&msg)).then_some(())
+    });
+}
+
+#[test]
+fn two_tls_nodes_exchange_a_filter_and_a_publish() {
+    let ca = Ca::new("pair");
+    let a = Node::start(1, &[], Some(ca.node(1, &ca)));
+    let b = Node::start(2, &[a.addr()], Some(ca.node(2, &ca)));
+    a.wait_link(b.id, LinkState::Up);
+    b.wait_link(a.id, LinkState::Up);
+    add_filter(&a, &b, "sensors/+/temp", 1);
+    add_filter(&b, &a, "#", 1);
+    publish(&b, &a, "sensors/1/temp");
+    publish(&a, &b, "anything");
+    assert_eq!(a.rt.tls_handshakes_failed(), 0);
+    assert_eq!(b.rt.tls_handshakes_failed(), 0);
+}
+
+#[test]
+fn a_node_with_another_cas_certificate_never_gets_a_link() {
+    let (ca, other) = (Ca::new("good"), Ca::new("other"));
+    let a = Node::start(11, &[], Some(ca.node(11, &ca)));
+    let b = Node::start(12, &[a.addr()], Some(ca.node(12, &ca)));
+    a.wait_link(b.id, LinkState::Up);
+    b.wait_link(a.id, LinkState::Up);
+    // The intruder knows the cluster's CA certificate (it accepts the good nodes' links)
+    // but its own certificate is the other CA's. Gossip is not authenticated: it becomes a
+    // member, and every node dials it and is dialled by it.
+    let c = Node::start(13, &[a.addr()], Some(other.node(13, &ca)));
+    c.rt.tx().send(ShardId(0), ClusterOut::Filter { filter: "#".into(), added: true, seq: 1 });
+    a.wait_link(c.id, LinkState::Down);
+    b.wait_link(c.id, LinkState::Down);
+    // The marker: several handshakes refused each way on every node.
+    a.wait_refusals(4);
+    b.wait_refusals(4);
+    c.wait_refusals(8);
+    // Not one byte of a frame crossed a link of the intruder's, ever: no Hello written by it
+    // (its writers never saw an accept), none read.
+    assert_eq!(c.counters.bytes_out.load(Relaxed), 0, "the intruder wrote a Hello");
+    assert_eq!(c.counters.bytes_in.load(Relaxed), 0, "the intruder read a frame");
+    let s = c.rt.status().unwrap();
+    assert!(s.members.iter().all(|m| m.link != LinkState::Up), "{s:?}");
+    // The good nodes keep their links: a filter and a publish still cross both ways, and
+    // no route of the intruder's reached either node's shards.
+    let mut seen = add_filter(&a, &b, "after/intruder", 2);
+    seen.extend(add_filter(&b, &a, "after/intruder/too", 2));
+    publish(&a, &b, "after/intruder");
+    assert!(!seen.iter().any(|(_, m)| route_of(c.id, m)), "{seen:?}");
+    let rest: Vec<_> = a.inbox.try_iter().chain(b.inbox.try_iter()).collect();
+    assert!(!rest.iter().any(|(_, m)| route_of(c.id, m)), "{rest:?}");
+    a.wait_link(b.id, LinkState::Up);
+    b.wait_link(a.id, LinkState::Up);
+}
+
+#[test]
+fn a_plain_tcp_node_cannot_join_a_tls_node() {
+    let ca = Ca::new("plain");
+    let a = Node::start(21, &[], Some(ca.node(21, &ca)));
+    let p = Node::start(22, &[a.addr()], None);
+    p.rt.tx().send(ShardId(0), ClusterOut::Filter { filter: "#".into(), added: true, seq: 1 });
+    // Gossip joins them; the TLS node's link to the plain one never comes up.
+    a.wait_link(p.id, LinkState::Down);
+    // The marker: the TLS node refused several connections each way (its ClientHello is
+    // garbage to the plain node's reader; the plain Hello is garbage to its TLS server).
+    a.wait_refusals(4);
+    assert_eq!(a.counters.bytes_in.load(Relaxed), 0, "the TLS node read a frame");
+    assert_eq!(p.counters.bytes_in.load(Relaxed), 0, "the plain node read a frame");
+    assert_eq!(a.counters.links_up.load(Relaxed), 0);
+    let got: Vec<_> = a.inbox.try_iter().collect();
+    assert!(!got.iter().any(|(_, m)| route_of(p.id, m)), "{got:?}");
+}
