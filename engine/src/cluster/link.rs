@@ -1,10 +1,11 @@
 //! Outgoing node links: one writer thread per peer node, fed by a queue bounded in bytes.
 //!
 //! The writer dials the peer from this node's listen IP (the source address rule in
-//! `runtime.rs`), with link TLS runs the client handshake (`tls.rs`), writes the Hello frame, tells the main loop the link is up, then writes
-//! whatever is queued. A failed or stalled write ([`WRITE_TIMEOUT`]) ends the connection:
-//! the queue is emptied (its messages counted as dropped), the main loop hears the link is
-//! down, and the writer dials again after a back-off, until the link is hung up.
+//! `runtime.rs`), with link TLS runs the client handshake (`tls.rs`), writes the Hello
+//! frame, tells the main loop the link is up, then writes whatever is queued. A failed or
+//! stalled write ([`WRITE_TIMEOUT`]) ends the connection: the queue is emptied (its
+//! messages counted as dropped), the main loop hears the link is down, and the writer dials
+//! again after a back-off, until the link is hung up.
 //!
 //! Credit: a published message's frame is queued on several links with one [`CreditGuard`]
 //! shared between them; when the last link has written or dropped it the guard's `Drop`

@@ -187,3 +187,24 @@ fn a_writer_whose_certificate_is_refused_never_reports_its_link_up() {
     );
     assert_eq!(ctx.counters.bytes_out.load(std::sync::atomic::Ordering::Relaxed), 0, "a Hello");
 }
+
+#[test]
+fn bad_files_are_refused_by_name_when_loaded() {
+    let ca = Ca::new("files");
+    let _ = ca.node("one", &ca);
+    let _ = ca.node("two", &ca);
+    let files = |cert: &str, key: &str, ca_file: PathBuf| ClusterTls {
+        cert: ca.dir.join(cert),
+        key: ca.dir.join(key),
+        ca: ca_file,
+    };
+    let e = NodeTls::load(&files("none.pem", "one.key", ca.dir.join("ca.pem"))).unwrap_err();
+    assert!(e.contains("none.pem"), "{e}");
+    let e = NodeTls::load(&files("one.pem", "one.pem", ca.dir.join("ca.pem"))).unwrap_err();
+    assert!(e.contains("one.pem: no usable private key"), "{e}");
+    let e = NodeTls::load(&files("one.pem", "one.key", ca.dir.join("one.key"))).unwrap_err();
+    assert!(e.contains("one.key: no CA certificate found"), "{e}");
+    // A key that is not the certificate's.
+    let e = NodeTls::load(&files("one.pem", "two.key", ca.dir.join("ca.pem"))).unwrap_err();
+    assert!(e.contains("one.pem") && e.contains("two.key"), "{e}");
+}
