@@ -171,6 +171,9 @@ impl Node {
             assert!(Instant::now() < deadline, "{}: fewer than {n} failed handshakes", self.id);
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The same failures reach $SYS and the admin API.
+        let counted = self.rt.view().counters().link_handshake_failures.load(Relaxed);
+        assert!(counted >= n, "{}: {counted} failures counted for $SYS", self.id);
     }
 }
 

@@ -145,6 +145,9 @@ pub fn start(
         Some(files) => Some(Arc::new(NodeTls::load(files).map_err(io::Error::other)?)),
         None => None,
     };
+    if let Some(t) = &tls {
+        t.count_in(counters.clone());
+    }
     let (listener, udp) = net::bind(settings.listen)?;
     let local_addr = listener.local_addr()?;
     let mut advertise = settings.advertise;

@@ -57,6 +57,8 @@ pub(crate) struct NodeTls {
     server: Arc<ServerConfig>,
     /// Handshakes that failed, as client and as server (each one is logged too).
     handshakes_failed: AtomicU64,
+    /// The runtime's counters, where failures are also counted (`$SYS`, the admin API).
+    counters: std::sync::OnceLock<Arc<crate::core::cluster::ClusterCounters>>,
 }
 
 impl NodeTls {
@@ -106,7 +108,13 @@ impl NodeTls {
             client: Arc::new(client),
             server: Arc::new(server),
             handshakes_failed: AtomicU64::new(0),
+            counters: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts failures in `counters` too (`link_handshake_failures`).
+    pub(crate) fn count_in(&self, counters: Arc<crate::core::cluster::ClusterCounters>) {
+        let _ = self.counters.set(counters);
     }
 
     /// Handshakes that failed so far, both ways.
@@ -167,6 +175,9 @@ impl NodeTls {
     fn failed(&self, dir: &str, peer: SocketAddr, tcp: &TcpStream, e: io::Error) -> io::Error {
         let _ = tcp.shutdown(std::net::Shutdown::Both);
         self.handshakes_failed.fetch_add(1, Relaxed);
+        if let Some(c) = self.counters.get() {
+            c.link_handshake_failures.fetch_add(1, Relaxed);
+        }
         tracing::warn!("cluster: TLS handshake on the link {dir} {peer} failed: {e}");
         e
     }

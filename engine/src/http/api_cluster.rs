@@ -64,6 +64,7 @@ pub(crate) fn body(status: &ClusterStatus, c: &ClusterCounters) -> Value {
             "messages_dropped": c.messages_dropped.load(Relaxed),
             "routes_remote": c.remote_routes.load(Relaxed),
             "takeovers": c.takeovers.load(Relaxed),
+            "links_handshake_failures": c.link_handshake_failures.load(Relaxed),
         },
     })
 }

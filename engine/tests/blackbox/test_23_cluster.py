@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(BROKER != "shardmq", reason="shardmq's cluster")
 
 ALL = {1, 2, 3}
 COUNTERS = ["node_id", "members", "links_up", "messages_out", "messages_in", "bytes_out",
-            "bytes_in", "messages_dropped", "routes_remote", "takeovers"]
+            "bytes_in", "messages_dropped", "routes_remote", "takeovers", "links_handshake_failures"]
 
 
 @pytest.fixture(scope="module")

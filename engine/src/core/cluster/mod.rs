@@ -286,6 +286,9 @@ pub struct ClusterCounters {
     pub messages_dropped: AtomicU64,
     /// Routes (node, filter) this node holds for its peers.
     pub remote_routes: AtomicU64,
+    /// TLS handshakes on node links that failed, both ways (a peer without a certificate the
+    /// cluster CA signed, or a plain-TCP peer).
+    pub link_handshake_failures: AtomicU64,
     /// Connections this node ended because the client id connected on another node (a kick,
     /// or the session moving there).
     pub takeovers: AtomicU64,

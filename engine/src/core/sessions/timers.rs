@@ -219,6 +219,7 @@ impl ShardCore {
                 ("messages/dropped", &k.messages_dropped),
                 ("routes/remote", &k.remote_routes),
                 ("takeovers", &k.takeovers),
+                ("links/handshake_failures", &k.link_handshake_failures),
             ] {
                 let topic = format!("$SYS/broker/cluster/{what}");
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
