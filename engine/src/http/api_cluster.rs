@@ -106,6 +106,6 @@ mod tests {
         assert_eq!(v["members"][0]["link"], "self");
         assert_eq!(v["counters"]["routes_remote"], 7);
         assert_eq!(v["counters"]["links_up"], 1);
-        assert_eq!(v["counters"].as_object().unwrap().len(), 10);
+        assert_eq!(v["counters"].as_object().unwrap().len(), 11);
     }
 }
