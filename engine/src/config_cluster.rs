@@ -36,6 +36,10 @@ pub struct ClusterSettings {
     /// Mutual TLS on node links; `None`: plain TCP. The files are read when the runtime
     /// starts (`cluster::tls::NodeTls::load`).
     pub tls: Option<ClusterTls>,
+    /// A file holding the cluster's gossip key (`--cluster-gossip-key-file`): every
+    /// membership datagram carries an HMAC-SHA256 tag made with it, and one without a good
+    /// tag is dropped. `None`: gossip is not authenticated.
+    pub gossip_key_file: Option<PathBuf>,
 }
 
 /// The PEM files of a node's link TLS: this node's certificate chain and key (presented both
@@ -61,6 +65,7 @@ impl ClusterSettings {
             seeds,
             link_queue_bytes_max: LINK_QUEUE_BYTES_DEFAULT,
             tls: None,
+            gossip_key_file: None,
         }
     }
 }
@@ -93,6 +98,11 @@ pub(super) struct ClusterArgs {
     /// The CA certificates (PEM) every peer node's certificate must chain to.
     #[arg(long, value_name = "FILE")]
     cluster_tls_ca: Option<PathBuf>,
+    /// A file with the cluster's gossip key (at least 16 bytes, the same on every node):
+    /// membership datagrams are authenticated with it (HMAC-SHA256); without it anyone who
+    /// can reach the cluster port can join the membership.
+    #[arg(long, value_name = "FILE")]
+    cluster_gossip_key_file: Option<PathBuf>,
 }
 
 /// The `[cluster]` table.
@@ -106,6 +116,7 @@ pub(super) struct FileCluster {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
+    gossip_key_file: Option<PathBuf>,
 }
 
 /// The cluster settings from the flags, else the `[cluster]` table; `None` without a node id.
@@ -205,10 +216,13 @@ pub(super) fn resolve_cluster(
             return Err(invalid(format!("{key}: more than {SEEDS_MAX} seeds")));
         }
     }
+    let gossip_key_file =
+        a.cluster_gossip_key_file.clone().or_else(|| f.and_then(|f| f.gossip_key_file.clone()));
     Ok(Some(ClusterSettings {
         advertise,
         seeds: seed_addrs,
         tls,
+        gossip_key_file,
         ..ClusterSettings::new(NodeId(node_id), listen, Vec::new())
     }))
 }
@@ -222,6 +236,8 @@ fn tls_key_given(a: &ClusterArgs, f: Option<&FileCluster>) -> Option<&'static st
         (f.is_some_and(|f| f.tls_cert.is_some()), "cluster.tls_cert"),
         (f.is_some_and(|f| f.tls_key.is_some()), "cluster.tls_key"),
         (f.is_some_and(|f| f.tls_ca.is_some()), "cluster.tls_ca"),
+        (a.cluster_gossip_key_file.is_some(), "--cluster-gossip-key-file"),
+        (f.is_some_and(|f| f.gossip_key_file.is_some()), "cluster.gossip_key_file"),
     ]
     .into_iter()
     .find_map(|(given, key)| given.then_some(key))

@@ -56,9 +56,20 @@ impl Node {
     }
 
     fn start_on(id: u16, listen: &str, seeds: &[SocketAddr]) -> Node {
+        Node::start_with(id, listen, seeds, None)
+    }
+
+    fn start_with(
+        id: u16,
+        listen: &str,
+        seeds: &[SocketAddr],
+        gossip_key_file: Option<std::path::PathBuf>,
+    ) -> Node {
         let (tx, inbox) = mpsc::channel();
         let counters = Arc::new(ClusterCounters::default());
-        let settings = ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
+        let mut settings =
+            ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
+        settings.gossip_key_file = gossip_key_file;
         let sink = Arc::new(Recorder(Mutex::new(tx)));
         let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
         Node { id: NodeId(id), rt, inbox, counters }
@@ -399,4 +410,30 @@ fn throughput() {
         n as f64 / secs,
         cpu * 1e6 / n as f64
     );
+}
+
+#[test]
+fn gossip_signed_with_another_key_is_dropped_and_never_joins() {
+    let dir = std::env::temp_dir().join(format!("shardmq-gossip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good.key"), dir.join("bad.key"));
+    std::fs::write(&good, "the cluster's shared gossip key\n").unwrap();
+    std::fs::write(&bad, "somebody else's gossip key....\n").unwrap();
+    let a = Node::start_with(1, "127.0.0.1:0", &[], Some(good.clone()));
+    let b = Node::start_with(2, "127.0.0.1:0", &[a.addr()], Some(good));
+    a.wait_converged(&[b.id]);
+    // A node with another key, seeded with both: its announcements are dropped.
+    let x = Node::start_with(3, "127.0.0.1:0", &[a.addr(), b.addr()], Some(bad));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.rt.gossip_rejected() < 3 || b.rt.gossip_rejected() < 3 {
+        assert!(Instant::now() < deadline, "the other key's datagrams were not seen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in [&a, &b] {
+        let s = n.rt.status().expect("status");
+        assert!(s.members.iter().all(|m| m.node != x.id), "{:?} let node 3 in: {s:?}", n.id);
+    }
+    assert_eq!(x.counters.members.load(Relaxed), 1, "node 3 is alone");
+    assert_eq!(a.counters.members.load(Relaxed), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@ pub mod wire;
 
 pub mod claims;
 mod exchange;
+pub mod gossip_auth;
 mod members;
 mod registry;
 mod routes;

@@ -101,6 +101,8 @@ pub(crate) struct NetShared {
     readers: Mutex<Vec<JoinHandle<()>>>,
     /// Link TLS: readers are servers. `None`: plain TCP.
     tls: Option<Arc<NodeTls>>,
+    /// Datagrams dropped for a missing or bad gossip tag (`gossip_auth.rs`).
+    pub(crate) gossip_rejected: AtomicU64,
 }
 
 impl NetShared {
@@ -113,6 +115,7 @@ impl NetShared {
             next_conn: AtomicU64::new(1),
             readers: Mutex::new(Vec::new()),
             tls,
+            gossip_rejected: AtomicU64::new(0),
         }
     }
 
@@ -145,17 +148,33 @@ pub(crate) fn bind(listen: SocketAddr) -> std::io::Result<(TcpListener, UdpSocke
 }
 
 /// Receives datagrams until stopped.
-pub(crate) fn spawn_udp(socket: UdpSocket, net: Arc<NetShared>) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn_udp(
+    socket: UdpSocket,
+    net: Arc<NetShared>,
+    key: Option<super::gossip_auth::GossipKey>,
+) -> std::io::Result<JoinHandle<()>> {
     socket.set_read_timeout(Some(UDP_POLL))?;
     std::thread::Builder::new().name("shardmq-cluster-udp".into()).spawn(move || {
         let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
         while !net.stop.load(Relaxed) {
             match socket.recv_from(&mut buf) {
-                Ok((n, _from)) => {
-                    if n == 0 || !net.budget.try_acquire(n) {
+                Ok((n, from)) => {
+                    let data = match &key {
+                        Some(k) => match k.open(&buf[..n]) {
+                            Some(d) => d,
+                            None => {
+                                // Not signed with the cluster's key: foca never sees it.
+                                tracing::debug!("cluster: unauthenticated datagram from {from}");
+                                net.gossip_rejected.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                        },
+                        None => &buf[..n],
+                    };
+                    if data.is_empty() || !net.budget.try_acquire(data.len()) {
                         continue;
                     }
-                    if net.events.send(Event::Datagram(buf[..n].to_vec())).is_err() {
+                    if net.events.send(Event::Datagram(data.to_vec())).is_err() {
                         return;
                     }
                 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::gossip_auth::GossipKey;
 use super::link::{CreditGuard, CreditPool, Link, LinkContext};
 use super::net::{self, NetShared};
 use super::node::{ClusterStatus, Effect, NodeMachine, NodeSettings};
@@ -148,6 +149,10 @@ pub fn start(
     if let Some(t) = &tls {
         t.count_in(counters.clone());
     }
+    let gossip_key = match &settings.gossip_key_file {
+        Some(path) => Some(GossipKey::load(path).map_err(io::Error::other)?),
+        None => None,
+    };
     let (listener, udp) = net::bind(settings.listen)?;
     let local_addr = listener.local_addr()?;
     let mut advertise = settings.advertise;
@@ -197,9 +202,10 @@ pub fn start(
         incoming: HashMap::new(),
         batches: vec![Vec::new(); usize::from(shard_count.max(1))],
         inbound: vec![VecDeque::new(); usize::from(shard_count.max(1))],
+        gossip_key: gossip_key.clone(),
         stopping: false,
     };
-    let udp_thread = net::spawn_udp(udp, net.clone())?;
+    let udp_thread = net::spawn_udp(udp, net.clone(), gossip_key)?;
     let accept = net::spawn_accept(listener, net.clone())?;
     let main = std::thread::Builder::new()
         .name("shardmq-cluster".into())
@@ -238,6 +244,11 @@ impl ClusterRuntime {
     /// Members and links now (`None` if the main loop does not answer in time).
     pub fn status(&self) -> Option<ClusterStatus> {
         self.view.status()
+    }
+
+    /// Membership datagrams dropped for a missing or bad gossip tag so far.
+    pub fn gossip_rejected(&self) -> u64 {
+        self.net.gossip_rejected.load(Relaxed)
     }
 
     /// Link TLS handshakes that failed so far, as client and as server (0 without TLS).
@@ -323,6 +334,8 @@ struct MainLoop {
     incoming: HashMap<u64, Incoming>,
     /// Messages for each shard gathered during one turn.
     batches: Vec<Vec<ClusterIn>>,
+    /// The cluster's gossip key: datagrams sent are sealed with it (`gossip_auth.rs`).
+    gossip_key: Option<GossipKey>,
     /// Per shard: the frame sizes of the peers' messages handed to it and not yet handled
     /// (`ClusterOut::Handled`), in order; they hold their share of the inbound budget.
     inbound: Vec<VecDeque<usize>>,
@@ -482,7 +495,10 @@ impl MainLoop {
     fn apply_effects(&mut self) {
         while let Some(effect) = self.machine.poll_effect() {
             match effect {
-                Effect::Datagram { to, data } => {
+                Effect::Datagram { to, mut data } => {
+                    if let Some(k) = &self.gossip_key {
+                        k.seal(&mut data);
+                    }
                     if let Err(e) = self.udp.send_to(&data, to) {
                         tracing::debug!("cluster: datagram to {to}: {e}");
                     }
