@@ -5,130 +5,21 @@
 //! Every wait is for a marker (a message that must arrive, a status that must be reached),
 //! with a generous deadline as the failure guard; nothing sleeps and then asserts.
 
+mod cluster_kit;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use shardmq_codec::{ByteStr, QoS};
-use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
-use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
+use shardmq_codec::QoS;
+use shardmq_engine::cluster::node::{LinkState, MemberState};
 use shardmq_engine::cluster::wire::{Frame, PROTOCOL_VERSION};
-use shardmq_engine::config::ClusterSettings;
-use shardmq_engine::core::cluster::{
-    ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeSet, ShardSink,
-};
+use shardmq_engine::core::cluster::{ClusterIn, ClusterOut, NodeId, NodeSet};
 use shardmq_engine::core::ids::ShardId;
-use shardmq_engine::core::mesh::{mesh_cost, Message, Origin};
+use shardmq_engine::core::mesh::{mesh_cost, Origin};
 
-/// The failure guard of every wait (membership takes a few gossip rounds).
-const PATIENCE: Duration = Duration::from_secs(30);
-const SHARDS: u16 = 2;
-
-/// Records every `ClusterIn` with its shard, in order.
-struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
-
-impl ShardSink for Recorder {
-    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
-        let tx = self.0.lock().unwrap();
-        for m in msgs {
-            let _ = tx.send((shard, m));
-        }
-    }
-    fn shard_count(&self) -> u16 {
-        SHARDS
-    }
-}
-
-struct Node {
-    id: NodeId,
-    rt: ClusterRuntime,
-    inbox: Receiver<(ShardId, ClusterIn)>,
-    counters: Arc<ClusterCounters>,
-}
-
-impl Node {
-    fn start(id: u16, seeds: &[SocketAddr]) -> Node {
-        Node::start_on(id, "127.0.0.1:0", seeds)
-    }
-
-    fn start_on(id: u16, listen: &str, seeds: &[SocketAddr]) -> Node {
-        Node::start_with(id, listen, seeds, None)
-    }
-
-    fn start_with(
-        id: u16,
-        listen: &str,
-        seeds: &[SocketAddr],
-        gossip_key_file: Option<std::path::PathBuf>,
-    ) -> Node {
-        let (tx, inbox) = mpsc::channel();
-        let counters = Arc::new(ClusterCounters::default());
-        let mut settings =
-            ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
-        settings.gossip_key_file = gossip_key_file;
-        let sink = Arc::new(Recorder(Mutex::new(tx)));
-        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
-        Node { id: NodeId(id), rt, inbox, counters }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.rt.local_addr()
-    }
-
-    /// The next `ClusterIn` for which `pick` says yes; the others are returned in order.
-    fn wait_for<T>(
-        &self,
-        what: &str,
-        mut pick: impl FnMut(ShardId, &ClusterIn) -> Option<T>,
-    ) -> (T, Vec<(ShardId, ClusterIn)>) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut others = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(left) {
-                Ok((shard, m)) => match pick(shard, &m) {
-                    Some(t) => return (t, others),
-                    None => others.push((shard, m)),
-                },
-                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; got {others:?}", self.id),
-            }
-        }
-    }
-
-    /// Waits until the status satisfies `ok`.
-    fn wait_status(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let s = self.rt.status().expect("the main loop answers");
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not {what} within {PATIENCE:?}: {s:?}",
-                self.id
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until this node sees exactly `peers` alive with links up.
-    fn wait_converged(&self, peers: &[NodeId]) {
-        self.wait_status("converged", |s| {
-            let others: Vec<_> = s.members.iter().filter(|m| m.node != self.id).collect();
-            others.len() == peers.len()
-                && others.iter().all(|m| {
-                    peers.contains(&m.node)
-                        && m.state == MemberState::Alive
-                        && m.link == LinkState::Up
-                })
-        });
-    }
-}
+use cluster_kit::{add_filter, message, Node, PATIENCE};
 
 /// Two nodes, B joining through A, converged.
 fn pair(a_id: u16, b_id: u16) -> (Node, Node) {
@@ -137,43 +28,6 @@ fn pair(a_id: u16, b_id: u16) -> (Node, Node) {
     a.wait_converged(&[b.id]);
     b.wait_converged(&[a.id]);
     (a, b)
-}
-
-fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteStr::from(topic),
-        payload: Bytes::copy_from_slice(payload),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        origin: Origin { shard: ShardId(1), session: 3 },
-        received_at_ms: 0,
-    })
-}
-
-/// `filter` added on `from`'s shard 0, seq `seq`: every shard of `to` holds the route, and
-/// `from`'s shard 0 gets the FilterAck.
-fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) {
-    let tx = from.rt.tx();
-    tx.send(ShardId(0), ClusterOut::Filter { filter: ByteStr::from(filter), added: true, seq });
-    let mut shards_with_route = Vec::new();
-    while shards_with_route.len() < usize::from(SHARDS) {
-        let (shard, _) = to.wait_for("Route", |shard, m| match m {
-            ClusterIn::Route { node, filter: f, added: true }
-                if *node == from.id && f.as_str() == filter =>
-            {
-                Some(shard)
-            }
-            _ => None,
-        });
-        assert!(!shards_with_route.contains(&shard), "one Route per shard");
-        shards_with_route.push(shard);
-    }
-    let (shard, _) = from.wait_for("FilterAck", |shard, m| match m {
-        ClusterIn::FilterAck { seq: s } if *s == seq => Some(shard),
-        _ => None,
-    });
-    assert_eq!(shard, ShardId(0), "the ack goes to the shard that asked");
 }
 
 #[test]
@@ -341,13 +195,13 @@ fn the_source_address_is_the_listen_address() {
     // the node's listen address, port included.
     let seed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     seed.set_read_timeout(Some(PATIENCE)).unwrap();
-    let x = Node::start_on(51, "127.0.0.52:0", &[seed.local_addr().unwrap()]);
+    let x = Node::start_with(51, "127.0.0.52:0", &[seed.local_addr().unwrap()], |_| {});
     let mut buf = [0u8; 2048];
     let (_, from) = seed.recv_from(&mut buf).expect("an announcement to the seed");
     assert_eq!(from, x.addr());
     // Links: each node's outgoing connection to the other leaves from its listen IP.
-    let a = Node::start_on(53, "127.0.0.53:0", &[]);
-    let b = Node::start_on(54, "127.0.0.54:0", &[a.addr()]);
+    let a = Node::start_with(53, "127.0.0.53:0", &[], |_| {});
+    let b = Node::start_with(54, "127.0.0.54:0", &[a.addr()], |_| {});
     a.wait_converged(&[b.id]);
     b.wait_converged(&[a.id]);
     let links = tcp_connections();
@@ -419,11 +273,13 @@ fn gossip_signed_with_another_key_is_dropped_and_never_joins() {
     let (good, bad) = (dir.join("good.key"), dir.join("bad.key"));
     std::fs::write(&good, "the cluster's shared gossip key\n").unwrap();
     std::fs::write(&bad, "somebody else's gossip key....\n").unwrap();
-    let a = Node::start_with(1, "127.0.0.1:0", &[], Some(good.clone()));
-    let b = Node::start_with(2, "127.0.0.1:0", &[a.addr()], Some(good));
+    let a = Node::start_with(1, "127.0.0.1:0", &[], |s| s.gossip_key_file = Some(good.clone()));
+    let b = Node::start_with(2, "127.0.0.1:0", &[a.addr()], |s| s.gossip_key_file = Some(good));
     a.wait_converged(&[b.id]);
     // A node with another key, seeded with both: its announcements are dropped.
-    let x = Node::start_with(3, "127.0.0.1:0", &[a.addr(), b.addr()], Some(bad));
+    let x = Node::start_with(3, "127.0.0.1:0", &[a.addr(), b.addr()], |s| {
+        s.gossip_key_file = Some(bad)
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.rt.gossip_rejected() < 3 || b.rt.gossip_rejected() < 3 {
         assert!(Instant::now() < deadline, "the other key's datagrams were not seen");

@@ -7,28 +7,21 @@
 //! be reached), with a generous deadline as the failure guard; nothing sleeps and then
 //! asserts.
 
+mod cluster_kit;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use shardmq_codec::{ByteStr, QoS};
-use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
-use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
-use shardmq_engine::config::{ClusterSettings, ClusterTls};
-use shardmq_engine::core::cluster::{
-    ClusterCounters, ClusterIn, ClusterOut, NodeId, NodeSet, ShardSink,
-};
+use shardmq_engine::cluster::node::LinkState;
+use shardmq_engine::config::ClusterTls;
+use shardmq_engine::core::cluster::{ClusterIn, ClusterOut, NodeId, NodeSet};
 use shardmq_engine::core::ids::ShardId;
-use shardmq_engine::core::mesh::{mesh_cost, Message, Origin};
+use shardmq_engine::core::mesh::mesh_cost;
 
-/// The failure guard of every wait (membership takes a few gossip rounds).
-const PATIENCE: Duration = Duration::from_secs(30);
-const SHARDS: u16 = 2;
+use cluster_kit::{add_filter, message, Node, PATIENCE};
 
 /// A CA in a fresh directory, issuing node certificates as PEM files.
 struct Ca {
@@ -79,92 +72,18 @@ impl Drop for Ca {
     }
 }
 
-/// Records every `ClusterIn` with its shard, in order.
-struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
-
-impl ShardSink for Recorder {
-    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
-        let tx = self.0.lock().unwrap();
-        for m in msgs {
-            let _ = tx.send((shard, m));
-        }
-    }
-    fn shard_count(&self) -> u16 {
-        SHARDS
-    }
+/// Link TLS in a test node's settings.
+fn start(id: u16, seeds: &[SocketAddr], tls: Option<ClusterTls>) -> Node {
+    Node::start_with(id, "127.0.0.1:0", seeds, |s| s.tls = tls)
 }
 
-struct Node {
-    id: NodeId,
-    rt: ClusterRuntime,
-    inbox: Receiver<(ShardId, ClusterIn)>,
-    counters: Arc<ClusterCounters>,
-}
-
-impl Node {
-    /// Node `id` joining through `seeds`, with link TLS from `tls` (plain TCP without).
-    fn start(id: u16, seeds: &[SocketAddr], tls: Option<ClusterTls>) -> Node {
-        let (tx, inbox) = mpsc::channel();
-        let counters = Arc::new(ClusterCounters::default());
-        let mut settings =
-            ClusterSettings::new(NodeId(id), "127.0.0.1:0".parse().unwrap(), seeds.to_vec());
-        settings.tls = tls;
-        let sink = Arc::new(Recorder(Mutex::new(tx)));
-        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
-        Node { id: NodeId(id), rt, inbox, counters }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.rt.local_addr()
-    }
-
-    /// The next `ClusterIn` for which `pick` says yes; the others are returned in order.
-    fn wait_for<T>(
-        &self,
-        what: &str,
-        mut pick: impl FnMut(ShardId, &ClusterIn) -> Option<T>,
-    ) -> (T, Vec<(ShardId, ClusterIn)>) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut others = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(left) {
-                Ok((shard, m)) => match pick(shard, &m) {
-                    Some(t) => return (t, others),
-                    None => others.push((shard, m)),
-                },
-                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; got {others:?}", self.id),
-            }
-        }
-    }
-
-    /// Waits until `ok` holds of this node's status.
-    fn wait_status(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let s = self.rt.status().expect("the main loop answers");
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not {what} within {PATIENCE:?}: {s:?}",
-                self.id
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until this node sees `peer` alive with its link in state `link`.
-    fn wait_link(&self, peer: NodeId, link: LinkState) {
-        self.wait_status(&format!("{peer} alive, link {}", link.as_str()), |s| {
-            s.members
-                .iter()
-                .any(|m| m.node == peer && m.state == MemberState::Alive && m.link == link)
-        });
-    }
-
+/// Waits on a node's TLS refusals.
+trait Refusals {
     /// Waits until at least `n` TLS handshakes failed on this node.
+    fn wait_refusals(&self, n: u64);
+}
+
+impl Refusals for Node {
     fn wait_refusals(&self, n: u64) {
         let deadline = Instant::now() + PATIENCE;
         while self.rt.tls_handshakes_failed() < n {
@@ -177,47 +96,9 @@ impl Node {
     }
 }
 
-fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteStr::from(topic),
-        payload: Bytes::copy_from_slice(payload),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        origin: Origin { shard: ShardId(1), session: 3 },
-        received_at_ms: 0,
-    })
-}
-
 /// Whether `m` is a route of `node`'s.
 fn route_of(node: NodeId, m: &ClusterIn) -> bool {
     matches!(m, ClusterIn::Route { node: n, .. } if *n == node)
-}
-
-/// `filter` added on `from`'s shard 0, seq `seq`: every shard of `to` holds the route, and
-/// `from`'s shard 0 gets the FilterAck. Returns what else `to` received meanwhile.
-fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) -> Vec<(ShardId, ClusterIn)> {
-    let tx = from.rt.tx();
-    tx.send(ShardId(0), ClusterOut::Filter { filter: ByteStr::from(filter), added: true, seq });
-    let mut shards_with_route = Vec::new();
-    let mut seen = Vec::new();
-    while shards_with_route.len() < usize::from(SHARDS) {
-        let (shard, others) = to.wait_for("Route", |shard, m| match m {
-            ClusterIn::Route { node, filter: f, added: true }
-                if *node == from.id && f.as_str() == filter =>
-            {
-                Some(shard)
-            }
-            _ => None,
-        });
-        seen.extend(others);
-        assert!(!shards_with_route.contains(&shard), "one Route per shard");
-        shards_with_route.push(shard);
-    }
-    from.wait_for("FilterAck", |_, m| {
-        matches!(m, ClusterIn::FilterAck { seq: s } if *s == seq).then_some(())
-    });
-    seen
 }
 
 /// A message published on `from`'s shard 1 for `to` arrives there.
@@ -241,8 +122,8 @@ fn publish(from: &Node, to: &Node, topic: &str) {
 #[test]
 fn two_tls_nodes_exchange_a_filter_and_a_publish() {
     let ca = Ca::new("pair");
-    let a = Node::start(1, &[], Some(ca.node(1, &ca)));
-    let b = Node::start(2, &[a.addr()], Some(ca.node(2, &ca)));
+    let a = start(1, &[], Some(ca.node(1, &ca)));
+    let b = start(2, &[a.addr()], Some(ca.node(2, &ca)));
     a.wait_link(b.id, LinkState::Up);
     b.wait_link(a.id, LinkState::Up);
     add_filter(&a, &b, "sensors/+/temp", 1);
@@ -256,14 +137,14 @@ fn two_tls_nodes_exchange_a_filter_and_a_publish() {
 #[test]
 fn a_node_with_another_cas_certificate_never_gets_a_link() {
     let (ca, other) = (Ca::new("good"), Ca::new("other"));
-    let a = Node::start(11, &[], Some(ca.node(11, &ca)));
-    let b = Node::start(12, &[a.addr()], Some(ca.node(12, &ca)));
+    let a = start(11, &[], Some(ca.node(11, &ca)));
+    let b = start(12, &[a.addr()], Some(ca.node(12, &ca)));
     a.wait_link(b.id, LinkState::Up);
     b.wait_link(a.id, LinkState::Up);
     // The intruder knows the cluster's CA certificate (it accepts the good nodes' links)
     // but its own certificate is the other CA's. Gossip is not authenticated: it becomes a
     // member, and every node dials it and is dialled by it.
-    let c = Node::start(13, &[a.addr()], Some(other.node(13, &ca)));
+    let c = start(13, &[a.addr()], Some(other.node(13, &ca)));
     c.rt.tx().send(ShardId(0), ClusterOut::Filter { filter: "#".into(), added: true, seq: 1 });
     a.wait_link(c.id, LinkState::Down);
     b.wait_link(c.id, LinkState::Down);
@@ -292,8 +173,8 @@ fn a_node_with_another_cas_certificate_never_gets_a_link() {
 #[test]
 fn a_plain_tcp_node_cannot_join_a_tls_node() {
     let ca = Ca::new("plain");
-    let a = Node::start(21, &[], Some(ca.node(21, &ca)));
-    let p = Node::start(22, &[a.addr()], None);
+    let a = start(21, &[], Some(ca.node(21, &ca)));
+    let p = start(22, &[a.addr()], None);
     p.rt.tx().send(ShardId(0), ClusterOut::Filter { filter: "#".into(), added: true, seq: 1 });
     // Gossip joins them; the TLS node's link to the plain one never comes up.
     a.wait_link(p.id, LinkState::Down);
@@ -321,8 +202,8 @@ fn cpu_secs() -> f64 {
 #[ignore]
 fn throughput() {
     let ca = Ca::new("throughput");
-    let a = Node::start(61, &[], Some(ca.node(61, &ca)));
-    let b = Node::start(62, &[a.addr()], Some(ca.node(62, &ca)));
+    let a = start(61, &[], Some(ca.node(61, &ca)));
+    let b = start(62, &[a.addr()], Some(ca.node(62, &ca)));
     a.wait_link(b.id, LinkState::Up);
     b.wait_link(a.id, LinkState::Up);
     add_filter(&a, &b, "m/#", 1);

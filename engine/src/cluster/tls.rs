@@ -21,9 +21,9 @@
 //! The files are read once, when the runtime starts (a bad file stops start-up with its
 //! name); replacing a certificate takes a restart.
 
+use crate::io::transport::tls::read_certs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,16 +196,6 @@ where
         }
     }
     Ok(())
-}
-
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no {what} found (PEM expected)", path.display()));
-    }
-    Ok(certs)
 }
 
 /// Checks a server certificate's chain to the cluster CA (validity, key usage, signatures),

@@ -25,7 +25,7 @@ pub(crate) mod poll;
 mod runtime;
 mod shard;
 mod signal;
-mod transport;
+pub(crate) mod transport;
 
 pub use listen::{reload_tls, TlsReload};
 

@@ -28,7 +28,7 @@ use crate::core::auth::exchange::AuthOk;
 use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::mesh::Message;
 use crate::core::routing::shared::{is_shared, is_valid_shared};
-use crate::core::routing::subscribe::{SubOptions, RESTORED_JOIN_TOKEN};
+use crate::core::routing::subscribe::SubOptions;
 use crate::core::routing::topic::split_shared;
 use crate::core::sessions::session::{Awaiting, Queued, Session};
 use crate::core::shard::{CloseKind, ShardCore};
@@ -365,7 +365,7 @@ impl ShardCore {
             let id = sub.sub_id.filter(|&i| i != 0);
             let entry = SubOptions { opts: sub.opts, id, acl_check: false };
             session.subs.push((sub.filter.clone(), entry));
-            self.import_subscription(slot, sub.filter, entry);
+            self.restore_subscription(slot, sub.filter, entry);
         }
         if self.config.auth.acl.is_some() {
             self.refresh_acl_coverage(slot);
@@ -415,19 +415,6 @@ impl ShardCore {
         self.import_session(s, now);
         if let Some(slot) = self.sessions.find(&client_id) {
             self.detach_imported(slot, now);
-        }
-    }
-
-    /// One subscription of a moved session, as a live SUBSCRIBE makes it (no SUBACK waits).
-    fn import_subscription(&mut self, slot: SessionSlot, filter: ByteStr, entry: SubOptions) {
-        if is_shared(&filter) {
-            self.shared_subscribe(slot, &filter, entry, RESTORED_JOIN_TOKEN);
-            return;
-        }
-        self.trie.insert(&filter, slot, entry);
-        self.cluster_sub(&filter, true);
-        if self.routes.add(&filter, self.shard) {
-            self.broadcast_delta(&filter, true);
         }
     }
 

@@ -125,8 +125,14 @@ impl ShardCore {
         Ok(done)
     }
 
-    /// Re-creates one subscription of a recovered session like a live SUBSCRIBE would.
-    fn restore_subscription(&mut self, slot: SessionSlot, filter: ByteStr, entry: SubOptions) {
+    /// Re-creates one subscription of a recovered session (or one that moved here from
+    /// another node, `cluster/moves.rs`) like a live SUBSCRIBE would, without a SUBACK.
+    pub(crate) fn restore_subscription(
+        &mut self,
+        slot: SessionSlot,
+        filter: ByteStr,
+        entry: SubOptions,
+    ) {
         if is_shared(&filter) {
             self.shared_subscribe(slot, &filter, entry, RESTORED_JOIN_TOKEN);
             return;

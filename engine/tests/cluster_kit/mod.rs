@@ -1,0 +1,180 @@
+//! What the cluster runtime tests share (`cluster_runtime.rs`, `cluster_tls.rs`): a node
+//! (a `ClusterRuntime` on 127.0.0.1, port 0) with a fake `ShardSink` recording what the
+//! runtime hands to its shards, the waits on its markers, and a route exchange.
+//!
+//! Every wait is for a marker (a message that must arrive, a status or a counter that must
+//! be reached), with a generous deadline as the failure guard; nothing sleeps and then
+//! asserts.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardmq_codec::{ByteStr, QoS};
+use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
+use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
+use shardmq_engine::config::ClusterSettings;
+use shardmq_engine::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, NodeId, ShardSink};
+use shardmq_engine::core::ids::ShardId;
+use shardmq_engine::core::mesh::{Message, Origin};
+
+/// The failure guard of every wait (membership takes a few gossip rounds).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// Shards of every test node.
+pub const SHARDS: u16 = 2;
+
+/// Records every `ClusterIn` with its shard, in order.
+struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
+
+impl ShardSink for Recorder {
+    fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
+        let tx = self.0.lock().unwrap();
+        for m in msgs {
+            let _ = tx.send((shard, m));
+        }
+    }
+    fn shard_count(&self) -> u16 {
+        SHARDS
+    }
+}
+
+/// A running cluster runtime and what it handed to its shards.
+pub struct Node {
+    pub id: NodeId,
+    pub rt: ClusterRuntime,
+    pub inbox: Receiver<(ShardId, ClusterIn)>,
+    pub counters: Arc<ClusterCounters>,
+}
+
+impl Node {
+    /// Node `id` on 127.0.0.1 (port 0) joining through `seeds`.
+    pub fn start(id: u16, seeds: &[SocketAddr]) -> Node {
+        Node::start_with(id, "127.0.0.1:0", seeds, |_| {})
+    }
+
+    /// Node `id` listening on `listen`, joining through `seeds`, its settings changed by
+    /// `adjust` (link TLS, a gossip key, …).
+    pub fn start_with(
+        id: u16,
+        listen: &str,
+        seeds: &[SocketAddr],
+        adjust: impl FnOnce(&mut ClusterSettings),
+    ) -> Node {
+        let (tx, inbox) = mpsc::channel();
+        let counters = Arc::new(ClusterCounters::default());
+        let mut settings =
+            ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
+        adjust(&mut settings);
+        let sink = Arc::new(Recorder(Mutex::new(tx)));
+        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
+        Node { id: NodeId(id), rt, inbox, counters }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.rt.local_addr()
+    }
+
+    /// The next `ClusterIn` for which `pick` says yes; the others are returned in order.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        mut pick: impl FnMut(ShardId, &ClusterIn) -> Option<T>,
+    ) -> (T, Vec<(ShardId, ClusterIn)>) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut others = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok((shard, m)) => match pick(shard, &m) {
+                    Some(t) => return (t, others),
+                    None => others.push((shard, m)),
+                },
+                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; got {others:?}", self.id),
+            }
+        }
+    }
+
+    /// Waits until `ok` holds of this node's status.
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = self.rt.status().expect("the main loop answers");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not {what} within {PATIENCE:?}: {s:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until this node sees `peer` alive with its link in state `link`.
+    pub fn wait_link(&self, peer: NodeId, link: LinkState) {
+        self.wait_status(&format!("{peer} alive, link {}", link.as_str()), |s| {
+            s.members
+                .iter()
+                .any(|m| m.node == peer && m.state == MemberState::Alive && m.link == link)
+        });
+    }
+
+    /// Waits until this node sees exactly `peers` alive with links up.
+    pub fn wait_converged(&self, peers: &[NodeId]) {
+        self.wait_status("converged", |s| {
+            let others: Vec<_> = s.members.iter().filter(|m| m.node != self.id).collect();
+            others.len() == peers.len()
+                && others.iter().all(|m| {
+                    peers.contains(&m.node)
+                        && m.state == MemberState::Alive
+                        && m.link == LinkState::Up
+                })
+        });
+    }
+}
+
+/// A QoS 1 message as a shard of the publishing node hands it over.
+pub fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::copy_from_slice(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        origin: Origin { shard: ShardId(1), session: 3 },
+        received_at_ms: 0,
+    })
+}
+
+/// `filter` added on `from`'s shard 0, seq `seq`: every shard of `to` holds the route, and
+/// `from`'s shard 0 (the shard that asked) gets the FilterAck. Returns what else `to`
+/// received meanwhile.
+pub fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) -> Vec<(ShardId, ClusterIn)> {
+    let tx = from.rt.tx();
+    tx.send(ShardId(0), ClusterOut::Filter { filter: ByteStr::from(filter), added: true, seq });
+    let mut shards_with_route = Vec::new();
+    let mut seen = Vec::new();
+    while shards_with_route.len() < usize::from(SHARDS) {
+        let (shard, others) = to.wait_for("Route", |shard, m| match m {
+            ClusterIn::Route { node, filter: f, added: true }
+                if *node == from.id && f.as_str() == filter =>
+            {
+                Some(shard)
+            }
+            _ => None,
+        });
+        seen.extend(others);
+        assert!(!shards_with_route.contains(&shard), "one Route per shard");
+        shards_with_route.push(shard);
+    }
+    let (shard, _) = from.wait_for("FilterAck", |shard, m| match m {
+        ClusterIn::FilterAck { seq: s } if *s == seq => Some(shard),
+        _ => None,
+    });
+    assert_eq!(shard, ShardId(0), "the ack goes to the shard that asked");
+    seen
+}
