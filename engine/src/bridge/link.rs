@@ -61,6 +61,30 @@ pub(super) struct Link {
     counters: Arc<BridgeCounters>,
     /// QoS 2 PUBLISHes no rule forwarded (answered by the bridge itself), by side of origin.
     unrouted: (Vec<u16>, Vec<u16>),
+    /// What the remote broker accepts from the bridge (its 5.0 CONNACK: Maximum QoS and
+    /// Retain Available; a 3.1.1 broker takes everything).
+    remote_accepts: Accepts,
+    /// Ids of local QoS 2 PUBLISHes sent to the remote as QoS 1 (its Maximum QoS is 1): the
+    /// remote's PUBACK becomes PUBREC towards this broker.
+    downgraded: std::collections::HashSet<u16>,
+}
+
+/// What a server said it accepts in its CONNACK [MQTT-3.2.2-9..14].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Accepts {
+    pub(super) qos_max: QoS,
+    pub(super) retain: bool,
+}
+
+impl Accepts {
+    fn from_connack(p: &Properties) -> Accepts {
+        let qos_max = match p.maximum_qos {
+            Some(0) => QoS::AtMostOnce,
+            Some(1) => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        Accepts { qos_max, retain: p.retain_available != Some(0) }
+    }
 }
 
 impl Link {
@@ -125,6 +149,16 @@ impl Link {
         // Never more unacknowledged messages into the remote broker than it takes.
         let remote_quota =
             remote_props.receive_maximum.map_or(cfg.inflight_max, |rm| rm.min(cfg.inflight_max));
+        let remote_accepts = Accepts::from_connack(&remote_props);
+        if remote_accepts.qos_max != QoS::ExactlyOnce || !remote_accepts.retain {
+            tracing::info!(
+                "bridge {}: {addr} accepts at most QoS {} and {} retained messages: outgoing \
+                 messages are downgraded to match",
+                cfg.name,
+                remote_accepts.qos_max as u8,
+                if remote_accepts.retain { "takes" } else { "no" }
+            );
+        }
 
         let local_connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -192,6 +226,8 @@ impl Link {
             cfg,
             counters,
             unrouted: (Vec::new(), Vec::new()),
+            remote_accepts,
+            downgraded: Default::default(),
         };
         // A side that kept its session while the other lost its own: release the lost one's
         // stale QoS 2 ids there (module docs).
@@ -236,6 +272,9 @@ impl Link {
             retain_as_published: true,
             retain_handling: RetainHandling::SendIfNew,
         };
+        // Locally, no more than the remote takes: this broker then delivers outgoing messages
+        // at that QoS already (the subscription's maximum [MQTT-3.8.4-8]).
+        let qos_max = self.remote_accepts.qos_max;
         let pick = |outgoing: bool| -> Vec<(ByteStr, SubscriptionOptions)> {
             self.cfg
                 .topics
@@ -243,7 +282,8 @@ impl Link {
                 .filter(|r| if outgoing { r.direction.outgoing() } else { r.direction.incoming() })
                 .map(|r| {
                     let f = if outgoing { r.local_filter() } else { r.remote_filter() };
-                    (ByteStr::from(f.as_str()), opts(r.qos))
+                    let qos = if outgoing { r.qos.min(qos_max) } else { r.qos };
+                    (ByteStr::from(f.as_str()), opts(qos))
                 })
                 .collect()
         };
@@ -372,7 +412,7 @@ impl Link {
                 } else {
                     None
                 };
-                dst.publish(Publish {
+                let mut out = Publish {
                     dup: publish.dup,
                     qos: publish.qos,
                     retain: publish.retain,
@@ -380,7 +420,18 @@ impl Link {
                     packet_id: publish.packet_id,
                     payload: publish.payload,
                     properties,
-                })?;
+                };
+                if from == Side::Local {
+                    // Queued before the subscription's QoS was capped, or over a 3.1.1
+                    // local link: keep to what the remote said it accepts.
+                    downgrade(&mut out, self.remote_accepts, src, &mut self.unrouted.0)?;
+                    if out.qos == QoS::AtLeastOnce && publish.qos == QoS::ExactlyOnce {
+                        if let Some(id) = out.packet_id {
+                            self.downgraded.insert(id.get());
+                        }
+                    }
+                }
+                dst.publish(out)?;
                 let n = match from {
                     Side::Local => &self.counters.forwarded_out,
                     Side::Remote => &self.counters.forwarded_in,
@@ -392,7 +443,18 @@ impl Link {
             Packet::PubAck(r) => {
                 src.slot_freed()?;
                 refused_ack(&self.counters, &self.cfg.name, &r, dst.version);
-                dst.queue(&Packet::PubAck(ack(r, dst.version)))?;
+                if from == Side::Remote && self.downgraded.remove(&r.packet_id.get()) {
+                    // A local QoS 2 message the remote took at QoS 1: its PUBACK ends the
+                    // remote flow; this broker's flow goes on with PUBREC, and the bridge
+                    // answers the PUBREL itself.
+                    let id = r.packet_id.get();
+                    if !self.unrouted.0.contains(&id) {
+                        self.unrouted.0.push(id);
+                    }
+                    dst.queue(&Packet::PubRec(ack(r, dst.version)))?;
+                } else {
+                    dst.queue(&Packet::PubAck(ack(r, dst.version)))?;
+                }
             }
             Packet::PubRec(r) => {
                 if r.reason.is_error() {
@@ -447,6 +509,32 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// Keeps a PUBLISH for the remote within what its CONNACK accepts: retain cleared when
+/// Retain Available is 0 [MQTT-3.2.2-14]; QoS lowered to its Maximum QoS [MQTT-3.2.2-11]
+/// (a message lowered to QoS 0 is acknowledged to this broker here, as the remote never will).
+fn downgrade(
+    p: &mut Publish,
+    accepts: Accepts,
+    local: &mut End,
+    local_unrouted: &mut Vec<u16>,
+) -> Result<(), String> {
+    if p.retain && !accepts.retain {
+        p.retain = false;
+    }
+    if p.qos <= accepts.qos_max {
+        return Ok(());
+    }
+    if accepts.qos_max == QoS::AtMostOnce {
+        let mut unrouted = (std::mem::take(local_unrouted), Vec::new());
+        answer_unrouted(local, &mut unrouted, Side::Local, p)?;
+        *local_unrouted = unrouted.0;
+        p.packet_id = None;
+        p.dup = false; // [MQTT-3.3.1-2]
+    }
+    p.qos = accepts.qos_max;
+    Ok(())
 }
 
 /// A 5.0 refusal (0x80 and above) passed to a 3.1.1 peer becomes a plain acknowledgement:
