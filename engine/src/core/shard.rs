@@ -151,6 +151,15 @@ pub struct BridgeCounters {
     /// Messages the bridge acknowledged without forwarding (no rule maps the topic), or whose
     /// refusal could not be told to a 3.1.1 peer.
     pub dropped: AtomicU64,
+    /// The bridge's session at this broker (its client id), whose home shard fills the next
+    /// three in its periodic scan.
+    pub local_client_id: String,
+    /// Messages queued for the remote in that session (not yet sent to the bridge).
+    pub queued: AtomicU64,
+    /// Their bytes.
+    pub queued_bytes: AtomicU64,
+    /// QoS 1/2 messages sent to the bridge and not yet acknowledged by the remote.
+    pub inflight: AtomicU64,
 }
 
 /// What the io layer must do for the core, in order.

@@ -281,6 +281,9 @@ fn bridges(state: &HttpState) -> Reply {
                 "forwarded_in": c.forwarded_in.load(Relaxed),
                 "connect_failures": c.connect_failures.load(Relaxed),
                 "dropped": c.dropped.load(Relaxed),
+                "queued": c.queued.load(Relaxed),
+                "queued_bytes": c.queued_bytes.load(Relaxed),
+                "inflight": c.inflight.load(Relaxed),
             });
             if let Some(b) = config.bridges.iter().find(|b| b.name == c.name) {
                 let v5 = b.protocol == shardmq_codec::ProtocolVersion::V5;

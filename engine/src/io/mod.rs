@@ -87,6 +87,7 @@ impl Broker {
             .map(|b| {
                 Arc::new(crate::core::shard::BridgeCounters {
                     name: b.name.clone(),
+                    local_client_id: b.local_client_id.clone(),
                     ..Default::default()
                 })
             })

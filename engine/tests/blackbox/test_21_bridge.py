@@ -565,3 +565,33 @@ def test_bridges_in_the_admin_api(net):
     assert b["addresses"] == [f"127.0.0.1:{net.remote.port}"] and b["protocol"] == "3.1.1", b
     # Every probe and message above was forwarded before it reached the remote subscriber.
     assert b["forwarded_out"] >= 7, b
+
+
+def test_bridge_queue_depth_in_sys(net):
+    """While the remote is down, `$SYS/broker/bridges/NAME/queue/messages` counts what waits
+    in the bridge's local session for it, and falls back to 0 once the remote is back and has
+    taken it (shardmq's $SYS; Mosquitto has no such topic)."""
+    if is_mosquitto():
+        pytest.skip("shardmq's $SYS/broker/bridges")
+    net.start_remote()
+    net.start_edge(["dq/# out 1"])
+    remote_sub = net.client(net.remote, 4)
+    remote_sub.subscribe("dq/#", 1)
+    edge_pub = net.client(net.edge, 4)
+    link_up(edge_pub, "dq/probe", remote_sub)
+    remote_sub.stop()
+    net.remote.stop(signal.SIGTERM)
+    for i in range(7):
+        edge_pub.publish("dq/x", b"%d" % i, 1)
+    watcher = net.client(net.edge, 4)
+    watcher.subscribe(f"$SYS/broker/bridges/{net.bridge_name}/queue/messages", 0)
+
+    def wait_for(value: bytes) -> None:
+        seen = []
+        while (m := watcher.get(timeout=WAIT)).payload != value:
+            seen.append(m.payload)
+            assert len(seen) < 60, f"queue depth never {value!r}: {seen}"
+
+    wait_for(b"7")
+    net.remote.start()
+    wait_for(b"0")

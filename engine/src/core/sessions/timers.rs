@@ -136,6 +136,16 @@ impl ShardCore {
         }
         self.ops.queued_messages = queued_messages;
         self.ops.queued_bytes = queued_bytes;
+        // A bridge's local session lives on one shard: that shard reports its depth.
+        for b in &self.config.stats.bridges {
+            if let Some(slot) = self.sessions.find(&b.local_client_id) {
+                let s = self.sessions.get(slot);
+                let (queued, inflight) = (s.queue().len() as u64, s.inflight().len() as u64);
+                b.queued.store(queued, Ordering::Relaxed);
+                b.inflight.store(inflight, Ordering::Relaxed);
+                b.queued_bytes.store(s.queue_bytes(), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Shard 0 publishes the broker's statistics, retained, as ordinary broker messages.
@@ -201,6 +211,9 @@ impl ShardCore {
                 ("forwarded/in", &b.forwarded_in),
                 ("connect_failures", &b.connect_failures),
                 ("dropped", &b.dropped),
+                ("queue/messages", &b.queued),
+                ("queue/bytes", &b.queued_bytes),
+                ("inflight", &b.inflight),
             ] {
                 let topic = format!("$SYS/broker/bridges/{}/{what}", b.name);
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
