@@ -57,7 +57,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let http = match config.ops.http {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();
-            let bridges = broker.bridge_counters();
+            let bridges = broker.bridges();
             let cluster = broker.cluster_view();
             let started =
                 http::start(addr, token, broker.control(), reloader.clone(), bridges, cluster);

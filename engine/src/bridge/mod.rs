@@ -11,6 +11,7 @@
 //! Not in the shards: each bridge is a plain thread polling its two sockets, outside the
 //! thread-per-core executors, because a bridge carries one connection pair, not fan-out.
 
+mod admin;
 pub mod config;
 mod link;
 mod side;
@@ -24,61 +25,137 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use admin::BridgeAdmin;
 pub use config::BridgeConfig;
 
 use crate::core::shard::BridgeCounters;
 
-/// The running bridges of a broker. Dropping it stops them.
+/// The running bridges of a broker: those of the configuration, and those added or removed
+/// at run time (`POST`/`DELETE /api/v1/bridges`). Dropping it stops them.
 #[derive(Debug)]
 pub struct Bridges {
+    /// This broker's plain MQTT listener, which bridges connect to (`None`: no plain
+    /// listener, so no bridge can run).
+    local: Option<SocketAddr>,
+    running: Vec<Running>,
+}
+
+/// One running bridge.
+#[derive(Debug)]
+struct Running {
+    cfg: Arc<BridgeConfig>,
+    counters: Arc<BridgeCounters>,
     stop: Arc<AtomicBool>,
-    /// Dropped to wake bridges waiting to reconnect (one per bridge).
-    wake: Vec<mpsc::Sender<()>>,
-    sockets: Vec<Arc<Mutex<Vec<TcpStream>>>>,
-    threads: Vec<JoinHandle<()>>,
+    /// Dropped to wake the bridge while it waits to reconnect.
+    wake: Option<mpsc::Sender<()>>,
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks the thread to stop: it notices within one poll (250 ms); blocking reads and
+    /// writes end at once (its sockets are shut down).
+    fn signal_stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake = None;
+        for sock in self.sockets.lock().expect("bridge sockets").drain(..) {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why a bridge could not be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddError {
+    /// A bridge of that name (or with that local client id) runs already.
+    Exists(String),
+    /// [`config::BRIDGES_MAX`] bridges run already, or the broker has no plain listener.
+    Refused(String),
 }
 
 impl Bridges {
-    /// Starts every bridge; `local` is this broker's plain MQTT listener.
+    /// Starts every bridge of `configs`, with `counters` (one each, same order); `local` is
+    /// this broker's plain MQTT listener.
     pub fn start(
         configs: &[BridgeConfig],
-        local: SocketAddr,
+        local: Option<SocketAddr>,
         counters: &[Arc<BridgeCounters>],
     ) -> Bridges {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut out = Bridges {
-            stop: stop.clone(),
-            wake: Vec::new(),
-            sockets: Vec::new(),
-            threads: Vec::new(),
-        };
-        for (cfg, c) in configs.iter().zip(counters) {
-            let sockets = Arc::new(Mutex::new(Vec::new()));
-            out.sockets.push(sockets.clone());
-            let (wake, woken) = mpsc::channel::<()>();
-            out.wake.push(wake);
-            let (cfg, c, stop) = (Arc::new(cfg.clone()), c.clone(), stop.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("bridge-{}", cfg.name))
-                .spawn(move || run(cfg, local, c, &stop, &sockets, &woken))
-                .expect("spawning a bridge thread");
-            out.threads.push(t);
+        let mut out = Bridges { local, running: Vec::new() };
+        if let Some(local) = local {
+            for (cfg, c) in configs.iter().zip(counters) {
+                out.running.push(spawn(Arc::new(cfg.clone()), local, c.clone()));
+            }
         }
         out
     }
 
+    /// Starts one more bridge; returns its counters.
+    pub fn add(&mut self, cfg: BridgeConfig) -> Result<Arc<BridgeCounters>, AddError> {
+        let Some(local) = self.local else {
+            return Err(AddError::Refused(
+                "this broker has no plain mqtt:// listener for bridges to connect to".into(),
+            ));
+        };
+        if let Some(r) = self
+            .running
+            .iter()
+            .find(|r| r.cfg.name == cfg.name || r.cfg.local_client_id == cfg.local_client_id)
+        {
+            return Err(AddError::Exists(format!(
+                "bridge {:?} runs already (name or local_client_id {:?})",
+                r.cfg.name, r.cfg.local_client_id
+            )));
+        }
+        if self.running.len() >= config::BRIDGES_MAX {
+            return Err(AddError::Refused(format!("at most {} bridges", config::BRIDGES_MAX)));
+        }
+        let counters = Arc::new(BridgeCounters {
+            name: cfg.name.clone(),
+            local_client_id: cfg.local_client_id.clone(),
+            ..BridgeCounters::default()
+        });
+        tracing::info!("bridge {}: added", cfg.name);
+        self.running.push(spawn(Arc::new(cfg), local, counters.clone()));
+        Ok(counters)
+    }
+
+    /// Stops the bridge `name` and forgets it; returns its configuration, and a handle that
+    /// waits for its thread (up to one poll, 250 ms). Its local session stays, as a
+    /// persistent session does when its client leaves.
+    pub fn remove(&mut self, name: &str) -> Option<(Arc<BridgeConfig>, impl FnOnce())> {
+        let i = self.running.iter().position(|r| r.cfg.name == name)?;
+        let mut r = self.running.remove(i);
+        r.signal_stop();
+        tracing::info!("bridge {name}: removed");
+        Some((r.cfg.clone(), move || r.join()))
+    }
+
+    /// The running bridges, in the order they were started.
+    pub fn list(&self) -> Vec<(Arc<BridgeConfig>, Arc<BridgeCounters>)> {
+        self.running.iter().map(|r| (r.cfg.clone(), r.counters.clone())).collect()
+    }
+
+    /// Their counters (what `$SYS` reports), same order.
+    pub fn counters(&self) -> Vec<Arc<BridgeCounters>> {
+        self.running.iter().map(|r| r.counters.clone()).collect()
+    }
+
     /// Stops every bridge and waits for its threads.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.wake.clear();
-        for s in &self.sockets {
-            for sock in s.lock().expect("bridge sockets").drain(..) {
-                let _ = sock.shutdown(std::net::Shutdown::Both);
-            }
+        for r in &mut self.running {
+            r.signal_stop();
         }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for r in &mut self.running {
+            r.join();
         }
+        self.running.clear();
     }
 }
 
@@ -86,6 +163,21 @@ impl Drop for Bridges {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn spawn(cfg: Arc<BridgeConfig>, local: SocketAddr, counters: Arc<BridgeCounters>) -> Running {
+    let sockets = Arc::new(Mutex::new(Vec::new()));
+    let (wake, woken) = mpsc::channel::<()>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cfg, counters, stop, sockets) =
+            (cfg.clone(), counters.clone(), stop.clone(), sockets.clone());
+        std::thread::Builder::new()
+            .name(format!("bridge-{}", cfg.name))
+            .spawn(move || run(cfg, local, counters, &stop, &sockets, &woken))
+            .expect("spawning a bridge thread")
+    };
+    Running { cfg, counters, stop, wake: Some(wake), sockets, thread: Some(thread) }
 }
 
 /// One bridge: connect, relay, and on failure wait (exponential back-off with jitter) and

@@ -265,6 +265,9 @@ pub struct ShardCore {
     mesh_credit_due: Vec<u64>,
     /// The shard's side of the cluster (`cluster/shard_side.rs`); `None` for a single node.
     pub(crate) cluster: Option<Box<crate::core::cluster::shard_side::ClusterState>>,
+    /// The running bridges' counters (`$SYS/broker/bridges/…`): the configuration's at
+    /// start, replaced when the admin API adds or removes one (`set_bridges`).
+    pub(crate) bridges: Vec<Arc<BridgeCounters>>,
 }
 
 impl ShardCore {
@@ -277,6 +280,7 @@ impl ShardCore {
             .then(|| config.started_at + Duration::from_secs(config.sys_interval_secs.into()));
         ShardCore {
             shard,
+            bridges: config.stats.bridges.clone(),
             topic_limits: TopicLimits::from(&config.limits),
             conns: ConnTable::default(),
             sessions: SessionTable::default(),

@@ -135,10 +135,7 @@ pub(crate) async fn route(state: &HttpState, req: Request<Incoming>) -> Reply {
             Method::GET => logs(&req),
             _ => Err(not_allowed("GET")),
         },
-        ("bridges", None) => match method {
-            Method::GET => Query::parse(&req, &[]).map(|_| bridges(state)),
-            _ => Err(not_allowed("GET")),
-        },
+        ("bridges", _) => super::api_bridges::route(state, req, tail).await,
         ("cluster", None) => match method {
             Method::GET => match Query::parse(&req, &[]) {
                 Ok(_) => Ok(super::api_cluster::cluster(state).await),
@@ -262,42 +259,6 @@ fn config(state: &HttpState) -> Reply {
         v["log_level"] = Value::from(level);
     }
     json(StatusCode::OK, &v)
-}
-
-/// The configured bridges: where each goes, its rules, and its counters.
-fn bridges(state: &HttpState) -> Reply {
-    use std::sync::atomic::Ordering::Relaxed;
-    // The running bridges are those started with the broker (bridges are not reloaded); the
-    // configuration, looked up by name, adds where each goes.
-    let config = state.reloader.config();
-    let list: Vec<Value> = state
-        .bridges
-        .iter()
-        .map(|c| {
-            let mut v = json!({
-                "name": c.name,
-                "connected": c.connected.load(Relaxed) == 1,
-                "forwarded_out": c.forwarded_out.load(Relaxed),
-                "forwarded_in": c.forwarded_in.load(Relaxed),
-                "connect_failures": c.connect_failures.load(Relaxed),
-                "dropped": c.dropped.load(Relaxed),
-                "queued": c.queued.load(Relaxed),
-                "queued_bytes": c.queued_bytes.load(Relaxed),
-                "inflight": c.inflight.load(Relaxed),
-            });
-            if let Some(b) = config.bridges.iter().find(|b| b.name == c.name) {
-                let v5 = b.protocol == shardmq_codec::ProtocolVersion::V5;
-                v["addresses"] = json!(b.addresses);
-                v["tls"] = json!(b.tls.is_some());
-                v["protocol"] = json!(if v5 { "5.0" } else { "3.1.1" });
-                v["client_id"] = json!(b.client_id);
-                v["local_client_id"] = json!(b.local_client_id);
-                v["topic_rules"] = json!(b.topics.len());
-            }
-            v
-        })
-        .collect();
-    json(StatusCode::OK, &json!({ "bridges": list }))
 }
 
 fn reload(state: &HttpState) -> Reply {

@@ -14,6 +14,7 @@
 //! 403), and the broker says so at start-up.
 
 mod api;
+mod api_bridges;
 mod api_clients;
 mod api_cluster;
 mod api_topics;
@@ -62,8 +63,8 @@ pub struct HttpState {
     started_at: Instant,
     /// False once shutdown began: `/readyz` says 503.
     serving: AtomicBool,
-    /// The bridges' counters, in configuration order (`GET /api/v1/bridges`).
-    pub(crate) bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    /// The running bridges (`/api/v1/bridges`).
+    pub(crate) bridges: crate::bridge::BridgeAdmin,
     /// The cluster runtime's view (`GET /api/v1/cluster`); `None` without a cluster.
     pub(crate) cluster: Option<crate::cluster::runtime::ClusterView>,
 }
@@ -129,7 +130,7 @@ pub fn start(
     token_file: Option<&Path>,
     control: Control,
     reloader: Arc<Reloader>,
-    bridges: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    bridges: crate::bridge::BridgeAdmin,
     cluster: Option<crate::cluster::runtime::ClusterView>,
 ) -> Result<HttpServer, String> {
     let token = token_file.map(read_token).transpose()?;

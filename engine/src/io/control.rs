@@ -90,6 +90,9 @@ pub enum ControlMsg {
     /// Messages from the node's cluster runtime, in order (`core/cluster/`). Replies
     /// [`ControlReply::Done`] (the runtime does not wait for it).
     Cluster(Vec<ClusterIn>),
+    /// The running bridges changed (admin API): their counters, for `$SYS`. Replies
+    /// [`ControlReply::Done`].
+    Bridges(Vec<Arc<crate::core::shard::BridgeCounters>>),
 }
 
 /// A shard's answer.
@@ -360,6 +363,10 @@ fn handle(shard: &ShardIo, msg: ControlMsg) -> ControlReply {
             apply_reload(shard, &reload);
             ControlReply::Done
         }
+        ControlMsg::Bridges(list) => {
+            shard.with_core(|core, now| core.set_bridges(list, now));
+            ControlReply::Done
+        }
         ControlMsg::Cluster(msgs) => {
             shard.with_core(|core, now| {
                 for m in msgs {
@@ -394,8 +401,7 @@ fn stats(shard: &ShardIo) -> ShardStats {
     let global = &core.config().stats;
     let io = &global.shards[usize::from(shard.id.0)];
     let bridges = if shard.id.0 == 0 {
-        global
-            .bridges
+        core.bridges
             .iter()
             .map(|b| BridgeStats {
                 name: b.name.clone(),

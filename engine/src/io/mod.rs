@@ -158,8 +158,7 @@ impl Broker {
             threads: Vec::new(),
             mesh,
             control,
-            bridges: None,
-            bridge_counters: bridge_counters.clone(),
+            bridges: Arc::new(std::sync::Mutex::new(crate::bridge::Bridges::start(&[], None, &[]))),
             cluster: cluster_runtime,
         };
 
@@ -231,7 +230,9 @@ impl Broker {
         }
         // Every shard listens now: the reservations can go.
         drop(reservations);
-        if let (false, Some(i)) = (config.bridges.is_empty(), plain_listener) {
+        // Bridges connect to this broker through its first plain listener (and, without
+        // one, cannot run: the admin API then refuses to add any).
+        let local = plain_listener.map(|i| {
             let mut local = listen[i];
             if local.ip().is_unspecified() {
                 local.set_ip(if local.is_ipv4() {
@@ -240,9 +241,10 @@ impl Broker {
                     std::net::Ipv6Addr::LOCALHOST.into()
                 });
             }
-            handle.bridges =
-                Some(crate::bridge::Bridges::start(&config.bridges, local, &bridge_counters));
-        }
+            local
+        });
+        *handle.bridges.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            crate::bridge::Bridges::start(&config.bridges, local, &bridge_counters);
         Ok(handle)
     }
 }
@@ -288,10 +290,8 @@ pub struct BrokerHandle {
     mesh: Option<MeshBuilder<MeshMsg, Full>>,
     /// The sending side of the control plane.
     control: control::Control,
-    /// Running bridges (stopped before the shards).
-    bridges: Option<crate::bridge::Bridges>,
-    /// Each configured bridge's counters, in configuration order.
-    bridge_counters: Vec<Arc<crate::core::shard::BridgeCounters>>,
+    /// Running bridges (stopped before the shards), shared with the admin API.
+    bridges: Arc<std::sync::Mutex<crate::bridge::Bridges>>,
     /// The cluster runtime (`None` for a single node); leaves the cluster before the shards
     /// stop.
     cluster: Option<crate::cluster::runtime::ClusterRuntime>,
@@ -303,10 +303,9 @@ impl BrokerHandle {
         &self.addrs
     }
 
-    /// Each configured bridge's counters (connected, forwarded, failures), in configuration
-    /// order: the admin API's `GET /api/v1/bridges`.
-    pub fn bridge_counters(&self) -> Vec<Arc<crate::core::shard::BridgeCounters>> {
-        self.bridge_counters.clone()
+    /// The running bridges, for the admin API (`/api/v1/bridges`: list, add, remove).
+    pub fn bridges(&self) -> crate::bridge::BridgeAdmin {
+        crate::bridge::BridgeAdmin::new(self.bridges.clone(), self.control.clone())
     }
 
     /// The cluster runtime's view for the admin API (`None` for a single node).
@@ -340,9 +339,7 @@ impl BrokerHandle {
     }
 
     fn stop_and_join(&mut self) -> Vec<String> {
-        if let Some(mut b) = self.bridges.take() {
-            b.stop();
-        }
+        self.bridges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stop();
         if let Some(c) = self.cluster.take() {
             c.stop();
         }

@@ -18,7 +18,19 @@ use crate::core::delivery::tx::SlowChange;
 use crate::core::mesh::{Message, Origin};
 use crate::core::policy::Denial;
 use crate::core::sessions::conn::Phase;
-use crate::core::shard::{CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
+use crate::core::shard::{BridgeCounters, CloseKind, ShardCore, CLOSING_LINGER, SCAN_INTERVAL};
+
+/// A bridge's `$SYS/broker/bridges/NAME/…` topics, in `publish_sys`'s order.
+const BRIDGE_SYS_TOPICS: [&str; 8] = [
+    "connected",
+    "forwarded/out",
+    "forwarded/in",
+    "connect_failures",
+    "dropped",
+    "queue/messages",
+    "queue/bytes",
+    "inflight",
+];
 
 /// Slow consumers named in the log per scan; past this, one line says how many more.
 const SLOW_WARNINGS_PER_SCAN_MAX: usize = 8;
@@ -137,13 +149,34 @@ impl ShardCore {
         self.ops.queued_messages = queued_messages;
         self.ops.queued_bytes = queued_bytes;
         // A bridge's local session lives on one shard: that shard reports its depth.
-        for b in &self.config.stats.bridges {
+        for b in &self.bridges {
             if let Some(slot) = self.sessions.find(&b.local_client_id) {
                 let s = self.sessions.get(slot);
                 let (queued, inflight) = (s.queue().len() as u64, s.inflight().len() as u64);
                 b.queued.store(queued, Ordering::Relaxed);
                 b.inflight.store(inflight, Ordering::Relaxed);
                 b.queued_bytes.store(s.queue_bytes(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The running bridges changed (the admin API added or removed one). Shard 0 clears the
+    /// retained `$SYS` topics of a removed bridge.
+    pub fn set_bridges(&mut self, bridges: Vec<Arc<BridgeCounters>>, now: Instant) {
+        let removed: Vec<String> = self
+            .bridges
+            .iter()
+            .filter(|b| !bridges.iter().any(|n| Arc::ptr_eq(n, b)))
+            .map(|b| b.name.clone())
+            .collect();
+        self.bridges = bridges;
+        if self.shard.0 != 0 {
+            return;
+        }
+        for name in removed {
+            for what in BRIDGE_SYS_TOPICS {
+                // An empty retained message clears the topic [MQTT-3.3.1-10].
+                self.publish_sys_value(format!("$SYS/broker/bridges/{name}/{what}"), "", now);
             }
         }
     }
@@ -197,24 +230,24 @@ impl ShardCore {
             ("$SYS/broker/websocket/failures", totals[13].to_string()),
             ("$SYS/broker/handshakes/refused_busy", totals[14].to_string()),
         ];
-        let received_at_ms = self.uptime_ms(now);
         let denied = Denial::ALL
             .iter()
             .zip(denials)
             .map(|(d, n)| (format!("$SYS/broker/denied/{}", d.name()), n.to_string()));
         let mut entries: Vec<(String, String)> =
             entries.into_iter().map(|(t, v)| (t.to_owned(), v)).chain(denied).collect();
-        for b in &self.config.stats.bridges {
-            for (what, v) in [
-                ("connected", &b.connected),
-                ("forwarded/out", &b.forwarded_out),
-                ("forwarded/in", &b.forwarded_in),
-                ("connect_failures", &b.connect_failures),
-                ("dropped", &b.dropped),
-                ("queue/messages", &b.queued),
-                ("queue/bytes", &b.queued_bytes),
-                ("inflight", &b.inflight),
-            ] {
+        for b in &self.bridges {
+            let values = [
+                &b.connected,
+                &b.forwarded_out,
+                &b.forwarded_in,
+                &b.connect_failures,
+                &b.dropped,
+                &b.queued,
+                &b.queued_bytes,
+                &b.inflight,
+            ];
+            for (what, v) in BRIDGE_SYS_TOPICS.iter().zip(values) {
                 let topic = format!("$SYS/broker/bridges/{}/{what}", b.name);
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
             }
@@ -239,16 +272,21 @@ impl ShardCore {
             }
         }
         for (topic, value) in entries {
-            let msg = Message {
-                topic: ByteStr::from(topic),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: None,
-                origin: Origin { shard: self.shard, session: u32::MAX },
-                received_at_ms,
-            };
-            self.route_message(Arc::new(msg), now);
+            self.publish_sys_value(topic, &value, now);
         }
+    }
+
+    /// Publishes one `$SYS` value, retained, as an ordinary broker message.
+    fn publish_sys_value(&mut self, topic: String, value: &str, now: Instant) {
+        let msg = Message {
+            topic: ByteStr::from(topic),
+            payload: Bytes::from(value.to_owned()),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: None,
+            origin: Origin { shard: self.shard, session: u32::MAX },
+            received_at_ms: self.uptime_ms(now),
+        };
+        self.route_message(Arc::new(msg), now);
     }
 }
