@@ -65,7 +65,7 @@ pub struct BridgeTls {
 pub struct BridgeConfig {
     /// Unique name (logs, `$SYS/broker/bridges/NAME/...`, the default client ids).
     pub name: String,
-    /// Remote `HOST:PORT`s, tried in turn.
+    /// Remote `HOST:PORT`s (`HOST:PORT/PATH` for WebSocket), tried in turn.
     pub addresses: Vec<String>,
     /// MQTT version spoken to the remote broker (3.1.1 or 5.0).
     pub protocol: ProtocolVersion,
@@ -98,8 +98,11 @@ pub struct BridgeConfig {
     pub local_password: Option<String>,
     /// Unacknowledged QoS 1/2 messages per direction.
     pub inflight_max: u16,
-    /// TLS to the remote (every address is `mqtts://`), or none (every one is `mqtt://`).
+    /// TLS to the remote (every address is `mqtts://` or `wss://`), or none.
     pub tls: Option<BridgeTls>,
+    /// MQTT over WebSocket (every address is `ws://` or `wss://`; each address then ends
+    /// with its path, `/mqtt` unless given).
+    pub websocket: bool,
 }
 
 impl BridgeTable {
@@ -113,26 +116,48 @@ impl BridgeTable {
         let mut addresses = Vec::new();
         let mut schemes = Vec::new();
         for a in self.address.iter().chain(self.addresses.iter().flatten()) {
-            let (tls, hostport) = match a.split_once("://") {
-                None => (false, a.as_str()),
-                Some(("mqtt" | "tcp", rest)) => (false, rest),
-                Some(("mqtts" | "ssl" | "tls", rest)) => (true, rest),
+            let (tls, ws, rest) = match a.split_once("://") {
+                None => (false, false, a.as_str()),
+                Some(("mqtt" | "tcp", rest)) => (false, false, rest),
+                Some(("mqtts" | "ssl" | "tls", rest)) => (true, false, rest),
+                Some(("ws", rest)) => (false, true, rest),
+                Some(("wss", rest)) => (true, true, rest),
                 Some((scheme, _)) => {
                     return Err(err(
                         "address",
-                        format!("{a:?}: scheme {scheme}:// is not supported (mqtt://, mqtts://)"),
+                        format!(
+                            "{a:?}: scheme {scheme}:// is not supported (mqtt://, mqtts://, \
+                             ws://, wss://)"
+                        ),
                     ))
                 }
             };
-            schemes.push(tls);
+            // WebSocket addresses keep their path (default /mqtt); others have none.
+            let (hostport, path) = match rest.find('/') {
+                Some(i) if ws => (&rest[..i], &rest[i..]),
+                None if ws => (rest, "/mqtt"),
+                Some(_) => {
+                    return Err(err("address", format!("{a:?}: a path needs ws:// or wss://")))
+                }
+                None => (rest, ""),
+            };
+            schemes.push((tls, ws));
             if hostport.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(err("address", format!("{a:?}: expected mqtt://HOST:PORT")));
             }
-            addresses.push(hostport.to_string());
+            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(err("address", format!("{a:?}: the path has a space")));
+            }
+            addresses.push(format!("{hostport}{path}"));
         }
         if addresses.is_empty() || addresses.len() > ADDRESSES_MAX {
             return Err(err("address", format!("1 to {ADDRESSES_MAX} addresses")));
         }
+        let websocket = schemes.first().is_some_and(|(_, ws)| *ws);
+        if schemes.iter().any(|(_, ws)| *ws != websocket) {
+            return Err(err("address", "all WebSocket (ws://, wss://) or none".into()));
+        }
+        let schemes: Vec<bool> = schemes.into_iter().map(|(tls, _)| tls).collect();
         let tls = match (schemes.iter().all(|t| *t), schemes.iter().any(|t| *t)) {
             (true, _) => match self.tls_ca_file {
                 Some(ca_file) => {
@@ -145,10 +170,15 @@ impl BridgeTable {
                         key_file: self.tls_key_file,
                     })
                 }
-                None => return Err(err("tls_ca_file", "mqtts:// needs the remote's CA".into())),
+                None => {
+                    return Err(err(
+                        "tls_ca_file",
+                        "mqtts:// and wss:// need the remote's CA".into(),
+                    ))
+                }
             },
             (false, true) => {
-                return Err(err("address", "all mqtt:// or all mqtts://, not both".into()))
+                return Err(err("address", "all with TLS (mqtts://, wss://) or none".into()))
             }
             (false, false) => None,
         };
@@ -194,6 +224,7 @@ impl BridgeTable {
             local_password: self.local_password,
             inflight_max,
             tls,
+            websocket,
         })
     }
 }
@@ -247,8 +278,17 @@ mod tests {
         let base = "[[bridge]]\nname = \"b\"\ntopics = [\"a out 1\"]\n";
         let e = table(base).unwrap_err();
         assert!(e.contains("address"), "{e}");
-        let e = table(&format!("{base}address = \"ws://h:1\"\n")).unwrap_err();
+        let e = table(&format!("{base}address = \"http://h:1\"\n")).unwrap_err();
         assert!(e.contains("not supported"), "{e}");
+        let ws = table(&format!("{base}address = \"ws://h:1\"\n")).unwrap();
+        assert!(ws[0].websocket && ws[0].tls.is_none());
+        assert_eq!(ws[0].addresses, vec!["h:1/mqtt".to_string()]);
+        let wss = table(&format!("{base}address = \"wss://h:1/x/y\"\ntls_ca_file = \"c\"\n"));
+        assert_eq!(wss.unwrap()[0].addresses, vec!["h:1/x/y".to_string()]);
+        let e = table(&format!("{base}addresses = [\"ws://h:1\", \"h:2\"]\n")).unwrap_err();
+        assert!(e.contains("WebSocket"), "{e}");
+        let e = table(&format!("{base}address = \"h:1/x\"\n")).unwrap_err();
+        assert!(e.contains("path"), "{e}");
         let e = table(&format!("{base}address = \"mqtts://h:1\"\n")).unwrap_err();
         assert!(e.contains("tls_ca_file"), "{e}");
         let ok = table(&format!("{base}address = \"mqtts://h:1\"\ntls_ca_file = \"ca.pem\"\n"));

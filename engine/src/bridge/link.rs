@@ -120,7 +120,7 @@ impl Link {
         };
         let refused = |addr: &str, r: ReasonCode| format!("{addr}: CONNACK refused: 0x{:02X}", r.0);
         let bridge_bit = !v5 && cfg.try_private;
-        let opened = open(addr, client_tls, &remote_connect, bridge_bit, sockets);
+        let opened = open(addr, client_tls, cfg.websocket, &remote_connect, bridge_bit, sockets);
         let (remote, remote_buf, ack) = match opened {
             Ok(o) => o,
             // A 3.1.1 broker that does not know the bridge bit refuses the level: connect as
@@ -134,10 +134,12 @@ impl Link {
                 if stop.load(Ordering::Relaxed) {
                     return Err("stopped".into());
                 }
-                open(addr, client_tls, &remote_connect, false, sockets).map_err(|e| match e {
-                    OpenError::Refused(r) => refused(addr, r),
-                    OpenError::Other(s) => s,
-                })?
+                open(addr, client_tls, cfg.websocket, &remote_connect, false, sockets).map_err(
+                    |e| match e {
+                        OpenError::Refused(r) => refused(addr, r),
+                        OpenError::Other(s) => s,
+                    },
+                )?
             }
             Err(OpenError::Refused(r)) => return Err(refused(addr, r)),
             Err(OpenError::Other(s)) => return Err(s),
@@ -177,7 +179,7 @@ impl Link {
             },
         };
         let (local, local_buf, local_ack) =
-            open(&local_addr.to_string(), None, &local_connect, false, sockets).map_err(
+            open(&local_addr.to_string(), None, false, &local_connect, false, sockets).map_err(
                 |e| match e {
                     OpenError::Refused(r) => refused("this broker", r),
                     OpenError::Other(s) => s,

@@ -17,6 +17,7 @@ mod link;
 mod side;
 mod tls;
 pub mod topics;
+mod ws;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

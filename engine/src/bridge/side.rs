@@ -143,14 +143,20 @@ impl From<String> for OpenError {
     }
 }
 
-/// Opens `addr` (TCP, then TLS when `tls` is given) and completes CONNECT/CONNACK.
+/// Opens `addr` (`HOST:PORT`, or `HOST:PORT/PATH` for WebSocket: TCP, then TLS when `tls`
+/// is given, then WebSocket when `websocket`) and completes CONNECT/CONNACK.
 pub(super) fn open(
     addr: &str,
     tls: Option<&tls::ClientTls>,
+    websocket: bool,
     connect: &Connect,
     bridge_bit: bool,
     sockets: &Mutex<Vec<TcpStream>>,
 ) -> Result<(Stream, BytesMut, ConnAck), OpenError> {
+    let (addr, path) = match addr.find('/') {
+        Some(i) => (&addr[..i], &addr[i..]),
+        None => (addr, "/mqtt"),
+    };
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let sock: SocketAddr = addr
         .to_socket_addrs()
@@ -170,6 +176,11 @@ pub(super) fn open(
         Some(t) => t.connect(host, tcp).map_err(|e| format!("{addr}: TLS: {e}"))?,
         None => Stream::Plain(tcp),
     };
+    if websocket {
+        let ws = super::ws::WsStream::connect(stream, addr, path, u64::from(PACKET_SIZE_MAX_BYTES))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        stream = Stream::Ws(Box::new(ws));
+    }
     let mut buf = BytesMut::new();
     encode(&Packet::Connect(Box::new(connect.clone())), connect.protocol, &mut buf)
         .map_err(|e| e.to_string())?;
@@ -183,6 +194,9 @@ pub(super) fn open(
     let mut rbuf = BytesMut::new();
     let limits = Limits { packet_size_max_bytes: PACKET_SIZE_MAX_BYTES };
     let mut chunk = vec![0u8; 4096];
+    let started = Instant::now();
+    // Still within the connect timeout (a socket's read timeout also reads as WouldBlock).
+    let waited = |t: Instant| t.elapsed() < CONNECT_TIMEOUT;
     loop {
         match decode(&mut rbuf, &limits, connect.protocol) {
             Ok(Some(Packet::ConnAck(ack))) => {
@@ -200,6 +214,8 @@ pub(super) fn open(
         match stream.read(&mut chunk) {
             Ok(0) => return Err(format!("{addr}: closed before CONNACK").into()),
             Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+            // A WebSocket read that gave only a control frame or part of a frame.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && waited(started) => {}
             Err(e) => return Err(format!("{addr}: waiting for CONNACK: {e}").into()),
         }
     }

@@ -1,4 +1,4 @@
-//! TLS to a bridge's remote broker (`mqtts://`): rustls as a client over a blocking socket,
+//! TLS to a bridge's remote broker (`mqtts://`, `wss://`): rustls as a client over a blocking socket,
 //! verifying the remote's certificate against `tls_ca_file` (and presenting
 //! `tls_cert_file` / `tls_key_file` when the remote asks for a client certificate).
 
@@ -75,6 +75,8 @@ pub(super) enum Stream {
     Plain(TcpStream),
     /// `mqtts://`.
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    /// `ws://` or `wss://`: WebSocket over one of the above.
+    Ws(Box<super::ws::WsStream>),
 }
 
 impl Stream {
@@ -83,6 +85,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => &s.sock,
+            Stream::Ws(w) => w.inner().tcp(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Stream {
             Stream::Tls(s) => {
                 s.conn.process_new_packets().is_ok_and(|st| st.plaintext_bytes_to_read() > 0)
             }
+            Stream::Ws(w) => w.buffered(),
         }
     }
 }
@@ -102,6 +106,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
+            Stream::Ws(w) => w.read(buf),
         }
     }
 }
@@ -111,6 +116,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(s) => s.write(buf),
+            Stream::Ws(w) => w.write(buf),
         }
     }
 
@@ -118,6 +124,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
+            Stream::Ws(w) => w.flush(),
         }
     }
 }

@@ -89,8 +89,9 @@ class Net:
 
     def start_edge(self, topics: list[str], protocol: str = "3.1.1", credentials=None,
                    durable: bool = False, tls=None, remote_port: int | None = None,
-                   http_port: int | None = None) -> Proc:
-        """`tls`: (ca, cert, key) paths to reach the remote over TLS on `remote_port`."""
+                   http_port: int | None = None, scheme: str | None = None) -> Proc:
+        """`tls`: (ca, cert, key) paths to reach the remote over TLS on `remote_port`;
+        `scheme`: the remote address's scheme (default mqtts with `tls`, else mqtt)."""
         port = _free_port()
         name = "b" + uid()[:6]
         self.bridge_name = name
@@ -112,7 +113,7 @@ class Net:
         else:
             conf = self.tmp / "edge.toml"
             rules = ", ".join('"' + t.replace('"', '\\"') + '"' for t in topics)
-            scheme = "mqtts" if tls else "mqtt"
+            scheme = scheme or ("mqtts" if tls else "mqtt")
             text = (f'listen = ["127.0.0.1:{port}"]\nshards = 2\nno_pin = true\nlog_level = "info"\n'
                     f"sys_interval_secs = 1\n"
                     f'[[bridge]]\nname = "{name}"\naddress = "{scheme}://127.0.0.1:{remote}"\n'
@@ -493,6 +494,44 @@ def test_tls_to_the_remote_with_a_client_certificate(net, tmp_path):
         remote_pub.publish("sec/in", b"%d" % i, 1)
     assert [m.payload for m in remote_sub.get_n(10)] == [b"%d" % i for i in range(10)]
     assert [m.payload for m in edge_sub.get_n(10)] == [b"%d" % i for i in range(10)]
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_websocket_to_the_remote(net, tmp_path, scheme):
+    """`ws://` and `wss://` remotes (MQTT over WebSocket, MQTT 5.0 §6): messages of every
+    size cross both ways through Mosquitto's WebSocket listener, in order; Mosquitto's
+    bridge cannot connect over WebSocket, so this runs against shardmq's only."""
+    if is_mosquitto():
+        pytest.skip("Mosquitto's bridges connect over TCP/TLS only")
+    from tlsutil import Pki
+
+    ws_port = _free_port()
+    extra = [f"listener {ws_port} 127.0.0.1", "protocol websockets"]
+    tls = None
+    if scheme == "wss":
+        pki = Pki(tmp_path)
+        server_cert, server_key = pki.issue("localhost", server=True)
+        client_cert, client_key = pki.issue("edge-bridge")
+        extra += [f"cafile {pki.ca}", f"certfile {server_cert}", f"keyfile {server_key}"]
+        tls = (pki.ca, client_cert, client_key)
+    net.start_remote(extra)
+    net.start_edge(["web/# both 1"], tls=tls, remote_port=ws_port, scheme=scheme,
+                   protocol="5.0")
+    remote_sub = net.client(net.remote, 4)
+    remote_sub.subscribe("web/out", 1)
+    edge_pub = net.client(net.edge, 4)
+    link_up(edge_pub, "web/out", remote_sub)
+    edge_sub = net.client(net.edge, 4)
+    edge_sub.subscribe("web/in", 1)
+    remote_pub = net.client(net.remote, 4)
+    link_up(remote_pub, "web/in", edge_sub)
+    sizes = [0, 1, 125, 126, 65_535, 65_536, 300_000] + [10] * 43
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    for p in payloads:
+        edge_pub.publish("web/out", p, 1)
+        remote_pub.publish("web/in", p, 1)
+    assert [m.payload for m in remote_sub.get_n(len(payloads))] == payloads
+    assert [m.payload for m in edge_sub.get_n(len(payloads))] == payloads
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5.0"])

@@ -77,6 +77,9 @@ pub(crate) struct Deframer {
     in_message: bool,
     /// The largest data frame accepted (the broker's maximum packet size).
     frame_max_bytes: u64,
+    /// The client's side (a bridge to a `ws://` remote): frames from the server are not
+    /// masked, and ours (the control answers) are (§5.1).
+    client: bool,
 }
 
 impl Deframer {
@@ -88,7 +91,14 @@ impl Deframer {
             control: Vec::new(),
             in_message: false,
             frame_max_bytes,
+            client: false,
         }
+    }
+
+    /// A client's deframer (frames from a server), accepting data frames up to
+    /// `frame_max_bytes`; its answers in `reply` are masked.
+    pub(crate) fn new_client(frame_max_bytes: u64) -> Deframer {
+        Deframer { client: true, ..Deframer::new(frame_max_bytes) }
     }
 
     /// Feeds bytes from the client: binary payload bytes are appended to `mqtt`, answers
@@ -167,31 +177,31 @@ impl Deframer {
             127 => 8,
             _ => 0,
         };
-        // The mask key is always there: an unmasked client frame is refused below.
-        let total = 2 + len_bytes + 4;
+        let masked = h[1] & 0x80 != 0;
+        // §5.1: a server MUST close the connection on an unmasked client frame, and a
+        // client on a masked server frame.
+        if masked == self.client {
+            let why = if self.client { "masked server frame" } else { "unmasked client frame" };
+            return Err(self.close(close_code::PROTOCOL_ERROR, why, reply));
+        }
+        let total = 2 + len_bytes + if masked { 4 } else { 0 };
         if h.len() < total {
-            if h[1] & 0x80 == 0 {
-                return Err(self.close(close_code::PROTOCOL_ERROR, "unmasked client frame", reply));
-            }
             return Ok(None);
         }
         let fin = h[0] & 0x80 != 0;
         let rsv = h[0] & 0x70;
         let opcode = h[0] & 0x0F;
-        let masked = h[1] & 0x80 != 0;
         let len: u64 = match len_bytes {
             0 => u64::from(h[1] & 0x7F),
             2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
             _ => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
         };
-        let mask: [u8; 4] = h[2 + len_bytes..total].try_into().expect("4 bytes");
+        // An unmasked frame XORs with zeros.
+        let mask: [u8; 4] =
+            if masked { h[2 + len_bytes..total].try_into().expect("4 bytes") } else { [0; 4] };
         let used = total - had;
         self.header.clear();
 
-        // §5.1: a server MUST close the connection on an unmasked client frame.
-        if !masked {
-            return Err(self.close(close_code::PROTOCOL_ERROR, "unmasked client frame", reply));
-        }
         // §5.2: reserved bits must be 0 unless an extension was negotiated (none is).
         if rsv != 0 {
             return Err(self.close(close_code::PROTOCOL_ERROR, "reserved bits set", reply));
@@ -249,7 +259,7 @@ impl Deframer {
             // §5.5.2: a Pong with the Ping's payload.
             OP_PING => {
                 let payload = std::mem::take(&mut self.control);
-                control_frame(OP_PONG, &payload, reply);
+                self.answer(OP_PONG, &payload, reply);
                 self.control = payload;
                 Ok(())
             }
@@ -267,7 +277,7 @@ impl Deframer {
                     _ => Some(u16::from_be_bytes([self.control[0], self.control[1]])),
                 };
                 let code = code.unwrap_or(close_code::NORMAL);
-                control_frame(OP_CLOSE, &code.to_be_bytes(), reply);
+                self.answer(OP_CLOSE, &code.to_be_bytes(), reply);
                 self.state = State::Closed;
                 Err(WsClosed { code, reason: None })
             }
@@ -275,9 +285,18 @@ impl Deframer {
         }
     }
 
+    /// Appends a control frame answering the peer: masked on a client's side.
+    fn answer(&self, opcode: u8, payload: &[u8], reply: &mut Vec<u8>) {
+        if self.client {
+            client_frame(opcode, payload, reply);
+        } else {
+            control_frame(opcode, payload, reply);
+        }
+    }
+
     /// Queues a close frame with `code` and stops reading.
     fn close(&mut self, code: u16, reason: &'static str, reply: &mut Vec<u8>) -> WsClosed {
-        control_frame(OP_CLOSE, &code.to_be_bytes(), reply);
+        self.answer(OP_CLOSE, &code.to_be_bytes(), reply);
         self.state = State::Closed;
         WsClosed { code, reason: Some(reason) }
     }
@@ -289,6 +308,23 @@ pub(crate) fn control_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.push(0x80 | opcode);
     out.push(payload.len() as u8);
     out.extend_from_slice(payload);
+}
+
+/// Appends a final, masked frame (client to server, §5.1, §5.3) with a fresh random mask.
+pub(crate) fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    let mut mask = [0u8; 4];
+    getrandom::getrandom(&mut mask).expect("the operating system's random number generator");
+    let (h, n) = data_header(payload.len());
+    out.push(0x80 | opcode);
+    out.push(h[1] | 0x80);
+    out.extend_from_slice(&h[2..n]);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+/// A client's binary frame carrying `payload`.
+pub(crate) fn client_binary_frame(payload: &[u8], out: &mut Vec<u8>) {
+    client_frame(OP_BINARY, payload, out);
 }
 
 /// The header of an unmasked, final binary frame carrying `len` payload bytes (§5.2):

@@ -126,15 +126,21 @@ fn check(req: &httparse::Request<'_, '_>, settings: &WsSettings, used: usize) ->
             }
         }
     }
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(ACCEPT_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let accept = accept_key(&key);
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
     );
     Answer::Upgrade { response: response.into_bytes(), used }
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (§4.2.2): base64 of the SHA-1 of the
+/// key and the GUID of §1.3.
+pub(crate) fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(ACCEPT_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
 fn refuse(status: u16, text: &str, reason: &str, extra: &[&str]) -> Answer {

@@ -144,3 +144,44 @@ fn server_headers_use_the_shortest_length_form() {
     let (h, n) = data_header(65_536);
     assert_eq!((n, &h[..n]), (10, &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0][..]));
 }
+
+/// The client's side (bridges to `ws://` remotes): unmasked server frames are read, in any
+/// split, fragmented or not; a masked one closes with 1002 (§5.1); a ping is answered with a
+/// masked pong carrying its payload.
+#[test]
+fn a_client_reads_unmasked_server_frames_and_masks_its_answers() {
+    let mut input = frame(0x02, b"he", None); // binary, not final
+    input.extend(frame(0x89, b"p!", None)); // a ping between the fragments
+    input.extend(frame(0x80, b"llo", None)); // the final continuation
+    input.extend(frame(0x82, &[7u8; 300], None)); // a 16-bit length
+    for step in [1, 2, 5, input.len()] {
+        let mut d = Deframer::new_client(1 << 20);
+        let (mqtt, reply, err) = feed_in_steps(&mut d, &input, step);
+        assert_eq!(err, None, "step {step}");
+        assert_eq!(&mqtt[..5], b"hello");
+        assert_eq!(&mqtt[5..], &[7u8; 300][..]);
+        // A masked pong (0x8A, mask bit, length 2, 4 key bytes, 2 masked bytes).
+        assert_eq!((reply[0], reply[1], reply.len()), (0x8A, 0x82, 8), "step {step}");
+        let key = &reply[2..6];
+        assert_eq!([reply[6] ^ key[0], reply[7] ^ key[1]], *b"p!");
+    }
+    let mut d = Deframer::new_client(1 << 20);
+    let (_, reply, err) = feed_in_steps(&mut d, &binary(b"x"), 1);
+    assert_eq!(err.map(|e| e.code), Some(close_code::PROTOCOL_ERROR));
+    assert_eq!(reply[0], 0x88);
+    assert_ne!(reply[1] & 0x80, 0, "a client's close is masked");
+}
+
+#[test]
+fn client_frames_are_masked_and_unmask_to_the_payload() {
+    for len in [0usize, 125, 126, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        client_binary_frame(&payload, &mut out);
+        // A server deframer (masks required) reads it back.
+        let mut d = Deframer::new(1 << 20);
+        let (mqtt, _, err) = feed_in_steps(&mut d, &out, 7);
+        assert_eq!(err, None, "len {len}");
+        assert_eq!(mqtt, payload, "len {len}");
+    }
+}
