@@ -296,7 +296,7 @@ mod tests {
         let e =
             table(&format!("{base}addresses = [\"mqtts://h:1\", \"h:2\"]\ntls_ca_file = \"c\"\n"))
                 .unwrap_err();
-        assert!(e.contains("not both"), "{e}");
+        assert!(e.contains("or none"), "{e}");
         let e = table(&format!("{base}address = \"h:1\"\nprotocol = \"6\"\n")).unwrap_err();
         assert!(e.contains("protocol"), "{e}");
         let e = table(&format!("{base}address = \"h:1\"\n{base}address = \"h:2\"\n")).unwrap_err();
