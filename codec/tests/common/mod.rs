@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod properties;
 pub mod strategies;
 
 use bytes::BytesMut;
