@@ -53,7 +53,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let broker = Broker::start(config)?;
-    let reloader = Arc::new(Reloader::new(config.clone(), broker.control()));
+    let reloader = Arc::new(
+        Reloader::new(config.clone(), broker.control())
+            .with_cluster_tls(broker.cluster_tls_reloader()),
+    );
     let http = match config.ops.http {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();

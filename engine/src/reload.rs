@@ -109,12 +109,26 @@ pub struct Reloader {
     generation: AtomicU64,
     /// The last reload sent, if any (for `GET /api/v1/config`).
     last: Mutex<Option<Arc<Reload>>>,
+    /// The cluster's link TLS files, reloaded with the rest (a node with `--cluster-tls-*`).
+    cluster_tls: Option<crate::cluster::TlsReloader>,
 }
 
 impl Reloader {
     /// A reloader for the broker started with `config`.
     pub fn new(config: Config, control: Control) -> Reloader {
-        Reloader { config, control, generation: AtomicU64::new(0), last: Mutex::new(None) }
+        Reloader {
+            config,
+            control,
+            generation: AtomicU64::new(0),
+            last: Mutex::new(None),
+            cluster_tls: None,
+        }
+    }
+
+    /// Also reloads the cluster's link TLS files (`BrokerHandle::cluster_tls_reloader`).
+    pub fn with_cluster_tls(mut self, tls: Option<crate::cluster::TlsReloader>) -> Reloader {
+        self.cluster_tls = tls;
+        self
     }
 
     /// The configuration the broker started with.
@@ -161,6 +175,12 @@ impl Reloader {
                 }
             },
         };
+        if let Some(t) = &self.cluster_tls {
+            // New link handshakes use the new files; links already up keep theirs.
+            if let Err(e) = t.reload() {
+                errors.push(format!("cluster TLS (old files kept): {e}"));
+            }
+        }
         reload.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if let Err(e) = crate::logging::set_level(&reload.log_level) {
             tracing::debug!("reload: log level not changed: {e}");

@@ -188,6 +188,37 @@ fn a_plain_tcp_node_cannot_join_a_tls_node() {
     assert!(!got.iter().any(|(_, m)| route_of(p.id, m)), "{got:?}");
 }
 
+/// SIGHUP's reload of the link TLS files (`TlsReloader`, called by the broker's
+/// `Reloader`): a node whose certificate and CA are rotated in place gets links to a node of
+/// the new CA once it reloads (new handshakes use the new files); a bad file on reload keeps
+/// the old ones and says which file.
+#[test]
+fn a_reload_rotates_a_nodes_certificate_and_ca_for_new_handshakes() {
+    let (old, new) = (Ca::new("rot-old"), Ca::new("rot-new"));
+    let a_files = old.node(31, &old);
+    let a = start(31, &[], Some(a_files.clone()));
+    let b = start(32, &[a.addr()], Some(new.node(32, &new)));
+    // Before the rotation no handshake between them can succeed.
+    a.wait_refusals(2);
+    let reloader = a.rt.tls_reloader().expect("a TLS node has a reloader");
+    // A broken key file on reload: refused, naming the file; the old files stay in use.
+    let good_key = std::fs::read(&a_files.key).unwrap();
+    std::fs::write(&a_files.key, b"not a key").unwrap();
+    let e = reloader.reload().unwrap_err();
+    assert!(e.contains("node-31.key"), "{e}");
+    std::fs::write(&a_files.key, good_key).unwrap();
+    // Rotate a's files in place to the new CA, and reload.
+    let rotated = new.node(31, &new);
+    std::fs::copy(&rotated.cert, &a_files.cert).unwrap();
+    std::fs::copy(&rotated.key, &a_files.key).unwrap();
+    std::fs::copy(&rotated.ca, &a_files.ca).unwrap();
+    reloader.reload().unwrap();
+    a.wait_link(b.id, LinkState::Up);
+    b.wait_link(a.id, LinkState::Up);
+    add_filter(&b, &a, "rotated/#", 1);
+    publish(&a, &b, "rotated/ok");
+}
+
 /// CPU seconds this process has used (user + system), from /proc/self/stat.
 fn cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();

@@ -21,3 +21,4 @@ mod net;
 pub mod runtime;
 mod stream;
 pub(crate) mod tls;
+pub use tls::TlsReloader;

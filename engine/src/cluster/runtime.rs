@@ -256,6 +256,11 @@ impl ClusterRuntime {
         self.tls.as_ref().map_or(0, |t| t.handshakes_failed())
     }
 
+    /// Reloads the link TLS files (`None` without `--cluster-tls-*`).
+    pub fn tls_reloader(&self) -> Option<super::TlsReloader> {
+        self.tls.clone().map(super::TlsReloader)
+    }
+
     /// The address the node links and gossip are bound to (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

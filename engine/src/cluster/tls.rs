@@ -53,18 +53,67 @@ pub(crate) type ServerStream = StreamOwned<ServerConnection, TcpStream>;
 /// by every writer and reader thread of the runtime.
 #[derive(Debug)]
 pub(crate) struct NodeTls {
-    client: Arc<ClientConfig>,
-    server: Arc<ServerConfig>,
+    /// The files, read again by [`NodeTls::reload`].
+    files: ClusterTls,
+    /// The configurations new handshakes use; replaced whole by a reload (links already up
+    /// keep theirs). A lock of the runtime's threads, never of a shard.
+    configs: std::sync::RwLock<Configs>,
     /// Handshakes that failed, as client and as server (each one is logged too).
     handshakes_failed: AtomicU64,
     /// The runtime's counters, where failures are also counted (`$SYS`, the admin API).
     counters: std::sync::OnceLock<Arc<crate::core::cluster::ClusterCounters>>,
 }
 
+/// One client and one server configuration, built from the same files.
+#[derive(Debug)]
+struct Configs {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+}
+
+/// Reloads a node's link TLS files (SIGHUP, `POST /api/v1/reload`).
+#[derive(Debug, Clone)]
+pub struct TlsReloader(pub(crate) Arc<NodeTls>);
+
+impl TlsReloader {
+    /// Reads the certificate, key and CA again; new handshakes use them, links already up
+    /// keep theirs. A bad file keeps the old ones (`Err` says which file and why).
+    pub fn reload(&self) -> Result<(), String> {
+        self.0.reload()
+    }
+}
+
 impl NodeTls {
     /// Reads and checks the files (the key must match the certificate). `Err` names the
     /// file and the problem.
     pub(crate) fn load(files: &ClusterTls) -> Result<NodeTls, String> {
+        Ok(NodeTls {
+            files: files.clone(),
+            configs: std::sync::RwLock::new(Configs::build(files)?),
+            handshakes_failed: AtomicU64::new(0),
+            counters: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Reads the files again; on success, new handshakes use them.
+    pub(crate) fn reload(&self) -> Result<(), String> {
+        let fresh = Configs::build(&self.files)?;
+        *self.configs.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        tracing::info!("cluster: link TLS files reloaded ({})", self.files.cert.display());
+        Ok(())
+    }
+
+    fn client(&self) -> Arc<ClientConfig> {
+        self.configs.read().unwrap_or_else(std::sync::PoisonError::into_inner).client.clone()
+    }
+
+    fn server(&self) -> Arc<ServerConfig> {
+        self.configs.read().unwrap_or_else(std::sync::PoisonError::into_inner).server.clone()
+    }
+}
+
+impl Configs {
+    fn build(files: &ClusterTls) -> Result<Configs, String> {
         let chain = read_certs(&files.cert, "certificate")?;
         let key = PrivateKeyDer::from_pem_file(&files.key)
             .map_err(|e| format!("{}: no usable private key ({e})", files.key.display()))?;
@@ -104,14 +153,11 @@ impl NodeTls {
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(NoServerSessionStorage {});
 
-        Ok(NodeTls {
-            client: Arc::new(client),
-            server: Arc::new(server),
-            handshakes_failed: AtomicU64::new(0),
-            counters: std::sync::OnceLock::new(),
-        })
+        Ok(Configs { client: Arc::new(client), server: Arc::new(server) })
     }
+}
 
+impl NodeTls {
     /// Counts failures in `counters` too (`link_handshake_failures`).
     pub(crate) fn count_in(&self, counters: Arc<crate::core::cluster::ClusterCounters>) {
         let _ = self.counters.set(counters);
@@ -134,7 +180,7 @@ impl NodeTls {
         tcp.set_read_timeout(Some(timeout))?;
         // The name is not checked (see the module doc); rustls needs one to send.
         let name = ServerName::IpAddress(peer.ip().into());
-        let conn = ClientConnection::new(self.client.clone(), name).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(self.client(), name).map_err(io::Error::other)?;
         let mut s = StreamOwned::new(conn, tcp);
         let r = (|| {
             while s.conn.is_handshaking() {
@@ -156,7 +202,7 @@ impl NodeTls {
     /// The reader's handshake with the writer at `peer` over `tcp` (whose read timeout bounds
     /// each read), then [`ACCEPTED`]. A failure closes the socket and is logged and counted.
     pub(crate) fn accept(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<ServerStream> {
-        let conn = ServerConnection::new(self.server.clone()).map_err(io::Error::other)?;
+        let conn = ServerConnection::new(self.server()).map_err(io::Error::other)?;
         let mut s = StreamOwned::new(conn, tcp);
         let r = (|| {
             while s.conn.is_handshaking() {

@@ -313,6 +313,11 @@ impl BrokerHandle {
         self.cluster.as_ref().map(|c| c.view())
     }
 
+    /// Reloads the cluster's link TLS files, if the node has them (for [`crate::reload::Reloader`]).
+    pub fn cluster_tls_reloader(&self) -> Option<crate::cluster::TlsReloader> {
+        self.cluster.as_ref().and_then(|c| c.tls_reloader())
+    }
+
     /// The address the cluster runtime is bound to (port 0 resolved), if in a cluster.
     pub fn cluster_addr(&self) -> Option<SocketAddr> {
         self.cluster.as_ref().map(|c| c.local_addr())
