@@ -1,5 +1,5 @@
 //! `shardmq-bench cluster`: cross-node fan-out on one machine. One publisher on node 1 at a
-//! fixed rate, N subscribers of its topic spread round robin over the nodes (by delivery
+//! fixed rate (or `--rate flood`), N subscribers of its topic spread round robin over the nodes (by delivery
 //! group: subscriber i on node `i % nodes`), against the same scenario on one node without a
 //! cluster. Every node gets the same `--broker-cpus` (with the default `1`, each node is one
 //! shard pinned to CPU 1, so three nodes share the core one node has; the harness is on CPU
@@ -28,7 +28,8 @@ use serde_json::Value;
 use crate::broker::{Broker, BrokerKind, BrokerOptions};
 use crate::cluster_join::{self, JoinRun};
 use crate::report::{Report, RunResult, ScenarioReport};
-use crate::scenario::{self, Kind, Pace, Params, Settings};
+use crate::scenario::{self, Kind, Params, Settings};
+use crate::spec::Pace;
 use crate::table;
 
 /// How long a cluster may take to form (every node alive, links up) before a run fails.
@@ -44,9 +45,11 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 1000)]
     pub subscribers: u32,
     /// Messages per second of the publisher (100: 100,000 deliveries a second with the
-    /// default 1,000 subscribers, well inside one core for one node).
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
+    /// default 1,000 subscribers, well inside one core for one node), `max` (closed loop) or
+    /// `flood` (unthrottled: the publisher writes as fast as TCP takes, so the node links'
+    /// windows and the receiving nodes' budgets decide what gets through).
+    #[arg(long, default_value = "100")]
+    pub rate: String,
     /// QoS of the PUBLISHes and the subscriptions.
     #[arg(long, default_value_t = 0)]
     pub qos: u8,
@@ -250,7 +253,7 @@ pub fn command(
     let mut params = Params::new(Kind::Fanout, a.subscribers.max(1));
     params.qos = a.qos;
     params.payload_bytes = a.payload_bytes;
-    Pace::Fixed(a.rate).apply(&mut params);
+    Pace::parse(&a.rate).map_err(|e| anyhow!(e))?.apply(&mut params);
     params.warmup_secs = a.warmup_secs;
     params.duration_secs = a.duration_secs;
     params.drain_secs = a.drain_secs;

@@ -43,13 +43,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: usize, shards: u16) -> Cluster {
+        Cluster::with_limits(nodes, shards, Limits::default())
+    }
+
+    fn with_limits(nodes: usize, shards: u16, limits: Limits) -> Cluster {
         let nodes: Vec<Sim> = (0..nodes)
             .map(|i| {
                 let core = ClusterCore {
                     node: NodeId(i as u16),
                     counters: Arc::new(ClusterCounters::default()),
                 };
-                Sim::with_cluster(shards, 7 + i as u64, Limits::default(), Some(core))
+                Sim::with_cluster(shards, 7 + i as u64, limits.clone(), Some(core))
             })
             .collect();
         let n = nodes.len();
@@ -483,3 +487,40 @@ fn a_subscription_next_to_a_shared_group_of_the_same_filter_is_routed_too() {
 
 #[path = "move_tests.rs"]
 mod moves;
+
+/// Back-pressure across nodes: while a node's subscribers' queues hold publishers back, its
+/// shards do not report other nodes' messages handled (`Handled`), so the runtime's inbound
+/// budget fills and the links stop reading, as a local publisher's socket would; once the
+/// subscriber reads again the credit goes back and nothing was lost.
+#[test]
+fn a_node_whose_subscribers_are_backed_up_holds_other_nodes_credit() {
+    let limits = Limits {
+        connection_tx_bytes_pause: 4096,
+        connection_tx_bytes_max: 1 << 20,
+        ..Limits::default()
+    };
+    let mut cl = Cluster::with_limits(2, 1, limits);
+    let p = cl.nodes[0].client("pub", V5);
+    cl.nodes[0].connect(p);
+    let s = cl.nodes[1].client("sub", V5);
+    cl.nodes[1].connect(s);
+    cl.run();
+    assert_eq!(cl.subscribe(1, s, &[("flood", QoS::AtMostOnce)]), vec![ReasonCode::SUCCESS]);
+    cl.nodes[1].clients[s].stalled = true;
+    let payload = "x".repeat(1000);
+    for _ in 0..10 {
+        cl.nodes[0].publish(p, "flood", &payload, QoS::AtMostOnce, false);
+    }
+    cl.run();
+    assert_eq!(cl.handed[1], 10, "every message reached node 1");
+    assert!(
+        cl.handled[1] < cl.handed[1],
+        "node 1 reported {} of {} handled while its subscriber is backed up",
+        cl.handled[1],
+        cl.handed[1]
+    );
+    cl.nodes[1].unstall(s);
+    cl.run();
+    assert_eq!(cl.handled[1], cl.handed[1], "the credit comes back once the queue drained");
+    assert_eq!(cl.nodes[1].clients[s].take_payloads().len(), 10, "nothing was dropped");
+}
