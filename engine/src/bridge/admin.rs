@@ -18,11 +18,15 @@ use crate::io::control::{Control, ControlMsg};
 pub struct BridgeAdmin {
     bridges: Arc<Mutex<Bridges>>,
     control: Control,
+    /// One change at a time, from its start to the shards being told: a removal's join and
+    /// its list cannot be overtaken by an addition (the shards would get an older list), and
+    /// a name being removed cannot be added again before its thread has stopped.
+    changing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BridgeAdmin {
     pub(crate) fn new(bridges: Arc<Mutex<Bridges>>, control: Control) -> BridgeAdmin {
-        BridgeAdmin { bridges, control }
+        BridgeAdmin { bridges, control, changing: Arc::new(tokio::sync::Mutex::new(())) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bridges> {
@@ -34,28 +38,40 @@ impl BridgeAdmin {
         self.lock().list()
     }
 
-    /// Starts `cfg`, then tells every shard (so `$SYS` reports it).
+    /// Starts `cfg`, then tells every shard (so `$SYS` reports it). The change runs as a
+    /// task of its own: a caller that goes away does not leave it half done.
     pub async fn add(&self, cfg: BridgeConfig) -> Result<Arc<BridgeCounters>, AddError> {
-        let (counters, all) = {
-            let mut b = self.lock();
-            let c = b.add(cfg)?;
-            (c, b.counters())
-        };
-        self.tell_shards(all).await;
-        Ok(counters)
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let _one = me.changing.lock().await;
+            let (counters, all) = {
+                let mut b = me.lock();
+                let c = b.add(cfg)?;
+                (c, b.counters())
+            };
+            me.tell_shards(all).await;
+            Ok(counters)
+        });
+        task.await.unwrap_or_else(|e| Err(AddError::Refused(format!("adding the bridge: {e}"))))
     }
 
-    /// Stops the bridge `name` and waits for its thread (off the caller's thread); `None`
-    /// when no such bridge runs.
+    /// Stops the bridge `name` and waits for its thread (off the caller's thread), then
+    /// tells the shards; `None` when no such bridge runs.
     pub async fn remove(&self, name: &str) -> Option<Arc<BridgeConfig>> {
-        let (cfg, join, all) = {
-            let mut b = self.lock();
-            let (cfg, join) = b.remove(name)?;
-            (cfg, join, b.counters())
-        };
-        let _ = tokio::task::spawn_blocking(join).await;
-        self.tell_shards(all).await;
-        Some(cfg)
+        let me = self.clone();
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            let _one = me.changing.lock().await;
+            let (cfg, join, all) = {
+                let mut b = me.lock();
+                let (cfg, join) = b.remove(&name)?;
+                (cfg, join, b.counters())
+            };
+            let _ = tokio::task::spawn_blocking(join).await;
+            me.tell_shards(all).await;
+            Some(cfg)
+        });
+        task.await.ok().flatten()
     }
 
     async fn tell_shards(&self, all: Vec<Arc<BridgeCounters>>) {

@@ -109,8 +109,12 @@ impl BridgeTable {
     /// Checks the table; errors name the bridge and the key.
     pub fn resolve(self) -> Result<BridgeConfig, String> {
         let name = self.name.trim().to_string();
-        if name.is_empty() || name.contains(['/', '+', '#']) {
-            return Err(format!("bridge name {:?}: non-empty, without / + #", self.name));
+        if name.is_empty() || name.contains(['/', '+', '#']) || name.chars().any(char::is_control) {
+            // It names a thread and `$SYS/broker/bridges/NAME/…` topics [MQTT-1.5.4-2].
+            return Err(format!(
+                "bridge {:?}: name: non-empty, without / + # or control characters",
+                self.name
+            ));
         }
         let err = |key: &str, why: String| format!("bridge {name:?}: {key}: {why}");
         let mut addresses = Vec::new();

@@ -1,5 +1,6 @@
 //! One bridge's connection pair: a persistent MQTT 5.0 session at this broker (over
-//! loopback, to a plain `mqtt://` listener) and a session at the remote broker (TCP or TLS),
+//! loopback, to a plain `mqtt://` listener) and a session at the remote broker (TCP or TLS,
+//! either one optionally under WebSocket),
 //! with packets relayed between them by one thread that polls both sockets.
 //!
 //! **Packet ids pass through unchanged.** A QoS 1/2 PUBLISH the local broker sends the bridge
@@ -14,7 +15,8 @@
 //! - after a lost link or a crash, the local broker re-sends what is unacknowledged with DUP
 //!   set (or PUBREL where PUBREC was seen), in order, and the bridge forwards it with the same
 //!   id, so a remote broker that keeps its session discards a QoS 2 duplicate by its id
-//!   ([MQTT-4.3.3-10]): exactly once across the bridge.
+//!   ([MQTT-4.3.3-10]): exactly once across the bridge (unless the remote's Maximum QoS is
+//!   below 2: then at least once, or at most once for 0).
 //!
 //! Three rules keep the pass-through sound:
 //! - **Quotas.** Each side gets no more unacknowledged QoS 1/2 PUBLISHes than its CONNACK's
@@ -50,6 +52,8 @@ use crate::core::shard::BridgeCounters;
 
 /// Bytes read at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The packet id of the bridge's own SUBSCRIBE on each side.
+const SUBSCRIBE_ID: u16 = u16::MAX;
 /// Longest poll, so that a stop request is noticed.
 const POLL_MAX: Duration = Duration::from_millis(250);
 
@@ -255,7 +259,8 @@ impl Link {
             Side::Remote => &mut self.remote,
         };
         end.releasing = true;
-        for id in 1..=u16::MAX {
+        // Every id but our SUBSCRIBE's, which is sent right after.
+        for id in 1..SUBSCRIBE_ID {
             let id = PacketId::new(id).expect("non-zero");
             let rel = PubResp { packet_id: id, reason: ReasonCode::SUCCESS, properties: None };
             end.queue(&Packet::PubRel(rel))?;
@@ -290,7 +295,7 @@ impl Link {
                 .collect()
         };
         let (local, remote) = (pick(true), pick(false));
-        let id = PacketId::new(u16::MAX).expect("non-zero");
+        let id = PacketId::new(SUBSCRIBE_ID).expect("non-zero");
         for (end, filters) in [(&mut self.local, local), (&mut self.remote, remote)] {
             if !filters.is_empty() {
                 end.queue(&Packet::Subscribe(Subscribe {
@@ -299,6 +304,9 @@ impl Link {
                     properties: None,
                 }))?;
                 end.flush()?;
+                // Nothing new goes to this side before the SUBACK: no passed-through PUBLISH
+                // may carry our SUBSCRIBE's id while it is in use [MQTT-2.2.1-3].
+                end.awaiting_suback = true;
             }
         }
         Ok(())
@@ -424,8 +432,8 @@ impl Link {
                     properties,
                 };
                 if from == Side::Local {
-                    // Queued before the subscription's QoS was capped, or over a 3.1.1
-                    // local link: keep to what the remote said it accepts.
+                    // Queued before the subscription's QoS was capped: keep to what the
+                    // remote said it accepts.
                     downgrade(&mut out, self.remote_accepts, src, &mut self.unrouted.0)?;
                     if out.qos == QoS::AtLeastOnce && publish.qos == QoS::ExactlyOnce {
                         if let Some(id) = out.packet_id {
@@ -448,9 +456,9 @@ impl Link {
                 if from == Side::Remote && self.downgraded.remove(&r.packet_id.get()) {
                     // A local QoS 2 message the remote took at QoS 1: its PUBACK ends the
                     // remote flow; this broker's flow goes on with PUBREC, and the bridge
-                    // answers the PUBREL itself.
+                    // answers the PUBREL itself (a refusal ends the flow at the PUBREC).
                     let id = r.packet_id.get();
-                    if !self.unrouted.0.contains(&id) {
+                    if !r.reason.is_error() && !self.unrouted.0.contains(&id) {
                         self.unrouted.0.push(id);
                     }
                     dst.queue(&Packet::PubRec(ack(r, dst.version)))?;
@@ -470,8 +478,15 @@ impl Link {
                     Side::Local => &mut self.unrouted.0,
                     Side::Remote => &mut self.unrouted.1,
                 };
-                if let Some(i) = list.iter().position(|x| *x == r.packet_id.get()) {
+                // A remote below QoS 2 holds no QoS 2 flow of ours: a PUBREL from this
+                // broker then belongs to a message lowered on an earlier link (its PUBREC
+                // was given there); the bridge ends it, as on the link that lowered it.
+                let lowered = from == Side::Local && self.remote_accepts.qos_max < QoS::ExactlyOnce;
+                let ours = list.iter().position(|x| *x == r.packet_id.get());
+                if let Some(i) = ours {
                     list.swap_remove(i);
+                }
+                if ours.is_some() || lowered {
                     let done = PubResp {
                         packet_id: r.packet_id,
                         reason: ReasonCode::SUCCESS,

@@ -128,8 +128,9 @@ impl Bridges {
     }
 
     /// Stops the bridge `name` and forgets it; returns its configuration, and a handle that
-    /// waits for its thread (up to one poll, 250 ms). Its local session stays, as a
-    /// persistent session does when its client leaves.
+    /// waits for its thread (one poll, 250 ms, while relaying; while connecting, up to the
+    /// connect timeout, 10 s). Its local session stays, as a persistent session does when its
+    /// client leaves.
     pub fn remove(&mut self, name: &str) -> Option<(Arc<BridgeConfig>, impl FnOnce())> {
         let i = self.running.iter().position(|r| r.cfg.name == name)?;
         let mut r = self.running.remove(i);

@@ -14,6 +14,8 @@ use crate::io::transport::ws_handshake::accept_key;
 
 /// Largest handshake response read.
 const RESPONSE_MAX_BYTES: usize = 8 * 1024;
+/// Longest the whole handshake response may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A WebSocket connection over a plain or TLS stream.
 pub(crate) struct WsStream {
@@ -50,7 +52,12 @@ impl WsStream {
             .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
+        // Each read waits at most the socket's timeout; the whole answer, this long.
+        let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let end = loop {
+            if std::time::Instant::now() > deadline {
+                return Err("WebSocket: no handshake answer in time".into());
+            }
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
@@ -103,7 +110,7 @@ impl WsStream {
     }
 }
 
-/// Checks the server's answer (§4.2.2, §4.1 steps 5–10 of the client's checks).
+/// Checks the server's answer (§4.2.2; the client's six checks of §4.1).
 fn check_response(head: &[u8], accept: &str) -> Result<(), String> {
     let text = std::str::from_utf8(head).map_err(|_| "WebSocket: response not UTF-8")?;
     let mut lines = text.split("\r\n");
@@ -119,6 +126,14 @@ fn check_response(head: &[u8], accept: &str) -> Result<(), String> {
     };
     if !header("Upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err("WebSocket: no `Upgrade: websocket` in the response".into());
+    }
+    let upgrade = |v: String| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !header("Connection").is_some_and(upgrade) {
+        return Err("WebSocket: no `Connection: Upgrade` in the response".into());
+    }
+    // We asked for no extension: one in the answer fails the connection (§4.1).
+    if header("Sec-WebSocket-Extensions").is_some() {
+        return Err("WebSocket: the remote chose an extension we did not ask for".into());
     }
     if header("Sec-WebSocket-Accept").as_deref() != Some(accept) {
         return Err("WebSocket: wrong Sec-WebSocket-Accept".into());
@@ -184,6 +199,13 @@ mod tests {
         assert!(e.contains("subprotocol"), "{e}");
         let e = check_response(ok.replace("s3pP", "AAAA").as_bytes(), &accept).unwrap_err();
         assert!(e.contains("Accept"), "{e}");
+        let e =
+            check_response(ok.replace("Connection: Upgrade", "Connection: x").as_bytes(), &accept)
+                .unwrap_err();
+        assert!(e.contains("Connection"), "{e}");
+        let ext =
+            ok.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        assert!(check_response(ext.as_bytes(), &accept).unwrap_err().contains("extension"));
         let e = check_response(b"HTTP/1.1 404 Not Found\r\n\r\n", &accept).unwrap_err();
         assert!(e.contains("404"), "{e}");
     }

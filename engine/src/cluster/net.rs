@@ -45,6 +45,10 @@ const UDP_POLL: Duration = Duration::from_millis(200);
 /// Bytes a reader asks the kernel for at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Room past the inbound bound kept for gossip datagrams (each at most 64 KiB; foca's are a
+/// few hundred bytes).
+const GOSSIP_RESERVE_BYTES: usize = 1024 * 1024;
+
 /// Bounds what readers have handed to the main loop: `acquire` waits while past the bound.
 #[derive(Debug)]
 pub(crate) struct InboundBudget {
@@ -72,9 +76,12 @@ impl InboundBudget {
         true
     }
 
+    /// For a gossip datagram: never waits, and may go [`GOSSIP_RESERVE_BYTES`] past the
+    /// bound, so that membership keeps working while link frames fill the budget (a node
+    /// whose subscribers hold other nodes' messages back, `ClusterOut::Handled`).
     fn try_acquire(&self, n: usize) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        if *used > 0 && *used + n > self.max {
+        if *used > 0 && *used + n > self.max + GOSSIP_RESERVE_BYTES {
             return false;
         }
         *used += n;
@@ -350,4 +357,24 @@ fn read_link(stream: TcpStream, peer: SocketAddr, conn: u64, net: &NetShared) {
     let _ = stream.tcp().shutdown(Shutdown::Both);
     net.incoming.fetch_sub(1, Relaxed);
     let _ = net.events.send(Event::Closed { conn });
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// Link frames fill the budget (a node holding other nodes' credit); gossip datagrams
+    /// still get in, within their reserve, and frames wait.
+    #[test]
+    fn gossip_gets_in_while_frames_fill_the_budget() {
+        let b = InboundBudget::new(1000);
+        let stop = AtomicBool::new(false);
+        assert!(b.acquire(1000, &stop));
+        assert!(b.try_acquire(500), "a datagram past the frames' bound");
+        assert!(!b.try_acquire(GOSSIP_RESERVE_BYTES), "but not past its reserve");
+        stop.store(true, Relaxed);
+        assert!(!b.acquire(1, &stop), "a frame waits (until stopped)");
+        b.release(1500);
+        assert!(b.try_acquire(10));
+    }
 }

@@ -422,13 +422,6 @@ impl ShardCore {
             || self.cluster_paused()
     }
 
-    /// True while this node's subscribers' queues hold publishers back (this shard's budget,
-    /// or another shard's, `MeshMsg::Pressure`): what `cluster/shard_side.rs` holds other
-    /// nodes' credit for. Not the mesh or cluster windows: those drain on their own.
-    pub(crate) fn subscribers_paused(&self) -> bool {
-        self.tx_budget.paused() || self.peers_paused.iter().any(|p| *p)
-    }
-
     /// True when this shard's own pause state differs from what the other shards were
     /// told: [`ShardCore::sync_pressure`] has a message to send.
     pub fn pressure_dirty(&self) -> bool {

@@ -51,6 +51,7 @@ fn bridge_json(b: &BridgeConfig, c: &BridgeCounters) -> Value {
         "inflight": c.inflight.load(Relaxed),
         "addresses": b.addresses,
         "tls": b.tls.is_some(),
+        "websocket": b.websocket,
         "protocol": if v5 { "5.0" } else { "3.1.1" },
         "client_id": b.client_id,
         "local_client_id": b.local_client_id,

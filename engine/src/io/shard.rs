@@ -573,11 +573,11 @@ impl ShardIo {
     /// After bytes were written: if that moved the shard's back-pressure state (publishing
     /// may resume, or the other shards must hear of a change), acts on it.
     pub(crate) fn relieve(&self) {
-        let (dirty, paused, credit_due) = {
+        let (dirty, paused) = {
             let core = self.core.borrow();
-            (core.pressure_dirty(), core.publishing_paused(), core.cluster_credit_due())
+            (core.pressure_dirty(), core.publishing_paused())
         };
-        if dirty || credit_due || (!paused && !self.parked.borrow().is_empty()) {
+        if dirty || (!paused && !self.parked.borrow().is_empty()) {
             self.drain();
         }
     }

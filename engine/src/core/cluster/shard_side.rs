@@ -183,26 +183,14 @@ impl ShardCore {
     }
 
     /// Moves the messages for the cluster runtime into `out` (with one `Handled` for the
-    /// other nodes' messages handled since the last call). While this node's subscribers'
-    /// queues hold publishers back, `Handled` waits: the runtime's inbound budget then fills,
-    /// its link readers stop, and TCP pushes back on the other nodes, whose shards stop
-    /// reading their publishers once their link windows are used up — the same back-pressure
-    /// a local publisher gets, so a flood from another node cannot grow this node's queues
-    /// to their hard bounds.
+    /// other nodes' messages handled since the last call).
     pub fn drain_cluster_out(&mut self, out: &mut Vec<ClusterOut>) {
-        let hold = self.subscribers_paused();
         if let Some(c) = self.cluster.as_deref_mut() {
             out.append(&mut c.out);
-            if c.handled > 0 && !hold {
+            if c.handled > 0 {
                 out.push(ClusterOut::Handled { messages: std::mem::take(&mut c.handled) });
             }
         }
-    }
-
-    /// True when other nodes' messages were handled but not yet reported (held while this
-    /// node's subscribers are paused): the io layer drains once the pause ends.
-    pub fn cluster_credit_due(&self) -> bool {
-        self.cluster.as_deref().is_some_and(|c| c.handled > 0) && !self.subscribers_paused()
     }
 
     /// A message from the node's cluster runtime.

@@ -175,7 +175,8 @@ impl ShardCore {
         }
         for name in removed {
             for what in BRIDGE_SYS_TOPICS {
-                // An empty retained message clears the topic [MQTT-3.3.1-10].
+                // An empty retained message clears the topic ([MQTT-3.3.1-10] in 3.1.1,
+                // [MQTT-3.3.1-6] in 5.0).
                 self.publish_sys_value(format!("$SYS/broker/bridges/{name}/{what}"), "", now);
             }
         }

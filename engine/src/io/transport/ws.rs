@@ -11,7 +11,8 @@
 //! queued MQTT frames goes out as one binary frame, its header in front of the shared
 //! frame bytes.
 //!
-//! Shard-local: one [`Deframer`] per WebSocket connection, in its transport state.
+//! Shard-local: one [`Deframer`] per WebSocket connection, in its transport state (and one
+//! per `ws://` bridge, on its thread, in client mode).
 
 use bytes::BytesMut;
 
@@ -65,7 +66,7 @@ enum State {
     Closed,
 }
 
-/// The read side of one WebSocket connection. Shard-local.
+/// The read side of one WebSocket connection (a shard's, or a bridge thread's).
 #[derive(Debug)]
 pub(crate) struct Deframer {
     state: State,
@@ -101,7 +102,7 @@ impl Deframer {
         Deframer { client: true, ..Deframer::new(frame_max_bytes) }
     }
 
-    /// Feeds bytes from the client: binary payload bytes are appended to `mqtt`, answers
+    /// Feeds bytes from the peer: binary payload bytes are appended to `mqtt`, answers
     /// (pong, close) to `reply`. `Err` once the connection must close (the close frame is in
     /// `reply`).
     pub(crate) fn feed(
