@@ -11,7 +11,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
+use crate::config::ListenerConfig;
 use crate::core::auth::acl::Acl;
+use crate::core::auth::listener::{ListenerAuth, Logins};
 use crate::core::auth::passwd::PasswdFile;
 use crate::core::auth::plain::{ROUNDS_PER_SEC_DEFAULT, ROUNDS_PER_SEC_MAX, ROUNDS_PER_SEC_MIN};
 use crate::core::auth::users::{UserDb, PLAIN_ITERATIONS_MAX};
@@ -71,7 +73,11 @@ pub(super) struct FileAuth {
 }
 
 /// The `[auth]` table, its flags, and redirection (`server_reference`, `redirect`).
-pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
+pub(super) fn resolve_auth(
+    cli: &Cli,
+    file: &FileConfig,
+    listen: &[ListenerConfig],
+) -> Result<AuthConfig, ConfigError> {
     let args = &cli.auth;
     let file_auth = file.auth.as_ref();
     let users_path =
@@ -90,20 +96,7 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
     };
     let mut auth = match users_path {
         Some((key, path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
-            let mut users = UserDb::parse(&text)
-                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
-            if let Some(secret) = users_secret(path).map_err(invalid)? {
-                users = users.with_secret(&secret);
-            }
-            for (name, iterations) in users.scram_only_users() {
-                eprintln!(
-                    "shardmq: warning: {}: user `{name}` has {iterations} iterations, more \
-                     than {PLAIN_ITERATIONS_MAX}: it can log in with SCRAM-SHA-256 only",
-                    path.display()
-                );
-            }
+            let users = load_users_file(path).map_err(|e| invalid(format!("{key} {e}")))?;
             AuthConfig::with_users(users, allow_anonymous.unwrap_or(false), random_seed())
         }
         None if passwd.is_some() => AuthConfig {
@@ -130,6 +123,8 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
     if let Some((key, path)) = acl_path {
         auth.acl = Some(Arc::new(load_acl_file(path).map_err(|e| invalid(format!("{key} {e}")))?));
     }
+    let global_acl = acl_path.map(|(_, p)| p.as_path()).zip(auth.acl.as_ref());
+    auth.listeners = resolve_listener_auth(listen, global_acl)?;
     let deny_key = if args.acl_deny_publish.is_some() {
         "--acl-deny-publish"
     } else {
@@ -186,6 +181,76 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         None => {}
     }
     Ok(auth)
+}
+
+/// Each listener's own credentials and ACL (`[[listener]]` `password_file`, `users_file`,
+/// `acl_file`, `allow_anonymous`; `core/auth/listener.rs`), with the same rules as the
+/// global files: a user in both files of one listener, or a malformed line, is an error
+/// naming the listener, the file and the line. A file named by several listeners, or also
+/// globally, is read once and shared.
+pub(super) fn resolve_listener_auth(
+    listen: &[ListenerConfig],
+    global_acl: Option<(&Path, &Arc<Acl>)>,
+) -> Result<Vec<ListenerAuth>, ConfigError> {
+    let mut acls: Vec<(PathBuf, Arc<Acl>)> =
+        global_acl.map(|(p, a)| (p.to_owned(), a.clone())).into_iter().collect();
+    let mut out = Vec::with_capacity(listen.len());
+    for (i, l) in listen.iter().enumerate() {
+        let key = |file: &str| format!("[[listener]] `{}` {file}", l.url());
+        let passwd = match &l.password_file {
+            Some(p) => Some(
+                load_password_file(p)
+                    .map_err(|e| invalid(format!("{} {e}", key("password_file"))))?,
+            ),
+            None => None,
+        };
+        let users = match &l.users_file {
+            Some(p) => Some(
+                load_users_file(p).map_err(|e| invalid(format!("{} {e}", key("users_file"))))?,
+            ),
+            None => None,
+        };
+        if let (Some(u), Some(p)) = (&users, &passwd) {
+            check_disjoint(u, p)
+                .map_err(|e| invalid(format!("[[listener]] `{}`: {e}", l.url())))?;
+        }
+        let logins = (users.is_some() || passwd.is_some()).then(|| Logins::new(users, passwd));
+        let acl = match &l.acl_file {
+            Some(p) => match acls.iter().find(|(q, _)| q == p) {
+                Some((_, a)) => Some(a.clone()),
+                None => {
+                    let a = Arc::new(
+                        load_acl_file(p)
+                            .map_err(|e| invalid(format!("{} {e}", key("acl_file"))))?,
+                    );
+                    acls.push((p.clone(), a.clone()));
+                    Some(a)
+                }
+            },
+            None => None,
+        };
+        debug_assert_eq!(out.len(), i);
+        out.push(ListenerAuth { allow_anonymous: l.allow_anonymous, logins, acl });
+    }
+    Ok(out)
+}
+
+/// Reads and parses a users file, keyed by its secret file (created on first start); the
+/// error starts with the path. Warns about users who can log in with SCRAM only.
+fn load_users_file(path: &Path) -> Result<UserDb, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut users = UserDb::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(secret) = users_secret(path)? {
+        users = users.with_secret(&secret);
+    }
+    for (name, iterations) in users.scram_only_users() {
+        eprintln!(
+            "shardmq: warning: {}: user `{name}` has {iterations} iterations, more than \
+             {PLAIN_ITERATIONS_MAX}: it can log in with SCRAM-SHA-256 only",
+            path.display()
+        );
+    }
+    Ok(users)
 }
 
 /// Reads and parses a Mosquitto password file; the error starts with the path.
