@@ -442,4 +442,46 @@ mod tests {
         assert!(e.contains(&format!("--password-file {pw_s}: line 1:")), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    #[test]
+    fn listener_files_follow_the_global_rules() {
+        let dir =
+            std::env::temp_dir().join(format!("shardmq-auth-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (users, pw, acl) = (dir.join("users"), dir.join("passwd"), dir.join("acl"));
+        let cred = Credential::derive(b"pw", b"salt", 4096);
+        std::fs::write(&users, UserDb::line("alice", &cred) + "\n").unwrap();
+        let carol = "carol:$6$e+wnf2FVnip7JE98$GN4t0IFzExDwqoMYcw6HTbTQUWmxA3ES7zxljbQ6nygLJSAZptX\
+                     VtGAyEcZ3Yym95Ks0TYYM4XbEpxSj+dAdZw==\n";
+        std::fs::write(&pw, carol).unwrap();
+        std::fs::write(&acl, "user carol\ntopic read a/#\n").unwrap();
+        let (u, p, a) = (users.to_str().unwrap(), pw.to_str().unwrap(), acl.to_str().unwrap());
+        let file = format!(
+            "[[listener]]\nurl = \"127.0.0.1:0\"\n\
+             [[listener]]\nurl = \"127.0.0.1:0\"\npassword_file = {p:?}\nusers_file = {u:?}\n\
+             acl_file = {a:?}\nmax_connections = 5\n[auth]\nacl_file = {a:?}\n"
+        );
+        let c = parse_with(&[], &file, &[0]).unwrap();
+        let (open, own) = (&c.auth.listeners[0], &c.auth.listeners[1]);
+        assert!(open.logins.is_none() && open.acl.is_none(), "listener 0 uses the global files");
+        let logins = own.logins.as_ref().unwrap();
+        assert_eq!(
+            (logins.users.as_ref().unwrap().len(), logins.passwd.as_ref().unwrap().len()),
+            (1, 1)
+        );
+        assert!(Arc::ptr_eq(own.acl.as_ref().unwrap(), c.auth.acl.as_ref().unwrap()), "read once");
+        assert_eq!(c.auth.quotas.listener_connections_max, [None, Some(5)]);
+        // A user in both of one listener's files; a malformed line names file and line.
+        std::fs::write(&pw, format!("{carol}alice:{}", &carol["carol:".len()..])).unwrap();
+        let e = parse_with(&[], &file, &[0]).unwrap_err();
+        assert!(e.contains("[[listener]] `mqtt://127.0.0.1:0`: user `alice` is in both"), "{e}");
+        std::fs::write(&pw, carol).unwrap();
+        std::fs::write(&acl, "user carol\ntopic raed a/#\n").unwrap();
+        let e = parse_with(&[], &file, &[0]).unwrap_err();
+        assert!(e.contains(&format!("{a}: line 2")), "{e}");
+        let e = parse_with(&[], "[[listener]]\nurl = \"127.0.0.1:0\"\nmax_connections = 0\n", &[0])
+            .unwrap_err();
+        assert!(e.contains("max_connections 0"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
