@@ -77,12 +77,13 @@ enum Lvl {
     Template(Box<str>),
 }
 
-/// One `topic` or `pattern` line.
+/// One `topic` or `pattern` line, as SUBSCRIBE coverage reads it: its filter as written
+/// (one allocation; checked by [`parse_filter`] when loaded, and compiled into the trie).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     /// `READ | WRITE` bits granted; 0 for `deny`.
     grant: u8,
-    levels: Box<[Lvl]>,
+    filter: Box<str>,
 }
 
 /// The text of a template level with the client's values in it.
@@ -118,8 +119,8 @@ struct RuleSet {
 }
 
 impl RuleSet {
-    fn push(&mut self, rule: Rule) {
-        self.trie.insert(&rule.levels, rule.grant);
+    fn push(&mut self, rule: Rule, levels: &[Lvl]) {
+        self.trie.insert(levels, rule.grant);
         self.rules.push(rule);
     }
 
@@ -247,17 +248,17 @@ impl Acl {
                     }
                     let pattern = keyword == "pattern";
                     let levels = parse_filter(filter, pattern).map_err(err)?;
-                    let rule = Rule { grant, levels };
+                    let rule = Rule { grant, filter: filter.into() };
                     rules += 1;
                     if rules > RULES_MAX {
                         return Err(err(format!("more than {RULES_MAX} rules")));
                     }
                     if pattern {
-                        acl.patterns.push(rule);
+                        acl.patterns.push(rule, &levels);
                     } else {
                         match &user {
-                            None => acl.anonymous.push(rule),
-                            Some(u) => acl.users.entry(u.clone()).or_default().push(rule),
+                            None => acl.anonymous.push(rule, &levels),
+                            Some(u) => acl.users.entry(u.clone()).or_default().push(rule, &levels),
                         }
                     }
                 }
@@ -306,9 +307,10 @@ impl Acl {
         let mut covered = false;
         let mut met = false;
         let mut deny_meets = false;
-        for set in [self.own(ident), Some(&self.patterns)].into_iter().flatten() {
+        let sets = [(self.own(ident), false), (Some(&self.patterns), true)];
+        for (set, placeholders) in sets.into_iter().filter_map(|(s, p)| Some((s?, p))) {
             for rule in &set.rules {
-                let Some(r) = substitute(&rule.levels, ident) else { continue };
+                let Some(r) = substitute(&rule.filter, placeholders, ident) else { continue };
                 let r: Vec<&str> = r.iter().map(|l| &**l).collect();
                 if rule.grant == 0 {
                     if covers(&r, &f) {
@@ -336,17 +338,22 @@ impl Acl {
     }
 }
 
-/// A rule's levels with the client's values in place of placeholders; `None` when a
-/// placeholder has no usable value (the rule does not apply).
-fn substitute<'a>(rule: &'a [Lvl], ident: &Ident<'a>) -> Option<Vec<Cow<'a, str>>> {
-    rule.iter()
+/// A rule's levels with the client's values in place of placeholders (`placeholders`: a
+/// `pattern` line, read as [`parse_filter`] does); `None` when a placeholder has no usable
+/// value (the rule does not apply).
+fn substitute<'a>(
+    filter: &'a str,
+    placeholders: bool,
+    ident: &Ident<'a>,
+) -> Option<Vec<Cow<'a, str>>> {
+    levels(filter)
         .map(|l| match l {
-            Lvl::Lit(s) => Some(Cow::Borrowed(&**s)),
-            Lvl::Plus => Some(Cow::Borrowed(SINGLE_LEVEL_WILDCARD)),
-            Lvl::Hash => Some(Cow::Borrowed(MULTI_LEVEL_WILDCARD)),
-            Lvl::ClientId => usable_value(Some(ident.client_id)).map(Cow::Borrowed),
-            Lvl::User => usable_value(ident.user).map(Cow::Borrowed),
-            Lvl::Template(t) => fill_template(t, ident).map(Cow::Owned),
+            "%c" if placeholders => usable_value(Some(ident.client_id)).map(Cow::Borrowed),
+            "%u" if placeholders => usable_value(ident.user).map(Cow::Borrowed),
+            l if placeholders && (l.contains("%c") || l.contains("%u")) => {
+                fill_template(l, ident).map(Cow::Owned)
+            }
+            l => Some(Cow::Borrowed(l)),
         })
         .collect()
 }

@@ -1,13 +1,12 @@
 //! The ACL's rule tries (a child module of `acl.rs`): one node per topic level of the rules,
 //! with the grants and denies of the rules that end there.
 //!
-//! Compact once built ([`Node::freeze`]): most nodes of a large file have one or a few
-//! children (a user's own subtree), so a frozen node keeps its literal children in an
-//! exactly sized slice sorted by name (binary search) unless it has more than
-//! [`FEW_CHILDREN_MAX`], and keeps its rare wildcard and placeholder children behind one
-//! optional box. A node is 56 bytes; issue #13's file of 10,000 users and 100 patterns takes
-//! about a third of the memory it took with a hash map in every node
-//! (`engine/tests/acl_memory.rs`).
+//! Compact: most nodes of a large file have one or a few children (a user's own subtree), so
+//! a node keeps its literal children in an exactly sized slice sorted by name (binary
+//! search) unless it has more than [`FEW_CHILDREN_MAX`] (then a hash map), and keeps its rare
+//! wildcard and placeholder children behind one optional box. A node is 56 bytes; issue
+//! #13's file of 10,000 users (5 lines each) and 100 patterns takes 212 bytes per rule,
+//! against 798 with a hash map in every node (`engine/tests/acl_memory.rs`).
 //!
 //! Process-wide, read-only once frozen.
 
@@ -40,9 +39,9 @@ impl Bits {
 /// The literal children of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Lits {
-    /// Sorted by name, exactly sized (frozen, or empty).
+    /// At most [`FEW_CHILDREN_MAX`], sorted by name, exactly sized.
     Few(Box<[(Box<str>, Node)]>),
-    /// While building, and for nodes with many children.
+    /// More.
     Many(Map<Box<str>, Node>),
 }
 
@@ -62,28 +61,38 @@ impl Lits {
         }
     }
 
-    /// The child `name`, made if missing (building: the children become a map).
+    /// The child `name`, made if missing. The slice is kept exactly sized and sorted while
+    /// building too (a copy per new child, at most [`FEW_CHILDREN_MAX`] of them), so that
+    /// loading a large file never holds more than the result.
     fn entry(&mut self, name: &str) -> &mut Node {
         if let Lits::Few(few) = self {
-            let map: Map<Box<str>, Node> = std::mem::take(few).into_vec().into_iter().collect();
-            *self = Lits::Many(map);
+            if let Err(at) = few.binary_search_by(|(k, _)| (**k).cmp(name)) {
+                let mut v = std::mem::take(few).into_vec();
+                if v.len() < FEW_CHILDREN_MAX {
+                    v.insert(at, (name.into(), Node::default()));
+                    *few = v.into_boxed_slice();
+                } else {
+                    *self = Lits::Many(v.into_iter().collect());
+                }
+            }
         }
-        let Lits::Many(map) = self else { unreachable!("made a map above") };
-        map.entry(name.into()).or_default()
+        match self {
+            Lits::Few(few) => {
+                let i = few.binary_search_by(|(k, _)| (**k).cmp(name)).expect("just made");
+                &mut few[i].1
+            }
+            Lits::Many(map) => map.entry(name.into()).or_default(),
+        }
     }
 
     fn freeze(&mut self) {
-        let Lits::Many(map) = self else { return };
-        for n in map.values_mut() {
-            n.freeze();
+        match self {
+            Lits::Few(few) => few.iter_mut().for_each(|(_, n)| n.freeze()),
+            Lits::Many(map) => {
+                map.values_mut().for_each(Node::freeze);
+                map.shrink_to_fit();
+            }
         }
-        if map.len() > FEW_CHILDREN_MAX {
-            map.shrink_to_fit();
-            return;
-        }
-        let mut few: Vec<(Box<str>, Node)> = std::mem::take(map).into_iter().collect();
-        few.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        *self = Lits::Few(few.into_boxed_slice());
     }
 }
 
@@ -255,7 +264,7 @@ mod tests {
         n.freeze();
         assert!(matches!(n.lit, Lits::Many(_)), "40 children: a map");
         let k3 = n.lit.get("k3").unwrap();
-        assert!(matches!(k3.lit, Lits::Few(_)), "one child: a slice");
+        assert!(matches!(&k3.lit, Lits::Few(few) if few.len() == 1), "one child: a slice");
         let frozen: Vec<Bits> = names.iter().map(|k| bits(&n, &format!("{k}/x"))).collect();
         assert_eq!(building, frozen);
         assert_eq!(bits(&n, "k3/x"), Bits { grant: 2, deny: true });
