@@ -125,6 +125,17 @@ pub(super) fn resolve_auth(
     }
     let global_acl = acl_path.map(|(_, p)| p.as_path()).zip(auth.acl.as_ref());
     auth.listeners = resolve_listener_auth(listen, global_acl)?;
+    if let Some(l) = listen.iter().zip(&auth.listeners).find_map(|(l, own)| {
+        (own.allow_anonymous == Some(false) && own.logins.is_none() && !auth.authenticates())
+            .then_some(l)
+    }) {
+        // Its clients' user names would be taken unchecked.
+        return Err(invalid(format!(
+            "[[listener]] `{}`: allow_anonymous false needs a password or users file (its own \
+             password_file / users_file, or --password-file / --auth-users-file)",
+            l.url()
+        )));
+    }
     let deny_key = if args.acl_deny_publish.is_some() {
         "--acl-deny-publish"
     } else {
@@ -479,6 +490,9 @@ mod tests {
         std::fs::write(&acl, "user carol\ntopic raed a/#\n").unwrap();
         let e = parse_with(&[], &file, &[0]).unwrap_err();
         assert!(e.contains(&format!("{a}: line 2")), "{e}");
+        let file = "[[listener]]\nurl = \"127.0.0.1:0\"\nallow_anonymous = false\n";
+        let e = parse_with(&[], file, &[0]).unwrap_err();
+        assert!(e.contains("allow_anonymous false needs a password or users file"), "{e}");
         let e = parse_with(&[], "[[listener]]\nurl = \"127.0.0.1:0\"\nmax_connections = 0\n", &[0])
             .unwrap_err();
         assert!(e.contains("max_connections 0"), "{e}");
