@@ -357,9 +357,9 @@ fn resolve(cli: Cli, mut file: FileConfig, usable: &[usize]) -> Result<Config, C
         return Err(invalid(format!("{key} {ring_depth}: must be between 8 and 32768")));
     }
 
-    let mut auth = auth::resolve_auth(&cli, &file)?;
-    auth.quotas = policy::resolve_quotas(&cli, &file)?;
-    auth.listener_allow_anonymous = listen.iter().map(|l| l.allow_anonymous).collect();
+    let mut auth = auth::resolve_auth(&cli, &file, &listen)?;
+    auth.quotas = policy::resolve_quotas(&cli, &file)?
+        .with_listeners(listen.iter().map(|l| l.connections_max).collect());
     let persist = persist::resolve_persist(&cli, &file)?;
     let ops = ops::resolve_ops(&cli, &file)?;
     let cluster = cluster::resolve_cluster(&cli, &file)?;

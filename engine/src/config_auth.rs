@@ -11,7 +11,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{invalid, Cli, ConfigError, FileConfig};
+use crate::config::ListenerConfig;
 use crate::core::auth::acl::Acl;
+use crate::core::auth::listener::{ListenerAuth, Logins};
 use crate::core::auth::passwd::PasswdFile;
 use crate::core::auth::plain::{ROUNDS_PER_SEC_DEFAULT, ROUNDS_PER_SEC_MAX, ROUNDS_PER_SEC_MIN};
 use crate::core::auth::users::{UserDb, PLAIN_ITERATIONS_MAX};
@@ -71,7 +73,11 @@ pub(super) struct FileAuth {
 }
 
 /// The `[auth]` table, its flags, and redirection (`server_reference`, `redirect`).
-pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
+pub(super) fn resolve_auth(
+    cli: &Cli,
+    file: &FileConfig,
+    listen: &[ListenerConfig],
+) -> Result<AuthConfig, ConfigError> {
     let args = &cli.auth;
     let file_auth = file.auth.as_ref();
     let users_path =
@@ -90,20 +96,7 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
     };
     let mut auth = match users_path {
         Some((key, path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
-            let mut users = UserDb::parse(&text)
-                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
-            if let Some(secret) = users_secret(path).map_err(invalid)? {
-                users = users.with_secret(&secret);
-            }
-            for (name, iterations) in users.scram_only_users() {
-                eprintln!(
-                    "shardmq: warning: {}: user `{name}` has {iterations} iterations, more \
-                     than {PLAIN_ITERATIONS_MAX}: it can log in with SCRAM-SHA-256 only",
-                    path.display()
-                );
-            }
+            let users = load_users_file(path).map_err(|e| invalid(format!("{key} {e}")))?;
             AuthConfig::with_users(users, allow_anonymous.unwrap_or(false), random_seed())
         }
         None if passwd.is_some() => AuthConfig {
@@ -129,6 +122,19 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         });
     if let Some((key, path)) = acl_path {
         auth.acl = Some(Arc::new(load_acl_file(path).map_err(|e| invalid(format!("{key} {e}")))?));
+    }
+    let global_acl = acl_path.map(|(_, p)| p.as_path()).zip(auth.acl.as_ref());
+    auth.listeners = resolve_listener_auth(listen, global_acl)?;
+    if let Some(l) = listen.iter().zip(&auth.listeners).find_map(|(l, own)| {
+        (own.allow_anonymous == Some(false) && own.logins.is_none() && !auth.authenticates())
+            .then_some(l)
+    }) {
+        // Its clients' user names would be taken unchecked.
+        return Err(invalid(format!(
+            "[[listener]] `{}`: allow_anonymous false needs a password or users file (its own \
+             password_file / users_file, or --password-file / --auth-users-file)",
+            l.url()
+        )));
     }
     let deny_key = if args.acl_deny_publish.is_some() {
         "--acl-deny-publish"
@@ -186,6 +192,76 @@ pub(super) fn resolve_auth(cli: &Cli, file: &FileConfig) -> Result<AuthConfig, C
         None => {}
     }
     Ok(auth)
+}
+
+/// Each listener's own credentials and ACL (`[[listener]]` `password_file`, `users_file`,
+/// `acl_file`, `allow_anonymous`; `core/auth/listener.rs`), with the same rules as the
+/// global files: a user in both files of one listener, or a malformed line, is an error
+/// naming the listener, the file and the line. A file named by several listeners, or also
+/// globally, is read once and shared.
+pub(super) fn resolve_listener_auth(
+    listen: &[ListenerConfig],
+    global_acl: Option<(&Path, &Arc<Acl>)>,
+) -> Result<Vec<ListenerAuth>, ConfigError> {
+    let mut acls: Vec<(PathBuf, Arc<Acl>)> =
+        global_acl.map(|(p, a)| (p.to_owned(), a.clone())).into_iter().collect();
+    let mut out = Vec::with_capacity(listen.len());
+    for (i, l) in listen.iter().enumerate() {
+        let key = |file: &str| format!("[[listener]] `{}` {file}", l.url());
+        let passwd = match &l.password_file {
+            Some(p) => Some(
+                load_password_file(p)
+                    .map_err(|e| invalid(format!("{} {e}", key("password_file"))))?,
+            ),
+            None => None,
+        };
+        let users = match &l.users_file {
+            Some(p) => Some(
+                load_users_file(p).map_err(|e| invalid(format!("{} {e}", key("users_file"))))?,
+            ),
+            None => None,
+        };
+        if let (Some(u), Some(p)) = (&users, &passwd) {
+            check_disjoint(u, p)
+                .map_err(|e| invalid(format!("[[listener]] `{}`: {e}", l.url())))?;
+        }
+        let logins = (users.is_some() || passwd.is_some()).then(|| Logins::new(users, passwd));
+        let acl = match &l.acl_file {
+            Some(p) => match acls.iter().find(|(q, _)| q == p) {
+                Some((_, a)) => Some(a.clone()),
+                None => {
+                    let a = Arc::new(
+                        load_acl_file(p)
+                            .map_err(|e| invalid(format!("{} {e}", key("acl_file"))))?,
+                    );
+                    acls.push((p.clone(), a.clone()));
+                    Some(a)
+                }
+            },
+            None => None,
+        };
+        debug_assert_eq!(out.len(), i);
+        out.push(ListenerAuth { allow_anonymous: l.allow_anonymous, logins, acl });
+    }
+    Ok(out)
+}
+
+/// Reads and parses a users file, keyed by its secret file (created on first start); the
+/// error starts with the path. Warns about users who can log in with SCRAM only.
+fn load_users_file(path: &Path) -> Result<UserDb, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut users = UserDb::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(secret) = users_secret(path)? {
+        users = users.with_secret(&secret);
+    }
+    for (name, iterations) in users.scram_only_users() {
+        eprintln!(
+            "shardmq: warning: {}: user `{name}` has {iterations} iterations, more than \
+             {PLAIN_ITERATIONS_MAX}: it can log in with SCRAM-SHA-256 only",
+            path.display()
+        );
+    }
+    Ok(users)
 }
 
 /// Reads and parses a Mosquitto password file; the error starts with the path.
@@ -375,6 +451,51 @@ mod tests {
         std::fs::write(&pw, "alice:plain\n").unwrap();
         let e = parse(&["--password-file", pw_s]).unwrap_err();
         assert!(e.contains(&format!("--password-file {pw_s}: line 1:")), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn listener_files_follow_the_global_rules() {
+        let dir =
+            std::env::temp_dir().join(format!("shardmq-auth-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (users, pw, acl) = (dir.join("users"), dir.join("passwd"), dir.join("acl"));
+        let cred = Credential::derive(b"pw", b"salt", 4096);
+        std::fs::write(&users, UserDb::line("alice", &cred) + "\n").unwrap();
+        let carol = "carol:$6$e+wnf2FVnip7JE98$GN4t0IFzExDwqoMYcw6HTbTQUWmxA3ES7zxljbQ6nygLJSAZptX\
+                     VtGAyEcZ3Yym95Ks0TYYM4XbEpxSj+dAdZw==\n";
+        std::fs::write(&pw, carol).unwrap();
+        std::fs::write(&acl, "user carol\ntopic read a/#\n").unwrap();
+        let (u, p, a) = (users.to_str().unwrap(), pw.to_str().unwrap(), acl.to_str().unwrap());
+        let file = format!(
+            "[[listener]]\nurl = \"127.0.0.1:0\"\n\
+             [[listener]]\nurl = \"127.0.0.1:0\"\npassword_file = {p:?}\nusers_file = {u:?}\n\
+             acl_file = {a:?}\nmax_connections = 5\n[auth]\nacl_file = {a:?}\n"
+        );
+        let c = parse_with(&[], &file, &[0]).unwrap();
+        let (open, own) = (&c.auth.listeners[0], &c.auth.listeners[1]);
+        assert!(open.logins.is_none() && open.acl.is_none(), "listener 0 uses the global files");
+        let logins = own.logins.as_ref().unwrap();
+        assert_eq!(
+            (logins.users.as_ref().unwrap().len(), logins.passwd.as_ref().unwrap().len()),
+            (1, 1)
+        );
+        assert!(Arc::ptr_eq(own.acl.as_ref().unwrap(), c.auth.acl.as_ref().unwrap()), "read once");
+        assert_eq!(c.auth.quotas.listener_connections_max, [None, Some(5)]);
+        // A user in both of one listener's files; a malformed line names file and line.
+        std::fs::write(&pw, format!("{carol}alice:{}", &carol["carol:".len()..])).unwrap();
+        let e = parse_with(&[], &file, &[0]).unwrap_err();
+        assert!(e.contains("[[listener]] `mqtt://127.0.0.1:0`: user `alice` is in both"), "{e}");
+        std::fs::write(&pw, carol).unwrap();
+        std::fs::write(&acl, "user carol\ntopic raed a/#\n").unwrap();
+        let e = parse_with(&[], &file, &[0]).unwrap_err();
+        assert!(e.contains(&format!("{a}: line 2")), "{e}");
+        let file = "[[listener]]\nurl = \"127.0.0.1:0\"\nallow_anonymous = false\n";
+        let e = parse_with(&[], file, &[0]).unwrap_err();
+        assert!(e.contains("allow_anonymous false needs a password or users file"), "{e}");
+        let e = parse_with(&[], "[[listener]]\nurl = \"127.0.0.1:0\"\nmax_connections = 0\n", &[0])
+            .unwrap_err();
+        assert!(e.contains("max_connections 0"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

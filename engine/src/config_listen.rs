@@ -15,6 +15,10 @@
 //! url = "mqtts://0.0.0.0:8883"
 //! tls_client_ca = "ca.pem"
 //! tls_client_auth = "required"
+//! # This listener's own credentials and ACL (Mosquitto's `per_listener_settings true`):
+//! password_file = "public.passwd"
+//! acl_file = "public.acl"
+//! max_connections = 10000
 //! ```
 //!
 //! A listener's index (what [`crate::core::ConnInfo::listener`] holds) is its position in
@@ -55,6 +59,16 @@ pub struct ListenerConfig {
     /// Whether clients without credentials are accepted here; `None`: the broker-wide
     /// `allow_anonymous` (`[[listener]]` tables only, like Mosquitto's per-listener setting).
     pub allow_anonymous: Option<bool>,
+    /// This listener's own Mosquitto password file and users file (`[[listener]]` tables
+    /// only): its clients are checked against these only. Neither: the global ones.
+    pub password_file: Option<PathBuf>,
+    /// See `password_file`.
+    pub users_file: Option<PathBuf>,
+    /// This listener's own ACL file (`[[listener]]` tables only); `None`: the global one.
+    pub acl_file: Option<PathBuf>,
+    /// Connected clients of this listener at most (`[[listener]] max_connections`); past
+    /// it, CONNECT gets 0x97 Quota exceeded like the broker-wide `--max-connections`.
+    pub connections_max: Option<u64>,
 }
 
 impl ListenerConfig {
@@ -68,6 +82,10 @@ impl ListenerConfig {
             tls: None,
             proxy_protocol: false,
             allow_anonymous: None,
+            password_file: None,
+            users_file: None,
+            acl_file: None,
+            connections_max: None,
         }
     }
 
@@ -162,6 +180,10 @@ pub(super) struct ListenerTable {
     ws_origins: Option<Vec<String>>,
     proxy_protocol: Option<bool>,
     allow_anonymous: Option<bool>,
+    password_file: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    max_connections: Option<u64>,
 }
 
 /// The flags, the file's top-level keys and its tables, merged into the listener list.
@@ -189,7 +211,7 @@ pub(super) fn resolve_listeners(
         },
         proxy_protocol: (args.proxy_protocol || top.proxy_protocol.unwrap_or(false))
             .then_some(true),
-        allow_anonymous: None,
+        ..ListenerTable::default()
     };
     let mut out: Vec<ListenerConfig> = Vec::new();
     let mut push = |key: &str, table: &ListenerTable| -> Result<(), ConfigError> {
@@ -292,6 +314,9 @@ fn listener(
         None
     };
     let proxy_protocol = table.proxy_protocol.or(defaults.proxy_protocol).unwrap_or(false);
+    if table.max_connections == Some(0) {
+        return Err(bad("max_connections 0 would refuse everything: leave it unset".into()));
+    }
     Ok(ListenerConfig {
         addr,
         transport,
@@ -300,6 +325,10 @@ fn listener(
         ws_origins: if transport.is_websocket() { ws_origins.unwrap_or_default() } else { vec![] },
         tls,
         allow_anonymous: table.allow_anonymous,
+        password_file: table.password_file.clone(),
+        users_file: table.users_file.clone(),
+        acl_file: table.acl_file.clone(),
+        connections_max: table.max_connections,
     })
 }
 

@@ -52,7 +52,7 @@ pub(super) fn resolve_quotas(cli: &Cli, file: &FileConfig) -> Result<Quotas, Con
         publish_bytes_per_sec: a
             .max_publish_bytes_per_sec
             .or(f.and_then(|f| f.max_publish_bytes_per_sec)),
-        connected: Default::default(),
+        ..Quotas::default()
     };
     let zero = [
         ("max_connections", q.connections_max == Some(0)),

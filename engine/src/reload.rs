@@ -73,7 +73,7 @@ pub fn restart_needed(config: &Config, fresh: &Config) -> Vec<&'static str> {
             keys.push(key);
         }
     };
-    check(config.listen != fresh.listen, "listen");
+    check(without_policy(&config.listen) != without_policy(&fresh.listen), "listen");
     check(config.shards != fresh.shards, "shards");
     check(config.cpus != fresh.cpus, "cpus");
     check(config.sys_interval_secs != fresh.sys_interval_secs, "sys_interval_secs");
@@ -86,6 +86,20 @@ pub fn restart_needed(config: &Config, fresh: &Config) -> Vec<&'static str> {
     check(config.ops.http_token_file != fresh.ops.http_token_file, "http_token_file");
     check(config.cluster != fresh.cluster, "cluster (node_id, listen, seeds, advertise, tls_*)");
     keys
+}
+
+/// The listeners without what a reload applies (their credentials, ACL, anonymous access
+/// and connection quota).
+fn without_policy(listen: &[crate::config::ListenerConfig]) -> Vec<crate::config::ListenerConfig> {
+    let mut out = listen.to_vec();
+    for l in &mut out {
+        l.allow_anonymous = None;
+        l.password_file = None;
+        l.users_file = None;
+        l.acl_file = None;
+        l.connections_max = None;
+    }
+    out
 }
 
 /// What one reload did.

@@ -546,7 +546,7 @@ impl ShardCore {
         if let Phase::Connected(slot) = phase {
             self.cluster_disconnected(conn);
             self.stats.clients_connected -= 1;
-            self.config.auth.quotas.release_connection();
+            self.config.auth.quotas.release_connection(listener);
             let why = match kind {
                 CloseKind::Normal => DisconnectReason::Client,
                 CloseKind::SocketGone => DisconnectReason::ConnectionLost,

@@ -9,7 +9,7 @@ fn two_shards() -> Vec<ShardStats> {
         clients_connected: 2,
         clients_by_version: [0, 1, 1],
         clients_by_listener: vec![2],
-        denials: [1, 0, 0, 0, 0, 3, 0, 0, 0],
+        denials: [1, 0, 0, 0, 0, 3, 0, 0, 0, 0],
         messages_received_by_qos: [5, 6, 7],
         messages_sent: 9,
         connects_refused: vec![(0x86, 2), (0x85, 1)],

@@ -39,6 +39,10 @@ use std::borrow::Cow;
 
 use crate::core::hash::ConfigMap;
 
+#[path = "acl_trie.rs"]
+mod trie;
+use trie::{Bits, Node};
+
 /// The read right.
 pub const READ: u8 = 1;
 /// The write right.
@@ -73,147 +77,13 @@ enum Lvl {
     Template(Box<str>),
 }
 
-/// One `topic` or `pattern` line.
+/// One `topic` or `pattern` line, as SUBSCRIBE coverage reads it: its filter as written
+/// (one allocation; checked by [`parse_filter`] when loaded, and compiled into the trie).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     /// `READ | WRITE` bits granted; 0 for `deny`.
     grant: u8,
-    levels: Box<[Lvl]>,
-}
-
-/// What matched a topic: the union of grants, and whether any deny matched.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Bits {
-    grant: u8,
-    deny: bool,
-}
-
-impl Bits {
-    fn add(&mut self, other: Bits) {
-        self.grant |= other.grant;
-        self.deny |= other.deny;
-    }
-    fn add_rule(&mut self, grant: u8) {
-        if grant == 0 {
-            self.deny = true;
-        } else {
-            self.grant |= grant;
-        }
-    }
-}
-
-/// A trie of rules by level. Placeholder children are compared with the client's values.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Node {
-    lit: Map<Box<str>, Node>,
-    plus: Option<Box<Node>>,
-    client_id: Option<Box<Node>>,
-    user: Option<Box<Node>>,
-    templates: Vec<(Box<str>, Node)>,
-    /// Rules ending here.
-    end: Bits,
-    /// Rules ending with `#` here (they match this level's topic too: `a/#` matches `a`).
-    hash: Bits,
-}
-
-impl Node {
-    fn insert(&mut self, rule: &Rule) {
-        let mut node = self;
-        for (i, l) in rule.levels.iter().enumerate() {
-            node = match l {
-                Lvl::Hash => {
-                    debug_assert_eq!(i + 1, rule.levels.len(), "`#` is last (checked at parse)");
-                    node.hash.add_rule(rule.grant);
-                    return;
-                }
-                Lvl::Lit(s) => node.lit.entry(s.clone()).or_default(),
-                Lvl::Plus => node.plus.get_or_insert_with(Box::default),
-                Lvl::ClientId => node.client_id.get_or_insert_with(Box::default),
-                Lvl::User => node.user.get_or_insert_with(Box::default),
-                Lvl::Template(t) => {
-                    let i = match node.templates.iter().position(|(x, _)| x == t) {
-                        Some(i) => i,
-                        None => {
-                            node.templates.push((t.clone(), Node::default()));
-                            node.templates.len() - 1
-                        }
-                    };
-                    &mut node.templates[i].1
-                }
-            };
-        }
-        node.end.add_rule(rule.grant);
-    }
-
-    /// Adds what matches the topic's remaining levels to `out`. `first`: the topic's first
-    /// level (the `$` rule applies there).
-    fn collect<'t>(
-        &self,
-        level: Option<&'t str>,
-        rest: &mut (impl Iterator<Item = &'t str> + Clone),
-        ident: &Ident<'_>,
-        first: bool,
-        out: &mut Bits,
-    ) {
-        let dollar = first && level.is_some_and(|l| l.starts_with('$'));
-        if !dollar {
-            out.add(self.hash);
-        }
-        let Some(t) = level else {
-            out.add(self.end);
-            return;
-        };
-        let next = rest.next();
-        if let Some(n) = self.lit.get(t) {
-            n.collect(next, &mut rest.clone(), ident, false, out);
-        }
-        if dollar {
-            return;
-        }
-        if let Some(n) = &self.plus {
-            n.collect(next, &mut rest.clone(), ident, false, out);
-        }
-        if let Some(n) = &self.client_id {
-            if usable_value(Some(ident.client_id)) == Some(t) {
-                n.collect(next, &mut rest.clone(), ident, false, out);
-            }
-        }
-        if let Some(n) = &self.user {
-            if usable_value(ident.user) == Some(t) {
-                n.collect(next, &mut rest.clone(), ident, false, out);
-            }
-        }
-        for (template, n) in &self.templates {
-            if template_matches(template, ident, t) {
-                n.collect(next, &mut rest.clone(), ident, false, out);
-            }
-        }
-    }
-}
-
-/// Whether `template` (a level with `%c` / `%u` in it) with the client's values is `level`.
-/// False when a value it needs is missing or unusable.
-fn template_matches(template: &str, ident: &Ident<'_>, level: &str) -> bool {
-    let mut rest = level;
-    let mut t = template;
-    while !t.is_empty() {
-        let (value, skip) = if let Some(after) = t.strip_prefix("%c") {
-            (usable_value(Some(ident.client_id)), after)
-        } else if let Some(after) = t.strip_prefix("%u") {
-            (usable_value(ident.user), after)
-        } else {
-            let c = t.chars().next().expect("not empty");
-            let Some(r) = rest.strip_prefix(c) else { return false };
-            rest = r;
-            t = &t[c.len_utf8()..];
-            continue;
-        };
-        let Some(v) = value else { return false };
-        let Some(r) = rest.strip_prefix(v) else { return false };
-        rest = r;
-        t = skip;
-    }
-    rest.is_empty()
+    filter: Box<str>,
 }
 
 /// The text of a template level with the client's values in it.
@@ -237,7 +107,7 @@ fn fill_template(template: &str, ident: &Ident<'_>) -> Option<String> {
 }
 
 /// A placeholder's value when it can stand for one topic level.
-fn usable_value(v: Option<&str>) -> Option<&str> {
+pub(super) fn usable_value(v: Option<&str>) -> Option<&str> {
     v.filter(|v| !v.is_empty() && !v.contains(['/', '+', '#']))
 }
 
@@ -249,9 +119,15 @@ struct RuleSet {
 }
 
 impl RuleSet {
-    fn push(&mut self, rule: Rule) {
-        self.trie.insert(&rule);
+    fn push(&mut self, rule: Rule, levels: &[Lvl]) {
+        self.trie.insert(levels, rule.grant);
         self.rules.push(rule);
+    }
+
+    /// Compacts the set once every rule is in (see `acl_trie.rs`).
+    fn freeze(&mut self) {
+        self.rules.shrink_to_fit();
+        self.trie.freeze();
     }
 }
 
@@ -372,17 +248,17 @@ impl Acl {
                     }
                     let pattern = keyword == "pattern";
                     let levels = parse_filter(filter, pattern).map_err(err)?;
-                    let rule = Rule { grant, levels };
+                    let rule = Rule { grant, filter: filter.into() };
                     rules += 1;
                     if rules > RULES_MAX {
                         return Err(err(format!("more than {RULES_MAX} rules")));
                     }
                     if pattern {
-                        acl.patterns.push(rule);
+                        acl.patterns.push(rule, &levels);
                     } else {
                         match &user {
-                            None => acl.anonymous.push(rule),
-                            Some(u) => acl.users.entry(u.clone()).or_default().push(rule),
+                            None => acl.anonymous.push(rule, &levels),
+                            Some(u) => acl.users.entry(u.clone()).or_default().push(rule, &levels),
                         }
                     }
                 }
@@ -394,6 +270,12 @@ impl Acl {
                 }
             }
         }
+        acl.anonymous.freeze();
+        acl.patterns.freeze();
+        for set in acl.users.values_mut() {
+            set.freeze();
+        }
+        acl.users.shrink_to_fit();
         Ok(acl)
     }
 
@@ -425,9 +307,10 @@ impl Acl {
         let mut covered = false;
         let mut met = false;
         let mut deny_meets = false;
-        for set in [self.own(ident), Some(&self.patterns)].into_iter().flatten() {
+        let sets = [(self.own(ident), false), (Some(&self.patterns), true)];
+        for (set, placeholders) in sets.into_iter().filter_map(|(s, p)| Some((s?, p))) {
             for rule in &set.rules {
-                let Some(r) = substitute(&rule.levels, ident) else { continue };
+                let Some(r) = substitute(&rule.filter, placeholders, ident) else { continue };
                 let r: Vec<&str> = r.iter().map(|l| &**l).collect();
                 if rule.grant == 0 {
                     if covers(&r, &f) {
@@ -455,17 +338,22 @@ impl Acl {
     }
 }
 
-/// A rule's levels with the client's values in place of placeholders; `None` when a
-/// placeholder has no usable value (the rule does not apply).
-fn substitute<'a>(rule: &'a [Lvl], ident: &Ident<'a>) -> Option<Vec<Cow<'a, str>>> {
-    rule.iter()
+/// A rule's levels with the client's values in place of placeholders (`placeholders`: a
+/// `pattern` line, read as [`parse_filter`] does); `None` when a placeholder has no usable
+/// value (the rule does not apply).
+fn substitute<'a>(
+    filter: &'a str,
+    placeholders: bool,
+    ident: &Ident<'a>,
+) -> Option<Vec<Cow<'a, str>>> {
+    levels(filter)
         .map(|l| match l {
-            Lvl::Lit(s) => Some(Cow::Borrowed(&**s)),
-            Lvl::Plus => Some(Cow::Borrowed(SINGLE_LEVEL_WILDCARD)),
-            Lvl::Hash => Some(Cow::Borrowed(MULTI_LEVEL_WILDCARD)),
-            Lvl::ClientId => usable_value(Some(ident.client_id)).map(Cow::Borrowed),
-            Lvl::User => usable_value(ident.user).map(Cow::Borrowed),
-            Lvl::Template(t) => fill_template(t, ident).map(Cow::Owned),
+            "%c" if placeholders => usable_value(Some(ident.client_id)).map(Cow::Borrowed),
+            "%u" if placeholders => usable_value(ident.user).map(Cow::Borrowed),
+            l if placeholders && (l.contains("%c") || l.contains("%u")) => {
+                fill_template(l, ident).map(Cow::Owned)
+            }
+            l => Some(Cow::Borrowed(l)),
         })
         .collect()
 }

@@ -66,7 +66,9 @@ impl ShardCore {
         let Some(name) = connect.properties.authentication_method.clone() else {
             return self.check_plain_credentials(conn, connect, now).map(|c| (c, None));
         };
-        let Some(method) = self.config.auth.method(&name).cloned() else {
+        // The listener's own credentials, else the global ones (`auth/listener.rs`).
+        let listener = self.conns.get(conn).map(|c| c.info.listener);
+        let Some(method) = self.config.auth.logins_on(listener).method(&name).cloned() else {
             // [MQTT-4.12.0-1]: an unsupported method: CONNACK 0x8C, close.
             self.refuse_connect(conn, version, ReasonCode::BAD_AUTHENTICATION_METHOD, now);
             return None;
@@ -120,21 +122,20 @@ impl ShardCore {
             return Some(connect);
         }
         let auth = &self.config.auth;
-        let reason = match (auth.authenticates(), &connect.username) {
+        let listener = Some(info.listener);
+        // The listener's own password and users files, else the global ones.
+        let logins = auth.logins_on(listener);
+        let reason = match (logins.authenticates(), &connect.username) {
             (true, Some(name)) => {
                 let password = connect.password.as_deref().unwrap_or_default();
-                let creds =
-                    Credentials { passwd: auth.passwd.as_deref(), users: auth.users.as_deref() };
+                let creds = Credentials { passwd: logins.passwd, users: logins.users };
                 // 0x86 when wrong, 0x89 Server busy past the shard's PBKDF2 budget (`plain.rs`).
                 // The client's address (after PROXY protocol): its share of the budget.
-                let source = self.conns.get(conn).and_then(|c| c.info.remote).map(|a| a.ip());
-                self.password_checks.check_from(&creds, name, password, source, now).err()
+                let source = info.remote.map(|a| a.ip());
+                let checks = &mut self.password_checks;
+                checks.check_from(&creds, logins.realm, name, password, source, now).err()
             }
-            (_, None)
-                if !auth.anonymous_allowed_on(self.conns.get(conn).map(|c| c.info.listener)) =>
-            {
-                Some(ReasonCode::NOT_AUTHORIZED)
-            }
+            (_, None) if !auth.anonymous_allowed_on(listener) => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,
         };
         match reason {

@@ -21,6 +21,7 @@
 //! sessions ([`ConnAuth`]) are shard-local, owned by their connection.
 
 pub mod acl;
+pub mod listener;
 pub mod passwd;
 pub mod plain;
 pub mod scram;
@@ -116,10 +117,10 @@ pub struct AuthConfig {
     pub quotas: crate::core::policy::quota::Quotas,
     /// Whether a CONNECT with neither a user name nor an Authentication Method is accepted.
     pub allow_anonymous: bool,
-    /// Per listener (indexed like `ConnInfo::listener`): `Some` overrides `allow_anonymous`
-    /// there (`[[listener]] allow_anonymous`), e.g. a localhost listener for anonymous tools
-    /// beside a public one that asks for passwords.
-    pub listener_allow_anonymous: Vec<Option<bool>>,
+    /// Per listener (indexed like `ConnInfo::listener`): its own `allow_anonymous`,
+    /// credentials and ACL (`[[listener]]` tables, `listener.rs`), e.g. a localhost
+    /// listener for anonymous tools beside a public one with passwords and an ACL.
+    pub listeners: Vec<listener::ListenerAuth>,
     /// The enhanced authentication methods offered, by name.
     pub methods: Vec<Arc<dyn AuthMethod>>,
     /// Send every client elsewhere (CONNACK 0x9C / 0x9D).
@@ -142,21 +143,12 @@ impl Default for AuthConfig {
             acl_deny_publish_disconnect: false,
             quotas: Default::default(),
             allow_anonymous: true,
-            listener_allow_anonymous: Vec::new(),
+            listeners: Vec::new(),
             methods: Vec::new(),
             redirect: None,
             password_rounds_per_sec: plain::ROUNDS_PER_SEC_DEFAULT,
             rng_seed: [0; 32],
         }
-    }
-}
-
-impl AuthConfig {
-    /// Whether anonymous clients are accepted on `listener`.
-    pub fn anonymous_allowed_on(&self, listener: Option<u16>) -> bool {
-        listener
-            .and_then(|l| self.listener_allow_anonymous.get(usize::from(l)).copied().flatten())
-            .unwrap_or(self.allow_anonymous)
     }
 }
 
@@ -170,7 +162,7 @@ impl PartialEq for AuthConfig {
             && self.acl_deny_publish_disconnect == other.acl_deny_publish_disconnect
             && self.quotas == other.quotas
             && self.allow_anonymous == other.allow_anonymous
-            && self.listener_allow_anonymous == other.listener_allow_anonymous
+            && self.listeners == other.listeners
             && self.redirect == other.redirect
             && self.password_rounds_per_sec == other.password_rounds_per_sec
             && self.methods.len() == other.methods.len()
@@ -193,7 +185,7 @@ impl AuthConfig {
             acl_deny_publish_disconnect: false,
             quotas: Default::default(),
             allow_anonymous,
-            listener_allow_anonymous: Vec::new(),
+            listeners: Vec::new(),
             methods: vec![Arc::new(scram)],
             redirect: None,
             password_rounds_per_sec: plain::ROUNDS_PER_SEC_DEFAULT,
@@ -201,7 +193,8 @@ impl AuthConfig {
         }
     }
 
-    /// True when clients are authenticated (a users file or a password file).
+    /// True when clients are authenticated by the global files (a users file or a password
+    /// file); see [`AuthConfig::logins_on`] for one listener's.
     pub fn authenticates(&self) -> bool {
         self.users.is_some() || self.passwd.is_some()
     }

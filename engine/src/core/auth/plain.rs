@@ -179,22 +179,32 @@ impl PasswordChecks {
         password: &[u8],
         now: Instant,
     ) -> Result<(), ReasonCode> {
-        self.check_from(users, name, password, None, now)
+        self.check_from(users, 0, name, password, None, now)
     }
 
     /// [`PasswordChecks::check`] for a client at `source`: a derivation is charged to the
     /// source's and the user name's shares first (0x89 when either is spent, without
-    /// touching the shard's budget), then to the shard's budget.
+    /// touching the shard's budget), then to the shard's budget. `realm` names the set of
+    /// credentials `users` is (`LoginsRef::realm`): outcomes are remembered per realm, so a
+    /// password right on one listener proves nothing on another.
     pub(crate) fn check_from<V: PlainVerifier + ?Sized>(
         &mut self,
         users: &V,
+        realm: u16,
         name: &str,
         password: &[u8],
         source: Option<IpAddr>,
         now: Instant,
     ) -> Result<(), ReasonCode> {
-        let tag = self.tag(name, password);
-        if let Some(good) = self.good.get(name) {
+        // A user name holds no U+0000 [MQTT-1.5.4-2]: the suffix cannot be confused with a
+        // name of the global realm.
+        let key: std::borrow::Cow<'_, str> = match realm {
+            0 => name.into(),
+            r => format!("{name}\0{r}").into(),
+        };
+        let key = &*key;
+        let tag = self.tag(key, password);
+        if let Some(good) = self.good.get(key) {
             if bool::from(good.ct_eq(&tag)) {
                 self.cache_hits_count += 1;
                 return Ok(());
@@ -228,7 +238,7 @@ impl PasswordChecks {
         }
         self.derivations_count += 1;
         if users.verify_password(name, password) {
-            self.remember_good(name, tag);
+            self.remember_good(key, tag);
             Ok(())
         } else {
             self.remember_bad(tag);

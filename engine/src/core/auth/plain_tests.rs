@@ -137,7 +137,7 @@ fn a_flood_from_one_address_spends_its_share_not_everybody_s_budget() {
     let mut refused = 0;
     for (i, name) in names.iter().enumerate() {
         let pw = format!("guess {i}");
-        if checks.check_from(&db, name, pw.as_bytes(), attacker, t0) == BUSY {
+        if checks.check_from(&db, 0, name, pw.as_bytes(), attacker, t0) == BUSY {
             refused += 1;
         }
     }
@@ -145,16 +145,33 @@ fn a_flood_from_one_address_spends_its_share_not_everybody_s_budget() {
     assert_eq!(checks.share_refusals_count, 3);
     // Another address logs in: the shard's budget was barely touched.
     let other: Option<IpAddr> = Some([10, 0, 0, 7].into());
-    assert_eq!(checks.check_from(&db, "alice", b"wonderland", other, t0), Ok(()));
+    assert_eq!(checks.check_from(&db, 0, "alice", b"wonderland", other, t0), Ok(()));
     // Per user name too: guesses for bob from many addresses spend bob's share only.
     for i in 0..3u8 {
         let from: Option<IpAddr> = Some([10, 1, 0, i].into());
-        let r = checks.check_from(&db, "bob", format!("g{i}").as_bytes(), from, t0);
+        let r = checks.check_from(&db, 0, "bob", format!("g{i}").as_bytes(), from, t0);
         assert_eq!(r, if i < 2 { WRONG } else { BUSY }, "guess {i}");
     }
     let from: Option<IpAddr> = Some([10, 2, 0, 1].into());
-    assert_eq!(checks.check_from(&db, "alice", b"other guess", from, t0), WRONG);
+    assert_eq!(checks.check_from(&db, 0, "alice", b"other guess", from, t0), WRONG);
     // A second later the shares are back.
     let t1 = t0 + Duration::from_secs(1);
-    assert_eq!(checks.check_from(&db, "bob", b"builder", attacker, t1), Ok(()));
+    assert_eq!(checks.check_from(&db, 0, "bob", b"builder", attacker, t1), Ok(()));
+}
+
+#[test]
+fn outcomes_are_remembered_per_realm() {
+    // Listener 1's own file has alice with another password: the global realm's cached
+    // success must not let the global password in there.
+    let global = users();
+    let mut own = UserDb::default();
+    own.insert("alice", Credential::derive(b"looking-glass", b"0123456789abcdef", 4096));
+    let mut checks = PasswordChecks::new(&[1; 32], 0, ROUNDS_PER_SEC_DEFAULT);
+    let now = Instant::now();
+    assert_eq!(checks.check_from(&global, 0, "alice", b"wonderland", None, now), Ok(()));
+    let (r, n) = derivations(|| checks.check_from(&own, 2, "alice", b"wonderland", None, now));
+    assert_eq!((r, n.0), (WRONG, 1), "checked against the listener's own file");
+    assert_eq!(checks.check_from(&own, 2, "alice", b"looking-glass", None, now), Ok(()));
+    let (r, n) = derivations(|| checks.check_from(&global, 0, "alice", b"wonderland", None, now));
+    assert_eq!((r, n.0), (Ok(()), 0), "the global realm's entry is still cached");
 }

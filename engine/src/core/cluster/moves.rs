@@ -367,7 +367,7 @@ impl ShardCore {
             session.subs.push((sub.filter.clone(), entry));
             self.restore_subscription(slot, sub.filter, entry);
         }
-        if self.config.auth.acl.is_some() {
+        if self.config.auth.any_acl() {
             self.refresh_acl_coverage(slot);
         }
         let now_ms = self.uptime_ms(now);

@@ -62,7 +62,7 @@ impl ShardCore {
     /// than one filter matched.
     pub(crate) fn deliver_local(&mut self, msg: &Arc<Message>, now_ms: u64) {
         let ShardCore { trie, sessions, fanout, shard, config, stats, .. } = self;
-        let acl = config.auth.acl.as_deref();
+        let auth = &config.auth;
         fanout.epoch += 1;
         let epoch = fanout.epoch;
         let matches = &mut fanout.matches;
@@ -85,6 +85,8 @@ impl ShardCore {
                 // A partly readable filter: this topic is checked (`policy/authorize.rs`).
                 let s = sessions.get(slot);
                 let ident = Ident { user: sessions.user(slot), client_id: &s.client_id };
+                // The ACL of the listener the session's client connected on.
+                let acl = auth.acl_on(s.listener);
                 if !acl.is_some_and(|acl| acl.allows(&ident, &msg.topic, READ)) {
                     stats.denials[Denial::Deliver as usize] += 1;
                     tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "denied: deliver");

@@ -105,7 +105,7 @@ impl ShardCore {
             for (filter, entry) in filters {
                 self.restore_subscription(slot, filter, entry);
             }
-            if self.config.auth.acl.is_some() {
+            if self.config.auth.any_acl() {
                 self.refresh_acl_coverage(slot);
             }
         }

@@ -10,8 +10,8 @@
 //!   options live with the group's owner).
 //! - Wills are checked when they are published (`sessions/connect.rs`).
 //!
-//! Coverage is decided again when the identity of a session changes (a reconnection) and
-//! when the rules change (reload).
+//! Coverage is decided again when the identity of a session changes (a reconnection, maybe
+//! on another listener with another ACL) and when the rules change (reload).
 //!
 //! Shard-local: runs on the session's home shard.
 
@@ -34,10 +34,12 @@ impl ShardCore {
     }
 
     /// Whether `slot`'s client has `access` (`READ` / `WRITE`) on `topic`: always without an
-    /// ACL.
+    /// ACL. The ACL is the one of the listener the client connected on (its own, else the
+    /// global one: `auth/listener.rs`), read afresh each time (a reload applies from the
+    /// next PUBLISH).
     pub(crate) fn acl_allows(&self, slot: SessionSlot, topic: &str, access: u8) -> bool {
-        let Some(acl) = self.config.auth.acl.as_deref() else { return true };
         let s = self.sessions.get(slot);
+        let Some(acl) = self.config.auth.acl_on(s.listener) else { return true };
         let ident = Ident { user: self.sessions.user(slot), client_id: &s.client_id };
         acl.allows(&ident, topic, access)
     }
@@ -45,9 +47,9 @@ impl ShardCore {
     /// How much of `filter` `slot`'s client may read: `Full` without an ACL. A shared
     /// subscription `$share/G/F` is judged on F.
     pub(crate) fn acl_read_coverage(&self, slot: SessionSlot, filter: &str) -> Coverage {
-        let Some(acl) = self.config.auth.acl.as_deref() else { return Coverage::Full };
-        let filter = split_shared(filter).map_or(filter, |(_, f)| f);
         let s = self.sessions.get(slot);
+        let Some(acl) = self.config.auth.acl_on(s.listener) else { return Coverage::Full };
+        let filter = split_shared(filter).map_or(filter, |(_, f)| f);
         let ident = Ident { user: self.sessions.user(slot), client_id: &s.client_id };
         acl.read_coverage(&ident, filter)
     }
@@ -76,7 +78,7 @@ impl ShardCore {
     /// Whether a shared subscription's message may go to member `slot` (checked for every
     /// message: the group's owner keeps no per-member coverage). Counts a denial.
     pub(crate) fn acl_allows_shared(&mut self, slot: SessionSlot, topic: &str) -> bool {
-        if self.config.auth.acl.is_none() || self.acl_allows(slot, topic, READ) {
+        if !self.config.auth.any_acl() || self.acl_allows(slot, topic, READ) {
             return true;
         }
         self.count_denial(Denial::Deliver, slot, topic);

@@ -23,11 +23,13 @@ pub enum Denial {
     ConnectionsMax,
     /// A connection closed before CONNECT: its address opened too many this second.
     ConnectRate,
+    /// A CONNECT refused: its listener has its `max_connections` clients.
+    ListenerConnectionsMax,
 }
 
 impl Denial {
     /// Every reason, in counter order.
-    pub const ALL: [Denial; 9] = [
+    pub const ALL: [Denial; 10] = [
         Denial::Publish,
         Denial::Subscribe,
         Denial::Deliver,
@@ -37,6 +39,7 @@ impl Denial {
         Denial::PublishRate,
         Denial::ConnectionsMax,
         Denial::ConnectRate,
+        Denial::ListenerConnectionsMax,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Denial::ALL.len();
@@ -53,6 +56,7 @@ impl Denial {
             Denial::PublishRate => "publish_rate",
             Denial::ConnectionsMax => "connections_max",
             Denial::ConnectRate => "connect_rate",
+            Denial::ListenerConnectionsMax => "listener_connections_max",
         }
     }
 }

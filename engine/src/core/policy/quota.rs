@@ -3,6 +3,9 @@
 //! - `connections_max`: connected clients in the whole broker (one counter shared by the
 //!   shards, touched only at CONNECT and close). Past it, CONNECT gets 0x97 Quota exceeded
 //!   (3.1.1: return code 3, server unavailable).
+//! - `listener_connections_max`: connected clients of one listener (`[[listener]]
+//!   max_connections`), counted the same way (one counter per listener shared by the
+//!   shards) and refused the same way.
 //! - `connections_per_sec_per_address`: new connections from one source address, per shard
 //!   (each shard accepts on its own; the io layer spreads connections over the shards).
 //!   Past it the connection is closed before CONNECT is read.
@@ -31,8 +34,14 @@ pub struct Quotas {
     pub publish_messages_per_sec: Option<u32>,
     /// PUBLISH payload bytes a second per connection.
     pub publish_bytes_per_sec: Option<u64>,
+    /// Connected clients per listener (indexed like `ConnInfo::listener`; `None` or absent:
+    /// no quota there).
+    pub listener_connections_max: Vec<Option<u64>>,
     /// Connected clients now, across the shards (shared by every shard's copy).
     pub connected: Arc<AtomicU64>,
+    /// Connected clients now per listener, across the shards (shared like `connected`;
+    /// sized to the listeners at start-up).
+    pub listener_connected: Arc<Vec<AtomicU64>>,
 }
 
 impl PartialEq for Quotas {
@@ -42,25 +51,62 @@ impl PartialEq for Quotas {
             && self.connections_per_sec_per_address == o.connections_per_sec_per_address
             && self.publish_messages_per_sec == o.publish_messages_per_sec
             && self.publish_bytes_per_sec == o.publish_bytes_per_sec
+            && self.listener_connections_max == o.listener_connections_max
     }
 }
 
 impl Eq for Quotas {}
 
+/// Which connection quota refused a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionsFull {
+    /// `connections_max`.
+    Broker,
+    /// The listener's `max_connections`.
+    Listener,
+}
+
 impl Quotas {
-    /// Takes a connection slot; false (nothing taken) at `connections_max`.
-    pub(crate) fn take_connection(&self) -> bool {
+    /// Per-listener counters for `listeners` listeners, with these quotas.
+    pub fn with_listeners(mut self, max: Vec<Option<u64>>) -> Quotas {
+        self.listener_connected = Arc::new(max.iter().map(|_| AtomicU64::new(0)).collect());
+        self.listener_connections_max = max;
+        self
+    }
+
+    /// Takes a connection slot on `listener` (and in the broker); nothing is taken when a
+    /// quota is reached. Exact across shards without a lock: each counter is raised first
+    /// and lowered again if that went past the quota, so the count of admitted clients
+    /// never exceeds it.
+    pub(crate) fn take_connection(&self, listener: u16) -> Result<(), ConnectionsFull> {
         let n = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
         if self.connections_max.is_some_and(|max| n > max) {
             self.connected.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(ConnectionsFull::Broker);
         }
-        true
+        if let Some(count) = self.listener_connected.get(usize::from(listener)) {
+            let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+            let max = self.listener_connections_max.get(usize::from(listener)).copied().flatten();
+            if max.is_some_and(|max| n > max) {
+                count.fetch_sub(1, Ordering::Relaxed);
+                self.connected.fetch_sub(1, Ordering::Relaxed);
+                return Err(ConnectionsFull::Listener);
+            }
+        }
+        Ok(())
     }
 
-    /// Gives a connection slot back.
-    pub(crate) fn release_connection(&self) {
+    /// Gives a connection slot on `listener` back.
+    pub(crate) fn release_connection(&self, listener: u16) {
         self.connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(count) = self.listener_connected.get(usize::from(listener)) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connected clients of `listener` now (all shards).
+    pub fn listener_connected(&self, listener: u16) -> u64 {
+        self.listener_connected.get(usize::from(listener)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -173,10 +219,22 @@ mod tests {
     fn connections_are_counted_broker_wide_and_per_address() {
         let q = Quotas { connections_max: Some(2), ..Quotas::default() };
         let other_shard = q.clone();
-        assert!(q.take_connection() && other_shard.take_connection());
-        assert!(!q.take_connection(), "the counter is shared");
-        other_shard.release_connection();
-        assert!(q.take_connection());
+        assert!(q.take_connection(0).is_ok() && other_shard.take_connection(0).is_ok());
+        assert_eq!(q.take_connection(0), Err(ConnectionsFull::Broker), "the counter is shared");
+        other_shard.release_connection(0);
+        assert!(q.take_connection(0).is_ok());
+        // Per listener: listener 1 holds one client; listener 0 is unlimited.
+        let q = Quotas { connections_max: Some(3), ..Quotas::default() }
+            .with_listeners(vec![None, Some(1)]);
+        let other_shard = q.clone();
+        assert!(q.take_connection(1).is_ok());
+        assert_eq!(other_shard.take_connection(1), Err(ConnectionsFull::Listener));
+        assert_eq!(q.listener_connected(1), 1, "a refusal takes nothing");
+        assert!(q.take_connection(0).is_ok() && q.take_connection(0).is_ok());
+        assert_eq!(q.take_connection(0), Err(ConnectionsFull::Broker));
+        q.release_connection(1);
+        assert_eq!(q.listener_connected(1), 0);
+        assert!(other_shard.take_connection(1).is_ok(), "the freed slot is taken again");
         let mut rates = ConnectRates::default();
         let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         let t0 = Instant::now();

@@ -123,9 +123,10 @@ impl ShardCore {
         if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
             return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
         }
-        // Authentication is on with a password or users file, or on a listener that takes
+        // Authentication is on with a password or users file (global, or a listener's own:
+        // sessions are shared by the listeners), or on a listener that takes
         // the user name from a verified client certificate.
-        let authenticated = self.config.auth.authenticates()
+        let authenticated = self.config.auth.authenticates_anywhere()
             || self.conns.get(conn).is_some_and(|c| c.info.identity_as_username);
         if let Some(slot) = existing.filter(|_| authenticated) {
             // With authentication on, a session belongs to the identity that created it:
@@ -149,11 +150,18 @@ impl ShardCore {
                 );
             }
         }
-        // The broker-wide connection quota (`policy/quota.rs`), taken after a takeover gave
-        // the old connection's slot back: 0x97 Quota exceeded (3.1.1: return code 3).
-        if !self.config.auth.quotas.take_connection() {
-            self.stats.denials[crate::core::policy::Denial::ConnectionsMax as usize] += 1;
-            tracing::debug!(shard = %self.shard, %client_id, "denied: connections_max");
+        // The broker-wide and the listener's connection quotas (`policy/quota.rs`), taken
+        // after a takeover gave the old connection's slot back: 0x97 Quota exceeded (3.1.1:
+        // return code 3).
+        let listener = self.conns.get(conn).map_or(0, |c| c.info.listener);
+        if let Err(full) = self.config.auth.quotas.take_connection(listener) {
+            use crate::core::policy::{quota::ConnectionsFull, Denial};
+            let denial = match full {
+                ConnectionsFull::Broker => Denial::ConnectionsMax,
+                ConnectionsFull::Listener => Denial::ListenerConnectionsMax,
+            };
+            self.stats.denials[denial as usize] += 1;
+            tracing::debug!(shard = %self.shard, %client_id, listener, "denied: {}", denial.name());
             return self.refuse_connect(conn, version, ReasonCode::QUOTA_EXCEEDED, now);
         }
         // The old connection's close may have ended the session (expiry 0).
@@ -169,8 +177,10 @@ impl ShardCore {
         };
 
         self.sessions.set_user(slot, user.as_deref());
-        if session_present && self.config.auth.acl.is_some() {
-            // The identity may differ from the last connection's (without authentication).
+        self.sessions.get_mut(slot).listener = Some(listener);
+        if session_present && self.config.auth.any_acl() {
+            // The identity may differ from the last connection's (without authentication),
+            // and so may the listener, whose ACL judges it.
             self.refresh_acl_coverage(slot);
         }
         let session = self.sessions.get_mut(slot);
@@ -199,7 +209,6 @@ impl ShardCore {
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
         self.cluster_connected(conn, &client_id);
-        let listener = self.conns.get(conn).map_or(0, |c| c.info.listener);
         self.ops.connected(version, listener);
         if tracing::enabled!(tracing::Level::INFO) {
             let c = self.conns.get(conn).expect("connection being connected");

@@ -152,6 +152,10 @@ pub(crate) struct Session {
     /// its index in the fan-out's match list.
     pub(crate) fanout_epoch: u64,
     pub(crate) fanout_index: u32,
+    /// The listener its client last connected on (`ConnInfo::listener`): the ACL it is
+    /// judged by (`auth/listener.rs`). `None` until a client connects (a session recovered
+    /// from the log or moved from another node).
+    pub(crate) listener: Option<u16>,
     /// What the log knows about this session: `Some` while it is persistent and the broker
     /// persists (`persist/mod.rs`).
     pub(crate) plog: Option<Box<SessionLog>>,
@@ -170,6 +174,7 @@ impl Session {
             will: None,
             fanout_epoch: 0,
             fanout_index: 0,
+            listener: None,
             plog: None,
         }
     }
