@@ -108,6 +108,45 @@ fn a_publish_crosses_and_is_credited_exactly_once() {
     assert!(a.counters.messages_in.load(Relaxed) >= 2);
 }
 
+/// Receive-side back-pressure: while a shard's subscribers hold publishers back (its bit of
+/// `shards_paused`, set by the shard), the runtime keeps other nodes' messages for it, in
+/// order, and hands them over once the bit clears; messages for other shards go on.
+#[test]
+fn messages_for_a_paused_shard_wait_until_it_resumes() {
+    let (a, b) = pair(41, 42);
+    add_filter(&a, &b, "p/#", 1);
+    let tx = b.rt.tx();
+    let to_a = NodeSet(1 << a.id.0);
+    // A's shard 1 is paused: B's messages from its shard 1 go to A's shard 1.
+    a.counters.shards_paused.store(1 << 1, Relaxed);
+    for i in 0..3 {
+        tx.send(
+            ShardId(1),
+            ClusterOut::Publish { nodes: to_a, msg: message(&format!("p/{i}"), b"x") },
+        );
+    }
+    // The marker: a later message from B's shard 0 (same link, so read after the three)
+    // reaches A's shard 0, and none of the three came before it.
+    tx.send(ShardId(0), ClusterOut::Publish { nodes: to_a, msg: message("p/marker", b"m") });
+    let (shard, before) = a.wait_for("the marker", |shard, m| match m {
+        ClusterIn::Publish { msg, .. } if &*msg.topic == "p/marker" => Some(shard),
+        _ => None,
+    });
+    assert_eq!(shard, ShardId(0));
+    let early: Vec<_> =
+        before.iter().filter(|(_, m)| matches!(m, ClusterIn::Publish { .. })).collect();
+    assert!(early.is_empty(), "handed to a paused shard: {early:?}");
+    a.counters.shards_paused.store(0, Relaxed);
+    for i in 0..3 {
+        let want = format!("p/{i}");
+        let (shard, _) = a.wait_for("a kept message", |shard, m| match m {
+            ClusterIn::Publish { msg, .. } => Some((shard, msg.topic.to_string())),
+            _ => None,
+        });
+        assert_eq!(shard, (ShardId(1), want), "in order, to the shard that was paused");
+    }
+}
+
 /// Opens a raw connection to `node`'s link listener and writes `bytes`; true when the node
 /// then closes it (EOF or reset) — the wait is for that, bounded by the read timeout.
 fn closed_after(node: &Node, bytes: &[u8]) -> bool {

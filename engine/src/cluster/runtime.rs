@@ -41,6 +41,8 @@ use crate::core::ids::ShardId;
 
 /// Longest the main loop sleeps when the machine has no deadline.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How often the main loop looks at the shards' pause bits while it keeps messages back.
+const DEFERRED_POLL: Duration = Duration::from_millis(2);
 /// Most events handled before the machine's effects are carried out.
 const EVENTS_PER_TURN_MAX: usize = 1024;
 /// Longest `stop` waits for the threads (then leaves the rest to end on their own).
@@ -202,6 +204,8 @@ pub fn start(
         incoming: HashMap::new(),
         batches: vec![Vec::new(); usize::from(shard_count.max(1))],
         inbound: vec![VecDeque::new(); usize::from(shard_count.max(1))],
+        deferred: (0..shard_count.max(1)).map(|_| VecDeque::new()).collect(),
+        counters: counters.clone(),
         gossip_key: gossip_key.clone(),
         stopping: false,
     };
@@ -344,6 +348,12 @@ struct MainLoop {
     /// Per shard: the frame sizes of the peers' messages handed to it and not yet handled
     /// (`ClusterOut::Handled`), in order; they hold their share of the inbound budget.
     inbound: Vec<VecDeque<usize>>,
+    /// Per shard: the peers' messages for it kept back, in order, while its subscribers hold
+    /// publishers back (`ClusterCounters::shards_paused`); they hold their share of the
+    /// inbound budget, so past it the links stop reading and TCP pushes back on the peers.
+    deferred: Vec<VecDeque<(u64, Bytes, Option<wire::Frame>)>>,
+    /// The shards' pause bits (`ClusterCounters::shards_paused`).
+    counters: Arc<ClusterCounters>,
     stopping: bool,
 }
 
@@ -355,7 +365,11 @@ impl MainLoop {
                 .machine
                 .next_deadline()
                 .map_or(IDLE_WAIT, |d| d.saturating_duration_since(now));
-            let first = match self.inbox.recv_timeout(wait.min(IDLE_WAIT)) {
+            // Messages kept back for a paused shard: look again soon (the shard shows its
+            // pause ending in a shared bit, not by an event).
+            let idle =
+                if self.deferred.iter().any(|d| !d.is_empty()) { DEFERRED_POLL } else { IDLE_WAIT };
+            let first = match self.inbox.recv_timeout(wait.min(idle)) {
                 Ok(ev) => Some(ev),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -370,6 +384,7 @@ impl MainLoop {
                 }
             }
             let now = Instant::now();
+            self.hand_deferred(now);
             if self.machine.next_deadline().is_some_and(|d| d <= now) {
                 self.machine.handle_timer(now);
             }
@@ -401,9 +416,6 @@ impl MainLoop {
                 self.incoming.insert(conn, Incoming { peer, node: None, stream });
             }
             Event::Frame { conn, frame, decoded } => {
-                // A message for a shard keeps its share of the inbound budget until that
-                // shard says it handled it (`ClusterOut::Handled`): receive-side
-                // back-pressure. Every other frame is done with here.
                 let shard = match &decoded {
                     Some(wire::Frame::Publish { origin_shard, .. })
                     | Some(wire::Frame::PublishShared { origin_shard, .. }) => {
@@ -411,11 +423,15 @@ impl MainLoop {
                     }
                     _ => None,
                 };
-                let handed = self.frame(conn, &frame, decoded, now);
-                match shard.filter(|_| handed) {
-                    Some(s) => self.inbound[s].push_back(frame.len()),
-                    None => self.net.budget.release(frame.len()),
+                // A message for a shard whose subscribers hold publishers back waits here
+                // (and so does every later one for it, to keep their order).
+                if let Some(s) = shard {
+                    if self.shard_paused(s) || !self.deferred[s].is_empty() {
+                        self.deferred[s].push_back((conn, frame, decoded));
+                        return;
+                    }
                 }
+                self.hand(conn, frame, decoded, shard, now);
             }
             Event::Closed { conn } => {
                 self.incoming.remove(&conn);
@@ -444,6 +460,42 @@ impl MainLoop {
             Event::Stop => {
                 self.stopping = true;
                 self.machine.leave(now);
+            }
+        }
+    }
+
+    /// Whether shard `s`'s subscribers hold publishers back (its bit of
+    /// `ClusterCounters::shards_paused`).
+    fn shard_paused(&self, s: usize) -> bool {
+        s < 64
+            && self.counters.shards_paused.load(std::sync::atomic::Ordering::Acquire) & (1 << s)
+                != 0
+    }
+
+    /// Gives a peer's frame to the machine. A message for a shard keeps its share of the
+    /// inbound budget until that shard says it handled it (`ClusterOut::Handled`):
+    /// receive-side back-pressure. Every other frame is done with here.
+    fn hand(
+        &mut self,
+        conn: u64,
+        frame: Bytes,
+        decoded: Option<wire::Frame>,
+        shard: Option<usize>,
+        now: Instant,
+    ) {
+        let handed = self.frame(conn, &frame, decoded, now);
+        match shard.filter(|_| handed) {
+            Some(s) => self.inbound[s].push_back(frame.len()),
+            None => self.net.budget.release(frame.len()),
+        }
+    }
+
+    /// Hands over the messages kept back for shards that are no longer paused, in order.
+    fn hand_deferred(&mut self, now: Instant) {
+        for s in 0..self.deferred.len() {
+            while !self.deferred[s].is_empty() && !self.shard_paused(s) {
+                let (conn, frame, decoded) = self.deferred[s].pop_front().expect("not empty");
+                self.hand(conn, frame, decoded, Some(s), now);
             }
         }
     }

@@ -422,6 +422,13 @@ impl ShardCore {
             || self.cluster_paused()
     }
 
+    /// True while this node's subscribers' queues hold publishers back (this shard's budget,
+    /// or another shard's, `MeshMsg::Pressure`): the cluster runtime then stops handing this
+    /// shard other nodes' messages (`ClusterCounters::shards_paused`).
+    pub(crate) fn subscribers_paused(&self) -> bool {
+        self.tx_budget.paused() || self.peers_paused.iter().any(|p| *p)
+    }
+
     /// True when this shard's own pause state differs from what the other shards were
     /// told: [`ShardCore::sync_pressure`] has a message to send.
     pub fn pressure_dirty(&self) -> bool {

@@ -179,6 +179,22 @@ impl Sim {
         self.shards.len()
     }
 
+    /// Client `c` reads again: what its connection's queue holds is delivered now.
+    pub(crate) fn unstall(&mut self, c: usize) {
+        self.clients[c].stalled = false;
+        let conns: Vec<(usize, ConnId)> =
+            self.owners.iter().filter(|(_, o)| **o == c).map(|(k, _)| *k).collect();
+        for (s, conn) in conns {
+            let mut out = Vec::new();
+            if let Some(tx) = self.shards[s].tx(conn) {
+                tx.take_all(&mut out);
+            }
+            for b in out {
+                self.clients[c].rx.extend_from_slice(&b);
+            }
+        }
+    }
+
     /// The home shard of a client id.
     pub(crate) fn home(&self, client_id: &str) -> usize {
         usize::from(ShardCore::home_shard(client_id.as_bytes(), self.n() as u16).0)

@@ -575,7 +575,7 @@ impl ShardIo {
     pub(crate) fn relieve(&self) {
         let (dirty, paused) = {
             let core = self.core.borrow();
-            (core.pressure_dirty(), core.publishing_paused())
+            (core.pressure_dirty() || core.cluster_pause_dirty(), core.publishing_paused())
         };
         if dirty || (!paused && !self.parked.borrow().is_empty()) {
             self.drain();

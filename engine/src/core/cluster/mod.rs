@@ -292,6 +292,11 @@ pub struct ClusterCounters {
     /// Connections this node ended because the client id connected on another node (a kick,
     /// or the session moving there).
     pub takeovers: AtomicU64,
+    /// Bit `i` set while shard `i`'s subscribers hold publishers back (its transmit budget,
+    /// or another shard's): the runtime then keeps other nodes' messages for that shard in
+    /// its inbound budget instead of handing them over (`cluster/runtime.rs`). Shards past
+    /// 63 are never marked.
+    pub shards_paused: AtomicU64,
 }
 
 /// What a shard's core needs to know of the cluster (`CoreConfig::cluster`).

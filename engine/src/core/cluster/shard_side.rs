@@ -55,6 +55,8 @@ pub(crate) struct ClusterState {
     pub(crate) routing: Vec<((u64, u64), super::moves::HeldConnect)>,
     /// `ClusterIn::Publish`/`PublishShared` handled and not yet reported (`Handled`).
     pub(crate) handled: u64,
+    /// The pause state last shown to the runtime (`ClusterCounters::shards_paused`).
+    paused_shown: bool,
     /// This shard's ordinary subscriptions per filter (shared groups are told apart: a
     /// group's inner filter shares the shard route index's count, not this one).
     subs: Map<ByteStr, u32>,
@@ -74,6 +76,7 @@ impl ClusterState {
             conns: Map::default(),
             subs: Map::default(),
             last_claim: 0,
+            paused_shown: false,
             held: Map::default(),
             routing: Vec::new(),
             handled: 0,
@@ -183,14 +186,33 @@ impl ShardCore {
     }
 
     /// Moves the messages for the cluster runtime into `out` (with one `Handled` for the
-    /// other nodes' messages handled since the last call).
+    /// other nodes' messages handled since the last call), and shows the runtime whether
+    /// this shard's subscribers hold publishers back.
     pub fn drain_cluster_out(&mut self, out: &mut Vec<ClusterOut>) {
-        if let Some(c) = self.cluster.as_deref_mut() {
+        let paused = self.subscribers_paused();
+        let shard = self.shard.0;
+        let mask = self.config.cluster.as_ref().map(|k| &k.counters.shards_paused);
+        if let (Some(c), Some(mask)) = (self.cluster.as_deref_mut(), mask) {
+            if paused != c.paused_shown && shard < 64 {
+                c.paused_shown = paused;
+                let bit = 1u64 << shard;
+                if paused {
+                    mask.fetch_or(bit, std::sync::atomic::Ordering::Release);
+                } else {
+                    mask.fetch_and(!bit, std::sync::atomic::Ordering::Release);
+                }
+            }
             out.append(&mut c.out);
             if c.handled > 0 {
                 out.push(ClusterOut::Handled { messages: std::mem::take(&mut c.handled) });
             }
         }
+    }
+
+    /// True when the pause state shown to the cluster runtime is stale: the io layer drains
+    /// (`drain_cluster_out` updates it).
+    pub fn cluster_pause_dirty(&self) -> bool {
+        self.cluster.as_deref().is_some_and(|c| c.paused_shown != self.subscribers_paused())
     }
 
     /// A message from the node's cluster runtime.
