@@ -24,6 +24,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     let mut spec = build_spec(p, broker.addr, s)?;
     spec.subscriber_broker = broker.subscribers_at;
     spec.subscriber_brokers.clone_from(&broker.subscribers_spread);
+    spec.transport = broker.client.clone();
     let total_conns = spec.conns.len();
     let mut progress = Progress::new(format!("[{}] {}", broker.name, p.label()), s.quiet);
     let rss_idle = broker.rss_kib();
