@@ -34,7 +34,7 @@ const FRAME_MAX_BYTES: usize = 64 * 1024;
 /// The longest upgrade answer read.
 const HANDSHAKE_MAX_BYTES: usize = 8 * 1024;
 /// RFC 6455 §1.3.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11D65";
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The client's WebSocket state.
 #[derive(Debug)]
@@ -405,7 +405,10 @@ impl WsClient {
         sha.update(WS_GUID.as_bytes());
         let expected = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
         if header("sec-websocket-accept").as_deref() != Some(expected.as_str()) {
-            return Err(other("WebSocket answer: wrong Sec-WebSocket-Accept".into()));
+            return Err(other(format!(
+                "WebSocket answer: Sec-WebSocket-Accept {:?}, not {expected}",
+                header("sec-websocket-accept")
+            )));
         }
         match header("sec-websocket-protocol") {
             Some(p) if p.eq_ignore_ascii_case("mqtt") => Ok(()),
