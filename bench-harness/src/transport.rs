@@ -270,6 +270,12 @@ pub fn mosquitto_listener(
         let (cert, key, _) = ca.write_server_files(dir)?;
         s.push_str(&format!("certfile {}\nkeyfile {}\n", cert.display(), key.display()));
     }
+    if t.ws() {
+        // Mosquitto 2.0.11 exits with "Unable to start any listening sockets" when every
+        // listener is a WebSocket one (its libwebsockets listeners are not counted): an
+        // unused plain listener keeps it up.
+        s.push_str(&format!("listener {} 127.0.0.1\n", crate::broker::free_port()?));
+    }
     Ok((s, client))
 }
 
