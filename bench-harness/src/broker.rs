@@ -417,7 +417,8 @@ impl Broker {
         let (tls, client) = tp::rumqttd_tls(opts.transport, &dir)?;
         // WebSocket: the listener of the run's protocol level is a `[ws.1]` one.
         let listener = |section: &str, name: &str, port: u16| {
-            let section = if opts.transport.ws() && name.starts_with("v4") { "ws" } else { section };
+            let section =
+                if opts.transport.ws() && name.starts_with("v4") { "ws" } else { section };
             format!(
                 "[{section}.1]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n{tls}\
                  next_connection_delay_ms = 0\n\

@@ -80,8 +80,7 @@ pub fn run_failure(r: &RunResult, kind: Kind) -> Option<String> {
 
 /// `None` when every run of `b` was clean, else `failed: <worst run's reason> (k/n runs)`.
 pub fn broker_failure(b: &BrokerRuns<'_>, kind: Kind) -> Option<String> {
-    if !b.runs.is_empty() && b.runs.iter().all(|r| r.error.as_deref().is_some_and(is_unsupported))
-    {
+    if !b.runs.is_empty() && b.runs.iter().all(|r| r.error.as_deref().is_some_and(is_unsupported)) {
         return Some("unsupported".into());
     }
     let failures: Vec<(u64, String)> = b

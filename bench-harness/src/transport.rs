@@ -149,7 +149,6 @@ impl WsFault {
     }
 }
 
-
 /// A CA and a server certificate made at run time. Process-wide, made once.
 #[derive(Debug)]
 pub struct TestCa {

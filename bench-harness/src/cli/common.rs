@@ -89,7 +89,6 @@ pub(super) struct Common {
     pub(super) shardmq_arg: Vec<String>,
 }
 
-
 /// Parses `--brokers`: comma separated `name[@variant]` (see [`BrokerSpec`]).
 pub fn parse_brokers(list: &str) -> Result<Vec<BrokerSpec>> {
     let specs: Vec<BrokerSpec> = list
@@ -176,7 +175,9 @@ pub(super) fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
     crate::wire::protocol_version(c.mqtt_version)?;
     let kinds: Vec<Option<BrokerSpec>> = if c.broker_addr.is_some() {
         if c.transport != [Transport::Tcp] {
-            bail!("--transport needs brokers started here (the test CA is theirs): no --broker-addr");
+            bail!(
+                "--transport needs brokers started here (the test CA is theirs): no --broker-addr"
+            );
         }
         vec![None]
     } else {

@@ -14,8 +14,8 @@ use crate::spec::{Placement, PlacementMode};
 
 mod common;
 
-use common::{parse_brokers, run_matrix, usable_cpus, Common};
 use crate::{headline, sys, table, tune};
+use common::{parse_brokers, run_matrix, usable_cpus, Common};
 
 /// Load generator and side-by-side MQTT broker comparison for shardmq.
 #[derive(Debug, Parser)]
@@ -553,4 +553,3 @@ fn one(kind: Kind, count: u32, load: &LoadOpts) -> Vec<Params> {
     load.apply(&mut p);
     vec![p]
 }
-

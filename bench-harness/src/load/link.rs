@@ -97,7 +97,9 @@ impl Link {
         }
         let tls = match (kind.tls(), tls) {
             (false, _) => None,
-            (true, None) => return Err(other("TLS transport without a client configuration".into())),
+            (true, None) => {
+                return Err(other("TLS transport without a client configuration".into()))
+            }
             (true, Some(config)) => {
                 let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
                     .map_err(|e| other(e.to_string()))?;
