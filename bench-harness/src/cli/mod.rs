@@ -124,7 +124,9 @@ enum Cmd {
         /// shapes only), `smoke` (tiny) or `durability` (p2p 10 pairs QoS 1 and 2: run it
         /// with e.g. `--brokers shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`)
         /// or `scaling` (fan-out 1→1000 with subscribers on the publisher's shard, then
-        /// spread over every shard: run it with two or more --broker-cpus).
+        /// spread over every shard: run it with two or more --broker-cpus) or `transports`
+        /// (fan-out 1→1000 QoS 0 at 100 and 1,000 msg/s, max rate, flood; 2,000 connections:
+        /// run it with `--transports tcp,tls,ws,wss`).
         #[arg(long, default_value = "standard")]
         matrix: String,
         /// Only these rows: comma separated scenario kinds (`fanout,conn`) or parts of row
