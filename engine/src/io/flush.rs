@@ -364,22 +364,22 @@ fn send_batch(
             *dst = IoSlice::new(src);
         }
         let frame = &iov[..used];
-        let result = match sendv(fd, frame) {
-            Ok(sent) => {
-                shard.bytes_out.set(shard.bytes_out.get() + sent as u64);
-                if sent < header_len + total {
-                    t.keep_unsent(frame, sent);
-                    Some(Wrote::Blocked)
-                } else {
-                    None
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                q.note_socket_full(true);
-                return Some(Wrote::Blocked);
-            }
+        // A full socket leaves the unsent rest of the frame (all of it if nothing went) in
+        // `out`: a `Blocked` connection's task waits for writability by writing `out`
+        // (`conn.rs`, `poll_write_all`), and raw queue bytes must never follow a header
+        // that promised more.
+        let sent = match sendv(fd, frame) {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
             Err(_) => return Some(Wrote::Failed),
+        };
+        shard.bytes_out.set(shard.bytes_out.get() + sent as u64);
+        let result = if sent < header_len + total {
+            t.keep_unsent(frame, sent);
+            Some(Wrote::Blocked)
+        } else {
+            None
         };
         (result, total)
     };

@@ -352,7 +352,7 @@ impl TransportState {
     }
 
     /// A direct WebSocket frame (header and payload slices, `frame`) went out only up to
-    /// byte `sent`: the rest is copied into [`TransportState::out`], so the frame is whole
+    /// byte `sent` (0 when the socket took nothing): the rest is copied into [`TransportState::out`], so the frame is whole
     /// before anything else (a pong, a close, the next frame) is sent. Only a full socket
     /// costs this copy, of one batch at most.
     pub(crate) fn keep_unsent(&mut self, frame: &[IoSlice<'_>], mut sent: usize) {
