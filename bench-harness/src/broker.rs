@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 
 use crate::bins::{find_in_path, workspace_target};
 use crate::sys;
+use crate::transport::{self as tp, ClientTransport, Transport};
 
 pub use crate::bins::{find_mosquitto, find_rumqttd, find_shardmq};
 use crate::durability::shardmq_durability_args;
@@ -89,6 +90,8 @@ pub struct BrokerOptions {
     /// A bridge to this broker (its address) forwarding `shardmq-bench/#` out at this QoS
     /// (shardmq: a `[[bridge]]` table; Mosquitto: a `connection`); rumqttd has none.
     pub bridge_to: Option<(SocketAddr, u8)>,
+    /// The transport the broker's listener serves (TLS ones with the run's test CA).
+    pub transport: Transport,
 }
 
 impl BrokerOptions {
@@ -116,6 +119,8 @@ pub struct Broker {
     pub subscribers_spread: Vec<SocketAddr>,
     /// Other processes measured with this one (a cluster's other nodes): CPU and RSS add up.
     pub extra_pids: Vec<u32>,
+    /// How clients reach it: its listener's transport (and the CA to trust).
+    pub client: ClientTransport,
     child: Option<Child>,
     dir: Option<PathBuf>,
 }
@@ -184,6 +189,7 @@ impl Broker {
             subscribers_at: None,
             subscribers_spread: Vec::new(),
             extra_pids: Vec::new(),
+            client: ClientTransport::default(),
             child: None,
             dir: None,
         }
@@ -251,7 +257,7 @@ impl Broker {
         let port = free_port()?;
         let cpus = sys::parse_cpu_list(&opts.cpus).map_err(|e| anyhow!(e))?;
         let mut cmd = pinned(&opts.cpus, &bin);
-        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        let client = tp::listener_args(opts.transport, port, &dir, &mut cmd)?;
         if cpus.is_empty() {
             cmd.arg("--no-pin");
         } else {
@@ -295,8 +301,7 @@ impl Broker {
                 }
                 // A prefix match: `http listening on` (an --http listener) is not MQTT's.
                 if let Some(rest) = line.strip_prefix("listening on ") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    if let (Ok(a), Some(tx)) = (addr.parse::<SocketAddr>(), tx.take()) {
+                    if let (Some(a), Some(tx)) = (tp::listening_addr(rest), tx.take()) {
                         let _ = tx.send(a);
                     }
                 }
@@ -311,6 +316,7 @@ impl Broker {
             subscribers_at: None,
             subscribers_spread: Vec::new(),
             extra_pids: Vec::new(),
+            client,
             child: Some(child),
             dir: Some(dir),
         };
@@ -368,8 +374,9 @@ impl Broker {
         };
         // A benchmark configuration: anonymous, queues deep enough that a fast burst is not
         // dropped, Nagle off like the other brokers; in memory unless persistence is asked for.
+        let (listener, client) = tp::mosquitto_listener(opts.transport, port, &dir)?;
         let text = format!(
-            "listener {port} 127.0.0.1\n\
+            "{listener}\
              allow_anonymous true\n\
              {persistence}\
              max_queued_messages {queued}\n\
@@ -394,6 +401,7 @@ impl Broker {
         let mut cmd = pinned(&opts.cpus, &bin);
         cmd.arg("-c").arg(&conf);
         let mut b = Broker::spawn("mosquitto", cmd, dir, &durability, port)?;
+        b.client = client;
         b.wait_port(opts.start_timeout())?;
         Ok(b)
     }
@@ -406,9 +414,13 @@ impl Broker {
         let conns = opts.connections_max.max(1000) + 100;
         // Generous limits so that the broker, not its configuration, is measured:
         // no accept delay, large segments, wide inflight windows, 1 MiB payloads.
+        let (tls, client) = tp::rumqttd_tls(opts.transport, &dir)?;
+        // WebSocket: the listener of the run's protocol level is a `[ws.1]` one.
         let listener = |section: &str, name: &str, port: u16| {
+            let section =
+                if opts.transport.ws() && name.starts_with("v4") { "ws" } else { section };
             format!(
-                "[{section}.1]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n\
+                "[{section}.1]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n{tls}\
                  next_connection_delay_ms = 0\n\
                  [{section}.1.connections]\nconnection_timeout_ms = 60000\n\
                  max_payload_size = 1048576\nmax_inflight_count = 1000\ndynamic_filters = true\n\n"
@@ -427,6 +439,7 @@ impl Broker {
         cmd.env("RUST_LOG", "error");
         let port = if opts.mqtt_version == 5 { p5 } else { p4 };
         let mut b = Broker::spawn("rumqttd", cmd, dir, "none (in memory)", port)?;
+        b.client = client;
         b.wait_port(opts.start_timeout())?;
         Ok(b)
     }
@@ -453,6 +466,7 @@ impl Broker {
             subscribers_at: None,
             subscribers_spread: Vec::new(),
             extra_pids: Vec::new(),
+            client: ClientTransport::default(),
             child: Some(child),
             dir: Some(dir),
         })

@@ -1,5 +1,5 @@
 //! `shardmq-bench`: a load generator for MQTT brokers and a side-by-side comparison of shardmq
-//! with its peers (Mosquitto, rumqttd), talking to every broker only over TCP on loopback.
+//! with its peers (Mosquitto, rumqttd), talking to every broker on loopback.
 //!
 //! What it does: opens thousands of MQTT connections per thread on non-blocking sockets
 //! ([`load`]), publishes payloads that carry a sequence number, a publisher id and a send
@@ -12,8 +12,11 @@
 //! [`restart`] measures how long a broker takes to come back with N messages stored in an
 //! offline persistent session.
 //!
-//! What it deliberately does not do: reconnect (outside [`restart`]), TLS, WebSocket, or any
-//! timing assertion in tests (the smoke tests check correctness only).
+//! Every message scenario runs over TCP, TLS, WebSocket or WebSocket over TLS
+//! ([`transport`]; `--transport`), with each broker started with the matching listener.
+//!
+//! What it deliberately does not do: reconnect (outside [`restart`]), or any timing
+//! assertion in tests (the smoke tests check correctness only).
 
 mod bins;
 pub mod bridge;
@@ -35,6 +38,7 @@ pub mod sys;
 pub mod table;
 pub mod topology;
 pub mod track;
+pub mod transport;
 pub mod tune;
 pub mod tune_svg;
 pub mod wire;

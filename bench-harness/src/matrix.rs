@@ -99,9 +99,26 @@ pub fn named_matrix(name: &str) -> Result<Vec<Params>> {
             }
             Ok(ps)
         }
-        other => {
-            Err(anyhow!("unknown matrix {other:?} (standard, flood, smoke, durability, scaling)"))
+        // Issue 12's targets (run it with `--transports tcp,tls,ws,wss`): broker CPU per
+        // delivery in fan-out 1 → 1000, QoS 0, 64 B, paced at 100 and 1,000 msg/s, at max
+        // rate and in a flood; and the connect rate of 2,000 connections (over TLS: full
+        // handshakes per second, one shard per broker CPU).
+        "transports" => {
+            let mut ps = vec![
+                with(Kind::Fanout, 1000, 0, Fixed(100.0)),
+                with(Kind::Fanout, 1000, 0, Fixed(1000.0)),
+                with(Kind::Fanout, 1000, 0, Max),
+                with(Kind::Fanout, 1000, 0, Pace::Flood),
+                with(Kind::Conn, 2000, 0, Max),
+            ];
+            if let Some(conn) = ps.last_mut() {
+                conn.settle_secs = 1.0;
+            }
+            Ok(ps)
         }
+        other => Err(anyhow!(
+            "unknown matrix {other:?} (standard, flood, smoke, durability, scaling, transports)"
+        )),
     }
 }
 

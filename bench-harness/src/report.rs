@@ -17,6 +17,9 @@ pub struct RunResult {
     pub broker: String,
     /// Which repetition of the scenario this was (0-based; brokers take turns each round).
     pub repeat: u32,
+    /// The transport the clients used (results saved before transports existed: tcp).
+    #[serde(default)]
+    pub transport: crate::transport::Transport,
     /// Durability mode: `n/a`, the broker's flag, or what the peer does.
     pub durability: String,
     /// How the broker was started.

@@ -16,6 +16,9 @@ use crate::sys::{monotonic_ns, proc_run_delay_ns, self_cpu_us, system_busy_us};
 use crate::track::{histogram_add_pairs, integrity, new_histogram, Latency};
 use crate::worker::RemotePart;
 
+/// TLS and WebSocket connections in their handshakes at once, over the whole run, at most.
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 128;
+
 /// How long setup (connect + subscribe) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -24,6 +27,7 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
     let mut spec = build_spec(p, broker.addr, s)?;
     spec.subscriber_broker = broker.subscribers_at;
     spec.subscriber_brokers.clone_from(&broker.subscribers_spread);
+    spec.transport = broker.client.clone();
     let total_conns = spec.conns.len();
     let mut progress = Progress::new(format!("[{}] {}", broker.name, p.label()), s.quiet);
     let rss_idle = broker.rss_kib();
@@ -41,6 +45,13 @@ pub fn run(p: &Params, broker: &mut Broker, s: &Settings) -> Result<RunResult> {
             "{total_conns} connections need {workers} worker processes, which max rate cannot \
              span: use --rate N or --rate flood"
         );
+    }
+    if spec.transport.kind != crate::transport::Transport::Tcp {
+        // Handshakes in flight over every part and thread stay under what a broker lets
+        // wait (shardmq: `handshakes_per_shard_max`, 256 by default; one more is reset).
+        let parts = workers.max(1) as usize * spec.threads.max(1);
+        spec.connect_concurrency =
+            spec.connect_concurrency.min(HANDSHAKES_IN_FLIGHT_MAX / parts).max(1);
     }
     let per_process = total_conns.div_ceil(workers as usize) as u64;
     let limit = crate::sys::open_files_limit();

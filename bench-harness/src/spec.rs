@@ -382,6 +382,7 @@ pub fn build_spec(p: &Params, broker: std::net::SocketAddr, s: &Settings) -> Res
         broker,
         subscriber_broker: None,
         subscriber_brokers: Vec::new(),
+        transport: Default::default(),
         mqtt_version: s.mqtt_version,
         qos: p.qos,
         payload_bytes: p.payload_bytes,

@@ -80,6 +80,9 @@ pub fn run_failure(r: &RunResult, kind: Kind) -> Option<String> {
 
 /// `None` when every run of `b` was clean, else `failed: <worst run's reason> (k/n runs)`.
 pub fn broker_failure(b: &BrokerRuns<'_>, kind: Kind) -> Option<String> {
+    if !b.runs.is_empty() && b.runs.iter().all(|r| r.error.as_deref().is_some_and(is_unsupported)) {
+        return Some("unsupported".into());
+    }
     let failures: Vec<(u64, String)> = b
         .runs
         .iter()
@@ -96,6 +99,11 @@ pub fn broker_failure(b: &BrokerRuns<'_>, kind: Kind) -> Option<String> {
         .collect();
     let worst = failures.iter().max_by_key(|(w, _)| *w)?;
     Some(format!("failed: {} ({}/{} runs)", worst.1, failures.len(), b.runs.len()))
+}
+
+/// A run's error that says the broker does not serve the transport (no number, no failure).
+pub fn is_unsupported(error: &str) -> bool {
+    error.starts_with("unsupported:")
 }
 
 /// `2.42M`, `545k`, `54.5k`, `7.89`: three significant figures; whole numbers under 10,000
@@ -323,7 +331,7 @@ pub fn table(s: &ScenarioReport) -> String {
     }
     for b in &brokers {
         for r in &b.runs {
-            if let Some(e) = &r.error {
+            if let Some(e) = r.error.as_deref().filter(|e| !is_unsupported(e)) {
                 let first = e.lines().next().unwrap_or_default();
                 let _ = writeln!(out, "{} run {}: FAILED: {first}", b.name, r.repeat + 1);
             }

@@ -311,3 +311,48 @@ fn cluster_of_3_delivers_everything_one_copy_per_node() {
     assert_eq!(join["subscriptions"].as_u64(), Some(2000), "{test}: {report}");
     assert!(join["routes_secs"].as_f64().is_some_and(|s| s > 0.0), "{test}: {join}");
 }
+
+/// Every transport but TCP in one run (the broker started with an mqtts://, a ws:// and a
+/// wss:// listener in turn, the clients trusting the CA the harness made): a fan-out 1 → 5
+/// at QoS 1 delivers everything once, in order, and the results name the transport.
+#[test]
+fn fanout_over_tls_ws_and_wss() {
+    let mut args = vec!["fanout", "--subscribers", "5", "--transport", "tls,ws,wss", "--qos", "1"];
+    args.extend(TINY);
+    let report = run_with("transports", &args, &broker_args()).expect("a report");
+    let results = report["scenarios"][0]["results"].as_array().expect("results").clone();
+    let transports: Vec<&str> = results.iter().map(|r| r["transport"].as_str().unwrap()).collect();
+    assert_eq!(transports, ["tls", "ws", "wss"]);
+    for r in &results {
+        let name = r["broker"].as_str().unwrap();
+        if r["error"].as_str().is_some_and(|e| e.starts_with("unsupported:")) {
+            eprintln!("SKIPPED {name}: {}", r["error"]);
+            continue;
+        }
+        assert!(name.ends_with(r["transport"].as_str().unwrap()), "{name}");
+        assert_correct(name, r, 1);
+    }
+}
+
+/// A WebSocket client that breaks the protocol is refused by the broker, so the run fails in
+/// setup: frames without a mask (RFC 6455 §5.1: the server closes with 1002) and an upgrade
+/// that offers no `mqtt` subprotocol (MQTT 5.0 §6: an HTTP error, no upgrade). shardmq only:
+/// what a peer answers differs.
+#[test]
+fn a_websocket_client_breaking_the_protocol_is_refused() {
+    if broker_name() != "shardmq" {
+        eprintln!("SKIPPED: the refusals checked are shardmq's");
+        return;
+    }
+    for (fault, refusal) in
+        [("unmasked", "WebSocket close from the broker (1002)"), ("wrong-subprotocol", "refused")]
+    {
+        let mut args = vec!["fanout", "--subscribers", "1", "--transport", "ws", "--ws-fault"];
+        args.push(fault);
+        args.extend(TINY);
+        let report = run_with(fault, &args, &broker_args()).expect("a report");
+        let r = &report["scenarios"][0]["results"][0];
+        let e = error_of(r).unwrap_or_else(|| panic!("{fault}: the run did not fail: {r}"));
+        assert!(e.starts_with("setup:") && e.contains(refusal), "{fault}: {e}");
+    }
+}

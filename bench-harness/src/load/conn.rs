@@ -9,6 +9,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::link::Link;
 use super::publisher::PubState;
 use super::reactor::{Reactor, TX_BACKLOG_MAX_BYTES};
 use super::subscriber::SubState;
@@ -43,6 +44,8 @@ pub(super) struct Conn {
     pub(super) dirty: bool,
     pub(super) last_tx_ns: u64,
     pub(super) role: RoleState,
+    /// TLS and/or WebSocket between the socket and the MQTT bytes (`None`: plain TCP).
+    pub(super) link: Option<Box<Link>>,
 }
 
 impl Reactor<'_> {
@@ -85,6 +88,7 @@ impl Reactor<'_> {
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
             Err(e) => return Err(e.into()),
         }
+        let link = Link::new(&self.spec.transport, self.tls.as_ref(), to)?.map(Box::new);
         let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
         self.poll.registry().register(
             &mut stream,
@@ -93,6 +97,7 @@ impl Reactor<'_> {
         )?;
         let c = &mut self.conns[i];
         c.stream = Some(stream);
+        c.link = link;
         c.state = State::Connecting;
         Ok(())
     }
@@ -171,6 +176,9 @@ impl Reactor<'_> {
     }
 
     pub(super) fn on_readable(&mut self, i: usize, rbuf: &mut [u8]) {
+        if self.conns[i].link.is_some() {
+            return self.on_readable_link(i, rbuf);
+        }
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = c.stream.as_mut() else { return };
@@ -182,25 +190,57 @@ impl Reactor<'_> {
                 Err(e) => return self.fail(i, format!("read: {e}")),
             };
             self.ctx.now_ns = monotonic_ns();
-            let result = if c.rx.is_empty() {
-                self.process(i, &rbuf[..n])
-                    .map(|used| self.conns[i].rx.extend_from_slice(&rbuf[used..n]))
-            } else {
-                let mut rx = std::mem::take(&mut self.conns[i].rx);
-                rx.extend_from_slice(&rbuf[..n]);
-                let r = self.process(i, &rx).map(|used| {
-                    rx.drain(..used);
-                });
-                self.conns[i].rx = rx;
-                r
-            };
-            if let Err(e) = result {
+            if let Err(e) = self.feed(i, &rbuf[..n]) {
                 return self.fail(i, e);
             }
             if n < rbuf.len() {
                 // A short read drained the socket; a later arrival raises a new edge.
                 return;
             }
+        }
+    }
+
+    /// [`Reactor::on_readable`] through TLS and/or WebSocket: read until the socket is
+    /// drained (a TLS record or a WebSocket frame may end anywhere), then write whatever the
+    /// layers owe the broker (handshake messages, a pong) or now let through (MQTT bytes
+    /// queued during a handshake).
+    fn on_readable_link(&mut self, i: usize, rbuf: &mut [u8]) {
+        loop {
+            let c = &mut self.conns[i];
+            let (Some(stream), Some(link)) = (c.stream.as_mut(), c.link.as_mut()) else { return };
+            let r = link.read(stream, rbuf);
+            if link.wants_write() || c.tx_pos < c.tx.len() {
+                self.mark_dirty(i);
+            }
+            let n = match r {
+                Ok(0) => return self.fail(i, "closed by the broker".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(i, format!("read: {e}")),
+            };
+            self.ctx.now_ns = monotonic_ns();
+            if let Err(e) = self.feed(i, &rbuf[..n]) {
+                return self.fail(i, e);
+            }
+        }
+    }
+
+    /// Handles the MQTT bytes `data` read on connection `i`: whole frames in place, a partial
+    /// tail kept in the connection's `rx`.
+    fn feed(&mut self, i: usize, data: &[u8]) -> Result<(), String> {
+        if self.conns[i].rx.is_empty() {
+            let used = self.process(i, data)?;
+            self.conns[i].rx.extend_from_slice(&data[used..]);
+            Ok(())
+        } else {
+            let mut rx = std::mem::take(&mut self.conns[i].rx);
+            rx.extend_from_slice(data);
+            let r = self.process(i, &rx).map(|used| {
+                rx.drain(..used);
+            });
+            self.conns[i].rx = rx;
+            r
         }
     }
 
@@ -309,7 +349,21 @@ impl Reactor<'_> {
         if matches!(c.state, State::Connecting | State::NotStarted | State::Closed) {
             return Ok(());
         }
-        while c.tx_pos < c.tx.len() {
+        if let Some(link) = c.link.as_mut() {
+            // MQTT bytes into the layers (as much as they take), the layers' bytes out.
+            loop {
+                let took = link.accept(&c.tx[c.tx_pos..]);
+                c.tx_pos += took;
+                link.write_out(stream)?;
+                if took > 0 {
+                    c.last_tx_ns = now;
+                }
+                if took == 0 || link.wants_write() {
+                    break;
+                }
+            }
+        }
+        while c.link.is_none() && c.tx_pos < c.tx.len() {
             match stream.write(&c.tx[c.tx_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {

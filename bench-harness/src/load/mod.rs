@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::track::{histogram_add_pairs, histogram_to_pairs, new_histogram, Pair};
 
 mod conn;
+mod link;
 mod publisher;
 mod reactor;
 mod subscriber;
@@ -87,6 +88,9 @@ pub struct LoadSpec {
     /// nodes); empty: not spread.
     #[serde(default)]
     pub subscriber_brokers: Vec<SocketAddr>,
+    /// How the connections reach the broker (TCP, TLS, WebSocket, WebSocket over TLS).
+    #[serde(default)]
+    pub transport: crate::transport::ClientTransport,
     /// MQTT protocol level: 3, 4 (3.1.1) or 5.
     pub mqtt_version: u8,
     /// QoS of PUBLISH and SUBSCRIBE.
@@ -337,6 +341,7 @@ mod tests {
             broker: sink_broker(),
             subscriber_broker: None,
             subscriber_brokers: Vec::new(),
+            transport: Default::default(),
             mqtt_version: 4,
             qos: 0,
             payload_bytes: 64,

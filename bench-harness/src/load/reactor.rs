@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -84,6 +85,8 @@ pub(super) struct Reactor<'a> {
     pub(super) dirty: Vec<usize>,
     pub(super) st: Stats,
     pub(super) ctx: Ctx,
+    /// The TLS client configuration of this thread's connections (TLS transports).
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<'a> Reactor<'a> {
@@ -147,9 +150,15 @@ impl<'a> Reactor<'a> {
                 dirty: false,
                 last_tx_ns: 0,
                 role,
+                link: None,
             });
         }
+        let tls = match spec.transport.kind.tls() {
+            true => Some(crate::transport::client_config(&spec.transport.ca_pem)?),
+            false => None,
+        };
         Ok(Reactor {
+            tls,
             spec,
             ctl,
             poll: Poll::new().context("creating the poller")?,

@@ -223,6 +223,7 @@ fn fill(
         broker: broker.addr,
         subscriber_broker: None,
         subscriber_brokers: Vec::new(),
+        transport: Default::default(),
         mqtt_version: p.mqtt_version,
         qos: 1,
         payload_bytes: p.payload_bytes,

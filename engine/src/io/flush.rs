@@ -34,7 +34,7 @@ use crate::core::delivery::tx::TxQueue;
 
 use super::shard::{ConnSlot, ShardIo};
 use super::signal::WakerSlot;
-use super::transport::TransportState;
+use super::transport::{ws, TransportState, WRAP_BATCH_BYTES};
 
 /// Connections written before the writer lets the reactor poll for io again. Smaller means
 /// publishers are read more often during a pass (more frames per send, more polls).
@@ -278,9 +278,9 @@ pub(crate) fn write_out(shard: &ShardIo, slot: &ConnSlot) -> Wrote {
 }
 
 /// [`write_out`] for a connection with a transport (TLS, WebSocket): what the transport
-/// owes the socket goes first; then queued MQTT frames (pending bytes first) are wrapped
-/// in batches of up to `WRAP_BATCH_BYTES` (one WebSocket frame, TLS records of up to 16 KiB)
-/// and sent, until everything is written or the socket is full.
+/// owes the socket goes first; then queued MQTT frames (pending bytes first) go out in
+/// batches of up to `WRAP_BATCH_BYTES`, each one WebSocket frame and/or TLS records of up to
+/// 16 KiB ([`send_batch`]), until everything is written or the socket is full.
 fn write_wrapped(shard: &ShardIo, slot: &ConnSlot, t: &mut TransportState) -> Wrote {
     loop {
         while !t.out_is_empty() {
@@ -305,25 +305,88 @@ fn write_wrapped(shard: &ShardIo, slot: &ConnSlot, t: &mut TransportState) -> Wr
         {
             let mut pending = slot.pending.0.borrow_mut();
             if let Some(q) = pending.as_mut().filter(|q| !q.is_empty()) {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
-                let n = q.io_slices(&mut iov);
-                let taken = t.wrap(&iov[..n]);
-                q.consume(taken);
-                continue;
+                match send_batch(shard, slot.fd(), t, q) {
+                    None => continue,
+                    Some(w) => return w,
+                }
             }
         }
         let mut core = shard.core.borrow_mut();
         match core.tx(slot.conn) {
             Some(tx) if !tx.is_empty() => {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
-                let n = tx.io_slices(&mut iov);
-                let taken = t.wrap(&iov[..n]);
-                tx.consume(taken);
-                tx.note_socket_full(false);
+                if let Some(w) = send_batch(shard, slot.fd(), t, tx) {
+                    return w;
+                }
             }
             _ => return Wrote::All,
         }
     }
+}
+
+/// One batch of `q`'s frames through the transport. TLS (and WebSocket before or around
+/// it): wrapped into [`TransportState::out`], which the caller sends. Plain WebSocket: sent
+/// here straight from the queue behind the batch's frame header, one `sendmsg`, nothing
+/// copied unless the socket takes only part of the frame. `None`: go on.
+fn send_batch(
+    shard: &ShardIo,
+    fd: RawFd,
+    t: &mut TransportState,
+    q: &mut TxQueue,
+) -> Option<Wrote> {
+    if !t.ws_direct() {
+        let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
+        let n = q.io_slices(&mut iov);
+        let taken = t.wrap(&iov[..n]);
+        q.consume(taken);
+        q.note_socket_full(false);
+        return None;
+    }
+    let (result, total) = {
+        let mut parts = [IoSlice::new(&[]); IOV_MAX_SLICES - 1];
+        let n = q.io_slices(&mut parts);
+        // At most one batch per frame: what a partial send copies is bounded by it.
+        let mut total = 0;
+        let mut used = 1;
+        let mut slices = [&[][..]; IOV_MAX_SLICES - 1];
+        for (p, slice) in parts[..n].iter().zip(slices.iter_mut()) {
+            let take = p.len().min(WRAP_BATCH_BYTES - total);
+            if take == 0 {
+                break;
+            }
+            *slice = &p[..take];
+            total += take;
+            used += 1;
+        }
+        let (header, header_len) = ws::data_header(total);
+        let mut iov = [IoSlice::new(&[]); IOV_MAX_SLICES];
+        iov[0] = IoSlice::new(&header[..header_len]);
+        for (dst, src) in iov[1..used].iter_mut().zip(&slices) {
+            *dst = IoSlice::new(src);
+        }
+        let frame = &iov[..used];
+        // A full socket leaves the unsent rest of the frame (all of it if nothing went) in
+        // `out`: a `Blocked` connection's task waits for writability by writing `out`
+        // (`conn.rs`, `poll_write_all`), and raw queue bytes must never follow a header
+        // that promised more.
+        let sent = match sendv(fd, frame) {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(_) => return Some(Wrote::Failed),
+        };
+        shard.bytes_out.set(shard.bytes_out.get() + sent as u64);
+        let result = if sent < header_len + total {
+            t.keep_unsent(frame, sent);
+            Some(Wrote::Blocked)
+        } else {
+            None
+        };
+        (result, total)
+    };
+    // Sent, or the rest of the frame is in `out`: either way it left the queue.
+    q.consume(total);
+    q.note_socket_full(result.is_some());
+    result
 }
 
 /// Tells the core's queue of `slot` whether its socket was found full (slow consumers,

@@ -9,9 +9,11 @@
 //! holds `None`), so the fast path is untouched: the shard's writer sends the shared frame
 //! bytes straight from the core's queue. Any other connection reads through
 //! [`TransportState::ingest`] (raw bytes in, MQTT bytes out, handshake and control answers
-//! queued) and writes through [`TransportState::wrap`] (a batch of queued MQTT frames in, one
-//! WebSocket frame and/or as few TLS records as the batch needs out), then sends
-//! [`TransportState::out`].
+//! queued). A TLS one writes through [`TransportState::wrap`] (a batch of queued MQTT frames
+//! in, one WebSocket frame if any and as few TLS records as the batch needs out: records of up
+//! to 16 KiB, not one per MQTT frame), then sends [`TransportState::out`]. A plain WebSocket
+//! one, once upgraded, is sent like TCP, straight from the core's queue, with one more gather
+//! slice in front: a batch's frame header ([`TransportState::ws_direct`]).
 //!
 //! Shard-local: one per connection, owned by its slot (or by its greeting task before that),
 //! moved whole to another shard with the socket when the connection is handed off (it is
@@ -338,6 +340,29 @@ impl TransportState {
                 drain_tls(t, &mut self.out);
             }
             None => self.out.extend_from_slice(data),
+        }
+    }
+
+    /// Plain WebSocket, upgraded: the writer sends queued MQTT frames straight from the
+    /// connection's queue behind a frame header of its own ([`ws::data_header`]), with no
+    /// copy: the frame bytes are the queue's, shared as they are with TCP. TLS and the
+    /// upgrade go through [`TransportState::wrap`].
+    pub(crate) fn ws_direct(&self) -> bool {
+        self.tls.is_none() && matches!(self.ws, WsLayer::Open(_))
+    }
+
+    /// A direct WebSocket frame (header and payload slices, `frame`) went out only up to
+    /// byte `sent` (0 when the socket took nothing): the rest is copied into [`TransportState::out`], so the frame is whole
+    /// before anything else (a pong, a close, the next frame) is sent. Only a full socket
+    /// costs this copy, of one batch at most.
+    pub(crate) fn keep_unsent(&mut self, frame: &[IoSlice<'_>], mut sent: usize) {
+        for part in frame {
+            if sent >= part.len() {
+                sent -= part.len();
+                continue;
+            }
+            self.out.extend_from_slice(&part[sent..]);
+            sent = 0;
         }
     }
 

@@ -270,3 +270,32 @@ fn subject_cn_reads_real_certificates() {
     assert_eq!(tls::subject_cn(&der).as_deref(), Some("sensor-42"));
     assert_eq!(tls::subject_cn(pki.ca.der()).as_deref(), Some("shardmq test CA"));
 }
+
+#[test]
+fn plain_websocket_is_sent_direct_and_a_partial_frame_is_kept_whole() {
+    let settings = Arc::new(WsSettings { path: "/mqtt".into(), origins: vec![] });
+    let mut s = TransportState::new(None, Some(settings), 1 << 20).unwrap();
+    assert!(!s.ws_direct(), "not before the upgrade");
+    let mut mqtt = BytesMut::new();
+    let upgrade = "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Protocol: mqtt\r\n\r\n";
+    assert_eq!(s.ingest(upgrade.as_bytes(), &mut mqtt), Ingest::Ok);
+    assert!(s.ws_direct(), "plain WebSocket, upgraded");
+    let answer = s.out().len();
+    s.consume(answer);
+    // Header (2 bytes) + two slices (3 + 4 bytes); the socket took 4 bytes: the rest (1 byte
+    // of the first slice, all of the second) is kept, in order.
+    let (h, hl) = ws::data_header(7);
+    let frame = [IoSlice::new(&h[..hl]), IoSlice::new(b"abc"), IoSlice::new(b"defg")];
+    s.keep_unsent(&frame, 4);
+    assert_eq!(s.out(), b"cdefg");
+    // Nothing sent at all: the whole frame.
+    s.consume(5);
+    s.keep_unsent(&frame, 0);
+    assert_eq!(s.out(), [&h[..hl], b"abcdefg"].concat());
+    // A TLS connection never goes direct (encryption is per connection).
+    let pki = Pki::new("direct");
+    let config = server(&pki, ClientAuth::None, &[]);
+    assert!(!TransportState::new(Some(config), None, 1 << 20).unwrap().ws_direct());
+}

@@ -1,18 +1,21 @@
 //! Command line: one subcommand per scenario, `compare` for a matrix, hidden `worker`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::broker::{Broker, BrokerOptions, BrokerSpec};
+use crate::broker::BrokerOptions;
 use crate::matrix::{named_matrix, select};
-use crate::report::{self, Report, RunResult, ScenarioReport};
+use crate::report::{self, Report};
 use crate::restart::{self, RestartParams};
-use crate::scenario::{self, Kind, Pace, Params, Settings};
+use crate::scenario::{Kind, Pace, Params};
 use crate::spec::{Placement, PlacementMode};
+
+mod common;
+
 use crate::{headline, sys, table, tune};
+use common::{parse_brokers, run_matrix, usable_cpus, Common};
 
 /// Load generator and side-by-side MQTT broker comparison for shardmq.
 #[derive(Debug, Parser)]
@@ -121,7 +124,9 @@ enum Cmd {
         /// shapes only), `smoke` (tiny) or `durability` (p2p 10 pairs QoS 1 and 2: run it
         /// with e.g. `--brokers shardmq@sync,shardmq@batch,shardmq@none,mosquitto@persist`)
         /// or `scaling` (fan-out 1→1000 with subscribers on the publisher's shard, then
-        /// spread over every shard: run it with two or more --broker-cpus).
+        /// spread over every shard: run it with two or more --broker-cpus) or `transports`
+        /// (fan-out 1→1000 QoS 0 at 100 and 1,000 msg/s, max rate, flood; 2,000 connections:
+        /// run it with `--transports tcp,tls,ws,wss`).
         #[arg(long, default_value = "standard")]
         matrix: String,
         /// Only these rows: comma separated scenario kinds (`fanout,conn`) or parts of row
@@ -308,70 +313,6 @@ impl LoadOpts {
     }
 }
 
-/// Broker selection, pinning and output.
-#[derive(Debug, Clone, Args)]
-struct Common {
-    /// Brokers to start and compare, comma separated: shardmq, mosquitto, rumqttd, each
-    /// optionally with a persistence variant: shardmq@sync, shardmq@batch:<ms> (`batch`:
-    /// 10 ms), shardmq@none, shardmq@in-memory, mosquitto@persist.
-    #[arg(long, default_value = "shardmq")]
-    brokers: String,
-    /// Use an already-running broker instead of starting any.
-    #[arg(long)]
-    broker_addr: Option<SocketAddr>,
-    /// Pid of the --broker-addr broker, to measure its CPU and memory.
-    #[arg(long)]
-    broker_pid: Option<u32>,
-    /// CPUs every started broker is pinned to (taskset; shardmq gets one shard per CPU).
-    #[arg(long, default_value = "1")]
-    broker_cpus: String,
-    /// CPUs the harness threads are pinned to.
-    #[arg(long, default_value = "0")]
-    harness_cpus: String,
-    /// Pin nothing.
-    #[arg(long)]
-    no_pin: bool,
-    /// Harness reactor threads.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Runs per broker and scenario, brokers taking turns (default: 3 for `compare`, 1 for
-    /// one scenario).
-    #[arg(long)]
-    repeat: Option<u32>,
-    /// Also write the results, compact, to DIR/<date>-<commit>.json (e.g. perf/results).
-    #[arg(long)]
-    save_results: Option<PathBuf>,
-    /// MQTT protocol level: 4 (3.1.1) or 5.
-    #[arg(long, default_value_t = 4)]
-    mqtt_version: u8,
-    /// Write the results as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Write an SVG plot of the fan-out runs (throughput and CPU per message).
-    #[arg(long)]
-    svg: Option<PathBuf>,
-    /// No live progress line.
-    #[arg(long)]
-    quiet: bool,
-    /// shardmq binary (default: target/release/shardmq, then target/debug/shardmq).
-    #[arg(long)]
-    shardmq_bin: Option<PathBuf>,
-    /// mosquitto binary (default: /usr/sbin/mosquitto).
-    #[arg(long)]
-    mosquitto_bin: Option<PathBuf>,
-    /// rumqttd binary (default: bench-harness/.peers/bin/rumqttd).
-    #[arg(long)]
-    rumqttd_bin: Option<PathBuf>,
-    /// shardmq durability mode (sync, batch:<ms>, none, in-memory), passed as
-    /// `--durability MODE` with a fresh `--data-dir`, and recorded in the results. Default:
-    /// the broker's default, sync.
-    #[arg(long)]
-    shardmq_durability: Option<String>,
-    /// Extra argument for shardmq (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    shardmq_arg: Vec<String>,
-}
-
 /// Entry point of the binary.
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -426,6 +367,7 @@ pub fn main() -> Result<()> {
                 repeat: common.repeat.unwrap_or(3).clamp(1, 100),
             };
             crate::wire::qos(qos)?;
+            common.tcp_only("bridge")?;
             let (broker_cpus, harness_cpus, settings) = common.placement()?;
             let edges = parse_brokers(&common.brokers)?;
             let base = common.broker_options(&broker_cpus);
@@ -441,6 +383,7 @@ pub fn main() -> Result<()> {
             return Ok(());
         }
         Cmd::Cluster { args, common } => {
+            common.tcp_only("cluster")?;
             let (broker_cpus, harness_cpus, settings) = common.placement()?;
             let base = common.broker_options(&broker_cpus);
             let repeat = common.repeat.unwrap_or(3).clamp(1, 100);
@@ -481,6 +424,7 @@ pub fn main() -> Result<()> {
             if common.broker_addr.is_some() {
                 bail!("restart starts and stops its brokers itself: no --broker-addr");
             }
+            common.tcp_only("restart")?;
             let broker_cpus = usable_cpus(&common.broker_cpus, common.no_pin, "broker")?;
             let harness_cpus = usable_cpus(&common.harness_cpus, common.no_pin, "harness")?;
             let harness_cpus = sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?;
@@ -560,8 +504,13 @@ pub fn main() -> Result<()> {
         }
     };
     let report = run_matrix(&params, &common)?;
-    let failed =
-        report.scenarios.iter().flat_map(|s| &s.results).filter(|r| r.error.is_some()).count();
+    // A transport a peer does not serve is a row that says so, not a failure.
+    let failed = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.results)
+        .filter(|r| r.error.as_deref().is_some_and(|e| !table::is_unsupported(e)))
+        .count();
     // Loss, duplicates and reordering fail a run for comparison, not the command: the
     // tables say so.
     if failed > 0 {
@@ -605,176 +554,4 @@ fn one(kind: Kind, count: u32, load: &LoadOpts) -> Vec<Params> {
     let mut p = Params::new(kind, count);
     load.apply(&mut p);
     vec![p]
-}
-
-/// Parses `--brokers`: comma separated `name[@variant]` (see [`BrokerSpec`]).
-pub fn parse_brokers(list: &str) -> Result<Vec<BrokerSpec>> {
-    let specs: Vec<BrokerSpec> = list
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(BrokerSpec::parse)
-        .collect::<Result<_>>()?;
-    if specs.is_empty() {
-        bail!("--brokers is empty");
-    }
-    Ok(specs)
-}
-
-impl Common {
-    /// Broker options from the common flags (a variant in `--brokers` may override some).
-    /// The broker's and the harness's CPU lists (checked) and the run settings.
-    fn placement(&self) -> Result<(String, String, Settings)> {
-        let broker_cpus = usable_cpus(&self.broker_cpus, self.no_pin, "broker")?;
-        let harness_cpus = usable_cpus(&self.harness_cpus, self.no_pin, "harness")?;
-        let settings = Settings {
-            mqtt_version: self.mqtt_version,
-            threads: self.threads.max(1),
-            harness_cpus: sys::parse_cpu_list(&harness_cpus).map_err(|e| anyhow!(e))?,
-            quiet: self.quiet,
-        };
-        Ok((broker_cpus, harness_cpus, settings))
-    }
-
-    fn broker_options(&self, broker_cpus: &str) -> BrokerOptions {
-        BrokerOptions {
-            cpus: broker_cpus.to_string(),
-            shardmq_bin: self.shardmq_bin.clone(),
-            mosquitto_bin: self.mosquitto_bin.clone(),
-            rumqttd_bin: self.rumqttd_bin.clone(),
-            shardmq_durability: self.shardmq_durability.clone(),
-            shardmq_limits: Vec::new(),
-            mosquitto_persistence: false,
-            shardmq_args: self.shardmq_arg.clone(),
-            mqtt_version: self.mqtt_version,
-            queued_messages_max: 1_000_000,
-            connections_max: 1000,
-            start_timeout_secs: 0,
-            bridge_to: None,
-        }
-    }
-}
-
-/// Checks a CPU list against the CPUs this process may use; empty when pinning is off or
-/// impossible.
-fn usable_cpus(list: &str, no_pin: bool, what: &str) -> Result<String> {
-    if no_pin {
-        return Ok(String::new());
-    }
-    let cpus = sys::parse_cpu_list(list).map_err(|e| anyhow!("--{what}-cpus: {e}"))?;
-    let ids: Vec<usize> =
-        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-    if let Some(bad) = cpus.iter().find(|c| !ids.contains(c)) {
-        eprintln!("note: CPU {bad} is not available to this process ({ids:?}); {what} not pinned");
-        return Ok(String::new());
-    }
-    Ok(list.to_string())
-}
-
-fn run_matrix(params: &[Params], c: &Common) -> Result<Report> {
-    if params.is_empty() {
-        bail!("no scenario selected");
-    }
-    let (broker_cpus, harness_cpus, settings) = c.placement()?;
-    crate::wire::protocol_version(c.mqtt_version)?;
-    let kinds: Vec<Option<BrokerSpec>> = if c.broker_addr.is_some() {
-        vec![None]
-    } else {
-        parse_brokers(&c.brokers)?.into_iter().map(Some).collect()
-    };
-    if kinds.is_empty() {
-        bail!("--brokers is empty");
-    }
-    let repeat = c.repeat.unwrap_or(1).clamp(1, 100);
-    // A placement without a shard count (the `scaling` matrix) takes the broker's.
-    let shards = match sys::parse_cpu_list(&broker_cpus).map_err(|e| anyhow!(e))?.len() {
-        0 => sys::available_cpus(),
-        n => n,
-    };
-    let params: Vec<Params> = params
-        .iter()
-        .cloned()
-        .map(|mut p| {
-            if let Some(pl) = p.placement.as_mut().filter(|pl| pl.shards == 0) {
-                pl.shards = shards as u16;
-            }
-            p
-        })
-        .collect();
-    let params = &params[..];
-    let mut report = Report::new(&broker_cpus, &harness_cpus, c.mqtt_version);
-    report.repeat = repeat;
-    let mut reports: Vec<ScenarioReport> = params
-        .iter()
-        .map(|p| ScenarioReport {
-            scenario: p.kind.name().into(),
-            label: p.label(),
-            params: p.clone(),
-            results: Vec::new(),
-        })
-        .collect();
-    // Interleaved: every row and every broker once per round (rows R1 R2, brokers A B C:
-    // R1A R1B R1C R2A R2B R2C, then again), so that a slow drift of the machine touches
-    // every broker and every row alike (e.g. `local` and `spread` of the scaling matrix).
-    for round in 0..repeat {
-        for (p, sr) in params.iter().zip(reports.iter_mut()) {
-            for kind in &kinds {
-                let mut opts = c.broker_options(&broker_cpus);
-                opts.connections_max = u64::from(p.count) + 100;
-                let name = kind.as_ref().map(BrokerSpec::name).unwrap_or_else(|| "external".into());
-                let started = match (kind, c.broker_addr) {
-                    (Some(spec), _) => {
-                        spec.apply(&mut opts);
-                        Broker::start(spec.kind, &opts).map(|mut b| {
-                            b.name.clone_from(&name);
-                            b
-                        })
-                    }
-                    (None, Some(addr)) => Ok(Broker::external(addr, c.broker_pid)),
-                    (None, None) => unreachable!("no broker and no address"),
-                };
-                let mut result = match started {
-                    Err(e) => RunResult::failed(&name, format!("{e:#}")),
-                    Ok(mut b) => {
-                        let r = scenario::run(p, &mut b, &settings)
-                            .unwrap_or_else(|e| RunResult::failed(&name, format!("{e:#}")));
-                        b.stop();
-                        r
-                    }
-                };
-                result.repeat = round;
-                if let Some(e) = &result.error {
-                    eprintln!("{name} run {}: {}: {e}", round + 1, p.label());
-                }
-                sr.results.push(result);
-            }
-            if round + 1 == repeat {
-                out(&table::table(sr));
-            }
-        }
-        // Written after every round so that partial results survive an interruption.
-        if let Some(path) = &c.json {
-            report.scenarios.clone_from(&reports);
-            report.write_json(path)?;
-        }
-    }
-    report.scenarios = reports;
-    if let Some(dir) = &c.save_results {
-        let path = report.write_results(dir)?;
-        eprintln!(
-            "wrote {} (README's headline: shardmq-bench table {})",
-            path.display(),
-            path.display()
-        );
-    }
-    if let Some(path) = &c.svg {
-        if report::fanout_svg(&report, path)? {
-            eprintln!("wrote {}", path.display());
-        } else {
-            eprintln!("no fan-out results: {} not written", path.display());
-        }
-    }
-    if let Some(path) = &c.json {
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(report)
 }
