@@ -282,6 +282,7 @@ impl NodeMachine {
         p.kicks.clear();
         self.effects.push_back(Effect::Hangup { node });
         self.send_every_shard(ClusterIn::NodeDown(node));
+        self.moves_node_down(node);
         self.registry.forget_node(node);
         self.membership_changed();
     }

@@ -304,6 +304,7 @@ impl NodeMachine {
             self.announce_to_seeds(now);
         }
         self.release_claims(now);
+        self.moves_timer(now);
     }
 
     /// When [`NodeMachine::handle_timer`] is next due.
@@ -339,6 +340,7 @@ impl NodeMachine {
         for k in kicks {
             self.send(node, &k);
         }
+        self.moves_link_up(node);
         self.update_counters();
     }
 
@@ -404,11 +406,18 @@ impl NodeMachine {
             ClusterOut::PublishShared { node, group, msg } => {
                 self.on_publish_shared(shard, node, group, msg, now)
             }
-            ClusterOut::Claim { client_id, token } => self.on_claim(shard, client_id, token, now),
+            ClusterOut::Claim { client_id, token, only, discard } => {
+                self.on_claim(shard, client_id, token, only, discard, now)
+            }
+            ClusterOut::Commit { to, token } => self.on_commit(shard, to, token, now),
+            ClusterOut::Handover { to, shard: asker, token, session } => {
+                self.on_handover_out(shard, to, asker, token, session, now)
+            }
+            ClusterOut::Offer { to, client_id } => self.on_offer(to, client_id),
             // The runtime's inbound budget (`runtime.rs`); nothing for the machine.
             ClusterOut::Handled { .. } => {}
             ClusterOut::Export { to, shard: asker, token, session } => {
-                self.on_export(to, asker, token, session, now)
+                self.on_export(shard, to, asker, token, session, now)
             }
             ClusterOut::Filter { filter, added, seq } => self.on_filter(shard, filter, added, seq),
             ClusterOut::Connected { client_id, token } => {
