@@ -310,18 +310,20 @@ fn the_later_connection_of_a_client_id_takes_over() {
     let (mut m, now) = machine();
     up(&mut m, PEER, now);
     let id = id_owned_by(NodeId(1));
-    let kick = |token| format!("Kick {{ client_id: {:?}, token: {token} }}", id.as_str());
+    let kick = |token, by: u16| {
+        format!("Kick {{ client_id: {:?}, token: {token}, by: NodeId({by}) }}", id.as_str())
+    };
     // Both connections on this node, the owner: the first is kicked.
     m.handle_shard(ShardId(0), ClusterOut::Connected { client_id: id.clone(), token: 1 }, now);
     m.handle_shard(ShardId(1), ClusterOut::Connected { client_id: id.clone(), token: 2 }, now);
-    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(0), kick(1))]);
+    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(0), kick(1, 1))]);
     assert_eq!(m.counters.takeovers.load(Ordering::Relaxed), 1);
 
     // A later registration from the peer: the local connection is kicked.
     let later = wire::Stamp { ms: u64::MAX / 2, counter: 0, node: PEER.0 };
     let reg = Frame::Register { stamp: later, client_id: id.clone(), shard: 0, token: 9 };
     m.handle_frame(PEER, &reg.encode().unwrap()[4..], now);
-    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(1), kick(2))]);
+    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(1), kick(2, PEER.0))]);
 
     // An earlier registration from the peer: the peer's connection is kicked, by a frame.
     let earlier = wire::Stamp { ms: 0, counter: 0, node: PEER.0 };
@@ -340,7 +342,7 @@ fn the_later_connection_of_a_client_id_takes_over() {
     m.handle_shard(ShardId(1), ClusterOut::Connected { client_id: theirs.clone(), token: 3 }, now);
     let sent = frames_to(&drain(&mut m), PEER);
     let [Frame::Register { stamp, token: 3, shard: 1, .. }] = sent[..] else { panic!("{sent:?}") };
-    let k = Frame::Kick { stamp, client_id: theirs.clone(), shard: 1, token: 3 };
+    let k = Frame::Kick { stamp, client_id: theirs.clone(), shard: 1, token: 3, by: PEER };
     m.handle_frame(PEER, &k.encode().unwrap()[4..], now);
     assert_eq!(to_shards(&drain(&mut m)).len(), 1);
     // A second Kick for the same connection does nothing.

@@ -4,14 +4,16 @@
 //! export aborted; and a kicked connection's session offered to the winner's node instead of
 //! being ended. Shard-local.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ReasonCode};
 
+use crate::core::mesh::Message;
 use crate::core::shard::{CloseKind, ShardCore};
 
 use super::moves::{exported_messages, exported_subs};
-use super::{ClusterOut, HandoverOutcome, NodeId, SessionExport};
+use super::{ClusterOut, ExportedMsg, HandoverOutcome, NodeId, SessionExport};
 
 impl ShardCore {
     /// The importer (node `from`, shard, token) holds the snapshot and every node routes the
@@ -26,15 +28,13 @@ impl ShardCore {
         now: Instant,
     ) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
-        let export = c.exports.get(client_id).copied().filter(|e| e.to == (from, shard, token));
+        let export = c.exports.get(client_id).filter(|e| e.to == (from, shard, token)).cloned();
         let slot = self.sessions.find(client_id);
         let session = match (export, slot) {
             (Some(e), Some(slot)) if self.sessions.get(slot).conn.is_none() => {
                 let s = self.sessions.get(slot);
                 let mut messages = exported_messages(s.inflight().iter(), s.queue().iter());
-                // The snapshot's messages are the session's first ones (an offline session
-                // only queues at the back): the rest arrived since.
-                let tail = messages.split_off(e.sent.min(messages.len()));
+                let tail = messages.split_off(snapshot_end(&e.sent, &messages));
                 let export = SessionExport {
                     client_id: client_id.clone(),
                     expiry_secs: s.expiry_secs,
@@ -213,4 +213,16 @@ impl ShardCore {
         tracing::info!(shard = %self.shard, %client_id, "an offered session discarded: its client started clean on another node");
         self.end_session(slot, now);
     }
+}
+
+/// Where the snapshot `sent` ends in the session's messages now, `now`: an offline session
+/// queues at the back and drops (a full queue, oldest first) at the front, so `now` is a
+/// suffix of the snapshot followed by the tail. Messages compared by identity.
+fn snapshot_end(sent: &[Arc<Message>], now: &[ExportedMsg]) -> usize {
+    (0..=sent.len())
+        .map(|dropped| &sent[dropped..])
+        .find(|rest| {
+            rest.len() <= now.len() && rest.iter().zip(now).all(|(a, b)| Arc::ptr_eq(a, &b.msg))
+        })
+        .map_or(0, <[_]>::len)
 }

@@ -122,12 +122,13 @@ pub(crate) struct Import {
 
 /// A session this shard is exporting: offline, routed to, queueing, until the importer
 /// commits or the export is aborted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Exporting {
     /// The importing node, shard and claim token.
     pub(crate) to: (NodeId, u16, u64),
-    /// Messages the snapshot held (the session's first ones then; the rest is the tail).
-    pub(crate) sent: usize,
+    /// The messages the snapshot held, in order (the session's first ones then: an offline
+    /// session queues at the back and drops, if full, at the front; the rest is the tail).
+    pub(crate) sent: Vec<Arc<Message>>,
 }
 
 impl ShardCore {
@@ -398,13 +399,14 @@ impl ShardCore {
             messages,
             was_connected,
         };
-        let sent = export.messages.len();
+        let sent: Vec<Arc<Message>> = export.messages.iter().map(|m| m.msg.clone()).collect();
+        let count = sent.len();
         if let Some(c) = self.cluster.as_deref_mut() {
             // A newer claim replaces an older one's export (that importer's commit finds the
             // session kept, and drops its copy).
             c.exports.insert(ByteStr::from(client_id), Exporting { to, sent });
         }
-        tracing::info!(shard = %self.shard, %client_id, messages = sent, "session exporting to another node");
+        tracing::info!(shard = %self.shard, %client_id, messages = count, "session exporting to another node");
         Some(export)
     }
 
