@@ -69,8 +69,10 @@ impl NodeMachine {
                 self.claims.handovers.remove(&(from, shard, token));
             }
             MoveFrame::Offer { client_id } => {
-                let home =
-                    crate::core::shard::ShardCore::home_shard(client_id.as_bytes(), self.shard_count);
+                let home = crate::core::shard::ShardCore::home_shard(
+                    client_id.as_bytes(),
+                    self.shard_count,
+                );
                 let msg = ClusterIn::Offer { from, client_id };
                 self.effects.push_back(Effect::ToShard { shard: home, msg });
             }
@@ -97,8 +99,13 @@ impl NodeMachine {
                 self.effects.push_back(Effect::ToShard { shard: e.home, msg });
             }
             None => {
-                let kept =
-                    MoveFrame::Handover { shard, token, moved: false, parts: 0, body: Bytes::new() };
+                let kept = MoveFrame::Handover {
+                    shard,
+                    token,
+                    moved: false,
+                    parts: 0,
+                    body: Bytes::new(),
+                };
                 self.send(from, &Frame::Move(kept));
             }
         }
@@ -224,8 +231,13 @@ impl NodeMachine {
 
     /// Exports and commits past their deadline.
     pub(super) fn moves_timer(&mut self, now: Instant) {
-        let exports: Vec<_> =
-            self.claims.exports.iter().filter(|(_, e)| now >= e.deadline).map(|(k, _)| *k).collect();
+        let exports: Vec<_> = self
+            .claims
+            .exports
+            .iter()
+            .filter(|(_, e)| now >= e.deadline)
+            .map(|(k, _)| *k)
+            .collect();
         for key in exports {
             let e = self.claims.exports.remove(&key).expect("listed");
             tracing::info!(node = %key.0, client_id = %e.client_id, "cluster: a session export timed out: it stays here");

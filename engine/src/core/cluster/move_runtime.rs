@@ -50,7 +50,7 @@ pub(super) struct Moves {
     /// Frames of these kinds wait in `held` until `release_moves`.
     pub(super) hold: Vec<Kind>,
     held: Vec<(usize, ShardId, ClusterOut)>,
-    /// Claims do not ask these nodes (their links are down).
+    /// The next claim does not ask these nodes (their links are down then).
     pub(super) unreachable: Vec<usize>,
     /// The most pieces a session body was cut into.
     pub(super) parts_max: usize,
@@ -70,8 +70,9 @@ impl Cluster {
         }
         match msg {
             ClusterOut::Claim { client_id, token, only, discard } => {
+                let unreachable = std::mem::take(&mut self.moves.unreachable);
                 let others: Vec<usize> = (0..self.nodes.len())
-                    .filter(|&n| n != node && !self.moves.unreachable.contains(&n))
+                    .filter(|&n| n != node && !unreachable.contains(&n))
                     .filter(|&n| only.is_none_or(|o| usize::from(o.0) == n))
                     .collect();
                 let key = (node, shard.0, token);
@@ -86,7 +87,8 @@ impl Cluster {
                     let home = ShardCore::home_shard(client_id.as_bytes(), n);
                     let from = NodeId(node as u16);
                     let client_id = client_id.clone();
-                    let claim = ClusterIn::Claim { from, shard: shard.0, token, client_id, discard };
+                    let claim =
+                        ClusterIn::Claim { from, shard: shard.0, token, client_id, discard };
                     self.tell_shard(to, home, claim);
                 }
                 self.release_claim(key);
@@ -99,7 +101,8 @@ impl Cluster {
                 };
                 let (body, parts) = self.through_the_wire(&s);
                 if body.len() > SESSION_MOVE_BYTES_MAX {
-                    let abort = ClusterIn::MoveAbort { to, shard: asker, token, client_id: s.client_id };
+                    let abort =
+                        ClusterIn::MoveAbort { to, shard: asker, token, client_id: s.client_id };
                     self.tell_shard(node, shard, abort);
                     self.reply(node, key, None, ClaimOutcome::TooLarge);
                     return;
@@ -206,7 +209,11 @@ impl Cluster {
         match self.moves.exports.remove(&(exporter, claim)) {
             Some((home, client_id)) => {
                 let from = NodeId(node as u16);
-                self.tell_shard(exporter, home, ClusterIn::Commit { from, shard, token, client_id });
+                self.tell_shard(
+                    exporter,
+                    home,
+                    ClusterIn::Commit { from, shard, token, client_id },
+                );
             }
             None => self.deliver_handover(exporter, claim, None),
         }

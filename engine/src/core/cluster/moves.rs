@@ -479,6 +479,8 @@ impl ShardCore {
         }
         let now_ms = self.uptime_ms(now);
         for m in messages {
+            // The layout cache holds one message's frames.
+            self.fanout.layouts.reset();
             self.deliver_to_session(
                 slot,
                 &m.msg,

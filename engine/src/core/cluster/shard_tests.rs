@@ -16,7 +16,6 @@ use crate::core::sim::Sim;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-
 /// Nodes and the test runtime between them.
 struct Cluster {
     nodes: Vec<Sim>,
