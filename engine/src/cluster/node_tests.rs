@@ -389,3 +389,6 @@ fn up_without_drain(m: &mut NodeMachine, node: NodeId, now: Instant) {
     drain(m);
     m.link_up(node, now);
 }
+
+#[path = "move_node_tests.rs"]
+mod moves;
