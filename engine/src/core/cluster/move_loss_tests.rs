@@ -171,7 +171,7 @@ fn messages_published_while_the_session_moves_all_arrive() {
     cl.nodes[1].connect(p1);
     cl.run();
     cl.hold_acks = true;
-    cl.moves.hold = vec![Kind::Commit];
+    cl.moves.hold = vec![Kind::ClaimReply, Kind::Commit];
     let b = reconnect(&mut cl, 1);
     let mut n = 3;
     let mut publish = |cl: &mut Cluster| {
@@ -181,21 +181,24 @@ fn messages_published_while_the_session_moves_all_arrive() {
             n += 1;
         }
     };
-    // Snapshot taken, node 1's routes not acknowledged yet.
+    // Snapshot taken on node 0, not arrived on node 1: only node 0's copy is routed to.
+    publish(&mut cl);
+    cl.release_moves(Kind::ClaimReply);
+    // Imported on node 1, its routes not acknowledged yet.
     publish(&mut cl);
     cl.hold_acks = false;
     cl.release_acks();
     // Routes acknowledged, the commit not arrived: both copies are routed to.
     publish(&mut cl);
     assert!(connack(&mut cl, 1, b).is_none(), "no CONNACK before the handover");
-    cl.release_moves();
+    cl.release_moves(Kind::Commit);
     assert!(connack(&mut cl, 1, b).expect("CONNACK").session_present);
     // After the move.
     publish(&mut cl);
     let acked = pubacks(&mut cl, 2, p) + pubacks(&mut cl, 0, p0) + pubacks(&mut cl, 1, p1);
-    assert_eq!(acked, 9);
+    assert_eq!(acked, 12);
     let got = cl.nodes[1].clients[b].take_payloads();
-    let dups = every_message_once_or_more(&got, 12);
+    let dups = every_message_once_or_more(&got, 15);
     // Only messages routed to both copies may arrive twice: published between the moment
     // the publishing shard applied node 1's routes (here at once, before the acknowledgements)
     // and the commit.

@@ -238,11 +238,21 @@ impl Cluster {
         self.tell_shard(node, ShardId(shard), ClusterIn::Handover { token, from, outcome });
     }
 
-    /// Releases the held frames, in order, and runs the cluster.
-    pub(super) fn release_moves(&mut self) {
-        self.moves.hold.clear();
-        for (node, shard, msg) in std::mem::take(&mut self.moves.held) {
-            self.handle_move(node, shard, msg);
+    /// Releases the held frames of `kind`, in order, and runs the cluster.
+    pub(super) fn release_moves(&mut self, kind: Kind) {
+        self.moves.hold.retain(|k| *k != kind);
+        let held = std::mem::take(&mut self.moves.held);
+        for (node, shard, msg) in held {
+            let of_kind = match &msg {
+                ClusterOut::Export { .. } => kind == Kind::ClaimReply,
+                ClusterOut::Commit { .. } => kind == Kind::Commit,
+                _ => kind == Kind::Handover,
+            };
+            if of_kind {
+                self.handle_move(node, shard, msg);
+            } else {
+                self.moves.held.push((node, shard, msg));
+            }
         }
         self.run();
     }
