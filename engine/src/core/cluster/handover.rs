@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ReasonCode};
 
-use crate::core::mesh::Message;
+use crate::core::mesh::{mesh_cost, Message};
 use crate::core::shard::{CloseKind, ShardCore};
 
 use super::moves::{exported_messages, exported_subs};
-use super::{ClusterOut, ExportedMsg, HandoverOutcome, NodeId, SessionExport};
+use super::{
+    ClusterOut, ExportedMsg, HandoverOutcome, NodeId, SessionExport, SESSION_MOVE_BYTES_MAX,
+};
 
 impl ShardCore {
     /// The importer (node `from`, shard, token) holds the snapshot and every node routes the
@@ -30,11 +32,21 @@ impl ShardCore {
         let Some(c) = self.cluster.as_deref_mut() else { return };
         let export = c.exports.get(client_id).filter(|e| e.to == (from, shard, token)).cloned();
         let slot = self.sessions.find(client_id);
-        let session = match (export, slot) {
+        let tail = match (export, slot) {
             (Some(e), Some(slot)) if self.sessions.get(slot).conn.is_none() => {
                 let s = self.sessions.get(slot);
                 let mut messages = exported_messages(s.inflight().iter(), s.queue().iter());
                 let tail = messages.split_off(snapshot_end(&e.sent, &messages));
+                // A tail past the move limit (a queue limit larger than it) is not sent: the
+                // session stays here, whole, and the importer drops its copy.
+                let bytes: usize = tail.iter().map(|m| mesh_cost(&m.msg) as usize).sum();
+                (bytes <= SESSION_MOVE_BYTES_MAX).then_some((slot, tail))
+            }
+            _ => None,
+        };
+        let session = match tail {
+            Some((slot, tail)) => {
+                let s = self.sessions.get(slot);
                 let export = SessionExport {
                     client_id: client_id.clone(),
                     expiry_secs: s.expiry_secs,
@@ -47,8 +59,8 @@ impl ShardCore {
                 tracing::info!(shard = %self.shard, %client_id, tail = export.messages.len(), "session moved to another node");
                 Some(Box::new(export))
             }
-            _ => {
-                tracing::info!(shard = %self.shard, %client_id, "a commit for an export that was aborted: the session stays here");
+            None => {
+                tracing::info!(shard = %self.shard, %client_id, "a commit for an export that was aborted (or a tail past the limit): the session stays here");
                 None
             }
         };
