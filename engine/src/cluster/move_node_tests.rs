@@ -51,7 +51,10 @@ fn feed(m: &mut NodeMachine, from: NodeId, frames: &[Frame], now: Instant) {
     }
 }
 
-fn claimed(effects: &[Effect]) -> Vec<(ShardId, u64, Vec<(NodeId, SessionExport)>, ClaimOutcome)> {
+/// A `Claimed` the machine handed a shard: shard, token, sessions by node, outcome.
+type Decided = (ShardId, u64, Vec<(NodeId, SessionExport)>, ClaimOutcome);
+
+fn claimed(effects: &[Effect]) -> Vec<Decided> {
     effects
         .iter()
         .filter_map(|e| match e {
