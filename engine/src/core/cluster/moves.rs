@@ -241,7 +241,8 @@ impl ShardCore {
         if outcome != ClaimOutcome::Answered {
             // An asked node may hold the session (or holds one too large to move): nothing is
             // created here, and the client is told to try again (the machine aborted the
-            // snapshots that came, so their sessions stay where they are).
+            // snapshots that came, so their sessions stay where they are). A refusing CONNACK
+            // has Session Present 0 [MQTT-3.2.2-6] (3.1.1: return code 3 [MQTT-3.2.2-4]).
             if let Some(h) = held.filter(|h| !h.closed) {
                 let version = h.connect.protocol;
                 let reason = if outcome == ClaimOutcome::TooLarge {
