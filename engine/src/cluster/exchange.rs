@@ -77,7 +77,7 @@ impl NodeMachine {
                     self.send_every_shard(ClusterIn::Route { node: from, filter, added });
                 }
                 if synced {
-                    self.send(from, &Frame::RouteAck { seq });
+                    self.route_barrier(from, seq);
                 }
                 self.update_counters();
             }
@@ -105,7 +105,7 @@ impl NodeMachine {
                     self.send_every_shard(ClusterIn::Route { node: from, filter, added: true });
                 }
                 self.update_counters();
-                self.send(from, &Frame::RouteAck { seq });
+                self.route_barrier(from, seq);
             }
             Frame::RouteAck { seq } => {
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -133,6 +133,30 @@ impl NodeMachine {
                 self.clock.observe(self.uptime_ms(now), stamp.ms);
                 self.kick_local(&client_id, ShardId(shard), token, by);
             }
+        }
+    }
+
+    /// Peer `from`'s routes up to `seq` are queued for every shard: acknowledged once every
+    /// shard applied them (`on_route_applied`), not when queued.
+    fn route_barrier(&mut self, from: NodeId, seq: u64) {
+        let Some(p) = self.peers.get(&from) else { return };
+        let boot = p.member.boot_id;
+        self.send_every_shard(ClusterIn::RouteBarrier { node: from, boot, seq });
+    }
+
+    /// Shard `shard` applied peer `node`'s routes up to `seq`: acknowledged to the peer when
+    /// every shard has.
+    pub(super) fn on_route_applied(&mut self, shard: ShardId, node: NodeId, boot: u64, seq: u64) {
+        let Some(p) = self.peers.get_mut(&node) else { return };
+        if p.member.boot_id != boot || !p.live {
+            return;
+        }
+        let Some(a) = p.applied.get_mut(usize::from(shard.0)) else { return };
+        *a = (*a).max(seq);
+        let all = p.applied.iter().copied().min().unwrap_or(seq);
+        if all > p.acked_out {
+            p.acked_out = all;
+            self.send(node, &Frame::RouteAck { seq: all });
         }
     }
 

@@ -259,6 +259,8 @@ impl NodeMachine {
                 routes: Default::default(),
                 staging: None,
                 kicks: VecDeque::new(),
+                applied: vec![0; usize::from(self.shard_count)],
+                acked_out: 0,
             },
         );
         self.effects.push_back(Effect::Dial { node, addr });

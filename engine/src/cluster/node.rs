@@ -209,6 +209,11 @@ pub(super) struct Peer {
     /// up: one written on a link that then broke may never have arrived. A kick names one
     /// connection, so a repeated one does nothing.
     pub kicks: VecDeque<Frame>,
+    /// Per shard of this node: the highest of its route sequence numbers that shard applied
+    /// (`ClusterOut::RouteApplied`). The minimum is what is acknowledged to it.
+    pub applied: Vec<u64>,
+    /// The last acknowledgement sent to it.
+    pub acked_out: u64,
 }
 
 /// One node's cluster state machine (see the module documentation).
@@ -327,9 +332,10 @@ impl NodeMachine {
         let seq_in = p.seq_in;
         let synced = p.synced;
         self.send_snapshot(node);
-        if synced && seq_in > 0 {
+        let acked_out = self.peers.get(&node).map_or(0, |p| p.acked_out);
+        if synced && seq_in > 0 && acked_out > 0 {
             // Acknowledgements sent while the link was down were lost.
-            self.send(node, &Frame::RouteAck { seq: seq_in });
+            self.send(node, &Frame::RouteAck { seq: acked_out });
         }
         if !synced {
             self.send(node, &Frame::Resync);
@@ -416,6 +422,9 @@ impl NodeMachine {
             ClusterOut::Offer { to, client_id } => self.on_offer(to, client_id),
             // The runtime's inbound budget (`runtime.rs`); nothing for the machine.
             ClusterOut::Handled { .. } => {}
+            ClusterOut::RouteApplied { node, boot, seq } => {
+                self.on_route_applied(shard, node, boot, seq)
+            }
             ClusterOut::Export { to, shard: asker, token, session } => {
                 self.on_export(shard, to, asker, token, session, now)
             }

@@ -60,14 +60,35 @@ fn frames_to(effects: &[Effect], node: NodeId) -> Vec<Frame> {
         .collect()
 }
 
+/// What the machine handed its shards, but route barriers (`answer_barriers`).
 fn to_shards(effects: &[Effect]) -> Vec<(ShardId, String)> {
     effects
         .iter()
         .filter_map(|e| match e {
+            Effect::ToShard { msg: ClusterIn::RouteBarrier { .. }, .. } => None,
             Effect::ToShard { shard, msg } => Some((*shard, format!("{msg:?}"))),
             _ => None,
         })
         .collect()
+}
+
+/// The shards (or shard `only`) answer the route barriers among `effects`, as a shard does
+/// once it applied the routes before them; what the machine did then.
+fn answer_barriers(
+    m: &mut NodeMachine,
+    effects: &[Effect],
+    only: Option<ShardId>,
+    now: Instant,
+) -> Vec<Effect> {
+    for e in effects {
+        if let Effect::ToShard { shard, msg: ClusterIn::RouteBarrier { node, boot, seq } } = e {
+            if only.is_none_or(|o| o == *shard) {
+                let applied = ClusterOut::RouteApplied { node: *node, boot: *boot, seq: *seq };
+                m.handle_shard(*shard, applied, now);
+            }
+        }
+    }
+    drain(m)
 }
 
 fn filter(m: &mut NodeMachine, shard: u16, f: &'static str, added: bool, seq: u64, now: Instant) {
@@ -236,9 +257,17 @@ fn peer_routes_reach_every_shard_and_are_acknowledged() {
     }
     let effects = drain(&mut m);
     assert!(to_shards(&effects).is_empty(), "{effects:?}");
-    assert_eq!(frames_to(&effects, PEER), vec![Frame::RouteAck { seq: 3 }]);
+    // Acknowledged once every shard applied the snapshot, not before.
+    assert!(frames_to(&effects, PEER).is_empty(), "no RouteAck before the shards applied it");
+    let after_one = answer_barriers(&mut m, &effects, Some(ShardId(0)), now);
+    assert!(frames_to(&after_one, PEER).is_empty(), "shard 1 has not applied it yet");
+    let after_all = answer_barriers(&mut m, &effects, Some(ShardId(1)), now);
+    assert_eq!(frames_to(&after_all, PEER), vec![Frame::RouteAck { seq: 3 }]);
     m.handle_frame(PEER, &route[4..], now);
-    assert_eq!(frames_to(&drain(&mut m), PEER), vec![Frame::RouteAck { seq: 4 }]);
+    let effects = drain(&mut m);
+    assert!(frames_to(&effects, PEER).is_empty());
+    let acks = answer_barriers(&mut m, &effects, None, now);
+    assert_eq!(frames_to(&acks, PEER), vec![Frame::RouteAck { seq: 4 }]);
 
     // A snapshot that holds the route again changes nothing on the shards; an empty one
     // removes it.
@@ -248,7 +277,8 @@ fn peer_routes_reach_every_shard_and_are_acknowledged() {
     }
     let effects = drain(&mut m);
     assert!(to_shards(&effects).is_empty(), "{effects:?}");
-    assert_eq!(frames_to(&effects, PEER), vec![Frame::RouteAck { seq: 5 }]);
+    let acks = answer_barriers(&mut m, &effects, None, now);
+    assert_eq!(frames_to(&acks, PEER), vec![Frame::RouteAck { seq: 5 }]);
     for f in [Frame::RoutesReset { seq: 6 }, Frame::RoutesDone { seq: 6 }] {
         m.handle_frame(PEER, &frame(f)[4..], now);
     }

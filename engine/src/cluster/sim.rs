@@ -397,6 +397,10 @@ impl Sim {
                             ClusterOut::Export { to: from, shard: asker, token, session: None };
                         follow_ups.push((shard, export));
                     }
+                    // The model applies routes as they come: every earlier one is applied.
+                    ClusterIn::RouteBarrier { node, boot, seq } => {
+                        follow_ups.push((shard, ClusterOut::RouteApplied { node, boot, seq }));
+                    }
                     // Nothing is exported, so no move goes further; an offered session
                     // (after a kick) is pulled by nobody here.
                     ClusterIn::Claimed { .. }

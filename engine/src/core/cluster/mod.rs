@@ -195,6 +195,17 @@ pub enum ClusterOut {
         /// The client id.
         client_id: ByteStr,
     },
+    /// This shard applied every `ClusterIn::Route` of node `node` sent before the
+    /// `ClusterIn::RouteBarrier` with `seq` (the answer to it): once every shard did, the
+    /// runtime acknowledges `seq` to that node.
+    RouteApplied {
+        /// The peer whose routes these are.
+        node: NodeId,
+        /// Its incarnation, as in the barrier.
+        boot: u64,
+        /// Its route sequence number.
+        seq: u64,
+    },
     /// This shard handled this many `ClusterIn::Publish` / `PublishShared` messages (in
     /// order): the runtime releases their frames' share of its inbound budget, so a peer
     /// cannot publish faster than this node's shards take its messages (receive-side
@@ -244,6 +255,18 @@ pub enum ClusterIn {
         filter: ByteStr,
         /// Added or removed.
         added: bool,
+    },
+    /// Answer `ClusterOut::RouteApplied` with the same fields: every `Route` of `node` sent
+    /// before this one is applied (shards apply `ClusterIn` in order, so at once). A peer's
+    /// route change is acknowledged to it only when every shard answered, so a PUBLISH a shard
+    /// routes after a remote SUBACK sees the new route.
+    RouteBarrier {
+        /// The peer whose routes these are.
+        node: NodeId,
+        /// Its incarnation (boot id): an answer for an older one is ignored.
+        boot: u64,
+        /// Its route sequence number.
+        seq: u64,
     },
     /// Forget every route of `node`: it left or failed (a re-synchronised link sends the
     /// difference as `Route` messages instead, so a route held before and after never

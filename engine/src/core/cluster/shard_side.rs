@@ -244,6 +244,11 @@ impl ShardCore {
                     c.routes.apply(node, &filter, added);
                 }
             }
+            ClusterIn::RouteBarrier { node, boot, seq } => {
+                // Every Route before this one was applied (in order, above).
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                c.out.push(ClusterOut::RouteApplied { node, boot, seq });
+            }
             ClusterIn::NodeDown(node) => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
                 c.routes.remove_node(node);

@@ -172,6 +172,8 @@ impl Cluster {
             | ClusterOut::Handover { .. }
             | ClusterOut::Offer { .. }) => self.handle_move(node, shard, m),
             ClusterOut::Handled { messages } => self.handled[node] += messages,
+            // This runtime acknowledges filters itself (`FilterAck` above).
+            ClusterOut::RouteApplied { .. } => {}
             ClusterOut::Disconnected { client_id, token } => {
                 let key = client_id.to_string();
                 if self.registry.get(&key).is_some_and(|e| e.0 == node && e.2 == token) {
