@@ -152,8 +152,12 @@ impl ShardCore {
             }
             return;
         }
+        let other = self.cluster.as_deref().is_some_and(|c| {
+            c.imports.iter().any(|(_, i)| i.client_id.as_str() == import.client_id.as_str())
+        });
         if let Some(slot) = self.sessions.find(&import.client_id) {
-            if self.sessions.get(slot).conn.is_none() {
+            // Another import of the client's session fills this copy too: it stays.
+            if self.sessions.get(slot).conn.is_none() && !other {
                 self.end_session(slot, now);
             }
         }

@@ -248,3 +248,23 @@ fn a_kick_by_a_clean_start_discards_the_old_session() {
         "a clean start discards the session [MQTT-3.1.2-4]"
     );
 }
+
+#[test]
+fn a_client_that_connects_twice_while_its_session_moves_gets_it_whole() {
+    let (mut cl, p) = offline_session(3, 3, Limits::default(), 0);
+    // Both claims' snapshots are on their way when the second CONNECT supersedes the first.
+    cl.moves.hold = vec![Kind::ClaimReply];
+    let first = reconnect(&mut cl, 1);
+    let second = reconnect(&mut cl, 1);
+    assert!(cl.nodes[1].clients[first].closed, "the older CONNECT gives way");
+    cl.nodes[2].publish(p, "q/x", "m3", QoS::AtLeastOnce, false);
+    cl.run();
+    cl.release_moves(Kind::ClaimReply);
+    let ack = connack(&mut cl, 1, second).expect("CONNACK");
+    assert!(ack.session_present);
+    cl.nodes[2].publish(p, "q/x", "m4", QoS::AtLeastOnce, false);
+    cl.run();
+    assert_eq!(pubacks(&mut cl, 2, p), 2);
+    let got = cl.nodes[1].clients[second].take_payloads();
+    assert_eq!(every_message_once_or_more(&got, 5), 0, "{got:?}");
+}

@@ -238,6 +238,11 @@ impl ShardCore {
                 return;
             }
         };
+        if held.as_ref().is_some_and(|h| h.closed) && self.newer_claim_of(&client_id) {
+            // A newer CONNECT of the client claimed after this one: the exporter gave the
+            // session to that claim (its export replaces this one), so nothing is taken here.
+            return;
+        }
         if outcome != ClaimOutcome::Answered {
             // An asked node may hold the session (or holds one too large to move): nothing is
             // created here, and the client is told to try again (the machine aborted the
@@ -286,6 +291,17 @@ impl ShardCore {
             c.imports.push((token, import));
         }
         self.release_moved_connects(now);
+    }
+
+    /// True if a CONNECT of `client_id` that is still open waits here for its session.
+    pub(crate) fn newer_claim_of(&self, client_id: &str) -> bool {
+        self.cluster.as_deref().is_some_and(|c| {
+            let imports = c.imports.iter().filter_map(|(_, i)| i.held.as_ref());
+            c.held
+                .values()
+                .chain(imports)
+                .any(|h| !h.closed && h.connect.client_id.as_str() == client_id)
+        })
     }
 
     /// Commits the imports whose subscriptions every shard and node now routes here.
