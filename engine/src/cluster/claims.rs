@@ -1,9 +1,12 @@
-//! Persistent sessions moving between nodes, the machine's side (the shards' side is
-//! `core/cluster/moves.rs`): a shard's `Claim` becomes a `ClaimReq` frame to every live
-//! peer whose link is up; each peer's home shard for the client id answers with the session
-//! or nothing (`Export` → a `ClaimReply` frame); when every asked peer has answered, gone
-//! down or lost its link, or [`CLAIM_TIMEOUT`] passed, the shard gets `Claimed` with what
-//! arrived. A session travels as the frame body [`encode_session`] writes.
+//! Persistent sessions moving between nodes, the machine's side of the claim (the shards'
+//! side is `core/cluster/moves.rs`; the commit and handover are in `moving.rs`; the
+//! protocol is in ARCHITECTURE.md "Persistent sessions move (two-phase)"): a shard's
+//! `Claim` becomes a `ClaimReq` frame to every live peer whose link is up (or to one peer);
+//! each peer's home shard for the client id answers with a snapshot of the session or
+//! nothing (`Export` → a `ClaimReply`, the snapshot in pieces); when every asked peer has
+//! answered or gone down, or one lost its link or [`CLAIM_TIMEOUT`] passed, the shard gets
+//! `Claimed` with what arrived and how the claim ended. A session travels as the body
+//! [`encode_session`] writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,77 +15,149 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use shardmq_codec::{ByteStr, Limits, Packet, PacketId, ProtocolVersion, Publish, QoS};
 
-use crate::core::cluster::{ClusterIn, ExportedMsg, ExportedSub, NodeId, SessionExport};
+use crate::core::cluster::{
+    ClaimOutcome, ClusterIn, ExportedMsg, ExportedSub, NodeId, SessionExport,
+    SESSION_MOVE_BYTES_MAX,
+};
 use crate::core::ids::ShardId;
 use crate::core::persist::restore::options_from_byte;
 use crate::core::shard::ShardCore;
 
+use super::moving::Export;
 use super::node::{Effect, NodeMachine};
-use super::wire::{self, Frame, WireError};
+use super::wire::{self, Frame, MoveFrame, ReplyStatus, WireError};
+use super::wire_move::SESSION_PART_BYTES;
 
 /// How long a claim waits for a peer that neither answers nor goes down.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Claims this node's shards made, waiting for peers.
+/// How long an exporter keeps a session for an importer that neither commits nor aborts
+/// (then it is an ordinary offline session there again), and how long an importer waits for
+/// the handover after its commit (then it keeps its copy).
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Claims this node's shards made, and the session moves in progress (`moving.rs`).
 #[derive(Debug, Default)]
 pub(super) struct Claims {
     /// By (shard, token).
     open: BTreeMap<(u16, u64), Open>,
+    /// Session bodies being received in pieces: (from, shard, token) → (pieces so far, bytes).
+    pub(super) parts: BTreeMap<(NodeId, u16, u64), (u32, BytesMut)>,
+    /// Sessions this node's shards are exporting: (importer, its shard, token).
+    pub(super) exports: BTreeMap<(NodeId, u16, u64), Export>,
+    /// Commits waiting for their handover: (exporter, shard, token) → deadline.
+    pub(super) commits: BTreeMap<(NodeId, u16, u64), Instant>,
+    /// Handovers sent and not acknowledged: (importer, shard, token) → frames and session.
+    pub(super) handovers: BTreeMap<(NodeId, u16, u64), super::moving::Sent>,
 }
 
 #[derive(Debug)]
 struct Open {
     waiting: Vec<NodeId>,
-    sessions: Vec<SessionExport>,
+    /// Peers that sent a snapshot, with it.
+    sessions: Vec<(NodeId, SessionExport)>,
+    outcome: ClaimOutcome,
     deadline: Instant,
 }
 
 impl Claims {
-    /// The earliest deadline of an open claim.
+    /// The earliest deadline of an open claim or a move.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.open.values().map(|o| o.deadline).min()
+        let claims = self.open.values().map(|o| o.deadline);
+        let exports = self.exports.values().map(|e| e.deadline);
+        claims.chain(exports).chain(self.commits.values().copied()).min()
     }
 }
 
 impl NodeMachine {
-    /// A shard holds a CONNECT for `client_id`: ask every live peer with an up link.
+    /// A shard holds a CONNECT for `client_id` (or pulls an offered session from `only`):
+    /// ask every live peer with an up link, or `only`.
     pub(super) fn on_claim(
         &mut self,
         shard: ShardId,
         client_id: ByteStr,
         token: u64,
+        only: Option<NodeId>,
+        discard: bool,
         now: Instant,
     ) {
-        let waiting: Vec<NodeId> =
-            self.peers.iter().filter(|(_, p)| p.live && p.link_up).map(|(n, _)| *n).collect();
-        let frame = Frame::ClaimReq { shard: shard.0, token, client_id };
+        let waiting: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(n, p)| p.live && p.link_up && only.is_none_or(|o| o == **n))
+            .map(|(n, _)| *n)
+            .collect();
+        let frame = Frame::Move(MoveFrame::ClaimReq { shard: shard.0, token, client_id, discard });
         for n in &waiting {
             self.send(*n, &frame);
         }
-        let open = Open { waiting, sessions: Vec::new(), deadline: now + CLAIM_TIMEOUT };
+        let open = Open {
+            waiting,
+            sessions: Vec::new(),
+            outcome: ClaimOutcome::Answered,
+            deadline: now + CLAIM_TIMEOUT,
+        };
         self.claims.open.insert((shard.0, token), open);
         self.release_claims(now);
     }
 
-    /// This node's home shard answered `to`'s claim.
+    /// This node's home shard `home` answered `to`'s claim: a snapshot (the session stays
+    /// there, exporting) or nothing. A snapshot past [`SESSION_MOVE_BYTES_MAX`], or one
+    /// that cannot be sent, is refused and the export aborted at once.
     pub(super) fn on_export(
         &mut self,
+        home: ShardId,
         to: NodeId,
         shard: u16,
         token: u64,
         session: Option<Box<SessionExport>>,
         now: Instant,
     ) {
-        let uptime = self.uptime_ms(now);
-        if session.as_deref().is_some_and(|s| s.was_connected) {
+        let Some(session) = session else {
+            let reply = MoveFrame::ClaimReply {
+                shard,
+                token,
+                status: ReplyStatus::None,
+                parts: 0,
+                body: Bytes::new(),
+            };
+            self.send(to, &Frame::Move(reply));
+            return;
+        };
+        let client_id = session.client_id.clone();
+        let abort = ClusterIn::MoveAbort { to, shard, token, client_id: client_id.clone() };
+        let body = encode_session(&session, self.uptime_ms(now));
+        if body.len() > SESSION_MOVE_BYTES_MAX {
+            tracing::warn!(node = %to, %client_id, bytes = body.len(), "cluster: a session too large to move stays here");
+            let reply = MoveFrame::ClaimReply {
+                shard,
+                token,
+                status: ReplyStatus::TooLarge,
+                parts: 0,
+                body: Bytes::new(),
+            };
+            self.send(to, &Frame::Move(reply));
+            self.effects.push_back(Effect::ToShard { shard: home, msg: abort });
+            return;
+        }
+        let frames = session_frames(shard, token, &body, |parts, body| MoveFrame::ClaimReply {
+            shard,
+            token,
+            status: ReplyStatus::Session,
+            parts,
+            body,
+        });
+        if !self.send_all(to, &frames) {
+            // The link is down: the importer never hears of it; the session stays here.
+            self.effects.push_back(Effect::ToShard { shard: home, msg: abort });
+            return;
+        }
+        if session.was_connected {
             // The connection ended here because its client id connected on `to`.
             self.counters.takeovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let body = session.as_deref().map(|s| encode_session(s, uptime));
-        if session.is_some() && !self.peers.get(&to).is_some_and(|p| p.link_up) {
-            tracing::warn!(node = %to, "cluster: a session moving to a node whose link is down is lost");
-        }
-        self.send(to, &Frame::ClaimReply { shard, token, session: body });
+        let export = Export { home, client_id, deadline: now + super::claims::MOVE_TIMEOUT };
+        self.claims.exports.insert((to, shard, token), export);
     }
 
     /// Peer `from` asks for `client_id`'s session: its home shard here answers.
@@ -92,45 +167,62 @@ impl NodeMachine {
         shard: u16,
         token: u64,
         client_id: ByteStr,
+        discard: bool,
     ) {
         let home = ShardCore::home_shard(client_id.as_bytes(), self.shard_count);
-        let msg = ClusterIn::Claim { from, shard, token, client_id };
+        let msg = ClusterIn::Claim { from, shard, token, client_id, discard };
         self.effects.push_back(Effect::ToShard { shard: home, msg });
     }
 
-    /// Peer `from` answered one of this node's claims.
+    /// Peer `from` answered one of this node's claims (`body`: the snapshot's last piece).
     pub(super) fn on_claim_reply(
         &mut self,
         from: NodeId,
-        shard: u16,
-        token: u64,
-        session: Option<Bytes>,
+        (shard, token): (u16, u64),
+        status: ReplyStatus,
+        parts: u32,
+        body: Bytes,
         now: Instant,
     ) {
-        let uptime = self.uptime_ms(now);
-        let session = session.and_then(|body| match decode_session(&body, uptime) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(node = %from, "cluster: a moved session did not decode: {e}");
-                None
-            }
-        });
-        let Some(open) = self.claims.open.get_mut(&(shard, token)) else {
-            // A late answer (the claim timed out or its peer's link went down): the session
-            // left its node, so it is handed over anyway, to be kept offline.
-            if let Some(s) = session.filter(|_| shard < self.shard_count) {
-                let msg = ClusterIn::Claimed { token, sessions: vec![s] };
-                self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+        let whole = self.whole_body(from, shard, token, parts, body);
+        let open_here =
+            self.claims.open.get(&(shard, token)).is_some_and(|o| o.waiting.contains(&from));
+        if !open_here {
+            // A late answer (the claim was decided without it): the session stays there.
+            if status == ReplyStatus::Session {
+                self.send(from, &Frame::Move(MoveFrame::ClaimAbort { shard, token }));
             }
             return;
+        }
+        let uptime = self.uptime_ms(now);
+        let (outcome, session) = match status {
+            ReplyStatus::None => (None, None),
+            ReplyStatus::TooLarge => (Some(ClaimOutcome::TooLarge), None),
+            ReplyStatus::Session => match whole.map(|b| decode_session(&b, uptime)) {
+                Some(Ok(s)) => (None, Some(s)),
+                failed => {
+                    // Pieces missing or a body that does not decode: the session stays
+                    // there, and this claim cannot decide.
+                    if let Some(Err(e)) = failed {
+                        tracing::warn!(node = %from, "cluster: a moved session did not decode: {e}");
+                    }
+                    self.send(from, &Frame::Move(MoveFrame::ClaimAbort { shard, token }));
+                    (Some(ClaimOutcome::Unanswered), None)
+                }
+            },
         };
+        let open = self.claims.open.get_mut(&(shard, token)).expect("checked");
         open.waiting.retain(|n| *n != from);
-        open.sessions.extend(session);
+        if let Some(o) = outcome {
+            open.outcome = o;
+        }
+        open.sessions.extend(session.map(|s| (from, s)));
         self.release_claims(now);
     }
 
-    /// Answers the claims nobody is waiting for any more: every asked peer answered, went
-    /// down or lost its link, or the claim timed out.
+    /// Answers the claims nobody is waiting for any more: every asked peer answered or went
+    /// down; or one lost its link, or the claim timed out (undecided: the snapshots that came
+    /// are aborted and the shard told so).
     pub(super) fn release_claims(&mut self, now: Instant) {
         let peers = &self.peers;
         let done: Vec<(u16, u64)> = self
@@ -138,20 +230,103 @@ impl NodeMachine {
             .open
             .iter_mut()
             .filter_map(|(k, o)| {
-                o.waiting.retain(|n| peers.get(n).is_some_and(|p| p.live && p.link_up));
-                (o.waiting.is_empty() || now >= o.deadline).then_some(*k)
+                // A peer declared down answers nothing: its sessions come back with it.
+                o.waiting.retain(|n| peers.get(n).is_some_and(|p| p.live));
+                let lost = o.waiting.iter().any(|n| peers.get(n).is_some_and(|p| !p.link_up));
+                if lost || (now >= o.deadline && !o.waiting.is_empty()) {
+                    o.outcome = ClaimOutcome::Unanswered;
+                    o.waiting.clear();
+                }
+                o.waiting.is_empty().then_some(*k)
             })
             .collect();
         for (shard, token) in done {
             let open = self.claims.open.remove(&(shard, token)).expect("listed");
-            let msg = ClusterIn::Claimed { token, sessions: open.sessions };
+            let mut sessions = open.sessions;
+            if open.outcome != ClaimOutcome::Answered {
+                for (node, _) in sessions.drain(..) {
+                    self.send(node, &Frame::Move(MoveFrame::ClaimAbort { shard, token }));
+                }
+            }
+            let msg = ClusterIn::Claimed { token, sessions, outcome: open.outcome };
             self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
         }
     }
+
+    /// Sends every frame to `to`; false if one could not be (the link is down).
+    pub(super) fn send_all(&mut self, to: NodeId, frames: &[Frame]) -> bool {
+        frames.iter().all(|f| self.send(to, f))
+    }
+
+    /// The whole body of a session whose last piece is `body` after `parts` pieces from
+    /// `from`; `None` if the pieces received are not exactly those.
+    pub(super) fn whole_body(
+        &mut self,
+        from: NodeId,
+        shard: u16,
+        token: u64,
+        parts: u32,
+        body: Bytes,
+    ) -> Option<Bytes> {
+        let got = self.claims.parts.remove(&(from, shard, token));
+        match got {
+            None if parts == 0 => Some(body),
+            Some((n, mut buf)) if n == parts => {
+                buf.extend_from_slice(&body);
+                Some(buf.freeze())
+            }
+            _ => None,
+        }
+    }
+
+    /// A piece of a session body from `from`, kept (bounded) until its last piece comes.
+    pub(super) fn on_session_part(
+        &mut self,
+        from: NodeId,
+        shard: u16,
+        token: u64,
+        index: u32,
+        body: Bytes,
+    ) {
+        let key = (from, shard, token);
+        if index == 0 {
+            // A first piece starts the body again (one sent again after a broken link).
+            self.claims.parts.insert(key, (0, BytesMut::new()));
+        }
+        let Some((n, buf)) = self.claims.parts.get_mut(&key) else { return };
+        // A handover may be as large as a snapshot plus what the exporter queued since.
+        if *n != index || buf.len() + body.len() > 2 * SESSION_MOVE_BYTES_MAX {
+            tracing::warn!(node = %from, "cluster: a moving session's pieces out of order or past the limit: dropped");
+            self.claims.parts.remove(&key);
+            return;
+        }
+        *n += 1;
+        buf.extend_from_slice(&body);
+    }
 }
 
-/// A session as a ClaimReply frame carries it. Messages past the frame limit stay behind
-/// (counted in the log line of the exporting shard's caller); everything else is kept.
+/// The frames of a session body: `SessionPart`s of at most [`SESSION_PART_BYTES`], then
+/// `last(parts, last piece)`.
+pub(super) fn session_frames(
+    shard: u16,
+    token: u64,
+    body: &Bytes,
+    last: impl FnOnce(u32, Bytes) -> MoveFrame,
+) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut rest = body.clone();
+    let mut index = 0u32;
+    while rest.len() > SESSION_PART_BYTES {
+        let piece = rest.split_to(SESSION_PART_BYTES);
+        frames.push(Frame::Move(MoveFrame::SessionPart { shard, token, index, body: piece }));
+        index += 1;
+    }
+    frames.push(Frame::Move(last(index, rest)));
+    frames
+}
+
+/// A session's body as it travels (in pieces: [`session_frames`]). A message the codec cannot
+/// encode is left out (logged); the caller checks the size against the move limit.
 pub fn encode_session(s: &SessionExport, uptime_ms: u64) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     put_str(&mut out, &s.client_id);
@@ -189,10 +364,10 @@ pub fn encode_session(s: &SessionExport, uptime_ms: u64) -> Bytes {
         };
         let ok = shardmq_codec::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut out);
         let len = out.len() - len_at - 4;
-        if ok.is_err() || out.len() > wire::FRAME_SIZE_MAX_BYTES - 64 {
+        if ok.is_err() {
             out.truncate(mark);
-            tracing::warn!(client_id = %s.client_id, "cluster: a moving session's messages past the frame limit stay behind");
-            break;
+            tracing::warn!(client_id = %s.client_id, "cluster: a moving session's message does not encode: left out");
+            continue;
         }
         out[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
         count += 1;

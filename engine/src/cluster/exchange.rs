@@ -45,12 +45,7 @@ impl NodeMachine {
                 let msg = ClusterIn::PublishShared { from, group, msg };
                 self.effects.push_back(Effect::ToShard { shard, msg });
             }
-            Frame::ClaimReq { shard, token, client_id } => {
-                self.on_claim_req(from, shard, token, client_id)
-            }
-            Frame::ClaimReply { shard, token, session } => {
-                self.on_claim_reply(from, shard, token, session, now)
-            }
+            Frame::Move(m) => self.on_move_frame(from, m, now),
             // Routes and registrations from a node that is not live here are ignored and not
             // acknowledged: when it comes back up, this node asks for all of them (Resync).
             Frame::Route { .. }
@@ -82,7 +77,7 @@ impl NodeMachine {
                     self.send_every_shard(ClusterIn::Route { node: from, filter, added });
                 }
                 if synced {
-                    self.send(from, &Frame::RouteAck { seq });
+                    self.route_barrier(from, seq);
                 }
                 self.update_counters();
             }
@@ -110,7 +105,7 @@ impl NodeMachine {
                     self.send_every_shard(ClusterIn::Route { node: from, filter, added: true });
                 }
                 self.update_counters();
-                self.send(from, &Frame::RouteAck { seq });
+                self.route_barrier(from, seq);
             }
             Frame::RouteAck { seq } => {
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -134,10 +129,34 @@ impl NodeMachine {
                 let conn = Conn { node: from, shard: ShardId(shard), token, stamp };
                 self.registry.unregister(&client_id, &conn);
             }
-            Frame::Kick { stamp, client_id, shard, token } => {
+            Frame::Kick { stamp, client_id, shard, token, by } => {
                 self.clock.observe(self.uptime_ms(now), stamp.ms);
-                self.kick_local(&client_id, ShardId(shard), token);
+                self.kick_local(&client_id, ShardId(shard), token, by);
             }
+        }
+    }
+
+    /// Peer `from`'s routes up to `seq` are queued for every shard: acknowledged once every
+    /// shard applied them (`on_route_applied`), not when queued.
+    fn route_barrier(&mut self, from: NodeId, seq: u64) {
+        let Some(p) = self.peers.get(&from) else { return };
+        let boot = p.member.boot_id;
+        self.send_every_shard(ClusterIn::RouteBarrier { node: from, boot, seq });
+    }
+
+    /// Shard `shard` applied peer `node`'s routes up to `seq`: acknowledged to the peer when
+    /// every shard has.
+    pub(super) fn on_route_applied(&mut self, shard: ShardId, node: NodeId, boot: u64, seq: u64) {
+        let Some(p) = self.peers.get_mut(&node) else { return };
+        if p.member.boot_id != boot || !p.live {
+            return;
+        }
+        let Some(a) = p.applied.get_mut(usize::from(shard.0)) else { return };
+        *a = (*a).max(seq);
+        let all = p.applied.iter().copied().min().unwrap_or(seq);
+        if all > p.acked_out {
+            p.acked_out = all;
+            self.send(node, &Frame::RouteAck { seq: all });
         }
     }
 
@@ -350,19 +369,23 @@ impl NodeMachine {
 
     /// As the owner: records `conn` and ends the older connection of the id, if any.
     fn register_here(&mut self, client_id: &ByteStr, conn: Conn) {
-        let victim = match self.registry.register(client_id, conn) {
+        let (victim, by) = match self.registry.register(client_id, conn) {
             Registered::Recorded => return,
-            Registered::Kick(old) => old,
-            Registered::KickNew(new) => new,
+            Registered::Kick(old) => (old, conn.node),
+            Registered::KickNew(new) => {
+                let kept = self.registry.owned.get(client_id).map_or(self.id, |c| c.node);
+                (new, kept)
+            }
         };
         if victim.node == self.id {
-            self.kick_local(client_id, victim.shard, victim.token);
+            self.kick_local(client_id, victim.shard, victim.token, by);
         } else {
             let frame = Frame::Kick {
                 stamp: victim.stamp,
                 client_id: client_id.clone(),
                 shard: victim.shard.0,
                 token: victim.token,
+                by,
             };
             self.send(victim.node, &frame);
             if let Some(p) = self.peers.get_mut(&victim.node) {
@@ -375,14 +398,14 @@ impl NodeMachine {
     }
 
     /// Ends this node's connection (shard, token) of `client_id`, if it still exists.
-    fn kick_local(&mut self, client_id: &ByteStr, shard: ShardId, token: u64) {
+    fn kick_local(&mut self, client_id: &ByteStr, shard: ShardId, token: u64, by: NodeId) {
         if self.registry.remove_local(client_id, shard, token).is_none() {
             return;
         }
         self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
         self.effects.push_back(Effect::ToShard {
             shard,
-            msg: ClusterIn::Kick { client_id: client_id.clone(), token },
+            msg: ClusterIn::Kick { client_id: client_id.clone(), token, by },
         });
     }
 

@@ -259,6 +259,8 @@ impl NodeMachine {
                 routes: Default::default(),
                 staging: None,
                 kicks: VecDeque::new(),
+                applied: vec![0; usize::from(self.shard_count)],
+                acked_out: 0,
             },
         );
         self.effects.push_back(Effect::Dial { node, addr });
@@ -282,6 +284,7 @@ impl NodeMachine {
         p.kicks.clear();
         self.effects.push_back(Effect::Hangup { node });
         self.send_every_shard(ClusterIn::NodeDown(node));
+        self.moves_node_down(node);
         self.registry.forget_node(node);
         self.membership_changed();
     }

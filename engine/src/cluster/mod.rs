@@ -4,11 +4,13 @@
 
 pub mod node;
 pub mod wire;
+pub mod wire_move;
 
 pub mod claims;
 mod exchange;
 pub mod gossip_auth;
 mod members;
+mod moving;
 mod registry;
 mod routes;
 

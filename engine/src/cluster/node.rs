@@ -209,6 +209,11 @@ pub(super) struct Peer {
     /// up: one written on a link that then broke may never have arrived. A kick names one
     /// connection, so a repeated one does nothing.
     pub kicks: VecDeque<Frame>,
+    /// Per shard of this node: the highest of its route sequence numbers that shard applied
+    /// (`ClusterOut::RouteApplied`). The minimum is what is acknowledged to it.
+    pub applied: Vec<u64>,
+    /// The last acknowledgement sent to it.
+    pub acked_out: u64,
 }
 
 /// One node's cluster state machine (see the module documentation).
@@ -304,6 +309,7 @@ impl NodeMachine {
             self.announce_to_seeds(now);
         }
         self.release_claims(now);
+        self.moves_timer(now);
     }
 
     /// When [`NodeMachine::handle_timer`] is next due.
@@ -326,9 +332,10 @@ impl NodeMachine {
         let seq_in = p.seq_in;
         let synced = p.synced;
         self.send_snapshot(node);
-        if synced && seq_in > 0 {
+        let acked_out = self.peers.get(&node).map_or(0, |p| p.acked_out);
+        if synced && seq_in > 0 && acked_out > 0 {
             // Acknowledgements sent while the link was down were lost.
-            self.send(node, &Frame::RouteAck { seq: seq_in });
+            self.send(node, &Frame::RouteAck { seq: acked_out });
         }
         if !synced {
             self.send(node, &Frame::Resync);
@@ -339,6 +346,7 @@ impl NodeMachine {
         for k in kicks {
             self.send(node, &k);
         }
+        self.moves_link_up(node);
         self.update_counters();
     }
 
@@ -404,11 +412,21 @@ impl NodeMachine {
             ClusterOut::PublishShared { node, group, msg } => {
                 self.on_publish_shared(shard, node, group, msg, now)
             }
-            ClusterOut::Claim { client_id, token } => self.on_claim(shard, client_id, token, now),
+            ClusterOut::Claim { client_id, token, only, discard } => {
+                self.on_claim(shard, client_id, token, only, discard, now)
+            }
+            ClusterOut::Commit { to, token } => self.on_commit(shard, to, token, now),
+            ClusterOut::Handover { to, shard: asker, token, session } => {
+                self.on_handover_out(shard, to, asker, token, session, now)
+            }
+            ClusterOut::Offer { to, client_id } => self.on_offer(to, client_id),
             // The runtime's inbound budget (`runtime.rs`); nothing for the machine.
             ClusterOut::Handled { .. } => {}
+            ClusterOut::RouteApplied { node, boot, seq } => {
+                self.on_route_applied(shard, node, boot, seq)
+            }
             ClusterOut::Export { to, shard: asker, token, session } => {
-                self.on_export(to, asker, token, session, now)
+                self.on_export(shard, to, asker, token, session, now)
             }
             ClusterOut::Filter { filter, added, seq } => self.on_filter(shard, filter, added, seq),
             ClusterOut::Connected { client_id, token } => {

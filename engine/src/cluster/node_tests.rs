@@ -60,14 +60,35 @@ fn frames_to(effects: &[Effect], node: NodeId) -> Vec<Frame> {
         .collect()
 }
 
+/// What the machine handed its shards, but route barriers (`answer_barriers`).
 fn to_shards(effects: &[Effect]) -> Vec<(ShardId, String)> {
     effects
         .iter()
         .filter_map(|e| match e {
+            Effect::ToShard { msg: ClusterIn::RouteBarrier { .. }, .. } => None,
             Effect::ToShard { shard, msg } => Some((*shard, format!("{msg:?}"))),
             _ => None,
         })
         .collect()
+}
+
+/// The shards (or shard `only`) answer the route barriers among `effects`, as a shard does
+/// once it applied the routes before them; what the machine did then.
+fn answer_barriers(
+    m: &mut NodeMachine,
+    effects: &[Effect],
+    only: Option<ShardId>,
+    now: Instant,
+) -> Vec<Effect> {
+    for e in effects {
+        if let Effect::ToShard { shard, msg: ClusterIn::RouteBarrier { node, boot, seq } } = e {
+            if only.is_none_or(|o| o == *shard) {
+                let applied = ClusterOut::RouteApplied { node: *node, boot: *boot, seq: *seq };
+                m.handle_shard(*shard, applied, now);
+            }
+        }
+    }
+    drain(m)
 }
 
 fn filter(m: &mut NodeMachine, shard: u16, f: &'static str, added: bool, seq: u64, now: Instant) {
@@ -236,9 +257,17 @@ fn peer_routes_reach_every_shard_and_are_acknowledged() {
     }
     let effects = drain(&mut m);
     assert!(to_shards(&effects).is_empty(), "{effects:?}");
-    assert_eq!(frames_to(&effects, PEER), vec![Frame::RouteAck { seq: 3 }]);
+    // Acknowledged once every shard applied the snapshot, not before.
+    assert!(frames_to(&effects, PEER).is_empty(), "no RouteAck before the shards applied it");
+    let after_one = answer_barriers(&mut m, &effects, Some(ShardId(0)), now);
+    assert!(frames_to(&after_one, PEER).is_empty(), "shard 1 has not applied it yet");
+    let after_all = answer_barriers(&mut m, &effects, Some(ShardId(1)), now);
+    assert_eq!(frames_to(&after_all, PEER), vec![Frame::RouteAck { seq: 3 }]);
     m.handle_frame(PEER, &route[4..], now);
-    assert_eq!(frames_to(&drain(&mut m), PEER), vec![Frame::RouteAck { seq: 4 }]);
+    let effects = drain(&mut m);
+    assert!(frames_to(&effects, PEER).is_empty());
+    let acks = answer_barriers(&mut m, &effects, None, now);
+    assert_eq!(frames_to(&acks, PEER), vec![Frame::RouteAck { seq: 4 }]);
 
     // A snapshot that holds the route again changes nothing on the shards; an empty one
     // removes it.
@@ -248,7 +277,8 @@ fn peer_routes_reach_every_shard_and_are_acknowledged() {
     }
     let effects = drain(&mut m);
     assert!(to_shards(&effects).is_empty(), "{effects:?}");
-    assert_eq!(frames_to(&effects, PEER), vec![Frame::RouteAck { seq: 5 }]);
+    let acks = answer_barriers(&mut m, &effects, None, now);
+    assert_eq!(frames_to(&acks, PEER), vec![Frame::RouteAck { seq: 5 }]);
     for f in [Frame::RoutesReset { seq: 6 }, Frame::RoutesDone { seq: 6 }] {
         m.handle_frame(PEER, &frame(f)[4..], now);
     }
@@ -310,18 +340,20 @@ fn the_later_connection_of_a_client_id_takes_over() {
     let (mut m, now) = machine();
     up(&mut m, PEER, now);
     let id = id_owned_by(NodeId(1));
-    let kick = |token| format!("Kick {{ client_id: {:?}, token: {token} }}", id.as_str());
+    let kick = |token, by: u16| {
+        format!("Kick {{ client_id: {:?}, token: {token}, by: NodeId({by}) }}", id.as_str())
+    };
     // Both connections on this node, the owner: the first is kicked.
     m.handle_shard(ShardId(0), ClusterOut::Connected { client_id: id.clone(), token: 1 }, now);
     m.handle_shard(ShardId(1), ClusterOut::Connected { client_id: id.clone(), token: 2 }, now);
-    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(0), kick(1))]);
+    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(0), kick(1, 1))]);
     assert_eq!(m.counters.takeovers.load(Ordering::Relaxed), 1);
 
     // A later registration from the peer: the local connection is kicked.
     let later = wire::Stamp { ms: u64::MAX / 2, counter: 0, node: PEER.0 };
     let reg = Frame::Register { stamp: later, client_id: id.clone(), shard: 0, token: 9 };
     m.handle_frame(PEER, &reg.encode().unwrap()[4..], now);
-    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(1), kick(2))]);
+    assert_eq!(to_shards(&drain(&mut m)), vec![(ShardId(1), kick(2, PEER.0))]);
 
     // An earlier registration from the peer: the peer's connection is kicked, by a frame.
     let earlier = wire::Stamp { ms: 0, counter: 0, node: PEER.0 };
@@ -340,7 +372,7 @@ fn the_later_connection_of_a_client_id_takes_over() {
     m.handle_shard(ShardId(1), ClusterOut::Connected { client_id: theirs.clone(), token: 3 }, now);
     let sent = frames_to(&drain(&mut m), PEER);
     let [Frame::Register { stamp, token: 3, shard: 1, .. }] = sent[..] else { panic!("{sent:?}") };
-    let k = Frame::Kick { stamp, client_id: theirs.clone(), shard: 1, token: 3 };
+    let k = Frame::Kick { stamp, client_id: theirs.clone(), shard: 1, token: 3, by: PEER };
     m.handle_frame(PEER, &k.encode().unwrap()[4..], now);
     assert_eq!(to_shards(&drain(&mut m)).len(), 1);
     // A second Kick for the same connection does nothing.
@@ -387,3 +419,6 @@ fn up_without_drain(m: &mut NodeMachine, node: NodeId, now: Instant) {
     drain(m);
     m.link_up(node, now);
 }
+
+#[path = "move_node_tests.rs"]
+mod moves;

@@ -397,8 +397,19 @@ impl Sim {
                             ClusterOut::Export { to: from, shard: asker, token, session: None };
                         follow_ups.push((shard, export));
                     }
-                    ClusterIn::Claimed { .. } => {}
-                    ClusterIn::Kick { client_id, token } => {
+                    // The model applies routes as they come: every earlier one is applied.
+                    ClusterIn::RouteBarrier { node, boot, seq } => {
+                        follow_ups.push((shard, ClusterOut::RouteApplied { node, boot, seq }));
+                    }
+                    // Nothing is exported, so no move goes further; an offered session
+                    // (after a kick) is pulled by nobody here.
+                    ClusterIn::Claimed { .. }
+                    | ClusterIn::Commit { .. }
+                    | ClusterIn::MoveAbort { .. }
+                    | ClusterIn::Handover { .. }
+                    | ClusterIn::Restore { .. }
+                    | ClusterIn::Offer { .. } => {}
+                    ClusterIn::Kick { client_id, token, .. } => {
                         if model.conns.remove(&token).is_some() {
                             model.kicked.push((client_id.as_str().to_owned(), token));
                             follow_ups.push((shard, ClusterOut::Disconnected { client_id, token }));

@@ -22,9 +22,12 @@ use crate::core::cluster::NodeId;
 use crate::core::ids::ShardId;
 use crate::core::mesh::{Message, Origin};
 
+pub use super::wire_move::{MoveFrame, ReplyStatus};
+use super::wire_move::{KIND_CLAIM_REQ, KIND_OFFER};
+
 /// The node link protocol's version, sent in [`Frame::Hello`]; a peer with another version
 /// is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame (kind byte and body, without the length prefix) accepted or sent: a
 /// 16 MiB message plus room for its topic, properties and framing. A message whose frame
@@ -121,25 +124,8 @@ pub enum Frame {
         /// As in `Publish`.
         publish: Publish,
     },
-    /// The sender's shard `shard` holds a CONNECT for `client_id` (Clean Start = 0): send
-    /// the session if the receiver has it (`claims.rs`).
-    ClaimReq {
-        /// The asking shard.
-        shard: u16,
-        /// Its claim token.
-        token: u64,
-        /// The client id.
-        client_id: ByteStr,
-    },
-    /// The answer to `ClaimReq`: the session (`claims::encode_session`), or none.
-    ClaimReply {
-        /// The asking shard.
-        shard: u16,
-        /// Its claim token.
-        token: u64,
-        /// The session.
-        session: Option<Bytes>,
-    },
+    /// A session move's frames (`wire_move.rs`).
+    Move(MoveFrame),
     /// The sender's node-level set of filters gained or lost `filter`.
     Route {
         /// The sender's route sequence number (increasing per link).
@@ -190,7 +176,7 @@ pub enum Frame {
         token: u64,
     },
     /// From the client id's owner: end the receiver's connection (shard, token), a later
-    /// connection with the same client id was registered.
+    /// connection with the same client id was registered on node `by`.
     Kick {
         /// The stamp of the connection to end.
         stamp: Stamp,
@@ -200,6 +186,8 @@ pub enum Frame {
         shard: u16,
         /// The connection's token.
         token: u64,
+        /// The node of the connection that won (its session is offered there).
+        by: NodeId,
     },
 }
 
@@ -214,8 +202,6 @@ const KIND_UNREGISTER: u8 = 8;
 const KIND_KICK: u8 = 9;
 const KIND_RESYNC: u8 = 10;
 const KIND_PUBLISH_SHARED: u8 = 11;
-const KIND_CLAIM_REQ: u8 = 12;
-const KIND_CLAIM_REPLY: u8 = 13;
 
 /// Cuts the next whole frame (kind byte and body, without the length prefix) from the front
 /// of `buf`. `Ok(None)`: not all of it is buffered yet (nothing consumed). The declared
@@ -268,21 +254,7 @@ impl Frame {
                 let packet = Packet::Publish(publish.clone());
                 shardmq_codec::encode(&packet, ProtocolVersion::V5, &mut out).ok()?;
             }
-            Frame::ClaimReq { shard, token, client_id } => {
-                out.put_u8(KIND_CLAIM_REQ);
-                out.put_u16(*shard);
-                out.put_u64(*token);
-                put_str(&mut out, client_id)?;
-            }
-            Frame::ClaimReply { shard, token, session } => {
-                out.put_u8(KIND_CLAIM_REPLY);
-                out.put_u16(*shard);
-                out.put_u64(*token);
-                out.put_u8(u8::from(session.is_some()));
-                if let Some(body) = session {
-                    out.put_slice(body);
-                }
-            }
+            Frame::Move(m) => m.encode_into(&mut out)?,
             Frame::Route { seq, added, filter } => {
                 out.put_u8(KIND_ROUTE);
                 out.put_u64(*seq);
@@ -308,8 +280,9 @@ impl Frame {
             Frame::Unregister { stamp, client_id, shard, token } => {
                 put_client(&mut out, KIND_UNREGISTER, stamp, client_id, *shard, *token)?;
             }
-            Frame::Kick { stamp, client_id, shard, token } => {
+            Frame::Kick { stamp, client_id, shard, token, by } => {
                 put_client(&mut out, KIND_KICK, stamp, client_id, *shard, *token)?;
+                out.put_u16(by.0);
             }
         }
         let len = out.len() - LENGTH_PREFIX_BYTES;
@@ -369,7 +342,7 @@ pub fn publish_message(publish: Publish, age_ms: u32, now_ms: u64) -> Arc<Messag
     })
 }
 
-fn put_str(out: &mut BytesMut, s: &ByteStr) -> Option<()> {
+pub(super) fn put_str(out: &mut BytesMut, s: &ByteStr) -> Option<()> {
     let len = u16::try_from(s.as_bytes().len()).ok()?;
     out.put_u16(len);
     out.put_slice(s.as_bytes());
@@ -442,6 +415,10 @@ impl<'a> Reader<'a> {
     fn stamp(&mut self) -> Result<Stamp, WireError> {
         Ok(Stamp { ms: self.u64("stamp")?, counter: self.u32("stamp")?, node: self.u16("stamp")? })
     }
+    /// The bytes not read yet (all of them: nothing is left to read after).
+    pub(super) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
     pub(super) fn finish(self, kind: &'static str) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())
@@ -495,25 +472,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame, WireError> {
                 None => Frame::Publish { origin_shard, age_ms, publish },
             }
         }
-        KIND_CLAIM_REQ => {
-            let f = Frame::ClaimReq {
-                shard: r.u16("claim shard")?,
-                token: r.u64("claim token")?,
-                client_id: r.str("claim client id")?,
-            };
-            r.finish("ClaimReq")?;
-            f
-        }
-        KIND_CLAIM_REPLY => {
-            let shard = r.u16("claim shard")?;
-            let token = r.u64("claim token")?;
-            let present = r.bool("claim session")?;
-            let session = present.then(|| Bytes::copy_from_slice(r.buf));
-            if !present && !r.buf.is_empty() {
-                return Err(WireError::Trailing("ClaimReply"));
-            }
-            Frame::ClaimReply { shard, token, session }
-        }
+        KIND_CLAIM_REQ..=KIND_OFFER => Frame::Move(MoveFrame::decode(kind, body)?),
         KIND_ROUTE => {
             let f = Frame::Route {
                 seq: r.u64("route seq")?,
@@ -537,12 +496,13 @@ pub fn decode(frame: &[u8]) -> Result<Frame, WireError> {
             let shard = r.u16("shard")?;
             let token = r.u64("token")?;
             let client_id = r.str("client id")?;
-            r.finish("client id")?;
-            match kind {
+            let f = match kind {
                 KIND_REGISTER => Frame::Register { stamp, client_id, shard, token },
                 KIND_UNREGISTER => Frame::Unregister { stamp, client_id, shard, token },
-                _ => Frame::Kick { stamp, client_id, shard, token },
-            }
+                _ => Frame::Kick { stamp, client_id, shard, token, by: NodeId(r.u16("kick by")?) },
+            };
+            r.finish("client id")?;
+            f
         }
         KIND_RESYNC => {
             r.finish("Resync")?;

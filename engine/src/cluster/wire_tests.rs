@@ -1,4 +1,5 @@
 use super::*;
+use crate::cluster::wire_move::{MoveFrame, ReplyStatus};
 
 use proptest::prelude::*;
 use shardmq_codec::Properties;
@@ -51,16 +52,63 @@ fn every_kind() -> Vec<Frame> {
         Frame::Resync,
         Frame::Register { stamp, client_id: ByteStr::from_static("c1"), shard: 1, token: 42 },
         Frame::Unregister { stamp, client_id: ByteStr::from_static("c1"), shard: 1, token: 42 },
-        Frame::Kick { stamp, client_id: ByteStr::from_static("ü"), shard: 0, token: 1 },
+        Frame::Kick {
+            stamp,
+            client_id: ByteStr::from_static("ü"),
+            shard: 0,
+            token: 1,
+            by: NodeId(3),
+        },
         Frame::PublishShared {
             origin_shard: 1,
             age_ms: 3,
             group: ByteStr::from_static("$share/g/a/#"),
             publish: publish(QoS::AtLeastOnce, false, true),
         },
-        Frame::ClaimReq { shard: 2, token: 5, client_id: ByteStr::from_static("c") },
-        Frame::ClaimReply { shard: 2, token: 5, session: None },
-        Frame::ClaimReply { shard: 2, token: 6, session: Some(Bytes::from_static(b"\x01\x02")) },
+        Frame::Move(MoveFrame::ClaimReq {
+            shard: 2,
+            token: 5,
+            client_id: ByteStr::from_static("c"),
+            discard: true,
+        }),
+        Frame::Move(MoveFrame::ClaimReply {
+            shard: 2,
+            token: 5,
+            status: ReplyStatus::None,
+            parts: 0,
+            body: Bytes::new(),
+        }),
+        Frame::Move(MoveFrame::ClaimReply {
+            shard: 2,
+            token: 6,
+            status: ReplyStatus::Session,
+            parts: 3,
+            body: Bytes::from_static(b"\x01\x02"),
+        }),
+        Frame::Move(MoveFrame::SessionPart {
+            shard: 1,
+            token: 6,
+            index: 2,
+            body: Bytes::from_static(b"\x03"),
+        }),
+        Frame::Move(MoveFrame::ClaimAbort { shard: 1, token: 7 }),
+        Frame::Move(MoveFrame::Commit { shard: 1, token: 8 }),
+        Frame::Move(MoveFrame::Handover {
+            shard: 1,
+            token: 8,
+            moved: true,
+            parts: 0,
+            body: Bytes::from_static(b"x"),
+        }),
+        Frame::Move(MoveFrame::Handover {
+            shard: 1,
+            token: 9,
+            moved: false,
+            parts: 0,
+            body: Bytes::new(),
+        }),
+        Frame::Move(MoveFrame::HandoverAck { shard: 1, token: 8 }),
+        Frame::Move(MoveFrame::Offer { client_id: ByteStr::from_static("o") }),
     ]
 }
 

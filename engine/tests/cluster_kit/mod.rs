@@ -17,7 +17,9 @@ use shardmq_codec::{ByteStr, QoS};
 use shardmq_engine::cluster::node::{ClusterStatus, LinkState, MemberState};
 use shardmq_engine::cluster::runtime::{start, ClusterRuntime};
 use shardmq_engine::config::ClusterSettings;
-use shardmq_engine::core::cluster::{ClusterCounters, ClusterIn, ClusterOut, NodeId, ShardSink};
+use shardmq_engine::core::cluster::{
+    ClusterCounters, ClusterIn, ClusterOut, ClusterTx, NodeId, ShardSink,
+};
 use shardmq_engine::core::ids::ShardId;
 use shardmq_engine::core::mesh::{Message, Origin};
 
@@ -26,13 +28,24 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Shards of every test node.
 pub const SHARDS: u16 = 2;
 
-/// Records every `ClusterIn` with its shard, in order.
-struct Recorder(Mutex<Sender<(ShardId, ClusterIn)>>);
+/// Records every `ClusterIn` with its shard, in order, and answers route barriers as a
+/// shard does (it applies `ClusterIn` in order: every route before a barrier is applied).
+struct Recorder {
+    tx: Mutex<Sender<(ShardId, ClusterIn)>>,
+    /// The runtime's channel from the shards, set once it started.
+    runtime: std::sync::OnceLock<Arc<dyn ClusterTx>>,
+}
 
 impl ShardSink for Recorder {
     fn send(&self, shard: ShardId, msgs: Vec<ClusterIn>) {
-        let tx = self.0.lock().unwrap();
+        let tx = self.tx.lock().unwrap();
         for m in msgs {
+            if let ClusterIn::RouteBarrier { node, boot, seq } = m {
+                if let Some(rt) = self.runtime.get() {
+                    rt.send(shard, ClusterOut::RouteApplied { node, boot, seq });
+                }
+                continue;
+            }
             let _ = tx.send((shard, m));
         }
     }
@@ -68,8 +81,9 @@ impl Node {
         let mut settings =
             ClusterSettings::new(NodeId(id), listen.parse().unwrap(), seeds.to_vec());
         adjust(&mut settings);
-        let sink = Arc::new(Recorder(Mutex::new(tx)));
-        let rt = start(settings, sink, counters.clone(), Instant::now(), SHARDS).unwrap();
+        let sink = Arc::new(Recorder { tx: Mutex::new(tx), runtime: std::sync::OnceLock::new() });
+        let rt = start(settings, sink.clone(), counters.clone(), Instant::now(), SHARDS).unwrap();
+        let _ = sink.runtime.set(rt.tx());
         Node { id: NodeId(id), rt, inbox, counters }
     }
 

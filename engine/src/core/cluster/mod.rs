@@ -6,6 +6,7 @@
 //! layer, sent on one channel shared by the node's shards) and hears from it through
 //! [`ClusterIn`] (delivered by the control plane, `io/control.rs`). Nothing here does IO.
 
+pub(crate) mod handover;
 pub mod moves;
 pub mod routes;
 pub(crate) mod shard_side;
@@ -21,6 +22,10 @@ use crate::core::mesh::Message;
 
 pub use moves::{ExportedMsg, ExportedSub, SessionExport};
 pub use routes::NodeRouteIndex;
+
+/// The largest session (its snapshot as it travels) that moves between nodes; a larger one
+/// stays where it is and the CONNECT elsewhere is refused (Quota exceeded).
+pub const SESSION_MOVE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// A node of the cluster (`--node-id`), 0 to [`NodeSet::CAPACITY`] − 1.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -136,14 +141,22 @@ pub enum ClusterOut {
     /// A CONNECT with Clean Start = 0 for `client_id`, which has no session here, waits:
     /// the runtime asks every live peer for the session (`ClusterIn::Claim` on the id's home
     /// shard there) and answers [`ClusterIn::Claimed`] with `token` once each answered or
-    /// went down (at once when there is no live peer).
+    /// went down (at once when there is no live peer). With `only`, that node alone is asked
+    /// (a session offered after a kick, `ClusterIn::Offer`); with `discard`, it is asked to
+    /// end the session instead of sending it.
     Claim {
         /// The client id.
         client_id: ByteStr,
         /// Names the claim on this shard.
         token: u64,
+        /// Ask this node only.
+        only: Option<NodeId>,
+        /// End the session there (the winner of a race started clean).
+        discard: bool,
     },
-    /// The answer to `ClusterIn::Claim`: the session, taken out of this node, or `None`.
+    /// The answer to `ClusterIn::Claim`: a snapshot of the session (which stays here,
+    /// offline and exporting, until `ClusterIn::Commit` or `ClusterIn::MoveAbort`), or
+    /// `None`.
     Export {
         /// The node that asked.
         to: NodeId,
@@ -153,6 +166,45 @@ pub enum ClusterOut {
         token: u64,
         /// The session.
         session: Option<Box<SessionExport>>,
+    },
+    /// Every node routes the moved session of claim `token` here: node `to` may end its
+    /// copy and hand over what arrived since its snapshot (`ClusterIn::Handover`).
+    Commit {
+        /// The exporting node.
+        to: NodeId,
+        /// The claim token.
+        token: u64,
+    },
+    /// The answer to `ClusterIn::Commit`: what arrived since the snapshot (this node's copy
+    /// ended), or `None` if this node kept the session (the export was aborted).
+    Handover {
+        /// The importing node.
+        to: NodeId,
+        /// Its shard.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The session's subscriptions and its messages since the snapshot.
+        session: Option<Box<SessionExport>>,
+    },
+    /// A kick ended this shard's connection of `client_id` for a newer one on node `to`; the
+    /// session stays here, offline, offered to `to` (which claims it or has it discarded).
+    Offer {
+        /// The winner's node.
+        to: NodeId,
+        /// The client id.
+        client_id: ByteStr,
+    },
+    /// This shard applied every `ClusterIn::Route` of node `node` sent before the
+    /// `ClusterIn::RouteBarrier` with `seq` (the answer to it): once every shard did, the
+    /// runtime acknowledges `seq` to that node.
+    RouteApplied {
+        /// The peer whose routes these are.
+        node: NodeId,
+        /// Its incarnation, as in the barrier.
+        boot: u64,
+        /// Its route sequence number.
+        seq: u64,
     },
     /// This shard handled this many `ClusterIn::Publish` / `PublishShared` messages (in
     /// order): the runtime releases their frames' share of its inbound budget, so a peer
@@ -204,6 +256,18 @@ pub enum ClusterIn {
         /// Added or removed.
         added: bool,
     },
+    /// Answer `ClusterOut::RouteApplied` with the same fields: every `Route` of `node` sent
+    /// before this one is applied (shards apply `ClusterIn` in order, so at once). A peer's
+    /// route change is acknowledged to it only when every shard answered, so a PUBLISH a shard
+    /// routes after a remote SUBACK sees the new route.
+    RouteBarrier {
+        /// The peer whose routes these are.
+        node: NodeId,
+        /// Its incarnation (boot id): an answer for an older one is ignored.
+        boot: u64,
+        /// Its route sequence number.
+        seq: u64,
+    },
     /// Forget every route of `node`: it left or failed (a re-synchronised link sends the
     /// difference as `Route` messages instead, so a route held before and after never
     /// disappears). Sent to every shard.
@@ -220,7 +284,9 @@ pub enum ClusterIn {
         bytes: u64,
     },
     /// Node `from` holds a CONNECT for `client_id` (Clean Start = 0): end its connection
-    /// here and send the session there (`ClusterOut::Export`). Sent to the id's home shard.
+    /// here and send a snapshot of the session there (`ClusterOut::Export`), keeping the
+    /// session (offline, exporting) until `Commit` or `MoveAbort`. With `discard`, end the
+    /// session and answer `None`. Sent to the id's home shard.
     Claim {
         /// The node that asks.
         from: NodeId,
@@ -230,23 +296,103 @@ pub enum ClusterIn {
         token: u64,
         /// The client id.
         client_id: ByteStr,
+        /// End the session instead of sending it.
+        discard: bool,
     },
-    /// Every live peer answered this shard's claim `token`: the sessions they sent (none,
-    /// usually one; more after a netsplit, merged).
+    /// This shard's claim `token` is decided: the snapshots received (none, usually one;
+    /// more after a netsplit, merged), by exporting node, and whether every asked peer
+    /// answered.
     Claimed {
         /// The claim token.
         token: u64,
-        /// The sessions.
-        sessions: Vec<SessionExport>,
+        /// The snapshots, by exporting node.
+        sessions: Vec<(NodeId, SessionExport)>,
+        /// How the claim ended.
+        outcome: ClaimOutcome,
+    },
+    /// Node `from` (shard, token) holds the snapshot of `client_id`'s session and every node
+    /// routes it there: end the session here and hand over what arrived since the snapshot
+    /// (`ClusterOut::Handover`), if it is still exporting to that claim.
+    Commit {
+        /// The importing node.
+        from: NodeId,
+        /// Its shard.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The client id.
+        client_id: ByteStr,
+    },
+    /// The export of `client_id`'s session to (node, shard, token) is off (the importer gave
+    /// up, went down, or the session was too large): the session is an ordinary offline
+    /// session here again.
+    MoveAbort {
+        /// The importing node.
+        to: NodeId,
+        /// Its shard.
+        shard: u16,
+        /// Its claim token.
+        token: u64,
+        /// The client id.
+        client_id: ByteStr,
+    },
+    /// The answer to this shard's `ClusterOut::Commit` for claim `token` from node `from`.
+    Handover {
+        /// The claim token.
+        token: u64,
+        /// The exporting node.
+        from: NodeId,
+        /// What happened there.
+        outcome: HandoverOutcome,
+    },
+    /// A handover the importer never acknowledged before it went down: kept here as an
+    /// offline session (its messages are not lost; the importer's copy comes back with it).
+    Restore {
+        /// The session's subscriptions and messages.
+        session: Box<SessionExport>,
     },
     /// The client id connected later on another node: end this connection (5.0 DISCONNECT
-    /// 0x8E, Session taken over) and its session, if `token` still names it.
+    /// 0x8E, Session taken over) if `token` still names it. Its session stays, offline, and
+    /// is offered to the winner's node `by` (`ClusterOut::Offer`).
     Kick {
         /// The client id.
         client_id: ByteStr,
         /// The connection, as in `ClusterOut::Connected`.
         token: u64,
+        /// The node of the connection that won.
+        by: NodeId,
     },
+    /// Node `from` kicked this node's connection of `client_id` and keeps its session,
+    /// offline: claim it (`ClusterOut::Claim` with `only`), or have it discarded.
+    Offer {
+        /// The node with the session.
+        from: NodeId,
+        /// The client id.
+        client_id: ByteStr,
+    },
+}
+
+/// How a claim ended (`ClusterIn::Claimed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Every asked peer answered (or was declared down).
+    Answered,
+    /// A live peer that was asked did not answer (its link went down, or the claim timed
+    /// out): it may hold the session, so nothing is decided (snapshots already aborted).
+    Unanswered,
+    /// A peer's session is past the move limit: it stays there (snapshots aborted).
+    TooLarge,
+}
+
+/// What the exporter did with a commit (`ClusterIn::Handover`).
+#[derive(Debug, Clone)]
+pub enum HandoverOutcome {
+    /// It ended its copy; these are the messages that arrived since the snapshot.
+    Moved(Box<SessionExport>),
+    /// It kept the session (the export had been aborted): its copy holds everything.
+    Kept,
+    /// No answer (the exporter went down, or the handover timed out): keep this copy.
+    Unknown,
 }
 
 /// Carries [`ClusterOut`] messages from the shards to the runtime (implemented by the

@@ -4,7 +4,11 @@
 use super::*;
 
 /// CONNECT through the cluster (its CONNACK may wait for other nodes); the CONNACK.
-fn connect_persistent(cl: &mut Cluster, node: usize, c: usize) -> shardmq_codec::ConnAck {
+pub(super) fn connect_persistent(
+    cl: &mut Cluster,
+    node: usize,
+    c: usize,
+) -> shardmq_codec::ConnAck {
     let sim = &mut cl.nodes[node];
     sim.open(c);
     let cli = &sim.clients[c];

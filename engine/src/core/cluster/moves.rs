@@ -1,28 +1,29 @@
-//! A persistent session moving between nodes.
+//! A persistent session moving between nodes, the shards' side (ARCHITECTURE.md "Persistent
+//! sessions move (two-phase)"; the commit and handover are in `handover.rs`).
 //!
 //! A CONNECT with Clean Start = 0 (3.1.1: Clean Session = 0) for a client id that has no
 //! session on this node is held while the node asks every other node for the session
 //! ([`ClusterOut::Claim`]). A node that has it ends its connection (5.0 DISCONNECT 0x8E,
-//! Session taken over [MQTT-3.1.4-3]), takes the session's subscriptions and the messages it
-//! holds for the client out, ends it there and answers with them ([`ClusterOut::Export`]).
-//! When every live node has answered ([`ClusterIn::Claimed`]), this node re-creates the
-//! session (subscriptions as a live SUBSCRIBE makes them, messages queued in their order)
-//! and then answers the CONNECT, with Session Present = 1 [MQTT-3.2.2-2]. Packets the
-//! client sent behind its CONNECT wait with it (bounded).
+//! Session taken over [MQTT-3.1.4-3]) and answers with a snapshot of its subscriptions and
+//! messages ([`ClusterOut::Export`]), keeping the session offline (still routed to, still
+//! queueing) until this node commits. When every live node has answered
+//! ([`ClusterIn::Claimed`]), this node re-creates the session offline, waits until every
+//! shard and node routes it here, commits, and answers the CONNECT (Session Present 1
+//! [MQTT-3.2.2-2]) once the exporter handed over what arrived since its snapshot. Packets
+//! the client sent behind its CONNECT wait with it (bounded).
 //!
 //! What moves: subscriptions (options, Subscription Identifier), the sent-but-unacknowledged
 //! QoS 1 and QoS 2 messages (before PUBREC) and the queue, in that order; they are sent again
 //! under new packet ids (a QoS 1 duplicate is allowed; a QoS 2 message whose PUBREC was lost
-//! on the way may arrive twice, the one case where "exactly once" is not kept). What does not:
-//! the packet ids of messages past PUBREC (the client has them; its PUBCOMP finds no id and
-//! is answered as such) and inbound QoS 2 ids awaiting PUBREL (the message was routed on the
-//! old node; the client's PUBREL is answered 0x92). Shard-local.
+//! on the way may arrive twice). What does not: the packet ids of messages past PUBREC (the
+//! client has them; its PUBCOMP finds no id and is answered as such) and inbound QoS 2 ids
+//! awaiting PUBREL (the message was routed on the old node; the client's PUBREL is answered
+//! 0x92). Shard-local.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardmq_codec::{ByteStr, Connect, Packet, QoS, SubscriptionOptions};
+use shardmq_codec::{ByteStr, Connect, Packet, QoS, ReasonCode, SubscriptionOptions};
 
 use crate::core::auth::exchange::AuthOk;
 use crate::core::ids::{ConnId, SessionSlot};
@@ -34,7 +35,7 @@ use crate::core::sessions::session::{Awaiting, Queued, Session};
 use crate::core::shard::{CloseKind, ShardCore};
 use shardmq_codec::topic::validate_topic_filter;
 
-use super::{ClusterOut, NodeId};
+use super::{ClaimOutcome, ClusterOut, NodeId};
 
 /// Packets a client may send behind a CONNECT that waits for its session; past it the
 /// connection is closed.
@@ -89,14 +90,45 @@ pub struct ExportedMsg {
 #[derive(Debug)]
 pub(crate) struct HeldConnect {
     pub(crate) conn: ConnId,
-    connect: Connect,
-    auth: Option<AuthOk>,
+    pub(crate) connect: Connect,
+    pub(crate) auth: Option<AuthOk>,
     /// Packets the client sent after the CONNECT.
-    packets: Vec<Packet>,
+    pub(crate) packets: Vec<Packet>,
     /// The connection closed while waiting (its id may be reused: never answer it then).
-    closed: bool,
+    pub(crate) closed: bool,
     /// Payload and topic bytes of the PUBLISH packets in `packets`.
     held_bytes: usize,
+}
+
+/// A session being imported: its snapshot is here (offline), waiting for the route
+/// acknowledgements, then for each exporter's handover (`handover.rs`).
+#[derive(Debug)]
+pub(crate) struct Import {
+    /// The CONNECT it is for (`None`: a session pulled after a kick, `ClusterIn::Offer`).
+    pub(crate) held: Option<HeldConnect>,
+    /// The client id.
+    pub(crate) client_id: ByteStr,
+    /// (mesh delta seq, cluster seq) to be acknowledged before the commit; `None` once
+    /// committed.
+    pub(crate) wait: Option<(u64, u64)>,
+    /// Exporters whose handover is awaited.
+    pub(crate) exporters: Vec<NodeId>,
+    /// An exporter handed over, or did not say (this copy is kept).
+    pub(crate) keep: bool,
+    /// Where handed-over messages go in the (offline) session's queue: after the snapshot,
+    /// before what reached this copy directly.
+    pub(crate) insert_at: usize,
+}
+
+/// A session this shard is exporting: offline, routed to, queueing, until the importer
+/// commits or the export is aborted.
+#[derive(Debug, Clone)]
+pub(crate) struct Exporting {
+    /// The importing node, shard and claim token.
+    pub(crate) to: (NodeId, u16, u64),
+    /// The messages the snapshot held, in order (the session's first ones then: an offline
+    /// session queues at the back and drops, if full, at the front; the rest is the tail).
+    pub(crate) sent: Vec<Arc<Message>>,
 }
 
 impl ShardCore {
@@ -114,6 +146,9 @@ impl ShardCore {
             && !connect.client_id.is_empty()
             && self.sessions.find(&connect.client_id).is_none();
         if !wanted {
+            // A CONNECT for a session here that is exporting takes it back: the export is
+            // off (the importer's commit finds the session kept).
+            self.cluster_forget_export(&connect.client_id);
             return Some((connect, auth));
         }
         let c = self.cluster.as_deref_mut().expect("checked");
@@ -124,19 +159,25 @@ impl ShardCore {
             token,
             HeldConnect { conn, connect, auth, packets: Vec::new(), closed: false, held_bytes: 0 },
         );
-        c.out.push(ClusterOut::Claim { client_id, token });
+        c.out.push(ClusterOut::Claim { client_id, token, only: None, discard: false });
         None
+    }
+
+    /// Every held CONNECT: claims waiting for answers and imports waiting to finish.
+    fn held_connects(&mut self) -> impl Iterator<Item = &mut HeldConnect> + '_ {
+        let c = self.cluster.as_deref_mut();
+        c.into_iter().flat_map(|c| {
+            let imports = c.imports.iter_mut().filter_map(|(_, i)| i.held.as_mut());
+            c.held.values_mut().chain(imports)
+        })
     }
 
     /// A newer CONNECT for `client_id` arrived: an older one still waiting for its session
     /// is dropped (closed without CONNACK, as a takeover would close it [MQTT-3.1.4-3]), so
     /// it never takes over from the newer one when its session arrives.
     pub(crate) fn cluster_supersede_held(&mut self, client_id: &str, now: Instant) {
-        let Some(c) = self.cluster.as_deref() else { return };
-        let older: Vec<ConnId> = c
-            .held
-            .values()
-            .chain(c.routing.iter().map(|(_, h)| h))
+        let older: Vec<ConnId> = self
+            .held_connects()
             .filter(|h| !h.closed && h.connect.client_id.as_str() == client_id)
             .map(|h| h.conn)
             .collect();
@@ -146,110 +187,141 @@ impl ShardCore {
     }
 
     /// True if `conn`'s CONNECT waits for its session.
-    pub(crate) fn cluster_connect_held(&self, conn: ConnId) -> bool {
-        self.cluster.as_deref().is_some_and(|c| {
-            c.held
-                .values()
-                .chain(c.routing.iter().map(|(_, h)| h))
-                .any(|h| h.conn == conn && !h.closed)
-        })
+    pub(crate) fn cluster_connect_held(&mut self, conn: ConnId) -> bool {
+        self.held_connects().any(|h| h.conn == conn && !h.closed)
     }
 
     /// `conn` closed: a CONNECT of it that waits is never answered.
     pub(crate) fn cluster_held_closed(&mut self, conn: ConnId) {
-        if let Some(c) = self.cluster.as_deref_mut() {
-            let routing = c.routing.iter_mut().map(|(_, h)| h);
-            for h in c.held.values_mut().chain(routing).filter(|h| h.conn == conn) {
-                h.closed = true;
-            }
+        for h in self.held_connects().filter(|h| h.conn == conn) {
+            h.closed = true;
         }
     }
 
     /// A packet behind a held CONNECT: kept for when it is answered (bounded).
     pub(crate) fn cluster_hold_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
-        let Some(c) = self.cluster.as_deref_mut() else { return };
-        let routing = c.routing.iter_mut().map(|(_, h)| h);
-        let held = c.held.values_mut().chain(routing).find(|h| h.conn == conn && !h.closed);
-        let Some(h) = held else { return };
         let bytes = match &packet {
             Packet::Publish(p) => p.payload.len() + p.topic.len(),
             _ => 0,
         };
-        if h.packets.len() >= HELD_PACKETS_MAX || h.held_bytes + bytes > HELD_BYTES_MAX {
-            tracing::debug!(shard = %self.shard, "too much sent behind a held CONNECT");
-            self.close_conn(conn, CloseKind::Abnormal(None), now);
+        let Some(h) = self.held_connects().find(|h| h.conn == conn && !h.closed) else {
+            return;
+        };
+        if h.packets.len() < HELD_PACKETS_MAX && h.held_bytes + bytes <= HELD_BYTES_MAX {
+            h.held_bytes += bytes;
+            h.packets.push(packet);
             return;
         }
-        h.held_bytes += bytes;
-        h.packets.push(packet);
+        tracing::debug!(shard = %self.shard, "too much sent behind a held CONNECT");
+        self.close_conn(conn, CloseKind::Abnormal(None), now);
     }
 
-    /// The other nodes answered the claim `token`: re-create what they sent, then answer the
-    /// CONNECT (if its connection is still there) and the packets behind it.
+    /// The claim `token` is decided: re-create what the exporters sent (offline) and wait for
+    /// the routes (then commit, `handover.rs`); or answer the CONNECT at once when nothing
+    /// came; or refuse it when the claim could not be decided.
     pub(crate) fn cluster_claimed(
         &mut self,
         token: u64,
-        sessions: Vec<SessionExport>,
+        sessions: Vec<(NodeId, SessionExport)>,
+        outcome: ClaimOutcome,
         now: Instant,
     ) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
-        let Some(held) = c.held.remove(&token) else {
-            // No CONNECT waits (a late answer, or the claim was given up): keep what came as
-            // an offline session rather than lose it.
-            for s in sessions {
-                self.import_offline(s, now);
+        let held = c.held.remove(&token);
+        let pulled = c.pulls.remove(&token);
+        let client_id = match (&held, pulled) {
+            (Some(h), _) => ByteStr::from(h.connect.client_id.as_str()),
+            (None, Some(id)) => id,
+            (None, None) => {
+                // The machine aborts what arrives for no claim; nothing to do.
+                debug_assert!(sessions.is_empty(), "snapshots for no claim");
+                return;
             }
+        };
+        if held.as_ref().is_some_and(|h| h.closed) && self.newer_claim_of(&client_id) {
+            // A newer CONNECT of the client claimed after this one: the exporter gave the
+            // session to that claim (its export replaces this one), so nothing is taken here.
             return;
-        };
-        let live = |core: &ShardCore, id: &str| {
-            core.sessions.find(id).is_some_and(|slot| core.sessions.get(slot).conn.is_some())
-        };
-        if held.closed && live(self, &held.connect.client_id) {
-            // A newer connection of the client has a session here now: it chose it.
-            for s in &sessions {
-                tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a moved session arrived after a newer connection: dropped");
+        }
+        if outcome != ClaimOutcome::Answered {
+            // An asked node may hold the session (or holds one too large to move): nothing is
+            // created here, and the client is told to try again (the machine aborted the
+            // snapshots that came, so their sessions stay where they are). A refusing CONNACK
+            // has Session Present 0 [MQTT-3.2.2-6] (3.1.1: return code 3 [MQTT-3.2.2-4]).
+            if let Some(h) = held.filter(|h| !h.closed) {
+                let version = h.connect.protocol;
+                let reason = if outcome == ClaimOutcome::TooLarge {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::SERVER_UNAVAILABLE
+                };
+                tracing::info!(shard = %self.shard, %client_id, ?outcome, "a persistent session could not be claimed: CONNECT refused");
+                self.refuse_connect(h.conn, version, reason, now);
             }
             return;
         }
-        let moved = !sessions.is_empty();
-        for s in sessions {
-            if s.client_id.as_str() != held.connect.client_id.as_str() {
+        let mut exporters = Vec::new();
+        for (node, s) in sessions {
+            if s.client_id.as_str() != client_id.as_str() {
                 tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a moved session for another client id: dropped");
                 continue;
             }
             self.import_session(s, now);
+            exporters.push(node);
         }
-        if moved {
-            // Answer once every shard and node routes the moved subscriptions here, as a
-            // SUBACK waits (a message published after CONNACK must reach them).
-            let wait = (self.gate_seq(), self.cluster_seq());
-            if !self.moved_routes_acked(wait) {
-                if let Some(c) = self.cluster.as_deref_mut() {
-                    c.routing.push((wait, held));
-                }
-                return;
+        if exporters.is_empty() {
+            if let Some(h) = held {
+                self.answer_held(h, false, now);
             }
-        }
-        self.answer_held(held, moved, now);
-    }
-
-    /// Answers the held CONNECTs whose moved subscriptions every shard and node now route.
-    pub(crate) fn release_moved_connects(&mut self, now: Instant) {
-        let Some(c) = self.cluster.as_deref_mut() else { return };
-        if c.routing.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut c.routing);
-        let mut still = Vec::new();
-        for (wait, held) in waiting {
-            if self.moved_routes_acked(wait) {
-                self.answer_held(held, true, now);
-            } else {
-                still.push((wait, held));
-            }
-        }
+        let insert_at = self.sessions.find(&client_id).map_or(0, |slot| {
+            let s = self.sessions.get(slot);
+            s.inflight().len() + s.queue().len()
+        });
+        let import = Import {
+            held,
+            client_id,
+            wait: Some((self.gate_seq(), self.cluster_seq())),
+            exporters,
+            keep: false,
+            insert_at,
+        };
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.routing.extend(still);
+            c.imports.push((token, import));
+        }
+        self.release_moved_connects(now);
+    }
+
+    /// True if a CONNECT of `client_id` that is still open waits here for its session.
+    pub(crate) fn newer_claim_of(&self, client_id: &str) -> bool {
+        self.cluster.as_deref().is_some_and(|c| {
+            let imports = c.imports.iter().filter_map(|(_, i)| i.held.as_ref());
+            c.held
+                .values()
+                .chain(imports)
+                .any(|h| !h.closed && h.connect.client_id.as_str() == client_id)
+        })
+    }
+
+    /// Commits the imports whose subscriptions every shard and node now routes here.
+    pub(crate) fn release_moved_connects(&mut self, _now: Instant) {
+        let Some(c) = self.cluster.as_deref() else { return };
+        let due: Vec<u64> = c
+            .imports
+            .iter()
+            .filter(|(_, i)| i.wait.is_some_and(|w| self.moved_routes_acked(w)))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in due {
+            let c = self.cluster.as_deref_mut().expect("checked");
+            let Some((_, import)) = c.imports.iter_mut().find(|(t, _)| *t == token) else {
+                continue;
+            };
+            import.wait = None;
+            for to in import.exporters.clone() {
+                c.out.push(ClusterOut::Commit { to, token });
+            }
         }
     }
 
@@ -259,7 +331,7 @@ impl ShardCore {
 
     /// Answers a held CONNECT (and the packets behind it), or, if its client left, keeps a
     /// moved session offline.
-    fn answer_held(&mut self, held: HeldConnect, moved: bool, now: Instant) {
+    pub(crate) fn answer_held(&mut self, held: HeldConnect, moved: bool, now: Instant) {
         if held.closed {
             // The client went away meanwhile: a moved session waits here, offline.
             if moved {
@@ -275,17 +347,34 @@ impl ShardCore {
         }
     }
 
-    /// Another node asks for `client_id`'s session: end its connection here, take it out,
-    /// end it, and answer with it (or with nothing).
+    /// True while `client_id`'s session here is a copy being imported.
+    pub(crate) fn cluster_importing(&self, client_id: &str) -> bool {
+        self.cluster
+            .as_deref()
+            .is_some_and(|c| c.imports.iter().any(|(_, i)| i.client_id.as_str() == client_id))
+    }
+
+    /// Another node asks for `client_id`'s session: end its connection here and answer with
+    /// a snapshot, the session staying here (offline, exporting) until the commit; or, with
+    /// `discard`, end the session. Answers `None` when there is no session to give.
     pub(crate) fn cluster_export(
         &mut self,
         from: NodeId,
         shard: u16,
         token: u64,
         client_id: &str,
+        discard: bool,
         now: Instant,
     ) {
-        let session = self.export_session(client_id, now);
+        let session = if discard {
+            self.discard_offered(client_id, now);
+            None
+        } else if self.cluster_importing(client_id) {
+            // A copy on its way here is not this node's to give.
+            None
+        } else {
+            self.snapshot_session(client_id, (from, shard, token), now)
+        };
         if let Some(c) = self.cluster.as_deref_mut() {
             c.out.push(ClusterOut::Export {
                 to: from,
@@ -296,7 +385,12 @@ impl ShardCore {
         }
     }
 
-    fn export_session(&mut self, client_id: &str, now: Instant) -> Option<SessionExport> {
+    fn snapshot_session(
+        &mut self,
+        client_id: &str,
+        to: (NodeId, u16, u64),
+        now: Instant,
+    ) -> Option<SessionExport> {
         let slot = self.sessions.find(client_id)?;
         let was_connected = self.sessions.get(slot).conn.is_some();
         if let Some(conn) = self.sessions.get(slot).conn {
@@ -312,30 +406,29 @@ impl ShardCore {
         if session.take_pending_will().is_some() {
             self.persist_will_cleared(slot);
         }
-        let session = self.sessions.get_mut(slot);
-        let (inflight, queued) = session.take_messages();
+        let session = self.sessions.get(slot);
+        // A copy: the session keeps its messages (and queues more) until the commit.
+        let messages = exported_messages(session.inflight().iter(), session.queue().iter());
         let export = SessionExport {
             client_id: ByteStr::from(client_id),
             expiry_secs: session.expiry_secs,
-            subs: session
-                .subs
-                .iter()
-                .map(|(filter, e)| ExportedSub {
-                    filter: filter.clone(),
-                    opts: e.opts,
-                    sub_id: e.id,
-                })
-                .collect(),
-            messages: exported_messages(inflight, queued),
+            subs: exported_subs(session),
+            messages,
             was_connected,
         };
-        self.end_session(slot, now);
-        tracing::info!(shard = %self.shard, %client_id, messages = export.messages.len(), "session moved to another node");
+        let sent: Vec<Arc<Message>> = export.messages.iter().map(|m| m.msg.clone()).collect();
+        let count = sent.len();
+        if let Some(c) = self.cluster.as_deref_mut() {
+            // A newer claim replaces an older one's export (that importer's commit finds the
+            // session kept, and drops its copy).
+            c.exports.insert(ByteStr::from(client_id), Exporting { to, sent });
+        }
+        tracing::info!(shard = %self.shard, %client_id, messages = count, "session exporting to another node");
         Some(export)
     }
 
     /// Re-creates a session sent by another node (merged into one already here).
-    fn import_session(&mut self, e: SessionExport, now: Instant) {
+    pub(crate) fn import_session(&mut self, e: SessionExport, now: Instant) {
         let slot = match self.sessions.find(&e.client_id) {
             Some(slot) => slot,
             None => self.sessions.insert(Session::new(&e.client_id)),
@@ -370,22 +463,41 @@ impl ShardCore {
         if self.config.auth.any_acl() {
             self.refresh_acl_coverage(slot);
         }
-        let now_ms = self.uptime_ms(now);
-        let fresh = self.sessions.get(slot).plog.is_none();
-        for m in e.messages {
-            if fresh {
-                // Accepted on the other node: no queue limit drops them here (the oldest,
-                // the unacknowledged ones, would go first).
-                let q = Queued {
-                    msg: m.msg,
-                    qos: m.qos,
-                    retain: m.retain,
-                    sub_ids: m.sub_ids,
-                    group: m.group,
-                };
-                self.sessions.get_mut(slot).append_moved(q);
-                continue;
+        self.import_messages(slot, e.messages, None, now);
+    }
+
+    /// Adds moved messages to the session in `slot`: for an offline session the log does not
+    /// hold yet, into its queue at `at` (the end if `None`) without the queue limit (they
+    /// were accepted on the other node); otherwise delivered as new messages.
+    pub(crate) fn import_messages(
+        &mut self,
+        slot: SessionSlot,
+        messages: Vec<ExportedMsg>,
+        at: Option<usize>,
+        now: Instant,
+    ) {
+        let session = self.sessions.get_mut(slot);
+        if session.plog.is_none() && session.conn.is_none() {
+            let (inflight, mut queue) = session.take_messages();
+            debug_assert!(inflight.is_empty(), "an offline imported session has no inflight");
+            let at = at.unwrap_or(queue.len()).min(queue.len());
+            let rest = queue.split_off(at);
+            let moved = messages.into_iter().map(|m| Queued {
+                msg: m.msg,
+                qos: m.qos,
+                retain: m.retain,
+                sub_ids: m.sub_ids,
+                group: m.group,
+            });
+            for q in queue.into_iter().chain(moved).chain(rest) {
+                session.append_moved(q);
             }
+            return;
+        }
+        let now_ms = self.uptime_ms(now);
+        for m in messages {
+            // The layout cache holds one message's frames.
+            self.fanout.layouts.reset();
             self.deliver_to_session(
                 slot,
                 &m.msg,
@@ -399,17 +511,11 @@ impl ShardCore {
     }
 
     /// A moved session no CONNECT waits for: kept offline, unless a connection of its client
-    /// is live here (then it is dropped: that connection chose its session).
-    fn import_offline(&mut self, s: SessionExport, now: Instant) {
+    /// is live here (then what came is merged into it).
+    pub(crate) fn import_offline(&mut self, s: SessionExport, now: Instant) {
         let home = Self::home_shard(s.client_id.as_bytes(), self.config.shard_count);
         if home != self.shard {
             return;
-        }
-        if let Some(slot) = self.sessions.find(&s.client_id) {
-            if self.sessions.get(slot).conn.is_some() {
-                tracing::warn!(shard = %self.shard, client_id = %s.client_id, "a late moved session for a connected client: dropped");
-                return;
-            }
         }
         let client_id = s.client_id.clone();
         self.import_session(s, now);
@@ -419,7 +525,7 @@ impl ShardCore {
     }
 
     /// A moved session whose client left before it arrived: offline, expiring as usual.
-    fn detach_imported(&mut self, slot: SessionSlot, now: Instant) {
+    pub(crate) fn detach_imported(&mut self, slot: SessionSlot, now: Instant) {
         let s = self.sessions.get_mut(slot);
         if s.conn.is_some() {
             // Another connection of the client took it meanwhile.
@@ -436,25 +542,34 @@ impl ShardCore {
     }
 }
 
+/// A session's subscriptions as they travel.
+pub(crate) fn exported_subs(session: &Session) -> Vec<ExportedSub> {
+    session
+        .subs
+        .iter()
+        .map(|(filter, e)| ExportedSub { filter: filter.clone(), opts: e.opts, sub_id: e.id })
+        .collect()
+}
+
 /// The messages of a session's backlog to send again: unacknowledged ones before PUBREC,
 /// then the queue.
-fn exported_messages(
-    inflight: VecDeque<crate::core::sessions::session::Inflight>,
-    queued: VecDeque<crate::core::sessions::session::Queued>,
+pub(crate) fn exported_messages<'a>(
+    inflight: impl Iterator<Item = &'a crate::core::sessions::session::Inflight>,
+    queued: impl Iterator<Item = &'a Queued>,
 ) -> Vec<ExportedMsg> {
-    let sent = inflight.into_iter().filter(|i| i.state != Awaiting::PubComp).map(|i| ExportedMsg {
-        msg: i.msg,
+    let sent = inflight.filter(|i| i.state != Awaiting::PubComp).map(|i| ExportedMsg {
+        msg: i.msg.clone(),
         qos: i.qos,
         retain: i.retain,
-        sub_ids: i.sub_ids,
-        group: i.group,
+        sub_ids: i.sub_ids.clone(),
+        group: i.group.clone(),
     });
-    let waiting = queued.into_iter().map(|q| ExportedMsg {
-        msg: q.msg,
+    let waiting = queued.map(|q| ExportedMsg {
+        msg: q.msg.clone(),
         qos: q.qos,
         retain: q.retain,
-        sub_ids: q.sub_ids,
-        group: q.group,
+        sub_ids: q.sub_ids.clone(),
+        group: q.group.clone(),
     });
     sent.chain(waiting).collect()
 }

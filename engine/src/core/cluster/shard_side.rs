@@ -9,21 +9,22 @@
 //! - Bytes handed to the runtime count against a window like the mesh's: past it, the shard
 //!   stops reading PUBLISH until the runtime credits them back.
 //! - Each connection is registered; a `Kick` for it (its client id connected later on another
-//!   node) ends it with 0x8E, Session taken over [MQTT-3.1.4-3], and ends its session.
+//!   node) ends it with 0x8E, Session taken over [MQTT-3.1.4-3]; its session is offered to
+//!   the winner's node (`handover.rs`).
 //!
 //! Shard-local: one [`ClusterState`] per shard, `None` when the node is not in a cluster.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardmq_codec::{ByteStr, ReasonCode};
+use shardmq_codec::ByteStr;
 
 use crate::core::delivery::publish::is_sys_topic;
 use crate::core::hash::Map;
 use crate::core::ids::ConnId;
 use crate::core::mesh::{mesh_cost, Message, Origin};
 use crate::core::routing::shared::is_shared;
-use crate::core::shard::{CloseKind, ShardCore};
+use crate::core::shard::ShardCore;
 
 use super::{ClusterCore, ClusterIn, ClusterOut, NodeId, NodeRouteIndex};
 
@@ -44,15 +45,19 @@ pub(crate) struct ClusterState {
     pub(crate) acked: u64,
     /// The last connection token handed out.
     last_token: u64,
-    /// Connected connections: client id and token.
-    conns: Map<ConnId, (ByteStr, u64)>,
+    /// Connected connections: client id, token, and whether the CONNECT resumed a session
+    /// (Clean Start = 0).
+    conns: Map<ConnId, (ByteStr, u64, bool)>,
     /// The last claim token handed out (`moves.rs`).
     pub(crate) last_claim: u64,
     /// CONNECTs waiting for their session from other nodes, by claim token.
     pub(crate) held: Map<u64, super::moves::HeldConnect>,
-    /// CONNECTs whose moved session is here, waiting until every shard and node routes its
-    /// subscriptions here: (mesh delta seq, cluster seq) to wait for.
-    pub(crate) routing: Vec<((u64, u64), super::moves::HeldConnect)>,
+    /// Sessions being imported (their snapshot is here), by claim token, in order.
+    pub(crate) imports: Vec<(u64, super::moves::Import)>,
+    /// Claims of sessions offered after a kick (no CONNECT waits): token → client id.
+    pub(crate) pulls: Map<u64, ByteStr>,
+    /// Sessions of this shard being exported, by client id.
+    pub(crate) exports: Map<ByteStr, super::moves::Exporting>,
     /// `ClusterIn::Publish`/`PublishShared` handled and not yet reported (`Handled`).
     pub(crate) handled: u64,
     /// The pause state last shown to the runtime (`ClusterCounters::shards_paused`).
@@ -63,6 +68,16 @@ pub(crate) struct ClusterState {
 }
 
 impl ClusterState {
+    /// True if `conn` is connected here under `token`.
+    pub(crate) fn is_conn(&self, conn: ConnId, token: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|(_, t, _)| *t == token)
+    }
+
+    /// True if `conn` connected with Clean Start = 0.
+    pub(crate) fn conn_resumed(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|(_, _, r)| *r)
+    }
+
     /// A shard's state in the cluster described by `core`.
     pub(crate) fn new(core: &ClusterCore) -> ClusterState {
         ClusterState {
@@ -78,7 +93,9 @@ impl ClusterState {
             last_claim: 0,
             paused_shown: false,
             held: Map::default(),
-            routing: Vec::new(),
+            imports: Vec::new(),
+            pulls: Map::default(),
+            exports: Map::default(),
             handled: 0,
         }
     }
@@ -167,20 +184,21 @@ impl ShardCore {
             .is_some_and(|c| c.inflight >= self.config.limits.mesh_inflight_bytes_max)
     }
 
-    /// `conn` connected as `client_id`: registered cluster-wide.
-    pub(crate) fn cluster_connected(&mut self, conn: ConnId, client_id: &str) {
+    /// `conn` connected as `client_id` (`resumed`: with Clean Start = 0): registered
+    /// cluster-wide.
+    pub(crate) fn cluster_connected(&mut self, conn: ConnId, client_id: &str, resumed: bool) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
         c.last_token += 1;
         let token = c.last_token;
         let client_id = ByteStr::from(client_id);
-        c.conns.insert(conn, (client_id.clone(), token));
+        c.conns.insert(conn, (client_id.clone(), token, resumed));
         c.out.push(ClusterOut::Connected { client_id, token });
     }
 
     /// A connected `conn` closed.
     pub(crate) fn cluster_disconnected(&mut self, conn: ConnId) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
-        if let Some((client_id, token)) = c.conns.remove(&conn) {
+        if let Some((client_id, token, _)) = c.conns.remove(&conn) {
             c.out.push(ClusterOut::Disconnected { client_id, token });
         }
     }
@@ -248,6 +266,11 @@ impl ShardCore {
                     c.routes.apply(node, &filter, added);
                 }
             }
+            ClusterIn::RouteBarrier { node, boot, seq } => {
+                // Every Route before this one was applied (in order, above).
+                let c = self.cluster.as_deref_mut().expect("checked above");
+                c.out.push(ClusterOut::RouteApplied { node, boot, seq });
+            }
             ClusterIn::NodeDown(node) => {
                 let c = self.cluster.as_deref_mut().expect("checked above");
                 c.routes.remove_node(node);
@@ -264,33 +287,26 @@ impl ShardCore {
                 debug_assert!(c.inflight >= bytes, "credit {bytes} for {} in flight", c.inflight);
                 c.inflight = c.inflight.saturating_sub(bytes);
             }
-            ClusterIn::Kick { client_id, token } => self.cluster_kick(&client_id, token, now),
-            ClusterIn::Claim { from, shard, token, client_id } => {
-                self.cluster_export(from, shard, token, &client_id, now)
+            ClusterIn::Kick { client_id, token, by } => {
+                self.cluster_kick(&client_id, token, by, now)
             }
-            ClusterIn::Claimed { token, sessions } => self.cluster_claimed(token, sessions, now),
-        }
-    }
-
-    /// The client id connected later on another node: end this connection and its session
-    /// (the newer connection's node holds the client id now), if `token` still names it.
-    fn cluster_kick(&mut self, client_id: &str, token: u64, now: Instant) {
-        let Some(c) = self.cluster.as_deref() else { return };
-        let Some(slot) = self.sessions.find(client_id) else { return };
-        let conn = self.sessions.get(slot).conn;
-        if let Some(conn) = conn {
-            if c.conns.get(&conn).is_none_or(|(_, t)| *t != token) {
-                // A newer connection on this node: the kick was for one already gone.
-                return;
+            ClusterIn::Claim { from, shard, token, client_id, discard } => {
+                self.cluster_export(from, shard, token, &client_id, discard, now)
             }
-            // [MQTT-3.1.4-3]: the existing connection is closed; 5.0 gets 0x8E first.
-            let kind = CloseKind::Abnormal(Some(ReasonCode::SESSION_TAKEN_OVER));
-            self.close_conn(conn, kind, now);
+            ClusterIn::Claimed { token, sessions, outcome } => {
+                self.cluster_claimed(token, sessions, outcome, now)
+            }
+            ClusterIn::Commit { from, shard, token, client_id } => {
+                self.cluster_commit(from, shard, token, &client_id, now)
+            }
+            ClusterIn::MoveAbort { to, shard, token, client_id } => {
+                self.cluster_move_abort(to, shard, token, &client_id)
+            }
+            ClusterIn::Handover { token, from, outcome } => {
+                self.cluster_handover(token, from, outcome, now)
+            }
+            ClusterIn::Restore { session } => self.import_offline(*session, now),
+            ClusterIn::Offer { from, client_id } => self.cluster_offer(from, &client_id),
         }
-        // A detached persistent session ends too: the client's session is on the other node.
-        if let Some(slot) = self.sessions.find(client_id) {
-            self.end_session(slot, now);
-        }
-        tracing::info!(shard = %self.shard, %client_id, "client id connected on another node: taken over");
     }
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use shardmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 
-use crate::core::cluster::{
-    ClusterCore, ClusterCounters, ClusterIn, ClusterOut, NodeId, SessionExport,
-};
+use crate::core::cluster::{ClusterCore, ClusterCounters, ClusterIn, ClusterOut, NodeId};
 use crate::core::hash::Map;
 use crate::core::ids::ShardId;
 use crate::core::limits::Limits;
@@ -17,9 +15,6 @@ use crate::core::sim::Sim;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
-
-/// A claim's nodes still to answer and the sessions received.
-type OpenClaim = (Vec<usize>, Vec<SessionExport>);
 
 /// Nodes and the test runtime between them.
 struct Cluster {
@@ -33,8 +28,8 @@ struct Cluster {
     held_acks: Vec<(usize, ShardId, u64)>,
     /// Bytes handed to the runtime and credited back, per node.
     inflight: Vec<u64>,
-    /// Open claims: (node, shard, token) → nodes still to answer, sessions received.
-    claims: Map<(usize, u16, u64), OpenClaim>,
+    /// Session moves between the nodes (`move_runtime.rs`).
+    moves: move_runtime::Moves,
     /// Other nodes' messages each node's shards reported handled.
     handled: Vec<u64>,
     /// Other nodes' messages handed to each node.
@@ -64,7 +59,7 @@ impl Cluster {
             hold_acks: false,
             held_acks: Vec::new(),
             inflight: vec![0; n],
-            claims: Map::default(),
+            moves: Default::default(),
             handled: vec![0; n],
             handed: vec![0; n],
         }
@@ -165,48 +160,20 @@ impl Cluster {
                     self.registry.insert(key, (node, shard, token))
                 {
                     if old_node != node {
-                        let kick = ClusterIn::Kick { client_id, token: old_token };
+                        let by = NodeId(node as u16);
+                        let kick = ClusterIn::Kick { client_id, token: old_token, by };
                         self.tell_shard(old_node, old_shard, kick);
                     }
                 }
             }
-            ClusterOut::Claim { client_id, token } => {
-                let others: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != node).collect();
-                if others.is_empty() {
-                    self.tell_shard(node, shard, ClusterIn::Claimed { token, sessions: vec![] });
-                    return;
-                }
-                self.claims.insert((node, shard.0, token), (others.clone(), Vec::new()));
-                for to in others {
-                    let n = self.nodes[to].shards.len() as u16;
-                    let home = crate::core::shard::ShardCore::home_shard(client_id.as_bytes(), n);
-                    let from = NodeId(node as u16);
-                    let claim = ClusterIn::Claim {
-                        from,
-                        shard: shard.0,
-                        token,
-                        client_id: client_id.clone(),
-                    };
-                    self.tell_shard(to, home, claim);
-                }
-            }
-            ClusterOut::Export { to, shard: asker, token, session } => {
-                let to = usize::from(to.0);
-                // Through the wire format, as between real nodes.
-                let session = session.map(|s| {
-                    let body = crate::cluster::claims::encode_session(&s, 0);
-                    crate::cluster::claims::decode_session(&body, 0).expect("decodes")
-                });
-                let key = (to, asker, token);
-                let (waiting, got) = self.claims.get_mut(&key).expect("an open claim");
-                waiting.retain(|&n| n != node);
-                got.extend(session);
-                if waiting.is_empty() {
-                    let (_, sessions) = self.claims.remove(&key).expect("listed");
-                    self.tell_shard(to, ShardId(asker), ClusterIn::Claimed { token, sessions });
-                }
-            }
+            m @ (ClusterOut::Claim { .. }
+            | ClusterOut::Export { .. }
+            | ClusterOut::Commit { .. }
+            | ClusterOut::Handover { .. }
+            | ClusterOut::Offer { .. }) => self.handle_move(node, shard, m),
             ClusterOut::Handled { messages } => self.handled[node] += messages,
+            // This runtime acknowledges filters itself (`FilterAck` above).
+            ClusterOut::RouteApplied { .. } => {}
             ClusterOut::Disconnected { client_id, token } => {
                 let key = client_id.to_string();
                 if self.registry.get(&key).is_some_and(|e| e.0 == node && e.2 == token) {
@@ -485,6 +452,9 @@ fn a_subscription_next_to_a_shared_group_of_the_same_filter_is_routed_too() {
     assert_eq!(cl.nodes[1].clients[m].take_payloads(), vec!["y"], "the group still gets it");
 }
 
+#[path = "move_runtime.rs"]
+mod move_runtime;
+
 #[path = "move_tests.rs"]
 mod moves;
 
@@ -525,3 +495,6 @@ fn a_backed_up_shard_shows_the_runtime_its_pause() {
     assert_eq!(mask(&cl, 1), 0, "the pause ends once the queue drained");
     assert_eq!(cl.nodes[1].clients[s].take_payloads().len(), 10, "nothing was dropped");
 }
+
+#[path = "move_loss_tests.rs"]
+mod move_loss;

@@ -208,7 +208,7 @@ impl ShardCore {
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         self.stats.clients_connected += 1;
-        self.cluster_connected(conn, &client_id);
+        self.cluster_connected(conn, &client_id, !connect.clean_start);
         self.ops.connected(version, listener);
         if tracing::enabled!(tracing::Level::INFO) {
             let c = self.conns.get(conn).expect("connection being connected");
