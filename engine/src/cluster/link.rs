@@ -197,8 +197,12 @@ impl Link {
     pub(crate) fn publish(&self, frame: Bytes, credit: &Arc<CreditGuard>) -> bool {
         let mut q = self.queue.lock();
         if !q.connected || q.closed || q.bytes + frame.len() > self.queue.bytes_max {
+            let full = q.connected && !q.closed;
             drop(q);
             self.counters.messages_dropped.fetch_add(1, Relaxed);
+            if full {
+                self.counters.messages_dropped_queue_full.fetch_add(1, Relaxed);
+            }
             return false;
         }
         q.bytes += frame.len();

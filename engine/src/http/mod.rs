@@ -331,6 +331,15 @@ async fn metrics(state: &HttpState, req: &Request<Incoming>) -> Reply {
         reloads: state.reloader.generation(),
         shards_unanswered: unanswered,
         listener_urls: state.reloader.config().listen.iter().map(|l| l.url()).collect(),
+        cluster_dropped: state.cluster.as_ref().map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let k = c.counters();
+            let queue_full = k.messages_dropped_queue_full.load(Relaxed);
+            metrics::ClusterDropped {
+                link_down: k.messages_dropped.load(Relaxed).saturating_sub(queue_full),
+                queue_full,
+            }
+        }),
     };
     let body = metrics::render(&stats, &process, format);
     let mut r = Response::new(Full::new(Bytes::from(body)));

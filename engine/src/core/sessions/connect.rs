@@ -406,7 +406,7 @@ impl ShardCore {
     /// may write the will's topic.
     pub(crate) fn publish_will(&mut self, slot: SessionSlot, will: Will, now: Instant) {
         if !self.will_allowed(slot, &will.topic) {
-            self.stats.messages_dropped += 1;
+            self.stats.dropped(crate::core::delivery::drops::DropReason::AclDenied, 1);
             return self.persist_will_cleared(slot);
         }
         self.publish_will_authorised(slot, will, now);
