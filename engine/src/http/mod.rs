@@ -18,6 +18,7 @@ mod api_bridges;
 mod api_clients;
 mod api_cluster;
 mod api_topics;
+mod clock;
 pub mod metrics;
 pub mod publish_body;
 mod respond;

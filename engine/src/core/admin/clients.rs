@@ -48,6 +48,11 @@ pub struct ClientSummary {
     pub queued_messages: usize,
     /// Outgoing QoS 1/2 messages not yet acknowledged.
     pub inflight: usize,
+    /// When the connection's CONNECT was accepted, while connected.
+    pub connected_since: Option<Instant>,
+    /// When its last connection ended, while offline (unknown for a session restored from
+    /// the log, or moved here from another node).
+    pub disconnected_at: Option<Instant>,
 }
 
 /// One subscription of a client.
@@ -123,6 +128,8 @@ impl ShardCore {
             subscriptions: s.subs.len(),
             queued_messages: s.queue().len(),
             inflight: s.inflight().len(),
+            connected_since: conn.and_then(|(_, c)| c.info.connected_at).filter(|_| connected),
+            disconnected_at: s.disconnected_at.filter(|_| !connected),
         }
     }
 
