@@ -243,6 +243,8 @@ pub(crate) fn config_json(c: &Config) -> Value {
         "log_format": format!("{:?}", c.ops.log_format).to_lowercase(),
         "http": c.ops.http.map(|a| a.to_string()),
         "http_token_file": c.ops.http_token_file.as_ref().map(|_| "<redacted>"),
+        "http_scheme": c.ops.http.map(|_| c.ops.http_scheme()),
+        "http_tls_cert": c.ops.http_tls.as_ref().map(|t| t.cert.display().to_string()),
         "cluster": c.cluster.as_ref().map(|s| json!({
             "node_id": s.node_id.0,
             "listen": s.listen.to_string(),
@@ -270,6 +272,7 @@ fn reload(state: &HttpState) -> Reply {
             "generation": outcome.generation,
             "errors": outcome.errors,
             "restart_needed": outcome.restart_needed,
+            "reloaded": outcome.reloaded,
         }),
     )
 }

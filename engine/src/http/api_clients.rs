@@ -216,6 +216,8 @@ mod tests {
             subscriptions: 0,
             queued_messages: 0,
             inflight: 0,
+            connected_since: Some(std::time::Instant::now()),
+            disconnected_at: None,
         }
     }
 
@@ -228,6 +230,10 @@ mod tests {
         assert_eq!(v["next_after"], "c");
         let v = page_json(vec![c("a")], 3);
         assert!(v["next_after"].is_null());
+        let one = &v["clients"][0];
+        assert!(one["connected_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{one}");
+        assert!(one["connected_since_unix"].as_u64().is_some_and(|t| t > 1_700_000_000));
+        assert!(one["disconnected_at"].is_null() && one["disconnected_at_unix"].is_null());
     }
 
     #[test]
