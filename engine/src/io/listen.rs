@@ -105,7 +105,6 @@ impl Listener {
             cert_subject_cn: None,
             identity_as_username: self.identity_as_username,
             bridge: false,
-            connected_at: None,
         }
     }
 }

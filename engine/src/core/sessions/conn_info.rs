@@ -87,9 +87,6 @@ pub struct ConnInfo {
     /// client is another broker's bridge. Its subscriptions get No Local and Retain As
     /// Published, so it is not sent back its own messages and retain flags cross intact.
     pub bridge: bool,
-    /// When its CONNECT was accepted (set by the core; `GET /api/v1/clients` shows it as
-    /// `connected_since`).
-    pub connected_at: Option<std::time::Instant>,
 }
 
 impl ConnInfo {

@@ -203,7 +203,8 @@ impl ShardCore {
             connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let c = self.conns.get_mut(conn).expect("connection being connected");
         c.phase = Phase::Connected(slot);
-        c.info.connected_at = Some(now);
+        let since_start = now.saturating_duration_since(self.config.started_at);
+        c.connected_at_secs = u32::try_from(since_start.as_secs()).unwrap_or(u32::MAX);
         c.keep_alive_secs = keep_alive_secs;
         c.client_receive_max = client_receive_max.max(1);
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
@@ -344,7 +345,6 @@ impl ShardCore {
     pub(crate) fn detach_session(&mut self, slot: SessionSlot, publish_will: bool, now: Instant) {
         let session = self.sessions.get_mut(slot);
         session.conn = None;
-        session.disconnected_at = Some(now);
         let will = session.will.take().filter(|_| publish_will);
         if will.is_none() {
             // Discarded (normal DISCONNECT) or none: the log forgets it.

@@ -146,8 +146,6 @@ pub(crate) struct Session {
     pub(crate) expiry_secs: u32,
     /// When an offline session expires.
     pub(crate) expires_at: Option<Instant>,
-    /// When its last connection ended (`None` while never detached here).
-    pub(crate) disconnected_at: Option<Instant>,
     /// The session's subscriptions (filter as sent, options and Subscription Identifier).
     /// Mirrors the shard's trie (and, for shared ones, the group owner's member list).
     pub(crate) subs: Vec<(ByteStr, SubOptions)>,
@@ -178,7 +176,6 @@ impl Session {
             conn: None,
             expiry_secs: 0,
             expires_at: None,
-            disconnected_at: None,
             subs: Vec::new(),
             backlog: None,
             last_packet_id: 0,
