@@ -101,6 +101,10 @@ def test_drops_are_counted_by_reason(http_broker, clients):
     for reason, n in final.items():
         if reason not in ("too_large", "expired"):
             assert n == before[reason], (reason, before, final)
+    # The same counts in /api/v1/stats.
+    stats = http_broker.json("GET", "/api/v1/stats")
+    assert stats["messages_dropped_by_reason"] == {r: int(n) for r, n in final.items()}, stats
+    assert stats["messages_dropped"] == sum(final.values())
 
 
 def test_a_full_session_queue_counts_its_drops_in_metrics_and_sys(tmp_path):

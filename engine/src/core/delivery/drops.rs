@@ -101,11 +101,40 @@ impl Traffic {
     pub fn messages_dropped(&self) -> u64 {
         self.dropped_by_reason.iter().sum()
     }
+
+    /// Adds `other`'s counts (summing shards).
+    pub fn add(&mut self, other: &Traffic) {
+        let pairs = [
+            (&mut self.sent_messages_by_qos[..], &other.sent_messages_by_qos[..]),
+            (&mut self.sent_bytes_by_qos[..], &other.sent_bytes_by_qos[..]),
+            (&mut self.dropped_by_reason[..], &other.dropped_by_reason[..]),
+        ];
+        for (to, from) in pairs {
+            for (t, f) in to.iter_mut().zip(from) {
+                *t += f;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_sum_and_totals_are_the_sums() {
+        let mut a = Traffic { sent_messages_by_qos: [1, 2, 3], ..Traffic::default() };
+        a.dropped_by_reason[DropReason::Expired as usize] = 4;
+        let mut b = Traffic { sent_bytes_by_qos: [10, 0, 5], ..Traffic::default() };
+        b.dropped_by_reason[DropReason::Expired as usize] = 1;
+        b.dropped_by_reason[DropReason::TooLarge as usize] = 2;
+        a.add(&b);
+        assert_eq!(a.sent_messages_by_qos, [1, 2, 3]);
+        assert_eq!(a.sent_bytes_by_qos, [10, 0, 5]);
+        assert_eq!(a.messages_sent(), 6);
+        assert_eq!(a.messages_dropped(), 7);
+        assert_eq!(a.dropped_by_reason[DropReason::Expired as usize], 5);
+    }
 
     #[test]
     fn reasons_are_in_counter_order_with_distinct_label_safe_names() {
