@@ -23,9 +23,10 @@ pub fn run(args: &[OsString]) -> Result<String, String> {
     if let Some(e) = errors.first() {
         return Err(e.clone());
     }
-    if let Some(path) = &config.ops.http_token_file {
-        crate::http::read_token(path)?;
-    }
+    crate::http::HttpFiles::load(
+        config.ops.http_token_file.as_deref(),
+        config.ops.http_tls.as_ref(),
+    )?;
     if let Some(files) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
         crate::cluster::tls::NodeTls::load(files)?;
     }
@@ -34,7 +35,10 @@ pub fn run(args: &[OsString]) -> Result<String, String> {
         std::path::Path::new(file).display(),
         config.shards,
         config.listen.len(),
-        config.ops.http.map_or("no HTTP listener".into(), |a| format!("HTTP on {a}")),
+        config.ops.http.map_or("no HTTP listener".into(), |a| format!(
+            "HTTP on {}://{a}",
+            config.ops.http_scheme()
+        )),
         config.cluster.as_ref().map_or(String::new(), |c| format!(
             ", cluster node {} on {} with {} seeds",
             c.node_id.0,
@@ -61,7 +65,7 @@ mod tests {
     #[test]
     fn a_good_file_passes_and_a_bad_one_names_the_key() {
         let ok = check("shards = 2\nhttp = \"127.0.0.1:8080\"\n").unwrap();
-        assert!(ok.contains("2 shards") && ok.contains("HTTP on 127.0.0.1:8080"), "{ok}");
+        assert!(ok.contains("2 shards") && ok.contains("HTTP on http://127.0.0.1:8080"), "{ok}");
         let e = check("shards = 2\n[limits]\ninflight_out_max = 0\n").unwrap_err();
         assert!(e.contains("inflight_out_max"), "{e}");
         let e = check("log_level = \"loud\"\n").unwrap_err();

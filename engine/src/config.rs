@@ -32,7 +32,7 @@ mod policy;
 
 pub use cluster::{ClusterSettings, ClusterTls, LINK_QUEUE_BYTES_DEFAULT};
 pub use listen::{ClientAuth, ListenerConfig, TlsConfig, LISTENERS_MAX, WS_PATH_DEFAULT};
-pub use ops::{check_log_level, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
+pub use ops::{check_log_level, HttpTlsFiles, LogFormat, OpsConfig, LOG_LEVEL_DEFAULT};
 
 /// Default `io_memory` per shard: small, so that a non-root user under an 8 MiB
 /// RLIMIT_MEMLOCK can run several shards (glommio registers this memory with io_uring).
@@ -250,6 +250,8 @@ struct FileConfig {
     log_format: Option<String>,
     http: Option<String>,
     http_token_file: Option<PathBuf>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
     cluster: Option<cluster::FileCluster>,
 }
 

@@ -164,6 +164,11 @@ impl ListenArgs {
     pub(super) fn given(&self) -> bool {
         !self.listen.is_empty()
     }
+
+    /// `--tls-cert` and `--tls-key` (the HTTP listener's default certificate).
+    pub(super) fn tls_cert_key(&self) -> (Option<&PathBuf>, Option<&PathBuf>) {
+        (self.tls_cert.as_ref(), self.tls_key.as_ref())
+    }
 }
 
 /// A `[[listener]]` table: a URL and the settings that differ from the top-level ones.

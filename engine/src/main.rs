@@ -60,10 +60,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let http = match config.ops.http {
         Some(addr) => {
             let token = config.ops.http_token_file.as_deref();
+            let tls = config.ops.http_tls.as_ref();
             let bridges = broker.bridges();
             let cluster = broker.cluster_view();
+            let control = broker.control();
             let started =
-                http::start(addr, token, broker.control(), reloader.clone(), bridges, cluster);
+                http::start(addr, token, tls, control, reloader.clone(), bridges, cluster);
             Some(started.map_err(anyhow::Error::msg)?)
         }
         None => None,
@@ -76,7 +78,11 @@ fn run(config: &Config) -> anyhow::Result<()> {
             writeln!(out, "listening on {url}")?;
         }
         if let Some(h) = &http {
-            writeln!(out, "http listening on {}", h.local_addr())?;
+            // `http listening on 127.0.0.1:8080`, or `… on https://127.0.0.1:8443`.
+            match config.ops.http_tls {
+                Some(_) => writeln!(out, "http listening on https://{}", h.local_addr())?,
+                None => writeln!(out, "http listening on {}", h.local_addr())?,
+            }
         }
         out.flush()?;
     }

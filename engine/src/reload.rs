@@ -9,7 +9,7 @@
 //! reported. Keys that changed but need a restart are listed, not applied.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::Config;
 use crate::io::control::{Control, ControlMsg};
@@ -84,6 +84,7 @@ pub fn restart_needed(config: &Config, fresh: &Config) -> Vec<&'static str> {
     check(config.ops.log_format != fresh.ops.log_format, "log_format");
     check(config.ops.http != fresh.ops.http, "http");
     check(config.ops.http_token_file != fresh.ops.http_token_file, "http_token_file");
+    check(config.ops.http_tls != fresh.ops.http_tls, "http_tls_cert, http_tls_key");
     check(config.cluster != fresh.cluster, "cluster (node_id, listen, seeds, advertise, tls_*)");
     keys
 }
@@ -111,6 +112,9 @@ pub struct ReloadOutcome {
     pub errors: Vec<String>,
     /// Changed keys that need a restart to take effect.
     pub restart_needed: Vec<&'static str>,
+    /// The HTTP listener's files read again (`http_token_file`, `http_tls`); one that
+    /// failed is in `errors` instead.
+    pub reloaded: Vec<&'static str>,
 }
 
 /// Builds, applies and broadcasts reloads. One per broker, shared by the threads that may
@@ -125,6 +129,8 @@ pub struct Reloader {
     last: Mutex<Option<Arc<Reload>>>,
     /// The cluster's link TLS files, reloaded with the rest (a node with `--cluster-tls-*`).
     cluster_tls: Option<crate::cluster::TlsReloader>,
+    /// The HTTP listener's token and certificate, once it runs (`http/files.rs`).
+    http: OnceLock<Arc<crate::http::HttpFiles>>,
 }
 
 impl Reloader {
@@ -136,6 +142,7 @@ impl Reloader {
             generation: AtomicU64::new(0),
             last: Mutex::new(None),
             cluster_tls: None,
+            http: OnceLock::new(),
         }
     }
 
@@ -143,6 +150,11 @@ impl Reloader {
     pub fn with_cluster_tls(mut self, tls: Option<crate::cluster::TlsReloader>) -> Reloader {
         self.cluster_tls = tls;
         self
+    }
+
+    /// Registers the HTTP listener's files: every later reload reads them again.
+    pub fn attach_http(&self, files: Arc<crate::http::HttpFiles>) {
+        let _ = self.http.set(files);
     }
 
     /// The configuration the broker started with.
@@ -207,6 +219,12 @@ impl Reloader {
                 errors.push(format!("shard {shard}: {e}"));
             }
         }
+        let mut reloaded = Vec::new();
+        if let Some(http) = self.http.get() {
+            let (done, failed) = http.reload();
+            reloaded = done;
+            errors.extend(failed);
+        }
         for e in &errors {
             tracing::warn!("reload {}: {e}", reload.generation);
         }
@@ -218,7 +236,7 @@ impl Reloader {
             );
         }
         *last = Some(reload.clone());
-        ReloadOutcome { generation: reload.generation, errors, restart_needed: restart }
+        ReloadOutcome { generation: reload.generation, errors, restart_needed: restart, reloaded }
     }
 }
 

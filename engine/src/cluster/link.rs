@@ -197,8 +197,12 @@ impl Link {
     pub(crate) fn publish(&self, frame: Bytes, credit: &Arc<CreditGuard>) -> bool {
         let mut q = self.queue.lock();
         if !q.connected || q.closed || q.bytes + frame.len() > self.queue.bytes_max {
+            let full = q.connected && !q.closed;
             drop(q);
             self.counters.messages_dropped.fetch_add(1, Relaxed);
+            if full {
+                self.counters.messages_dropped_queue_full.fetch_add(1, Relaxed);
+            }
             return false;
         }
         q.bytes += frame.len();
@@ -460,6 +464,7 @@ mod tests {
         let guard = Arc::new(CreditGuard { pool: pool.clone(), shard: ShardId(1), cost: 77 });
         assert!(!link.publish(Bytes::from_static(b"frame"), &guard));
         assert_eq!(ctx.counters.messages_dropped.load(Relaxed), 1);
+        assert_eq!(ctx.counters.messages_dropped_queue_full.load(Relaxed), 0, "link down");
         assert_eq!(credited(&pool), 0, "not before the last holder lets go");
         drop(guard);
         wait(&rx, |ev| matches!(ev, Event::Credit).then_some(()));
@@ -509,6 +514,11 @@ mod tests {
         drop(guard);
         assert_eq!(credited(&pool), 1, "credited once");
         assert!(ctx.counters.messages_dropped.load(Relaxed) > refused, "queued copies count");
+        // The refusals were for a full queue, the copies lost with the connection for a link
+        // down (`$SYS/broker/cluster/messages/dropped/{queue_full,link_down}`).
+        // (The last refusals may have met the link already down.)
+        let full = ctx.counters.messages_dropped_queue_full.load(Relaxed);
+        assert!(full >= 1 && full <= refused, "{full} of {refused} refusals for a full queue");
         drop(link);
     }
 

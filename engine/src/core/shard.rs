@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardmq_codec::{encode, ByteStr, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use shardmq_codec::{encode, ByteStr, Disconnect, Packet, ProtocolVersion, QoS, ReasonCode};
 
 use crate::core::admin::DisconnectReason;
 use crate::core::auth::plain::PasswordChecks;
 use crate::core::auth::{AuthConfig, AuthRng};
 use crate::core::delivery::deliver::Fanout;
+use crate::core::delivery::drops::{DropReason, Traffic};
 use crate::core::delivery::tx::TxQueue;
 use crate::core::delivery::tx_budget::TxBudget;
 use crate::core::hash::HashKeys;
@@ -102,6 +103,12 @@ pub struct ShardCounters {
     pub publish_pauses: AtomicU64,
     /// Policy denials by reason since start, indexed by [`Denial`] (`$SYS/broker/denied/…`).
     pub denials: [AtomicU64; Denial::COUNT],
+    /// PUBLISH packets and their bytes sent, by QoS (`$SYS/broker/messages/sent/qos/<n>`).
+    pub sent_messages_by_qos: [AtomicU64; 3],
+    pub sent_bytes_by_qos: [AtomicU64; 3],
+    /// Messages dropped by reason, indexed by [`DropReason`]
+    /// (`$SYS/broker/messages/dropped/<reason>`).
+    pub dropped_by_reason: [AtomicU64; DropReason::COUNT],
     /// TLS handshakes completed, since start (written by the io layer).
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes refused or failed (bad certificate, garbage, timeout), since start.
@@ -181,6 +188,26 @@ pub(crate) struct LocalStats {
     pub(crate) messages_dropped: u64,
     /// Policy denials by reason (`policy/denial.rs`), indexed by [`Denial`].
     pub(crate) denials: [u64; Denial::COUNT],
+    /// Sent by QoS, dropped by reason (`delivery/drops.rs`); `messages_sent` and
+    /// `messages_dropped` are their sums.
+    pub(crate) traffic: Traffic,
+}
+
+impl LocalStats {
+    /// One PUBLISH of `bytes` (the whole packet) queued for a client.
+    #[inline]
+    pub(crate) fn sent(&mut self, qos: QoS, bytes: usize) {
+        self.messages_sent += 1;
+        self.traffic.sent_messages_by_qos[qos as usize] += 1;
+        self.traffic.sent_bytes_by_qos[qos as usize] += bytes as u64;
+    }
+
+    /// `n` messages dropped for `why`.
+    #[inline]
+    pub(crate) fn dropped(&mut self, why: DropReason, n: u64) {
+        self.messages_dropped += n;
+        self.traffic.dropped_by_reason[why as usize] += n;
+    }
 }
 
 /// How often the periodic scan (keep alive, connect timeout, session expiry, will delay,
@@ -592,6 +619,16 @@ impl ShardCore {
         slot.tx_bytes_queued.store(b.bytes() + b.slow_bytes(), Ordering::Relaxed);
         slot.publish_pauses.store(b.pauses(), Ordering::Relaxed);
         for (to, from) in slot.denials.iter().zip(self.stats.denials) {
+            to.store(from, Ordering::Relaxed);
+        }
+        let t = &self.stats.traffic;
+        for (to, from) in slot.sent_messages_by_qos.iter().zip(t.sent_messages_by_qos) {
+            to.store(from, Ordering::Relaxed);
+        }
+        for (to, from) in slot.sent_bytes_by_qos.iter().zip(t.sent_bytes_by_qos) {
+            to.store(from, Ordering::Relaxed);
+        }
+        for (to, from) in slot.dropped_by_reason.iter().zip(t.dropped_by_reason) {
             to.store(from, Ordering::Relaxed);
         }
     }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::respond::{bad_field, error, json, Reply};
 use super::{gather_stats, HttpState, BODY_BYTES_MAX};
 use crate::config::Config;
+use crate::core::delivery::drops::{DropReason, Traffic};
 
 /// Lines `GET /api/v1/logs` returns at most.
 pub const LOG_LINES_PAGE_MAX: usize = 1000;
@@ -157,8 +158,10 @@ async fn stats(state: &HttpState, req: &Request<Incoming>) -> Result<Reply, Repl
     let (stats, unanswered) = gather_stats(state).await;
     let mut shards = Vec::new();
     let mut total = [0u64; 9];
+    let mut traffic = Traffic::default();
     for s in &stats {
         let c = &s.core;
+        traffic.add(&c.traffic);
         let received: u64 = c.messages_received_by_qos.iter().sum();
         let values = [
             c.clients_connected,
@@ -183,6 +186,8 @@ async fn stats(state: &HttpState, req: &Request<Incoming>) -> Result<Reply, Repl
             "messages_received": received,
             "messages_sent": c.messages_sent,
             "messages_dropped": c.messages_dropped,
+            "messages_sent_by_qos": c.traffic.sent_messages_by_qos,
+            "messages_dropped_by_reason": dropped_by_reason(&c.traffic),
             "bytes_received": s.bytes_received,
             "bytes_sent": s.bytes_sent,
             "queued_messages": c.queued_messages,
@@ -199,6 +204,8 @@ async fn stats(state: &HttpState, req: &Request<Incoming>) -> Result<Reply, Repl
         "messages_received": total[3],
         "messages_sent": total[4],
         "messages_dropped": total[5],
+        "messages_sent_by_qos": traffic.sent_messages_by_qos,
+        "messages_dropped_by_reason": dropped_by_reason(&traffic),
         "bytes_received": total[6],
         "bytes_sent": total[7],
         "queued_messages": total[8],
@@ -208,6 +215,12 @@ async fn stats(state: &HttpState, req: &Request<Incoming>) -> Result<Reply, Repl
         "shards": shards,
     });
     Ok(json(StatusCode::OK, &body))
+}
+
+/// `{"reason": count, …}` in counter order.
+fn dropped_by_reason(t: &Traffic) -> Value {
+    let reasons = DropReason::ALL.iter().zip(t.dropped_by_reason);
+    Value::Object(reasons.map(|(r, n)| (r.name().to_owned(), n.into())).collect())
 }
 
 /// The effective configuration, secrets left out.
@@ -243,6 +256,8 @@ pub(crate) fn config_json(c: &Config) -> Value {
         "log_format": format!("{:?}", c.ops.log_format).to_lowercase(),
         "http": c.ops.http.map(|a| a.to_string()),
         "http_token_file": c.ops.http_token_file.as_ref().map(|_| "<redacted>"),
+        "http_scheme": c.ops.http.map(|_| c.ops.http_scheme()),
+        "http_tls_cert": c.ops.http_tls.as_ref().map(|t| t.cert.display().to_string()),
         "cluster": c.cluster.as_ref().map(|s| json!({
             "node_id": s.node_id.0,
             "listen": s.listen.to_string(),
@@ -270,6 +285,7 @@ fn reload(state: &HttpState) -> Reply {
             "generation": outcome.generation,
             "errors": outcome.errors,
             "restart_needed": outcome.restart_needed,
+            "reloaded": outcome.reloaded,
         }),
     )
 }

@@ -8,6 +8,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::api::{segment, Query};
+use super::clock;
 use super::respond::{bad_field, error, json, Reply};
 use super::{HttpState, REPLY_TIMEOUT};
 use crate::core::admin::clients::{ClientDetail, ClientQuery, ClientSummary, KickOutcome};
@@ -92,6 +93,8 @@ pub(crate) fn home(state: &HttpState, key: &str) -> ShardId {
 }
 
 fn summary_json(c: &ClientSummary) -> Value {
+    let (since, since_unix) = clock::json_pair(c.connected_since);
+    let (gone, gone_unix) = clock::json_pair(c.disconnected_at);
     json!({
         "client_id": c.client_id,
         "shard": c.shard,
@@ -103,6 +106,10 @@ fn summary_json(c: &ClientSummary) -> Value {
         "subscriptions": c.subscriptions,
         "queued_messages": c.queued_messages,
         "inflight": c.inflight,
+        "connected_since": since,
+        "connected_since_unix": since_unix,
+        "disconnected_at": gone,
+        "disconnected_at_unix": gone_unix,
     })
 }
 
@@ -209,6 +216,8 @@ mod tests {
             subscriptions: 0,
             queued_messages: 0,
             inflight: 0,
+            connected_since: Some(std::time::Instant::now()),
+            disconnected_at: None,
         }
     }
 
@@ -221,6 +230,10 @@ mod tests {
         assert_eq!(v["next_after"], "c");
         let v = page_json(vec![c("a")], 3);
         assert!(v["next_after"].is_null());
+        let one = &v["clients"][0];
+        assert!(one["connected_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{one}");
+        assert!(one["connected_since_unix"].as_u64().is_some_and(|t| t > 1_700_000_000));
+        assert!(one["disconnected_at"].is_null() && one["disconnected_at_unix"].is_null());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::core::admin::AUTH_FAILURE_CODES;
+use crate::core::delivery::drops::DropReason;
 use crate::core::policy::denial::Denial;
 use crate::io::control::ShardStats;
 use crate::log::latency::{LatencyHistogram, BUCKETS_US};
@@ -50,6 +51,17 @@ pub struct ProcessInfo {
     pub shards_unanswered: u64,
     /// The listeners' URLs, by index.
     pub listener_urls: Vec<String>,
+    /// The cluster runtime's dropped messages by reason (`None` without a cluster).
+    pub cluster_dropped: Option<ClusterDropped>,
+}
+
+/// Messages the cluster runtime did not send to another node, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterDropped {
+    /// The destination's link was down (or broke with the message queued).
+    pub link_down: u64,
+    /// The destination link's queue was full.
+    pub queue_full: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,15 +349,51 @@ pub fn render(stats: &[ShardStats], process: &ProcessInfo, format: Format) -> St
             w.sample("shardmq_messages_received_total", &labels, *n);
         }
     }
-    w.per_shard_counter(stats, "shardmq_messages_sent", "PUBLISH packets sent to clients.", |s| {
-        s.core.messages_sent
-    });
-    w.per_shard_counter(
-        stats,
-        "shardmq_messages_dropped",
-        "Messages dropped (full queues, too large, expired, refused).",
-        |s| s.core.messages_dropped,
+    w.family("shardmq_messages_sent", Kind::Counter, "PUBLISH packets sent to clients, by QoS.");
+    for s in stats {
+        let shard = s.shard.to_string();
+        for (qos, n) in s.core.traffic.sent_messages_by_qos.iter().enumerate() {
+            let labels = [("shard", shard.as_str()), ("qos", &qos.to_string())];
+            w.sample("shardmq_messages_sent_total", &labels, *n);
+        }
+    }
+    w.family(
+        "shardmq_publish_bytes_sent",
+        Kind::Counter,
+        "Bytes of the PUBLISH packets sent to clients (whole packets), by QoS.",
     );
+    for s in stats {
+        let shard = s.shard.to_string();
+        for (qos, n) in s.core.traffic.sent_bytes_by_qos.iter().enumerate() {
+            let labels = [("shard", shard.as_str()), ("qos", &qos.to_string())];
+            w.sample("shardmq_publish_bytes_sent_total", &labels, *n);
+        }
+    }
+    w.family(
+        "shardmq_messages_dropped",
+        Kind::Counter,
+        "Messages (or copies of one) dropped, by reason.",
+    );
+    for s in stats {
+        let shard = s.shard.to_string();
+        for (r, n) in DropReason::ALL.iter().zip(s.core.traffic.dropped_by_reason) {
+            w.sample(
+                "shardmq_messages_dropped_total",
+                &[("shard", &shard), ("reason", r.name())],
+                n,
+            );
+        }
+    }
+    if let Some(c) = &process.cluster_dropped {
+        w.family(
+            "shardmq_cluster_messages_dropped",
+            Kind::Counter,
+            "Messages for other nodes not sent, by reason (link down, link queue full).",
+        );
+        for (reason, n) in [("link_down", c.link_down), ("queue_full", c.queue_full)] {
+            w.sample("shardmq_cluster_messages_dropped_total", &[("reason", reason)], n);
+        }
+    }
     w.per_shard_counter(stats, "shardmq_bytes_received", "Bytes read from clients.", |s| {
         s.bytes_received
     });

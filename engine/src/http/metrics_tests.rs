@@ -1,5 +1,6 @@
 use super::*;
 use crate::core::admin::{CoreStats, DisconnectReason};
+use crate::core::delivery::drops::DropReason;
 use crate::io::control::LogSnapshot;
 
 fn two_shards() -> Vec<ShardStats> {
@@ -20,6 +21,9 @@ fn two_shards() -> Vec<ShardStats> {
         ..Default::default()
     };
     a.bytes_received = 1000;
+    a.core.traffic.sent_messages_by_qos = [8, 1, 0];
+    a.core.traffic.sent_bytes_by_qos = [800, 120, 0];
+    a.core.traffic.dropped_by_reason[DropReason::Expired as usize] = 4;
     let mut log = LogSnapshot { disk_bytes: 4096, ..Default::default() };
     log.stats.fsync_latency.record(150);
     log.stats.fsync_latency.record(3_000_000);
@@ -120,4 +124,25 @@ fn accept_picks_the_format() {
     assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4")), Format::Text004);
     let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
     assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+}
+
+#[test]
+fn traffic_is_labelled_by_qos_and_reason_and_cluster_drops_have_their_family() {
+    let mut clustered = process();
+    clustered.cluster_dropped = Some(ClusterDropped { link_down: 2, queue_full: 5 });
+    let text = render(&two_shards(), &clustered, Format::Text004);
+    let l = lines(&text);
+    assert!(l.contains(&"shardmq_messages_sent_total{shard=\"0\",qos=\"0\"} 8"), "{text}");
+    assert!(l.contains(&"shardmq_messages_sent_total{shard=\"1\",qos=\"2\"} 0"));
+    assert!(l.contains(&"shardmq_publish_bytes_sent_total{shard=\"0\",qos=\"1\"} 120"));
+    assert!(l.contains(&"shardmq_messages_dropped_total{shard=\"0\",reason=\"expired\"} 4"));
+    for r in DropReason::ALL {
+        let zero =
+            format!("shardmq_messages_dropped_total{{shard=\"1\",reason=\"{}\"}} 0", r.name());
+        assert!(l.contains(&zero.as_str()), "every reason has a series: {zero}");
+    }
+    assert!(l.contains(&"shardmq_cluster_messages_dropped_total{reason=\"queue_full\"} 5"));
+    assert!(l.contains(&"shardmq_cluster_messages_dropped_total{reason=\"link_down\"} 2"));
+    let alone = render(&two_shards(), &process(), Format::Text004);
+    assert!(!alone.contains("shardmq_cluster_messages_dropped"), "no cluster, no family");
 }

@@ -1,5 +1,5 @@
-//! The admin HTTP listener (`--http ADDR:PORT`, off by default): `/healthz`, `/readyz`,
-//! `/metrics` and the admin API under `/api/v1/`.
+//! The admin HTTP listener (`--http ADDR:PORT`, off by default; `--http https://ADDR:PORT`
+//! for TLS): `/healthz`, `/readyz`, `/metrics` and the admin API under `/api/v1/`.
 //!
 //! It runs on a thread of its own with a current-thread tokio runtime and hyper 1.x (HTTP/1.1;
 //! no hand-written HTTP parsing), outside the shards: it reaches them only through the control
@@ -7,24 +7,28 @@
 //! [`CONNECTIONS_MAX`] connections at once (the next waits to be accepted), request bodies of
 //! at most [`BODY_BYTES_MAX`], headers read within [`HEADER_READ_TIMEOUT`], a connection kept
 //! at most [`CONNECTION_LIFETIME_MAX`], and shard replies awaited at most
-//! [`REPLY_TIMEOUT`].
+//! [`REPLY_TIMEOUT`]. A TLS handshake must end within [`HEADER_READ_TIMEOUT`] too; it runs in
+//! the connection's task, so a stalled one holds a connection slot, never the listener.
 //!
 //! Authentication: with `--http-token-file`, every path but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer TOKEN`. Without it, only loopback clients are served (others get
-//! 403), and the broker says so at start-up.
+//! 403), and the broker says so at start-up. The token and the certificate are read again
+//! on every reload (`files.rs`).
 
 mod api;
 mod api_bridges;
 mod api_clients;
 mod api_cluster;
 mod api_topics;
+mod clock;
+mod files;
 pub mod metrics;
 pub mod publish_body;
+pub use files::{read_token, HttpFiles};
 mod respond;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +39,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::io::control::{Control, ControlMsg, ControlReply};
@@ -51,15 +56,14 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(300);
 /// Longest a request waits for the shards' replies.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest token file read.
-const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 
 /// What every request handler can reach. Lives on the HTTP thread (and the `Arc` in main).
 #[derive(Debug)]
 pub struct HttpState {
     pub(crate) control: Control,
     pub(crate) reloader: Arc<Reloader>,
-    token: Option<Vec<u8>>,
+    /// The token and the TLS configuration (reloadable).
+    files: Arc<HttpFiles>,
     started_at: Instant,
     /// False once shutdown began: `/readyz` says 503.
     serving: AtomicBool,
@@ -106,35 +110,20 @@ impl Drop for HttpServer {
     }
 }
 
-/// Reads the bearer token: the file's first line, trimmed; it must not be empty.
-pub fn read_token(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let shown = path.display();
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(TOKEN_FILE_BYTES_MAX).read_to_string(&mut text))
-        .map_err(|e| format!("--http-token-file {shown}: {e}"))?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        return Err(format!("--http-token-file {shown}: the first line (the token) is empty"));
-    }
-    if token.len() < 16 {
-        return Err(format!("--http-token-file {shown}: the token is shorter than 16 characters"));
-    }
-    Ok(token.as_bytes().to_vec())
-}
-
-/// Binds `addr` and starts serving on a new thread.
+/// Binds `addr` and starts serving on a new thread: HTTPS when `tls` names a certificate
+/// and key, else plain HTTP. Registers its files with `reloader`, which reads them again on
+/// every reload.
 pub fn start(
     addr: SocketAddr,
-    token_file: Option<&Path>,
+    token_file: Option<&std::path::Path>,
+    tls: Option<&crate::config::HttpTlsFiles>,
     control: Control,
     reloader: Arc<Reloader>,
     bridges: crate::bridge::BridgeAdmin,
     cluster: Option<crate::cluster::runtime::ClusterView>,
 ) -> Result<HttpServer, String> {
-    let token = token_file.map(read_token).transpose()?;
-    if token.is_none() {
+    let files = Arc::new(HttpFiles::load(token_file, tls)?);
+    if token_file.is_none() {
         tracing::warn!(
             "no --http-token-file: the HTTP listener serves loopback clients only on {addr} \
              (others get 403)"
@@ -143,10 +132,11 @@ pub fn start(
     let listener = StdTcpListener::bind(addr).map_err(|e| format!("--http {addr}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| format!("--http {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("--http {addr}: {e}"))?;
+    reloader.attach_http(files.clone());
     let state = Arc::new(HttpState {
         control,
         reloader,
-        token,
+        files,
         started_at: Instant::now(),
         serving: AtomicBool::new(true),
         bridges,
@@ -189,20 +179,45 @@ async fn serve(listener: StdTcpListener, state: Arc<HttpState>, mut stop: onesho
             },
         };
         let state = state.clone();
+        // The configuration in use when the connection arrived (a reload changes the next).
+        let tls = state.files.tls();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME_MAX, conn).await;
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME_MAX, async move {
+                match tls {
+                    None => serve_connection(stream, state, peer).await,
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => serve_connection(tls, state, peer).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, "http: TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
+                        }
+                    }
+                }
+            })
+            .await;
             drop(permit);
         });
     }
+}
+
+/// Serves HTTP/1.1 requests on one connection (plain or TLS) until it ends.
+async fn serve_connection<S>(io: S, state: Arc<HttpState>, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = conn.await;
 }
 
 /// Without a token, any web page open in a browser on this host can reach a loopback
@@ -240,7 +255,7 @@ fn same_host_only(req: &Request<Incoming>) -> Result<(), Reply> {
 
 /// Whether `req` may be served to `peer`: `Err` is the refusal.
 fn authorize(state: &HttpState, peer: SocketAddr, req: &Request<Incoming>) -> Result<(), Reply> {
-    let Some(token) = &state.token else {
+    let Some(token) = state.files.token() else {
         if peer.ip().is_loopback() {
             return same_host_only(req);
         }
@@ -262,7 +277,7 @@ fn authorize(state: &HttpState, peer: SocketAddr, req: &Request<Incoming>) -> Re
         .map(<[u8]>::trim_ascii);
     let ok = presented.is_some_and(|p| {
         use subtle::ConstantTimeEq;
-        p.len() == token.len() && bool::from(p.ct_eq(token))
+        p.len() == token.len() && bool::from(p.ct_eq(&token))
     });
     if ok {
         Ok(())
@@ -331,6 +346,15 @@ async fn metrics(state: &HttpState, req: &Request<Incoming>) -> Reply {
         reloads: state.reloader.generation(),
         shards_unanswered: unanswered,
         listener_urls: state.reloader.config().listen.iter().map(|l| l.url()).collect(),
+        cluster_dropped: state.cluster.as_ref().map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let k = c.counters();
+            let queue_full = k.messages_dropped_queue_full.load(Relaxed);
+            metrics::ClusterDropped {
+                link_down: k.messages_dropped.load(Relaxed).saturating_sub(queue_full),
+                queue_full,
+            }
+        }),
     };
     let body = metrics::render(&stats, &process, format);
     let mut r = Response::new(Full::new(Bytes::from(body)));

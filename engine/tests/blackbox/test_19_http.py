@@ -37,6 +37,8 @@ class Running:
         self.proc, self.mqtt, self.http = proc, mqtt, http
         self.stderr_path, self.workdir = stderr_path, workdir
         self.token: str | None = None
+        # For an https:// listener: the context that trusts its CA.
+        self.ssl_context = None
 
     def request(self, method: str, path: str, body=None, headers=None, token: str | None = None):
         """(status, headers, body bytes) of one request; never raises on 4xx/5xx."""
@@ -51,7 +53,7 @@ class Running:
             hdrs["Authorization"] = f"Bearer {tok}"
         req = urllib.request.Request(self.http + path, data=data, method=method, headers=hdrs)
         try:
-            with urllib.request.urlopen(req, timeout=WAIT) as r:
+            with urllib.request.urlopen(req, timeout=WAIT, context=self.ssl_context) as r:
                 return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
@@ -116,7 +118,8 @@ def _start(workdir: Path, extra: list[str], http: str = "127.0.0.1:0",
         pytest.fail(f"no `http listening on` line; stderr:\n{conftest._tail(stderr_path)}")
     addr = found["mqtt"].removeprefix("mqtt://")
     host, _, port = addr.rpartition(":")
-    return Running(proc, (host, int(port)), "http://" + found["http"], stderr_path, workdir)
+    http_url = found["http"] if "://" in found["http"] else "http://" + found["http"]
+    return Running(proc, (host, int(port)), http_url, stderr_path, workdir)
 
 
 @pytest.fixture
@@ -397,7 +400,7 @@ def test_reload_through_the_api_and_sighup(tmp_path):
     running = _start(tmp_path, ["--config", str(conf)])
     try:
         out = running.json("POST", "/api/v1/reload")
-        assert out == {"generation": 1, "errors": [], "restart_needed": []}
+        assert out == {"generation": 1, "errors": [], "restart_needed": [], "reloaded": []}
         assert running.total("shardmq_reloads_total") == 1
         conf.write_text('log_level = "info"\nring_depth = 64\n')
         running.proc.send_signal(signal.SIGHUP)

@@ -2,7 +2,7 @@
 //! in detail, and kicking one (`DELETE /api/v1/clients/{id}`).
 
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shardmq_codec::{ProtocolVersion, ReasonCode};
 
@@ -48,6 +48,13 @@ pub struct ClientSummary {
     pub queued_messages: usize,
     /// Outgoing QoS 1/2 messages not yet acknowledged.
     pub inflight: usize,
+    /// When the connection's CONNECT was accepted, while connected (to the second: at most
+    /// one second early).
+    pub connected_since: Option<Instant>,
+    /// When its last connection ended, while offline: its expiry deadline less its Session
+    /// Expiry Interval (after a restart, as the log's deadline tells; for a session moved
+    /// here from another node, when it arrived).
+    pub disconnected_at: Option<Instant>,
 }
 
 /// One subscription of a client.
@@ -123,6 +130,14 @@ impl ShardCore {
             subscriptions: s.subs.len(),
             queued_messages: s.queue().len(),
             inflight: s.inflight().len(),
+            connected_since: conn.filter(|_| connected).map(|(_, c)| {
+                self.config.started_at + Duration::from_secs(c.connected_at_secs.into())
+            }),
+            // The deadline is set when the connection ends: that moment plus the interval.
+            disconnected_at: s
+                .expires_at
+                .filter(|_| !connected)
+                .and_then(|t| t.checked_sub(Duration::from_secs(s.expiry_secs.into()))),
         }
     }
 

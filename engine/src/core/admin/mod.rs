@@ -11,6 +11,7 @@ pub mod topics;
 
 use shardmq_codec::{ProtocolVersion, QoS, ReasonCode};
 
+use crate::core::delivery::drops::Traffic;
 use crate::core::policy::denial::Denial;
 use crate::core::shard::ShardCore;
 
@@ -168,6 +169,8 @@ pub struct CoreStats {
     pub messages_sent: u64,
     /// Messages dropped (any reason).
     pub messages_dropped: u64,
+    /// PUBLISH packets and bytes sent by QoS, messages dropped by reason.
+    pub traffic: Traffic,
     /// CONNECTs accepted.
     pub connects: u64,
     /// CONNECTs refused, by reason code.
@@ -211,6 +214,7 @@ impl ShardCore {
             messages_received_by_qos: ops.received_by_qos,
             messages_sent: self.stats.messages_sent,
             messages_dropped: self.stats.messages_dropped,
+            traffic: self.stats.traffic,
             connects: ops.connects,
             connects_refused: ops.connects_refused.clone(),
             disconnects: ops.disconnects.clone(),

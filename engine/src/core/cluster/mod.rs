@@ -430,6 +430,8 @@ pub struct ClusterCounters {
     pub bytes_in: AtomicU64,
     /// Messages not sent because the destination's link was down or its queue full.
     pub messages_dropped: AtomicU64,
+    /// Of those, the ones dropped because the link's queue was full (the rest: link down).
+    pub messages_dropped_queue_full: AtomicU64,
     /// Routes (node, filter) this node holds for its peers.
     pub remote_routes: AtomicU64,
     /// TLS handshakes on node links that failed, both ways (a peer without a certificate the

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use shardmq_codec::{ByteStr, PacketId, ProtocolVersion, PubResp, QoS, ReasonCode};
 
 use crate::core::auth::acl::{Ident, READ};
+use crate::core::delivery::drops::DropReason;
 use crate::core::delivery::outgoing::{push_frame, send_custom, LayoutCache, OutPublish};
 use crate::core::ids::{ConnId, SessionSlot};
 use crate::core::limits::Limits;
@@ -89,6 +90,7 @@ impl ShardCore {
                 let acl = auth.acl_on(s.listener);
                 if !acl.is_some_and(|acl| acl.allows(&ident, &msg.topic, READ)) {
                     stats.denials[Denial::Deliver as usize] += 1;
+                    stats.dropped(DropReason::AclDenied, 1);
                     tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "denied: deliver");
                     return;
                 }
@@ -112,7 +114,9 @@ impl ShardCore {
             && self.fanout.matches.iter().any(|m| self.copy_would_be_refused(m.slot, m.qos, msg));
         if refuse {
             // Decided before any copy is sent: nobody here gets a refused message.
-            return self.refuse_message();
+            let why =
+                if self.log_full() { DropReason::LogFull } else { DropReason::QueueFullRefused };
+            return self.refuse_message(why);
         }
         self.fanout.layouts.reset();
         let expired = is_expired(msg, now_ms);
@@ -156,17 +160,18 @@ impl ShardCore {
         if c.tx.drops_qos0() {
             // A slow consumer, or the shard past its hard bound (`delivery/tx_budget.rs`): QoS 0 is
             // dropped rather than queued without bound.
-            stats.messages_dropped += 1;
+            stats.dropped(DropReason::SlowConsumer, 1);
             return true;
         }
         match fanout.layouts.frame(msg, v5, QoS::AtMostOnce, retain, now_ms) {
             // Never a packet larger than the client's maximum [MQTT-3.1.2-24]: it is
             // discarded as if sent [MQTT-3.1.2-25].
             Some(f) if f.packet_len(msg) <= c.client_packet_size_max_bytes as usize => {
+                let bytes = f.packet_len(msg);
                 push_frame(c, conn, f, None, msg, actions);
-                stats.messages_sent += 1;
+                stats.sent(QoS::AtMostOnce, bytes);
             }
-            _ => stats.messages_dropped += 1,
+            _ => stats.dropped(DropReason::TooLarge, 1),
         }
         true
     }
@@ -189,7 +194,7 @@ impl ShardCore {
         let limits = &config.limits;
         if is_expired(msg, now_ms) {
             // [MQTT-3.3.2-5]: expired before onward delivery started (e.g. late off a ring).
-            stats.messages_dropped += 1;
+            stats.dropped(DropReason::Expired, 1);
             return;
         }
         let s = sessions.get_mut(slot);
@@ -198,14 +203,14 @@ impl ShardCore {
         // (0x97): it was not acknowledged for a copy that is not kept (`persist/ack.rs`).
         let logged = qos != QoS::AtMostOnce && s.plog.is_some();
         let log_full = persist.as_deref().is_some_and(|p| p.full);
-        let mut refuse = |stats: &mut LocalStats| {
-            stats.messages_dropped += 1;
+        let mut refuse = |stats: &mut LocalStats, why: DropReason| {
+            stats.dropped(why, 1);
             if let Some(p) = persist.as_deref_mut().filter(|_| logged) {
                 p.copy_refused = true;
             }
         };
         if logged && log_full {
-            return refuse(stats);
+            return refuse(stats, DropReason::LogFull);
         }
         let queued = || Queued {
             msg: msg.clone(),
@@ -218,7 +223,7 @@ impl ShardCore {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
             // (like Mosquitto's default), and not counted as dropped.
             if qos != QoS::AtMostOnce && !enqueue(s, queued(), limits, logged, stats) {
-                refuse(stats);
+                refuse(stats, DropReason::QueueFullRefused);
             }
             return;
         };
@@ -228,7 +233,7 @@ impl ShardCore {
             || (qos == QoS::AtMostOnce && s.has_unsent())
         {
             if !enqueue(s, queued(), limits, logged, stats) {
-                refuse(stats);
+                refuse(stats, DropReason::QueueFullRefused);
             }
             return;
         }
@@ -239,17 +244,17 @@ impl ShardCore {
             }
         }
         if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
-            stats.messages_dropped += 1;
+            stats.dropped(DropReason::SlowConsumer, 1);
             return;
         }
         if c.is_v5() && (c.client_topic_alias_max > 0 || !sub_ids.is_empty()) {
             // This frame differs per connection: encoded on its own.
             let packet_id = (qos != QoS::AtMostOnce).then(|| s.next_packet_id());
             let out = OutPublish { msg, qos, retain, packet_id, dup: false, sub_ids, now_ms };
-            if !send_custom(c, conn, out, actions) {
-                stats.messages_dropped += 1;
+            let Some(bytes) = send_custom(c, conn, out, actions) else {
+                stats.dropped(DropReason::TooLarge, 1);
                 return;
-            }
+            };
             if let Some(packet_id) = packet_id {
                 s.inflight_mut().push_back(Inflight {
                     packet_id,
@@ -261,17 +266,18 @@ impl ShardCore {
                     group: group.cloned(),
                 });
             }
-            stats.messages_sent += 1;
+            stats.sent(qos, bytes);
             return;
         }
         let Some(frame) = fanout.layouts.frame(msg, c.is_v5(), qos, retain, now_ms) else {
-            stats.messages_dropped += 1;
+            stats.dropped(DropReason::TooLarge, 1);
             return;
         };
         // Never a packet larger than the client's maximum [MQTT-3.1.2-24]: it is discarded
         // as if sent [MQTT-3.1.2-25].
-        if frame.packet_len(msg) > c.client_packet_size_max_bytes as usize {
-            stats.messages_dropped += 1;
+        let bytes = frame.packet_len(msg);
+        if bytes > c.client_packet_size_max_bytes as usize {
+            stats.dropped(DropReason::TooLarge, 1);
             return;
         }
         let packet_id = frame.pid_offset.map(|_| {
@@ -288,7 +294,7 @@ impl ShardCore {
             packet_id
         });
         push_frame(c, conn, frame, packet_id, msg, actions);
-        stats.messages_sent += 1;
+        stats.sent(qos, bytes);
     }
 
     /// Sends queued messages while the window allows (after an acknowledgement, or when a
@@ -303,7 +309,7 @@ impl ShardCore {
         while let Some(front) = s.queue().front() {
             if is_expired(&front.msg, now_ms) {
                 s.dequeue();
-                stats.messages_dropped += 1;
+                stats.dropped(DropReason::Expired, 1);
                 continue;
             }
             if front.qos != QoS::AtMostOnce && s.inflight().len() >= window {
@@ -355,8 +361,8 @@ impl ShardCore {
                     };
                     // A message now too large for the client stays inflight; the client
                     // never acknowledges it, which only costs a window slot.
-                    if send_custom(c, conn, p, actions) {
-                        stats.messages_sent += 1;
+                    if let Some(bytes) = send_custom(c, conn, p, actions) {
+                        stats.sent(i.qos, bytes);
                     }
                 }
                 // Sent once durable (`persist/gate.rs`), behind the resent ones.
@@ -488,9 +494,10 @@ fn enqueue(
     logged: bool,
     stats: &mut LocalStats,
 ) -> bool {
-    let dropped = s.enqueue_or_drop(q, limits, logged);
-    stats.messages_dropped += dropped.unwrap_or(0);
-    dropped.is_some()
+    let Some(dropped) = s.enqueue_or_drop(q, limits, logged) else { return false };
+    stats.dropped(DropReason::QueueFullOldest, dropped.oldest);
+    stats.dropped(DropReason::QueueFullNewest, dropped.newest);
+    true
 }
 
 /// The acknowledgement a freshly sent QoS 1/2 message waits for.
@@ -514,17 +521,17 @@ fn send_queued(
 ) {
     let Queued { msg, qos, retain, sub_ids, group } = q;
     if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
-        stats.messages_dropped += 1;
+        stats.dropped(DropReason::SlowConsumer, 1);
         return;
     }
     let packet_id = (qos != QoS::AtMostOnce).then(|| s.next_packet_id());
     let out =
         OutPublish { msg: &msg, qos, retain, packet_id, dup: false, sub_ids: &sub_ids, now_ms };
-    if !send_custom(c, conn, out, actions) {
-        stats.messages_dropped += 1;
+    let Some(bytes) = send_custom(c, conn, out, actions) else {
+        stats.dropped(DropReason::TooLarge, 1);
         return;
-    }
-    stats.messages_sent += 1;
+    };
+    stats.sent(qos, bytes);
     if let Some(packet_id) = packet_id {
         let state = awaiting_first(qos);
         s.inflight_mut().push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });
@@ -537,82 +544,5 @@ pub(crate) fn pub_resp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
 }
 
 #[cfg(test)]
-mod tests {
-    use shardmq_codec::{Properties, Publish};
-
-    use super::*;
-    use crate::core::delivery::tx::COALESCE_MAX_BYTES;
-    use crate::core::sim::{ConnectOpts, Sim};
-
-    const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
-    const V5: ProtocolVersion = ProtocolVersion::V5;
-    const Q0: QoS = QoS::AtMostOnce;
-    const Q1: QoS = QoS::AtLeastOnce;
-
-    fn one(sim: &mut Sim, c: usize) -> Publish {
-        let mut got = sim.clients[c].take_messages();
-        assert_eq!(got.len(), 1, "client {c}: one copy [MQTT-3.3.5-1]");
-        got.remove(0)
-    }
-
-    #[test]
-    fn overlapping_filters_collapse_per_session_only() {
-        // 31 sessions, each subscribed to a different non-empty subset of five filters that
-        // all match "t/x", at mixed QoS, so the trie's visit interleaves them: each gets
-        // one copy [MQTT-3.3.5-1] at its highest QoS [MQTT-3.3.4-2].
-        let filters = ["#", "t/#", "t/+", "t/x", "+/x"];
-        let subs: Vec<Vec<(&str, QoS)>> = (1..32usize)
-            .map(|set| {
-                let qos = |j: usize| if (set * 7 + j).is_multiple_of(3) { Q1 } else { Q0 };
-                (0..5).filter(|j| set & (1 << j) != 0).map(|j| (filters[j], qos(j))).collect()
-            })
-            .collect();
-        for seed in 0..4 {
-            let mut sim = Sim::new(1, seed);
-            let clients: Vec<usize> = (0..subs.len())
-                .map(|i| {
-                    let c = sim.client(&format!("s{i}"), V3);
-                    sim.connect(c);
-                    sim.subscribe(c, &subs[i]);
-                    c
-                })
-                .collect();
-            let p = sim.client("p", V3);
-            sim.connect(p);
-            sim.publish(p, "t/x", "m", Q1, false);
-            sim.run();
-            for (i, &c) in clients.iter().enumerate() {
-                let highest = subs[i].iter().map(|(_, q)| *q).max().expect("non-empty");
-                assert_eq!(one(&mut sim, c).qos, highest, "session {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn qos0_fast_path_keeps_the_packet_size_rule_and_large_payloads() {
-        let mut sim = Sim::new(1, 0);
-        let small = sim.client("small", V5);
-        let properties = Properties { maximum_packet_size: Some(64), ..Default::default() };
-        sim.connect_with(small, ConnectOpts { properties, ..Default::default() });
-        let plain = sim.client("plain", V3);
-        sim.connect(plain);
-        for c in [small, plain] {
-            sim.subscribe(c, &[("m", Q0)]);
-        }
-        let p = sim.client("p", V3);
-        sim.connect(p);
-        let large = "x".repeat(COALESCE_MAX_BYTES + 1);
-        let dropped = |sim: &Sim| sim.shards[0].stats.messages_dropped;
-        let before = dropped(&sim);
-        sim.publish(p, "m", &"y".repeat(100), Q0, false);
-        sim.publish(p, "m", &large, Q0, false);
-        sim.publish(p, "m", "fits", Q0, false);
-        sim.run();
-        // Larger than the client's maximum: not sent [MQTT-3.1.2-24], counted as dropped.
-        assert_eq!(&one(&mut sim, small).payload[..], b"fits");
-        assert_eq!(dropped(&sim) - before, 2);
-        let got = sim.clients[plain].take_messages();
-        let sizes: Vec<usize> = got.iter().map(|m| m.payload.len()).collect();
-        assert_eq!(sizes, [100, large.len(), 4], "in order, the large payload whole");
-    }
-}
+#[path = "deliver_tests.rs"]
+mod tests;

@@ -67,14 +67,14 @@ pub(crate) struct OutPublish<'a> {
 }
 
 /// Encodes `p` for `c` (topic alias applied if the client accepts aliases) and queues it.
-/// Returns false, changing nothing, if the packet exceeds the client's Maximum Packet Size
-/// [MQTT-3.1.2-25] or cannot be encoded.
+/// Returns the packet's size in bytes; `None`, changing nothing, if the packet exceeds the
+/// client's Maximum Packet Size [MQTT-3.1.2-25] or cannot be encoded.
 pub(crate) fn send_custom(
     c: &mut Conn,
     conn: ConnId,
     p: OutPublish<'_>,
     actions: &mut VecDeque<IoAction>,
-) -> bool {
+) -> Option<usize> {
     let v5 = c.is_v5();
     let mut properties =
         if v5 { outgoing_properties(p.msg, p.sub_ids, p.now_ms) } else { p.msg.properties.clone() };
@@ -116,7 +116,7 @@ pub(crate) fn send_custom(
     if encode_publish_header(&publish, version, &mut header).is_err()
         || header.len() + publish.payload.len() > c.client_packet_size_max_bytes as usize
     {
-        return false;
+        return None;
     }
     if let Some(a) = new_alias {
         // The table outlives the message: own the topic's bytes.
@@ -127,7 +127,7 @@ pub(crate) fn send_custom(
         actions.push_back(IoAction::Flush(conn));
     }
     c.tx.push_parts(&header, &publish.payload);
-    true
+    Some(header.len() + publish.payload.len())
 }
 
 /// PUBLISH layouts: protocol class (3.x / 5.0) × QoS × RETAIN.

@@ -21,6 +21,7 @@ use shardmq_codec::{ByteStr, Packet, PacketId, Publish, QoS, ReasonCode};
 
 use crate::core::auth::acl::WRITE;
 use crate::core::delivery::deliver::pub_resp;
+use crate::core::delivery::drops::DropReason;
 use crate::core::ids::{ConnId, SessionSlot, ShardId};
 use crate::core::mesh::{MeshMsg, Message, Origin};
 use crate::core::persist::{Ack, AckKind};
@@ -124,7 +125,8 @@ impl ShardCore {
             // than acknowledge what is not kept (0x97 Quota exceeded; 3.1.1 disconnects,
             // for the log only). QoS 0 goes on; its retained copy is dropped, counted,
             // warned (`delivery/refusal.rs`).
-            self.stats.messages_dropped += 1;
+            let why = if self.log_full() { DropReason::LogFull } else { DropReason::RetainedFull };
+            self.stats.dropped(why, 1);
             let kind = if p.qos == QoS::AtLeastOnce { AckKind::PubAck } else { AckKind::PubRec };
             return self.hold_ack(Ack { conn, slot, kind, id }, Vec::new(), true, now);
         }
@@ -212,7 +214,7 @@ impl ShardCore {
         now: Instant,
     ) {
         self.count_denial(Denial::Publish, slot, topic);
-        self.stats.messages_dropped += 1;
+        self.stats.dropped(DropReason::AclDenied, 1);
         let v5 = self.conns.get(conn).is_some_and(|c| c.is_v5());
         if !v5 && self.config.auth.acl_deny_publish_disconnect {
             return self.close_conn(conn, CloseKind::Abnormal(None), now);
@@ -396,7 +398,7 @@ impl ShardCore {
             // The log is past its soft cap: a new retained message is not stored (the rest
             // of the cap is for records that free space; clearing one is still accepted).
             // QoS 1/2: the publisher gets 0x97 (`persist/ack.rs`); QoS 0: dropped, counted.
-            self.stats.messages_dropped += 1;
+            self.stats.dropped(DropReason::LogFull, 1);
             if m.qos == QoS::AtMostOnce {
                 let shard = self.shard;
                 tracing::warn!(%shard, %topic, "log full: retained QoS 0 message dropped");
@@ -439,7 +441,7 @@ impl ShardCore {
         match msg {
             Some(m) => {
                 if self.retained.set(&topic, m).is_err() {
-                    self.stats.messages_dropped += 1;
+                    self.stats.dropped(DropReason::RetainedFull, 1);
                     return false;
                 }
             }

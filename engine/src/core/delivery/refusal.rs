@@ -26,6 +26,7 @@ use std::sync::Arc;
 use shardmq_codec::QoS;
 
 use crate::core::delivery::deliver::window;
+use crate::core::delivery::drops::DropReason;
 use crate::core::delivery::publish::is_sys_topic;
 use crate::core::ids::SessionSlot;
 use crate::core::limits::QueueFullPolicy;
@@ -68,8 +69,8 @@ impl ShardCore {
 
     /// The message being routed is refused as a whole, before any copy was sent here:
     /// whoever routed it answers with the failure (`ShardCore::take_copy_refused`).
-    pub(crate) fn refuse_message(&mut self) {
-        self.stats.messages_dropped += 1;
+    pub(crate) fn refuse_message(&mut self, why: DropReason) {
+        self.stats.dropped(why, 1);
         if let Some(p) = self.persist.as_deref_mut() {
             p.copy_refused = true;
         }

@@ -164,7 +164,7 @@ impl ShardCore {
             let n = s.inflight().iter().filter(|i| dropped(i)).count();
             if n > 0 {
                 s.inflight_mut().retain(|i| !dropped(i));
-                stats.messages_dropped += n as u64;
+                stats.dropped(crate::core::delivery::drops::DropReason::LogFull, n as u64);
             }
         }
         for i in s.inflight_mut().iter_mut() {
@@ -185,8 +185,8 @@ impl ShardCore {
                 };
                 // A message too large for the client stays in flight, never acknowledged
                 // (as on a resume): it only costs a window slot.
-                if send_custom(c, *conn, out, actions) {
-                    stats.messages_sent += 1;
+                if let Some(bytes) = send_custom(c, *conn, out, actions) {
+                    stats.sent(i.qos, bytes);
                     sent = true;
                 }
             }

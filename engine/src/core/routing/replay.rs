@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use shardmq_codec::QoS;
 
 use crate::core::delivery::deliver::window;
+use crate::core::delivery::drops::DropReason;
 use crate::core::ids::SessionSlot;
 use crate::core::mesh::Message;
 use crate::core::shard::ShardCore;
@@ -72,7 +73,7 @@ impl ShardCore {
         let dropped = found.len().saturating_sub(room);
         replay.extend(found.into_iter().take(room));
         if dropped > 0 {
-            self.stats.messages_dropped += dropped as u64;
+            self.stats.dropped(DropReason::ReplayFull, dropped as u64);
             tracing::warn!(
                 shard = %self.shard,
                 client_id = %self.sessions.get(slot).client_id,

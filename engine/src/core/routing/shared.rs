@@ -470,7 +470,7 @@ impl ShardCore {
             None => false,
         };
         if !delivered {
-            self.stats.messages_dropped += 1;
+            self.stats.dropped(crate::core::delivery::drops::DropReason::NoSubscribers, 1);
         }
     }
 }

@@ -418,6 +418,7 @@ impl ShardCore {
         });
         for topic in denied {
             self.count_denial(Denial::Retained, slot, &topic);
+            self.stats.dropped(crate::core::delivery::drops::DropReason::AclDenied, 1);
         }
         for msg in expired {
             if self.retained.get(&msg.topic).is_some_and(|m| Arc::ptr_eq(m, &msg)) {

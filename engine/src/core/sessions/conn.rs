@@ -56,6 +56,10 @@ pub(crate) struct Conn {
     /// Enhanced authentication (5.0): the method and any exchange in progress; `None` for a
     /// connection that did not name a method in CONNECT (most: kept out of line).
     pub(crate) auth: Option<Box<ConnAuth>>,
+    /// When its CONNECT was accepted, in whole seconds since the broker started (once
+    /// `Phase::Connected`; `GET /api/v1/clients` shows it as `connected_since`). Seconds in
+    /// a `u32`: it fits the struct's padding, and lasts 136 years.
+    pub(crate) connected_at_secs: u32,
     /// Listener, transport, remote address, certificate subject (`conn_info.rs`). Boxed:
     /// read at CONNECT and by policy checks only, and an idle connection must stay small.
     pub(crate) info: Box<ConnInfo>,
@@ -88,6 +92,7 @@ impl Conn {
             client_topic_alias_max: 0,
             aliases: None,
             auth: None,
+            connected_at_secs: 0,
             info: Box::new(info),
         }
     }

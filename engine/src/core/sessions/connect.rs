@@ -203,6 +203,8 @@ impl ShardCore {
             connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         let c = self.conns.get_mut(conn).expect("connection being connected");
         c.phase = Phase::Connected(slot);
+        let since_start = now.saturating_duration_since(self.config.started_at);
+        c.connected_at_secs = u32::try_from(since_start.as_secs()).unwrap_or(u32::MAX);
         c.keep_alive_secs = keep_alive_secs;
         c.client_receive_max = client_receive_max.max(1);
         c.client_packet_size_max_bytes = client_packet_size_max_bytes;
@@ -406,7 +408,7 @@ impl ShardCore {
     /// may write the will's topic.
     pub(crate) fn publish_will(&mut self, slot: SessionSlot, will: Will, now: Instant) {
         if !self.will_allowed(slot, &will.topic) {
-            self.stats.messages_dropped += 1;
+            self.stats.dropped(crate::core::delivery::drops::DropReason::AclDenied, 1);
             return self.persist_will_cleared(slot);
         }
         self.publish_will_authorised(slot, will, now);

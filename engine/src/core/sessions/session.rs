@@ -67,6 +67,14 @@ pub(crate) struct Queued {
     pub(crate) group: Option<ByteStr>,
 }
 
+/// What [`Session::enqueue_or_drop`] dropped to make room: the oldest queued messages, or
+/// the new one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueDrops {
+    pub(crate) oldest: u64,
+    pub(crate) newest: u64,
+}
+
 impl Queued {
     /// What the entry counts against `session_queue_bytes_max`.
     pub(crate) fn size_bytes(&self) -> u64 {
@@ -302,31 +310,32 @@ impl Session {
         q: Queued,
         limits: &Limits,
         logged: bool,
-    ) -> Option<u64> {
+    ) -> Option<QueueDrops> {
         let (messages_max, bytes_max) =
             (limits.session_queue_messages_max, limits.session_queue_bytes_max);
         let size = q.size_bytes();
         let fits = |s: &Session| {
             s.queue().len() < messages_max as usize && s.queue_bytes() + size <= bytes_max
         };
-        let mut dropped = 0;
+        let mut dropped = QueueDrops::default();
         if !fits(self) {
             match limits.session_queue_full {
                 QueueFullPolicy::Refuse if logged => return None,
                 QueueFullPolicy::DropOldest => {
                     while !fits(self) && self.drop_oldest().is_some() {
-                        dropped += 1;
+                        dropped.oldest += 1;
                         self.note_full_drop("drop_oldest");
                     }
                 }
                 QueueFullPolicy::DropNewest | QueueFullPolicy::Refuse => {
                     self.note_full_drop("drop_newest");
-                    return Some(1);
+                    dropped.newest = 1;
+                    return Some(dropped);
                 }
             }
         }
         if !self.enqueue(q, messages_max, bytes_max) {
-            dropped += 1;
+            dropped.newest += 1;
         }
         Some(dropped)
     }

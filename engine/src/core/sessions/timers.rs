@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardmq_codec::{ByteStr, QoS, ReasonCode};
 
+use crate::core::delivery::drops::DropReason;
 use crate::core::delivery::tx::SlowChange;
 use crate::core::mesh::{Message, Origin};
 use crate::core::policy::Denial;
@@ -136,7 +137,8 @@ impl ShardCore {
             }
             // Offline queues shed expired messages here, so they do not hold queue space
             // until the client returns [MQTT-3.3.2-5].
-            self.stats.messages_dropped += s.drop_expired(now_ms);
+            let expired = s.drop_expired(now_ms);
+            self.stats.dropped(crate::core::delivery::drops::DropReason::Expired, expired);
             if s.pending_will().is_some_and(|w| now >= w.publish_at) {
                 let will = s.take_pending_will().expect("checked").will;
                 self.publish_will(slot, *will, now);
@@ -186,8 +188,20 @@ impl ShardCore {
     fn publish_sys(&mut self, now: Instant) {
         let mut totals = [0u64; 15];
         let mut denials = [0u64; Denial::COUNT];
+        let mut sent_messages = [0u64; 3];
+        let mut sent_bytes = [0u64; 3];
+        let mut dropped = [0u64; DropReason::COUNT];
         for s in &self.config.stats.shards {
             for (t, v) in denials.iter_mut().zip(&s.denials) {
+                *t += v.load(Ordering::Relaxed);
+            }
+            for (t, v) in sent_messages.iter_mut().zip(&s.sent_messages_by_qos) {
+                *t += v.load(Ordering::Relaxed);
+            }
+            for (t, v) in sent_bytes.iter_mut().zip(&s.sent_bytes_by_qos) {
+                *t += v.load(Ordering::Relaxed);
+            }
+            for (t, v) in dropped.iter_mut().zip(&s.dropped_by_reason) {
                 *t += v.load(Ordering::Relaxed);
             }
             let values = [
@@ -235,8 +249,23 @@ impl ShardCore {
             .iter()
             .zip(denials)
             .map(|(d, n)| (format!("$SYS/broker/denied/{}", d.name()), n.to_string()));
-        let mut entries: Vec<(String, String)> =
-            entries.into_iter().map(|(t, v)| (t.to_owned(), v)).chain(denied).collect();
+        let by_qos = (0..3).flat_map(|q| {
+            [
+                (format!("$SYS/broker/messages/sent/qos/{q}"), sent_messages[q].to_string()),
+                (format!("$SYS/broker/load/bytes/sent/qos/{q}"), sent_bytes[q].to_string()),
+            ]
+        });
+        let dropped = DropReason::ALL
+            .iter()
+            .zip(dropped)
+            .map(|(r, n)| (format!("$SYS/broker/messages/dropped/{}", r.name()), n.to_string()));
+        let mut entries: Vec<(String, String)> = entries
+            .into_iter()
+            .map(|(t, v)| (t.to_owned(), v))
+            .chain(denied)
+            .chain(by_qos)
+            .chain(dropped)
+            .collect();
         for b in &self.bridges {
             let values = [
                 &b.connected,
@@ -270,6 +299,12 @@ impl ShardCore {
             ] {
                 let topic = format!("$SYS/broker/cluster/{what}");
                 entries.push((topic, v.load(Ordering::Relaxed).to_string()));
+            }
+            let full = k.messages_dropped_queue_full.load(Ordering::Relaxed);
+            let down = k.messages_dropped.load(Ordering::Relaxed).saturating_sub(full);
+            for (what, n) in [("link_down", down), ("queue_full", full)] {
+                let topic = format!("$SYS/broker/cluster/messages/dropped/{what}");
+                entries.push((topic, n.to_string()));
             }
         }
         for (topic, value) in entries {

@@ -4,6 +4,7 @@
 use shardmq_codec::{PacketType, ReasonCode};
 
 use super::*;
+use crate::core::delivery::drops::DropReason;
 use crate::core::limits::{Limits, QueueFullPolicy};
 use crate::core::sim::{ConnectOpts, Sim};
 
@@ -17,6 +18,10 @@ fn limits(policy: QueueFullPolicy) -> Limits {
 
 fn dropped(sim: &Sim) -> u64 {
     sim.shards.iter().map(|s| s.stats.messages_dropped).sum()
+}
+
+fn dropped_for(sim: &Sim, why: DropReason) -> u64 {
+    sim.shards.iter().map(|s| s.stats.traffic.dropped_by_reason[why as usize]).sum()
 }
 
 /// One abandoned persistent session with a full queue must not stop everyone: with the
@@ -50,6 +55,7 @@ fn an_abandoned_session_drops_its_oldest_and_nobody_else_notices() {
             assert_eq!(reasons, [ReasonCode::SUCCESS; 6], "n {n} seed {seed} on {sub_shard}");
             assert_eq!(sim.clients[live].take_payloads(), sent);
             assert_eq!(dropped(&sim) - before, 3, "three dropped for the abandoned session");
+            assert_eq!(dropped_for(&sim, DropReason::QueueFullOldest), 3, "counted by reason");
 
             // The drops are in the log: a restart brings back the newest three only.
             sim.crash_and_recover();
@@ -78,6 +84,8 @@ fn drop_newest_keeps_the_oldest() {
         }
         let reasons = ack_reasons(&sim.clients[p].take_packets(), PacketType::PubAck);
         assert_eq!(reasons, [ReasonCode::SUCCESS; 5]);
+        assert_eq!(dropped_for(&sim, DropReason::QueueFullNewest), 2);
+        assert_eq!(dropped(&sim), 2, "and for no other reason");
         sim.crash_and_recover();
         assert!(sim.connect_with(a, persistent()).session_present);
         sim.run();
