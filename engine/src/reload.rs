@@ -187,7 +187,21 @@ impl Reloader {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let (mut reload, mut errors, restart) = match reread(&self.config) {
             Ok(fresh) => {
-                let (reload, errors) = build_reload(&self.config);
+                let (mut reload, mut errors) = build_reload(&self.config);
+                if without_policy(&self.config.listen) != without_policy(&fresh.listen) {
+                    // Per-listener files and limits apply to the running listeners by
+                    // position; with the listeners changed (which takes a restart) they would
+                    // land on the wrong ones: credentials, ACLs and quotas stay as they are.
+                    reload.auth = match last.as_deref() {
+                        Some(now) => now.auth.clone(),
+                        None => build_reload(&self.config_without_argv()).0.auth,
+                    };
+                    errors.push(
+                        "listen changed (needs a restart): passwords, users, ACLs and listener \
+                         limits were not reloaded"
+                            .into(),
+                    );
+                }
                 (reload, errors, restart_needed(&self.config, &fresh))
             }
             // The configuration itself does not parse: everything stays as it is now (the

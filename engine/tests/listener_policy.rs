@@ -225,3 +225,77 @@ async fn reloading_one_listeners_acl_applies_to_its_connected_clients() {
     shutdown(b).await;
     std::fs::remove_dir_all(&s.dir).ok();
 }
+
+/// With a listener that checks no credentials next to one that does, a user name on the
+/// unchecked listener is nobody's: a client there sending alice's name (and no password) is
+/// anonymous, so it cannot take over the persistent session alice made on the checked
+/// listener (5.0 CONNACK 0x87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchecked_user_name_cannot_claim_a_verified_users_session() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("listener-policy-unchecked");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("checked.passwd");
+    std::fs::write(&pw, ALICE).unwrap();
+    let toml = format!(
+        "shards = {SHARDS}\nno_pin = true\n\
+         [[listener]]\nurl = \"127.0.0.1:0\"\nallow_anonymous = true\n\
+         [[listener]]\nurl = \"127.0.0.1:0\"\npassword_file = {:?}\n",
+        pw.to_str().unwrap()
+    );
+    let file = dir.join("shardmq.toml");
+    std::fs::write(&file, toml).unwrap();
+    let config =
+        Config::try_parse_from(["shardmq", "--config", file.to_str().unwrap(), "--in-memory"])
+            .unwrap();
+    let b = shardmq_engine::io::Broker::start(&config).unwrap();
+    let (open, checked) = (b.local_addrs()[0], b.local_addrs()[1]);
+    for shard in 0..SHARDS {
+        let id = id_on_shard("alice-laptop", shard, SHARDS);
+        let alice = V5::connect(checked, &id, |o| {
+            o.set_credentials("alice", "wonderland");
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(600));
+        })
+        .await;
+        alice.kill();
+        let outcome = attempt(open, &id, "alice", "").await;
+        assert!(outcome.contains("NotAuthorized"), "an unchecked name took the session: {outcome}");
+        // Alice herself still resumes it.
+        let back = attempt(checked, &id, "alice", "wonderland").await;
+        assert!(back.contains("Success"), "{back}");
+    }
+    shutdown(b).await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Per-listener files apply to the running listeners by position: a reload after a
+/// `[[listener]]` table was added in front (which takes a restart) must not give the public
+/// listener the inside one's files. It reports the change and keeps every listener's rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_the_listeners_changed_keeps_their_rules() {
+    let s = setup("reorder");
+    let (b, _inside, public) = start(&s);
+    let reloader = Reloader::new(s.config.clone(), b.control());
+    let file = s.dir.join("shardmq.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // A new open listener first: the public listener's files would now be the inside one's.
+    let first = text.find("[[listener]]").unwrap();
+    let added = format!(
+        "{}[[listener]]\nurl = \"127.0.0.1:0\"\nallow_anonymous = true\n{}",
+        &text[..first],
+        &text[first..]
+    );
+    write_atomically(&file, &added);
+    let out = reloader.reload();
+    assert!(out.restart_needed.contains(&"listen"), "{out:?}");
+    assert!(out.errors.iter().any(|e| e.contains("listen changed")), "{out:?}");
+    for r in b.control().ask_all(|_| ControlMsg::Ping).await {
+        r.expect("shard answers");
+    }
+    // Bob is still unknown on the public listener (its own file has alice only).
+    let bob = attempt(public, "reorder-bob", "bob smith", "s3cret pw").await;
+    assert!(bob.contains("BadUserNamePassword"), "the public listener took other files: {bob}");
+    shutdown(b).await;
+    std::fs::remove_dir_all(&s.dir).ok();
+}

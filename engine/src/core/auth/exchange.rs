@@ -211,6 +211,18 @@ impl ShardCore {
         if method != Some(ca.method.name()) {
             return self.close_conn(conn, protocol_error, now);
         }
+        if auth.reason == ReasonCode::RE_AUTHENTICATE && ca.session.is_none() {
+            // The credentials as they are now (a reload may have changed or removed the
+            // user): the method is looked up again on the connection's listener.
+            let logins = self.config.auth.logins_on(Some(c.info.listener));
+            match logins.method(ca.method.name()) {
+                Some(m) => ca.method = m.clone(),
+                None => {
+                    let kind = CloseKind::Abnormal(Some(ReasonCode::NOT_AUTHORIZED));
+                    return self.close_conn(conn, kind, now);
+                }
+            }
+        }
         let step = match (auth.reason, ca.session.as_mut()) {
             (ReasonCode::RE_AUTHENTICATE, None) => {
                 let (session, step) = ca.method.start(data, &mut self.auth_rng);

@@ -82,6 +82,7 @@ impl ShardCore {
             return true;
         }
         self.count_denial(Denial::Deliver, slot, topic);
+        self.stats.dropped(crate::core::delivery::drops::DropReason::AclDenied, 1);
         false
     }
 }

@@ -111,13 +111,17 @@ impl ShardCore {
 
         // Who the client is: the identity its enhanced authentication established, else
         // the CONNECT's user name (checked by `auth/exchange.rs` when authentication is on).
-        let user: Option<Box<str>> = self
-            .conns
-            .get(conn)
-            .and_then(|c| c.auth.as_ref())
-            .and_then(|a| a.user.as_deref())
-            .or(connect.username.as_deref())
-            .map(Into::into);
+        let enhanced =
+            self.conns.get(conn).and_then(|c| c.auth.as_ref()).and_then(|a| a.user.as_deref());
+        let user: Option<Box<str>> = enhanced.or(connect.username.as_deref()).map(Into::into);
+        // A user name nobody checked (a listener without credentials, while another one has
+        // them) is no identity: such a client is anonymous, so it cannot claim a session that
+        // a verified user owns by sending that user's name.
+        let conn_listener = self.conns.get(conn).map(|c| c.info.listener);
+        let verified = enhanced.is_some()
+            || self.config.auth.logins_on(conn_listener).authenticates()
+            || self.conns.get(conn).is_some_and(|c| c.info.identity_as_username);
+        let user = if verified || !self.config.auth.authenticates_anywhere() { user } else { None };
 
         let existing = self.sessions.find(&client_id);
         if existing.is_none() && self.sessions.len() >= limits.sessions_per_shard_max as usize {
