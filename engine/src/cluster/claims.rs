@@ -28,6 +28,10 @@ use super::node::{Effect, NodeMachine};
 use super::wire::{self, Frame, MoveFrame, ReplyStatus, WireError};
 use super::wire_move::SESSION_PART_BYTES;
 
+/// The bytes of session bodies being received in pieces, all peers together; a piece past
+/// it drops its body (the claim cannot decide, or the handover is sent again).
+pub const PARTS_BYTES_MAX: usize = 4 * SESSION_MOVE_BYTES_MAX;
+
 /// How long a claim waits for a peer that neither answers nor goes down.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +53,9 @@ pub(super) struct Claims {
     pub(super) commits: BTreeMap<(NodeId, u16, u64), Instant>,
     /// Handovers sent and not acknowledged: (importer, shard, token) → frames and session.
     pub(super) handovers: BTreeMap<(NodeId, u16, u64), super::moving::Sent>,
+    /// Commits given up on, oldest first, at most [`super::moving::GAVE_UP_MAX`]: a
+    /// handover for one of them that still comes is merged (`moving.rs`).
+    pub(super) gave_up: std::collections::VecDeque<(NodeId, u16, u64)>,
 }
 
 #[derive(Debug)]
@@ -242,6 +249,8 @@ impl NodeMachine {
             .collect();
         for (shard, token) in done {
             let open = self.claims.open.remove(&(shard, token)).expect("listed");
+            // Pieces of a reply that will not be read now.
+            self.claims.parts.retain(|k, _| (k.1, k.2) != (shard, token));
             let mut sessions = open.sessions;
             if open.outcome != ClaimOutcome::Answered {
                 for (node, _) in sessions.drain(..) {
@@ -293,10 +302,14 @@ impl NodeMachine {
             // A first piece starts the body again (one sent again after a broken link).
             self.claims.parts.insert(key, (0, BytesMut::new()));
         }
+        let total: usize = self.claims.parts.values().map(|(_, b)| b.len()).sum();
         let Some((n, buf)) = self.claims.parts.get_mut(&key) else { return };
         // A handover may be as large as a snapshot plus what the exporter queued since.
-        if *n != index || buf.len() + body.len() > 2 * SESSION_MOVE_BYTES_MAX {
-            tracing::warn!(node = %from, "cluster: a moving session's pieces out of order or past the limit: dropped");
+        if *n != index
+            || buf.len() + body.len() > 2 * SESSION_MOVE_BYTES_MAX
+            || total + body.len() > PARTS_BYTES_MAX
+        {
+            tracing::warn!(node = %from, "cluster: a moving session's pieces out of order or past the limits: dropped");
             self.claims.parts.remove(&key);
             return;
         }

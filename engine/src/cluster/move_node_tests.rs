@@ -248,3 +248,98 @@ fn an_importer_keeps_its_copy_when_the_exporter_dies_after_the_commit() {
     });
     assert!(unknown, "{:?}", to_shards(&effects));
 }
+
+/// The `Handover`s the machine handed shard 1 for `token`: (moved, its message count).
+fn handovers_to_shard(effects: &[Effect], token: u64) -> Vec<Option<usize>> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToShard {
+                shard: ShardId(1),
+                msg: ClusterIn::Handover { token: t, outcome, .. },
+            } if *t == token => Some(match outcome {
+                HandoverOutcome::Moved(s) => Some(s.messages.len()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_handover_after_the_commit_timed_out_is_merged_and_a_repeat_is_not() {
+    let (mut m, now) = machine();
+    up(&mut m, PEER, now);
+    m.handle_shard(ShardId(1), ClusterOut::Commit { to: PEER, token: 6 }, now);
+    drain(&mut m);
+    // No handover in time: the shard keeps its copy.
+    let later = now + crate::cluster::claims::MOVE_TIMEOUT;
+    m.handle_timer(later);
+    assert_eq!(handovers_to_shard(&drain(&mut m), 6), vec![None], "Unknown: kept");
+    // The exporter ended its copy after all: its tail arrives, is acknowledged and goes to
+    // the shard (which merges it into the copy it kept).
+    let body = crate::cluster::claims::encode_session(&session(2, 8), 0);
+    let handover = Frame::Move(MoveFrame::Handover { shard: 1, token: 6, moved: true, parts: 0, body });
+    feed(&mut m, PEER, std::slice::from_ref(&handover), later);
+    let effects = drain(&mut m);
+    assert_eq!(handovers_to_shard(&effects, 6), vec![Some(2)], "merged, not dropped");
+    let ack = Frame::Move(MoveFrame::HandoverAck { shard: 1, token: 6 });
+    assert_eq!(frames_to(&effects, PEER), vec![ack.clone()]);
+    // The same handover again (its acknowledgement was lost): acknowledged, not merged twice.
+    feed(&mut m, PEER, &[handover], later);
+    let effects = drain(&mut m);
+    assert!(handovers_to_shard(&effects, 6).is_empty());
+    assert_eq!(frames_to(&effects, PEER), vec![ack]);
+}
+
+#[test]
+fn pieces_of_a_session_are_freed_when_the_link_goes_down_or_the_claim_is_decided() {
+    let (mut m, now) = machine();
+    up(&mut m, PEER, now);
+    let piece = |token| {
+        let body = Bytes::from(vec![0u8; 1024]);
+        Frame::Move(MoveFrame::SessionPart { shard: 1, token, index: 0, body })
+    };
+    // The first piece of the handover for commit 6; the link goes down.
+    m.handle_shard(ShardId(1), ClusterOut::Commit { to: PEER, token: 6 }, now);
+    feed(&mut m, PEER, &[piece(6)], now);
+    assert_eq!(m.claims.parts.len(), 1);
+    m.link_down(PEER, now);
+    drain(&mut m);
+    assert!(m.claims.parts.is_empty(), "freed with the link");
+    m.link_up(PEER, now);
+    // The first piece of a reply to claim 5, which then times out.
+    claim(&mut m, 5, now);
+    drain(&mut m);
+    feed(&mut m, PEER, &[piece(5)], now);
+    assert_eq!(m.claims.parts.len(), 1);
+    m.handle_timer(now + crate::cluster::claims::CLAIM_TIMEOUT);
+    drain(&mut m);
+    assert!(m.claims.parts.is_empty(), "freed with the claim");
+    // The first piece of the handover for commit 6 again; the commit times out.
+    feed(&mut m, PEER, &[piece(6)], now);
+    assert_eq!(m.claims.parts.len(), 1);
+    m.handle_timer(now + crate::cluster::claims::MOVE_TIMEOUT);
+    drain(&mut m);
+    assert!(m.claims.parts.is_empty(), "freed with the commit");
+}
+
+#[test]
+fn pieces_of_sessions_are_bounded_all_together() {
+    let (mut m, now) = machine();
+    up(&mut m, PEER, now);
+    // Bodies of many claims, each under the per-body limit, together past the total one.
+    let piece = crate::cluster::wire_move::SESSION_PART_BYTES;
+    let body = Bytes::from(vec![0u8; piece]);
+    let per_token = SESSION_MOVE_BYTES_MAX / piece;
+    let tokens = crate::cluster::claims::PARTS_BYTES_MAX / (per_token * piece) + 2;
+    for token in 0..tokens as u64 {
+        for index in 0..per_token as u32 {
+            let body = body.clone();
+            let f = Frame::Move(MoveFrame::SessionPart { shard: 1, token, index, body });
+            feed(&mut m, PEER, &[f], now);
+        }
+    }
+    let held: usize = m.claims.parts.values().map(|(_, b)| b.len()).sum();
+    assert!(held <= crate::cluster::claims::PARTS_BYTES_MAX, "{held} bytes held");
+}

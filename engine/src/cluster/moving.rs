@@ -16,6 +16,11 @@ use super::claims::{decode_session, encode_session, session_frames, MOVE_TIMEOUT
 use super::node::{Effect, NodeMachine};
 use super::wire::{Frame, MoveFrame};
 
+/// Commits given up on (timed out, or the exporter went down) that are remembered, so a
+/// handover arriving later is merged: the oldest is forgotten past it (a handover for a key
+/// no longer remembered is taken for a repeat and dropped).
+pub(super) const GAVE_UP_MAX: usize = 4096;
+
 /// A session one of this node's shards is exporting.
 #[derive(Debug)]
 pub(super) struct Export {
@@ -154,9 +159,37 @@ impl NodeMachine {
         let whole = self.whole_body(from, shard, token, parts, body);
         let key = (from, shard, token);
         if !self.claims.commits.contains_key(&key) {
-            if moved && whole.is_some() {
+            let late = self.claims.gave_up.iter().position(|k| *k == key);
+            match (moved, whole, late) {
+                (true, Some(body), Some(i)) => {
+                    // This node stopped waiting (it kept its copy) and the exporter ended
+                    // its own: what it hands over is merged into the copy here (the shard
+                    // finds no import for the token and keeps it offline or delivers it),
+                    // never dropped.
+                    self.claims.gave_up.remove(i);
+                    self.send(from, &Frame::Move(MoveFrame::HandoverAck { shard, token }));
+                    match decode_session(&body, self.uptime_ms(now)) {
+                        Ok(s) => {
+                            tracing::info!(node = %from, client_id = %s.client_id, "cluster: a handover after its commit was given up on: merged into the copy kept here");
+                            let outcome = HandoverOutcome::Moved(Box::new(s));
+                            let msg = ClusterIn::Handover { token, from, outcome };
+                            self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %from, "cluster: a late handover did not decode: {e}");
+                        }
+                    }
+                }
                 // A repeat of a handover already taken (its acknowledgement was lost).
-                self.send(from, &Frame::Move(MoveFrame::HandoverAck { shard, token }));
+                (true, Some(_), None) => {
+                    self.send(from, &Frame::Move(MoveFrame::HandoverAck { shard, token }));
+                }
+                // The exporter kept the session too: nothing to merge.
+                (false, _, Some(i)) => {
+                    self.claims.gave_up.remove(i);
+                }
+                // Broken pieces: not acknowledged, sent again when the link comes back.
+                _ => {}
             }
             return;
         }
@@ -214,10 +247,8 @@ impl NodeMachine {
             self.abort_export(e, key.0, key.1, key.2);
         }
         let commits: Vec<_> = self.claims.commits.keys().filter(|k| k.0 == node).copied().collect();
-        for (from, shard, token) in commits {
-            self.claims.commits.remove(&(from, shard, token));
-            let msg = ClusterIn::Handover { token, from, outcome: HandoverOutcome::Unknown };
-            self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+        for key in commits {
+            self.give_up_commit(key);
         }
         let sent: Vec<_> = self.claims.handovers.keys().filter(|k| k.0 == node).copied().collect();
         for key in sent {
@@ -245,10 +276,29 @@ impl NodeMachine {
         }
         let commits: Vec<_> =
             self.claims.commits.iter().filter(|(_, d)| now >= **d).map(|(k, _)| *k).collect();
-        for (from, shard, token) in commits {
-            self.claims.commits.remove(&(from, shard, token));
-            let msg = ClusterIn::Handover { token, from, outcome: HandoverOutcome::Unknown };
-            self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+        for key in commits {
+            self.give_up_commit(key);
         }
+    }
+
+    /// A commit whose handover did not come in time (or whose exporter went down): the
+    /// shard keeps its copy (`HandoverOutcome::Unknown`), the pieces received are freed, and
+    /// the key is remembered so a handover that still comes is merged, not dropped.
+    fn give_up_commit(&mut self, key: (NodeId, u16, u64)) {
+        let (from, shard, token) = key;
+        self.claims.commits.remove(&key);
+        self.claims.parts.remove(&key);
+        if self.claims.gave_up.len() >= GAVE_UP_MAX {
+            self.claims.gave_up.pop_front();
+        }
+        self.claims.gave_up.push_back(key);
+        let msg = ClusterIn::Handover { token, from, outcome: HandoverOutcome::Unknown };
+        self.effects.push_back(Effect::ToShard { shard: ShardId(shard), msg });
+    }
+
+    /// The link to `node` went down: the pieces of session bodies it was sending are freed
+    /// (a body is sent again whole, from its first piece).
+    pub(super) fn moves_link_down(&mut self, node: NodeId) {
+        self.claims.parts.retain(|k, _| k.0 != node);
     }
 }

@@ -358,6 +358,7 @@ impl NodeMachine {
             return;
         }
         p.link_up = false;
+        self.moves_link_down(node);
         self.release_acks();
         self.release_claims(now);
         self.update_counters();

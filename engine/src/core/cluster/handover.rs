@@ -4,18 +4,15 @@
 //! export aborted; and a kicked connection's session offered to the winner's node instead of
 //! being ended. Shard-local.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use shardmq_codec::{ByteStr, ReasonCode};
 
-use crate::core::mesh::{mesh_cost, Message};
+use crate::core::mesh::mesh_cost;
 use crate::core::shard::{CloseKind, ShardCore};
 
 use super::moves::{exported_messages, exported_subs};
-use super::{
-    ClusterOut, ExportedMsg, HandoverOutcome, NodeId, SessionExport, SESSION_MOVE_BYTES_MAX,
-};
+use super::{ClusterOut, HandoverOutcome, NodeId, SessionExport, SESSION_MOVE_BYTES_MAX};
 
 impl ShardCore {
     /// The importer (node `from`, shard, token) holds the snapshot and every node routes the
@@ -35,8 +32,7 @@ impl ShardCore {
         let tail = match (export, slot) {
             (Some(e), Some(slot)) if self.sessions.get(slot).conn.is_none() => {
                 let s = self.sessions.get(slot);
-                let mut messages = exported_messages(s.inflight().iter(), s.queue().iter());
-                let tail = messages.split_off(snapshot_end(&e.sent, &messages));
+                let tail = exported_messages(std::iter::empty(), s.queued_since(e.queued_from));
                 // A tail past the move limit (a queue limit larger than it) is not sent: the
                 // session stays here, whole, and the importer drops its copy.
                 let bytes: usize = tail.iter().map(|m| mesh_cost(&m.msg) as usize).sum();
@@ -80,7 +76,7 @@ impl ShardCore {
     ) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
         if c.exports.get(client_id).is_some_and(|e| e.to == (to, shard, token)) {
-            c.exports.remove(client_id);
+            self.cluster_forget_export(client_id);
             tracing::info!(shard = %self.shard, %client_id, "session export aborted: it stays here");
         }
     }
@@ -88,11 +84,20 @@ impl ShardCore {
     /// `client_id`'s session here is no longer exporting (its client came back here, or it
     /// moved, or ended).
     pub(crate) fn cluster_forget_export(&mut self, client_id: &str) {
-        if let Some(c) = self.cluster.as_deref_mut() {
-            if !c.exports.is_empty() {
-                c.exports.remove(&ByteStr::from(client_id));
-            }
+        let Some(c) = self.cluster.as_deref_mut() else { return };
+        if c.exports.is_empty() || c.exports.remove(&ByteStr::from(client_id)).is_none() {
+            return;
         }
+        if let Some(slot) = self.sessions.find(client_id) {
+            self.sessions.get_mut(slot).pin_queue_seq(false);
+        }
+    }
+
+    /// True while `client_id`'s session here is exporting to another node.
+    pub(crate) fn cluster_exporting(&self, client_id: &str) -> bool {
+        self.cluster.as_deref().is_some_and(|c| {
+            !c.exports.is_empty() && c.exports.contains_key(&ByteStr::from(client_id))
+        })
     }
 
     /// The exporter `from` answered the commit of claim `token`.
@@ -105,8 +110,9 @@ impl ShardCore {
     ) {
         let Some(c) = self.cluster.as_deref_mut() else { return };
         let Some(i) = c.imports.iter().position(|(t, _)| *t == token) else {
-            // A handover for no import (a repeat after a lost acknowledgement is filtered by
-            // the machine): keep what came rather than lose it.
+            // A handover for no import: one that came after this node gave up waiting (and
+            // kept its copy, `HandoverOutcome::Unknown`), which the machine forwards (it
+            // filters out repeats after a lost acknowledgement). Merged into that copy.
             if let HandoverOutcome::Moved(s) = outcome {
                 self.import_offline(*s, now);
             }
@@ -229,16 +235,4 @@ impl ShardCore {
         tracing::info!(shard = %self.shard, %client_id, "an offered session discarded: its client started clean on another node");
         self.end_session(slot, now);
     }
-}
-
-/// Where the snapshot `sent` ends in the session's messages now, `now`: an offline session
-/// queues at the back and drops (a full queue, oldest first) at the front, so `now` is a
-/// suffix of the snapshot followed by the tail. Messages compared by identity.
-fn snapshot_end(sent: &[Arc<Message>], now: &[ExportedMsg]) -> usize {
-    (0..=sent.len())
-        .map(|dropped| &sent[dropped..])
-        .find(|rest| {
-            rest.len() <= now.len() && rest.iter().zip(now).all(|(a, b)| Arc::ptr_eq(a, &b.msg))
-        })
-        .map_or(0, <[_]>::len)
 }

@@ -10,7 +10,7 @@ use super::moves::connect_persistent;
 use super::*;
 
 /// PUBACKs client `c` on `node` received (taken).
-fn pubacks(cl: &mut Cluster, node: usize, c: usize) -> usize {
+pub(super) fn pubacks(cl: &mut Cluster, node: usize, c: usize) -> usize {
     let packets = cl.nodes[node].clients[c].take_packets();
     packets.iter().filter(|p| matches!(p, Packet::PubAck(_))).count()
 }
@@ -18,7 +18,7 @@ fn pubacks(cl: &mut Cluster, node: usize, c: usize) -> usize {
 /// A persistent session "mover" on node 0 subscribed to `q/#` at QoS 1, offline, with
 /// `queued` messages published by "pub" on node 2 and acknowledged. Returns the cluster and
 /// the publisher.
-fn offline_session(nodes: usize, queued: usize, limits: Limits, size: usize) -> (Cluster, usize) {
+pub(super) fn offline_session(nodes: usize, queued: usize, limits: Limits, size: usize) -> (Cluster, usize) {
     let mut cl = Cluster::with_limits(nodes, 2, limits);
     let p = cl.nodes[2].client("pub", V5);
     cl.nodes[2].connect(p);
@@ -37,12 +37,18 @@ fn offline_session(nodes: usize, queued: usize, limits: Limits, size: usize) -> 
 }
 
 /// Sends a persistent CONNECT for "mover" on `node` and runs; the client.
-fn reconnect(cl: &mut Cluster, node: usize) -> usize {
+pub(super) fn reconnect(cl: &mut Cluster, node: usize) -> usize {
+    reconnect_expiring(cl, node, 600)
+}
+
+/// Sends a persistent CONNECT for "mover" with Session Expiry Interval `expiry_secs` on
+/// `node` and runs; the client.
+pub(super) fn reconnect_expiring(cl: &mut Cluster, node: usize, expiry_secs: u32) -> usize {
     let b = cl.nodes[node].client("mover", V5);
     let sim = &mut cl.nodes[node];
     sim.open(b);
     let properties =
-        shardmq_codec::Properties { session_expiry_interval_secs: Some(600), ..Default::default() };
+        shardmq_codec::Properties { session_expiry_interval_secs: Some(expiry_secs), ..Default::default() };
     let connect = shardmq_codec::Connect {
         protocol: V5,
         clean_start: false,
@@ -58,7 +64,7 @@ fn reconnect(cl: &mut Cluster, node: usize) -> usize {
     b
 }
 
-fn connack(cl: &mut Cluster, node: usize, c: usize) -> Option<shardmq_codec::ConnAck> {
+pub(super) fn connack(cl: &mut Cluster, node: usize, c: usize) -> Option<shardmq_codec::ConnAck> {
     cl.nodes[node].clients[c].packets.iter().find_map(|p| match p {
         Packet::ConnAck(a) => Some(a.clone()),
         _ => None,
@@ -67,7 +73,7 @@ fn connack(cl: &mut Cluster, node: usize, c: usize) -> Option<shardmq_codec::Con
 
 /// Checks `got` holds each of `m0 .. m{n-1}` (payloads cut to their name) at least once, in
 /// first-arrival order; returns the number of duplicates.
-fn every_message_once_or_more(got: &[String], n: usize) -> usize {
+pub(super) fn every_message_once_or_more(got: &[String], n: usize) -> usize {
     let names: Vec<&str> = got.iter().map(|g| g.trim_end_matches('x')).collect();
     let mut firsts = Vec::new();
     for name in &names {

@@ -45,6 +45,8 @@ pub(super) struct Moves {
     commits: Vec<(usize, Claim)>,
     /// Handovers not acknowledged: (exporter node, claim) → session, exporting shard.
     handovers: BTreeMap<(usize, Claim), (Box<SessionExport>, ShardId)>,
+    /// Commits that timed out: a handover that still comes is merged (`moving.rs`).
+    gave_up: Vec<(usize, Claim)>,
     /// Frames of these kinds are lost (a broken link).
     pub(super) lose: Vec<Kind>,
     /// Frames of these kinds wait in `held` until `release_moves`.
@@ -222,6 +224,17 @@ impl Cluster {
     fn deliver_handover(&mut self, exporter: usize, claim: Claim, s: Option<Box<SessionExport>>) {
         let Some(i) = self.moves.commits.iter().position(|c| *c == (exporter, claim)) else {
             self.moves.handovers.remove(&(exporter, claim));
+            let late = self.moves.gave_up.iter().position(|c| *c == (exporter, claim));
+            if let (Some(i), Some(s)) = (late, s) {
+                // The importer stopped waiting: what comes is merged into the copy it kept.
+                self.moves.gave_up.remove(i);
+                let (body, _) = self.through_the_wire(&s);
+                let outcome =
+                    HandoverOutcome::Moved(Box::new(decode_session(&body, 0).expect("decodes")));
+                let (node, shard, token) = claim;
+                let from = NodeId(exporter as u16);
+                self.tell_shard(node, ShardId(shard), ClusterIn::Handover { token, from, outcome });
+            }
             return;
         };
         self.moves.commits.remove(i);
@@ -287,6 +300,7 @@ impl Cluster {
             self.abort_export(exporter, claim);
         }
         for (exporter, (node, shard, token)) in std::mem::take(&mut self.moves.commits) {
+            self.moves.gave_up.push((exporter, (node, shard, token)));
             let from = NodeId(exporter as u16);
             let outcome = HandoverOutcome::Unknown;
             self.tell_shard(node, ShardId(shard), ClusterIn::Handover { token, from, outcome });

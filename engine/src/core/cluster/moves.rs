@@ -115,8 +115,9 @@ pub(crate) struct Import {
     pub(crate) exporters: Vec<NodeId>,
     /// An exporter handed over, or did not say (this copy is kept).
     pub(crate) keep: bool,
-    /// Where handed-over messages go in the (offline) session's queue: after the snapshot,
-    /// before what reached this copy directly.
+    /// Where handed-over messages go in the (offline) session's queue (a position in the
+    /// queue, not counting its inflight window): after the snapshot, before what reached
+    /// this copy directly.
     pub(crate) insert_at: usize,
 }
 
@@ -126,9 +127,12 @@ pub(crate) struct Import {
 pub(crate) struct Exporting {
     /// The importing node, shard and claim token.
     pub(crate) to: (NodeId, u16, u64),
-    /// The messages the snapshot held, in order (the session's first ones then: an offline
-    /// session queues at the back and drops, if full, at the front; the rest is the tail).
-    pub(crate) sent: Vec<Arc<Message>>,
+    /// The session's next queue number at the snapshot ([`Session::pin_queue_seq`]): the
+    /// tail handed over at the commit is what it queued since. The snapshot held its whole
+    /// inflight window, which an offline session never adds to (a connection coming back
+    /// here ends the export); messages it drops meanwhile (expired, or the oldest of a full
+    /// queue) are dropped, not sent again.
+    pub(crate) queued_from: u32,
 }
 
 impl ShardCore {
@@ -275,10 +279,8 @@ impl ShardCore {
             }
             return;
         }
-        let insert_at = self.sessions.find(&client_id).map_or(0, |slot| {
-            let s = self.sessions.get(slot);
-            s.inflight().len() + s.queue().len()
-        });
+        let insert_at =
+            self.sessions.find(&client_id).map_or(0, |slot| self.sessions.get(slot).queue().len());
         let import = Import {
             held,
             client_id,
@@ -406,6 +408,8 @@ impl ShardCore {
         if session.take_pending_will().is_some() {
             self.persist_will_cleared(slot);
         }
+        // Its queue numbering goes on until the export ends: the tail is what it queued since.
+        let queued_from = self.sessions.get_mut(slot).pin_queue_seq(true);
         let session = self.sessions.get(slot);
         // A copy: the session keeps its messages (and queues more) until the commit.
         let messages = exported_messages(session.inflight().iter(), session.queue().iter());
@@ -416,12 +420,11 @@ impl ShardCore {
             messages,
             was_connected,
         };
-        let sent: Vec<Arc<Message>> = export.messages.iter().map(|m| m.msg.clone()).collect();
-        let count = sent.len();
+        let count = export.messages.len();
         if let Some(c) = self.cluster.as_deref_mut() {
             // A newer claim replaces an older one's export (that importer's commit finds the
             // session kept, and drops its copy).
-            c.exports.insert(ByteStr::from(client_id), Exporting { to, sent });
+            c.exports.insert(ByteStr::from(client_id), Exporting { to, queued_from });
         }
         tracing::info!(shard = %self.shard, %client_id, messages = count, "session exporting to another node");
         Some(export)
@@ -468,7 +471,8 @@ impl ShardCore {
 
     /// Adds moved messages to the session in `slot`: for an offline session the log does not
     /// hold yet, into its queue at `at` (the end if `None`) without the queue limit (they
-    /// were accepted on the other node); otherwise delivered as new messages.
+    /// were accepted on the other node), its inflight window untouched; otherwise delivered
+    /// as new messages.
     pub(crate) fn import_messages(
         &mut self,
         slot: SessionSlot,
@@ -478,20 +482,17 @@ impl ShardCore {
     ) {
         let session = self.sessions.get_mut(slot);
         if session.plog.is_none() && session.conn.is_none() {
-            let (inflight, mut queue) = session.take_messages();
-            debug_assert!(inflight.is_empty(), "an offline imported session has no inflight");
-            let at = at.unwrap_or(queue.len()).min(queue.len());
-            let rest = queue.split_off(at);
+            // Into the queue only: messages this session sent and its client has not
+            // acknowledged stay in its inflight window, resent first when it comes back.
             let moved = messages.into_iter().map(|m| Queued {
                 msg: m.msg,
                 qos: m.qos,
                 retain: m.retain,
                 sub_ids: m.sub_ids,
                 group: m.group,
+                seq: 0,
             });
-            for q in queue.into_iter().chain(moved).chain(rest) {
-                session.append_moved(q);
-            }
+            session.insert_moved(at, moved);
             return;
         }
         let now_ms = self.uptime_ms(now);

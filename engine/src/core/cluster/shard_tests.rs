@@ -498,3 +498,6 @@ fn a_backed_up_shard_shows_the_runtime_its_pause() {
 
 #[path = "move_loss_tests.rs"]
 mod move_loss;
+
+#[path = "move_merge_tests.rs"]
+mod move_merge;

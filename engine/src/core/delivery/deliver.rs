@@ -218,6 +218,7 @@ impl ShardCore {
             retain,
             sub_ids: sub_ids.into(),
             group: group.cloned(),
+            seq: 0,
         };
         let Some(conn) = s.conn else {
             // Offline: QoS 1/2 wait in the session; QoS 0 is not kept for offline sessions
@@ -519,7 +520,7 @@ fn send_queued(
     actions: &mut VecDeque<IoAction>,
     now_ms: u64,
 ) {
-    let Queued { msg, qos, retain, sub_ids, group } = q;
+    let Queued { msg, qos, retain, sub_ids, group, .. } = q;
     if qos == QoS::AtMostOnce && c.tx.drops_qos0() {
         stats.dropped(DropReason::SlowConsumer, 1);
         return;

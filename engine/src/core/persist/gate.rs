@@ -84,7 +84,7 @@ impl Persist {
         q: Queued,
         ticket: u64,
     ) {
-        let Queued { msg, qos, retain, sub_ids, group } = q;
+        let Queued { msg, qos, retain, sub_ids, group, .. } = q;
         let packet_id = s.next_packet_id();
         let state = Awaiting::Unsent { ticket };
         s.inflight_mut().push_back(Inflight { packet_id, msg, qos, retain, sub_ids, state, group });

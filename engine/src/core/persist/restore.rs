@@ -212,7 +212,7 @@ fn restore_session(
             None => {
                 let group = ss.groups.get(&e.msg_id).map(|g| ByteStr::from(g.as_str()));
                 let sub_ids = sub_ids_for(&s, &msg, group.as_deref());
-                queued.push((Queued { msg, qos, retain, sub_ids, group }, e.msg_id, ptr));
+                queued.push((Queued { msg, qos, retain, sub_ids, group, seq: 0 }, e.msg_id, ptr));
             }
         }
     }

@@ -386,6 +386,8 @@ impl ShardCore {
         let will_allowed = will_topic.map(|t| self.will_allowed(slot, &t));
         let mut session = self.sessions.remove(slot);
         debug_assert!(session.conn.is_none(), "ending a session with a connection");
+        // An export of it to another node ends with it (that node's commit finds it kept).
+        self.cluster_forget_export(&session.client_id);
         for (filter, _) in &session.subs {
             self.remove_subscription_entry(slot, filter, now);
         }

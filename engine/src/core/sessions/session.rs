@@ -65,6 +65,10 @@ pub(crate) struct Queued {
     pub(crate) sub_ids: Box<[u32]>,
     /// The shared subscription it was delivered for, if any (see [`Inflight::group`]).
     pub(crate) group: Option<ByteStr>,
+    /// Its number in the session's queue, set by the session when it is queued (callers
+    /// pass 0): messages queued later have higher numbers (wrapping), so a moving session
+    /// tells what arrived since its snapshot ([`Session::queued_since`]).
+    pub(crate) seq: u32,
 }
 
 /// What [`Session::enqueue_or_drop`] dropped to make room: the oldest queued messages, or
@@ -113,6 +117,11 @@ struct Backlog {
     /// Retained messages still to send after a SUBACK, paced by the connection
     /// (`routing/replay.rs`).
     replay: VecDeque<Replay>,
+    /// The number the next queued message gets ([`Queued::seq`]).
+    next_queue_seq: u32,
+    /// Kept even when empty, so queue numbers go on (the session is exporting to another
+    /// node, which needs them to tell what it queued since its snapshot).
+    pinned: bool,
 }
 
 impl Backlog {
@@ -122,6 +131,7 @@ impl Backlog {
             && self.qos2_in.is_empty()
             && self.pending_will.is_none()
             && self.replay.is_empty()
+            && !self.pinned
     }
 }
 
@@ -286,7 +296,7 @@ impl Session {
     }
 
     /// Appends to the queue unless a limit is hit; `false` means dropped.
-    pub(crate) fn enqueue(&mut self, q: Queued, messages_max: u32, bytes_max: u64) -> bool {
+    pub(crate) fn enqueue(&mut self, mut q: Queued, messages_max: u32, bytes_max: u64) -> bool {
         let size = q.size_bytes();
         if self.queue().len() >= messages_max as usize || self.queue_bytes() + size > bytes_max {
             return false;
@@ -296,10 +306,40 @@ impl Session {
             log.pending += usize::from(matches!(e, QEntry::Pending { .. }));
             log.queue.push_back(e);
         }
+        q.seq = self.take_queue_seq();
         let b = self.backlog_mut();
         b.queue_bytes += size;
         b.queue.push_back(q);
         true
+    }
+
+    /// The number for a message queued now.
+    fn take_queue_seq(&mut self) -> u32 {
+        let b = self.backlog_mut();
+        let seq = b.next_queue_seq;
+        b.next_queue_seq = seq.wrapping_add(1);
+        seq
+    }
+
+    /// Pins the queue numbering (`pinned`: the backlog is kept while empty, so numbers go
+    /// on) or releases it; the number the next queued message gets. A moving session's
+    /// snapshot remembers it (`cluster/moves.rs`).
+    pub(crate) fn pin_queue_seq(&mut self, pinned: bool) -> u32 {
+        if !pinned && self.backlog.is_none() {
+            return 0;
+        }
+        let b = self.backlog_mut();
+        b.pinned = pinned;
+        b.next_queue_seq
+    }
+
+    /// The queued messages numbered `from` or later, i.e. queued since [`pin_queue_seq`]
+    /// answered `from` (in order: a queue only grows at the back). Numbers wrap; a queue
+    /// never spans 2^31 of them.
+    ///
+    /// [`pin_queue_seq`]: Session::pin_queue_seq
+    pub(crate) fn queued_since(&self, from: u32) -> impl Iterator<Item = &Queued> + '_ {
+        self.queue().iter().filter(move |q| q.seq.wrapping_sub(from) < 1 << 31)
     }
 
     /// Appends to the queue; a full queue applies `limits.session_queue_full` for this
@@ -342,23 +382,34 @@ impl Session {
 
     /// Appends a recovered entry to the queue (no limits: it was accepted before) whose log
     /// view is `entry`.
-    pub(crate) fn restore_queued(&mut self, q: Queued, entry: QEntry) {
+    pub(crate) fn restore_queued(&mut self, mut q: Queued, entry: QEntry) {
         if let Some(log) = self.plog.as_deref_mut() {
             log.queue.push_back(entry);
         }
+        q.seq = self.take_queue_seq();
         let b = self.backlog_mut();
         b.queue_bytes += q.size_bytes();
         b.queue.push_back(q);
     }
 
-    /// Appends a message of a session that moved here from another node (no limits: it was
-    /// accepted there). Only for a session the log does not hold yet (its entries are
-    /// logged when it becomes persistent).
-    pub(crate) fn append_moved(&mut self, q: Queued) {
+    /// Puts messages of a session that moved here from another node into the queue at
+    /// position `at` (the end if `None`; no limits: they were accepted there). The sent,
+    /// unacknowledged messages (the inflight window) stay as they are. Only for a session
+    /// the log does not hold yet (its entries are logged when it becomes persistent).
+    pub(crate) fn insert_moved(&mut self, at: Option<usize>, moved: impl IntoIterator<Item = Queued>) {
         debug_assert!(self.plog.is_none(), "a moved message for a logged session");
         let b = self.backlog_mut();
-        b.queue_bytes += q.size_bytes();
-        b.queue.push_back(q);
+        let at = at.unwrap_or(b.queue.len()).min(b.queue.len());
+        let rest = b.queue.split_off(at);
+        for q in rest.iter() {
+            b.queue_bytes -= q.size_bytes();
+        }
+        for mut q in moved.into_iter().chain(rest) {
+            q.seq = self.take_queue_seq();
+            let b = self.backlog_mut();
+            b.queue_bytes += q.size_bytes();
+            b.queue.push_back(q);
+        }
     }
 
     /// Removes the queue's first entry.
@@ -428,15 +479,6 @@ impl Session {
             }
         }
         dropped as u64
-    }
-
-    /// Removes and returns every message the session holds for its client: the sent,
-    /// unacknowledged ones, then the queued ones, in delivery order (the session moves to
-    /// another node: `cluster/moves.rs`).
-    pub(crate) fn take_messages(&mut self) -> (VecDeque<Inflight>, VecDeque<Queued>) {
-        let Some(b) = self.backlog.as_deref_mut() else { return Default::default() };
-        b.queue_bytes = 0;
-        (std::mem::take(&mut b.inflight), std::mem::take(&mut b.queue))
     }
 
     /// Removes and returns the queued messages delivered for the shared subscription

@@ -45,6 +45,7 @@ fn queue_is_bounded_by_count_and_bytes() {
         retain: false,
         sub_ids: Box::default(),
         group: None,
+        seq: 0,
     };
     assert!(s.enqueue(q.clone(), 2, 100));
     assert!(s.enqueue(q.clone(), 2, 100));

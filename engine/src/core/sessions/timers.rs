@@ -144,7 +144,10 @@ impl ShardCore {
                 self.publish_will(slot, *will, now);
             }
             let s = self.sessions.get(slot);
-            if s.expires_at.is_some_and(|t| now >= t) {
+            // A session exporting to another node waits for that node's commit: its client
+            // connected there before it expired, so it goes on there (or here, if the move
+            // is aborted, and then expires at the next scan).
+            if s.expires_at.is_some_and(|t| now >= t) && !self.cluster_exporting(&s.client_id) {
                 self.end_session(slot, now);
             }
         }
