@@ -279,7 +279,8 @@ fn a_handover_after_the_commit_timed_out_is_merged_and_a_repeat_is_not() {
     // The exporter ended its copy after all: its tail arrives, is acknowledged and goes to
     // the shard (which merges it into the copy it kept).
     let body = crate::cluster::claims::encode_session(&session(2, 8), 0);
-    let handover = Frame::Move(MoveFrame::Handover { shard: 1, token: 6, moved: true, parts: 0, body });
+    let handover =
+        Frame::Move(MoveFrame::Handover { shard: 1, token: 6, moved: true, parts: 0, body });
     feed(&mut m, PEER, std::slice::from_ref(&handover), later);
     let effects = drain(&mut m);
     assert_eq!(handovers_to_shard(&effects, 6), vec![Some(2)], "merged, not dropped");

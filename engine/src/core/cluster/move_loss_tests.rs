@@ -18,7 +18,12 @@ pub(super) fn pubacks(cl: &mut Cluster, node: usize, c: usize) -> usize {
 /// A persistent session "mover" on node 0 subscribed to `q/#` at QoS 1, offline, with
 /// `queued` messages published by "pub" on node 2 and acknowledged. Returns the cluster and
 /// the publisher.
-pub(super) fn offline_session(nodes: usize, queued: usize, limits: Limits, size: usize) -> (Cluster, usize) {
+pub(super) fn offline_session(
+    nodes: usize,
+    queued: usize,
+    limits: Limits,
+    size: usize,
+) -> (Cluster, usize) {
     let mut cl = Cluster::with_limits(nodes, 2, limits);
     let p = cl.nodes[2].client("pub", V5);
     cl.nodes[2].connect(p);
@@ -47,8 +52,10 @@ pub(super) fn reconnect_expiring(cl: &mut Cluster, node: usize, expiry_secs: u32
     let b = cl.nodes[node].client("mover", V5);
     let sim = &mut cl.nodes[node];
     sim.open(b);
-    let properties =
-        shardmq_codec::Properties { session_expiry_interval_secs: Some(expiry_secs), ..Default::default() };
+    let properties = shardmq_codec::Properties {
+        session_expiry_interval_secs: Some(expiry_secs),
+        ..Default::default()
+    };
     let connect = shardmq_codec::Connect {
         protocol: V5,
         clean_start: false,

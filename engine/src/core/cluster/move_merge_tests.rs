@@ -53,10 +53,8 @@ fn a_pulled_session_merged_into_an_offline_one_keeps_its_unacknowledged_messages
 #[test]
 fn a_message_expiring_on_the_exporter_during_the_move_is_not_sent_twice() {
     let (mut cl, p) = offline_session(3, 0, Limits::default(), 0);
-    let expiring = shardmq_codec::Properties {
-        message_expiry_interval_secs: Some(1),
-        ..Default::default()
-    };
+    let expiring =
+        shardmq_codec::Properties { message_expiry_interval_secs: Some(1), ..Default::default() };
     cl.nodes[2].publish(p, "q/x", "m0", QoS::AtLeastOnce, false);
     cl.nodes[2].publish_props(p, "q/x", "gone", QoS::AtLeastOnce, false, expiring);
     cl.nodes[2].publish(p, "q/x", "m1", QoS::AtLeastOnce, false);

@@ -312,14 +312,7 @@ mod tests {
     }
 
     fn queued(m: &Arc<Message>, qos: QoS) -> Queued {
-        Queued {
-            msg: m.clone(),
-            qos,
-            retain: false,
-            sub_ids: Box::default(),
-            group: None,
-            seq: 0,
-        }
+        Queued { msg: m.clone(), qos, retain: false, sub_ids: Box::default(), group: None, seq: 0 }
     }
 
     /// Cuts a batch the way `drain_log` does and folds it into `log`.

@@ -396,7 +396,11 @@ impl Session {
     /// position `at` (the end if `None`; no limits: they were accepted there). The sent,
     /// unacknowledged messages (the inflight window) stay as they are. Only for a session
     /// the log does not hold yet (its entries are logged when it becomes persistent).
-    pub(crate) fn insert_moved(&mut self, at: Option<usize>, moved: impl IntoIterator<Item = Queued>) {
+    pub(crate) fn insert_moved(
+        &mut self,
+        at: Option<usize>,
+        moved: impl IntoIterator<Item = Queued>,
+    ) {
         debug_assert!(self.plog.is_none(), "a moved message for a logged session");
         let b = self.backlog_mut();
         let at = at.unwrap_or(b.queue.len()).min(b.queue.len());
