@@ -73,3 +73,27 @@ fn table_finds_by_client_id_and_reuses_slots() {
     assert_eq!(a, b);
     assert_eq!(t.len(), 1);
 }
+
+#[test]
+fn queued_since_is_what_was_queued_after_the_pin_even_if_the_queue_emptied() {
+    let mut s = Session::new("c");
+    let q = |payload: &'static [u8]| Queued {
+        msg: Arc::new(Message { payload: Bytes::from_static(payload), ..(*msg()).clone() }),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        sub_ids: Box::default(),
+        group: None,
+        seq: 0,
+    };
+    let payloads =
+        |s: &Session, from| s.queued_since(from).map(|q| q.msg.payload.clone()).collect::<Vec<_>>();
+    assert!(s.enqueue(q(b"a"), 10, 100));
+    assert!(s.enqueue(q(b"b"), 10, 100));
+    let from = s.pin_queue_seq(true);
+    assert!(payloads(&s, from).is_empty());
+    // The queue empties (expired, delivered): the backlog stays while pinned.
+    while s.dequeue().is_some() {}
+    s.release_idle();
+    assert!(s.enqueue(q(b"c"), 10, 100));
+    assert_eq!(payloads(&s, from), vec![Bytes::from_static(b"c")]);
+}
