@@ -147,6 +147,41 @@ fn messages_for_a_paused_shard_wait_until_it_resumes() {
     }
 }
 
+/// A shard that falls behind gets no more than 1,024 of the peers' messages it has not
+/// reported handled (each fans out to its subscribers); the rest wait, in order, and follow
+/// once it reports some handled.
+#[test]
+fn a_shard_that_is_behind_is_handed_at_most_its_window() {
+    let (a, b) = pair(51, 52);
+    add_filter(&a, &b, "w/#", 1);
+    let tx = b.rt.tx();
+    let to_a = NodeSet(1 << a.id.0);
+    for i in 0..1025 {
+        let msg = message(&format!("w/{i}"), b"x");
+        tx.send(ShardId(1), ClusterOut::Publish { nodes: to_a, msg });
+    }
+    // Markers: later messages from B's shard 0 reach A's shard 0; the second comes in a
+    // later turn of A's runtime than anything handed with the first, so whatever A handed
+    // its shard 1 by then has arrived.
+    let mut handed = 0;
+    for marker in ["w/marker1", "w/marker2"] {
+        tx.send(ShardId(0), ClusterOut::Publish { nodes: to_a, msg: message(marker, b"m") });
+        let (_, before) = a.wait_for(marker, |_, m| match m {
+            ClusterIn::Publish { msg, .. } if &*msg.topic == marker => Some(()),
+            _ => None,
+        });
+        handed += before.iter().filter(|(_, m)| matches!(m, ClusterIn::Publish { .. })).count();
+    }
+    assert_eq!(handed, 1024, "A's shard 1 reported nothing handled: it gets its window only");
+    // Shard 1 reports one handled: the last one follows.
+    a.rt.tx().send(ShardId(1), ClusterOut::Handled { messages: 1 });
+    let (topic, _) = a.wait_for("the 1,025th", |shard, m| match m {
+        ClusterIn::Publish { msg, .. } if shard == ShardId(1) => Some(msg.topic.to_string()),
+        _ => None,
+    });
+    assert_eq!(topic, "w/1024");
+}
+
 /// Opens a raw connection to `node`'s link listener and writes `bytes`; true when the node
 /// then closes it (EOF or reset) — the wait is for that, bounded by the read timeout.
 fn closed_after(node: &Node, bytes: &[u8]) -> bool {

@@ -426,10 +426,10 @@ impl MainLoop {
                     }
                     _ => None,
                 };
-                // A message for a shard whose subscribers hold publishers back waits here
-                // (and so does every later one for it, to keep their order).
+                // A message for a shard whose subscribers hold publishers back, or that is
+                // behind, waits here (and so does every later one for it, to keep order).
                 if let Some(s) = shard {
-                    if self.shard_paused(s) || !self.deferred[s].is_empty() {
+                    if self.must_wait(s) || !self.deferred[s].is_empty() {
                         self.deferred[s].push_back((conn, frame, decoded));
                         return;
                     }
