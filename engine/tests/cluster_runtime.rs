@@ -19,7 +19,7 @@ use shardmq_engine::core::cluster::{ClusterIn, ClusterOut, NodeId, NodeSet};
 use shardmq_engine::core::ids::ShardId;
 use shardmq_engine::core::mesh::{mesh_cost, Origin};
 
-use cluster_kit::{add_filter, message, Node, PATIENCE};
+use cluster_kit::{add_filter, measure_throughput, message, Node, PATIENCE};
 
 /// Two nodes, B joining through A, converged.
 fn pair(a_id: u16, b_id: u16) -> (Node, Node) {
@@ -292,47 +292,14 @@ fn the_source_address_is_the_listen_address() {
     }
 }
 
-/// CPU seconds this process has used (user + system), from /proc/self/stat.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// A measurement, not a check: `cargo test --release -p shardmq-engine --test
 /// cluster_runtime -- --ignored --nocapture throughput`.
 #[test]
 #[ignore]
 fn throughput() {
     let (a, b) = pair(61, 62);
-    add_filter(&a, &b, "m/#", 1);
     let n: u64 = 200_000;
-    let msg = message("m/x", &[7u8; 100]);
-    let cost = mesh_cost(&msg);
-    let tx = b.rt.tx();
-    let (t0, c0) = (Instant::now(), cpu_secs());
-    for i in 0..n {
-        tx.send(
-            ShardId((i % 2) as u16),
-            ClusterOut::Publish { nodes: NodeSet(1 << a.id.0), msg: msg.clone() },
-        );
-    }
-    let mut got = 0;
-    while got < n {
-        a.wait_for("Publish", |_, m| matches!(m, ClusterIn::Publish { .. }).then_some(()));
-        got += 1;
-    }
-    let mut credited = 0;
-    while credited < n * cost {
-        credited += b
-            .wait_for("Credit", |_, m| match m {
-                ClusterIn::Credit { bytes } => Some(*bytes),
-                _ => None,
-            })
-            .0;
-    }
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
+    let (secs, cpu) = measure_throughput(&a, &b, n);
     println!(
         "{n} messages of 100 B across one link: {:.0} msg/s, {:.2} µs CPU per message (both nodes)",
         n as f64 / secs,

@@ -21,7 +21,7 @@ use shardmq_engine::core::cluster::{ClusterIn, ClusterOut, NodeId, NodeSet};
 use shardmq_engine::core::ids::ShardId;
 use shardmq_engine::core::mesh::mesh_cost;
 
-use cluster_kit::{add_filter, message, Node, PATIENCE};
+use cluster_kit::{add_filter, measure_throughput, message, Node, PATIENCE};
 
 /// A CA in a fresh directory, issuing node certificates as PEM files.
 struct Ca {
@@ -219,14 +219,6 @@ fn a_reload_rotates_a_nodes_certificate_and_ca_for_new_handshakes() {
     publish(&a, &b, "rotated/ok");
 }
 
-/// CPU seconds this process has used (user + system), from /proc/self/stat.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// A measurement, not a check (the TLS twin of `cluster_runtime.rs`'s): `cargo test
 /// --release -p shardmq-engine --test cluster_tls -- --ignored --nocapture throughput`.
 #[test]
@@ -237,33 +229,8 @@ fn throughput() {
     let b = start(62, &[a.addr()], Some(ca.node(62, &ca)));
     a.wait_link(b.id, LinkState::Up);
     b.wait_link(a.id, LinkState::Up);
-    add_filter(&a, &b, "m/#", 1);
     let n: u64 = 200_000;
-    let msg = message("m/x", &[7u8; 100]);
-    let cost = mesh_cost(&msg);
-    let tx = b.rt.tx();
-    let (t0, c0) = (Instant::now(), cpu_secs());
-    for i in 0..n {
-        tx.send(
-            ShardId((i % 2) as u16),
-            ClusterOut::Publish { nodes: NodeSet(1 << a.id.0), msg: msg.clone() },
-        );
-    }
-    let mut got = 0;
-    while got < n {
-        a.wait_for("Publish", |_, m| matches!(m, ClusterIn::Publish { .. }).then_some(()));
-        got += 1;
-    }
-    let mut credited = 0;
-    while credited < n * cost {
-        credited += b
-            .wait_for("Credit", |_, m| match m {
-                ClusterIn::Credit { bytes } => Some(*bytes),
-                _ => None,
-            })
-            .0;
-    }
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
+    let (secs, cpu) = measure_throughput(&a, &b, n);
     println!(
         "{n} messages of 100 B across one TLS link: {:.0} msg/s, {:.2} µs CPU per message \
          (both nodes)",

@@ -192,3 +192,49 @@ pub fn add_filter(from: &Node, to: &Node, filter: &str, seq: u64) -> Vec<(ShardI
     assert_eq!(shard, ShardId(0), "the ack goes to the shard that asked");
     seen
 }
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+pub fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Sends `n` messages of 100 B from `b`'s two shards to `a` (whose shards report each one
+/// handled, as real shards do) and waits until every one arrived and was credited back;
+/// returns the wall and CPU seconds taken (both nodes). A measurement, not a check.
+pub fn measure_throughput(a: &Node, b: &Node, n: u64) -> (f64, f64) {
+    use shardmq_engine::core::cluster::NodeSet;
+    use shardmq_engine::core::mesh::mesh_cost;
+    add_filter(a, b, "m/#", 1);
+    let msg = message("m/x", &[7u8; 100]);
+    let cost = mesh_cost(&msg);
+    let tx = b.rt.tx();
+    let (t0, c0) = (Instant::now(), cpu_secs());
+    for i in 0..n {
+        tx.send(
+            ShardId((i % 2) as u16),
+            ClusterOut::Publish { nodes: NodeSet(1 << a.id.0), msg: msg.clone() },
+        );
+    }
+    let handled = a.rt.tx();
+    let mut got = 0;
+    while got < n {
+        let (shard, _) = a.wait_for("Publish", |shard, m| {
+            matches!(m, ClusterIn::Publish { .. }).then_some(shard)
+        });
+        handled.send(shard, ClusterOut::Handled { messages: 1 });
+        got += 1;
+    }
+    let mut credited = 0;
+    while credited < n * cost {
+        credited += b
+            .wait_for("Credit", |_, m| match m {
+                ClusterIn::Credit { bytes } => Some(*bytes),
+                _ => None,
+            })
+            .0;
+    }
+    (t0.elapsed().as_secs_f64(), cpu_secs() - c0)
+}

@@ -94,6 +94,21 @@ pub(super) fn every_message_once_or_more(got: &[String], n: usize) -> usize {
     names.len() - n
 }
 
+/// Three nodes; the session's client connected on node 0 (Session Present) with three QoS 1
+/// messages from node 2 it has not acknowledged: the cluster, the publisher, the client.
+pub(super) fn connected_with_unacked() -> (Cluster, usize, usize) {
+    let (mut cl, p) = offline_session(3, 0, Limits::default(), 0);
+    let a = reconnect(&mut cl, 0);
+    assert!(connack(&mut cl, 0, a).expect("CONNACK").session_present);
+    cl.nodes[0].clients[a].auto_ack = false;
+    for i in 0..3 {
+        cl.nodes[2].publish(p, "q/x", &format!("m{i}"), QoS::AtLeastOnce, false);
+    }
+    cl.run();
+    assert_eq!(cl.nodes[0].clients[a].take_payloads().len(), 3);
+    (cl, p, a)
+}
+
 #[test]
 fn a_lost_claim_reply_keeps_the_session_where_it_was() {
     let (mut cl, p) = offline_session(3, 3, Limits::default(), 0);
@@ -220,16 +235,8 @@ fn messages_published_while_the_session_moves_all_arrive() {
 
 #[test]
 fn a_kick_keeps_the_session_and_the_winner_pulls_it() {
-    let (mut cl, p) = offline_session(3, 0, Limits::default(), 0);
     // The client is connected on node 0 with messages it has not acknowledged.
-    let a = reconnect(&mut cl, 0);
-    assert!(connack(&mut cl, 0, a).expect("CONNACK").session_present);
-    cl.nodes[0].clients[a].auto_ack = false;
-    for i in 0..3 {
-        cl.nodes[2].publish(p, "q/x", &format!("m{i}"), QoS::AtLeastOnce, false);
-    }
-    cl.run();
-    assert_eq!(cl.nodes[0].clients[a].take_payloads().len(), 3);
+    let (mut cl, p, a) = connected_with_unacked();
     // Node 1 cannot reach node 0 when the same client id connects there: its claim finds
     // nothing and it starts a session; the owner then kicks the older connection.
     cl.moves.unreachable = vec![0];

@@ -8,23 +8,16 @@
 use std::time::Duration;
 
 use super::move_loss::{
-    connack, every_message_once_or_more, offline_session, pubacks, reconnect, reconnect_expiring,
+    connack, connected_with_unacked, every_message_once_or_more, offline_session, pubacks,
+    reconnect, reconnect_expiring,
 };
 use super::move_runtime::Kind;
 use super::*;
 
 #[test]
 fn a_pulled_session_merged_into_an_offline_one_keeps_its_unacknowledged_messages() {
-    let (mut cl, p) = offline_session(3, 0, Limits::default(), 0);
     // The client is connected on node 0 with messages it has not acknowledged.
-    let a = reconnect(&mut cl, 0);
-    assert!(connack(&mut cl, 0, a).expect("CONNACK").session_present);
-    cl.nodes[0].clients[a].auto_ack = false;
-    for i in 0..3 {
-        cl.nodes[2].publish(p, "q/x", &format!("m{i}"), QoS::AtLeastOnce, false);
-    }
-    cl.run();
-    assert_eq!(cl.nodes[0].clients[a].take_payloads().len(), 3);
+    let (mut cl, p, a) = connected_with_unacked();
     // It connects on node 1, which reaches no node: a new session there. Node 0 kicks its
     // connection and offers the session; node 1 pulls it, the snapshot held on the way.
     cl.moves.unreachable = vec![0, 2];
